@@ -1,0 +1,39 @@
+"""gatedrnn: vanilla RNN, LSTM and GRU cells as pure JAX functions.
+
+Every cell is a :class:`Cell` of pure functions; :func:`scan` runs any cell over a
+sequence with ``jax.lax.scan``; ``jax.grad`` through it is BPTT.
+"""
+
+from gatedrnn.cells import (
+    ACTIVATIONS,
+    Cell,
+    GRUParams,
+    LSTMParams,
+    LSTMState,
+    VanillaParams,
+    gru,
+    lstm,
+    vanilla,
+)
+from gatedrnn.layers import Bidir, Stack, bidirectional_scan, stack
+from gatedrnn.scan import scan
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "ACTIVATIONS",
+    "Bidir",
+    "Cell",
+    "GRUParams",
+    "LSTMParams",
+    "LSTMState",
+    "Stack",
+    "VanillaParams",
+    "__version__",
+    "bidirectional_scan",
+    "gru",
+    "lstm",
+    "scan",
+    "stack",
+    "vanilla",
+]

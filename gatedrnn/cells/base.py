@@ -1,0 +1,196 @@
+"""The `Cell` type every recurrent cell is, and the checks and initializers the cells share.
+
+A cell is a NamedTuple of pure functions (like optax's ``GradientTransformation``): no
+classes with hidden state, no globals. Every cell's step is split in two so that the time
+loop can go fast:
+
+* ``project(params, x)``: the part of the step that depends on the input only
+  (``x @ w_x + b``), done for all time steps at once by :func:`gatedrnn.scan`;
+* ``recur(params, state, xp)``: the recurrent part, given the projected input.
+
+``step(params, state, x) == recur(params, state, project(params, x))`` by construction.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+PyTree = Any
+Array = jax.Array
+Initializer = Callable[[Array, tuple[int, ...], Any], Array]
+
+
+class Cell(NamedTuple):
+    """A recurrent cell as a NamedTuple of pure functions.
+
+    Attributes:
+      init: ``init(key, input_size, dtype=jnp.float32) -> params``.
+      initial_state: ``initial_state(params, batch_shape=()) -> state`` (zeros), each leaf
+        ``(*batch_shape, hidden_size)``.
+      step: ``step(params, state, x) -> (state, y)``; ``x`` is ``(*batch, input_size)``,
+        ``y`` is ``(*batch, hidden_size)``.
+      project: ``project(params, x) -> xp``: the input-only part of a step for any leading
+        shape, ``(..., input_size) -> (..., gates * hidden_size)``.
+      recur: ``recur(params, state, xp) -> (state, y)``: the recurrent part of a step.
+      output: ``output(state) -> y``: what a step emits from the state it reached.
+      hidden_size: number of hidden units ``H``.
+      name: ``"vanilla"``, ``"lstm"``, ``"gru"``, ...
+      options: the factory's keyword arguments, for display, checkpoints and converters.
+      parallel: optional ``parallel(params, xp, h0) -> hs`` for cells whose recurrence is
+        linear in the state (evaluated over the whole time axis at once), or None.
+    """
+
+    init: Callable[..., PyTree]
+    initial_state: Callable[..., PyTree]
+    step: Callable[[PyTree, PyTree, Array], tuple[PyTree, Array]]
+    project: Callable[[PyTree, Array], Array]
+    recur: Callable[[PyTree, PyTree, Array], tuple[PyTree, Array]]
+    output: Callable[[PyTree], Array]
+    hidden_size: int
+    name: str
+    options: dict[str, Any]
+    parallel: Callable[..., Array] | None = None
+
+
+# ----------------------------------------------------------------------------- checks
+
+
+def check_hidden_size(hidden_size: Any) -> int:
+    """Return ``hidden_size`` as an int, or raise ValueError if it is not an integer >= 1."""
+    if isinstance(hidden_size, bool) or not isinstance(hidden_size, (int, np.integer)):
+        raise ValueError(
+            f"hidden_size must be an integer >= 1, got {hidden_size!r} "
+            f"of type {type(hidden_size).__name__}"
+        )
+    if hidden_size < 1:
+        raise ValueError(f"hidden_size must be an integer >= 1, got {hidden_size}")
+    return int(hidden_size)
+
+
+def check_input_size(input_size: Any) -> int:
+    """Return ``input_size`` as an int, or raise ValueError if it is not an integer >= 1."""
+    if isinstance(input_size, bool) or not isinstance(input_size, (int, np.integer)):
+        raise ValueError(
+            f"input_size must be an integer >= 1, got {input_size!r} "
+            f"of type {type(input_size).__name__}"
+        )
+    if input_size < 1:
+        raise ValueError(f"input_size must be an integer >= 1, got {input_size}")
+    return int(input_size)
+
+
+def check_input(x: Any, w_x: Array, what: str = "x") -> Array:
+    """Check an input's trailing size and dtype against the input weight ``w_x (I, G*H)``.
+
+    Raises:
+      ValueError: ``x`` has rank 0 or its last axis is not ``I``.
+      TypeError: ``x`` is not floating point, or its dtype differs from the params'.
+    """
+    x = jnp.asarray(x) if not hasattr(x, "shape") else x
+    input_size = w_x.shape[0]
+    if x.ndim < 1:
+        raise ValueError(f"{what} must have shape (..., input_size={input_size}), got a scalar")
+    if x.shape[-1] != input_size:
+        raise ValueError(
+            f"{what} has {x.shape[-1]} features on its last axis (shape {tuple(x.shape)}), "
+            f"but the params expect input_size={input_size}"
+        )
+    if not jnp.issubdtype(x.dtype, jnp.floating):
+        raise TypeError(
+            f"{what} must be floating point like the params ({w_x.dtype}), got {x.dtype}; "
+            f"cast it, e.g. x.astype(jnp.{w_x.dtype})"
+        )
+    if x.dtype != w_x.dtype:
+        raise TypeError(
+            f"{what} has dtype {x.dtype} but the params are {w_x.dtype}; cast one to the "
+            "other (gatedrnn never promotes silently)"
+        )
+    return x
+
+
+def check_batch_shape(batch_shape: Any) -> tuple[int, ...]:
+    """Return ``batch_shape`` as a tuple of ints >= 0, or raise ValueError."""
+    if isinstance(batch_shape, (int, np.integer)):
+        batch_shape = (int(batch_shape),)
+    try:
+        shape = tuple(int(d) for d in batch_shape)
+    except TypeError:
+        raise ValueError(f"batch_shape must be a tuple of ints, got {batch_shape!r}") from None
+    if any(d < 0 for d in shape):
+        raise ValueError(f"batch_shape must have sizes >= 0, got {shape}")
+    return shape
+
+
+def check_dtype(dtype: Any) -> jnp.dtype:
+    """Return ``dtype`` as a floating numpy dtype, or raise TypeError."""
+    dt = jnp.dtype(dtype)
+    if not jnp.issubdtype(dt, jnp.floating):
+        raise TypeError(f"params dtype must be floating point, got {dt}")
+    return dt
+
+
+# ------------------------------------------------------------------------ initializers
+
+
+def fan_in_normal(key: Array, shape: tuple[int, ...], dtype: Any = jnp.float32) -> Array:
+    """Normal with variance ``1 / fan_in`` where ``fan_in = shape[0]`` (LeCun normal)."""
+    return jax.random.normal(key, shape, dtype) / jnp.sqrt(jnp.asarray(shape[0], dtype))
+
+
+def orthogonal(key: Array, shape: tuple[int, ...], dtype: Any = jnp.float32) -> Array:
+    """A (semi-)orthogonal matrix of ``shape (n, m)`` drawn uniformly (QR with sign fix)."""
+    n, m = shape
+    a = jax.random.normal(key, (max(n, m), min(n, m)), jnp.float32)
+    q, r = jnp.linalg.qr(a)
+    q = q * jnp.sign(jnp.diagonal(r))[None, :]
+    if n < m:
+        q = q.T
+    return q.astype(dtype)
+
+
+def zeros(key: Array, shape: tuple[int, ...], dtype: Any = jnp.float32) -> Array:
+    """All zeros (the key is ignored)."""
+    del key
+    return jnp.zeros(shape, dtype)
+
+
+def blockwise(init: Initializer, num_blocks: int) -> Initializer:
+    """Apply ``init`` to each of ``num_blocks`` column blocks ``(n, m / num_blocks)``.
+
+    Used to make the recurrent weight ``(H, G*H)`` orthogonal gate by gate.
+    """
+
+    def init_fn(key: Array, shape: tuple[int, ...], dtype: Any = jnp.float32) -> Array:
+        n, m = shape
+        width = m // num_blocks
+        keys = jax.random.split(key, num_blocks)
+        return jnp.concatenate([init(k, (n, width), dtype) for k in keys], axis=1)
+
+    return init_fn
+
+
+def make_state_zeros(hidden_size: int, dtype: Any, batch_shape: Any) -> Array:
+    """Zeros of shape ``(*batch_shape, hidden_size)``."""
+    return jnp.zeros((*check_batch_shape(batch_shape), hidden_size), dtype)
+
+
+def split_gates(z: Array, num: int) -> list[Array]:
+    """Split the last axis of ``z`` into ``num`` equal gate blocks."""
+    return jnp.split(z, num, axis=-1)
+
+
+def make_step(
+    project: Callable[[PyTree, Array], Array],
+    recur: Callable[[PyTree, PyTree, Array], tuple[PyTree, Array]],
+) -> Callable[[PyTree, PyTree, Array], tuple[PyTree, Array]]:
+    """The full step: ``recur(params, state, project(params, x))``."""
+
+    def step(params: PyTree, state: PyTree, x: Array) -> tuple[PyTree, Array]:
+        return recur(params, state, project(params, x))
+
+    return step

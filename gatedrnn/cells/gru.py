@@ -1,0 +1,137 @@
+"""The GRU cell (Cho et al. 2014), in both the reset-after and reset-before forms."""
+
+from __future__ import annotations
+
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+
+from gatedrnn.cells.base import (
+    Array,
+    Cell,
+    Initializer,
+    blockwise,
+    check_dtype,
+    check_hidden_size,
+    check_input,
+    check_input_size,
+    fan_in_normal,
+    make_state_zeros,
+    make_step,
+    orthogonal,
+    split_gates,
+    zeros,
+)
+
+
+class GRUParams(NamedTuple):
+    """Parameters of a GRU cell; gate blocks side by side in the order r, z, n.
+
+    Attributes:
+      w_x: ``(I, 3H)`` input weight.
+      w_h: ``(H, 3H)`` recurrent weight.
+      b_x: ``(3H,)`` input bias.
+      b_h: ``(3H,)`` recurrent bias (kept apart: with ``reset_after`` the reset gate
+        multiplies ``h w_hn + b_hn``).
+    """
+
+    w_x: Array
+    w_h: Array
+    b_x: Array
+    b_h: Array
+
+
+def gru_gates(
+    params: GRUParams, h: Array, xp: Array, reset_after: bool
+) -> tuple[Array, Array, Array]:
+    """The reset gate ``r``, update gate ``z`` and candidate ``n``, each ``(*batch, H)``.
+
+    ``xp = x w_x + b_x`` (``(*batch, 3H)``) is the projected input.
+    """
+    H = h.shape[-1]
+    xr, xz, xn = split_gates(xp, 3)
+    if reset_after:
+        hr, hz, hn = split_gates(h @ params.w_h + params.b_h, 3)
+        r = jax.nn.sigmoid(xr + hr)
+        z = jax.nn.sigmoid(xz + hz)
+        n = jnp.tanh(xn + r * hn)
+    else:
+        hr, hz = split_gates(h @ params.w_h[:, : 2 * H] + params.b_h[: 2 * H], 2)
+        r = jax.nn.sigmoid(xr + hr)
+        z = jax.nn.sigmoid(xz + hz)
+        n = jnp.tanh(xn + (r * h) @ params.w_h[:, 2 * H :] + params.b_h[2 * H :])
+    return r, z, n
+
+
+def gru(
+    hidden_size: int,
+    reset_after: bool = True,
+    *,
+    kernel_init: Initializer = fan_in_normal,
+    recurrent_init: Initializer = orthogonal,
+    bias_init: Initializer = zeros,
+) -> Cell:
+    """A GRU cell.
+
+    Args:
+      hidden_size: number of hidden units ``H``.
+      reset_after: True (PyTorch, cuDNN, Flax): the reset gate multiplies the recurrent
+        candidate term after the matrix product; False (Cho et al. 2014): before it.
+      kernel_init, recurrent_init, bias_init: initializers ``(key, shape, dtype) -> array``;
+        ``recurrent_init`` is applied to each ``(H, H)`` gate block of ``w_h``.
+
+    Returns:
+      A :class:`Cell` with :class:`GRUParams`; the state is ``h (*batch, H)``.
+
+    Equations (blocks r, z, n of ``x w_x + b_x`` and of ``w_h, b_h``)::
+
+        r = sigmoid(x w_xr + b_xr + h w_hr + b_hr)
+        z = sigmoid(x w_xz + b_xz + h w_hz + b_hz)
+        reset_after=True:  n = tanh(x w_xn + b_xn + r * (h w_hn + b_hn))
+        reset_after=False: n = tanh(x w_xn + b_xn + (r * h) w_hn + b_hn)
+        h' = (1 - z) * n + z * h,   y = h'
+    """
+    hidden_size = check_hidden_size(hidden_size)
+    if not isinstance(reset_after, bool):
+        raise ValueError(f"reset_after must be True or False, got {reset_after!r}")
+    H = hidden_size
+
+    def init(key: Array, input_size: int, dtype: Any = jnp.float32) -> GRUParams:
+        """Draw params: ``w_x`` fan-in normal, ``w_h`` orthogonal per gate, biases zero."""
+        input_size = check_input_size(input_size)
+        dtype = check_dtype(dtype)
+        kx, kh, kbx, kbh = jax.random.split(key, 4)
+        return GRUParams(
+            w_x=kernel_init(kx, (input_size, 3 * H), dtype),
+            w_h=blockwise(recurrent_init, 3)(kh, (H, 3 * H), dtype),
+            b_x=bias_init(kbx, (3 * H,), dtype),
+            b_h=bias_init(kbh, (3 * H,), dtype),
+        )
+
+    def initial_state(params: GRUParams, batch_shape: Any = ()) -> Array:
+        """Zeros ``(*batch_shape, H)``."""
+        return make_state_zeros(H, params.w_h.dtype, batch_shape)
+
+    def project(params: GRUParams, x: Array) -> Array:
+        """``(..., I) -> (..., 3H)``: ``x w_x + b_x``."""
+        x = check_input(x, params.w_x)
+        return x @ params.w_x + params.b_x
+
+    def recur(params: GRUParams, h: Array, xp: Array) -> tuple[Array, Array]:
+        """``h (*batch, H), xp (*batch, 3H) -> (h', h')``."""
+        _, z, n = gru_gates(params, h, xp, reset_after)
+        h = (1.0 - z) * n + z * h
+        return h, h
+
+    return Cell(
+        init=init,
+        initial_state=initial_state,
+        step=make_step(project, recur),
+        project=project,
+        recur=recur,
+        output=lambda h: h,
+        hidden_size=H,
+        name="gru",
+        options={"hidden_size": H, "reset_after": reset_after},
+    )

@@ -1,0 +1,129 @@
+"""The LSTM cell (Hochreiter & Schmidhuber 1997, with forget gate, Gers et al. 2000)."""
+
+from __future__ import annotations
+
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+
+from gatedrnn.cells.base import (
+    Array,
+    Cell,
+    Initializer,
+    blockwise,
+    check_dtype,
+    check_hidden_size,
+    check_input,
+    check_input_size,
+    fan_in_normal,
+    make_state_zeros,
+    make_step,
+    orthogonal,
+    split_gates,
+    zeros,
+)
+
+
+class LSTMParams(NamedTuple):
+    """Parameters of an LSTM cell; gate blocks side by side in the order i, f, g, o.
+
+    Attributes:
+      w_x: ``(I, 4H)`` input weight.
+      w_h: ``(H, 4H)`` recurrent weight.
+      b: ``(4H,)`` bias (the forget block starts at ``forget_bias``).
+    """
+
+    w_x: Array
+    w_h: Array
+    b: Array
+
+
+class LSTMState(NamedTuple):
+    """LSTM state: hidden ``h (*batch, H)`` and cell ``c (*batch, H)``."""
+
+    h: Array
+    c: Array
+
+
+def lstm_gates(params: LSTMParams, h: Array, xp: Array) -> tuple[Array, Array, Array, Array]:
+    """The four gate activations ``(i, f, g, o)``, each ``(*batch, H)``.
+
+    ``i, f, o = sigmoid(.)`` and ``g = tanh(.)`` of ``xp + h w_h`` split in blocks i, f, g, o.
+    """
+    zi, zf, zg, zo = split_gates(xp + h @ params.w_h, 4)
+    return jax.nn.sigmoid(zi), jax.nn.sigmoid(zf), jnp.tanh(zg), jax.nn.sigmoid(zo)
+
+
+def lstm(
+    hidden_size: int,
+    forget_bias: float = 1.0,
+    *,
+    kernel_init: Initializer = fan_in_normal,
+    recurrent_init: Initializer = orthogonal,
+    bias_init: Initializer = zeros,
+) -> Cell:
+    """An LSTM cell.
+
+    Args:
+      hidden_size: number of hidden units ``H``.
+      forget_bias: added to the forget gate's bias at init (Jozefowicz et al. 2015), so
+        that ``f ~ sigmoid(forget_bias)`` at the start of training.
+      kernel_init, recurrent_init, bias_init: initializers ``(key, shape, dtype) -> array``;
+        ``recurrent_init`` is applied to each ``(H, H)`` gate block of ``w_h``.
+
+    Returns:
+      A :class:`Cell` with :class:`LSTMParams` and state :class:`LSTMState` ``(h, c)``.
+
+    Equations (``z = x w_x + h w_h + b`` split into blocks i, f, g, o)::
+
+        i = sigmoid(z_i), f = sigmoid(z_f), g = tanh(z_g), o = sigmoid(z_o)
+        c' = f * c + i * g
+        h' = o * tanh(c'),   y = h'
+    """
+    hidden_size = check_hidden_size(hidden_size)
+    H = hidden_size
+    forget_bias = float(forget_bias)
+
+    def init(key: Array, input_size: int, dtype: Any = jnp.float32) -> LSTMParams:
+        """Draw params: ``w_x`` fan-in normal, ``w_h`` orthogonal per gate, ``b`` zeros
+        plus ``forget_bias`` on the f block."""
+        input_size = check_input_size(input_size)
+        dtype = check_dtype(dtype)
+        kx, kh, kb = jax.random.split(key, 3)
+        b = bias_init(kb, (4 * H,), dtype)
+        b = b.at[H : 2 * H].add(jnp.asarray(forget_bias, dtype))
+        return LSTMParams(
+            w_x=kernel_init(kx, (input_size, 4 * H), dtype),
+            w_h=blockwise(recurrent_init, 4)(kh, (H, 4 * H), dtype),
+            b=b,
+        )
+
+    def initial_state(params: LSTMParams, batch_shape: Any = ()) -> LSTMState:
+        """Zeros ``h, c (*batch_shape, H)``."""
+        z = make_state_zeros(H, params.w_h.dtype, batch_shape)
+        return LSTMState(h=z, c=z)
+
+    def project(params: LSTMParams, x: Array) -> Array:
+        """``(..., I) -> (..., 4H)``: ``x w_x + b``."""
+        x = check_input(x, params.w_x)
+        return x @ params.w_x + params.b
+
+    def recur(params: LSTMParams, state: LSTMState, xp: Array) -> tuple[LSTMState, Array]:
+        """``state, xp (*batch, 4H) -> (state', h')``."""
+        i, f, g, o = lstm_gates(params, state.h, xp)
+        c = f * state.c + i * g
+        h = o * jnp.tanh(c)
+        return LSTMState(h=h, c=c), h
+
+    return Cell(
+        init=init,
+        initial_state=initial_state,
+        step=make_step(project, recur),
+        project=project,
+        recur=recur,
+        output=lambda s: s.h,
+        hidden_size=H,
+        name="lstm",
+        options={"hidden_size": H, "forget_bias": forget_bias},
+    )

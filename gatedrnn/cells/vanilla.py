@@ -1,0 +1,116 @@
+"""The vanilla (Elman) RNN cell: ``h' = act(x w_x + h w_h + b)``."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+
+from gatedrnn.cells.base import (
+    Array,
+    Cell,
+    Initializer,
+    blockwise,
+    check_dtype,
+    check_hidden_size,
+    check_input,
+    check_input_size,
+    fan_in_normal,
+    make_state_zeros,
+    make_step,
+    orthogonal,
+    zeros,
+)
+
+ACTIVATIONS: dict[str, Callable[[Array], Array]] = {
+    "tanh": jnp.tanh,
+    "relu": jax.nn.relu,
+    "linear": lambda z: z,
+}
+
+
+class VanillaParams(NamedTuple):
+    """Parameters of a vanilla RNN cell.
+
+    Attributes:
+      w_x: ``(I, H)`` input weight.
+      w_h: ``(H, H)`` recurrent weight.
+      b: ``(H,)`` bias.
+    """
+
+    w_x: Array
+    w_h: Array
+    b: Array
+
+
+def vanilla(
+    hidden_size: int,
+    activation: str = "tanh",
+    *,
+    kernel_init: Initializer = fan_in_normal,
+    recurrent_init: Initializer = orthogonal,
+    bias_init: Initializer = zeros,
+) -> Cell:
+    """A vanilla (Elman) RNN cell.
+
+    Args:
+      hidden_size: number of hidden units ``H``.
+      activation: ``"tanh"`` (default), ``"relu"`` or ``"linear"`` (identity; useful to
+        study the exact ``s^k`` gradient law).
+      kernel_init, recurrent_init, bias_init: initializers ``(key, shape, dtype) -> array``
+        for ``w_x (I, H)``, ``w_h (H, H)`` and ``b (H,)``.
+
+    Returns:
+      A :class:`Cell` whose params are :class:`VanillaParams` and whose state is the
+      hidden state ``h (*batch, H)``.
+
+    Equations::
+
+        h' = act(x w_x + h w_h + b),   y = h'
+    """
+    hidden_size = check_hidden_size(hidden_size)
+    if activation not in ACTIVATIONS:
+        raise ValueError(
+            f"unknown activation {activation!r}; expected one of {sorted(ACTIVATIONS)}"
+        )
+    act = ACTIVATIONS[activation]
+    H = hidden_size
+
+    def init(key: Array, input_size: int, dtype: Any = jnp.float32) -> VanillaParams:
+        """Draw params: ``w_x`` fan-in normal, ``w_h`` orthogonal, ``b`` zeros."""
+        input_size = check_input_size(input_size)
+        dtype = check_dtype(dtype)
+        kx, kh, kb = jax.random.split(key, 3)
+        return VanillaParams(
+            w_x=kernel_init(kx, (input_size, H), dtype),
+            w_h=blockwise(recurrent_init, 1)(kh, (H, H), dtype),
+            b=bias_init(kb, (H,), dtype),
+        )
+
+    def initial_state(params: VanillaParams, batch_shape: Any = ()) -> Array:
+        """Zeros ``(*batch_shape, H)``."""
+        return make_state_zeros(H, params.w_h.dtype, batch_shape)
+
+    def project(params: VanillaParams, x: Array) -> Array:
+        """``(..., I) -> (..., H)``: ``x w_x + b``."""
+        x = check_input(x, params.w_x)
+        return x @ params.w_x + params.b
+
+    def recur(params: VanillaParams, h: Array, xp: Array) -> tuple[Array, Array]:
+        """``h (*batch, H), xp (*batch, H) -> (h', h')``."""
+        h = act(xp + h @ params.w_h)
+        return h, h
+
+    return Cell(
+        init=init,
+        initial_state=initial_state,
+        step=make_step(project, recur),
+        project=project,
+        recur=recur,
+        output=lambda h: h,
+        hidden_size=H,
+        name="vanilla",
+        options={"hidden_size": H, "activation": activation},
+    )

@@ -1,0 +1,223 @@
+"""Layers on top of the time loop: bidirectional runs and stacks of several layers.
+
+Both are built from :func:`gatedrnn.scan` only; they add no math of their own.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+
+from gatedrnn.cells.base import Array, Cell, check_input_size
+from gatedrnn.scan import scan
+
+
+class Bidir(NamedTuple):
+    """A pair of forward and backward things (params or states) of a bidirectional layer."""
+
+    fw: Any
+    bw: Any
+
+
+def bidirectional_scan(
+    cell: Cell,
+    params: Bidir,
+    xs: Array,
+    initial_state: Bidir | None = None,
+    *,
+    seq_lengths: Array | None = None,
+    time_major: bool = False,
+    cell_bw: Cell | None = None,
+    **scan_kwargs: Any,
+) -> tuple[Bidir, Array]:
+    """Run a forward and a backward scan over the valid part of each sequence.
+
+    Args:
+      cell: the forward cell (and the backward one unless ``cell_bw`` is given).
+      params: ``Bidir(fw, bw)`` cell params.
+      xs: ``(*batch, T, I)`` (``(T, *batch, I)`` with ``time_major``).
+      initial_state: ``Bidir(fw, bw)`` states, or None for zeros.
+      seq_lengths: ``(*batch,)``: the backward run starts at each sequence's last valid
+        step.
+      time_major: as in :func:`gatedrnn.scan`.
+      cell_bw: a different cell for the backward direction (optional).
+      **scan_kwargs: further :func:`gatedrnn.scan` options (``unroll``, ``truncate``,
+        ``remat``, ``resets``).
+
+    Returns:
+      ``(Bidir(final_fw, final_bw), ys)`` with ``ys (*batch, T, H_fw + H_bw)``: forward and
+      backward outputs concatenated on the last axis, both in the original time order.
+    """
+    if not isinstance(params, tuple) or len(params) != 2:
+        raise ValueError(
+            f"bidirectional_scan params must be Bidir(fw, bw), got {type(params).__name__}"
+        )
+    cell_bw = cell if cell_bw is None else cell_bw
+    init = (None, None) if initial_state is None else initial_state
+    s_fw, y_fw = scan(
+        cell,
+        params[0],
+        xs,
+        init[0],
+        seq_lengths=seq_lengths,
+        time_major=time_major,
+        **scan_kwargs,
+    )
+    s_bw, y_bw = scan(
+        cell_bw,
+        params[1],
+        xs,
+        init[1],
+        seq_lengths=seq_lengths,
+        time_major=time_major,
+        reverse=True,
+        **scan_kwargs,
+    )
+    return Bidir(s_fw, s_bw), jnp.concatenate([y_fw, y_bw], axis=-1)
+
+
+class Stack(NamedTuple):
+    """Several recurrent layers, each layer's whole output sequence feeding the next.
+
+    Made by :func:`stack`. Params and states are tuples with one entry per layer; with
+    ``bidirectional`` each entry is a :class:`Bidir` ``(fw, bw)``.
+
+    Attributes:
+      init: ``init(key, input_size, dtype=jnp.float32) -> tuple of layer params``.
+      initial_state: ``initial_state(params, batch_shape=()) -> tuple of layer states``.
+      apply: ``apply(params, xs, initial_state=None, *, seq_lengths=None,
+        time_major=False, dropout_key=None, **scan_kwargs) -> (final_states, ys)``;
+        ``ys`` is the last layer's outputs ``(*batch, T, D * H)`` with ``D = 2`` if
+        bidirectional else 1.
+      cell: the cell every layer uses.
+      num_layers: number of layers.
+      bidirectional: whether each layer runs both ways.
+      dropout: dropout rate on every layer's output except the last (training only: it is
+        applied when ``apply`` gets a ``dropout_key``).
+    """
+
+    init: Callable[..., tuple]
+    initial_state: Callable[..., tuple]
+    apply: Callable[..., tuple[tuple, Array]]
+    cell: Cell
+    num_layers: int
+    bidirectional: bool
+    dropout: float
+
+
+def stack(
+    cell: Cell, num_layers: int = 1, *, bidirectional: bool = False, dropout: float = 0.0
+) -> Stack:
+    """Stack ``num_layers`` layers of ``cell`` (like PyTorch's ``nn.LSTM(num_layers=...)``).
+
+    Args:
+      cell: the cell of every layer (all layers have its hidden size ``H``).
+      num_layers: number of layers, >= 1.
+      bidirectional: run each layer forwards and backwards and concatenate the outputs,
+        so layers after the first take ``2H`` features.
+      dropout: rate in ``[0, 1)`` of dropout between layers (not after the last).
+
+    Returns:
+      A :class:`Stack`.
+    """
+    if not isinstance(cell, Cell):
+        raise TypeError(f"cell must be a gatedrnn Cell, got {type(cell).__name__}")
+    if isinstance(num_layers, bool) or not isinstance(num_layers, int) or num_layers < 1:
+        raise ValueError(f"num_layers must be an int >= 1, got {num_layers!r}")
+    if not 0.0 <= float(dropout) < 1.0:
+        raise ValueError(f"dropout must be in [0, 1), got {dropout!r}")
+    dirs = 2 if bidirectional else 1
+    H = cell.hidden_size
+
+    def init(key: Array, input_size: int, dtype: Any = jnp.float32) -> tuple:
+        """One params entry per layer; layer 0 takes ``input_size``, later ones ``D*H``."""
+        input_size = check_input_size(input_size)
+        out = []
+        for layer, k in enumerate(jax.random.split(key, num_layers)):
+            size = input_size if layer == 0 else dirs * H
+            if bidirectional:
+                kf, kb = jax.random.split(k)
+                out.append(Bidir(cell.init(kf, size, dtype), cell.init(kb, size, dtype)))
+            else:
+                out.append(cell.init(k, size, dtype))
+        return tuple(out)
+
+    def initial_state(params: tuple, batch_shape: Any = ()) -> tuple:
+        """Zeros for every layer (and direction)."""
+        if bidirectional:
+            return tuple(
+                Bidir(
+                    cell.initial_state(p.fw, batch_shape),
+                    cell.initial_state(p.bw, batch_shape),
+                )
+                for p in params
+            )
+        return tuple(cell.initial_state(p, batch_shape) for p in params)
+
+    def apply(
+        params: tuple,
+        xs: Array,
+        initial_state: tuple | None = None,
+        *,
+        seq_lengths: Array | None = None,
+        time_major: bool = False,
+        dropout_key: Array | None = None,
+        **scan_kwargs: Any,
+    ) -> tuple[tuple, Array]:
+        """Run all layers; returns ``(final states per layer, last layer's ys)``."""
+        if not isinstance(params, (tuple, list)) or len(params) != num_layers:
+            raise ValueError(
+                f"params must be a tuple of {num_layers} layer params, got "
+                f"{type(params).__name__}"
+                + (f" of length {len(params)}" if isinstance(params, (tuple, list)) else "")
+            )
+        if initial_state is not None and len(initial_state) != num_layers:
+            raise ValueError(
+                f"initial_state must have {num_layers} entries, got {len(initial_state)}"
+            )
+        finals = []
+        ys = xs
+        for layer in range(num_layers):
+            init_l = None if initial_state is None else initial_state[layer]
+            if bidirectional:
+                state, ys = bidirectional_scan(
+                    cell,
+                    params[layer],
+                    ys,
+                    init_l,
+                    seq_lengths=seq_lengths,
+                    time_major=time_major,
+                    **scan_kwargs,
+                )
+            else:
+                state, ys = scan(
+                    cell,
+                    params[layer],
+                    ys,
+                    init_l,
+                    seq_lengths=seq_lengths,
+                    time_major=time_major,
+                    **scan_kwargs,
+                )
+            finals.append(state)
+            if dropout > 0.0 and dropout_key is not None and layer < num_layers - 1:
+                dropout_key, k = jax.random.split(dropout_key)
+                keep = jax.random.bernoulli(k, 1.0 - dropout, ys.shape)
+                ys = jnp.where(keep, ys / (1.0 - dropout), jnp.zeros_like(ys))
+        return tuple(finals), ys
+
+    return Stack(
+        init=init,
+        initial_state=initial_state,
+        apply=apply,
+        cell=cell,
+        num_layers=num_layers,
+        bidirectional=bool(bidirectional),
+        dropout=float(dropout),
+    )
+
+
+__all__ = ["Bidir", "Stack", "bidirectional_scan", "stack"]

@@ -1,0 +1,263 @@
+"""The one time loop: :func:`scan` runs any :class:`~gatedrnn.Cell` over a sequence.
+
+Every wrapper (layers, Flax modules, experiments) goes through this function, so the
+options below are implemented once. ``jax.grad`` through :func:`scan` is
+backpropagation through time (BPTT); ``truncate=k`` gives truncated BPTT.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from gatedrnn.cells.base import Array, Cell, PyTree
+
+
+def _is_concrete(x: Any) -> bool:
+    """True if ``x`` holds values we can inspect now (not a tracer under jit/vmap/grad)."""
+    return not isinstance(x, jax.core.Tracer)
+
+
+def _as_array(x: Any, what: str) -> Array:
+    if not hasattr(x, "shape") or not hasattr(x, "dtype"):
+        try:
+            x = jnp.asarray(x)
+        except TypeError as e:
+            raise TypeError(f"{what} must be an array, got {type(x).__name__}") from e
+    return x
+
+
+def _broadcast_state(
+    cell: Cell, params: PyTree, state: PyTree, batch_shape: tuple[int, ...]
+) -> PyTree:
+    """Check a user-given initial state against ``(*batch_shape, H)`` and broadcast it."""
+    ref = cell.initial_state(params, batch_shape)
+    ref_leaves, ref_def = jax.tree_util.tree_flatten(ref)
+    leaves, treedef = jax.tree_util.tree_flatten(state)
+    if treedef != ref_def:
+        raise ValueError(
+            f"initial_state must have the structure of cell.initial_state "
+            f"({ref_def}), got {treedef}"
+        )
+    out = []
+    for leaf, r in zip(leaves, ref_leaves, strict=True):
+        leaf = _as_array(leaf, "initial_state")
+        try:
+            shape = jnp.broadcast_shapes(leaf.shape, r.shape)
+        except ValueError:
+            shape = None
+        if shape != r.shape:
+            raise ValueError(
+                f"initial_state leaves must have shape (*batch, H) = {r.shape} "
+                f"(or broadcast to it), got {tuple(leaf.shape)}"
+            )
+        if leaf.dtype != r.dtype:
+            raise TypeError(f"initial_state has dtype {leaf.dtype} but the params are {r.dtype}")
+        out.append(jnp.broadcast_to(leaf, r.shape))
+    return jax.tree_util.tree_unflatten(ref_def, out)
+
+
+def _where(mask: Array, a: PyTree, b: PyTree) -> PyTree:
+    """Per batch element select between two states; ``mask`` is ``(*batch,)``."""
+    return jax.tree_util.tree_map(lambda x, y: jnp.where(mask[..., None], x, y), a, b)
+
+
+def reverse_valid(x: Array, seq_lengths: Array | None) -> Array:
+    """Reverse each sequence's valid prefix along axis 0 (time-major), leave padding.
+
+    Args:
+      x: ``(T, *batch, ...)``.
+      seq_lengths: ``(*batch,)`` ints, or None to reverse the whole time axis.
+
+    Returns:
+      ``x`` with ``x[t]`` for ``t < len`` replaced by ``x[len - 1 - t]``; an involution.
+    """
+    if seq_lengths is None:
+        return jnp.flip(x, axis=0)
+    T = x.shape[0]
+    t = jnp.arange(T).reshape((T,) + (1,) * seq_lengths.ndim)
+    idx = jnp.where(t < seq_lengths, seq_lengths - 1 - t, t)
+    idx = idx.reshape(idx.shape + (1,) * (x.ndim - idx.ndim))
+    return jnp.take_along_axis(x, jnp.broadcast_to(idx, x.shape), axis=0)
+
+
+def scan(
+    cell: Cell,
+    params: PyTree,
+    xs: Array,
+    initial_state: PyTree | None = None,
+    *,
+    seq_lengths: Array | None = None,
+    resets: Array | None = None,
+    reverse: bool = False,
+    time_major: bool = False,
+    unroll: int | bool = 1,
+    truncate: int | None = None,
+    remat: bool = False,
+    state_perturbations: PyTree | None = None,
+) -> tuple[PyTree, Array]:
+    """Run ``cell`` over the time axis of ``xs`` with ``jax.lax.scan``.
+
+    Args:
+      cell: a :class:`~gatedrnn.Cell` (``gr.vanilla``, ``gr.lstm``, ``gr.gru``, ...).
+      params: the cell's params, e.g. from ``cell.init``.
+      xs: ``(*batch, T, I)``; or ``(T, *batch, I)`` with ``time_major=True``. ``batch``
+        may be empty (one sequence) or have several axes.
+      initial_state: the state before the first step, leaves ``(*batch, H)`` (anything
+        that broadcasts to it); zeros if None.
+      seq_lengths: ``(*batch,)`` ints in ``[0, T]``. Steps at or past a sequence's length
+        leave its state unchanged and output zeros; the final state is the state after the
+        last valid step.
+      resets: ``(*batch, T)`` bools (``(T, *batch)`` with ``time_major``). Where true, the
+        state is set back to ``initial_state`` before that step (episode or document
+        boundaries inside one sequence).
+      reverse: run each sequence from its last valid step back to its first; outputs are
+        returned in the original time order. With ``resets``, each segment is run
+        backwards, as if the pieces were scanned in reverse one by one.
+      time_major: ``xs`` (and ``ys``, ``resets``) have time on axis 0.
+      unroll: passed to ``jax.lax.scan`` (steps unrolled per loop iteration).
+      truncate: truncated BPTT window ``k``: the gradient through the state is stopped
+        before every step whose index (in processing order) is a positive multiple of
+        ``k``, so no gradient flows through the state more than ``k`` steps back and the
+        forward pass is unchanged. For a sequence of length ``n * k`` the gradient of any
+        output of the last chunk equals the full BPTT one within its chunk.
+      remat: recompute each step's internals in the backward pass (``jax.checkpoint``)
+        instead of storing them: less memory, more compute.
+      state_perturbations: for diagnostics; a pytree like the state with a leading time
+        axis, ``(T, *batch, H)`` leaves (always time-major, original time order), added to
+        the state right after each step (and so to that step's output). Differentiating
+        with respect to zeros here gives ``dL/dstate_t`` for every ``t`` in one pass.
+
+    Returns:
+      ``(final_state, ys)``: the state after the last valid step (leaves ``(*batch, H)``)
+      and the outputs ``(*batch, T, H)`` (``(T, *batch, H)`` with ``time_major``).
+
+    Raises:
+      ValueError: on a rank, size or option that does not fit, before tracing.
+      TypeError: on integer inputs or a dtype that differs from the params'.
+    """
+    if not isinstance(cell, Cell):
+        raise TypeError(f"cell must be a gatedrnn Cell, got {type(cell).__name__}")
+    xs = _as_array(xs, "xs")
+    layout = "(T, *batch, features)" if time_major else "(*batch, T, features)"
+    if xs.ndim < 2:
+        raise ValueError(
+            f"xs must have shape {layout} with at least 2 axes, got shape {tuple(xs.shape)}"
+        )
+    if not isinstance(unroll, (bool, int, np.integer)) or (
+        not isinstance(unroll, bool) and unroll < 1
+    ):
+        raise ValueError(f"unroll must be an int >= 1 or a bool, got {unroll!r}")
+    if truncate is not None and (
+        isinstance(truncate, bool) or not isinstance(truncate, (int, np.integer)) or truncate < 1
+    ):
+        raise ValueError(f"truncate must be None or an int >= 1, got {truncate!r}")
+
+    xs_tm = xs if time_major else jnp.moveaxis(xs, -2, 0)
+    T = xs_tm.shape[0]
+    batch_shape = tuple(xs_tm.shape[1:-1])
+    # The cell checks the feature size and dtype against its params.
+    xp = cell.project(params, xs_tm)
+
+    if initial_state is None:
+        state0 = cell.initial_state(params, batch_shape)
+    else:
+        state0 = _broadcast_state(cell, params, initial_state, batch_shape)
+
+    lengths = None
+    if seq_lengths is not None:
+        lengths = _as_array(seq_lengths, "seq_lengths")
+        if tuple(lengths.shape) != batch_shape:
+            raise ValueError(
+                f"seq_lengths must have shape (*batch,) = {batch_shape}, got {tuple(lengths.shape)}"
+            )
+        if not jnp.issubdtype(lengths.dtype, jnp.integer):
+            raise TypeError(f"seq_lengths must be integers, got dtype {lengths.dtype}")
+        if _is_concrete(lengths) and lengths.size:
+            lo, hi = int(jnp.min(lengths)), int(jnp.max(lengths))
+            if lo < 0 or hi > T:
+                raise ValueError(
+                    f"seq_lengths must lie in [0, T={T}], got values from {lo} to {hi}"
+                )
+        lengths = lengths.astype(jnp.int32)
+
+    rs = None
+    if resets is not None:
+        rs = _as_array(resets, "resets")
+        want = (T, *batch_shape) if time_major else (*batch_shape, T)
+        if tuple(rs.shape) != want:
+            raise ValueError(
+                f"resets must have shape {'(T, *batch)' if time_major else '(*batch, T)'}"
+                f" = {want}, got {tuple(rs.shape)}"
+            )
+        if rs.dtype != jnp.bool_:
+            raise TypeError(f"resets must be booleans, got dtype {rs.dtype}")
+        rs = rs if time_major else jnp.moveaxis(rs, -1, 0)
+
+    perts = None
+    if state_perturbations is not None:
+        ref = jax.tree_util.tree_map(
+            lambda leaf: jax.ShapeDtypeStruct((T, *leaf.shape), leaf.dtype), state0
+        )
+        if jax.tree_util.tree_structure(state_perturbations) != jax.tree_util.tree_structure(
+            ref
+        ) or any(
+            tuple(p.shape) != r.shape
+            for p, r in zip(
+                jax.tree_util.tree_leaves(state_perturbations),
+                jax.tree_util.tree_leaves(ref),
+                strict=True,
+            )
+        ):
+            raise ValueError(
+                "state_perturbations must be like the state with a leading time axis, "
+                f"leaves (T, *batch, H) = {(T, *batch_shape, cell.hidden_size)}"
+            )
+        perts = state_perturbations
+
+    if reverse:
+        xp = reverse_valid(xp, lengths)
+        if rs is not None:
+            # A reset before original step t marks the boundary between t-1 and t; going
+            # backwards that boundary comes before step t-1.
+            shifted = jnp.concatenate([rs[1:], jnp.zeros_like(rs[:1])], axis=0)
+            if lengths is not None:
+                t = jnp.arange(T).reshape((T,) + (1,) * len(batch_shape))
+                shifted = shifted & (t < lengths - 1)
+            rs = reverse_valid(shifted, lengths)
+        if perts is not None:
+            perts = jax.tree_util.tree_map(lambda p: reverse_valid(p, lengths), perts)
+
+    def body(state: PyTree, inputs: tuple) -> tuple[PyTree, Array]:
+        t, xp_t, r_t, p_t = inputs
+        if r_t is not None:
+            state = _where(r_t, state0, state)
+        if truncate is not None:
+            cut = (t > 0) & (t % truncate == 0)
+            state = jax.tree_util.tree_map(
+                lambda s: jnp.where(cut, jax.lax.stop_gradient(s), s), state
+            )
+        new_state, y = cell.recur(params, state, xp_t)
+        if p_t is not None:
+            new_state = jax.tree_util.tree_map(jnp.add, new_state, p_t)
+            y = cell.output(new_state)
+        if lengths is not None:
+            valid = t < lengths
+            new_state = _where(valid, new_state, state)
+            y = jnp.where(valid[..., None], y, jnp.zeros_like(y))
+        return new_state, y
+
+    if remat:
+        body = jax.checkpoint(body)
+
+    final_state, ys = jax.lax.scan(
+        body, state0, (jnp.arange(T), xp, rs, perts), length=T, unroll=unroll
+    )
+    if reverse:
+        ys = reverse_valid(ys, lengths)
+    if not time_major:
+        ys = jnp.moveaxis(ys, 0, -2)
+    return final_state, ys
