@@ -22,6 +22,7 @@ new_carry))``; :func:`stream_batches` and :func:`stateful_task_loss` build one f
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 import time
@@ -87,12 +88,12 @@ class TrainResult(NamedTuple):
       history: one dict per evaluation: ``step``, ``train_loss`` (mean over the updates
         since the last evaluation), ``eval_*`` metrics, ``time`` (s), ``steps_per_s``.
       solved_step: the number of updates after which the success test first passed, or
-        None.
+        None; for an ensemble run, one such entry per member.
     """
 
     state: TrainState
     history: list[dict[str, float]]
-    solved_step: int | None
+    solved_step: int | list[int | None] | None
 
 
 def init_state(
@@ -108,6 +109,23 @@ def init_state(
     """
     rng = jax.random.PRNGKey(seed) if isinstance(seed, (int, np.integer)) else jnp.asarray(seed)
     return TrainState(params, optimizer.init(params), jnp.zeros((), jnp.int32), rng, carry)
+
+
+def init_ensemble(
+    params: PyTree, optimizer: optax.GradientTransformation, seeds: Sequence[int]
+) -> TrainState:
+    """A :class:`TrainState` for ``S = len(seeds)`` members trained at once (``ensemble=True``).
+
+    Args:
+      params: params with a leading member axis ``S`` on every leaf (e.g. from
+        ``jax.vmap(model.init)(keys)``).
+      optimizer: the optax transformation.
+      seeds: one batch seed per member; member ``i`` sees the batches a single run
+        ``init_state(..., seeds[i])`` would see.
+    """
+    rng = jnp.stack([jax.random.PRNGKey(int(s)) for s in seeds])
+    step = jnp.zeros((len(seeds),), jnp.int32)
+    return TrainState(params, jax.vmap(optimizer.init)(params), step, rng, None)
 
 
 def make_optimizer(
@@ -177,6 +195,11 @@ def make_optimizer(
 # ------------------------------------------------------------------------------- step
 
 
+def global_norm(tree: PyTree) -> Array:
+    """The L2 norm of all leaves of ``tree`` together (what global-norm clipping uses)."""
+    return jnp.sqrt(sum(jnp.sum(jnp.square(x)) for x in jax.tree_util.tree_leaves(tree)))
+
+
 def make_train_step(
     loss_fn: LossFn | StatefulLossFn,
     optimizer: optax.GradientTransformation,
@@ -208,7 +231,7 @@ def make_train_step(
             carry = state.carry
         updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
         params = optax.apply_updates(state.params, updates)
-        metrics = {**metrics, "loss": loss, "grad_norm": optax.global_norm(grads)}
+        metrics = {**metrics, "loss": loss, "grad_norm": global_norm(grads)}
         return TrainState(params, opt_state, state.step + 1, state.rng, carry), metrics
 
     return train_step
@@ -242,14 +265,40 @@ def make_multi_step(
 # ------------------------------------------------------------------------------- loop
 
 
-def _to_floats(metrics: Mapping[str, Any]) -> dict[str, float]:
-    return {k: float(np.asarray(v)) for k, v in metrics.items()}
+@functools.lru_cache(maxsize=64)
+def _compiled_block(
+    loss_fn: Callable,
+    optimizer: optax.GradientTransformation,
+    batch_fn: BatchFn,
+    num_steps: int,
+    stateful: bool,
+    ensemble: bool,
+) -> Callable[[TrainState], tuple[TrainState, Metrics]]:
+    """The jitted ``num_steps``-update block, cached so repeated runs with the same loss,
+    optimizer and batches (other seeds, a resumed run) reuse the compiled code."""
+    step = make_train_step(loss_fn, optimizer, stateful=stateful)
+    if ensemble:
+        step, batch_fn = jax.vmap(step), jax.vmap(batch_fn)
+    return jax.jit(make_multi_step(step, batch_fn, num_steps))
+
+
+@functools.lru_cache(maxsize=64)
+def _compiled_eval(eval_fn: Callable, ensemble: bool) -> Callable:
+    return jax.jit(jax.vmap(eval_fn, in_axes=(0, None)) if ensemble else eval_fn)
 
 
 def _check_finite(losses: np.ndarray, first_step: int) -> None:
-    bad = np.flatnonzero(~np.isfinite(losses))
-    if bad.size:
-        raise NonFiniteLossError(first_step + int(bad[0]), float(losses[bad[0]]))
+    """Raise naming the first update (and member, for an ensemble) whose loss is not finite."""
+    flat = losses.reshape(losses.shape[0], -1)
+    rows = np.flatnonzero(~np.all(np.isfinite(flat), axis=1))
+    if rows.size:
+        row = flat[rows[0]]
+        raise NonFiniteLossError(first_step + int(rows[0]), float(row[~np.isfinite(row)][0]))
+
+
+def _mean_over_steps(x: Array) -> float | list[float]:
+    m = np.mean(np.asarray(x), axis=0)
+    return m.tolist() if m.ndim else float(m)
 
 
 def train(
@@ -260,6 +309,7 @@ def train(
     *,
     num_steps: int,
     stateful: bool = False,
+    ensemble: bool = False,
     eval_fn: Callable[[PyTree, Any], Metrics] | None = None,
     eval_batches: Sequence[Any] = (),
     eval_every: int = 100,
@@ -269,27 +319,31 @@ def train(
     desc: str | None = None,
     log_extra: Mapping[str, Any] | None = None,
 ) -> TrainResult:
-    """Run ``num_steps`` updates (fewer on early stop) from ``state``.
+    """Run updates from ``state.step`` up to ``num_steps`` (fewer on early stop).
 
-    Updates run ``eval_every`` at a time inside one jitted ``lax.scan``; after each block
-    the losses are checked, the model is evaluated on ``eval_batches``, a log line is
+    Updates run ``eval_every`` at a time inside one jitted ``lax.scan`` (compiled once per
+    loss/optimizer/batch_fn and reused by later calls with the same objects); after each
+    block the losses are checked, the model is evaluated on ``eval_batches``, a log line is
     written, and the run stops if ``solved(eval metrics)`` holds.
 
     Args:
       loss_fn: see :func:`make_train_step`.
-      state: where to start (``init_state`` or a restored state); counting starts at
+      state: where to start (:func:`init_state` or a restored state); counting starts at
         ``state.step``, so a resumed run continues the same batch sequence.
       optimizer: the optax transformation ``state.opt_state`` belongs to.
       batch_fn: ``batch_fn(rng, step) -> batch``, pure and jit-able, e.g.
         :func:`task_batches`.
       num_steps: total updates to reach (``state.step`` counts toward it).
       stateful: the loss threads ``state.carry`` (see :func:`make_train_step`).
+      ensemble: every leaf of ``state`` has a leading member axis ``S`` (several seeds
+        trained at once with ``jax.vmap``, see :func:`init_ensemble`); history values
+        become per-member lists, ``solved_step`` a per-member list, and the run stops
+        early only when every member is solved.
       eval_fn: ``eval_fn(params, batch) -> metrics`` (defaults to the loss's metrics
         for a stateless loss); averaged over ``eval_batches``.
-      eval_batches: held-out batches (drawn from a key the training batches never use).
+      eval_batches: held-out batches (from a key the training batches never use).
       eval_every: updates between evaluations and log lines (>= 1).
-      solved: success test on the averaged eval metrics (``eval_`` prefix stripped);
-        stop when it passes.
+      solved: success test on the averaged eval metrics (``eval_`` prefix stripped).
       log_path: append one JSON object per evaluation to this file.
       progress: show a tqdm bar (loss, steps/s).
       desc: the bar's label.
@@ -301,68 +355,60 @@ def train(
     Raises:
       NonFiniteLossError: a training loss was NaN/inf; names the first such step.
     """
-    if isinstance(num_steps, bool) or not isinstance(num_steps, (int, np.integer)):
-        raise ValueError(f"num_steps must be an int >= 0, got {num_steps!r}")
-    if isinstance(eval_every, bool) or not isinstance(eval_every, (int, np.integer)):
-        raise ValueError(f"eval_every must be an int >= 1, got {eval_every!r}")
-    if num_steps < 0 or eval_every < 1:
-        raise ValueError(f"need num_steps >= 0 and eval_every >= 1, got {num_steps}, {eval_every}")
+    for name, value, low in (("num_steps", num_steps, 0), ("eval_every", eval_every, 1)):
+        if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < low:
+            raise ValueError(f"{name} must be an int >= {low}, got {value!r}")
     if not isinstance(state, TrainState):
         raise TypeError(f"state must be a TrainState, got {type(state).__name__}")
     if stateful and eval_fn is None and eval_batches:
         raise ValueError("a stateful loss needs an explicit eval_fn(params, batch) -> metrics")
-
-    train_step = make_train_step(loss_fn, optimizer, stateful=stateful)
     if eval_fn is None and not stateful:
+        eval_fn = _loss_metrics(loss_fn)
+    members = int(np.shape(state.step)[0]) if ensemble else 1
 
-        def eval_fn(params: PyTree, batch: Any) -> Metrics:
-            return loss_fn(params, batch)[1]  # type: ignore[call-arg]
-
-    jit_eval = jax.jit(eval_fn) if eval_fn is not None else None
-    blocks: dict[int, Callable] = {}
-
-    def block(n: int) -> Callable:
-        if n not in blocks:
-            blocks[n] = jax.jit(make_multi_step(train_step, batch_fn, n))
-        return blocks[n]
-
-    def evaluate(params: PyTree) -> dict[str, float]:
-        if jit_eval is None or not eval_batches:
-            return {}
-        runs = [_to_floats(jit_eval(params, b)) for b in eval_batches]
-        return {k: float(np.mean([r[k] for r in runs])) for k in runs[0]}
+    def evaluate(params: PyTree) -> list[dict[str, float]]:
+        """Eval metrics averaged over the held-out batches, one dict per member."""
+        if eval_fn is None or not eval_batches:
+            return []
+        fn = _compiled_eval(eval_fn, ensemble)
+        runs = [jax.device_get(fn(params, b)) for b in eval_batches]
+        mean = {k: np.mean([np.asarray(r[k]) for r in runs], axis=0) for k in runs[0]}
+        return [{k: float(np.reshape(v, -1)[i]) for k, v in mean.items()} for i in range(members)]
 
     log_file = None
     if log_path is not None:
         Path(log_path).parent.mkdir(parents=True, exist_ok=True)
         log_file = open(log_path, "a")  # closed in the finally below
 
+    done = int(np.max(np.asarray(state.step)))
     bar = None
     if progress:
         from tqdm.auto import tqdm
 
-        bar = tqdm(total=num_steps, initial=int(state.step), desc=desc, leave=False)
+        bar = tqdm(total=num_steps, initial=done, desc=desc, leave=False)
 
-    history: list[dict[str, float]] = []
-    solved_step = None
+    history: list[dict[str, Any]] = []
+    solved_at: list[int | None] = [None] * members
     start = time.perf_counter()
-    done = int(state.step)
     try:
         while done < num_steps:
             n = min(eval_every, num_steps - done)
             t0 = time.perf_counter()
-            state, metrics = block(n)(state)
+            block = _compiled_block(loss_fn, optimizer, batch_fn, n, stateful, ensemble)
+            state, metrics = block(state)
             losses = np.asarray(metrics["loss"])
             _check_finite(losses, done)
             done += n
             rate = n / max(time.perf_counter() - t0, 1e-9)
-            row: dict[str, float] = {
+            row: dict[str, Any] = {
                 "step": done,
-                "train_loss": float(np.mean(losses)),
-                "grad_norm": float(np.mean(np.asarray(metrics["grad_norm"]))),
+                "train_loss": _mean_over_steps(losses),
+                "grad_norm": _mean_over_steps(metrics["grad_norm"]),
             }
             ev = evaluate(state.params)
-            row.update({f"eval_{k}": v for k, v in ev.items()})
+            for k in ev[0] if ev else ():
+                vals = [e[k] for e in ev]
+                row[f"eval_{k}"] = vals if ensemble else vals[0]
             row["time"] = time.perf_counter() - start
             row["steps_per_s"] = rate
             history.append(row)
@@ -370,20 +416,29 @@ def train(
                 log_file.write(json.dumps({**(log_extra or {}), **row}) + "\n")
                 log_file.flush()
             if bar is not None:
-                shown = {"loss": f"{row['train_loss']:.4g}", "steps/s": f"{rate:.0f}"}
-                if "loss" in ev:
-                    shown["eval"] = f"{ev['loss']:.4g}"
+                shown = {"loss": f"{np.mean(losses):.4g}", "steps/s": f"{rate:.0f}"}
+                if ev:
+                    shown["eval"] = f"{np.mean([e['loss'] for e in ev]):.4g}"
                 bar.set_postfix(shown)
                 bar.update(n)
-            if solved is not None and ev and solved(ev):
-                solved_step = done
-                break
+            if solved is not None and ev:
+                for i, e in enumerate(ev):
+                    if solved_at[i] is None and solved(e):
+                        solved_at[i] = done
+                if all(s is not None for s in solved_at):
+                    break
     finally:
         if bar is not None:
             bar.close()
         if log_file is not None:
             log_file.close()
-    return TrainResult(state, history, solved_step)
+    return TrainResult(state, history, solved_at if ensemble else solved_at[0])
+
+
+@functools.lru_cache(maxsize=64)
+def _loss_metrics(loss_fn: LossFn) -> Callable[[PyTree, Any], Metrics]:
+    """``eval_fn`` from a stateless loss: its metrics (with ``loss``); cached per loss."""
+    return lambda params, batch: loss_fn(params, batch)[1]
 
 
 # ------------------------------------------------------------------------------ model
@@ -538,10 +593,17 @@ def stateful_task_loss(model: SequenceModel, task: Task) -> StatefulLossFn:
     return loss_fn
 
 
-def eval_batches_for(task: Task, batch_size: int, num_batches: int, seed: int) -> list[Batch]:
-    """Held-out batches: drawn from ``PRNGKey(seed)`` folded with a tag training never uses."""
-    key = jax.random.fold_in(jax.random.PRNGKey(seed), 0x5EED)
-    return [task.sample(k, batch_size) for k in jax.random.split(key, num_batches)]
+def eval_batches_for(
+    task: Task, batch_size: int, num_batches: int, seed: int = 12345
+) -> list[Batch]:
+    """Held-out batches from ``PRNGKey(seed)`` split (training batches use ``fold_in``)."""
+    keys = jax.random.split(jax.random.PRNGKey(seed), num_batches)
+    return [task.sample(k, batch_size) for k in keys]
+
+
+def param_key(seed: int) -> Array:
+    """The key :func:`fit` draws a run's initial parameters from (batches use ``fold_in``)."""
+    return jax.random.split(jax.random.PRNGKey(seed))[1]
 
 
 def fit(
@@ -553,10 +615,11 @@ def fit(
     learning_rate: float = 1e-3,
     clip_norm: float | None = 1.0,
     schedule: str = "constant",
-    seed: int = 0,
+    seed: int | Sequence[int] = 0,
     eval_every: int = 100,
     eval_batch_size: int = 256,
     num_eval_batches: int = 1,
+    eval_seed: int = 12345,
     early_stop: bool = True,
     truncate: int | None = None,
     log_path: str | Path | None = None,
@@ -564,7 +627,7 @@ def fit(
     desc: str | None = None,
     log_extra: Mapping[str, Any] | None = None,
 ) -> tuple[SequenceModel, TrainResult]:
-    """Train ``cell`` plus a linear readout on ``task`` with Adam; the one-call entry.
+    """Train ``cell`` plus a linear readout on ``task`` with clipped Adam: the one-call entry.
 
     Args:
       task: a :class:`~gatedrnn.tasks.Task`.
@@ -574,32 +637,40 @@ def fit(
       learning_rate: Adam's peak learning rate.
       clip_norm: global-norm clipping threshold (None: none).
       schedule: see :func:`make_optimizer`.
-      seed: seeds the parameters (``fold_in(key, 0)``), the training batches
-        (``fold_in(key, 1)``) and the held-out batches (a separate tag).
+      seed: an int, or a sequence of ints to train one member per seed at once with
+        ``jax.vmap`` (``ensemble=True`` in :func:`train`; history values become lists).
+        A seed fixes the initial params (:func:`param_key`) and the training batches
+        (``fold_in(PRNGKey(seed), step)``).
       eval_every: updates between evaluations.
-      eval_batch_size, num_eval_batches: held-out set size.
-      early_stop: stop when ``task.solved`` passes on the held-out set.
+      eval_batch_size, num_eval_batches, eval_seed: the held-out set
+        (:func:`eval_batches_for`), the same for every training seed.
+      early_stop: stop when ``task.solved`` passes on the held-out set (for every member).
       truncate: truncated BPTT window passed to :func:`gatedrnn.scan` (None: full BPTT).
       log_path, progress, desc, log_extra: see :func:`train`.
 
     Returns:
-      ``(model, result)``; ``result.state.params`` are the trained params.
+      ``(model, result)``; ``result.state.params`` are the trained params (with a leading
+      member axis for a sequence of seeds).
     """
     model = task_model(cell, task)
-    key = jax.random.PRNGKey(seed)
-    params = model.init(jax.random.fold_in(key, 0))
     optimizer = make_optimizer(
         learning_rate, clip_norm=clip_norm, schedule=schedule, num_steps=num_steps
     )
-    state = init_state(params, optimizer, jax.random.fold_in(key, 1))
-    loss_fn = task_loss(model, task, truncate=truncate)
+    ensemble = not isinstance(seed, (int, np.integer))
+    if ensemble:
+        seeds = [int(s) for s in seed]  # type: ignore[union-attr]
+        params = jax.vmap(model.init)(jnp.stack([param_key(s) for s in seeds]))
+        state = init_ensemble(params, optimizer, seeds)
+    else:
+        state = init_state(model.init(param_key(int(seed))), optimizer, int(seed))
     result = train(
-        loss_fn,
+        task_loss(model, task, truncate=truncate),
         state,
         optimizer,
         task_batches(task, batch_size),
         num_steps=num_steps,
-        eval_batches=eval_batches_for(task, eval_batch_size, num_eval_batches, seed),
+        ensemble=ensemble,
+        eval_batches=eval_batches_for(task, eval_batch_size, num_eval_batches, eval_seed),
         eval_every=eval_every,
         solved=task.solved if early_stop else None,
         log_path=log_path,
