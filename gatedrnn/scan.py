@@ -182,7 +182,9 @@ def scan(
         if not jnp.issubdtype(lengths.dtype, jnp.integer):
             raise TypeError(f"seq_lengths must be integers, got dtype {lengths.dtype}")
         if _is_concrete(lengths) and lengths.size:
-            lo, hi = int(jnp.min(lengths)), int(jnp.max(lengths))
+            # numpy, not jnp: under an outer jit, jnp.min of a closed-over array is traced
+            values = np.asarray(lengths)
+            lo, hi = int(values.min()), int(values.max())
             if lo < 0 or hi > T:
                 raise ValueError(
                     f"seq_lengths must lie in [0, T={T}], got values from {lo} to {hi}"

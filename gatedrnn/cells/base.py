@@ -118,8 +118,10 @@ def check_batch_shape(batch_shape: Any) -> tuple[int, ...]:
     if isinstance(batch_shape, (int, np.integer)):
         batch_shape = (int(batch_shape),)
     try:
+        if isinstance(batch_shape, (str, bytes)):
+            raise TypeError
         shape = tuple(int(d) for d in batch_shape)
-    except TypeError:
+    except (TypeError, ValueError):
         raise ValueError(f"batch_shape must be a tuple of ints, got {batch_shape!r}") from None
     if any(d < 0 for d in shape):
         raise ValueError(f"batch_shape must have sizes >= 0, got {shape}")
