@@ -252,7 +252,8 @@ def test_concrete_lengths_closed_over_under_jit_are_checked_not_traced(setup):
     ys = jax.jit(lambda x: gr.scan(cell, params, x, seq_lengths=lengths)[1])(xs_of(B, T, I))
     assert ys.shape == (B, T, H)
     with pytest.raises(ValueError, match=r"\[0, T=5\], got values from 2 to 6"):
-        jax.jit(lambda x: gr.scan(cell, params, x, seq_lengths=jnp.array([2, 6])))(xs_of(B, T, I))
+        too_long = jnp.array([2, 6])
+        jax.jit(lambda x: gr.scan(cell, params, x, seq_lengths=too_long))(xs_of(B, T, I))
 
 
 def test_resets_wrong_shape_or_dtype(setup):
