@@ -54,20 +54,22 @@ _GATES: dict[str, tuple[str, ...]] = {"vanilla": ("",), "lstm": tuple("ifgo"), "
 
 
 def _to_jax(x: Any, what: str) -> Array:
-    """A numpy-convertible array (torch tensor, numpy, jax) as a jax array of its dtype.
+    """A torch tensor, numpy or jax array as a jax array of the same dtype.
 
+    JAX arrays (and tracers) pass through, so the Flax conversions are differentiable.
     Raises ValueError for float64 while JAX has x64 disabled (it would round silently).
     """
-    if hasattr(x, "detach"):  # a torch tensor
-        x = x.detach().cpu().numpy()
-    x = np.asarray(x)
-    if x.dtype == np.float64 and not jax.config.jax_enable_x64:
-        raise ValueError(
-            f"{what} is float64 but JAX runs in float32 (jax_enable_x64 is off), so the "
-            "weights would be rounded silently; enable x64 "
-            "(jax.config.update('jax_enable_x64', True)) or convert the source to float32"
-        )
-    if not np.issubdtype(x.dtype, np.floating):
+    if not isinstance(x, jax.Array):
+        if hasattr(x, "detach"):  # a torch tensor
+            x = x.detach().cpu().numpy()
+        x = np.asarray(x)
+        if x.dtype == np.float64 and not jax.config.jax_enable_x64:
+            raise ValueError(
+                f"{what} is float64 but JAX runs in float32 (jax_enable_x64 is off), so the "
+                "weights would be rounded silently; enable x64 "
+                "(jax.config.update('jax_enable_x64', True)) or convert the source to float32"
+            )
+    if not jnp.issubdtype(x.dtype, jnp.floating):
         raise TypeError(f"{what} must be floating point, got {x.dtype}")
     return jnp.asarray(x)
 
