@@ -8,22 +8,18 @@ must raise a ValueError.
 
 from __future__ import annotations
 
-import re
-from pathlib import Path
-
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from _readme import readme_block
 from flax import nnx
 
 import gatedrnn as gr
 from gatedrnn import interop
 
 torch = pytest.importorskip("torch")
-
-ROOT = Path(__file__).resolve().parents[1]
 
 
 def _tree_equal(a, b) -> bool:
@@ -414,14 +410,6 @@ def test_flax_nnx_gru_without_b_hn_refuses_nonzero_b_hn():
 
 
 # --------------------------------------------------------------------------- README
-
-
-def readme_block(marker: str) -> str:
-    """The fenced code block after ``<!-- test: marker -->`` in README.md."""
-    text = (ROOT / "README.md").read_text()
-    m = re.search(rf"<!-- test: {re.escape(marker)} -->\s*```python\n(.*?)```", text, re.S)
-    assert m, f"README.md has no code block marked {marker!r}"
-    return m.group(1)
 
 
 def test_readme_bring_your_pytorch_lstm_runs():
