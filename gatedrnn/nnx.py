@@ -84,9 +84,7 @@ class _CellBase(nnx.RNNCellBase):
     def load_pure(self, params: PyTree) -> None:
         """Overwrite the params with a pure NamedTuple of the same type and shapes."""
         if type(params) is not self._ptype:
-            raise TypeError(
-                f"expected {self._ptype.__name__}, got {type(params).__name__}"
-            )
+            raise TypeError(f"expected {self._ptype.__name__}, got {type(params).__name__}")
         for f in self._fields:
             old, new = getattr(self, f)[...], getattr(params, f)
             if tuple(new.shape) != tuple(old.shape) or new.dtype != old.dtype:
