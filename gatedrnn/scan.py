@@ -177,7 +177,9 @@ def scan(
         if not jnp.issubdtype(lengths.dtype, jnp.integer):
             raise TypeError(f"seq_lengths must be integers, got dtype {lengths.dtype}")
         if _is_concrete(lengths) and lengths.size:
-            lo, hi = int(jnp.min(lengths)), int(jnp.max(lengths))
+            # numpy, not jnp: under jit jnp.min of a concrete (closed-over) array is a tracer
+            host = np.asarray(lengths)
+            lo, hi = int(host.min()), int(host.max())
             if lo < 0 or hi > T:
                 raise ValueError(
                     f"seq_lengths must lie in [0, T={T}], got values from {lo} to {hi}"

@@ -107,7 +107,7 @@ def test_recall_key_early_query_last_target_is_key() -> None:
     pos = is_key.argmax(1)
     assert pos.max() < 6 and len(set(pos.tolist())) > 1
     assert np.all(tok[:, -1] == nk + nd)
-    assert np.all((tok[:, :-1] < nk + nd))
+    assert np.all(tok[:, :-1] < nk + nd)
     np.testing.assert_array_equal(np.asarray(b.targets)[:, -1], tok[np.arange(300), pos])
     assert task.baseline == pytest.approx(math.log(nk))
 
