@@ -18,6 +18,7 @@ and the *distance* of ``s_t`` from the end is ``T - t``.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from typing import Any
 
@@ -84,6 +85,23 @@ def _check_leaf(state: PyTree, leaf: str | None) -> None:
         )
 
 
+class _Static:
+    """A jit static argument hashed by identity (a Cell holds a dict, so it is unhashable).
+
+    The jit cache keeps a reference to it, so an id is never reused while cached; calls
+    with the same cell (and loss) and the same shapes reuse the compiled code.
+    """
+
+    def __init__(self, value: Any) -> None:
+        self.value = value
+
+    def __hash__(self) -> int:
+        return id(self.value)
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, _Static) and other.value is self.value
+
+
 # ------------------------------------------------------------------- state gradients
 
 
@@ -128,12 +146,19 @@ def state_gradients(
     if not callable(loss_fn):
         raise TypeError(f"loss_fn must be callable (final_state, ys) -> scalar, got {loss_fn!r}")
     xs_tm, state0, _ = _prepare(cell, params, xs, initial_state, time_major)
+    return _state_gradients(_Static(cell), _Static(loss_fn), params, xs_tm, state0)
+
+
+@functools.partial(jax.jit, static_argnums=(0, 1))
+def _state_gradients(
+    cell: _Static, loss_fn: _Static, params: PyTree, xs_tm: Array, state0: PyTree
+) -> tuple[Array, PyTree]:
     T = xs_tm.shape[0]
     zeros = jax.tree_util.tree_map(lambda s: jnp.zeros((T + 1, *s.shape), s.dtype), state0)
 
     def loss_of(perts: PyTree) -> Array:
-        final, ys = _perturbed_scan(cell, params, xs_tm, state0, perts)
-        loss = jnp.asarray(loss_fn(final, ys))
+        final, ys = _perturbed_scan(cell.value, params, xs_tm, state0, perts)
+        loss = jnp.asarray(loss_fn.value(final, ys))
         if loss.shape != ():
             raise ValueError(f"loss_fn must return a scalar, got shape {tuple(loss.shape)}")
         return loss
@@ -240,15 +265,23 @@ def jacobians(
     B = int(np.prod(batch_shape))
     xs_flat = xs_tm.reshape(T, B, xs_tm.shape[-1])
     s_flat = jax.tree_util.tree_map(lambda s: s.reshape(B, s.shape[-1]), state0)
-    n = _to_vec(state0, leaf).shape[-1]
+    J = _dense_jacobians(_Static(cell), leaf, params, xs_flat, s_flat)  # (T+1, B, n, n)
+    return J.reshape(T + 1, *batch_shape, *J.shape[-2:])
+
+
+@functools.partial(jax.jit, static_argnums=(0, 1))
+def _dense_jacobians(
+    cell: _Static, leaf: str | None, params: PyTree, xs_flat: Array, s_flat: PyTree
+) -> Array:
+    T = xs_flat.shape[0]
 
     def one(x: Array, s0: PyTree) -> Array:  # x (T, I), s0 leaves (H,)
-        f = _final_map(cell, params, x, s0, leaf)
+        n = _to_vec(s0, leaf).shape[-1]
+        f = _final_map(cell.value, params, x, s0, leaf)
         J = jax.jacrev(f)(jnp.zeros((T + 1, n), x.dtype))  # (n, T + 1, n)
         return jnp.moveaxis(J, 1, 0)
 
-    J = jax.vmap(one, in_axes=(1, 0), out_axes=1)(xs_flat, s_flat)  # (T+1, B, n, n)
-    return J.reshape(T + 1, *batch_shape, n, n)
+    return jax.vmap(one, in_axes=(1, 0), out_axes=1)(xs_flat, s_flat)
 
 
 def jacobian_norms(
@@ -302,29 +335,49 @@ def jacobian_norms(
     xs_tm, state0, batch_shape = _prepare(cell, params, xs, initial_state, time_major)
     _check_leaf(state0, leaf)
     T = xs_tm.shape[0]
-    v0 = _to_vec(state0, leaf)
-    n, dtype = v0.shape[-1], v0.dtype
-    P0 = jnp.zeros((T + 1, *v0.shape), dtype)
-    f = _final_map(cell, params, xs_tm, state0, leaf)
-    _, f_lin = jax.linearize(f, P0)
-    f_t = jax.linear_transpose(f_lin, P0)
+    n = _to_vec(state0, leaf).shape[-1]
     if chunk is None:
         per_t = (T + 1) * max(int(np.prod(batch_shape)), 1) * n
         chunk = int(max(1, min(T + 1, 2**24 // max(per_t, 1))))
+    key = jax.random.PRNGKey(0) if key is None else key
+    return _power_norms(_Static(cell), leaf, int(num_iters), int(chunk), params, xs_tm, state0, key)
+
+
+@functools.partial(jax.jit, static_argnums=(0, 1, 2, 3))
+def _power_norms(
+    cell: _Static,
+    leaf: str | None,
+    num_iters: int,
+    chunk: int,
+    params: PyTree,
+    xs_tm: Array,
+    state0: PyTree,
+    key: Array,
+) -> Array:
+    T = xs_tm.shape[0]
+    v0 = _to_vec(state0, leaf)
+    P0 = jnp.zeros((T + 1, *v0.shape), v0.dtype)
+    f = _final_map(cell.value, params, xs_tm, state0, leaf)
+    _, f_lin = jax.linearize(f, P0)
+    f_t = jax.linear_transpose(f_lin, P0)
     ts = jnp.arange(T + 1)
 
+    def per_t(fn: Callable[[Array, Array], Array], V: Array) -> Array:
+        if chunk >= T + 1:
+            return jax.vmap(fn)(ts, V)
+        return jax.lax.map(lambda a: fn(*a), (ts, V), batch_size=chunk)
+
     def jv(V: Array) -> Array:  # V (T+1, *batch, n) -> J_t V_t
-        return jax.lax.map(lambda a: f_lin(P0.at[a[0]].set(a[1])), (ts, V), batch_size=chunk)
+        return per_t(lambda t, v: f_lin(P0.at[t].set(v)), V)
 
     def jtu(U: Array) -> Array:  # U (T+1, *batch, n) -> J_t^T U_t
-        return jax.lax.map(lambda a: f_t(a[1])[0][a[0]], (ts, U), batch_size=chunk)
+        return per_t(lambda t, u: f_t(u)[0][t], U)
 
     def normalize(V: Array) -> Array:
         norm = jnp.linalg.norm(V, axis=-1, keepdims=True)
         return V / jnp.where(norm > 0, norm, 1.0)
 
-    key = jax.random.PRNGKey(0) if key is None else key
-    V = normalize(jax.random.normal(key, P0.shape, dtype))
+    V = normalize(jax.random.normal(key, P0.shape, P0.dtype))
     V = jax.lax.fori_loop(0, num_iters, lambda _, V: normalize(jtu(jv(V))), V)
     return jnp.linalg.norm(jv(V), axis=-1)
 
