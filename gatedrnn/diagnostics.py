@@ -102,6 +102,15 @@ class _Static:
         return isinstance(other, _Static) and other.value is self.value
 
 
+def _norm(x: Array, axis: int, keepdims: bool = False) -> Array:
+    """The L2 norm along ``axis``, scaled by the largest entry first so that tiny vectors
+    (say 1e-20 in float32, whose squares underflow) keep an accurate norm."""
+    m = jnp.max(jnp.abs(x), axis=axis, keepdims=True)
+    safe = jnp.where(m > 0, m, jnp.ones_like(m))
+    n = safe * jnp.sqrt(jnp.sum(jnp.square(x / safe), axis=axis, keepdims=True))
+    return n if keepdims else jnp.squeeze(n, axis)
+
+
 # ------------------------------------------------------------------- state gradients
 
 
@@ -189,10 +198,8 @@ def state_gradient_norms(
     """
     _, grads = state_gradients(cell, params, xs, loss_fn, initial_state, time_major=time_major)
     if per_example:
-        return jax.tree_util.tree_map(lambda g: jnp.linalg.norm(g, axis=-1), grads)
-    return jax.tree_util.tree_map(
-        lambda g: jnp.sqrt(jnp.sum(jnp.square(g).reshape(g.shape[0], -1), axis=1)), grads
-    )
+        return jax.tree_util.tree_map(lambda g: _norm(g, -1), grads)
+    return jax.tree_util.tree_map(lambda g: _norm(g.reshape(g.shape[0], -1), -1), grads)
 
 
 # ------------------------------------------------------------------------- Jacobians
@@ -374,12 +381,13 @@ def _power_norms(
         return per_t(lambda t, u: f_t(u)[0][t], U)
 
     def normalize(V: Array) -> Array:
-        norm = jnp.linalg.norm(V, axis=-1, keepdims=True)
+        norm = _norm(V, -1, keepdims=True)
         return V / jnp.where(norm > 0, norm, 1.0)
 
     V = normalize(jax.random.normal(key, P0.shape, P0.dtype))
-    V = jax.lax.fori_loop(0, num_iters, lambda _, V: normalize(jtu(jv(V))), V)
-    return jnp.linalg.norm(jv(V), axis=-1)
+    # Normalizing J v before applying J^T keeps sigma^2 from underflowing (or overflowing).
+    V = jax.lax.fori_loop(0, num_iters, lambda _, V: normalize(jtu(normalize(jv(V)))), V)
+    return _norm(jv(V), -1)
 
 
 # ---------------------------------------------------------------------- gate statistics

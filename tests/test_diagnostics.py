@@ -226,6 +226,23 @@ def test_state_trajectory_ends_at_the_final_state_of_scan():
     np.testing.assert_allclose(traj.h[0], 0.0)
 
 
+def test_norms_of_tiny_float32_gradients_do_not_underflow():
+    # With W_h = 0.01 I the gradient at distance k is 0.01^k: 1e-20 at k = 10, whose
+    # square (1e-40) underflows float32. The norms must still follow the law.
+    with jax.enable_x64(False):
+        H, T = 4, 12
+        cell = gr.vanilla(H, activation="linear")
+        p = cell.init(jax.random.PRNGKey(0), 2)
+        p = p._replace(w_h=0.01 * jnp.eye(H))
+        xs = jax.random.normal(jax.random.PRNGKey(1), (3, T, 2))
+        norms = dg.state_gradient_norms(cell, p, xs, lambda final, ys: jnp.sum(final))
+        assert norms.dtype == jnp.float32
+        want = 0.01 ** (T - np.arange(T + 1.0)) * np.sqrt(3 * H)
+        np.testing.assert_allclose(norms, want, rtol=1e-5)
+        power = dg.jacobian_norms(cell, p, xs, num_iters=2)
+        np.testing.assert_allclose(power[:, 0], want / np.sqrt(3 * H), rtol=1e-5)
+
+
 # ---------------------------------------------------------------------- summaries
 
 
