@@ -87,3 +87,26 @@ def table(rows: list[list[Any]], header: list[str]) -> str:
     lines = ["| " + " | ".join(c.ljust(w) for c, w in zip(r, widths)) + " |" for r in cells]
     lines.insert(1, "|" + "|".join("-" * (w + 2) for w in widths) + "|")
     return "\n".join(lines)
+
+
+def loss_last_output(final: Any, ys: Any) -> Any:
+    """L = sum over the batch of the last output's units / sqrt(H): a fixed readout.
+
+    ``ys`` is time-major (as :func:`gatedrnn.diagnostics.state_gradients` passes it).
+    """
+    import jax.numpy as jnp
+
+    return jnp.sum(ys[-1]) / jnp.sqrt(ys.shape[-1])
+
+
+def whole_state(norms: Any) -> np.ndarray:
+    """Norms of the gradient with respect to the whole state from per-part norms
+    (``sqrt(|g_h|^2 + |g_c|^2)`` for LSTM; the norms themselves for one-part states)."""
+    import jax
+
+    return np.sqrt(sum(np.asarray(n, np.float64) ** 2 for n in jax.tree_util.tree_leaves(norms)))
+
+
+def geomean(a: Any, axis: int = 0) -> np.ndarray:
+    """Geometric mean along ``axis`` (zeros count as 1e-300)."""
+    return np.exp(np.mean(np.log(np.maximum(np.asarray(a, np.float64), 1e-300)), axis=axis))

@@ -19,22 +19,17 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from experiments._common import parser, pyplot, setup_jax, table, timed, write_results
-
-
-def loss_last_output(final, ys):
-    """L = sum over the batch of the mean of the last output's units: a fixed readout."""
-    import jax.numpy as jnp
-
-    return jnp.sum(ys[-1]) / ys.shape[-1] ** 0.5
-
-
-def state_norm(norms):
-    """The norm of the gradient with respect to the whole state (h and c for LSTM)."""
-    import jax
-    import numpy as np
-
-    return np.sqrt(sum(np.asarray(n) ** 2 for n in jax.tree_util.tree_leaves(norms)))
+from experiments._common import (
+    geomean,
+    loss_last_output,
+    parser,
+    pyplot,
+    setup_jax,
+    table,
+    timed,
+    whole_state,
+    write_results,
+)
 
 
 def measure(cell, args, seed: int) -> dict:
@@ -49,7 +44,7 @@ def measure(cell, args, seed: int) -> dict:
     params = cell.init(kp, args.input_size, dtype=jnp.float64)
     xs = jax.random.normal(kx, (args.batch, args.T, args.input_size), jnp.float64)
     norms = dg.state_gradient_norms(cell, params, xs, loss_last_output)
-    total = state_norm(norms)
+    total = whole_state(norms)
     rel = total / total[-1]
     out = {
         "grad_norm": total,
@@ -68,7 +63,7 @@ def measure(cell, args, seed: int) -> dict:
     jn = dg.jacobian_norms(
         cell, params, xs[: args.jac_batch, : args.T_jac], num_iters=args.iters, key=kj
     )
-    out["jacobian_norm"] = np.exp(np.mean(np.log(np.maximum(np.asarray(jn), 1e-300)), axis=1))
+    out["jacobian_norm"] = geomean(jn, axis=1)
     out["jacobian_decay_factor"] = dg.decay_factor(out["jacobian_norm"], floor=1e-300)
     return out
 
@@ -111,14 +106,14 @@ def main(argv: list[str] | None = None) -> dict:
         dists = [r["vanish_distance"] for r in runs]
         jac = np.stack([r["jacobian_norm"] for r in runs])
         summary = {
-            "relative_grad_norm_geomean": np.exp(np.mean(np.log(np.maximum(curves, 1e-300)), 0)),
+            "relative_grad_norm_geomean": geomean(curves),
             "relative_grad_norm_min": curves.min(0),
             "relative_grad_norm_max": curves.max(0),
             "decay_factor_mean": float(factors.mean()),
             "decay_factor_std": float(factors.std()),
             "decay_factor_per_seed": factors,
             "vanish_distance_per_seed": dists,
-            "jacobian_norm_geomean": np.exp(np.mean(np.log(np.maximum(jac, 1e-300)), 0)),
+            "jacobian_norm_geomean": geomean(jac),
             "jacobian_decay_factor_mean": float(
                 np.mean([r["jacobian_decay_factor"] for r in runs])
             ),
@@ -134,9 +129,7 @@ def main(argv: list[str] | None = None) -> dict:
                     np.stack([r[f"grad_norm_{part}"] for r in runs])
                     / np.stack([r["grad_norm"][-1] for r in runs])[:, None]
                 )
-                summary[f"relative_grad_norm_{part}_geomean"] = np.exp(
-                    np.mean(np.log(np.maximum(c, 1e-300)), 0)
-                )
+                summary[f"relative_grad_norm_{part}_geomean"] = geomean(c)
         results["cells"][label] = summary
         never = sum(d is None for d in dists)
         found = [d for d in dists if d is not None]
