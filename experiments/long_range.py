@@ -6,9 +6,11 @@ stopping early once every seed passes the task's success test on a held-out set.
 per configuration and seed, the final held-out loss as a fraction of the task's trivial
 baseline, whether it was solved and after how many updates.
 
-Outputs (in ``--out``): ``long_range.json`` (config, per-run results and learning curves),
-``long_range.md`` (the table), ``long_range_<task>.png`` (learning curves), and
-``long_range_log.jsonl`` (one line per evaluation of every run).
+Outputs (in ``--out``), per task, rewritten after every configuration:
+``long_range_<task>.json`` (config, per-run results and learning curves),
+``long_range_<task>.md`` (the table), ``long_range_<task>.png`` (learning curves) and
+``long_range_<task>_log.jsonl`` (one line per evaluation of every run). Tasks are
+independent, so ``--tasks`` can split the default run over processes.
 
     python experiments/long_range.py            # the default grid (< 30 min on 2 cores)
     python experiments/long_range.py --quick    # a smoke run (< 1 min)
@@ -29,12 +31,19 @@ if str(ROOT) not in sys.path:
 import numpy as np  # noqa: E402
 
 import gatedrnn as gr  # noqa: E402
+from experiments._common import parser, pyplot  # noqa: E402
 from gatedrnn import tasks, train  # noqa: E402
+from gatedrnn.cli import run  # noqa: E402
 
 CELLS = {
     "vanilla": lambda h: gr.vanilla(h, "tanh"),
     "lstm": gr.lstm,
     "gru": gr.gru,
+}
+SUCCESS = {
+    "adding": "held-out MSE < 0.01 (baseline 1/6)",
+    "copy": "accuracy on the 10 recalled symbols >= 0.95 (baseline CE 10 ln 8/(T+20))",
+    "recall": "query accuracy >= 0.95 (baseline CE ln 8)",
 }
 TASK_FACTORIES = {
     "adding": tasks.adding,
@@ -44,10 +53,7 @@ TASK_FACTORIES = {
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
-    p.add_argument("--quick", action="store_true", help="tiny grid and budget (< 1 min)")
-    p.add_argument("--seed", type=int, default=0, help="first seed; runs use seed..seed+S-1")
-    p.add_argument("--out", type=Path, default=ROOT / "experiments" / "results")
+    p = parser(__doc__.split("\n\n")[0])
     p.add_argument("--tasks", nargs="+", default=None, choices=sorted(TASK_FACTORIES))
     p.add_argument("--lengths", nargs="+", type=int, default=None, help="values of T")
     p.add_argument("--cells", nargs="+", default=None, choices=sorted(CELLS))
@@ -74,7 +80,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return a
 
 
-def run_config(args: argparse.Namespace, task_name: str, T: int, cell_name: str) -> dict:
+def run_config(args: argparse.Namespace, task_name: str, T: int, cell_name: str, log: Path) -> dict:
     """Train all seeds of one (task, T, cell) and summarise them."""
     task = TASK_FACTORIES[task_name](T)
     seeds = list(range(args.seed, args.seed + args.seeds))
@@ -89,7 +95,7 @@ def run_config(args: argparse.Namespace, task_name: str, T: int, cell_name: str)
         seed=seeds,
         eval_every=args.eval_every,
         eval_batch_size=args.eval_batch_size,
-        log_path=args.out / "long_range_log.jsonl",
+        log_path=log,
         progress=not args.no_progress,
         desc=f"{task_name} T={T} {cell_name}",
         log_extra={"task": task_name, "T": T, "cell": cell_name},
@@ -144,11 +150,7 @@ def table(results: list[dict], budget: int) -> str:
 
 def plot(results: list[dict], out: Path, budget: int) -> list[Path]:
     """One PNG per task: a panel per T, eval loss / baseline against updates, per cell."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = pyplot()
     colors = {"vanilla": "tab:red", "lstm": "tab:blue", "gru": "tab:green"}
     paths = []
     for task_name in dict.fromkeys(r["task"] for r in results):
@@ -157,10 +159,10 @@ def plot(results: list[dict], out: Path, budget: int) -> list[Path]:
         fig, axes = plt.subplots(1, len(Ts), figsize=(3.6 * len(Ts), 3.2), squeeze=False)
         for ax, T in zip(axes[0], Ts):
             for r in (r for r in rows if r["T"] == T):
-                for j, run in enumerate(r["runs"]):
+                for j, seed_run in enumerate(r["runs"]):
                     ax.plot(
                         r["steps"],
-                        np.asarray(run["curve"]) / r["baseline"],
+                        np.asarray(seed_run["curve"]) / r["baseline"],
                         color=colors.get(r["cell"], "k"),
                         alpha=0.85,
                         lw=1.2,
@@ -181,19 +183,38 @@ def plot(results: list[dict], out: Path, budget: int) -> list[Path]:
     return paths
 
 
-def main(argv: list[str] | None = None) -> dict:
+def write_task(args: argparse.Namespace, task_name: str, results: list[dict], t0: float) -> None:
+    """Write one task's ``long_range_<task>.json``, ``.md`` and ``.png`` (after every run)."""
+    config = {
+        k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items() if k != "out"
+    }
+    summary = {
+        "config": config,
+        "task": task_name,
+        "success_test": SUCCESS[task_name],
+        "seconds": time.perf_counter() - t0,
+        "results": results,
+    }
+    (args.out / f"long_range_{task_name}.json").write_text(json.dumps(summary, indent=1))
+    (args.out / f"long_range_{task_name}.md").write_text(table(results, args.steps) + "\n")
+    plot(results, args.out, args.steps)
+
+
+def main(argv: list[str] | None = None) -> dict[str, list[dict]]:
     args = parse_args(argv)
     args.out.mkdir(parents=True, exist_ok=True)
-    log = args.out / "long_range_log.jsonl"
-    if log.exists():
-        log.unlink()
-    t0 = time.perf_counter()
-    results = []
+    everything: dict[str, list[dict]] = {}
     for task_name in args.tasks:
+        log = args.out / f"long_range_{task_name}_log.jsonl"
+        if log.exists():
+            log.unlink()
+        t0 = time.perf_counter()
+        results = everything.setdefault(task_name, [])
         for T in args.lengths:
             for cell_name in args.cells:
-                r = run_config(args, task_name, T, cell_name)
+                r = run_config(args, task_name, T, cell_name, log)
                 results.append(r)
+                write_task(args, task_name, results, t0)
                 fr = " ".join(f"{x['fraction_of_baseline']:.3f}" for x in r["runs"])
                 print(
                     f"{task_name:7s} T={T:<4d} {cell_name:8s} loss/baseline {fr}  solved "
@@ -201,27 +222,10 @@ def main(argv: list[str] | None = None) -> dict:
                     f"after {[x['updates_to_solve'] for x in r['runs']]}  ({r['seconds']:.0f}s)",
                     flush=True,
                 )
-    config = {
-        k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items() if k != "out"
-    }
-    summary = {
-        "config": config,
-        "success_tests": {
-            "adding": "held-out MSE < 0.01 (baseline 1/6)",
-            "copy": "accuracy on the 10 recalled symbols >= 0.95 (baseline CE 10 ln 8/(T+20))",
-            "recall": "query accuracy >= 0.95 (baseline CE ln 8)",
-        },
-        "total_seconds": time.perf_counter() - t0,
-        "results": results,
-    }
-    (args.out / "long_range.json").write_text(json.dumps(summary, indent=1))
-    md = table(results, args.steps)
-    (args.out / "long_range.md").write_text(md + "\n")
-    plot(results, args.out, args.steps)
-    print(md)
-    print(f"total {summary['total_seconds']:.0f}s")
-    return summary
+        print(table(results, args.steps))
+        print(f"{task_name}: {time.perf_counter() - t0:.0f}s")
+    return everything
 
 
 if __name__ == "__main__":
-    main()
+    run(main)

@@ -39,16 +39,15 @@ if str(ROOT) not in sys.path:
 import numpy as np  # noqa: E402
 
 import gatedrnn as gr  # noqa: E402
+from experiments._common import parser, pyplot  # noqa: E402
 from gatedrnn import tasks, train  # noqa: E402
+from gatedrnn.cli import run  # noqa: E402
 
 CELLS = {"vanilla": gr.vanilla, "lstm": gr.lstm, "gru": gr.gru}
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
-    p.add_argument("--quick", action="store_true", help="tiny grid and budget (< 1 min)")
-    p.add_argument("--seed", type=int, default=0, help="first seed; runs use seed..seed+S-1")
-    p.add_argument("--out", type=Path, default=ROOT / "experiments" / "results")
+    p = parser(__doc__.split("\n\n")[0])
     p.add_argument("--delays", nargs="+", type=int, default=None, help="distances d")
     p.add_argument("--windows", nargs="+", type=int, default=None, help="TBPTT windows k")
     p.add_argument("--seq-len", type=int, default=None, help="T (a multiple of every k)")
@@ -78,7 +77,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return a
 
 
-def run(args: argparse.Namespace, d: int, form: str, k: int | None) -> dict:
+def run_config(args: argparse.Namespace, d: int, form: str, k: int | None) -> dict:
     task = tasks.echo(args.seq_len, d, vocab=args.vocab)
     seeds = list(range(args.seed, args.seed + args.seeds))
     t0 = time.perf_counter()
@@ -130,11 +129,7 @@ def table(results: list[dict], args: argparse.Namespace) -> str:
 
 
 def plot(results: list[dict], args: argparse.Namespace, path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = pyplot()
     styles = {"full": ("k", "-"), "scan": (None, "-"), "stateful": (None, "--")}
     palette = ["tab:blue", "tab:orange", "tab:green", "tab:purple"]
     fig, axes = plt.subplots(1, len(args.delays), figsize=(3.8 * len(args.delays), 3.2))
@@ -169,7 +164,7 @@ def main(argv: list[str] | None = None) -> dict:
         for form, k in [("full", None)] + [
             (f, k) for k in args.windows for f in ("scan", "stateful")
         ]:
-            r = run(args, d, form, k)
+            r = run_config(args, d, form, k)
             results.append(r)
             print(
                 f"d={d:<3d} {form:8s} k={k!s:4s} accuracy {r['accuracy']} solved {r['solved']} "
@@ -190,4 +185,4 @@ def main(argv: list[str] | None = None) -> dict:
 
 
 if __name__ == "__main__":
-    main()
+    run(main)

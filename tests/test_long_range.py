@@ -22,7 +22,7 @@ def test_quick_mode_writes_results(tmp_path) -> None:
     lr = _load("long_range")
     argv = ["--quick", "--tasks", "adding", "--cells", "vanilla", "gru", "--no-progress"]
     summary = lr.main([*argv, "--out", str(tmp_path)])
-    data = json.loads((tmp_path / "long_range.json").read_text())
+    data = json.loads((tmp_path / "long_range_adding.json").read_text())
     assert [(r["task"], r["T"], r["cell"]) for r in data["results"]] == [
         ("adding", 10, "vanilla"),
         ("adding", 10, "gru"),
@@ -32,11 +32,12 @@ def test_quick_mode_writes_results(tmp_path) -> None:
         run = r["runs"][0]
         assert run["fraction_of_baseline"] == pytest.approx(run["final_loss"] * 6)
         assert len(run["curve"]) == len(r["steps"])
-    md = (tmp_path / "long_range.md").read_text()
+    md = (tmp_path / "long_range_adding.md").read_text()
     assert md.count("| adding | 10 |") == 2
     assert (tmp_path / "long_range_adding.png").stat().st_size > 1000
-    assert (tmp_path / "long_range_log.jsonl").read_text().count("\n") == 2
-    assert summary["config"]["steps"] == 20
+    assert (tmp_path / "long_range_adding_log.jsonl").read_text().count("\n") == 2
+    assert [r["cell"] for r in summary["adding"]] == ["vanilla", "gru"]
+    assert data["config"]["steps"] == 20
 
 
 def test_help_lists_the_options(capsys) -> None:
