@@ -175,6 +175,15 @@ def plot(results: list[dict], out: Path, budget: int) -> list[Path]:
                     )
             ax.axhline(1.0, color="gray", ls="--", lw=0.8)
             ax.set_yscale("log")
+            vals = [
+                v / r["baseline"]
+                for r in rows
+                if r["T"] == T
+                for x in r["runs"]
+                for v in x["curve"]
+            ]
+            if vals:  # a fixed span around 1, so noise at the baseline does not fill the panel
+                ax.set_ylim(min(0.1, 0.5 * min(vals)), max(1.5, 1.1 * max(vals)))
             ax.set_xlim(0, budget)
             ax.set_title(f"{task_name}, T={T}")
             ax.set_xlabel("updates")
