@@ -30,18 +30,24 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-import jax  # noqa: E402
-import numpy as np  # noqa: E402
+import jax
 
-from gatedrnn import char_lm as clm  # noqa: E402
-from gatedrnn.text import load_text  # noqa: E402
+from gatedrnn import char_lm as clm
+from gatedrnn.text import load_text
 
 RESULTS = Path(__file__).resolve().parent / "results"
 
 # The default run: a 2-layer LSTM; sized so it finishes in under 15 minutes on 2 shared
 # cores (--max-minutes stops it early, with a checkpoint, if the machine is slower).
 DEFAULT_MODEL = {"cell": "lstm", "hidden_size": 256, "num_layers": 2, "embed_size": 64}
-DEFAULT_TRAIN = {"steps": 600, "batch_size": 32, "seq_len": 100, "lr": 3e-3, "warmup": 50}
+DEFAULT_TRAIN = {
+    "steps": 600,
+    "batch_size": 32,
+    "seq_len": 64,
+    "lr": 3e-3,
+    "warmup": 50,
+    "eval_every": 100,
+}
 QUICK_MODEL = {"cell": "lstm", "hidden_size": 64, "num_layers": 1, "embed_size": 16}
 QUICK_TRAIN = {
     "steps": 60,
@@ -335,13 +341,13 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--dropout", type=float, default=None, help="between layers (default 0)")
     t.add_argument("--steps", type=int, default=None, help="optimizer steps (default 600)")
     t.add_argument("--batch", type=int, default=None, help="rows per batch (default 32)")
-    t.add_argument("--seq-len", type=int, default=None, help="BPTT chunk length (default 100)")
+    t.add_argument("--seq-len", type=int, default=None, help="BPTT chunk length (default 64)")
     t.add_argument("--lr", type=float, default=None, help="peak learning rate (default 3e-3)")
     t.add_argument("--eval-every", type=int, default=None, help="steps between evaluations")
     t.add_argument("--ckpt-every", type=int, default=None, help="steps between checkpoints")
     t.add_argument("--resume", action="store_true", help="continue from --out's checkpoint")
-    t.add_argument("--max-minutes", type=float, default=13.0,
-                   help="stop (with a checkpoint) after this much training time (default 13)")  # fmt: skip
+    t.add_argument("--max-minutes", type=float, default=11.0,
+                   help="stop (with a checkpoint) after this much training time (default 11)")  # fmt: skip
     t.add_argument("--sample-len", type=int, default=300, help="characters per sample")
 
     s = sub.add_parser("sample", help="generate text from a checkpoint")

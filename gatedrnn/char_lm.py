@@ -20,6 +20,7 @@ Model, for input ids ``c_1..c_T`` and carried state ``s_0``::
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 import time
 from collections.abc import Callable
@@ -202,6 +203,12 @@ def make_train_step(config: CharLMConfig, optimizer: optax.GradientTransformatio
         return params, opt_state, jax.lax.stop_gradient(carry), loss / math.log(2.0)
 
     return step
+
+
+@functools.lru_cache(maxsize=16)
+def _train_step_for(model_cfg: CharLMConfig, train_cfg: TrainConfig) -> Callable:
+    """One compiled step per (model, training) config, shared by runs in one process."""
+    return make_train_step(model_cfg, make_optimizer(train_cfg))
 
 
 @partial(jax.jit, static_argnames=("config",))
@@ -400,7 +407,7 @@ def train(
         )
     meta = _meta(model_cfg, train_cfg, data.vocab, corpus_sha256)
     optimizer = make_optimizer(train_cfg)
-    step_fn = make_train_step(model_cfg, optimizer)
+    step_fn = _train_step_for(model_cfg, train_cfg)
     rows = chunk_rows(data.train_ids, train_cfg.batch_size)
     n_chunks = num_chunks(data.train_ids, train_cfg.batch_size, train_cfg.seq_len)
     base_key = jax.random.PRNGKey(train_cfg.seed)
@@ -452,7 +459,8 @@ def train(
         state = TrainState(params, opt_state, carry)
         recent.append(bpc)
         done = s + 1
-        if done % train_cfg.eval_every == 0 or done == train_cfg.steps:
+        out_of_time = time_limit is not None and (elapsed + time.perf_counter() - t0 > time_limit)
+        if done % train_cfg.eval_every == 0 or done == train_cfg.steps or out_of_time:
             train_bpc = float(np.mean([float(b) for b in recent]))
             recent = []
             elapsed += time.perf_counter() - t0
@@ -465,7 +473,6 @@ def train(
                 log(f"step {done}: train {train_bpc:.3f} bpc, val {val:.3f} bpc, {elapsed:.0f}s")
         if bar is not None:
             bar.update(1)
-        out_of_time = time_limit is not None and (elapsed + time.perf_counter() - t0 > time_limit)
         if done % train_cfg.ckpt_every == 0 or done == end or out_of_time:
             elapsed += time.perf_counter() - t0
             save(done)
