@@ -1,0 +1,176 @@
+"""gatedrnn.linen: Linen cells and the fast-path RNN module give the pure functions' numbers.
+
+Oracles: gr.scan / gr.stack with the same params (the modules must add no math), Flax's own
+nn.RNN and nn.Bidirectional loops driving our cells, and PyTorch through the converters.
+"""
+
+from __future__ import annotations
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from _readme import readme_block
+
+import gatedrnn as gr
+import gatedrnn.linen as grl
+
+X = jax.random.normal(jax.random.key(0), (3, 6, 4))
+LENGTHS = jnp.array([6, 2, 4])  # Flax's nn.RNN picks carry[len - 1]: lengths >= 1 here
+MASK = (jnp.arange(6) < LENGTHS[:, None])[..., None]
+
+
+def _close(a, b, tol=1e-5):
+    jax.tree.map(lambda u, v: np.testing.assert_allclose(u, v, rtol=tol, atol=tol), a, b)
+
+
+CELLS = {
+    "vanilla-relu": lambda: grl.VanillaCell(5, activation="relu"),
+    "lstm": lambda: grl.LSTMCell(5),
+    "gru-reset-before": lambda: grl.GRUCell(5, reset_after=False),
+}
+
+
+@pytest.mark.parametrize("name", list(CELLS))
+def test_cells_in_flax_rnn_with_seq_lengths_equal_gr_scan(name):
+    module = CELLS[name]()
+    fwd = nn.RNN(module, return_carry=True)
+    variables = fwd.init(jax.random.key(1), X, seq_lengths=LENGTHS)
+    assert set(variables["params"]["cell"]) == set(
+        module.make_cell().init(jax.random.key(0), 4)._fields
+    )
+    params = module.to_pure(variables["params"]["cell"])
+    cell = module.make_cell()
+    for reverse in (False, True):
+        rnn = nn.RNN(module, return_carry=True, reverse=reverse, keep_order=True)
+        carry, ys = rnn.apply(variables, X, seq_lengths=LENGTHS)
+        state, ys_gr = gr.scan(cell, params, X, seq_lengths=LENGTHS, reverse=reverse)
+        _close(jnp.where(MASK, ys, 0.0), ys_gr)
+        _close(carry, state)
+
+
+def test_cell_gradients_equal_pure_gradients():
+    module = grl.LSTMCell(5)
+    rnn = nn.RNN(module)
+    variables = rnn.init(jax.random.key(1), X)
+    cell = module.make_cell()
+
+    def flax_loss(v):
+        return jnp.sum(jnp.tanh(rnn.apply(v, X, seq_lengths=LENGTHS)) * MASK)
+
+    def pure_loss(p):
+        return jnp.sum(jnp.tanh(gr.scan(cell, p, X, seq_lengths=LENGTHS)[1]))
+
+    g_flax = jax.grad(flax_loss)(variables)["params"]["cell"]
+    g_pure = jax.grad(pure_loss)(module.to_pure(variables["params"]["cell"]))
+    _close(module.to_pure(g_flax), g_pure)
+
+
+def test_cells_draw_params_with_the_pure_initializers():
+    module = grl.LSTMCell(4, forget_bias=2.0)
+    x = jnp.ones((2, 3))
+    v = module.init(jax.random.key(0), module.initialize_carry(jax.random.key(1), x.shape), x)
+    p = module.to_pure(v)
+    assert isinstance(p, gr.LSTMParams) and p.w_x.shape == (3, 16) and p.w_h.shape == (4, 16)
+    np.testing.assert_array_equal(p.b, np.r_[np.zeros(4), 2 * np.ones(4), np.zeros(8)])
+    for block in jnp.split(p.w_h, 4, axis=1):  # orthogonal per gate, as gr.lstm draws them
+        np.testing.assert_allclose(block.T @ block, np.eye(4), atol=1e-5)
+    state = module.initialize_carry(jax.random.key(1), (7, 3))
+    assert isinstance(state, gr.LSTMState) and state.h.shape == (7, 4) and not state.c.any()
+    assert module.num_feature_axes == 1
+    assert module.from_pure(p) == {"params": dict(p._asdict())}
+
+
+def test_flax_bidirectional_with_gatedrnn_cells_equals_bidirectional_scan():
+    bi = nn.Bidirectional(nn.RNN(grl.GRUCell(5)), nn.RNN(grl.GRUCell(5)), return_carry=True)
+    variables = bi.init(jax.random.key(2), X, seq_lengths=LENGTHS)
+    (c_fw, c_bw), ys = bi.apply(variables, X, seq_lengths=LENGTHS)
+    cell = grl.GRUCell(5)
+    p = variables["params"]
+    params = gr.Bidir(
+        cell.to_pure(p["forward_rnn"]["cell"]), cell.to_pure(p["backward_rnn"]["cell"])
+    )
+    state, ys_gr = gr.bidirectional_scan(cell.make_cell(), params, X, seq_lengths=LENGTHS)
+    _close(jnp.where(MASK, ys, 0.0), ys_gr)
+    _close((c_fw, c_bw), tuple(state))
+
+
+@pytest.mark.parametrize(
+    "kwargs, call",
+    [
+        (
+            dict(cell="lstm", hidden_size=5, num_layers=2, bidirectional=True),
+            dict(seq_lengths=LENGTHS),
+        ),
+        (dict(cell=gr.vanilla(5, "relu"), num_layers=3), dict(reverse=True)),
+        (dict(cell="gru", hidden_size=5, time_major=True, unroll=2), {}),
+    ],
+    ids=["lstm-2-bidir-lengths", "vanilla-relu-3-reverse", "gru-time-major"],
+)
+def test_rnn_module_equals_gr_stack(kwargs, call):
+    module = grl.RNN(**kwargs)
+    x = jnp.swapaxes(X, 0, 1) if module.time_major else X
+    variables = module.init(jax.random.key(3), x, **call)
+    final, ys = module.apply(variables, x, **call)
+    params = module.to_pure(variables)
+    st = module.make_stack()
+    extra = {"reverse": True} if call.get("reverse") else {}
+    final_gr, ys_gr = st.apply(
+        params, x, seq_lengths=call.get("seq_lengths"), time_major=module.time_major, **extra
+    )
+    _close(ys, ys_gr, 0.0)
+    _close(final, final_gr, 0.0)
+    # names: layer_k (or layer_k_fw/_bw) holding the pure fields; the round trip is exact
+    back = module.from_pure(params)
+    assert jax.tree.structure(back) == jax.tree.structure(variables)
+    _close(back, variables, 0.0)
+
+
+def test_rnn_module_dropout_between_layers():
+    module = grl.RNN("lstm", 5, num_layers=2, dropout=0.5)
+    v = module.init(jax.random.key(0), X)
+    _, ys_eval = module.apply(v, X)
+    _, ys_a = module.apply(v, X, deterministic=False, rngs={"dropout": jax.random.key(1)})
+    _, ys_b = module.apply(v, X, deterministic=False, rngs={"dropout": jax.random.key(2)})
+    assert not np.allclose(ys_a, ys_eval) and not np.allclose(ys_a, ys_b)
+
+
+def test_rnn_module_runs_torch_weights():
+    torch = pytest.importorskip("torch")
+    from gatedrnn.interop import from_torch
+
+    torch.manual_seed(0)
+    t = torch.nn.GRU(4, 5, num_layers=2, bidirectional=True, batch_first=True)
+    _, params = from_torch(t)
+    module = grl.RNN("gru", 5, num_layers=2, bidirectional=True)
+    _, ys = module.apply(module.from_pure(params), X)
+    _close(ys, t(torch.tensor(np.asarray(X)))[0].detach().numpy())
+
+
+def test_bad_configurations_raise_clear_errors():
+    with pytest.raises(ValueError, match="hidden_size"):
+        grl.RNN("lstm").init(jax.random.key(0), X)
+    with pytest.raises(ValueError, match="one of"):
+        grl.RNN("transformer", 4).init(jax.random.key(0), X)
+    with pytest.raises(ValueError, match="bidirectional"):
+        grl.RNN("lstm", 4, bidirectional=True).init(jax.random.key(0), X, reverse=True)
+    with pytest.raises(ValueError, match="hidden size"):
+        grl.RNN(gr.lstm(3), hidden_size=4).init(jax.random.key(0), X)
+    with pytest.raises(TypeError, match="dtype"):  # inputs must match param_dtype
+        grl.RNN("gru", 4).init(jax.random.key(0), X.astype(jnp.bfloat16))
+
+
+def test_scan_checks_closed_over_seq_lengths_under_jit():
+    """Regression (core): gr.scan's range check of concrete seq_lengths failed under jit."""
+    cell = gr.gru(3)
+    params = cell.init(jax.random.key(0), 4)
+    _, ys = jax.jit(lambda x: gr.scan(cell, params, x, seq_lengths=LENGTHS))(X)
+    assert not ys[1, 2:].any()
+    too_long = jnp.array([7, 1, 1])
+    with pytest.raises(ValueError, match="seq_lengths must lie"):
+        jax.jit(lambda x: gr.scan(cell, params, x, seq_lengths=too_long))(X)
+
+
+def test_readme_flax_model_example_runs():
+    exec(compile(readme_block("flax-model"), "README.md:flax-model", "exec"), {})
