@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
 import math
 import sys
 import time
@@ -32,7 +31,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import jax
 
+from experiments._common import pyplot, table
 from gatedrnn import char_lm as clm
+from gatedrnn import cli
 from gatedrnn.text import load_text
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -69,11 +70,7 @@ def _corpus(args: argparse.Namespace) -> tuple[str, str, str]:
 
 
 def _plot(curves: dict[str, list[dict]], baseline: float, path: Path, title: str) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(6.4, 4.2))
     for name, hist in curves.items():
         steps = [h["step"] for h in hist]
@@ -86,7 +83,8 @@ def _plot(curves: dict[str, list[dict]], baseline: float, path: Path, title: str
     ax.legend()
     ax.grid(alpha=0.3)
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    with cli.atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=120)
     plt.close(fig)
 
 
@@ -145,7 +143,7 @@ def cmd_train(args: argparse.Namespace) -> dict[str, Any]:
     samples = _samples(
         res["params"], res["config"], res["vocab"], ["def ", "class "], args.sample_len, args.seed
     )
-    (out / "samples.txt").write_text(samples, encoding="utf-8")
+    cli.write_text(out / "samples.txt", samples)
     summary = {
         "corpus": name,
         "corpus_chars": len(text),
@@ -161,7 +159,7 @@ def cmd_train(args: argparse.Namespace) -> dict[str, Any]:
         "python": sys.version.split()[0],
         "jax": jax.__version__,
     }
-    (out / "train.json").write_text(json.dumps(summary, indent=1), encoding="utf-8")
+    cli.write_json(out / "train.json", summary, indent=1)
     if res["history"]:
         _plot(
             {res["config"].cell: res["history"]},
@@ -196,8 +194,7 @@ def cmd_sample(args: argparse.Namespace) -> str:
     )
     text = "\n\n".join(prime + vocab.decode(row) for row in ids) + "\n"
     if args.out:
-        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.out).write_text(text, encoding="utf-8")
+        cli.write_text(args.out, text)
         print(f"wrote {args.out} (checkpoint step {info['step']})")
     else:
         sys.stdout.write(text)
@@ -252,7 +249,7 @@ def cmd_compare(args: argparse.Namespace) -> dict[str, Any]:
     data = clm.prepare_data(text)
     V = len(data.vocab)
     base = {"num_layers": args.layers, "embed_size": 16 if args.quick else 64}
-    budget = args.budget or (20_000 if args.quick else 300_000)
+    budget = args.budget or (20_000 if args.quick else 200_000)
     train = dict(QUICK_TRAIN) if args.quick else {
         "steps": 300, "batch_size": 32, "seq_len": 100, "lr": 3e-3, "warmup": 30,
         "eval_every": 50, "eval_chars": 20000, "ckpt_every": 10**9,
@@ -283,14 +280,14 @@ def cmd_compare(args: argparse.Namespace) -> dict[str, Any]:
         )
         print(f"  validation {res['val_bpc']:.3f} bpc (unigram {res['unigram_bpc']:.3f}), "
               f"{res['train_time']:.0f}s")  # fmt: skip
-    table = [
-        "| cell | hidden | params | validation bpc | unigram bpc | train time (s) |",
-        "|---|---:|---:|---:|---:|---:|",
-    ] + [
-        f"| {r['cell']} | {r['hidden_size']} | {r['num_params']:,} | {r['val_bpc']:.3f} | "
-        f"{r['unigram_bpc']:.3f} | {r['train_time_s']:.0f} |"
-        for r in rows
-    ]
+    md = table(
+        [
+            [r["cell"], r["hidden_size"], f"{r['num_params']:,}", f"{r['val_bpc']:.3f}",
+             f"{r['unigram_bpc']:.3f}", f"{r['train_time_s']:.0f}"]
+            for r in rows
+        ],
+        ["cell", "hidden", "params", "validation bpc", "unigram bpc", "train time (s)"],
+    )  # fmt: skip
     counts = layer_param_counts(256, 256)
     result = {
         "corpus": name,
@@ -301,12 +298,12 @@ def cmd_compare(args: argparse.Namespace) -> dict[str, Any]:
         "train": dataclasses.asdict(train_cfg),
         "results": rows,
         "layer_params_I256_H256": counts,
-        "table_md": "\n".join(table),
+        "table_md": md,
         "python": sys.version.split()[0],
         "jax": jax.__version__,
     }
-    (out / "char_lm_compare.json").write_text(json.dumps(result, indent=1), encoding="utf-8")
-    (out / "char_lm_compare.md").write_text(result["table_md"] + "\n", encoding="utf-8")
+    cli.write_json(out / "char_lm_compare.json", result, indent=1)
+    cli.write_text(out / "char_lm_compare.md", md + "\n")
     _plot(
         {f"{r['cell']} (H={r['hidden_size']})": r["history"] for r in rows},
         rows[0]["unigram_bpc"],
@@ -320,7 +317,7 @@ def cmd_compare(args: argparse.Namespace) -> dict[str, Any]:
 
 def build_parser() -> argparse.ArgumentParser:
     """The command line."""
-    p = argparse.ArgumentParser(
+    p = cli.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     sub = p.add_subparsers(dest="cmd", required=True)
@@ -328,36 +325,65 @@ def build_parser() -> argparse.ArgumentParser:
     def common(q: argparse.ArgumentParser, out: Path) -> None:
         q.add_argument("--quick", action="store_true", help="tiny model, 60k characters, seconds")
         q.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
-        q.add_argument("--out", default=str(out), help=f"output directory (default {out})")
-        q.add_argument("--text", default=None, help="UTF-8 text file (default: stdlib source)")
+        q.add_argument(
+            "--out", type=cli.output_dir, default=out, help=f"output directory (default {out})"
+        )
+        q.add_argument(
+            "--text",
+            type=cli.text_file,
+            default=None,
+            help="UTF-8 text file (default: stdlib source)",
+        )
         q.add_argument("--no-progress", action="store_true", help="no progress bar")
 
     t = sub.add_parser("train", help="train a char LM, write checkpoints, samples, curve")
     common(t, RESULTS / "char_lm")
     t.add_argument("--cell", choices=sorted(clm.CELLS), default=None, help="default lstm")
-    t.add_argument("--hidden", type=int, default=None, help="hidden size (default 256)")
-    t.add_argument("--layers", type=int, default=None, help="1-3 layers (default 2)")
-    t.add_argument("--embed", type=int, default=None, help="embedding size (default 64)")
+    t.add_argument(
+        "--hidden", type=cli.positive_int, default=None, help="hidden size (default 256)"
+    )
+    t.add_argument("--layers", type=cli.positive_int, default=None, help="1-3 layers (default 2)")
+    t.add_argument(
+        "--embed", type=cli.positive_int, default=None, help="embedding size (default 64)"
+    )
     t.add_argument("--dropout", type=float, default=None, help="between layers (default 0)")
-    t.add_argument("--steps", type=int, default=None, help="optimizer steps (default 600)")
-    t.add_argument("--batch", type=int, default=None, help="rows per batch (default 32)")
-    t.add_argument("--seq-len", type=int, default=None, help="BPTT chunk length (default 64)")
-    t.add_argument("--lr", type=float, default=None, help="peak learning rate (default 3e-3)")
-    t.add_argument("--eval-every", type=int, default=None, help="steps between evaluations")
-    t.add_argument("--ckpt-every", type=int, default=None, help="steps between checkpoints")
+    t.add_argument(
+        "--steps", type=cli.positive_int, default=None, help="optimizer steps (default 600)"
+    )
+    t.add_argument(
+        "--batch", type=cli.positive_int, default=None, help="rows per batch (default 32)"
+    )
+    t.add_argument(
+        "--seq-len", type=cli.positive_int, default=None, help="BPTT chunk length (default 64)"
+    )
+    t.add_argument(
+        "--lr", type=cli.positive_float, default=None, help="peak learning rate (default 3e-3)"
+    )
+    t.add_argument(
+        "--eval-every", type=cli.positive_int, default=None, help="steps between evaluations"
+    )
+    t.add_argument(
+        "--ckpt-every", type=cli.positive_int, default=None, help="steps between checkpoints"
+    )
     t.add_argument("--resume", action="store_true", help="continue from --out's checkpoint")
-    t.add_argument("--max-minutes", type=float, default=11.0,
-                   help="stop (with a checkpoint) after this much training time (default 11)")  # fmt: skip
-    t.add_argument("--sample-len", type=int, default=300, help="characters per sample")
+    t.add_argument(
+        "--max-minutes",
+        type=cli.positive_float,
+        default=11.0,
+        help="stop (with a checkpoint) after this much training time (default 11)",
+    )
+    t.add_argument("--sample-len", type=cli.positive_int, default=300, help="characters per sample")
 
     s = sub.add_parser("sample", help="generate text from a checkpoint")
     s.add_argument("--ckpt", default=str(RESULTS / "char_lm" / "checkpoints"),
                    help="checkpoint dir or run's checkpoints dir")  # fmt: skip
     s.add_argument("--prime", default="def ", help="priming text (backslash escapes allowed)")
-    s.add_argument("--length", type=int, default=500, help="characters to generate")
+    s.add_argument("--length", type=cli.positive_int, default=500, help="characters to generate")
     s.add_argument("--temperature", type=float, default=0.8, help="0 = greedy")
-    s.add_argument("--top-k", type=int, default=0, help="sample among the k likeliest (0 = all)")
-    s.add_argument("--num", type=int, default=1, help="number of samples")
+    s.add_argument(
+        "--top-k", type=cli.nonneg_int, default=0, help="sample among the k likeliest (0 = all)"
+    )
+    s.add_argument("--num", type=cli.positive_int, default=1, help="number of samples")
     s.add_argument("--seed", type=int, default=0, help="random seed")
     s.add_argument("--out", default=None, help="write to this file (default stdout)")
     s.add_argument("--quick", action="store_true", help="(accepted for uniformity; no effect)")
@@ -365,9 +391,15 @@ def build_parser() -> argparse.ArgumentParser:
     c = sub.add_parser("compare", help="vanilla / LSTM / GRU at equal parameter counts")
     common(c, RESULTS)
     c.add_argument("--cells", nargs="+", default=["vanilla", "lstm", "gru"])
-    c.add_argument("--budget", type=int, default=None, help="params per model (default 300k)")
-    c.add_argument("--layers", type=int, default=1, help="layers per model (default 1)")
-    c.add_argument("--steps", type=int, default=None, help="steps per model (default 300)")
+    c.add_argument(
+        "--budget", type=cli.positive_int, default=None, help="params per model (default 200k)"
+    )
+    c.add_argument(
+        "--layers", type=cli.positive_int, default=1, help="layers per model (default 1)"
+    )
+    c.add_argument(
+        "--steps", type=cli.positive_int, default=None, help="steps per model (default 300)"
+    )
     return p
 
 
@@ -377,5 +409,11 @@ def main(argv: list[str] | None = None) -> Any:
     return {"train": cmd_train, "sample": cmd_sample, "compare": cmd_compare}[args.cmd](args)
 
 
+def cli_main(argv: list[str] | None = None) -> int:
+    """``main`` for the command line: exit status 0 (errors are reported by ``cli.run``)."""
+    main(argv)
+    return 0
+
+
 if __name__ == "__main__":
-    main()
+    cli.run(cli_main)

@@ -10,9 +10,9 @@
 * **many-to-many, encoder-decoder** (``reverse``): read ``L`` digits, then write them in
   reverse order (encoder state -> decoder initial state; greedy decoding at test time).
 
-The models are Flax Linen modules whose recurrent layer creates the cell's params with
-``cell.init`` and runs them with ``gr.scan`` (:class:`Recurrent`); no cell math is written
-here. Accuracy is measured on 2000 fresh examples; chance is the accuracy of always
+The models are Flax Linen modules built on :class:`gatedrnn.linen.RNN` (which creates the
+cell's params with ``cell.init`` and runs them with ``gr.stack``/``gr.scan``); no cell math
+is written here. Accuracy is measured on 2000 fresh examples; chance is the accuracy of always
 answering the most frequent label (1/10 for a digit, 1/2 for the sign, 1/3 mod 3).
 
     python experiments/rnn_types.py            # all four, full size (a few minutes)
@@ -22,7 +22,6 @@ answering the most frequent label (1/10 for a digit, 1/2 for the sign, 1/3 mod 3
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
 from collections.abc import Callable
@@ -38,35 +37,13 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-import gatedrnn as gr
+from experiments._common import table
+from gatedrnn import cli
+from gatedrnn.linen import RNN
 
 RESULTS = Path(__file__).resolve().parent / "results"
 DIGITS = 10
 START = DIGITS  # the start token fed to decoders before their first output
-
-
-class Recurrent(nn.Module):
-    """One recurrent layer of any gatedrnn cell as a Flax module.
-
-    The module only creates the cell's params (``cell.init`` under the name ``"cell"``);
-    the math is ``gr.scan``. ``__call__(xs (B, T, I), initial_state=None, seq_lengths=None)
-    -> (final_state, ys (B, T, H))``.
-    """
-
-    kind: str = "gru"
-    hidden: int = 64
-
-    def cell(self) -> gr.Cell:
-        """The pure cell."""
-        return {"vanilla": gr.vanilla, "lstm": gr.lstm, "gru": gr.gru}[self.kind](self.hidden)
-
-    @nn.compact
-    def __call__(
-        self, xs: jax.Array, initial_state: Any = None, seq_lengths: jax.Array | None = None
-    ) -> tuple[Any, jax.Array]:
-        cell = self.cell()
-        params = self.param("cell", lambda key, n: cell.init(key, n), xs.shape[-1])
-        return gr.scan(cell, params, xs, initial_state, seq_lengths=seq_lengths)
 
 
 class OneToMany(nn.Module):
@@ -79,17 +56,17 @@ class OneToMany(nn.Module):
     def setup(self) -> None:
         self.cls_embed = nn.Embed(DIGITS, self.hidden)
         self.tok_embed = nn.Embed(DIGITS + 1, 16)
-        self.rnn = Recurrent("gru", self.hidden)
+        self.rnn = RNN("gru", self.hidden)
         self.out = nn.Dense(DIGITS)
 
     def __call__(self, cls: jax.Array, prev: jax.Array) -> jax.Array:
         """Teacher forcing: ``cls (B,)``, ``prev (B, L)`` = start, y_0..y_{L-2} -> logits."""
-        _, hs = self.rnn(self.tok_embed(prev), jnp.tanh(self.cls_embed(cls)))
+        _, hs = self.rnn(self.tok_embed(prev), (jnp.tanh(self.cls_embed(cls)),))
         return self.out(hs)
 
     def generate(self, cls: jax.Array) -> jax.Array:
         """Greedy generation: ``cls (B,) -> (B, L)`` tokens."""
-        state = jnp.tanh(self.cls_embed(cls))
+        state = (jnp.tanh(self.cls_embed(cls)),)  # one GRU layer: a tuple of one state
         tok = jnp.full(cls.shape, START)
         out = []
         for _ in range(self.length):
@@ -106,7 +83,7 @@ class ManyToOne(nn.Module):
 
     @nn.compact
     def __call__(self, xs: jax.Array, lengths: jax.Array) -> jax.Array:
-        state, _ = Recurrent("lstm", self.hidden)(xs, seq_lengths=lengths)
+        (state,), _ = RNN("lstm", self.hidden)(xs, seq_lengths=lengths)
         return nn.Dense(2)(state.h)
 
 
@@ -118,7 +95,7 @@ class Aligned(nn.Module):
 
     @nn.compact
     def __call__(self, tokens: jax.Array) -> jax.Array:
-        _, hs = Recurrent("gru", self.hidden)(nn.Embed(self.classes, 8)(tokens))
+        _, hs = RNN("gru", self.hidden)(nn.Embed(self.classes, 8)(tokens))
         return nn.Dense(self.classes)(hs)
 
 
@@ -130,8 +107,8 @@ class EncoderDecoder(nn.Module):
 
     def setup(self) -> None:
         self.embed = nn.Embed(DIGITS + 1, 32)
-        self.encoder = Recurrent("gru", self.hidden)
-        self.decoder = Recurrent("gru", self.hidden)
+        self.encoder = RNN("gru", self.hidden)
+        self.decoder = RNN("gru", self.hidden)
         self.out = nn.Dense(DIGITS)
 
     def __call__(self, src: jax.Array, prev: jax.Array) -> jax.Array:
@@ -312,12 +289,14 @@ def run_task(task: Task, seed: int, batch_size: int = 64) -> dict[str, Any]:
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     """Run the tasks and write ``rnn_types.json`` (and a markdown table)."""
-    p = argparse.ArgumentParser(
+    p = cli.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     p.add_argument("--quick", action="store_true", help="small versions (seconds each)")
     p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
-    p.add_argument("--out", default=str(RESULTS), help=f"output directory (default {RESULTS})")
+    p.add_argument(
+        "--out", type=cli.output_dir, default=RESULTS, help=f"output directory (default {RESULTS})"
+    )
     p.add_argument("--tasks", nargs="+", default=None, help="run only these tasks")
     args = p.parse_args(argv)
     tasks = [t for t in make_tasks(args.quick) if args.tasks is None or t.name in args.tasks]
@@ -330,23 +309,29 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             f"(chance {r['chance']:.3f}), {r['steps']} steps, {r['train_time_s']:.1f}s",
             flush=True,
         )
-    table = [
-        "| kind | task | accuracy | chance | whole-sequence accuracy | steps |",
-        "|---|---|---:|---:|---:|---:|",
-    ] + [
-        f"| {r['kind']} | {r['task']}: {r['description']} | {r['accuracy']:.3f} | "
-        f"{r['chance']:.3f} | {r.get('sequence_accuracy', float('nan')):.3f} | {r['steps']} |"
-        for r in rows
-    ]
-    result = {"quick": args.quick, "seed": args.seed, "results": rows, "table_md": "\n".join(table)}
+    md = table(
+        [
+            [r["kind"], f"{r['task']}: {r['description']}", f"{r['accuracy']:.3f}",
+             f"{r['chance']:.3f}", f"{r.get('sequence_accuracy', float('nan')):.3f}", r["steps"]]
+            for r in rows
+        ],
+        ["kind", "task", "accuracy", "chance", "whole-sequence accuracy", "steps"],
+    )  # fmt: skip
+    result = {"quick": args.quick, "seed": args.seed, "results": rows, "table_md": md}
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     name = "rnn_types_quick" if args.quick else "rnn_types"
-    (out / f"{name}.json").write_text(json.dumps(result, indent=1), encoding="utf-8")
+    cli.write_json(out / f"{name}.json", result, indent=1)
     print(result["table_md"])
     print(f"wrote {out / (name + '.json')}")
     return result
 
 
+def cli_main(argv: list[str] | None = None) -> int:
+    """``main`` for the command line: exit status 0 (errors are reported by ``cli.run``)."""
+    main(argv)
+    return 0
+
+
 if __name__ == "__main__":
-    main()
+    cli.run(cli_main)

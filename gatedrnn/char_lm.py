@@ -35,9 +35,10 @@ import numpy as np
 import optax
 
 from gatedrnn import checkpoint as ckpt
-from gatedrnn.cells import gru, lstm, vanilla
-from gatedrnn.cells.base import Cell, fan_in_normal
+from gatedrnn import train as train_lib
+from gatedrnn.cells.base import fan_in_normal
 from gatedrnn.layers import Stack, stack
+from gatedrnn.linen import CELLS
 from gatedrnn.text import (
     UNK_ID,
     Vocab,
@@ -48,8 +49,6 @@ from gatedrnn.text import (
     split_train_val,
     unigram_bpc,
 )
-
-CELLS: dict[str, Callable[[int], Cell]] = {"vanilla": vanilla, "lstm": lstm, "gru": gru}
 
 
 @dataclass(frozen=True)
@@ -92,7 +91,7 @@ class TrainConfig:
       steps: optimizer steps in all.
       batch_size: ``B`` rows read in parallel.
       seq_len: ``T`` characters per chunk (the truncated-BPTT window).
-      lr: peak Adam learning rate (linear warm-up, then cosine decay to ``lr / 10``).
+      lr: peak Adam learning rate (linear warm-up, then cosine decay to 0).
       warmup: warm-up steps.
       clip: global gradient-norm clip.
       val_fraction: trailing share of the text held out for validation.
@@ -173,15 +172,15 @@ def apply(
 
 
 def make_optimizer(train_cfg: TrainConfig) -> optax.GradientTransformation:
-    """Adam with gradient clipping, linear warm-up and cosine decay to ``lr / 10``."""
-    sched = optax.warmup_cosine_decay_schedule(
-        0.0,
+    """:func:`gatedrnn.train.make_optimizer` for ``train_cfg``: global-norm clipping, then
+    Adam with linear warm-up and cosine decay to 0 over ``steps``."""
+    return train_lib.make_optimizer(
         train_cfg.lr,
-        warmup_steps=min(train_cfg.warmup, max(train_cfg.steps - 1, 1)),
-        decay_steps=max(train_cfg.steps, 2),
-        end_value=train_cfg.lr / 10,
+        clip_norm=train_cfg.clip,
+        schedule="warmup_cosine",
+        num_steps=train_cfg.steps,
+        warmup_steps=train_cfg.warmup,
     )
-    return optax.chain(optax.clip_by_global_norm(train_cfg.clip), optax.adam(sched))
 
 
 def make_train_step(config: CharLMConfig, optimizer: optax.GradientTransformation) -> Callable:
@@ -523,7 +522,6 @@ def load_model(path: str | Path) -> tuple[CharLMParams, CharLMConfig, Vocab, dic
 
 
 __all__ = [
-    "CELLS",
     "CharLMConfig",
     "CharLMParams",
     "Data",

@@ -158,6 +158,6 @@ def test_quick_train_then_sample_from_the_command_line(tmp_path: Path):
     assert saved["steps_done"] == 40 and len(saved["history"]) == 2
     assert (out / "samples.txt").read_text().count("--- temperature") == 6
     assert (out / "curve.png").stat().st_size > 0
-    got = mod.main(["sample", "--ckpt", str(out / "checkpoints"), "--prime", "def ",
-                    "--length", "30", "--temperature", "0", "--out", str(tmp_path / "s.txt")])  # fmt: skip
+    args = ["sample", "--ckpt", str(out / "checkpoints"), "--prime", "def ", "--length", "30"]
+    got = mod.main([*args, "--temperature", "0", "--out", str(tmp_path / "s.txt")])
     assert got.startswith("def ") and len(got) == 4 + 30 + 1
