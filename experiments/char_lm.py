@@ -60,7 +60,21 @@ QUICK_TRAIN = {
     "ckpt_every": 20,
     "eval_chars": 4000,
 }
-QUICK_CHARS = 60_000  # --quick trains on the first 60k characters only
+QUICK_CHARS = 60_000
+# command-line option (argparse dest) -> CharLMConfig / TrainConfig field
+OPTION_FIELDS = {
+    "cell": "cell",
+    "hidden": "hidden_size",
+    "layers": "num_layers",
+    "embed": "embed_size",
+    "dropout": "dropout",
+    "steps": "steps",
+    "batch": "batch_size",
+    "seq_len": "seq_len",
+    "lr": "lr",
+    "eval_every": "eval_every",
+    "ckpt_every": "ckpt_every",
+}  # --quick trains on the first 60k characters only
 
 
 def _corpus(args: argparse.Namespace) -> tuple[str, str, str]:
@@ -93,9 +107,9 @@ def _samples(
 ) -> str:
     parts = []
     for temp in (0.0, 0.5, 0.8):
-        for prime in primes:
+        for i, prime in enumerate(primes):
             ids = clm.sample(
-                params, config, vocab.encode(prime), length, temperature=temp, seed=seed
+                params, config, vocab.encode(prime), length, temperature=temp, seed=seed + i
             )[0]
             parts.append(f"--- temperature {temp}, prime {prime!r} ---\n{prime}{vocab.decode(ids)}")
     return "\n\n".join(parts) + "\n"
@@ -106,27 +120,13 @@ def cmd_train(args: argparse.Namespace) -> dict[str, Any]:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     text, name, sha = _corpus(args)
+    given = {field: getattr(args, opt) for opt, field in OPTION_FIELDS.items()}
+    given = {k: v for k, v in given.items() if v is not None}
     model = dict(QUICK_MODEL if args.quick else DEFAULT_MODEL)
     train = dict(QUICK_TRAIN if args.quick else DEFAULT_TRAIN)
-    for key, val in (
-        ("cell", args.cell),
-        ("hidden_size", args.hidden),
-        ("num_layers", args.layers),
-        ("embed_size", args.embed),
-        ("dropout", args.dropout),
-    ):
-        if val is not None:
-            model[key] = val
-    for key, val in (
-        ("steps", args.steps),
-        ("batch_size", args.batch),
-        ("seq_len", args.seq_len),
-        ("lr", args.lr),
-        ("eval_every", args.eval_every),
-        ("ckpt_every", args.ckpt_every),
-    ):
-        if val is not None:
-            train[key] = val
+    model_fields = {f.name for f in dataclasses.fields(clm.CharLMConfig)}
+    model.update({k: v for k, v in given.items() if k in model_fields})
+    train.update({k: v for k, v in given.items() if k not in model_fields})
     train_cfg = clm.TrainConfig(seed=args.seed, **train)
     print(f"corpus {name}: {len(text):,} characters, sha256 {sha[:12]}", flush=True)
     res = clm.train(

@@ -3,8 +3,8 @@ sampling (seeded, greedy at temperature 0), and the --quick command line."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
+import sys
 from pathlib import Path
 
 import jax
@@ -16,6 +16,11 @@ from gatedrnn import char_lm as clm
 from gatedrnn.checkpoint import CheckpointError
 
 ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+from experiments import char_lm as SCRIPT  # noqa: E402
+
 TEXT = ("def f(x):\n    return x + 1\n\nclass A:\n    pass\n" * 20)[:600]
 MODEL = {"cell": "gru", "hidden_size": 12, "num_layers": 2, "embed_size": 6, "dropout": 0.2}
 TRAIN = clm.TrainConfig(
@@ -129,17 +134,8 @@ def test_config_errors_are_clear():
         clm.CharLMConfig(10, num_layers=4)
 
 
-def _script():
-    spec = importlib.util.spec_from_file_location(
-        "char_lm_script", ROOT / "experiments" / "char_lm.py"
-    )
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
-
-
 def test_param_counts_match_the_closed_forms():
-    counts = _script().layer_param_counts(7, 5)
+    counts = SCRIPT.layer_param_counts(7, 5)
     for name, c in counts.items():
         assert c["counted"] == c["formula"], name
     assert counts["lstm"]["counted"] == 4 * (7 * 5 + 25 + 5)
@@ -147,7 +143,7 @@ def test_param_counts_match_the_closed_forms():
 
 
 def test_quick_train_then_sample_from_the_command_line(tmp_path: Path):
-    mod = _script()
+    mod = SCRIPT
     text = tmp_path / "t.txt"
     text.write_text("import os\n\ndef main():\n    print('hello world')\n" * 300, encoding="utf-8")
     out = tmp_path / "run"
