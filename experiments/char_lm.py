@@ -181,7 +181,7 @@ def cmd_train(args: argparse.Namespace) -> dict[str, Any]:
 def cmd_sample(args: argparse.Namespace) -> str:
     """The ``sample`` subcommand."""
     params, config, vocab, info = clm.load_model(args.ckpt)
-    prime = args.prime.encode().decode("unicode_escape")
+    prime = args.prime.replace("\\n", "\n").replace("\\t", "\t")
     ids = clm.sample(
         params,
         config,
@@ -377,7 +377,7 @@ def build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser("sample", help="generate text from a checkpoint")
     s.add_argument("--ckpt", default=str(RESULTS / "char_lm" / "checkpoints"),
                    help="checkpoint dir or run's checkpoints dir")  # fmt: skip
-    s.add_argument("--prime", default="def ", help="priming text (backslash escapes allowed)")
+    s.add_argument("--prime", default="def ", help="priming text (\\n and \\t are newline and tab)")
     s.add_argument("--length", type=cli.positive_int, default=500, help="characters to generate")
     s.add_argument("--temperature", type=float, default=0.8, help="0 = greedy")
     s.add_argument(

@@ -287,6 +287,10 @@ def run_task(task: Task, seed: int, batch_size: int = 64) -> dict[str, Any]:
     return out
 
 
+def _fmt(x: float | None) -> str:
+    return "-" if x is None else f"{x:.3f}"
+
+
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     """Run the tasks and write ``rnn_types.json`` (and a markdown table)."""
     p = cli.ArgumentParser(
@@ -312,7 +316,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     md = table(
         [
             [r["kind"], f"{r['task']}: {r['description']}", f"{r['accuracy']:.3f}",
-             f"{r['chance']:.3f}", f"{r.get('sequence_accuracy', float('nan')):.3f}", r["steps"]]
+             f"{r['chance']:.3f}", _fmt(r.get("sequence_accuracy")), r["steps"]]
             for r in rows
         ],
         ["kind", "task", "accuracy", "chance", "whole-sequence accuracy", "steps"],

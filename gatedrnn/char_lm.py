@@ -387,8 +387,8 @@ def train(
       resume: continue from the newest checkpoint in ``ckpt_dir`` (its config, vocabulary
         and corpus must match, else :class:`gatedrnn.checkpoint.CheckpointError`).
       stop_at: stop (and checkpoint) after this many steps, as if interrupted.
-      time_limit: stop (and checkpoint) once training has taken this many seconds; a
-        later ``resume`` continues from there.
+      time_limit: stop (and checkpoint) once this call has trained for this many seconds;
+        a later ``resume`` continues from there (with a fresh time limit).
       corpus_sha256: recorded in checkpoints and checked on resume.
       progress: show a tqdm progress bar.
       log: called with a line of text at each evaluation.
@@ -428,6 +428,7 @@ def train(
         elapsed = info["meta"].get("train_time", 0.0)
 
     end = train_cfg.steps if stop_at is None else min(stop_at, train_cfg.steps)
+    elapsed_before = elapsed  # time_limit counts this call's training time only
 
     def save(step: int) -> None:
         if ckpt_dir is not None:
@@ -458,7 +459,8 @@ def train(
         state = TrainState(params, opt_state, carry)
         recent.append(bpc)
         done = s + 1
-        out_of_time = time_limit is not None and (elapsed + time.perf_counter() - t0 > time_limit)
+        this_call = elapsed - elapsed_before + time.perf_counter() - t0
+        out_of_time = time_limit is not None and this_call > time_limit
         if done % train_cfg.eval_every == 0 or done == train_cfg.steps or out_of_time:
             train_bpc = float(np.mean([float(b) for b in recent]))
             recent = []

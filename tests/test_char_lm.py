@@ -41,11 +41,14 @@ def test_interrupted_and_resumed_run_ends_with_the_same_params(tmp_path: Path):
     assert part["steps_done"] == 7
     with pytest.raises(AssertionError):
         _leaves_equal(part["params"], full["params"])
+    # a second interruption, by the time limit: it stops after one step, with a checkpoint
+    timed = clm.train(TEXT, MODEL, TRAIN, ckpt_dir=tmp_path, resume=True, time_limit=0.0)
+    assert timed["steps_done"] == 8
     resumed = clm.train(TEXT, MODEL, TRAIN, ckpt_dir=tmp_path, resume=True)
     assert resumed["steps_done"] == TRAIN.steps
     _leaves_equal(resumed["state"], full["state"])  # params, Adam state and carried state
     assert resumed["val_bpc"] == full["val_bpc"]
-    assert [h["step"] for h in resumed["history"]] == [5, 10]
+    assert [h["step"] for h in resumed["history"]] == [5, 8, 10]  # 8: the time-limit stop
 
 
 def test_resume_refuses_a_different_config(tmp_path: Path):
