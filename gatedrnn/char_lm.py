@@ -301,6 +301,11 @@ def sample(
     prime_ids = np.asarray(prime_ids, np.int32)
     if prime_ids.ndim != 1 or prime_ids.shape[0] < 1:
         raise ValueError(f"prime_ids must be a non-empty 1-d array, got shape {prime_ids.shape}")
+    if prime_ids.min() < 0 or prime_ids.max() >= config.vocab_size:
+        raise ValueError(
+            f"prime_ids must lie in [0, vocab_size={config.vocab_size}), got values from "
+            f"{prime_ids.min()} to {prime_ids.max()}"
+        )
     if length < 1:
         raise ValueError(f"length must be >= 1, got {length}")
     if temperature < 0:
@@ -333,7 +338,7 @@ class TrainState(NamedTuple):
 
 @dataclass
 class Data:
-    """A corpus prepared for training: vocabulary, id splits, rows, baseline."""
+    """A corpus prepared for training: vocabulary, encoded splits, unigram baseline."""
 
     vocab: Vocab
     train_ids: np.ndarray

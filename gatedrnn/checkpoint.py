@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import orbax.checkpoint as ocp
 
@@ -179,7 +180,8 @@ def restore_checkpoint(
         model config); any difference is an error naming the key.
 
     Returns:
-      ``(state, info)``: the restored pytree and ``{"step", "meta", "signature"}``.
+      ``(state, info)``: the restored pytree (uncommitted arrays on the default device,
+      structured like ``like``) and ``{"step", "meta", "signature"}``.
 
     Raises:
       CheckpointError: missing, truncated or incompatible checkpoint.
@@ -206,9 +208,11 @@ def restore_checkpoint(
         raise CheckpointError(
             f"checkpoint {path} is truncated or corrupt: cannot read its arrays ({e})"
         ) from None
-    state = jax.tree_util.tree_unflatten(
-        jax.tree_util.tree_structure(like), jax.tree_util.tree_leaves(out["state"])
-    )
+    # Fresh, uncommitted arrays on the default device: orbax returns device-committed
+    # arrays, and jitted functions compiled for freshly initialised state would compile
+    # again for those.
+    leaves = [jnp.asarray(np.asarray(x)) for x in jax.tree_util.tree_leaves(out["state"])]
+    state = jax.tree_util.tree_unflatten(jax.tree_util.tree_structure(like), leaves)
     return state, info
 
 

@@ -128,6 +128,8 @@ def test_temperature_zero_is_greedy_and_sampling_is_seeded():
         clm.sample(params, cfg, prime, 5, temperature=-1.0)
     with pytest.raises(ValueError, match="prime_ids"):
         clm.sample(params, cfg, np.array([], np.int32), 5)
+    with pytest.raises(ValueError, match=r"prime_ids must lie in \[0, vocab_size=11\)"):
+        clm.sample(params, cfg, np.array([3, 11]), 5)
 
 
 def test_config_errors_are_clear():
