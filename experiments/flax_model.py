@@ -143,8 +143,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     }
     results = {
         "script": "experiments/flax_model.py",
-        "command": " ".join(["python", "experiments/flax_model.py", *sys.argv[1:]]),
-        "config": {k: v for k, v in vars(args).items() if k != "out"},
+        "command": " ".join(["python", "experiments/flax_model.py", *args.argv]),
+        "config": {k: v for k, v in vars(args).items() if k not in ("out", "argv")},
         "test_accuracy": float(correct.mean()),
         "chance_accuracy": 0.5,
         "majority_class_accuracy": float(majority),
@@ -177,6 +177,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--test-size", type=int, default=4000)
     p.add_argument("--log-every", type=int, default=250)
     args = p.parse_args(argv)
+    args.argv = list(sys.argv[1:] if argv is None else argv)
     if args.quick:
         args.steps, args.test_size, args.log_every = 20, 128, 10
         args.hidden, args.max_len = 8, 5
