@@ -4,8 +4,8 @@ Embedding -> ``gatedrnn.linen.RNN`` (LSTM, the fast ``gr.scan`` path, with ``seq
 -> Dense, trained many-to-one on variable-length sequences. Tasks:
 
 * ``parity`` (default): bits of length 1..max_len; the label is the parity of the number of
-  ones (XOR of all bits). Every bit matters until the end, so a bag-of-tokens model is at
-  chance; an LSTM must carry one bit of state across the sequence.
+  ones (XOR of all bits). Flipping any bit flips the label, so a linear read-out of the
+  token counts is at chance; the LSTM must carry one bit of state across the sequence.
 * ``sign``: tokens in {-2, -1, 1, 2}; the label is whether their sum is positive (a zero
   sum takes the sign of the last token).
 
