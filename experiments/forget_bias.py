@@ -101,12 +101,14 @@ def main(argv: list[str] | None = None) -> dict:
                 f"{summary['mean_forget_gate']:.4f}",
                 f"{factors.mean():.4f} ± {factors.std():.4f}",
                 f"{summary['decay_factor_c_mean']:.4f}",
-                (f"{np.mean(found):.0f}" if found else "")
+                f"{np.mean(found):.0f}"
                 + (
-                    f" (> {args.T} in {len(dists) - len(found)} seeds)"
+                    f" ({len(dists) - len(found)} seeds > {args.T})"
                     if len(found) < len(dists)
                     else ""
-                ),
+                )
+                if found
+                else f"> {args.T} (all {len(dists)} seeds)",
             ]
         )
     text = table(
