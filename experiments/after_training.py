@@ -29,7 +29,7 @@ from experiments._common import (
 )
 
 
-def measure(model, params, batch, task, ratio: float) -> dict:
+def measure(model, params, batch, loss_fn, ratio: float) -> dict:
     """Decay of the task loss's state gradients, and gate statistics, in float64."""
     import jax
     import jax.numpy as jnp
@@ -39,11 +39,9 @@ def measure(model, params, batch, task, ratio: float) -> dict:
     p64 = jax.tree_util.tree_map(lambda a: jnp.asarray(a, jnp.float64), params)
     xs = jnp.asarray(batch.inputs, jnp.float64)
 
-    def loss_fn(final, ys):  # ys (T, B, H), time-major
-        outputs = jnp.swapaxes(ys, 0, 1) @ p64.w_out + p64.b_out
-        return task.loss_fn(outputs, batch)[0]
-
-    norms = dg.state_gradient_norms(model.cell, p64.cell, xs, loss_fn)
+    norms = dg.state_gradient_norms(
+        model.cell, p64.cell, xs, loss_fn, loss_args=(p64.w_out, p64.b_out, batch)
+    )
     total = whole_state(norms)
     stats = dg.gate_statistics(model.cell, p64.cell, xs)
     out = {
@@ -113,14 +111,19 @@ def main(argv: list[str] | None = None) -> dict:
 
     batch = long_task.sample(jax.random.PRNGKey(args.seed + 99), args.measure_batch)
     jax.config.update("jax_enable_x64", True)
+
+    def loss_fn(final, ys, w_out, b_out, batch):  # ys (T, B, H), time-major
+        """The task's loss through the model's readout, as a function of the states."""
+        return long_task.loss_fn(jax.numpy.swapaxes(ys, 0, 1) @ w_out + b_out, batch)[0]
+
     results: dict = {
         "config": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
         "cells": {},
     }
     rows = []
     for label, (model, before, res, secs) in trained.items():
-        m0 = measure(model, before, batch, long_task, args.ratio)
-        m1 = measure(model, res.state.params, batch, long_task, args.ratio)
+        m0 = measure(model, before, batch, loss_fn, args.ratio)
+        m1 = measure(model, res.state.params, batch, loss_fn, args.ratio)
         last = res.history[-1]
         results["cells"][label] = {
             "before": m0,

@@ -23,13 +23,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from experiments._common import parser, pyplot, setup_jax, table, timed, write_results
 
 
-def sweep_one(cell, params0, xs, s: float) -> dict:
+def sweep_one(cell, params0, xs, s: float, loss_and_grad) -> dict:
     """Gradient norms and finiteness for W_h = s * Q."""
     import jax
     import jax.numpy as jnp
     import numpy as np
 
-    import gatedrnn as gr
     from gatedrnn import diagnostics as dg
 
     params = params0._replace(w_h=jnp.asarray(s, params0.w_h.dtype) * params0.w_h)
@@ -56,7 +55,7 @@ def sweep_one(cell, params0, xs, s: float) -> dict:
     states = dg.state_trajectory(cell, params, xs)
     bad = ~jnp.all(jnp.isfinite(states), axis=tuple(range(1, states.ndim)))
     out["state_nonfinite_from_step"] = int(jnp.argmax(bad)) if bool(bad.any()) else None
-    loss, g = jax.value_and_grad(lambda p: loss_fn(*gr.scan(cell, p, xs)))(params)
+    loss, g = loss_and_grad(params, xs)
     out["loss"] = float(loss)
     out["loss_finite"] = bool(jnp.isfinite(loss))
     out["param_grad_finite"] = bool(
@@ -173,9 +172,12 @@ def main(argv: list[str] | None = None) -> dict:
     for act in ("linear", "tanh"):
         cell = gr.vanilla(args.hidden, activation=act)
         params0 = cell.init(kp, args.hidden)
+        loss_and_grad = jax.jit(
+            jax.value_and_grad(lambda p, xs, cell=cell: loss_fn(*gr.scan(cell, p, xs)))
+        )
         runs, secs = timed(
-            lambda cell=cell, params0=params0: [
-                sweep_one(cell, params0, xs, s) for s in args.scales
+            lambda cell=cell, params0=params0, loss_and_grad=loss_and_grad: [
+                sweep_one(cell, params0, xs, s, loss_and_grad) for s in args.scales
             ]
         )
         results[act] = runs

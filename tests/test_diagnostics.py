@@ -166,6 +166,25 @@ def test_state_gradients_match_a_python_loop_oracle(cell):
     np.testing.assert_allclose(loss, loss_of_state(s), rtol=1e-12)
 
 
+def test_loss_args_change_the_loss_without_a_new_loss_function():
+    cell = gr.gru(3)
+    p = cell.init(jax.random.PRNGKey(23), 2, dtype=F64)
+    xs = _xs(24, (2, 6, 2))
+
+    def readout(final, ys, w):
+        return jnp.sum(final @ w)
+
+    w1, w2 = _xs(25, (3,)), _xs(26, (3,))
+    l1, g1 = dg.state_gradients(cell, p, xs, readout, loss_args=(w1,))
+    l2, g2 = dg.state_gradients(cell, p, xs, readout, loss_args=(w2,))
+    np.testing.assert_allclose(g1[-1], jnp.broadcast_to(w1, (2, 3)), rtol=1e-12)
+    np.testing.assert_allclose(g2[-1], jnp.broadcast_to(w2, (2, 3)), rtol=1e-12)
+    final, _ = gr.scan(cell, p, xs)
+    np.testing.assert_allclose(l2, jnp.sum(final @ w2), rtol=1e-12)
+    with pytest.raises(TypeError, match="loss_args must be a tuple"):
+        dg.state_gradients(cell, p, xs, readout, loss_args=w1)
+
+
 def test_lstm_norms_report_h_and_c_apart_and_per_example():
     cell = gr.lstm(4)
     p = cell.init(jax.random.PRNGKey(15), 3, dtype=F64)
