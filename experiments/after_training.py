@@ -179,6 +179,11 @@ def main(argv: list[str] | None = None) -> dict:
         for c in results["cells"].values()
         for w in ("before", "after")
     )
+    highest = max(
+        float(np.max(c[w]["relative_grad_norm"]))
+        for c in results["cells"].values()
+        for w in ("before", "after")
+    )
     for ax, when in zip(axes[:2], ("before", "after")):
         for (label, c), color in zip(results["cells"].items(), ["C3", "C0", "C2"]):
             ax.semilogy(
@@ -189,7 +194,7 @@ def main(argv: list[str] | None = None) -> dict:
             )
         ax.axhline(args.ratio, color="k", lw=0.8, ls="--")
         ax.axvline(args.T_train, color="grey", lw=0.8, ls=":")
-        ax.set_ylim(max(1e-300, lowest / 10), 10)
+        ax.set_ylim(max(1e-300, lowest / 10), max(10.0, highest * 10))
         ax.set(
             xlabel="distance T - t (dotted: training length)",
             ylabel="||dL/ds_t|| / ||dL/ds_T||",
