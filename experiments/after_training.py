@@ -137,6 +137,7 @@ def main(argv: list[str] | None = None) -> dict:
             "train_seconds": secs,
         }
         gate_key = "mean_forget_gate" if "mean_forget_gate" in m0 else "mean_update_gate"
+        high = "forget_saturated_high" if "mean_forget_gate" in m0 else "update_saturated_high"
 
         def dist(m):
             return f"> {args.T_measure}" if m["vanish_distance"] is None else m["vanish_distance"]
@@ -149,6 +150,7 @@ def main(argv: list[str] | None = None) -> dict:
                 f"{m0['decay_factor']:.4f} -> {m1['decay_factor']:.4f}",
                 f"{dist(m0)} -> {dist(m1)}",
                 f"{m0[gate_key]:.3f} -> {m1[gate_key]:.3f}" if gate_key in m0 else "-",
+                f"{m0[high]:.3f} -> {m1[high]:.3f}" if high in m0 else "-",
                 f"{m0['saturated']:.3f} -> {m1['saturated']:.3f}",
             ]
         )
@@ -161,6 +163,7 @@ def main(argv: list[str] | None = None) -> dict:
             "decay factor before -> after",
             f"distance to {args.ratio:g}",
             "mean forget/update gate",
+            "fraction of gates > 0.95",
             "saturated fraction",
         ],
     )
