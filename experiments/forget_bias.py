@@ -41,6 +41,7 @@ def main(argv: list[str] | None = None) -> dict:
     args = p.parse_args(argv)
     if args.quick:
         args.hidden, args.T, args.seeds, args.batch = 16, 60, 2, 4
+        args.biases = [0.0, 3.0]
     setup_jax(x64=True)
     import jax
     import jax.numpy as jnp

@@ -29,7 +29,7 @@ import numpy as np
 from gatedrnn.cells.base import Array, Cell, PyTree
 from gatedrnn.cells.gru import gru_gates
 from gatedrnn.cells.lstm import lstm_gates
-from gatedrnn.scan import _as_array, _broadcast_state, scan
+from gatedrnn.scan import _broadcast_state, check_cell_and_xs, scan
 
 __all__ = [
     "decay_factor",
@@ -50,14 +50,7 @@ def _prepare(
     cell: Cell, params: PyTree, xs: Any, initial_state: PyTree | None, time_major: bool
 ) -> tuple[Array, PyTree, tuple[int, ...]]:
     """Check inputs; return time-major ``xs (T, *batch, I)``, the initial state, batch shape."""
-    if not isinstance(cell, Cell):
-        raise TypeError(f"cell must be a gatedrnn Cell, got {type(cell).__name__}")
-    xs = _as_array(xs, "xs")
-    layout = "(T, *batch, features)" if time_major else "(*batch, T, features)"
-    if xs.ndim < 2:
-        raise ValueError(
-            f"xs must have shape {layout} with at least 2 axes, got shape {tuple(xs.shape)}"
-        )
+    xs = check_cell_and_xs(cell, xs, time_major)
     xs_tm = xs if time_major else jnp.moveaxis(xs, -2, 0)
     if xs_tm.shape[0] < 1:
         raise ValueError(f"xs must have at least one time step, got shape {tuple(xs.shape)}")

