@@ -59,6 +59,7 @@ def write_results(out: Path, name: str, results: dict[str, Any], fig: Any) -> tu
     js, png = out / f"{name}.json", out / f"{name}.png"
     js.write_text(json.dumps(to_jsonable(results), indent=1) + "\n")
     fig.savefig(png, dpi=110, bbox_inches="tight")
+    pyplot().close(fig)
     print(f"wrote {js} and {png}")
     return js, png
 

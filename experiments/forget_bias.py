@@ -41,6 +41,7 @@ def main(argv: list[str] | None = None) -> dict:
     args = p.parse_args(argv)
     if args.quick:
         args.hidden, args.T, args.seeds, args.batch = 16, 60, 2, 4
+        args.biases = [0.0, 3.0]
     setup_jax(x64=True)
     import jax
     import jax.numpy as jnp
@@ -101,12 +102,14 @@ def main(argv: list[str] | None = None) -> dict:
                 f"{summary['mean_forget_gate']:.4f}",
                 f"{factors.mean():.4f} ± {factors.std():.4f}",
                 f"{summary['decay_factor_c_mean']:.4f}",
-                (f"{np.mean(found):.0f}" if found else "")
+                f"{np.mean(found):.0f}"
                 + (
-                    f" (> {args.T} in {len(dists) - len(found)} seeds)"
+                    f" ({len(dists) - len(found)} seeds > {args.T})"
                     if len(found) < len(dists)
                     else ""
-                ),
+                )
+                if found
+                else f"> {args.T} (all {len(dists)} seeds)",
             ]
         )
     text = table(
