@@ -112,7 +112,10 @@ def init_state(
 
 
 def init_ensemble(
-    params: PyTree, optimizer: optax.GradientTransformation, seeds: Sequence[int]
+    params: PyTree,
+    optimizer: optax.GradientTransformation,
+    seeds: Sequence[int],
+    carry: PyTree = None,
 ) -> TrainState:
     """A :class:`TrainState` for ``S = len(seeds)`` members trained at once (``ensemble=True``).
 
@@ -122,10 +125,12 @@ def init_ensemble(
       optimizer: the optax transformation.
       seeds: one batch seed per member; member ``i`` sees the batches a single run
         ``init_state(..., seeds[i])`` would see.
+      carry: initial carried state for a stateful loss, leaves with the member axis, or
+        None.
     """
     rng = jnp.stack([jax.random.PRNGKey(int(s)) for s in seeds])
     step = jnp.zeros((len(seeds),), jnp.int32)
-    return TrainState(params, jax.vmap(optimizer.init)(params), step, rng, None)
+    return TrainState(params, jax.vmap(optimizer.init)(params), step, rng, carry)
 
 
 def make_optimizer(
@@ -622,6 +627,7 @@ def fit(
     eval_seed: int = 12345,
     early_stop: bool = True,
     truncate: int | None = None,
+    chunk: int | None = None,
     log_path: str | Path | None = None,
     progress: bool = True,
     desc: str | None = None,
@@ -646,6 +652,11 @@ def fit(
         (:func:`eval_batches_for`), the same for every training seed.
       early_stop: stop when ``task.solved`` passes on the held-out set (for every member).
       truncate: truncated BPTT window passed to :func:`gatedrnn.scan` (None: full BPTT).
+      chunk: stateful truncated BPTT instead: each update trains on the next ``chunk``
+        steps of the current streams (:func:`stream_batches`), starting from the state the
+        previous chunk ended in, with the gradient stopped there
+        (:func:`stateful_task_loss`); ``T / chunk`` updates per stream. Evaluation runs
+        on whole sequences.
       log_path, progress, desc, log_extra: see :func:`train`.
 
     Returns:
@@ -656,20 +667,35 @@ def fit(
     optimizer = make_optimizer(
         learning_rate, clip_norm=clip_norm, schedule=schedule, num_steps=num_steps
     )
+    if chunk is not None and truncate is not None:
+        raise ValueError("give truncate (within a sequence) or chunk (stateful), not both")
+    stateful = chunk is not None
+    carry = None
+    if stateful:
+        carry = model.cell.initial_state(model.init(param_key(0)).cell, (batch_size,))
+        loss_fn: Any = stateful_task_loss(model, task)
+        batch_fn = stream_batches(task, batch_size, chunk)
+    else:
+        loss_fn = task_loss(model, task, truncate=truncate)
+        batch_fn = task_batches(task, batch_size)
     ensemble = not isinstance(seed, (int, np.integer))
     if ensemble:
         seeds = [int(s) for s in seed]  # type: ignore[union-attr]
         params = jax.vmap(model.init)(jnp.stack([param_key(s) for s in seeds]))
-        state = init_ensemble(params, optimizer, seeds)
+        if carry is not None:
+            carry = jax.tree_util.tree_map(lambda c: jnp.stack([c] * len(seeds)), carry)
+        state = init_ensemble(params, optimizer, seeds, carry)
     else:
-        state = init_state(model.init(param_key(int(seed))), optimizer, int(seed))
+        state = init_state(model.init(param_key(int(seed))), optimizer, int(seed), carry)
     result = train(
-        task_loss(model, task, truncate=truncate),
+        loss_fn,
         state,
         optimizer,
-        task_batches(task, batch_size),
+        batch_fn,
         num_steps=num_steps,
+        stateful=stateful,
         ensemble=ensemble,
+        eval_fn=_loss_metrics(task_loss(model, task)) if stateful else None,
         eval_batches=eval_batches_for(task, eval_batch_size, num_eval_batches, eval_seed),
         eval_every=eval_every,
         solved=task.solved if early_stop else None,
