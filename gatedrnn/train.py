@@ -34,7 +34,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+from jax.sharding import Mesh
 
+from gatedrnn import parallel
 from gatedrnn.cells.base import Array, Cell, PyTree, check_input_size, fan_in_normal
 from gatedrnn.scan import scan
 from gatedrnn.tasks import Batch, Task
@@ -273,12 +275,20 @@ def _compiled_block(
     num_steps: int,
     stateful: bool,
     ensemble: bool,
+    mesh: Mesh | None = None,
 ) -> Callable[[TrainState], tuple[TrainState, Metrics]]:
     """The jitted ``num_steps``-update block, cached so repeated runs with the same loss,
-    optimizer and batches (other seeds, a resumed run) reuse the compiled code."""
+    optimizer and batches (other seeds, a resumed run) reuse the compiled code. With a
+    ``mesh``: batches split over its devices, state and metrics replicated."""
     step = make_train_step(loss_fn, optimizer, stateful=stateful)
     if ensemble:
         step, batch_fn = jax.vmap(step), jax.vmap(batch_fn)
+    if mesh is not None:
+        rep = parallel.replicated(mesh)
+        batch_fn = parallel.sharded_batch_fn(batch_fn, mesh)
+        return jax.jit(
+            make_multi_step(step, batch_fn, num_steps), in_shardings=rep, out_shardings=rep
+        )
     return jax.jit(make_multi_step(step, batch_fn, num_steps))
 
 
@@ -318,6 +328,7 @@ def train(
     progress: bool = True,
     desc: str | None = None,
     log_extra: Mapping[str, Any] | None = None,
+    mesh: Mesh | None = None,
 ) -> TrainResult:
     """Run updates from ``state.step`` up to ``num_steps`` (fewer on early stop).
 
@@ -348,6 +359,9 @@ def train(
       progress: show a tqdm bar (loss, steps/s).
       desc: the bar's label.
       log_extra: constant fields added to every log line (run name, config, ...).
+      mesh: data-parallel training on this ``jax.sharding.Mesh`` (e.g.
+        :func:`gatedrnn.parallel.data_mesh`): each batch is split over its ``"data"``
+        axis, the state is replicated, XLA reduces the gradients. Not with ``ensemble``.
 
     Returns:
       a :class:`TrainResult`.
@@ -365,6 +379,12 @@ def train(
     if eval_fn is None and not stateful:
         eval_fn = _loss_metrics(loss_fn)
     members = int(np.shape(state.step)[0]) if ensemble else 1
+    if mesh is not None:
+        parallel.check_mesh(mesh)
+        if ensemble:
+            raise ValueError("mesh= (data parallel) and ensemble=True cannot be combined")
+        state = parallel.replicate(state, mesh)
+        eval_batches = [parallel.shard_batch(b, mesh) for b in eval_batches]
 
     def evaluate(params: PyTree) -> list[dict[str, float]]:
         """Eval metrics averaged over the held-out batches, one dict per member."""
@@ -394,7 +414,7 @@ def train(
         while done < num_steps:
             n = min(eval_every, num_steps - done)
             t0 = time.perf_counter()
-            block = _compiled_block(loss_fn, optimizer, batch_fn, n, stateful, ensemble)
+            block = _compiled_block(loss_fn, optimizer, batch_fn, n, stateful, ensemble, mesh)
             state, metrics = block(state)
             losses = np.asarray(metrics["loss"])
             _check_finite(losses, done)
@@ -626,6 +646,7 @@ def fit(
     progress: bool = True,
     desc: str | None = None,
     log_extra: Mapping[str, Any] | None = None,
+    mesh: Mesh | None = None,
 ) -> tuple[SequenceModel, TrainResult]:
     """Train ``cell`` plus a linear readout on ``task`` with clipped Adam: the one-call entry.
 
@@ -646,7 +667,7 @@ def fit(
         (:func:`eval_batches_for`), the same for every training seed.
       early_stop: stop when ``task.solved`` passes on the held-out set (for every member).
       truncate: truncated BPTT window passed to :func:`gatedrnn.scan` (None: full BPTT).
-      log_path, progress, desc, log_extra: see :func:`train`.
+      log_path, progress, desc, log_extra, mesh: see :func:`train`.
 
     Returns:
       ``(model, result)``; ``result.state.params`` are the trained params (with a leading
@@ -677,6 +698,7 @@ def fit(
         progress=progress,
         desc=desc,
         log_extra=log_extra,
+        mesh=mesh,
     )
     return model, result
 
