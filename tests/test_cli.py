@@ -232,3 +232,76 @@ def test_check_text_file_returns_the_text(tmp_path):
     assert cli.check_text_file(path) == "héllo"
     with pytest.raises(cli.UsageError, match="file not found"):
         cli.check_text_file(tmp_path / "missing")
+
+
+# ------------------------------------------------------------- the experiment scripts
+
+EXPERIMENTS = sorted(p for p in (ROOT / "experiments").glob("*.py") if not p.name.startswith("_"))
+
+
+def run_experiment(path: Path, *args: str) -> subprocess.CompletedProcess:
+    environ = {**os.environ, "PYTHONPATH": str(ROOT)}
+    environ.pop(cli.DEBUG_ENV, None)
+    return subprocess.run(
+        [sys.executable, str(path), *args],
+        capture_output=True,
+        text=True,
+        env=environ,
+        timeout=300,
+        cwd=ROOT,
+    )
+
+
+def assert_one_line_exit_2(proc: subprocess.CompletedProcess, name: str, needle: str) -> None:
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and "Traceback" not in proc.stderr, proc.stderr[-2000:]
+    assert lines[0].startswith(f"{name}: error: ") and needle in lines[0], lines[0]
+
+
+@pytest.mark.parametrize("path", EXPERIMENTS, ids=lambda p: p.name)
+def test_experiment_unknown_option_is_one_line_exit_2(path, tmp_path):
+    proc = run_experiment(path, "--no-such-option", "--out", str(tmp_path))
+    assert_one_line_exit_2(proc, path.name, "--no-such-option")
+    assert list(tmp_path.iterdir()) == []
+
+
+def load_experiment(path: Path):
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(f"_exp_{path.stem}", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.mark.parametrize("path", EXPERIMENTS, ids=lambda p: p.name)
+def test_experiment_nonsense_numbers_and_unwritable_out(path, tmp_path, monkeypatch, capsys):
+    """In this process (parsing fails before any work): each is one line, exit 2."""
+    module = load_experiment(path)
+    source = path.read_text()
+    blocker = tmp_path / "a-file"
+    blocker.write_text("x")
+    cases = [(["--out", str(blocker)], "not a folder")]
+    for option, value in [
+        ("--seed", "-1"),
+        ("--hidden", "0"),
+        ("--hidden-size", "0"),
+        ("--steps", "-5"),
+        ("--train-steps", "-5"),
+        ("--T", "0"),
+        ("--batch", "0"),
+        ("--lr", "nan"),
+    ]:
+        if f'"{option}"' in source:
+            cases.append(([option, value], f"argument {option}"))
+    monkeypatch.setattr(sys, "argv", [path.name])
+    monkeypatch.delenv(cli.DEBUG_ENV, raising=False)
+    for args, needle in cases:
+        with pytest.raises(SystemExit) as exit_info:
+            cli.run(module.main, ["--quick", *args])
+        err = capsys.readouterr().err
+        assert exit_info.value.code == 2, (args, err)
+        lines = err.strip().splitlines()
+        assert len(lines) == 1 and needle in lines[0], (args, err)
+    assert [p.name for p in tmp_path.iterdir()] == ["a-file"]
