@@ -1,7 +1,7 @@
 """Data-parallel training on 8 simulated CPU devices (a subprocess with
 XLA_FLAGS=--xla_force_host_platform_device_count=8) follows the one-device run: the same
-loss curve and parameters within float tolerance, with the batch really split and the
-parameters really replicated."""
+loss curve and parameters within float tolerance (also across a checkpoint and resume),
+with the batch really split and the parameters really replicated."""
 
 from __future__ import annotations
 
@@ -18,7 +18,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 CHILD = textwrap.dedent(
     """
-    import json, sys
+    import json, sys, tempfile
     import jax, jax.numpy as jnp, numpy as np
     import gatedrnn as gr
     from gatedrnn import parallel, tasks, train
@@ -39,7 +39,10 @@ CHILD = textwrap.dedent(
     kw = dict(num_steps=30, batch_size=16, learning_rate=1e-2, eval_every=10,
               eval_batch_size=64, early_stop=False, progress=False, seed=3)
     _, one = train.fit(task, gr.gru(16), **kw)
-    _, many = train.fit(task, gr.gru(16), mesh=mesh, **kw)
+    # on 8 devices: stopped after 20 steps, then resumed from the checkpoint up to 30
+    ckpt = tempfile.mkdtemp()
+    train.fit(task, gr.gru(16), mesh=mesh, checkpoint_dir=ckpt, **{**kw, "num_steps": 20})
+    _, many = train.fit(task, gr.gru(16), mesh=mesh, checkpoint_dir=ckpt, resume=True, **kw)
     out["adding"] = {
         "train_loss_one": [h["train_loss"] for h in one.history],
         "train_loss_many": [h["train_loss"] for h in many.history],
@@ -96,7 +99,7 @@ def result() -> dict:
     return json.loads(line[len("RESULT ") :])
 
 
-def test_eight_devices_follow_one_device_on_the_adding_task(result):
+def test_eight_devices_with_a_resume_follow_one_device_on_the_adding_task(result):
     r = result["adding"]
     assert result["devices"] == 8
     assert len(r["train_loss_one"]) == 3
