@@ -81,7 +81,7 @@ def demo(script, monkeypatch, capsys):
 
 
 def run(script: Path, *args: str, env: dict | None = None) -> subprocess.CompletedProcess:
-    """Run the demo as a real subprocess."""
+    """Run a script as a real subprocess from the repo root (no GATEDRNN_DEBUG unless asked)."""
     environ = {**os.environ, "PYTHONPATH": str(ROOT), **(env or {})}
     if not env or cli.DEBUG_ENV not in env:
         environ.pop(cli.DEBUG_ENV, None)
@@ -91,15 +91,18 @@ def run(script: Path, *args: str, env: dict | None = None) -> subprocess.Complet
         text=True,
         env=environ,
         timeout=300,
+        cwd=ROOT,
     )
 
 
-def assert_user_error(proc: subprocess.CompletedProcess, *needles: str) -> None:
-    assert proc.returncode == 2, proc.stderr
+def assert_user_error(
+    proc: subprocess.CompletedProcess, *needles: str, name: str = "demo.py"
+) -> None:
+    """Exit status 2, one line ``name: error: ...`` holding every needle, no traceback."""
+    assert proc.returncode == 2, proc.stderr[-2000:]
     lines = proc.stderr.strip().splitlines()
-    assert len(lines) == 1, proc.stderr
-    assert "Traceback" not in proc.stderr
-    assert lines[0].startswith("demo.py: error: "), lines[0]
+    assert len(lines) == 1 and "Traceback" not in proc.stderr, proc.stderr[-2000:]
+    assert lines[0].startswith(f"{name}: error: "), lines[0]
     for needle in needles:
         assert needle in lines[0], lines[0]
     assert proc.stdout == ""
@@ -239,30 +242,10 @@ def test_check_text_file_returns_the_text(tmp_path):
 EXPERIMENTS = sorted(p for p in (ROOT / "experiments").glob("*.py") if not p.name.startswith("_"))
 
 
-def run_experiment(path: Path, *args: str) -> subprocess.CompletedProcess:
-    environ = {**os.environ, "PYTHONPATH": str(ROOT)}
-    environ.pop(cli.DEBUG_ENV, None)
-    return subprocess.run(
-        [sys.executable, str(path), *args],
-        capture_output=True,
-        text=True,
-        env=environ,
-        timeout=300,
-        cwd=ROOT,
-    )
-
-
-def assert_one_line_exit_2(proc: subprocess.CompletedProcess, name: str, needle: str) -> None:
-    assert proc.returncode == 2, proc.stderr[-2000:]
-    lines = proc.stderr.strip().splitlines()
-    assert len(lines) == 1 and "Traceback" not in proc.stderr, proc.stderr[-2000:]
-    assert lines[0].startswith(f"{name}: error: ") and needle in lines[0], lines[0]
-
-
 @pytest.mark.parametrize("path", EXPERIMENTS, ids=lambda p: p.name)
 def test_experiment_unknown_option_is_one_line_exit_2(path, tmp_path):
-    proc = run_experiment(path, "--no-such-option", "--out", str(tmp_path))
-    assert_one_line_exit_2(proc, path.name, "--no-such-option")
+    proc = run(path, "--no-such-option", "--out", str(tmp_path))
+    assert_user_error(proc, "--no-such-option", name=path.name)
     assert list(tmp_path.iterdir()) == []
 
 
