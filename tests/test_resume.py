@@ -265,3 +265,13 @@ def test_non_finite_loss_stops_naming_the_step_and_keeps_the_last_good_checkpoin
     assert saved == [10, 20]
     info = checkpoint.load_meta(tmp_path / "ckpt" / "step_00000020")
     assert all(np.isfinite(h["train_loss"]) for h in info["meta"]["history"])
+
+
+def test_resume_drops_log_lines_written_after_the_checkpoint(tmp_path):
+    from gatedrnn import resume
+
+    log = tmp_path / "log.jsonl"
+    rows = [{"step": s, "train_loss": 1.0 / s} for s in (10, 20, 30)]
+    log.write_text("".join(json.dumps(r) + "\n" for r in rows) + '{"step": 4')  # cut by a kill
+    resume._trim_log(log, 20)
+    assert [json.loads(line)["step"] for line in log.read_text().splitlines()] == [10, 20]
