@@ -21,6 +21,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from experiments._common import parser, pyplot, setup_jax, table, timed, write_results
+from gatedrnn import cli
 
 
 def sweep_one(cell, params0, xs, s: float, loss_and_grad) -> dict:
@@ -135,22 +136,28 @@ def main(argv: list[str] | None = None) -> dict:
     p = parser(__doc__.split("\n\n")[0])
     p.add_argument(
         "--scales",
-        type=float,
+        type=cli.positive_float,
         nargs="+",
         default=[0.5, 0.8, 0.9, 0.95, 1.0, 1.05, 1.1, 1.2, 1.5, 2.0, 3.0],
         help="values of s in W_h = s * orthogonal",
     )
-    p.add_argument("--hidden", type=int, default=64)
-    p.add_argument("--T", type=int, default=300, help="sequence length of the sweep")
-    p.add_argument("--batch", type=int, default=16)
-    p.add_argument("--train-hidden", type=int, default=32)
-    p.add_argument("--train-scale", type=float, default=2.0, help="s of the trained RNN")
-    p.add_argument("--train-T", type=int, default=40)
-    p.add_argument("--lag", type=int, default=5, help="recall the input this many steps back")
-    p.add_argument("--train-batch", type=int, default=32)
-    p.add_argument("--train-steps", type=int, default=400)
-    p.add_argument("--lr", type=float, default=0.3, help="SGD learning rate")
-    p.add_argument("--clip", type=float, default=1.0, help="global-norm clipping threshold")
+    p.add_argument("--hidden", type=cli.positive_int, default=64)
+    p.add_argument("--T", type=cli.positive_int, default=300, help="sequence length of the sweep")
+    p.add_argument("--batch", type=cli.positive_int, default=16)
+    p.add_argument("--train-hidden", type=cli.positive_int, default=32)
+    p.add_argument(
+        "--train-scale", type=cli.positive_float, default=2.0, help="s of the trained RNN"
+    )
+    p.add_argument("--train-T", type=cli.positive_int, default=40)
+    p.add_argument(
+        "--lag", type=cli.positive_int, default=5, help="recall the input this many steps back"
+    )
+    p.add_argument("--train-batch", type=cli.positive_int, default=32)
+    p.add_argument("--train-steps", type=cli.positive_int, default=400)
+    p.add_argument("--lr", type=cli.positive_float, default=0.3, help="SGD learning rate")
+    p.add_argument(
+        "--clip", type=cli.positive_float, default=1.0, help="global-norm clipping threshold"
+    )
     args = p.parse_args(argv)
     if args.quick:
         args.scales = [0.9, 1.0, 1.5]
@@ -314,4 +321,4 @@ def main(argv: list[str] | None = None) -> dict:
 
 
 if __name__ == "__main__":
-    main()
+    cli.run(main)
