@@ -10,6 +10,7 @@ from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from gatedrnn.cells.base import Array, Cell, check_input_size
 from gatedrnn.scan import scan
@@ -55,6 +56,15 @@ def bidirectional_scan(
         raise ValueError(
             f"bidirectional_scan params must be Bidir(fw, bw), got {type(params).__name__}"
         )
+    if initial_state is not None and (
+        not isinstance(initial_state, tuple) or len(initial_state) != 2
+    ):
+        raise ValueError(
+            "bidirectional_scan initial_state must be None or Bidir(fw, bw), got "
+            f"{type(initial_state).__name__}"
+        )
+    if "reverse" in scan_kwargs:
+        raise TypeError("bidirectional_scan runs both directions; it takes no reverse=")
     cell_bw = cell if cell_bw is None else cell_bw
     init = (None, None) if initial_state is None else initial_state
     s_fw, y_fw = scan(
@@ -125,10 +135,21 @@ def stack(
     """
     if not isinstance(cell, Cell):
         raise TypeError(f"cell must be a gatedrnn Cell, got {type(cell).__name__}")
-    if isinstance(num_layers, bool) or not isinstance(num_layers, int) or num_layers < 1:
+    if (
+        isinstance(num_layers, bool)
+        or not isinstance(num_layers, (int, np.integer))
+        or num_layers < 1
+    ):
         raise ValueError(f"num_layers must be an int >= 1, got {num_layers!r}")
-    if not 0.0 <= float(dropout) < 1.0:
+    num_layers = int(num_layers)
+    if (
+        isinstance(dropout, bool)
+        or not isinstance(dropout, (int, float, np.number))
+        or not 0.0 <= float(dropout) < 1.0
+    ):
         raise ValueError(f"dropout must be in [0, 1), got {dropout!r}")
+    if not isinstance(bidirectional, (bool, np.bool_)):
+        raise TypeError(f"bidirectional must be True or False, got {bidirectional!r}")
     dirs = 2 if bidirectional else 1
     H = cell.hidden_size
 
@@ -174,9 +195,17 @@ def stack(
                 f"{type(params).__name__}"
                 + (f" of length {len(params)}" if isinstance(params, (tuple, list)) else "")
             )
-        if initial_state is not None and len(initial_state) != num_layers:
+        if initial_state is not None and (
+            not isinstance(initial_state, (tuple, list)) or len(initial_state) != num_layers
+        ):
             raise ValueError(
-                f"initial_state must have {num_layers} entries, got {len(initial_state)}"
+                f"initial_state must be None or a tuple of {num_layers} layer states, got "
+                f"{type(initial_state).__name__}"
+                + (
+                    f" of length {len(initial_state)}"
+                    if isinstance(initial_state, (tuple, list))
+                    else ""
+                )
             )
         finals = []
         ys = xs

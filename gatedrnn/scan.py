@@ -25,9 +25,30 @@ def _as_array(x: Any, what: str) -> Array:
     if not hasattr(x, "shape") or not hasattr(x, "dtype"):
         try:
             x = jnp.asarray(x)
-        except TypeError as e:
+        except (TypeError, ValueError) as e:
             raise TypeError(f"{what} must be an array, got {type(x).__name__}") from e
     return x
+
+
+def check_cell_and_xs(cell: Any, xs: Any, time_major: bool) -> Array:
+    """Check that ``cell`` is a :class:`Cell` and ``xs`` has time and feature axes.
+
+    Returns:
+      ``xs`` as an array.
+
+    Raises:
+      TypeError: ``cell`` is not a Cell, or ``xs`` is not an array.
+      ValueError: ``xs`` has fewer than 2 axes.
+    """
+    if not isinstance(cell, Cell):
+        raise TypeError(f"cell must be a gatedrnn Cell, got {type(cell).__name__}")
+    xs = _as_array(xs, "xs")
+    layout = "(T, *batch, features)" if time_major else "(*batch, T, features)"
+    if xs.ndim < 2:
+        raise ValueError(
+            f"xs must have shape {layout} with at least 2 axes, got shape {tuple(xs.shape)}"
+        )
+    return xs
 
 
 def _broadcast_state(
@@ -110,7 +131,8 @@ def scan(
         that broadcasts to it); zeros if None.
       seq_lengths: ``(*batch,)`` ints in ``[0, T]``. Steps at or past a sequence's length
         leave its state unchanged and output zeros; the final state is the state after the
-        last valid step.
+        last valid step. Concrete values outside ``[0, T]`` raise ValueError; traced ones
+        (under ``jit``/``vmap``) cannot be checked and are clipped to ``[0, T]``.
       resets: ``(*batch, T)`` bools (``(T, *batch)`` with ``time_major``). Where true, the
         state is set back to ``initial_state`` before that step (episode or document
         boundaries inside one sequence).
@@ -133,20 +155,17 @@ def scan(
 
     Returns:
       ``(final_state, ys)``: the state after the last valid step (leaves ``(*batch, H)``)
-      and the outputs ``(*batch, T, H)`` (``(T, *batch, H)`` with ``time_major``).
+      and the outputs ``(*batch, T, H)`` (``(T, *batch, H)`` with ``time_major``). With
+      ``T = 0`` or an empty batch this is the initial state and empty outputs.
 
     Raises:
       ValueError: on a rank, size or option that does not fit, before tracing.
       TypeError: on integer inputs or a dtype that differs from the params'.
     """
-    if not isinstance(cell, Cell):
-        raise TypeError(f"cell must be a gatedrnn Cell, got {type(cell).__name__}")
-    xs = _as_array(xs, "xs")
-    layout = "(T, *batch, features)" if time_major else "(*batch, T, features)"
-    if xs.ndim < 2:
-        raise ValueError(
-            f"xs must have shape {layout} with at least 2 axes, got shape {tuple(xs.shape)}"
-        )
+    xs = check_cell_and_xs(cell, xs, time_major)
+    for flag, value in (("reverse", reverse), ("time_major", time_major), ("remat", remat)):
+        if not isinstance(value, (bool, np.bool_)):
+            raise TypeError(f"{flag} must be True or False, got {value!r}")
     if not isinstance(unroll, (bool, int, np.integer)) or (
         not isinstance(unroll, bool) and unroll < 1
     ):
@@ -177,14 +196,16 @@ def scan(
         if not jnp.issubdtype(lengths.dtype, jnp.integer):
             raise TypeError(f"seq_lengths must be integers, got dtype {lengths.dtype}")
         if _is_concrete(lengths) and lengths.size:
-            # numpy, not jnp: under jit jnp.min of a concrete (closed-over) array is a tracer
-            host = np.asarray(lengths)
-            lo, hi = int(host.min()), int(host.max())
+            # numpy, not jnp: under an outer jit, jnp.min of a closed-over array is traced
+            values = np.asarray(lengths)
+            lo, hi = int(values.min()), int(values.max())
             if lo < 0 or hi > T:
                 raise ValueError(
                     f"seq_lengths must lie in [0, T={T}], got values from {lo} to {hi}"
                 )
-        lengths = lengths.astype(jnp.int32)
+        # Traced values cannot be checked: clip so that out-of-range lengths act as 0 or T
+        # (without it, reverse=True would gather out of bounds and give NaN).
+        lengths = jnp.clip(lengths.astype(jnp.int32), 0, T)
 
     rs = None
     if resets is not None:

@@ -118,12 +118,110 @@ def check_batch_shape(batch_shape: Any) -> tuple[int, ...]:
     if isinstance(batch_shape, (int, np.integer)):
         batch_shape = (int(batch_shape),)
     try:
+        if isinstance(batch_shape, (str, bytes)):
+            raise TypeError
         shape = tuple(int(d) for d in batch_shape)
-    except TypeError:
+    except (TypeError, ValueError):
         raise ValueError(f"batch_shape must be a tuple of ints, got {batch_shape!r}") from None
     if any(d < 0 for d in shape):
         raise ValueError(f"batch_shape must have sizes >= 0, got {shape}")
     return shape
+
+
+def check_params(params: Any, cls: type, name: str, hidden_size: int, gates: int) -> None:
+    """Check a cell's params against its layout before any math touches them.
+
+    ``params`` must have the fields of ``cls`` (e.g. ``LSTMParams(w_x, w_h, b)``), all
+    floating point arrays of one dtype, with ``w_x (I, G*H)``, ``w_h (H, G*H)`` and every
+    other field a bias ``(G*H,)``, where ``G = gates`` and ``H = hidden_size``.
+
+    Raises:
+      TypeError: a field is missing, is not an array, or the dtypes are not one float type.
+      ValueError: a field has the wrong shape (e.g. params of another hidden size or cell).
+    """
+    fields = cls._fields
+    layout = f"{cls.__name__}({', '.join(fields)})"
+    got = type(params).__name__
+    missing = [f for f in fields if not hasattr(params, f)]
+    if missing:
+        raise TypeError(
+            f"a {name} cell needs params {layout}, got {got} without {', '.join(missing)}"
+        )
+    leaves = {f: getattr(params, f) for f in fields}
+    for f, a in leaves.items():
+        if not hasattr(a, "shape") or not hasattr(a, "dtype"):
+            raise TypeError(f"params.{f} must be an array, got {type(a).__name__}")
+    dtype = leaves["w_x"].dtype
+    for f, a in leaves.items():
+        if not jnp.issubdtype(a.dtype, jnp.floating) or a.dtype != dtype:
+            raise TypeError(
+                f"params must all share one floating dtype; params.w_x is {dtype}, "
+                f"params.{f} is {a.dtype}"
+            )
+    GH = gates * hidden_size
+    g = "" if gates == 1 else str(gates)
+    want = {f: (GH,) for f in fields}
+    want["w_h"] = (hidden_size, GH)
+    for f, a in leaves.items():
+        shape = tuple(a.shape)
+        if f == "w_x":
+            ok = len(shape) == 2 and shape[1] == GH
+            expect = f"(input_size, {g}H) = (I, {GH})"
+        else:
+            ok = shape == want[f]
+            expect = f"{'(H, ' + g + 'H)' if f == 'w_h' else '(' + g + 'H,)'} = {want[f]}"
+        if not ok:
+            raise ValueError(
+                f"params.{f} has shape {shape}, but a {name} cell with hidden_size="
+                f"{hidden_size} expects {expect} (params {got} from another cell or size?)"
+            )
+
+
+def check_state(state: Any, ref: Any, batch_shape: tuple[int, ...], what: str = "state") -> None:
+    """Check a state against a cell's state layout for inputs of batch ``batch_shape``.
+
+    Args:
+      state: the state a user passed, leaves ``(*batch, H)``.
+      ref: the cell's state for an empty batch (``jax.eval_shape`` of
+        ``initial_state(params)``), leaves ``(H,)``: gives the structure, ``H`` and dtype.
+      batch_shape: the batch shape of the input the state meets; the two must broadcast.
+
+    Raises:
+      ValueError: other structure, last axis not ``H``, or a batch that does not broadcast.
+      TypeError: a leaf's dtype differs from the params'.
+    """
+    ref_leaves, ref_def = jax.tree_util.tree_flatten(ref)
+    leaves, treedef = jax.tree_util.tree_flatten(state)
+    if treedef != ref_def:
+        raise ValueError(f"{what} must have the structure {ref_def}, got {treedef}")
+    for leaf, r in zip(leaves, ref_leaves, strict=True):
+        if not hasattr(leaf, "shape") or not hasattr(leaf, "dtype"):
+            raise TypeError(f"{what} leaves must be arrays, got {type(leaf).__name__}")
+        shape = tuple(leaf.shape)
+        try:
+            jnp.broadcast_shapes(shape[:-1], tuple(batch_shape))
+            ok = len(shape) >= 1 and shape[-1] == r.shape[-1]
+        except ValueError:
+            ok = False
+        if not ok:
+            raise ValueError(
+                f"{what} leaves must have shape (*batch, H) with batch {tuple(batch_shape)} "
+                f"(or broadcastable) and H={r.shape[-1]}, got {shape}"
+            )
+        if leaf.dtype != r.dtype:
+            raise TypeError(
+                f"{what} has dtype {leaf.dtype} but the params are {r.dtype}; cast one to "
+                "the other (gatedrnn never promotes silently)"
+            )
+
+
+def check_initializers(**inits: Any) -> None:
+    """Raise TypeError unless every given initializer is callable."""
+    for name, fn in inits.items():
+        if not callable(fn):
+            raise TypeError(
+                f"{name} must be a function (key, shape, dtype) -> array, got {type(fn).__name__}"
+            )
 
 
 def check_dtype(dtype: Any) -> jnp.dtype:
@@ -187,10 +285,18 @@ def split_gates(z: Array, num: int) -> list[Array]:
 def make_step(
     project: Callable[[PyTree, Array], Array],
     recur: Callable[[PyTree, PyTree, Array], tuple[PyTree, Array]],
+    initial_state: Callable[..., PyTree] | None = None,
 ) -> Callable[[PyTree, PyTree, Array], tuple[PyTree, Array]]:
-    """The full step: ``recur(params, state, project(params, x))``."""
+    """The full step: ``recur(params, state, project(params, x))``.
+
+    With ``initial_state`` given, the state is checked (structure, ``H``, batch, dtype)
+    against it with :func:`check_state` first (shapes only: free under ``jit``).
+    """
 
     def step(params: PyTree, state: PyTree, x: Array) -> tuple[PyTree, Array]:
-        return recur(params, state, project(params, x))
+        xp = project(params, x)
+        if initial_state is not None:
+            check_state(state, jax.eval_shape(initial_state, params), tuple(xp.shape[:-1]))
+        return recur(params, state, xp)
 
     return step

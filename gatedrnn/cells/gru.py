@@ -14,8 +14,10 @@ from gatedrnn.cells.base import (
     blockwise,
     check_dtype,
     check_hidden_size,
+    check_initializers,
     check_input,
     check_input_size,
+    check_params,
     fan_in_normal,
     make_state_zeros,
     make_step,
@@ -93,6 +95,7 @@ def gru(
         h' = (1 - z) * n + z * h,   y = h'
     """
     hidden_size = check_hidden_size(hidden_size)
+    check_initializers(kernel_init=kernel_init, recurrent_init=recurrent_init, bias_init=bias_init)
     if not isinstance(reset_after, bool):
         raise ValueError(f"reset_after must be True or False, got {reset_after!r}")
     H = hidden_size
@@ -111,10 +114,12 @@ def gru(
 
     def initial_state(params: GRUParams, batch_shape: Any = ()) -> Array:
         """Zeros ``(*batch_shape, H)``."""
+        check_params(params, GRUParams, "gru", H, 3)
         return make_state_zeros(H, params.w_h.dtype, batch_shape)
 
     def project(params: GRUParams, x: Array) -> Array:
         """``(..., I) -> (..., 3H)``: ``x w_x + b_x``."""
+        check_params(params, GRUParams, "gru", H, 3)
         x = check_input(x, params.w_x)
         return x @ params.w_x + params.b_x
 
@@ -127,7 +132,7 @@ def gru(
     return Cell(
         init=init,
         initial_state=initial_state,
-        step=make_step(project, recur),
+        step=make_step(project, recur, initial_state),
         project=project,
         recur=recur,
         output=lambda h: h,

@@ -6,6 +6,7 @@ from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from gatedrnn.cells.base import (
     Array,
@@ -14,8 +15,10 @@ from gatedrnn.cells.base import (
     blockwise,
     check_dtype,
     check_hidden_size,
+    check_initializers,
     check_input,
     check_input_size,
+    check_params,
     fan_in_normal,
     make_state_zeros,
     make_step,
@@ -82,8 +85,13 @@ def lstm(
         h' = o * tanh(c'),   y = h'
     """
     hidden_size = check_hidden_size(hidden_size)
+    check_initializers(kernel_init=kernel_init, recurrent_init=recurrent_init, bias_init=bias_init)
     H = hidden_size
+    if isinstance(forget_bias, bool) or not isinstance(forget_bias, (int, float, np.number)):
+        raise TypeError(f"forget_bias must be a real number, got {forget_bias!r}")
     forget_bias = float(forget_bias)
+    if not np.isfinite(forget_bias):
+        raise ValueError(f"forget_bias must be finite, got {forget_bias}")
 
     def init(key: Array, input_size: int, dtype: Any = jnp.float32) -> LSTMParams:
         """Draw params: ``w_x`` fan-in normal, ``w_h`` orthogonal per gate, ``b`` zeros
@@ -101,11 +109,13 @@ def lstm(
 
     def initial_state(params: LSTMParams, batch_shape: Any = ()) -> LSTMState:
         """Zeros ``h, c (*batch_shape, H)``."""
+        check_params(params, LSTMParams, "lstm", H, 4)
         z = make_state_zeros(H, params.w_h.dtype, batch_shape)
         return LSTMState(h=z, c=z)
 
     def project(params: LSTMParams, x: Array) -> Array:
         """``(..., I) -> (..., 4H)``: ``x w_x + b``."""
+        check_params(params, LSTMParams, "lstm", H, 4)
         x = check_input(x, params.w_x)
         return x @ params.w_x + params.b
 
@@ -119,7 +129,7 @@ def lstm(
     return Cell(
         init=init,
         initial_state=initial_state,
-        step=make_step(project, recur),
+        step=make_step(project, recur, initial_state),
         project=project,
         recur=recur,
         output=lambda s: s.h,

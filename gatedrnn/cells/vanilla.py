@@ -15,8 +15,10 @@ from gatedrnn.cells.base import (
     blockwise,
     check_dtype,
     check_hidden_size,
+    check_initializers,
     check_input,
     check_input_size,
+    check_params,
     fan_in_normal,
     make_state_zeros,
     make_step,
@@ -71,7 +73,8 @@ def vanilla(
         h' = act(x w_x + h w_h + b),   y = h'
     """
     hidden_size = check_hidden_size(hidden_size)
-    if activation not in ACTIVATIONS:
+    check_initializers(kernel_init=kernel_init, recurrent_init=recurrent_init, bias_init=bias_init)
+    if not isinstance(activation, str) or activation not in ACTIVATIONS:
         raise ValueError(
             f"unknown activation {activation!r}; expected one of {sorted(ACTIVATIONS)}"
         )
@@ -91,10 +94,12 @@ def vanilla(
 
     def initial_state(params: VanillaParams, batch_shape: Any = ()) -> Array:
         """Zeros ``(*batch_shape, H)``."""
+        check_params(params, VanillaParams, "vanilla", H, 1)
         return make_state_zeros(H, params.w_h.dtype, batch_shape)
 
     def project(params: VanillaParams, x: Array) -> Array:
         """``(..., I) -> (..., H)``: ``x w_x + b``."""
+        check_params(params, VanillaParams, "vanilla", H, 1)
         x = check_input(x, params.w_x)
         return x @ params.w_x + params.b
 
@@ -106,7 +111,7 @@ def vanilla(
     return Cell(
         init=init,
         initial_state=initial_state,
-        step=make_step(project, recur),
+        step=make_step(project, recur, initial_state),
         project=project,
         recur=recur,
         output=lambda h: h,

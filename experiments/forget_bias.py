@@ -1,0 +1,174 @@
+"""Forget-gate bias: how the LSTM's gradient decay at init depends on the forget bias b_f.
+
+The LSTM cell path gives dc_T/dc_t = prod diag(f) when the recurrent weight is ignored, so
+the gradient should shrink by about the forget gate's value per step, which at init is
+near sigmoid(b_f). For b_f in 0, 1, 2, 3 (and several seeds) this script measures the
+fitted per-step decay factor of ||dL/ds_t|| (whole state and c alone), the distance at
+which it falls below 1e-6, and the mean forget gate, against sigmoid(b_f).
+
+Writes experiments/results/forget_bias.{json,png}.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from experiments._common import (
+    geomean,
+    loss_last_output,
+    parser,
+    pyplot,
+    setup_jax,
+    table,
+    timed,
+    whole_state,
+    write_results,
+)
+from gatedrnn import cli
+
+
+def main(argv: list[str] | None = None) -> dict:
+    p = parser(__doc__.split("\n\n")[0])
+    p.add_argument("--biases", type=cli.finite_float, nargs="+", default=[0.0, 1.0, 2.0, 3.0])
+    p.add_argument("--hidden", type=cli.positive_int, default=64)
+    p.add_argument("--input-size", type=cli.positive_int, default=16)
+    p.add_argument("--T", type=cli.positive_int, default=500)
+    p.add_argument("--seeds", type=cli.positive_int, default=5)
+    p.add_argument("--batch", type=cli.positive_int, default=16)
+    p.add_argument("--ratio", type=cli.positive_float, default=1e-6)
+    args = p.parse_args(argv)
+    if args.quick:
+        args.hidden, args.T, args.seeds, args.batch = 16, 60, 2, 4
+        args.biases = [0.0, 3.0]
+    setup_jax(x64=True)
+    import jax
+    import jax.numpy as jnp
+    import numpy as np
+
+    import gatedrnn as gr
+    from gatedrnn import diagnostics as dg
+
+    results: dict = {
+        "config": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
+        "biases": {},
+    }
+    rows = []
+    for b in args.biases:
+        cell = gr.lstm(args.hidden, forget_bias=b)
+
+        def run(cell=cell):
+            out = []
+            for s in range(args.seeds):
+                kp, kx = jax.random.split(jax.random.PRNGKey(args.seed + s))
+                params = cell.init(kp, args.input_size, dtype=jnp.float64)
+                xs = jax.random.normal(kx, (args.batch, args.T, args.input_size), jnp.float64)
+                norms = dg.state_gradient_norms(cell, params, xs, loss_last_output)
+                total = whole_state(norms)
+                c = np.asarray(norms.c)
+                stats = dg.gate_statistics(cell, params, xs)
+                out.append(
+                    {
+                        "relative": total / total[-1],
+                        "factor": dg.decay_factor(total, floor=1e-300),
+                        "factor_c": dg.decay_factor(c[:-1], floor=1e-300),
+                        "distance": dg.vanishing_distance(total, args.ratio),
+                        "mean_f": float(jnp.mean(stats["forget"])),
+                    }
+                )
+            return out
+
+        runs, secs = timed(run)
+        factors = np.array([r["factor"] for r in runs])
+        dists = [r["distance"] for r in runs]
+        summary = {
+            "forget_bias": b,
+            "sigmoid_bias": float(1 / (1 + np.exp(-b))),
+            "decay_factor_mean": float(factors.mean()),
+            "decay_factor_std": float(factors.std()),
+            "decay_factor_c_mean": float(np.mean([r["factor_c"] for r in runs])),
+            "mean_forget_gate": float(np.mean([r["mean_f"] for r in runs])),
+            "vanish_distance_per_seed": dists,
+            "relative_grad_norm_geomean": geomean([r["relative"] for r in runs]),
+            "seconds": secs,
+        }
+        results["biases"][str(b)] = summary
+        found = [d for d in dists if d is not None]
+        rows.append(
+            [
+                f"{b:g}",
+                f"{summary['sigmoid_bias']:.4f}",
+                f"{summary['mean_forget_gate']:.4f}",
+                f"{factors.mean():.4f} ± {factors.std():.4f}",
+                f"{summary['decay_factor_c_mean']:.4f}",
+                f"{np.mean(found):.0f}"
+                + (
+                    f" ({len(dists) - len(found)} seeds > {args.T})"
+                    if len(found) < len(dists)
+                    else ""
+                )
+                if found
+                else f"> {args.T} (all {len(dists)} seeds)",
+            ]
+        )
+    text = table(
+        rows,
+        [
+            "forget bias",
+            "sigmoid(b_f)",
+            "mean forget gate",
+            "decay factor / step",
+            "decay factor of c alone",
+            f"distance to {args.ratio:g}",
+        ],
+    )
+    print(
+        f"\nLSTM gradient decay at init by forget bias: H={args.hidden}, T={args.T}, "
+        f"{args.seeds} seeds x {args.batch} sequences, float64\n"
+    )
+    print(text)
+    results["table"] = text
+
+    plt = pyplot()
+    fig, (ax, bx) = plt.subplots(1, 2, figsize=(12, 4.5))
+    dist = np.arange(args.T, -1, -1)
+    for i, (b, s) in enumerate(results["biases"].items()):
+        ax.semilogy(dist, s["relative_grad_norm_geomean"], color=f"C{i}", label=f"b_f = {b}")
+        ax.semilogy(dist, s["sigmoid_bias"] ** dist.astype(float), color=f"C{i}", ls=":", lw=0.8)
+    ax.axhline(args.ratio, color="k", lw=0.8, ls="--")
+    ax.set(
+        xlabel="distance T - t",
+        ylabel="||dL/ds_t|| / ||dL/ds_T||",
+        title="LSTM at init (dotted: sigmoid(b_f)^k)",
+    )
+    ax.set_ylim(
+        bottom=max(
+            1e-300,
+            min(float(np.min(s["relative_grad_norm_geomean"])) for s in results["biases"].values())
+            / 10,
+        )
+    )
+    ax.legend(fontsize=8)
+    bs = np.array(args.biases)
+    grid = np.linspace(min(bs) - 0.2, max(bs) + 0.2, 100)
+    bx.plot(grid, 1 / (1 + np.exp(-grid)), "k:", label="sigmoid(b_f)")
+    summ = list(results["biases"].values())
+    bx.errorbar(
+        bs,
+        [s["decay_factor_mean"] for s in summ],
+        yerr=[s["decay_factor_std"] for s in summ],
+        fmt="o-",
+        label="fitted decay factor (whole state)",
+    )
+    bx.plot(bs, [s["decay_factor_c_mean"] for s in summ], "s--", label="fitted decay factor (c)")
+    bx.plot(bs, [s["mean_forget_gate"] for s in summ], "^", label="mean forget gate")
+    bx.set(xlabel="forget bias b_f", ylabel="per-step factor", title="decay factor vs forget bias")
+    bx.legend(fontsize=8)
+    write_results(args.out, "forget_bias", results, fig)
+    return results
+
+
+if __name__ == "__main__":
+    cli.run(main)

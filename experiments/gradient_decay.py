@@ -1,0 +1,220 @@
+"""Gradient decay at initialization: how fast ||dL/ds_t|| vanishes in vanilla RNN, LSTM, GRU.
+
+For each cell (same hidden size, default initialization: orthogonal recurrent weights,
+LSTM forget bias 1) and several seeds, one backward pass gives the gradient of a loss on
+the last output with respect to every state s_t of a long random sequence
+(gatedrnn.diagnostics.state_gradient_norms). The script fits the per-step decay factor,
+finds the distance at which the gradient falls below 1e-6 of its value at the last state,
+measures the spectral norm of ds_T/ds_t by power iteration on a shorter horizon, prints a
+table and writes experiments/results/gradient_decay.{json,png}.
+
+    python experiments/gradient_decay.py            # the README's numbers (a few minutes)
+    python experiments/gradient_decay.py --quick    # seconds
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from experiments._common import (
+    geomean,
+    loss_last_output,
+    parser,
+    pyplot,
+    setup_jax,
+    table,
+    timed,
+    whole_state,
+    write_results,
+)
+from gatedrnn import cli
+
+
+def measure(cell, args, seed: int) -> dict:
+    """One seed of one cell: gradient norms, fits, Jacobian norms, gate statistics."""
+    import jax
+    import jax.numpy as jnp
+    import numpy as np
+
+    from gatedrnn import diagnostics as dg
+
+    kp, kx, kj = jax.random.split(jax.random.PRNGKey(seed), 3)
+    params = cell.init(kp, args.input_size, dtype=jnp.float64)
+    xs = jax.random.normal(kx, (args.batch, args.T, args.input_size), jnp.float64)
+    norms = dg.state_gradient_norms(cell, params, xs, loss_last_output)
+    total = whole_state(norms)
+    rel = total / total[-1]
+    out = {
+        "grad_norm": total,
+        "decay_factor": dg.decay_factor(total, floor=1e-300),
+        "vanish_distance": dg.vanishing_distance(total, args.ratio),
+        "min_relative_norm": float(rel.min()),
+    }
+    if cell.name == "lstm":
+        out["grad_norm_h"] = np.asarray(norms.h)
+        out["grad_norm_c"] = np.asarray(norms.c)
+    stats = dg.gate_statistics(cell, params, xs[:, : args.T_jac])
+    out["saturated"] = float(jnp.mean(stats["saturated"]))
+    for gate in ("forget", "update"):
+        if gate in stats:
+            out[f"mean_{gate}_gate"] = float(jnp.mean(stats[gate]))
+    jn = dg.jacobian_norms(
+        cell, params, xs[: args.jac_batch, : args.T_jac], num_iters=args.iters, key=kj
+    )
+    out["jacobian_norm"] = geomean(jn, axis=1)
+    out["jacobian_decay_factor"] = dg.decay_factor(out["jacobian_norm"], floor=1e-300)
+    return out
+
+
+def main(argv: list[str] | None = None) -> dict:
+    p = parser(__doc__.split("\n\n")[0])
+    p.add_argument(
+        "--hidden", type=cli.positive_int, default=64, help="hidden size H of every cell"
+    )
+    p.add_argument("--input-size", type=cli.positive_int, default=16, help="input features")
+    p.add_argument("--T", type=cli.positive_int, default=500, help="sequence length")
+    p.add_argument("--seeds", type=cli.positive_int, default=5, help="number of seeds")
+    p.add_argument("--batch", type=cli.positive_int, default=16, help="sequences per seed")
+    p.add_argument(
+        "--T-jac", type=cli.positive_int, default=100, help="horizon of the Jacobian norms"
+    )
+    p.add_argument(
+        "--jac-batch", type=cli.positive_int, default=2, help="sequences for the Jacobian norms"
+    )
+    p.add_argument("--iters", type=cli.positive_int, default=30, help="power iterations")
+    p.add_argument("--ratio", type=cli.positive_float, default=1e-6, help="the vanishing threshold")
+    args = p.parse_args(argv)
+    if args.quick:
+        args.hidden, args.T, args.seeds, args.batch = 16, 60, 2, 4
+        args.T_jac, args.iters = 20, 10
+    args.T_jac = min(args.T_jac, args.T)
+    setup_jax(x64=True)
+    import numpy as np
+
+    import gatedrnn as gr
+
+    cells = {
+        "vanilla (tanh)": gr.vanilla(args.hidden, activation="tanh"),
+        "LSTM (forget bias 1)": gr.lstm(args.hidden),
+        "GRU": gr.gru(args.hidden),
+    }
+    results: dict = {"config": {k: v for k, v in vars(args).items() if k != "out"}, "cells": {}}
+    results["config"]["out"] = str(args.out)
+    rows = []
+    for label, cell in cells.items():
+        runs, secs = timed(
+            lambda cell=cell: [measure(cell, args, args.seed + s) for s in range(args.seeds)]
+        )
+        curves = np.stack([r["grad_norm"] / r["grad_norm"][-1] for r in runs])
+        factors = np.array([r["decay_factor"] for r in runs])
+        dists = [r["vanish_distance"] for r in runs]
+        jac = np.stack([r["jacobian_norm"] for r in runs])
+        summary = {
+            "relative_grad_norm_geomean": geomean(curves),
+            "relative_grad_norm_min": curves.min(0),
+            "relative_grad_norm_max": curves.max(0),
+            "decay_factor_mean": float(factors.mean()),
+            "decay_factor_std": float(factors.std()),
+            "decay_factor_per_seed": factors,
+            "vanish_distance_per_seed": dists,
+            "jacobian_norm_geomean": geomean(jac),
+            "jacobian_decay_factor_mean": float(
+                np.mean([r["jacobian_decay_factor"] for r in runs])
+            ),
+            "saturated_fraction": float(np.mean([r["saturated"] for r in runs])),
+            "seconds": secs,
+        }
+        for key in ("mean_forget_gate", "mean_update_gate"):
+            if key in runs[0]:
+                summary[key] = float(np.mean([r[key] for r in runs]))
+        if cell.name == "lstm":
+            for part in ("h", "c"):
+                c = (
+                    np.stack([r[f"grad_norm_{part}"] for r in runs])
+                    / np.stack([r["grad_norm"][-1] for r in runs])[:, None]
+                )
+                summary[f"relative_grad_norm_{part}_geomean"] = geomean(c)
+        results["cells"][label] = summary
+        never = sum(d is None for d in dists)
+        found = [d for d in dists if d is not None]
+        dist_txt = (
+            f"{np.mean(found):.0f} (min {min(found)}, max {max(found)})" if found else ""
+        ) + (f"{'; ' if found else ''}> {args.T} in {never}/{len(dists)} seeds" if never else "")
+        gate = summary.get("mean_forget_gate", summary.get("mean_update_gate"))
+        rows.append(
+            [
+                label,
+                f"{factors.mean():.4f} ± {factors.std():.4f}",
+                dist_txt,
+                f"{curves[:, 0].mean():.1e}" if curves[:, 0].min() > 0 else "0 (underflow)",
+                f"{summary['jacobian_decay_factor_mean']:.4f}",
+                "-" if gate is None else f"{gate:.3f}",
+                f"{secs:.1f}",
+            ]
+        )
+    header = [
+        "cell",
+        "decay factor / step",
+        f"distance to {args.ratio:g}",
+        f"||g_0|| / ||g_{args.T}||",
+        f"Jacobian decay (T={args.T_jac})",
+        "mean forget/update gate",
+        "seconds",
+    ]
+    text = table(rows, header)
+    print(
+        f"\nGradient decay at init: H={args.hidden}, T={args.T}, {args.seeds} seeds x "
+        f"{args.batch} sequences, float64\n"
+    )
+    print(text)
+    results["table"] = text
+
+    plt = pyplot()
+    fig, (ax, bx) = plt.subplots(1, 2, figsize=(12, 4.5))
+    dist = np.arange(args.T, -1, -1)
+    for (label, s), color in zip(results["cells"].items(), ["C3", "C0", "C2"]):
+        ax.semilogy(dist, s["relative_grad_norm_geomean"], color=color, label=label)
+        ax.fill_between(
+            dist,
+            np.maximum(s["relative_grad_norm_min"], 1e-300),
+            np.maximum(s["relative_grad_norm_max"], 1e-300),
+            color=color,
+            alpha=0.2,
+            lw=0,
+        )
+        if "relative_grad_norm_c_geomean" in s:  # dL/dc_T is 0: the loss reads h_T
+            ax.semilogy(
+                dist[:-1],
+                s["relative_grad_norm_c_geomean"][:-1],
+                color=color,
+                ls=":",
+                lw=1,
+                label=f"{label}: c only",
+            )
+        bx.semilogy(
+            np.arange(args.T_jac, -1, -1), s["jacobian_norm_geomean"], color=color, label=label
+        )
+    ax.axhline(args.ratio, color="k", lw=0.8, ls="--", label=f"{args.ratio:g}")
+    ax.set(
+        xlabel="distance T - t (steps back from the loss)",
+        ylabel="||dL/ds_t|| / ||dL/ds_T||",
+        title=f"Gradient norm at init (H={args.hidden}, {args.seeds} seeds; band: min-max)",
+    )
+    lowest = min(float(np.min(s["relative_grad_norm_geomean"])) for s in results["cells"].values())
+    ax.set_ylim(max(1e-300, lowest / 10), 10)
+    ax.legend(fontsize=8)
+    bx.set(
+        xlabel="distance T - t",
+        ylabel="||ds_T/ds_t||_2 (power iteration)",
+        title="Spectral norm of the state Jacobian",
+    )
+    bx.legend(fontsize=8)
+    write_results(args.out, "gradient_decay", results, fig)
+    return results
+
+
+if __name__ == "__main__":
+    cli.run(main)

@@ -1,0 +1,780 @@
+"""A reusable optax training loop, and a cell-plus-readout model for the tasks.
+
+The pieces, from the bottom up:
+
+* :class:`TrainState` ``(params, opt_state, step, rng, carry)``: everything a run needs
+  to go on, a pytree (so it can be sharded, checkpointed and restored as it is).
+* :func:`make_train_step`: ``train_step(state, batch) -> (state, metrics)``, a pure
+  function of a loss, an optax optimizer; jit it, shard it, scan it.
+* :func:`train`: the loop: draws batches inside the jitted step from
+  ``batch_fn(state.rng, state.step)`` (so batch ``n`` depends on the seed and ``n`` only:
+  deterministic and resumable), evaluates on held-out batches, stops early on success,
+  shows a tqdm bar with loss and steps/s, writes a JSON-lines log, and raises
+  :class:`NonFiniteLossError` naming the first step whose loss is not finite.
+* :func:`sequence_model`: any :class:`~gatedrnn.Cell` through :func:`gatedrnn.scan` and a
+  linear readout at every step; :func:`fit` trains one on a :class:`~gatedrnn.tasks.Task`.
+
+Stateful truncated BPTT (a long stream cut into consecutive chunks, the recurrent state
+carried from one chunk to the next with its gradient stopped at the boundary) uses the
+``carry`` field: a stateful loss is ``loss_fn(params, batch, carry) -> (loss, (metrics,
+new_carry))``; :func:`stream_batches` and :func:`stateful_task_loss` build one for a task.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import math
+import time
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from jax.sharding import Mesh
+
+from gatedrnn import parallel
+from gatedrnn import resume as checkpoints
+from gatedrnn.cells.base import Array, Cell, PyTree, check_input_size, fan_in_normal
+from gatedrnn.scan import scan
+from gatedrnn.tasks import Batch, Task
+
+Metrics = dict[str, Array]
+LossFn = Callable[[PyTree, Any], tuple[Array, Metrics]]
+StatefulLossFn = Callable[[PyTree, Any, PyTree], tuple[Array, tuple[Metrics, PyTree]]]
+BatchFn = Callable[[Array, Array], Any]
+
+
+# ------------------------------------------------------------------------------ state
+
+
+class TrainState(NamedTuple):
+    """Everything a training run carries from one step to the next (a pytree).
+
+    Attributes:
+      params: the model's parameters.
+      opt_state: the optax optimizer's state.
+      step: int32 scalar, the number of updates done.
+      rng: PRNG key (``jax.random.PRNGKey`` layout, uint32 ``(2,)``); fixed for the run:
+        step ``n`` draws its batch from ``batch_fn(rng, n)``.
+      carry: the recurrent state carried across batches by a stateful loss (stateful
+        truncated BPTT), or None.
+    """
+
+    params: PyTree
+    opt_state: PyTree
+    step: Array
+    rng: Array
+    carry: PyTree = None
+
+
+class NonFiniteLossError(FloatingPointError):
+    """The training loss became NaN or infinite; ``.step`` is the first such update (0-based)."""
+
+    def __init__(self, step: int, value: float) -> None:
+        self.step = int(step)
+        self.value = float(value)
+        super().__init__(
+            f"training loss became non-finite ({self.value}) at step {self.step}; "
+            "lower the learning rate, clip gradients harder, or check the data"
+        )
+
+
+class TrainResult(NamedTuple):
+    """What :func:`train` returns.
+
+    Attributes:
+      state: the final :class:`TrainState` (after early stop, if any).
+      history: one dict per evaluation: ``step``, ``train_loss`` (mean over the updates
+        since the last evaluation), ``eval_*`` metrics, ``time`` (s), ``steps_per_s``.
+      solved_step: the number of updates after which the success test first passed, or
+        None; for an ensemble run, one such entry per member.
+    """
+
+    state: TrainState
+    history: list[dict[str, float]]
+    solved_step: int | list[int | None] | None
+
+
+def init_state(
+    params: PyTree, optimizer: optax.GradientTransformation, seed: int | Array, carry: PyTree = None
+) -> TrainState:
+    """A fresh :class:`TrainState` at step 0.
+
+    Args:
+      params: initial parameters.
+      optimizer: an optax transformation (e.g. from :func:`make_optimizer`).
+      seed: an int seed or a ``PRNGKey``; the run's batches derive from it.
+      carry: initial carried state for a stateful loss, or None.
+    """
+    rng = jax.random.PRNGKey(seed) if isinstance(seed, (int, np.integer)) else jnp.asarray(seed)
+    return TrainState(params, optimizer.init(params), jnp.zeros((), jnp.int32), rng, carry)
+
+
+def init_ensemble(
+    params: PyTree,
+    optimizer: optax.GradientTransformation,
+    seeds: Sequence[int],
+    carry: PyTree = None,
+) -> TrainState:
+    """A :class:`TrainState` for ``S = len(seeds)`` members trained at once (``ensemble=True``).
+
+    Args:
+      params: params with a leading member axis ``S`` on every leaf (e.g. from
+        ``jax.vmap(model.init)(keys)``).
+      optimizer: the optax transformation.
+      seeds: one batch seed per member; member ``i`` sees the batches a single run
+        ``init_state(..., seeds[i])`` would see.
+      carry: initial carried state for a stateful loss, leaves with the member axis, or
+        None.
+    """
+    rng = jnp.stack([jax.random.PRNGKey(int(s)) for s in seeds])
+    step = jnp.zeros((len(seeds),), jnp.int32)
+    return TrainState(params, jax.vmap(optimizer.init)(params), step, rng, carry)
+
+
+def make_optimizer(
+    learning_rate: float | optax.Schedule = 1e-3,
+    *,
+    clip_norm: float | None = 1.0,
+    schedule: str = "constant",
+    num_steps: int | None = None,
+    warmup_steps: int = 0,
+    optimizer: str = "adam",
+) -> optax.GradientTransformation:
+    """Clip by global norm, then Adam (or another optax optimizer) with an LR schedule.
+
+    Args:
+      learning_rate: peak learning rate, or an optax schedule (then ``schedule`` is
+        ignored).
+      clip_norm: clip the gradient to this global L2 norm first; None to skip.
+      schedule: ``"constant"``, ``"cosine"`` (decay to 0 over ``num_steps``) or
+        ``"warmup_cosine"`` (linear warmup over ``warmup_steps``, then cosine).
+      num_steps: the run's length, needed by the cosine schedules.
+      warmup_steps: warmup length for ``"warmup_cosine"`` (and a linear warmup for
+        ``"constant"`` if > 0).
+      optimizer: the name of an optax optimizer taking a learning rate (``"adam"``,
+        ``"adamw"``, ``"sgd"``, ``"rmsprop"``, ...).
+
+    Returns:
+      ``optax.chain(clip_by_global_norm(clip_norm), optimizer(schedule))``.
+    """
+    if callable(learning_rate):
+        lr: optax.Schedule | float = learning_rate
+    else:
+        peak = float(learning_rate)
+        if not peak > 0:
+            raise ValueError(f"learning_rate must be > 0, got {learning_rate!r}")
+        if schedule == "constant":
+            lr = peak
+            if warmup_steps > 0:
+                lr = optax.join_schedules(
+                    [optax.linear_schedule(0.0, peak, warmup_steps), optax.constant_schedule(peak)],
+                    [warmup_steps],
+                )
+        elif schedule in ("cosine", "warmup_cosine"):
+            if num_steps is None or num_steps < 1:
+                raise ValueError(f"schedule={schedule!r} needs num_steps >= 1, got {num_steps!r}")
+            if schedule == "cosine":
+                lr = optax.cosine_decay_schedule(peak, num_steps)
+            else:
+                lr = optax.warmup_cosine_decay_schedule(
+                    0.0, peak, max(warmup_steps, 1), max(num_steps, warmup_steps + 1)
+                )
+        else:
+            raise ValueError(
+                f"schedule must be 'constant', 'cosine' or 'warmup_cosine', got {schedule!r}"
+            )
+    opt_factory = getattr(optax, optimizer, None)
+    if opt_factory is None or not callable(opt_factory):
+        raise ValueError(f"optimizer must name an optax optimizer, got {optimizer!r}")
+    parts = []
+    if clip_norm is not None:
+        if not clip_norm > 0:
+            raise ValueError(f"clip_norm must be > 0 or None, got {clip_norm!r}")
+        parts.append(optax.clip_by_global_norm(clip_norm))
+    parts.append(opt_factory(lr))
+    return optax.chain(*parts)
+
+
+# ------------------------------------------------------------------------------- step
+
+
+def global_norm(tree: PyTree) -> Array:
+    """The L2 norm of all leaves of ``tree`` together (what global-norm clipping uses)."""
+    return jnp.sqrt(sum(jnp.sum(jnp.square(x)) for x in jax.tree_util.tree_leaves(tree)))
+
+
+def make_train_step(
+    loss_fn: LossFn | StatefulLossFn,
+    optimizer: optax.GradientTransformation,
+    *,
+    stateful: bool = False,
+) -> Callable[[TrainState, Any], tuple[TrainState, Metrics]]:
+    """Build the pure update ``train_step(state, batch) -> (state, metrics)``.
+
+    Args:
+      loss_fn: ``loss_fn(params, batch) -> (loss, metrics)``; with ``stateful=True``,
+        ``loss_fn(params, batch, carry) -> (loss, (metrics, new_carry))``.
+      optimizer: an optax transformation.
+      stateful: thread ``state.carry`` through the loss; the new carry is stored with its
+        gradient stopped, so backpropagation ends at the batch boundary.
+
+    Returns:
+      a pure function (no jit applied) whose metrics hold the loss, the loss's own
+      metrics and ``grad_norm`` (global L2 norm before clipping).
+    """
+
+    def train_step(state: TrainState, batch: Any) -> tuple[TrainState, Metrics]:
+        if stateful:
+            (loss, (metrics, carry)), grads = jax.value_and_grad(loss_fn, has_aux=True)(
+                state.params, batch, state.carry
+            )
+            carry = jax.lax.stop_gradient(carry)
+        else:
+            (loss, metrics), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params, batch)
+            carry = state.carry
+        updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
+        params = optax.apply_updates(state.params, updates)
+        metrics = {**metrics, "loss": loss, "grad_norm": global_norm(grads)}
+        return TrainState(params, opt_state, state.step + 1, state.rng, carry), metrics
+
+    return train_step
+
+
+def make_multi_step(
+    train_step: Callable[[TrainState, Any], tuple[TrainState, Metrics]],
+    batch_fn: BatchFn,
+    num_steps: int,
+) -> Callable[[TrainState], tuple[TrainState, Metrics]]:
+    """``num_steps`` updates in one ``jax.lax.scan``, each drawing its own batch.
+
+    Args:
+      train_step: from :func:`make_train_step`.
+      batch_fn: ``batch_fn(rng, step) -> batch``; pure and jit-able.
+      num_steps: updates per call.
+
+    Returns:
+      ``multi_step(state) -> (state, metrics)`` with metrics stacked ``(num_steps,)``.
+    """
+
+    def one(state: TrainState, _: None) -> tuple[TrainState, Metrics]:
+        return train_step(state, batch_fn(state.rng, state.step))
+
+    def multi_step(state: TrainState) -> tuple[TrainState, Metrics]:
+        return jax.lax.scan(one, state, None, length=num_steps)
+
+    return multi_step
+
+
+# ------------------------------------------------------------------------------- loop
+
+
+@functools.lru_cache(maxsize=64)
+def _compiled_block(
+    loss_fn: Callable,
+    optimizer: optax.GradientTransformation,
+    batch_fn: BatchFn,
+    num_steps: int,
+    stateful: bool,
+    ensemble: bool,
+    mesh: Mesh | None = None,
+) -> Callable[[TrainState], tuple[TrainState, Metrics]]:
+    """The jitted ``num_steps``-update block, cached so repeated runs with the same loss,
+    optimizer and batches (other seeds, a resumed run) reuse the compiled code. With a
+    ``mesh``: batches split over its devices, state and metrics replicated."""
+    step = make_train_step(loss_fn, optimizer, stateful=stateful)
+    if ensemble:
+        step, batch_fn = jax.vmap(step), jax.vmap(batch_fn)
+    if mesh is not None:
+        rep = parallel.replicated(mesh)
+        batch_fn = parallel.sharded_batch_fn(batch_fn, mesh)
+        return jax.jit(
+            make_multi_step(step, batch_fn, num_steps), in_shardings=rep, out_shardings=rep
+        )
+    return jax.jit(make_multi_step(step, batch_fn, num_steps))
+
+
+@functools.lru_cache(maxsize=64)
+def _compiled_eval(eval_fn: Callable, ensemble: bool) -> Callable:
+    return jax.jit(jax.vmap(eval_fn, in_axes=(0, None)) if ensemble else eval_fn)
+
+
+def _check_finite(losses: np.ndarray, first_step: int) -> None:
+    """Raise naming the first update (and member, for an ensemble) whose loss is not finite."""
+    flat = losses.reshape(losses.shape[0], -1)
+    rows = np.flatnonzero(~np.all(np.isfinite(flat), axis=1))
+    if rows.size:
+        row = flat[rows[0]]
+        raise NonFiniteLossError(first_step + int(rows[0]), float(row[~np.isfinite(row)][0]))
+
+
+def _mean_over_steps(x: Array) -> float | list[float]:
+    m = np.mean(np.asarray(x), axis=0)
+    return m.tolist() if m.ndim else float(m)
+
+
+def train(
+    loss_fn: LossFn | StatefulLossFn,
+    state: TrainState,
+    optimizer: optax.GradientTransformation,
+    batch_fn: BatchFn,
+    *,
+    num_steps: int,
+    stateful: bool = False,
+    ensemble: bool = False,
+    eval_fn: Callable[[PyTree, Any], Metrics] | None = None,
+    eval_batches: Sequence[Any] = (),
+    eval_every: int = 100,
+    solved: Callable[[Mapping[str, float]], bool] | None = None,
+    log_path: str | Path | None = None,
+    progress: bool = True,
+    desc: str | None = None,
+    log_extra: Mapping[str, Any] | None = None,
+    mesh: Mesh | None = None,
+    checkpoint_dir: str | Path | None = None,
+    resume: bool = False,
+    checkpoint_meta: Mapping[str, Any] | None = None,
+) -> TrainResult:
+    """Run updates from ``state.step`` up to ``num_steps`` (fewer on early stop).
+
+    Updates run ``eval_every`` at a time inside one jitted ``lax.scan`` (compiled once per
+    loss/optimizer/batch_fn and reused by later calls with the same objects); after each
+    block the losses are checked, the model is evaluated on ``eval_batches``, a log line is
+    written, and the run stops if ``solved(eval metrics)`` holds.
+
+    Args:
+      loss_fn: see :func:`make_train_step`.
+      state: where to start (:func:`init_state` or a restored state); counting starts at
+        ``state.step``, so a resumed run continues the same batch sequence.
+      optimizer: the optax transformation ``state.opt_state`` belongs to.
+      batch_fn: ``batch_fn(rng, step) -> batch``, pure and jit-able, e.g.
+        :func:`task_batches`.
+      num_steps: total updates to reach (``state.step`` counts toward it).
+      stateful: the loss threads ``state.carry`` (see :func:`make_train_step`).
+      ensemble: every leaf of ``state`` has a leading member axis ``S`` (several seeds
+        trained at once with ``jax.vmap``, see :func:`init_ensemble`); history values
+        become per-member lists, ``solved_step`` a per-member list, and the run stops
+        early only when every member is solved.
+      eval_fn: ``eval_fn(params, batch) -> metrics`` (defaults to the loss's metrics
+        for a stateless loss); averaged over ``eval_batches``.
+      eval_batches: held-out batches (from a key the training batches never use).
+      eval_every: updates between evaluations and log lines (>= 1).
+      solved: success test on the averaged eval metrics (``eval_`` prefix stripped).
+      log_path: append one JSON object per evaluation to this file.
+      progress: show a tqdm bar (loss, steps/s).
+      desc: the bar's label.
+      log_extra: constant fields added to every log line (run name, config, ...).
+      mesh: data-parallel training on this ``jax.sharding.Mesh`` (e.g.
+        :func:`gatedrnn.parallel.data_mesh`): each batch is split over its ``"data"``
+        axis, the state is replicated, XLA reduces the gradients. Not with ``ensemble``.
+      checkpoint_dir: save the whole state (and history) here after every block of
+        ``eval_every`` updates, atomically (:mod:`gatedrnn.resume`); the folder must hold
+        no checkpoint unless ``resume``.
+      resume: continue from the newest checkpoint in ``checkpoint_dir``; the run then ends
+        with the same params and history as one that never stopped.
+      checkpoint_meta: the run's config, saved with each checkpoint; resuming with a
+        different config is refused, naming the key.
+
+    Returns:
+      a :class:`TrainResult`.
+
+    Raises:
+      NonFiniteLossError: a training loss was NaN/inf; names the first such step (the
+        last checkpoint is the last block whose losses were all finite).
+      gatedrnn.checkpoint.CheckpointError: nothing to resume, or a checkpoint that is
+        truncated or does not fit this run.
+    """
+    for name, value, low in (("num_steps", num_steps, 0), ("eval_every", eval_every, 1)):
+        if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < low:
+            raise ValueError(f"{name} must be an int >= {low}, got {value!r}")
+    if not isinstance(state, TrainState):
+        raise TypeError(f"state must be a TrainState, got {type(state).__name__}")
+    if stateful and eval_fn is None and eval_batches:
+        raise ValueError("a stateful loss needs an explicit eval_fn(params, batch) -> metrics")
+    if eval_fn is None and not stateful:
+        eval_fn = _loss_metrics(loss_fn)
+    members = int(np.shape(state.step)[0]) if ensemble else 1
+    history: list[dict[str, Any]] = []
+    solved_at: list[int | None] = [None] * members
+    if checkpoint_dir is not None:
+        state, history, solved_at = checkpoints.start(
+            state,
+            checkpoint_dir,
+            resume=resume,
+            meta=checkpoint_meta,
+            members=members,
+            log_path=log_path,
+        )
+    elif resume:
+        raise ValueError("resume=True needs a checkpoint_dir to resume from")
+    if mesh is not None:
+        parallel.check_mesh(mesh)
+        if ensemble:
+            raise ValueError("mesh= (data parallel) and ensemble=True cannot be combined")
+        state = parallel.replicate(state, mesh)
+        eval_batches = [parallel.shard_batch(b, mesh) for b in eval_batches]
+
+    def evaluate(params: PyTree) -> list[dict[str, float]]:
+        """Eval metrics averaged over the held-out batches, one dict per member."""
+        if eval_fn is None or not eval_batches:
+            return []
+        fn = _compiled_eval(eval_fn, ensemble)
+        runs = [jax.device_get(fn(params, b)) for b in eval_batches]
+        mean = {k: np.mean([np.asarray(r[k]) for r in runs], axis=0) for k in runs[0]}
+        return [{k: float(np.reshape(v, -1)[i]) for k, v in mean.items()} for i in range(members)]
+
+    log_file = None
+    if log_path is not None:
+        Path(log_path).parent.mkdir(parents=True, exist_ok=True)
+        log_file = open(log_path, "a")  # closed in the finally below
+
+    done = int(np.max(np.asarray(state.step)))
+    bar = None
+    if progress:
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=num_steps, initial=done, desc=desc, leave=False)
+
+    start = time.perf_counter() - (history[-1]["time"] if history else 0.0)
+    finished = solved is not None and all(s is not None for s in solved_at)
+    try:
+        while done < num_steps and not finished:
+            n = min(eval_every, num_steps - done)
+            t0 = time.perf_counter()
+            block = _compiled_block(loss_fn, optimizer, batch_fn, n, stateful, ensemble, mesh)
+            state, metrics = block(state)
+            losses = np.asarray(metrics["loss"])
+            _check_finite(losses, done)
+            done += n
+            rate = n / max(time.perf_counter() - t0, 1e-9)
+            row: dict[str, Any] = {
+                "step": done,
+                "train_loss": _mean_over_steps(losses),
+                "grad_norm": _mean_over_steps(metrics["grad_norm"]),
+            }
+            ev = evaluate(state.params)
+            for k in ev[0] if ev else ():
+                vals = [e[k] for e in ev]
+                row[f"eval_{k}"] = vals if ensemble else vals[0]
+            row["time"] = time.perf_counter() - start
+            row["steps_per_s"] = rate
+            history.append(row)
+            if log_file is not None:
+                log_file.write(json.dumps({**(log_extra or {}), **row}) + "\n")
+                log_file.flush()
+            if bar is not None:
+                shown = {"loss": f"{np.mean(losses):.4g}", "steps/s": f"{rate:.0f}"}
+                if ev:
+                    shown["eval"] = f"{np.mean([e['loss'] for e in ev]):.4g}"
+                bar.set_postfix(shown)
+                bar.update(n)
+            if solved is not None and ev:
+                for i, e in enumerate(ev):
+                    if solved_at[i] is None and solved(e):
+                        solved_at[i] = done
+                finished = all(s is not None for s in solved_at)
+            if checkpoint_dir is not None:
+                checkpoints.save(checkpoint_dir, done, state, history, solved_at, checkpoint_meta)
+    finally:
+        if bar is not None:
+            bar.close()
+        if log_file is not None:
+            log_file.close()
+    return TrainResult(state, history, solved_at if ensemble else solved_at[0])
+
+
+@functools.lru_cache(maxsize=64)
+def _loss_metrics(loss_fn: LossFn) -> Callable[[PyTree, Any], Metrics]:
+    """``eval_fn`` from a stateless loss: its metrics (with ``loss``); cached per loss."""
+    return lambda params, batch: loss_fn(params, batch)[1]
+
+
+# ------------------------------------------------------------------------------ model
+
+
+class ModelParams(NamedTuple):
+    """Params of :func:`sequence_model`: the cell's, and the readout ``(H, O)``, ``(O,)``."""
+
+    cell: PyTree
+    w_out: Array
+    b_out: Array
+
+
+class SequenceModel(NamedTuple):
+    """A recurrent cell run by :func:`gatedrnn.scan`, then a linear readout at every step.
+
+    Attributes:
+      cell: the :class:`~gatedrnn.Cell`.
+      input_size: ``I``.
+      output_size: ``O``.
+      init: ``init(key, dtype=float32) -> ModelParams``.
+      apply: ``apply(params, xs (B, T, I), initial_state=None, **scan_kwargs) ->
+        (final_state, outputs (B, T, O))``; ``scan_kwargs`` go to :func:`gatedrnn.scan`
+        (``truncate``, ``unroll``, ``remat``, ...).
+    """
+
+    cell: Cell
+    input_size: int
+    output_size: int
+    init: Callable[..., ModelParams]
+    apply: Callable[..., tuple[PyTree, Array]]
+
+
+def sequence_model(cell: Cell, input_size: int, output_size: int) -> SequenceModel:
+    """A cell plus a linear readout: ``outputs_t = h_t w_out + b_out``.
+
+    Args:
+      cell: e.g. ``gr.lstm(64)``.
+      input_size: features per input step.
+      output_size: outputs per step (logits or regression values).
+
+    Returns:
+      a :class:`SequenceModel`; the readout weight is LeCun-normal, its bias zero.
+    """
+    if not isinstance(cell, Cell):
+        raise TypeError(f"cell must be a gatedrnn Cell, got {type(cell).__name__}")
+    input_size = check_input_size(input_size)
+    output_size = check_input_size(output_size)
+
+    def init(key: Array, dtype: Any = jnp.float32) -> ModelParams:
+        k_cell, k_out = jax.random.split(key)
+        return ModelParams(
+            cell.init(k_cell, input_size, dtype=dtype),
+            fan_in_normal(k_out, (cell.hidden_size, output_size), dtype),
+            jnp.zeros((output_size,), dtype),
+        )
+
+    def apply(
+        params: ModelParams, xs: Array, initial_state: PyTree = None, **scan_kwargs: Any
+    ) -> tuple[PyTree, Array]:
+        final, ys = scan(cell, params.cell, xs, initial_state, **scan_kwargs)
+        return final, ys @ params.w_out + params.b_out
+
+    return SequenceModel(cell, input_size, output_size, init, apply)
+
+
+def task_model(cell: Cell, task: Task) -> SequenceModel:
+    """:func:`sequence_model` sized for ``task``'s inputs and outputs."""
+    return sequence_model(cell, task.input_size, task.output_size)
+
+
+def task_loss(model: SequenceModel, task: Task, **scan_kwargs: Any) -> LossFn:
+    """``loss_fn(params, batch) -> (loss, metrics)`` of ``model`` on ``task``.
+
+    Args:
+      model: from :func:`task_model`.
+      task: the task whose ``loss_fn`` scores the outputs.
+      **scan_kwargs: :func:`gatedrnn.scan` options, e.g. ``truncate=k`` for truncated BPTT.
+    """
+
+    def loss_fn(params: ModelParams, batch: Batch) -> tuple[Array, Metrics]:
+        _, outputs = model.apply(params, batch.inputs, **scan_kwargs)
+        return task.loss_fn(outputs, batch)
+
+    return loss_fn
+
+
+def task_batches(task: Task, batch_size: int) -> BatchFn:
+    """``batch_fn(rng, step) = task.sample(fold_in(rng, step), batch_size)``."""
+
+    def batch_fn(rng: Array, step: Array) -> Batch:
+        return task.sample(jax.random.fold_in(rng, step), batch_size)
+
+    return batch_fn
+
+
+class Chunk(NamedTuple):
+    """One chunk of a stream for stateful TBPTT: the batch slice and whether it starts one."""
+
+    batch: Batch
+    first: Array
+
+
+def stream_batches(task: Task, batch_size: int, chunk: int) -> BatchFn:
+    """Cut each sampled stream of ``task`` into consecutive chunks, one chunk per step.
+
+    Step ``n`` serves chunk ``n % m`` of stream ``n // m`` (``m = T // chunk``); the
+    streams are drawn with ``fold_in(rng, n // m)``.
+
+    Args:
+      task: a task whose ``seq_len`` is a multiple of ``chunk``.
+      batch_size: streams per batch.
+      chunk: steps per chunk (the TBPTT window).
+
+    Returns:
+      ``batch_fn(rng, step) -> Chunk`` with ``Batch`` leaves ``(B, chunk, ...)``.
+    """
+    chunk = int(chunk)
+    if chunk < 1 or task.seq_len % chunk:
+        raise ValueError(
+            f"chunk must be >= 1 and divide the task's seq_len {task.seq_len}, got {chunk}"
+        )
+    m = task.seq_len // chunk
+
+    def batch_fn(rng: Array, step: Array) -> Chunk:
+        stream = task.sample(jax.random.fold_in(rng, step // m), batch_size)
+        start = (step % m) * chunk
+        piece = jax.tree_util.tree_map(
+            lambda a: jax.lax.dynamic_slice_in_dim(a, start, chunk, axis=1), stream
+        )
+        return Chunk(piece, step % m == 0)
+
+    return batch_fn
+
+
+def stateful_task_loss(model: SequenceModel, task: Task) -> StatefulLossFn:
+    """A stateful loss over :class:`Chunk` s: the state enters from the previous chunk.
+
+    The carry is reset to zeros at a stream's first chunk; :func:`make_train_step` stops its
+    gradient, so each update backpropagates within its chunk only.
+    """
+
+    def loss_fn(
+        params: ModelParams, chunk: Chunk, carry: PyTree
+    ) -> tuple[Array, tuple[Metrics, PyTree]]:
+        zeros = model.cell.initial_state(params.cell, chunk.batch.inputs.shape[:1])
+        carry = jax.tree_util.tree_map(lambda z, c: jnp.where(chunk.first, z, c), zeros, carry)
+        final, outputs = model.apply(params, chunk.batch.inputs, carry)
+        loss, metrics = task.loss_fn(outputs, chunk.batch)
+        return loss, (metrics, final)
+
+    return loss_fn
+
+
+def eval_batches_for(
+    task: Task, batch_size: int, num_batches: int, seed: int = 12345
+) -> list[Batch]:
+    """Held-out batches from ``PRNGKey(seed)`` split (training batches use ``fold_in``)."""
+    keys = jax.random.split(jax.random.PRNGKey(seed), num_batches)
+    return [task.sample(k, batch_size) for k in keys]
+
+
+def param_key(seed: int) -> Array:
+    """The key :func:`fit` draws a run's initial parameters from (batches use ``fold_in``)."""
+    return jax.random.split(jax.random.PRNGKey(seed))[1]
+
+
+def fit(
+    task: Task,
+    cell: Cell,
+    *,
+    num_steps: int = 2000,
+    batch_size: int = 32,
+    learning_rate: float = 1e-3,
+    clip_norm: float | None = 1.0,
+    schedule: str = "constant",
+    seed: int | Sequence[int] = 0,
+    eval_every: int = 100,
+    eval_batch_size: int = 256,
+    num_eval_batches: int = 1,
+    eval_seed: int = 12345,
+    early_stop: bool = True,
+    truncate: int | None = None,
+    chunk: int | None = None,
+    log_path: str | Path | None = None,
+    progress: bool = True,
+    desc: str | None = None,
+    log_extra: Mapping[str, Any] | None = None,
+    mesh: Mesh | None = None,
+    checkpoint_dir: str | Path | None = None,
+    resume: bool = False,
+) -> tuple[SequenceModel, TrainResult]:
+    """Train ``cell`` plus a linear readout on ``task`` with clipped Adam: the one-call entry.
+
+    Args:
+      task: a :class:`~gatedrnn.tasks.Task`.
+      cell: e.g. ``gr.gru(64)``.
+      num_steps: update budget.
+      batch_size: training batch size.
+      learning_rate: Adam's peak learning rate.
+      clip_norm: global-norm clipping threshold (None: none).
+      schedule: see :func:`make_optimizer`.
+      seed: an int, or a sequence of ints to train one member per seed at once with
+        ``jax.vmap`` (``ensemble=True`` in :func:`train`; history values become lists).
+        A seed fixes the initial params (:func:`param_key`) and the training batches
+        (``fold_in(PRNGKey(seed), step)``).
+      eval_every: updates between evaluations.
+      eval_batch_size, num_eval_batches, eval_seed: the held-out set
+        (:func:`eval_batches_for`), the same for every training seed.
+      early_stop: stop when ``task.solved`` passes on the held-out set (for every member).
+      truncate: truncated BPTT window passed to :func:`gatedrnn.scan` (None: full BPTT).
+      chunk: stateful truncated BPTT instead: each update trains on the next ``chunk``
+        steps of the current streams (:func:`stream_batches`), starting from the state the
+        previous chunk ended in, with the gradient stopped there
+        (:func:`stateful_task_loss`); ``T / chunk`` updates per stream. Evaluation runs
+        on whole sequences.
+      log_path, progress, desc, log_extra, mesh, checkpoint_dir, resume: see
+        :func:`train`; the checkpoints record the task, cell and training config, and a
+        resumed run must match them.
+
+    Returns:
+      ``(model, result)``; ``result.state.params`` are the trained params (with a leading
+      member axis for a sequence of seeds).
+    """
+    model = task_model(cell, task)
+    optimizer = make_optimizer(
+        learning_rate, clip_norm=clip_norm, schedule=schedule, num_steps=num_steps
+    )
+    if chunk is not None and truncate is not None:
+        raise ValueError("give truncate (within a sequence) or chunk (stateful), not both")
+    stateful = chunk is not None
+    carry = None
+    if stateful:
+        carry = model.cell.initial_state(model.init(param_key(0)).cell, (batch_size,))
+        loss_fn: Any = stateful_task_loss(model, task)
+        batch_fn = stream_batches(task, batch_size, chunk)
+    else:
+        loss_fn = task_loss(model, task, truncate=truncate)
+        batch_fn = task_batches(task, batch_size)
+    ensemble = not isinstance(seed, (int, np.integer))
+    if ensemble:
+        seeds = [int(s) for s in seed]  # type: ignore[union-attr]
+        params = jax.vmap(model.init)(jnp.stack([param_key(s) for s in seeds]))
+        if carry is not None:
+            carry = jax.tree_util.tree_map(lambda c: jnp.stack([c] * len(seeds)), carry)
+        state = init_ensemble(params, optimizer, seeds, carry)
+    else:
+        state = init_state(model.init(param_key(int(seed))), optimizer, int(seed), carry)
+    result = train(
+        loss_fn,
+        state,
+        optimizer,
+        batch_fn,
+        num_steps=num_steps,
+        stateful=stateful,
+        ensemble=ensemble,
+        eval_fn=_loss_metrics(task_loss(model, task)) if stateful else None,
+        eval_batches=eval_batches_for(task, eval_batch_size, num_eval_batches, eval_seed),
+        eval_every=eval_every,
+        solved=task.solved if early_stop else None,
+        log_path=log_path,
+        progress=progress,
+        desc=desc,
+        log_extra=log_extra,
+        mesh=mesh,
+        checkpoint_dir=checkpoint_dir,
+        resume=resume,
+        checkpoint_meta={
+            "task": task.name,
+            "seq_len": task.seq_len,
+            "cell": cell.name,
+            "cell_options": cell.options,
+            "batch_size": batch_size,
+            "learning_rate": learning_rate,
+            "clip_norm": clip_norm,
+            "schedule": schedule,
+            "seed": seed if ensemble else int(seed),
+            "truncate": truncate,
+            "chunk": chunk,
+        },
+    )
+    return model, result
+
+
+def fraction_of_baseline(loss: float, task: Task) -> float:
+    """``loss / task.baseline`` (1 = no better than the memoryless predictor; nan if undefined)."""
+    return float(loss) / task.baseline if task.baseline > 0 else math.nan

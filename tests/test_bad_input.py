@@ -1,0 +1,369 @@
+"""Bad input to the library core gives a ValueError/TypeError naming what was expected and
+what came, never an XLA or attribute error; edge sizes (T = 0, empty batch) just work."""
+
+from __future__ import annotations
+
+import functools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import gatedrnn as gr
+
+KEY = jax.random.PRNGKey(0)
+I, H, B, T = 3, 4, 2, 5
+CELLS = {
+    "vanilla": lambda h=H: gr.vanilla(h),
+    "lstm": lambda h=H: gr.lstm(h),
+    "gru": lambda h=H: gr.gru(h),
+}
+
+
+@functools.cache
+def params_of(name: str, hidden_size: int = H):
+    return CELLS[name](hidden_size).init(KEY, I)
+
+
+@pytest.fixture(params=sorted(CELLS), scope="module")
+def setup(request):
+    make = CELLS[request.param]
+    return make, make(), params_of(request.param)
+
+
+def xs_of(*shape, dtype=jnp.float32):
+    return jnp.ones(shape, dtype)
+
+
+def state_like(cell, params, fn):
+    return jax.tree_util.tree_map(fn, cell.initial_state(params, (B,)))
+
+
+# ------------------------------------------------------------------ rank and feature size
+
+
+def test_scan_rejects_rank_below_two(setup):
+    _, cell, params = setup
+    with pytest.raises(ValueError, match=r"at least 2 axes, got shape \(3,\)"):
+        gr.scan(cell, params, xs_of(I))
+
+
+def test_scan_rejects_scalar_and_non_arrays(setup):
+    _, cell, params = setup
+    with pytest.raises(ValueError, match="at least 2 axes"):
+        gr.scan(cell, params, 1.0)
+    with pytest.raises(TypeError, match="xs must be an array, got NoneType"):
+        gr.scan(cell, params, None)
+    with pytest.raises(TypeError, match="xs must be an array, got str"):
+        gr.scan(cell, params, "abc")
+
+
+def test_feature_size_mismatch_names_both_sizes(setup):
+    _, cell, params = setup
+    with pytest.raises(ValueError, match=r"has 7 features .* expect input_size=3"):
+        gr.scan(cell, params, xs_of(B, T, 7))
+    with pytest.raises(ValueError, match=r"has 7 features .* expect input_size=3"):
+        cell.step(params, cell.initial_state(params, (B,)), xs_of(B, 7))
+
+
+def test_step_rejects_scalar_input(setup):
+    _, cell, params = setup
+    with pytest.raises(ValueError, match="got a scalar"):
+        cell.step(params, cell.initial_state(params), jnp.float32(1.0))
+
+
+# ------------------------------------------------------------------------------ dtypes
+
+
+@pytest.mark.parametrize("dtype", [jnp.int32, jnp.bool_, jnp.uint8])
+def test_integer_and_bool_inputs_are_a_type_error(setup, dtype):
+    _, cell, params = setup
+    with pytest.raises(TypeError, match=r"floating point like the params \(float32\)"):
+        gr.scan(cell, params, xs_of(B, T, I, dtype=dtype))
+    with pytest.raises(TypeError, match="floating point"):
+        cell.step(params, cell.initial_state(params, (B,)), xs_of(B, I, dtype=dtype))
+
+
+def test_dtype_mismatch_between_params_and_inputs(setup):
+    _, cell, params = setup
+    with pytest.raises(TypeError, match="x has dtype bfloat16 but the params are float32"):
+        gr.scan(cell, params, xs_of(B, T, I, dtype=jnp.bfloat16))
+    p16 = cell.init(KEY, I, dtype=jnp.float16)
+    with pytest.raises(TypeError, match="float32 but the params are float16"):
+        gr.scan(cell, p16, xs_of(B, T, I))
+    # numpy's float64 becomes float32 like everywhere in JAX without x64 (not an error)
+    _, ys = gr.scan(cell, params, np.ones((B, T, I)))
+    assert ys.dtype == jnp.float32
+
+
+def test_params_of_mixed_dtypes(setup):
+    _, cell, params = setup
+    mixed = params._replace(w_h=params.w_h.astype(jnp.float16))
+    with pytest.raises(TypeError, match=r"params.w_x is float32, params.w_h is float16"):
+        gr.scan(cell, mixed, xs_of(B, T, I))
+
+
+def test_init_rejects_integer_dtype_and_bad_sizes(setup):
+    make, cell, _ = setup
+    with pytest.raises(TypeError, match="floating point, got int32"):
+        cell.init(KEY, I, dtype=jnp.int32)
+    for bad in (0, -2, 2.0, True, "3"):
+        with pytest.raises(ValueError, match="input_size must be an integer >= 1"):
+            cell.init(KEY, bad)
+        with pytest.raises(ValueError, match="hidden_size must be an integer >= 1"):
+            make(bad)
+
+
+def test_state_dtype_mismatch_in_step_and_scan(setup):
+    _, cell, params = setup
+    s16 = state_like(cell, params, lambda a: a.astype(jnp.bfloat16))
+    with pytest.raises(TypeError, match="state has dtype bfloat16 but the params are float32"):
+        cell.step(params, s16, xs_of(B, I))
+    with pytest.raises(TypeError, match="initial_state has dtype bfloat16"):
+        gr.scan(cell, params, xs_of(B, T, I), s16)
+
+
+# ----------------------------------------------------------------- params and state shape
+
+
+@pytest.mark.parametrize("other", sorted(CELLS))
+def test_params_of_another_cell_or_size_are_refused(setup, other):
+    _, cell, _ = setup
+    for wrong in (params_of(other, H + 1), params_of(other)):
+        if other == cell.name and wrong.w_h.shape[0] == H:
+            continue  # that's the right params
+        with pytest.raises((ValueError, TypeError), match=f"a {cell.name} cell"):
+            gr.scan(cell, wrong, xs_of(B, T, I))
+        with pytest.raises((ValueError, TypeError), match=f"a {cell.name} cell"):
+            cell.step(wrong, cell.initial_state(params_of(cell.name), (B,)), xs_of(B, I))
+
+
+def test_params_not_arrays(setup):
+    _, cell, params = setup
+    with pytest.raises(TypeError, match=r"params\.w_h must be an array, got NoneType"):
+        gr.scan(cell, params._replace(w_h=None), xs_of(B, T, I))
+    with pytest.raises(TypeError, match="needs params"):
+        gr.scan(cell, {"w_x": params.w_x}, xs_of(B, T, I))
+
+
+def test_step_state_of_wrong_size_or_batch(setup):
+    _, cell, params = setup
+    wrong_h = state_like(cell, params, lambda a: jnp.zeros((B, H + 1)))
+    with pytest.raises(ValueError, match=rf"H={H}, got \(2, 5\)"):
+        cell.step(params, wrong_h, xs_of(B, I))
+    with pytest.raises(ValueError, match=r"batch \(3,\) .* got \(2, 4\)"):
+        cell.step(params, cell.initial_state(params, (B,)), xs_of(3, I))
+    with pytest.raises(ValueError, match="must have the structure"):
+        cell.step(params, (cell.initial_state(params, (B,)),), xs_of(B, I))
+
+
+def test_step_state_broadcasts_like_scan():
+    cell = gr.lstm(H)
+    params = cell.init(KEY, I)
+    _, y = cell.step(params, cell.initial_state(params), xs_of(B, I))
+    assert y.shape == (B, H)
+
+
+def test_scan_initial_state_of_wrong_shape_or_structure(setup):
+    _, cell, params = setup
+    with pytest.raises(ValueError, match=r"\(\*batch, H\) = \(2, 4\)"):
+        gr.scan(cell, params, xs_of(B, T, I), state_like(cell, params, lambda a: a[:, :3]))
+    with pytest.raises(ValueError, match="structure"):
+        gr.scan(cell, params, xs_of(B, T, I), [cell.initial_state(params, (B,))])
+
+
+# ------------------------------------------------------------------------- edge sizes
+
+
+def test_zero_steps_returns_initial_state_and_empty_outputs(setup):
+    _, cell, params = setup
+    s0 = state_like(cell, params, lambda a: a + 0.5)
+    jitted = jax.jit(lambda p, xs, s: gr.scan(cell, p, xs, s))
+    for fn in (lambda p, xs, s: gr.scan(cell, p, xs, s), jitted):
+        final, ys = fn(params, xs_of(B, 0, I), s0)
+        assert ys.shape == (B, 0, H)
+        jax.tree_util.tree_map(np.testing.assert_array_equal, final, s0)
+    final, ys = gr.scan(cell, params, xs_of(0, B, I), s0, time_major=True, reverse=True)
+    assert ys.shape == (0, B, H)
+    jax.tree_util.tree_map(np.testing.assert_array_equal, final, s0)
+    final, ys = gr.scan(cell, params, xs_of(B, 0, I), seq_lengths=jnp.zeros(B, jnp.int32))
+    assert ys.shape == (B, 0, H)
+
+
+def test_zero_steps_gradient_is_zero_for_params_and_identity_for_state(setup):
+    _, cell, params = setup
+    s0 = cell.initial_state(params, (B,))
+
+    def loss(p, s):
+        final, ys = gr.scan(cell, p, xs_of(B, 0, I), s)
+        return sum(jnp.sum(leaf) for leaf in jax.tree_util.tree_leaves(final)) + jnp.sum(ys)
+
+    gp, gs = jax.jit(jax.grad(loss, argnums=(0, 1)))(params, s0)
+    for g in jax.tree_util.tree_leaves(gp):
+        np.testing.assert_array_equal(g, 0.0)
+    for g in jax.tree_util.tree_leaves(gs):
+        np.testing.assert_array_equal(g, 1.0)
+
+
+def test_empty_batch(setup):
+    _, cell, params = setup
+    final, ys = gr.scan(cell, params, xs_of(0, T, I), seq_lengths=jnp.zeros(0, jnp.int32))
+    assert ys.shape == (0, T, H)
+    assert all(leaf.shape == (0, H) for leaf in jax.tree_util.tree_leaves(final))
+    g = jax.grad(lambda p: jnp.sum(gr.scan(cell, p, xs_of(0, T, I))[1]))(params)
+    assert all(bool(jnp.all(leaf == 0)) for leaf in jax.tree_util.tree_leaves(g))
+    _, y = cell.step(params, cell.initial_state(params, (0,)), xs_of(0, I))
+    assert y.shape == (0, H)
+
+
+# ------------------------------------------------------------------------ seq_lengths
+
+
+def test_seq_lengths_wrong_shape_dtype_or_range(setup):
+    _, cell, params = setup
+    xs = xs_of(B, T, I)
+    with pytest.raises(ValueError, match=r"shape \(\*batch,\) = \(2,\), got \(3,\)"):
+        gr.scan(cell, params, xs, seq_lengths=jnp.array([1, 2, 3]))
+    with pytest.raises(ValueError, match=r"= \(2,\), got \(2, 1\)"):
+        gr.scan(cell, params, xs, seq_lengths=jnp.array([[1], [2]]))
+    with pytest.raises(TypeError, match="seq_lengths must be integers, got dtype float32"):
+        gr.scan(cell, params, xs, seq_lengths=jnp.array([1.0, 2.0]))
+    with pytest.raises(ValueError, match=r"\[0, T=5\], got values from -1 to 2"):
+        gr.scan(cell, params, xs, seq_lengths=jnp.array([-1, 2]))
+    with pytest.raises(ValueError, match=r"\[0, T=5\], got values from 2 to 6"):
+        gr.scan(cell, params, xs, seq_lengths=np.array([6, 2]))
+
+
+@pytest.mark.parametrize("reverse", [False, True])
+def test_traced_out_of_range_lengths_are_clipped_not_nan(setup, reverse):
+    _, cell, params = setup
+    xs = jax.random.normal(KEY, (B, T, I))
+    run = jax.jit(lambda lengths: gr.scan(cell, params, xs, seq_lengths=lengths, reverse=reverse))
+    got = run(jnp.array([T + 3, -2]))
+    want = run(jnp.array([T, 0]))
+    assert all(bool(jnp.all(jnp.isfinite(a))) for a in jax.tree_util.tree_leaves(got))
+    jax.tree_util.tree_map(np.testing.assert_array_equal, got, want)
+
+
+def test_concrete_lengths_closed_over_under_jit_are_checked_not_traced(setup):
+    _, cell, params = setup
+    lengths = jnp.array([2, 5])
+    ys = jax.jit(lambda x: gr.scan(cell, params, x, seq_lengths=lengths)[1])(xs_of(B, T, I))
+    assert ys.shape == (B, T, H)
+    with pytest.raises(ValueError, match=r"\[0, T=5\], got values from 2 to 6"):
+        too_long = jnp.array([2, 6])
+        jax.jit(lambda x: gr.scan(cell, params, x, seq_lengths=too_long))(xs_of(B, T, I))
+
+
+def test_resets_wrong_shape_or_dtype(setup):
+    _, cell, params = setup
+    xs = xs_of(B, T, I)
+    with pytest.raises(ValueError, match=r"resets must have shape \(\*batch, T\) = \(2, 5\)"):
+        gr.scan(cell, params, xs, resets=jnp.zeros((T, B), bool))
+    with pytest.raises(TypeError, match="resets must be booleans, got dtype int32"):
+        gr.scan(cell, params, xs, resets=jnp.zeros((B, T), jnp.int32))
+
+
+# ---------------------------------------------------------------------------- options
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "error", "match"),
+    [
+        ({"reverse": "yes"}, TypeError, "reverse must be True or False, got 'yes'"),
+        ({"time_major": 1}, TypeError, "time_major must be True or False, got 1"),
+        ({"remat": None}, TypeError, "remat must be True or False, got None"),
+        ({"unroll": 0}, ValueError, "unroll must be an int >= 1 or a bool, got 0"),
+        ({"truncate": 0}, ValueError, "truncate must be None or an int >= 1, got 0"),
+        ({"truncate": 2.5}, ValueError, "truncate must be None or an int >= 1, got 2.5"),
+    ],
+)
+def test_scan_options(setup, kwargs, error, match):
+    _, cell, params = setup
+    with pytest.raises(error, match=match):
+        gr.scan(cell, params, xs_of(B, T, I), **kwargs)
+
+
+def test_scan_rejects_a_non_cell(setup):
+    _, _, params = setup
+    with pytest.raises(TypeError, match="cell must be a gatedrnn Cell, got function"):
+        gr.scan(gr.lstm, params, xs_of(B, T, I))
+
+
+def test_unknown_cell_options():
+    with pytest.raises(TypeError, match="unexpected keyword argument 'nonlinearity'"):
+        gr.vanilla(H, nonlinearity="tanh")
+    with pytest.raises(ValueError, match=r"unknown activation 'sigmoid'; expected one of"):
+        gr.vanilla(H, activation="sigmoid")
+    with pytest.raises(ValueError, match="unknown activation"):
+        gr.vanilla(H, activation=["tanh"])
+    with pytest.raises(TypeError, match="forget_bias must be a real number, got 'one'"):
+        gr.lstm(H, forget_bias="one")
+    with pytest.raises(ValueError, match="forget_bias must be finite, got nan"):
+        gr.lstm(H, forget_bias=float("nan"))
+    with pytest.raises(ValueError, match="reset_after must be True or False, got 'yes'"):
+        gr.gru(H, reset_after="yes")
+    with pytest.raises(TypeError, match=r"kernel_init must be a function .* got str"):
+        gr.gru(H, kernel_init="orthogonal")
+    with pytest.raises(TypeError, match="unexpected keyword argument 'bias'"):
+        gr.lstm(H, bias=False)
+
+
+def test_initial_state_batch_shape(setup):
+    _, cell, params = setup
+    with pytest.raises(ValueError, match=r"sizes >= 0, got \(-1,\)"):
+        cell.initial_state(params, (-1,))
+    with pytest.raises(ValueError, match="batch_shape must be a tuple of ints"):
+        cell.initial_state(params, "ab")
+
+
+# ---------------------------------------------------------------------- stack, bidir
+
+
+def test_stack_options():
+    cell = gr.lstm(H)
+    with pytest.raises(TypeError, match="cell must be a gatedrnn Cell"):
+        gr.stack("lstm", 2)
+    for bad in (0, -1, 1.5, True):
+        with pytest.raises(ValueError, match=f"num_layers must be an int >= 1, got {bad!r}"):
+            gr.stack(cell, bad)
+    for bad in (1.0, -0.1, "0.5", None):
+        with pytest.raises(ValueError, match=r"dropout must be in \[0, 1\), got"):
+            gr.stack(cell, 2, dropout=bad)
+    with pytest.raises(TypeError, match="bidirectional must be True or False"):
+        gr.stack(cell, 2, bidirectional="yes")
+    assert gr.stack(cell, np.int64(2)).num_layers == 2
+
+
+def test_stack_apply_wrong_params_state_or_input():
+    layers = gr.stack(gr.gru(H), 2)
+    params = layers.init(KEY, I)
+    xs = xs_of(B, T, I)
+    with pytest.raises(ValueError, match="tuple of 2 layer params, got tuple of length 1"):
+        layers.apply(params[:1], xs)
+    with pytest.raises(ValueError, match="tuple of 2 layer states, got int"):
+        layers.apply(params, xs, 5)
+    with pytest.raises(ValueError, match="tuple of 2 layer states, got tuple of length 3"):
+        layers.apply(params, xs, (None, None, None))
+    with pytest.raises(ValueError, match="expect input_size=3"):
+        layers.apply(params, xs_of(B, T, I + 1))
+    # layer 2 takes H features, not I
+    swapped = (params[0], gr.gru(H).init(KEY, I))
+    with pytest.raises(ValueError, match="expect input_size=3"):
+        layers.apply(swapped, xs)
+    _, ys = layers.apply(params, xs_of(B, 0, I))
+    assert ys.shape == (B, 0, H)
+
+
+def test_bidirectional_wrong_params_or_state(setup):
+    _, cell, params = setup
+    xs = xs_of(B, T, I)
+    with pytest.raises(ValueError, match=r"params must be Bidir\(fw, bw\)"):
+        gr.bidirectional_scan(cell, params.w_x, xs)
+    with pytest.raises(ValueError, match=r"initial_state must be None or Bidir\(fw, bw\)"):
+        gr.bidirectional_scan(cell, gr.Bidir(params, params), xs, jnp.zeros((B, H)))
+    with pytest.raises(TypeError, match="takes no reverse="):
+        gr.bidirectional_scan(cell, gr.Bidir(params, params), xs, reverse=True)
+    _, ys = gr.bidirectional_scan(cell, gr.Bidir(params, params), xs_of(B, 0, I))
+    assert ys.shape == (B, 0, 2 * H)

@@ -1,0 +1,172 @@
+"""The cells compute exactly the equations DESIGN.md fixes, with the fixed layouts."""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from conftest import make
+
+import gatedrnn as gr
+
+
+def sigmoid(z):
+    return 1.0 / (1.0 + np.exp(-z))
+
+
+def test_vanilla_step_matches_numpy_equation():
+    for act, f in [
+        ("tanh", np.tanh),
+        ("relu", lambda z: np.maximum(z, 0)),
+        ("linear", lambda z: z),
+    ]:
+        cell, p, k = make(
+            {"tanh": "vanilla_tanh", "relu": "vanilla_relu", "linear": "vanilla_linear"}[act]
+        )
+        x = np.asarray(jax.random.normal(k, (4, 3)))
+        h = np.asarray(jax.random.normal(jax.random.PRNGKey(9), (4, 5)))
+        h2, y = cell.step(p, jnp.asarray(h), jnp.asarray(x))
+        want = f(x @ np.asarray(p.w_x) + h @ np.asarray(p.w_h) + np.asarray(p.b))
+        np.testing.assert_allclose(h2, want, rtol=1e-5, atol=1e-6)
+        np.testing.assert_array_equal(h2, y)
+
+
+def test_lstm_step_matches_numpy_equation_gate_order_ifgo():
+    cell, p, k = make("lstm")
+    x = np.asarray(jax.random.normal(k, (4, 3)))
+    h = np.asarray(jax.random.normal(jax.random.PRNGKey(1), (4, 5)))
+    c = np.asarray(jax.random.normal(jax.random.PRNGKey(2), (4, 5)))
+    z = x @ np.asarray(p.w_x) + h @ np.asarray(p.w_h) + np.asarray(p.b)
+    i, f, g, o = np.split(z, 4, axis=-1)
+    c2 = sigmoid(f) * c + sigmoid(i) * np.tanh(g)
+    h2 = sigmoid(o) * np.tanh(c2)
+    state, y = cell.step(p, gr.LSTMState(jnp.asarray(h), jnp.asarray(c)), jnp.asarray(x))
+    np.testing.assert_allclose(state.c, c2, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(state.h, h2, rtol=1e-5, atol=1e-6)
+    np.testing.assert_array_equal(y, state.h)
+
+
+@pytest.mark.parametrize("reset_after", [True, False])
+def test_gru_step_matches_numpy_equation(reset_after):
+    cell, p, k = make("gru" if reset_after else "gru_reset_before")
+    x = np.asarray(jax.random.normal(k, (4, 3)))
+    h = np.asarray(jax.random.normal(jax.random.PRNGKey(1), (4, 5)))
+    wx, wh, bx, bh = (np.asarray(a) for a in p)
+    xr, xz, xn = np.split(x @ wx + bx, 3, axis=-1)
+    whr, whz, whn = np.split(wh, 3, axis=-1)
+    bhr, bhz, bhn = np.split(bh, 3)
+    r = sigmoid(xr + h @ whr + bhr)
+    z = sigmoid(xz + h @ whz + bhz)
+    if reset_after:
+        n = np.tanh(xn + r * (h @ whn + bhn))
+    else:
+        n = np.tanh(xn + (r * h) @ whn + bhn)
+    want = (1 - z) * n + z * h
+    h2, y = cell.step(p, jnp.asarray(h), jnp.asarray(x))
+    np.testing.assert_allclose(h2, want, rtol=1e-5, atol=1e-6)
+
+
+def test_gru_reset_forms_differ():
+    _, p, k = make("gru")
+    x = jax.random.normal(k, (2, 3))
+    h = jax.random.normal(jax.random.PRNGKey(3), (2, 5))
+    a, _ = gr.gru(5).step(p, h, x)
+    b, _ = gr.gru(5, reset_after=False).step(p, h, x)
+    assert float(jnp.max(jnp.abs(a - b))) > 1e-4
+
+
+@pytest.mark.parametrize(
+    "factory, gates, fields",
+    [
+        (lambda: gr.vanilla(6), 1, ("w_x", "w_h", "b")),
+        (lambda: gr.lstm(6), 4, ("w_x", "w_h", "b")),
+        (lambda: gr.gru(6), 3, ("w_x", "w_h", "b_x", "b_h")),
+    ],
+)
+def test_param_layout_and_init(factory, gates, fields):
+    cell = factory()
+    p = cell.init(jax.random.PRNGKey(0), 7)
+    assert type(p)._fields == fields
+    assert p.w_x.shape == (7, gates * 6) and p.w_h.shape == (6, gates * 6)
+    for name in fields[2:]:
+        assert getattr(p, name).shape == (gates * 6,)
+    assert all(leaf.dtype == jnp.float32 for leaf in p)
+    # Recurrent weights are orthogonal gate block by gate block.
+    for blk in jnp.split(p.w_h, gates, axis=1):
+        np.testing.assert_allclose(blk.T @ blk, np.eye(6), atol=1e-5)
+    # Input weights are scaled by fan-in: variance about 1/I.
+    big = cell.init(jax.random.PRNGKey(1), 400)
+    assert 0.8 / 400 < float(jnp.var(big.w_x)) < 1.2 / 400
+
+
+def test_lstm_forget_bias_only_on_forget_block():
+    p = gr.lstm(3, forget_bias=2.5).init(jax.random.PRNGKey(0), 2)
+    np.testing.assert_array_equal(p.b, np.r_[np.zeros(3), 2.5 * np.ones(3), np.zeros(6)])
+
+
+def test_init_dtype_and_custom_initializers():
+    def ones(key, shape, dtype):
+        return jnp.ones(shape, dtype)
+
+    with jax.enable_x64(True):
+        p = gr.gru(4, recurrent_init=ones, bias_init=ones).init(
+            jax.random.PRNGKey(0), 3, dtype=jnp.float64
+        )
+        assert p.w_x.dtype == jnp.float64
+        np.testing.assert_array_equal(p.w_h, np.ones((4, 12)))
+        np.testing.assert_array_equal(p.b_h, np.ones(12))
+
+
+@pytest.mark.parametrize("factory", [gr.vanilla, gr.lstm, gr.gru])
+def test_initial_state_shapes(factory):
+    cell = factory(5)
+    p = cell.init(jax.random.PRNGKey(0), 3)
+    for batch in [(), (4,), (2, 3)]:
+        s = cell.initial_state(p, batch_shape=batch)
+        for leaf in jax.tree_util.tree_leaves(s):
+            assert leaf.shape == (*batch, 5)
+            assert not np.any(leaf)
+
+
+def test_step_is_project_then_recur(cell_name):
+    cell, p, k = make(cell_name)
+    x = jax.random.normal(k, (2, 3))
+    s = cell.initial_state(p, (2,))
+    a = cell.step(p, s, x)
+    b = cell.recur(p, s, cell.project(p, x))
+    jax.tree_util.tree_map(np.testing.assert_array_equal, a, b)
+
+
+@pytest.mark.parametrize("bad", [0, -3, 2.5, "8", True])
+@pytest.mark.parametrize("factory", [gr.vanilla, gr.lstm, gr.gru])
+def test_bad_hidden_size_raises(factory, bad):
+    with pytest.raises(ValueError, match="hidden_size must be an integer >= 1"):
+        factory(bad)
+
+
+def test_unknown_activation_raises():
+    with pytest.raises(ValueError, match=r"unknown activation 'sigmoid'.*linear.*relu.*tanh"):
+        gr.vanilla(4, activation="sigmoid")
+
+
+def test_bad_input_size_raises():
+    with pytest.raises(ValueError, match="input_size must be an integer >= 1, got 0"):
+        gr.lstm(4).init(jax.random.PRNGKey(0), 0)
+
+
+def test_step_feature_size_mismatch_raises():
+    cell = gr.lstm(4)
+    p = cell.init(jax.random.PRNGKey(0), 3)
+    with pytest.raises(ValueError, match="has 5 features.*input_size=3"):
+        cell.step(p, cell.initial_state(p, (2,)), jnp.ones((2, 5)))
+
+
+def test_step_integer_and_dtype_mismatch_raise_typeerror():
+    cell = gr.gru(4)
+    p = cell.init(jax.random.PRNGKey(0), 3)
+    s = cell.initial_state(p, (2,))
+    with pytest.raises(TypeError, match="floating point"):
+        cell.step(p, s, jnp.ones((2, 3), jnp.int32))
+    with pytest.raises(TypeError, match="dtype float16 but the params are float32"):
+        cell.step(p, s, jnp.ones((2, 3), jnp.float16))

@@ -1,0 +1,290 @@
+"""gatedrnn.cli: user errors are one line on stderr with exit status 2 and no traceback, and
+outputs appear only when complete (checked on a small script run as a real subprocess)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from gatedrnn import cli
+
+ROOT = Path(__file__).resolve().parents[1]
+
+# A script shaped like the experiments: parser with checked types, reads a text file,
+# "trains" (may fail half-way), writes JSON and a second file at the end.
+SCRIPT = textwrap.dedent(
+    """
+    import sys
+    from gatedrnn import cli
+
+    def main(argv=None):
+        p = cli.ArgumentParser(description="demo")
+        p.add_argument("--text", type=cli.text_file)
+        p.add_argument("--steps", type=cli.positive_int, default=3)
+        p.add_argument("--hidden-size", type=cli.positive_int, default=4)
+        p.add_argument("--lr", type=cli.positive_float, default=0.1)
+        p.add_argument("--dropout", type=cli.fraction, default=0.0)
+        p.add_argument("--out", type=cli.output_dir, required=True)
+        p.add_argument("--fail-at", type=int, default=-1)
+        p.add_argument("--nan-at", type=int, default=-1)
+        args = p.parse_args(argv)
+        log = []
+        for step in range(args.steps):
+            if step == args.fail_at:
+                raise ValueError(f"bad value at step {step}")
+            if step == args.nan_at:
+                raise FloatingPointError(f"training loss became non-finite (nan) at step {step}")
+            log.append(step)
+        with cli.atomic_path(args.out / "notes.txt") as tmp:
+            tmp.write_text("partial")
+            if args.fail_at == args.steps:
+                raise ValueError("failed while writing notes.txt")
+        cli.write_json(args.out / "result.json", {"log": log})
+        print("done")
+
+    if __name__ == "__main__":
+        cli.run(main)
+    """
+)
+
+
+@pytest.fixture(scope="module")
+def script(tmp_path_factory) -> Path:
+    path = tmp_path_factory.mktemp("cli") / "demo.py"
+    path.write_text(SCRIPT)
+    return path
+
+
+@pytest.fixture
+def demo(script, monkeypatch, capsys):
+    """Run the demo's ``cli.run(main, argv)`` in this process (same code path as the
+    script, without paying for a new interpreter each time)."""
+    namespace: dict = {}
+    exec(compile(SCRIPT, str(script), "exec"), namespace)
+    monkeypatch.setattr(sys, "argv", ["demo.py"])
+    monkeypatch.delenv(cli.DEBUG_ENV, raising=False)
+
+    def call(*args: str) -> subprocess.CompletedProcess:
+        with pytest.raises(SystemExit) as exit_info:
+            cli.run(namespace["main"], list(args))
+        out, err = capsys.readouterr()
+        return subprocess.CompletedProcess(args, exit_info.value.code, out, err)
+
+    return call
+
+
+def run(script: Path, *args: str, env: dict | None = None) -> subprocess.CompletedProcess:
+    """Run a script as a real subprocess from the repo root (no GATEDRNN_DEBUG unless asked)."""
+    environ = {**os.environ, "PYTHONPATH": str(ROOT), **(env or {})}
+    if not env or cli.DEBUG_ENV not in env:
+        environ.pop(cli.DEBUG_ENV, None)
+    return subprocess.run(
+        [sys.executable, str(script), *args],
+        capture_output=True,
+        text=True,
+        env=environ,
+        timeout=300,
+        cwd=ROOT,
+    )
+
+
+def assert_user_error(
+    proc: subprocess.CompletedProcess, *needles: str, name: str = "demo.py"
+) -> None:
+    """Exit status 2, one line ``name: error: ...`` holding every needle, no traceback."""
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and "Traceback" not in proc.stderr, proc.stderr[-2000:]
+    assert lines[0].startswith(f"{name}: error: "), lines[0]
+    for needle in needles:
+        assert needle in lines[0], lines[0]
+    assert proc.stdout == ""
+
+
+def test_subprocess_success_writes_complete_outputs(script, tmp_path):
+    proc = run(script, "--out", str(tmp_path / "a" / "b"))
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads((tmp_path / "a" / "b" / "result.json").read_text()) == {"log": [0, 1, 2]}
+    assert sorted(p.name for p in (tmp_path / "a" / "b").iterdir()) == [
+        "notes.txt",
+        "result.json",
+    ]
+
+
+@pytest.mark.parametrize(
+    ("args", "needles"),
+    [
+        (["--stepz", "3"], ["unrecognized arguments: --stepz"]),
+        (["--steps", "-5"], ["argument --steps", "expected an integer >= 1, got -5"]),
+        (["--steps", "0"], ["expected an integer >= 1, got 0"]),
+        (["--steps", "ten"], ["expected an integer >= 1, got 'ten'"]),
+        (["--hidden-size", "0"], ["argument --hidden-size", "got 0"]),
+        (["--lr", "nan"], ["argument --lr", "expected a finite number > 0"]),
+        (["--lr=-1e-3"], ["expected a finite number > 0, got -1e-3"]),
+        (["--dropout", "1"], ["expected a number in [0, 1), got 1"]),
+        ([], ["the following arguments are required: --out"]),
+    ],
+)
+def test_bad_options_and_numbers(demo, tmp_path, args, needles):
+    out = ["--out", str(tmp_path)] if args else []
+    assert_user_error(demo(*args, *out), *needles)
+    assert not (tmp_path / "result.json").exists()
+
+
+def test_bad_input_files(demo, tmp_path):
+    missing = tmp_path / "nope.txt"
+    assert_user_error(demo("--text", str(missing), "--out", str(tmp_path)), "not found")
+    empty = tmp_path / "empty.txt"
+    empty.write_text("  \n")
+    assert_user_error(demo("--text", str(empty), "--out", str(tmp_path)), "is empty")
+    latin = tmp_path / "latin1.txt"
+    latin.write_bytes("caf\u00e9 au lait".encode("latin-1"))
+    assert_user_error(
+        demo("--text", str(latin), "--out", str(tmp_path)),
+        "not UTF-8",
+        "0xe9 at offset 3",
+    )
+    assert_user_error(demo("--text", str(tmp_path), "--out", str(tmp_path)), "regular")
+
+
+def test_unwritable_output_folder(demo, tmp_path):
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    assert_user_error(demo("--out", str(blocker)), "not a folder")
+    assert_user_error(demo("--out", str(blocker / "sub")), "cannot write")
+    if os.geteuid() != 0:  # root writes anywhere
+        locked = tmp_path / "locked"
+        locked.mkdir(mode=0o500)
+        assert_user_error(demo("--out", str(locked)), "cannot write")
+
+
+def test_failure_mid_run_leaves_no_output(demo, tmp_path):
+    assert_user_error(demo("--out", str(tmp_path), "--fail-at", "1"), "bad value at step 1")
+    assert list(tmp_path.iterdir()) == []
+    # failing while an output is being written: no file under the final name, no temp file
+    assert_user_error(demo("--out", str(tmp_path), "--fail-at", "3"), "notes.txt")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_non_finite_loss_is_exit_1_naming_the_step(demo, tmp_path):
+    proc = demo("--out", str(tmp_path), "--nan-at", "2")
+    assert proc.returncode == 1
+    assert proc.stderr.strip() == "demo.py: error: training loss became non-finite (nan) at step 2"
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_debug_env_shows_the_traceback(script, tmp_path):
+    proc = run(script, "--out", str(tmp_path), "--fail-at", "0", env={cli.DEBUG_ENV: "1"})
+    assert proc.returncode == 1
+    assert "Traceback" in proc.stderr and "ValueError: bad value at step 0" in proc.stderr
+
+
+def test_subprocess_user_error_is_one_line_without_traceback(script, tmp_path):
+    assert_user_error(run(script, "--steps", "-5", "--out", str(tmp_path)), "got -5")
+
+
+def test_help_still_works(demo):
+    proc = demo("--help")
+    assert proc.returncode == 0 and "--steps" in proc.stdout
+
+
+# ------------------------------------------------------------------- in-process units
+
+
+def test_types_accept_good_values():
+    assert cli.positive_int("3") == 3
+    assert cli.nonneg_int("0") == 0
+    assert cli.positive_float("1e-3") == 1e-3
+    assert cli.fraction("0.5") == 0.5
+    for fn, bad in [
+        (cli.positive_int, "1.5"),
+        (cli.nonneg_int, "-1"),
+        (cli.positive_float, "inf"),
+        (cli.positive_float, "0"),
+        (cli.fraction, "-0.1"),
+    ]:
+        with pytest.raises(argparse.ArgumentTypeError):
+            fn(bad)
+
+
+def test_atomic_path_keeps_old_file_on_failure(tmp_path):
+    target = tmp_path / "r.json"
+    cli.write_json(target, {"a": 1})
+    with pytest.raises(RuntimeError):
+        with cli.atomic_path(target) as tmp:
+            assert tmp.suffix == ".json" and tmp.parent == tmp_path
+            tmp.write_text("{")
+            raise RuntimeError
+    assert json.loads(target.read_text()) == {"a": 1}
+    assert [p.name for p in tmp_path.iterdir()] == ["r.json"]
+    with pytest.raises(ValueError, match="Out of range float values are not JSON"):
+        cli.write_json(target, {"a": float("nan")})
+    assert json.loads(target.read_text()) == {"a": 1}
+
+
+def test_check_text_file_returns_the_text(tmp_path):
+    path = tmp_path / "t.txt"
+    path.write_text("héllo", encoding="utf-8")
+    assert cli.check_text_file(path) == "héllo"
+    with pytest.raises(cli.UsageError, match="file not found"):
+        cli.check_text_file(tmp_path / "missing")
+
+
+# ------------------------------------------------------------- the experiment scripts
+
+EXPERIMENTS = sorted(p for p in (ROOT / "experiments").glob("*.py") if not p.name.startswith("_"))
+
+
+@pytest.mark.parametrize("path", EXPERIMENTS, ids=lambda p: p.name)
+def test_experiment_unknown_option_is_one_line_exit_2(path, tmp_path):
+    proc = run(path, "--no-such-option", "--out", str(tmp_path))
+    assert_user_error(proc, "--no-such-option", name=path.name)
+    assert list(tmp_path.iterdir()) == []
+
+
+def load_experiment(path: Path):
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(f"_exp_{path.stem}", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.mark.parametrize("path", EXPERIMENTS, ids=lambda p: p.name)
+def test_experiment_nonsense_numbers_and_unwritable_out(path, tmp_path, monkeypatch, capsys):
+    """In this process (parsing fails before any work): each is one line, exit 2."""
+    module = load_experiment(path)
+    source = path.read_text()
+    blocker = tmp_path / "a-file"
+    blocker.write_text("x")
+    cases = [(["--out", str(blocker)], "not a folder")]
+    for option, value in [
+        ("--seed", "-1"),
+        ("--hidden", "0"),
+        ("--hidden-size", "0"),
+        ("--steps", "-5"),
+        ("--train-steps", "-5"),
+        ("--T", "0"),
+        ("--batch", "0"),
+        ("--lr", "nan"),
+    ]:
+        if f'"{option}"' in source:
+            cases.append(([option, value], f"argument {option}"))
+    monkeypatch.setattr(sys, "argv", [path.name])
+    monkeypatch.delenv(cli.DEBUG_ENV, raising=False)
+    for args, needle in cases:
+        with pytest.raises(SystemExit) as exit_info:
+            cli.run(module.main, ["--quick", *args])
+        err = capsys.readouterr().err
+        assert exit_info.value.code == 2, (args, err)
+        lines = err.strip().splitlines()
+        assert len(lines) == 1 and needle in lines[0], (args, err)
+    assert [p.name for p in tmp_path.iterdir()] == ["a-file"]

@@ -1,0 +1,328 @@
+"""gatedrnn.diagnostics against closed forms, dense Jacobians and a Python-loop oracle."""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import gatedrnn as gr
+from gatedrnn import diagnostics as dg
+
+F64 = jnp.float64
+
+
+@pytest.fixture(autouse=True)
+def _x64():
+    """Every test here runs in float64 (only inside this module)."""
+    with jax.enable_x64(True):
+        yield
+
+
+def _xs(key: int, shape: tuple[int, ...], scale: float = 1.0) -> jax.Array:
+    return scale * jax.random.normal(jax.random.PRNGKey(key), shape, F64)
+
+
+def _sum_last(final, ys):
+    """A loss on the last output: L = sum(y_T)."""
+    return jnp.sum(ys[-1])
+
+
+# --------------------------------------------------------------------- closed forms
+
+
+def test_linear_rnn_with_scaled_identity_gives_s_to_the_distance():
+    H, T = 4, 12
+    cell = gr.vanilla(H, activation="linear")
+    p0 = cell.init(jax.random.PRNGKey(0), 3, dtype=F64)
+    xs = _xs(1, (2, T, 3))
+    u = jnp.arange(1.0, H + 1, dtype=F64)
+
+    def loss(final, ys):  # L = <u, h_T> has dL/dh_t = s^(T-t) u: ||dL/dh_t|| = s^(T-t) ||u||
+        return jnp.sum(final * u)
+
+    for s in (0.5, 0.9, 1.0, 1.1):
+        p = p0._replace(w_h=s * jnp.eye(H, dtype=F64))
+        want = s ** (T - np.arange(T + 1.0))
+        for method in ("dense", "power"):
+            got = dg.jacobian_norms(cell, p, xs, method=method, num_iters=3)
+            np.testing.assert_allclose(got, np.broadcast_to(want[:, None], got.shape), rtol=1e-12)
+        norms = dg.state_gradient_norms(cell, p, xs, loss)
+        np.testing.assert_allclose(norms, want * np.sqrt(2) * np.linalg.norm(u), rtol=1e-12)
+        assert dg.decay_factor(norms) == pytest.approx(s, rel=1e-10)
+
+
+def test_lstm_without_recurrent_weight_has_cell_jacobian_prod_of_forget_gates():
+    H, T, I = 5, 9, 3
+    cell = gr.lstm(H, forget_bias=1.5)
+    p = cell.init(jax.random.PRNGKey(2), I, dtype=F64)
+    p = p._replace(w_h=jnp.zeros_like(p.w_h))
+    xs = _xs(3, (2, T, I))
+    # Oracle written out here: f_t = sigmoid(x_t w_xf + b_f), the f block is [H:2H].
+    f = jax.nn.sigmoid(xs @ p.w_x[:, H : 2 * H] + p.b[H : 2 * H])  # (2, T, H)
+    J = dg.jacobians(cell, p, xs, leaf="c")  # (T+1, 2, H, H)
+    for t in (0, 4, T):
+        want = jax.vmap(jnp.diag)(jnp.prod(f[:, t:], axis=1))
+        np.testing.assert_allclose(J[t], want, rtol=1e-12, atol=1e-15)
+
+
+@pytest.mark.parametrize("reset_after", [True, False])
+def test_gru_without_recurrent_weight_has_jacobian_prod_of_update_gates(reset_after):
+    H, T, I = 5, 9, 3
+    cell = gr.gru(H, reset_after=reset_after)
+    p = cell.init(jax.random.PRNGKey(4), I, dtype=F64)
+    p = p._replace(w_h=jnp.zeros_like(p.w_h), b_h=_xs(5, (3 * H,), 0.5))
+    xs = _xs(6, (2, T, I))
+    z = jax.nn.sigmoid(xs @ p.w_x[:, H : 2 * H] + p.b_x[H : 2 * H] + p.b_h[H : 2 * H])
+    J = dg.jacobians(cell, p, xs)
+    want = jax.vmap(jnp.diag)(jnp.prod(z, axis=1))
+    np.testing.assert_allclose(J[0], want, rtol=1e-12, atol=1e-15)
+
+
+# ------------------------------------------------------------------ power vs dense
+
+
+@pytest.mark.parametrize(
+    ("cell", "leaf"),
+    [
+        (gr.lstm(5), None),
+        (gr.lstm(5), "c"),
+    ],
+    ids=["lstm-state", "lstm-c"],
+)
+def test_power_iteration_matches_dense_spectral_norms(cell, leaf):
+    p = cell.init(jax.random.PRNGKey(7), 3, dtype=F64)
+    p = jax.tree_util.tree_map(lambda w: 1.5 * w, p)  # less regular Jacobians
+    xs = _xs(8, (2, 1, 15, 3))  # two batch axes
+    dense = dg.jacobian_norms(cell, p, xs, leaf=leaf, method="dense")
+    power = dg.jacobian_norms(cell, p, xs, leaf=leaf, num_iters=100, chunk=8)
+    assert dense.shape == power.shape == (16, 2, 1)
+    # Power iteration approaches the norm from below; a small gap between the top two
+    # singular values slows it, so allow 0.1%.
+    assert np.all(power <= dense * (1 + 1e-12))
+    np.testing.assert_allclose(power, dense, rtol=1e-3)
+    np.testing.assert_allclose(dense[-1], 1.0, rtol=1e-12)
+
+
+def test_dense_jacobian_matches_finite_differences():
+    cell = gr.gru(3)
+    p = cell.init(jax.random.PRNGKey(9), 2, dtype=F64)
+    xs = _xs(10, (6, 2))  # one sequence, no batch
+    J = dg.jacobians(cell, p, xs)  # (7, 3, 3)
+    h0 = _xs(11, (3,), 0.3)
+    J = dg.jacobians(cell, p, xs, h0)
+    eps = 1e-6
+    for j in range(3):
+        e = jnp.zeros(3, F64).at[j].set(eps)
+        hp, _ = gr.scan(cell, p, xs, h0 + e)
+        hm, _ = gr.scan(cell, p, xs, h0 - e)
+        np.testing.assert_allclose(J[0][:, j], (hp - hm) / (2 * eps), rtol=1e-7, atol=1e-10)
+
+
+# --------------------------------------------------------------- state gradients
+
+
+@pytest.mark.parametrize("cell", [gr.vanilla(4), gr.lstm(4), gr.gru(4)], ids=lambda c: c.name)
+def test_state_gradients_match_a_python_loop_oracle(cell):
+    T = 5
+    p = cell.init(jax.random.PRNGKey(12), 3, dtype=F64)
+    xs = _xs(13, (2, T, 3))
+    w = _xs(14, (T, 2, 4))
+
+    def loss_fn(final, ys):  # uses every output and the final state
+        return jnp.sum(w * jnp.tanh(ys)) + jnp.sum(jax.tree_util.tree_leaves(final)[-1] ** 2)
+
+    loss, grads = dg.state_gradients(cell, p, xs, loss_fn)
+
+    # Oracle: step through time in Python; the loss as a function of the state s_t.
+    def run_from(t, s):
+        ys = []
+        for k in range(t, T):
+            s, y = cell.step(p, s, xs[:, k])
+            ys.append(y)
+        return s, ys
+
+    s = cell.initial_state(p, (2,))
+    prefix = []
+    for t in range(T + 1):
+
+        def loss_of_state(s_t, t=t, prefix=tuple(prefix)):
+            # The output of step t is read from s_t, so it moves with s_t too.
+            final, rest = run_from(t, s_t)
+            now = [cell.output(s_t)] if t > 0 else []
+            return loss_fn(final, jnp.stack([*prefix[: t - 1], *now, *rest]))
+
+        want = jax.grad(loss_of_state)(s)
+        jax.tree_util.tree_map(
+            lambda g, w_, t=t: np.testing.assert_allclose(g[t], w_, rtol=1e-10, atol=1e-14),
+            grads,
+            want,
+        )
+        if t < T:
+            s, y = cell.step(p, s, xs[:, t])
+            prefix.append(y)
+    np.testing.assert_allclose(loss, loss_of_state(s), rtol=1e-12)
+
+
+def test_loss_args_change_the_loss_without_a_new_loss_function():
+    cell = gr.gru(3)
+    p = cell.init(jax.random.PRNGKey(23), 2, dtype=F64)
+    xs = _xs(24, (2, 6, 2))
+
+    def readout(final, ys, w):
+        return jnp.sum(final @ w)
+
+    w1, w2 = _xs(25, (3,)), _xs(26, (3,))
+    l1, g1 = dg.state_gradients(cell, p, xs, readout, loss_args=(w1,))
+    l2, g2 = dg.state_gradients(cell, p, xs, readout, loss_args=(w2,))
+    np.testing.assert_allclose(g1[-1], jnp.broadcast_to(w1, (2, 3)), rtol=1e-12)
+    np.testing.assert_allclose(g2[-1], jnp.broadcast_to(w2, (2, 3)), rtol=1e-12)
+    final, _ = gr.scan(cell, p, xs)
+    np.testing.assert_allclose(l2, jnp.sum(final @ w2), rtol=1e-12)
+    with pytest.raises(TypeError, match="loss_args must be a tuple"):
+        dg.state_gradients(cell, p, xs, readout, loss_args=w1)
+
+
+def test_lstm_norms_report_h_and_c_apart_and_per_example():
+    cell = gr.lstm(4)
+    p = cell.init(jax.random.PRNGKey(15), 3, dtype=F64)
+    xs = _xs(16, (3, 10, 3))
+    norms = dg.state_gradient_norms(cell, p, xs, _sum_last)
+    assert isinstance(norms, gr.LSTMState)
+    assert norms.h.shape == norms.c.shape == (11,)
+    per = dg.state_gradient_norms(cell, p, xs, _sum_last, per_example=True)
+    assert per.h.shape == (11, 3)
+    np.testing.assert_allclose(jnp.linalg.norm(per.c, axis=1), norms.c, rtol=1e-12)
+    # Time-major input gives the same numbers.
+    tm = dg.state_gradient_norms(cell, p, jnp.swapaxes(xs, 0, 1), _sum_last, time_major=True)
+    np.testing.assert_allclose(tm.h, norms.h, rtol=1e-12)
+
+
+# ------------------------------------------------------------------ gate statistics
+
+
+def test_gate_statistics_match_gates_computed_by_hand():
+    H, I = 6, 3
+    cell = gr.lstm(H, forget_bias=3.0)
+    p = cell.init(jax.random.PRNGKey(17), I, dtype=F64)
+    p = p._replace(w_h=jnp.zeros_like(p.w_h))
+    xs = _xs(18, (4, 8, I))
+    st = dg.gate_statistics(cell, p, xs, saturation=0.05)
+    f = jax.nn.sigmoid(xs @ p.w_x[:, H : 2 * H] + p.b[H : 2 * H])
+    np.testing.assert_allclose(st["forget"], jnp.mean(f, axis=(0, 2)), rtol=1e-12)
+    np.testing.assert_allclose(
+        st["forget_saturated_high"], jnp.mean((f > 0.95).astype(F64), axis=(0, 2)), rtol=1e-12
+    )
+    assert st["saturated"].shape == (8,)
+
+    g = gr.gru(H)
+    pg = g.init(jax.random.PRNGKey(19), I, dtype=F64)
+    pg = pg._replace(w_h=jnp.zeros_like(pg.w_h))
+    sg = dg.gate_statistics(g, pg, xs)
+    z = jax.nn.sigmoid(xs @ pg.w_x[:, H : 2 * H] + pg.b_x[H : 2 * H] + pg.b_h[H : 2 * H])
+    np.testing.assert_allclose(sg["update"], jnp.mean(z, axis=(0, 2)), rtol=1e-12)
+
+    v = gr.vanilla(H)
+    pv = v.init(jax.random.PRNGKey(20), I, dtype=F64)
+    sv = dg.gate_statistics(v, pv, 10 * xs)  # large inputs saturate tanh
+    hs = dg.state_trajectory(v, pv, 10 * xs)[1:]
+    np.testing.assert_allclose(
+        sv["saturated"], jnp.mean((jnp.abs(hs) > 0.95).astype(F64), axis=(1, 2))
+    )
+    assert float(jnp.mean(sv["saturated"])) > 0.5
+
+
+def test_state_trajectory_ends_at_the_final_state_of_scan():
+    cell = gr.lstm(3)
+    p = cell.init(jax.random.PRNGKey(21), 2, dtype=F64)
+    xs = _xs(22, (2, 5, 2))
+    traj = dg.state_trajectory(cell, p, xs)
+    final, ys = gr.scan(cell, p, xs)
+    np.testing.assert_allclose(traj.c[-1], final.c)
+    np.testing.assert_allclose(traj.h[1:], jnp.swapaxes(ys, 0, 1))
+    np.testing.assert_allclose(traj.h[0], 0.0)
+
+
+def test_norms_of_tiny_float32_gradients_do_not_underflow():
+    # With W_h = 0.01 I the gradient at distance k is 0.01^k: 1e-20 at k = 10, whose
+    # square (1e-40) underflows float32. The norms must still follow the law.
+    with jax.enable_x64(False):
+        H, T = 4, 12
+        cell = gr.vanilla(H, activation="linear")
+        p = cell.init(jax.random.PRNGKey(0), 2)
+        p = p._replace(w_h=0.01 * jnp.eye(H))
+        xs = jax.random.normal(jax.random.PRNGKey(1), (3, T, 2))
+        norms = dg.state_gradient_norms(cell, p, xs, lambda final, ys: jnp.sum(final))
+        assert norms.dtype == jnp.float32
+        want = 0.01 ** (T - np.arange(T + 1.0)) * np.sqrt(3 * H)
+        np.testing.assert_allclose(norms, want, rtol=1e-5)
+        power = dg.jacobian_norms(cell, p, xs, num_iters=2)
+        np.testing.assert_allclose(power[:, 0], want / np.sqrt(3 * H), rtol=1e-5)
+
+
+# ---------------------------------------------------------------------- summaries
+
+
+def test_decay_factor_and_vanishing_distance_on_a_geometric_curve():
+    gamma, T = 0.8, 100
+    norms = 3.0 * gamma ** (T - np.arange(T + 1.0))
+    assert dg.decay_factor(norms) == pytest.approx(gamma, rel=1e-12)
+    k = dg.vanishing_distance(norms, 1e-6)
+    assert gamma**k < 1e-6 <= gamma ** (k - 1)
+    assert dg.vanishing_distance(np.ones(T + 1)) is None
+    # Underflowed (zero) and non-finite entries are ignored by the fit.
+    norms[:10] = 0.0
+    norms[10] = np.nan
+    assert dg.decay_factor(norms) == pytest.approx(gamma, rel=1e-12)
+    assert np.isnan(dg.decay_factor(np.zeros(5)))
+
+
+# ------------------------------------------------------------------------ errors
+
+
+def test_bad_inputs_raise_clear_errors():
+    cell = gr.lstm(3)
+    p = cell.init(jax.random.PRNGKey(0), 2, dtype=F64)
+    xs = _xs(1, (2, 4, 2))
+    with pytest.raises(ValueError, match="scalar"):
+        dg.state_gradients(cell, p, xs, lambda final, ys: ys)
+    with pytest.raises(TypeError, match="callable"):
+        dg.state_gradients(cell, p, xs, 3.0)
+    with pytest.raises(ValueError, match="at least 2 axes"):
+        dg.state_gradient_norms(cell, p, xs[0, 0], _sum_last)
+    with pytest.raises(ValueError, match="input_size=2"):
+        dg.jacobian_norms(cell, p, _xs(1, (2, 4, 5)))
+    with pytest.raises(ValueError, match=r"leaf='x'.*\['h', 'c'\]"):
+        dg.jacobians(cell, p, xs, leaf="x")
+    with pytest.raises(ValueError, match="single part"):
+        g = gr.gru(3)
+        dg.jacobians(g, g.init(jax.random.PRNGKey(0), 2, dtype=F64), xs, leaf="h")
+    with pytest.raises(ValueError, match="method"):
+        dg.jacobian_norms(cell, p, xs, method="svd")
+    with pytest.raises(ValueError, match="num_iters"):
+        dg.jacobian_norms(cell, p, xs, num_iters=0)
+    with pytest.raises(ValueError, match="chunk"):
+        dg.jacobian_norms(cell, p, xs, chunk=0)
+    with pytest.raises(ValueError, match="saturation"):
+        dg.gate_statistics(cell, p, xs, saturation=0.7)
+    with pytest.raises(ValueError, match="initial_state"):
+        dg.state_gradients(cell, p, xs, _sum_last, initial_state=jnp.zeros(3, F64))
+    with pytest.raises(ValueError, match="ratio"):
+        dg.vanishing_distance(np.ones(4), ratio=2.0)
+    with pytest.raises(ValueError, match="1-D curve"):
+        dg.decay_factor(np.ones((3, 3)))
+    with pytest.raises(TypeError, match="Cell"):
+        dg.state_gradients("lstm", p, xs, _sum_last)
+
+
+def test_readme_diagnostics_example_runs():
+    from _readme import readme_block
+
+    with jax.enable_x64(False):
+        scope: dict = {}
+        exec(readme_block("diagnostics"), scope)
+    assert scope["norms"].h.shape == scope["norms"].c.shape == (101,)
+    assert scope["jac"].shape == (21, 4)
+    assert 0 < scope["gamma"] < 1.5
+    assert scope["gates"]["forget"].shape == (100,)

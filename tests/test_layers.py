@@ -1,0 +1,127 @@
+"""Stacked and bidirectional layers equal their hand-written compositions of gr.scan."""
+
+from __future__ import annotations
+
+import chex
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import gatedrnn as gr
+
+
+def close(a, b):
+    chex.assert_trees_all_close(a, b, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("factory", [gr.vanilla, gr.lstm, gr.gru])
+def test_bidirectional_equals_forward_plus_flipped_backward(factory):
+    cell = factory(4)
+    kf, kb, kx = jax.random.split(jax.random.PRNGKey(0), 3)
+    params = gr.Bidir(cell.init(kf, 3), cell.init(kb, 3))
+    xs = jax.random.normal(kx, (3, 7, 3))
+    lengths = jnp.array([7, 5, 2])
+    states, ys = gr.bidirectional_scan(cell, params, xs, seq_lengths=lengths)
+    assert ys.shape == (3, 7, 8)
+    for b, n in enumerate(lengths.tolist()):
+        s_f, y_f = gr.scan(cell, params.fw, xs[b, :n])
+        s_b, y_b = gr.scan(cell, params.bw, jnp.flip(xs[b, :n], 0))
+        close(ys[b, :n], jnp.concatenate([y_f, jnp.flip(y_b, 0)], -1))
+        assert not np.any(ys[b, n:])
+        close(jax.tree_util.tree_map(lambda a, b=b: a[b], states.fw), s_f)
+        close(jax.tree_util.tree_map(lambda a, b=b: a[b], states.bw), s_b)
+
+
+def test_bidirectional_with_different_backward_cell():
+    fw, bw = gr.lstm(4), gr.gru(2)
+    params = gr.Bidir(fw.init(jax.random.PRNGKey(0), 3), bw.init(jax.random.PRNGKey(1), 3))
+    xs = jax.random.normal(jax.random.PRNGKey(2), (5, 3))
+    _, ys = gr.bidirectional_scan(fw, params, xs, cell_bw=bw)
+    assert ys.shape == (5, 6)
+    close(ys[:, 4:], jnp.flip(gr.scan(bw, params.bw, jnp.flip(xs, 0))[1], 0))
+
+
+@pytest.mark.parametrize("bidirectional", [False, True])
+@pytest.mark.parametrize("factory", [gr.vanilla, gr.lstm, gr.gru])
+def test_stack_equals_layer_by_layer(factory, bidirectional):
+    cell = factory(4)
+    st = gr.stack(cell, 3, bidirectional=bidirectional)
+    params = st.init(jax.random.PRNGKey(0), 3)
+    assert len(params) == 3
+    xs = jax.random.normal(jax.random.PRNGKey(1), (2, 6, 3))
+    lengths = jnp.array([6, 3])
+    states, ys = st.apply(params, xs, seq_lengths=lengths)
+    h = xs
+    for layer in range(3):
+        if bidirectional:
+            s, h = gr.bidirectional_scan(cell, params[layer], h, seq_lengths=lengths)
+        else:
+            s, h = gr.scan(cell, params[layer], h, seq_lengths=lengths)
+        close(states[layer], s)
+    close(ys, h)
+    assert ys.shape == (2, 6, 8 if bidirectional else 4)
+    # Later layers take D*H features.
+    w = params[1].fw.w_x if bidirectional else params[1].w_x
+    assert w.shape[0] == (8 if bidirectional else 4)
+
+
+def test_stack_initial_state_is_used_and_time_major():
+    cell = gr.gru(3)
+    st = gr.stack(cell, 2)
+    params = st.init(jax.random.PRNGKey(0), 2)
+    xs = jax.random.normal(jax.random.PRNGKey(1), (5, 4, 2))  # (T, B, I)
+    s0 = tuple(jnp.full((4, 3), 0.5) for _ in range(2))
+    states, ys = st.apply(params, xs, s0, time_major=True)
+    s_a, h = gr.scan(cell, params[0], xs, s0[0], time_major=True)
+    s_b, h = gr.scan(cell, params[1], h, s0[1], time_major=True)
+    close(states, (s_a, s_b))
+    close(ys, h)
+    zero = st.initial_state(params, (4,))
+    assert len(zero) == 2 and zero[0].shape == (4, 3)
+
+
+def test_stack_dropout_only_with_key_and_only_between_layers():
+    cell = gr.lstm(8)
+    st = gr.stack(cell, 2, dropout=0.5)
+    params = st.init(jax.random.PRNGKey(0), 3)
+    xs = jax.random.normal(jax.random.PRNGKey(1), (2, 5, 3))
+    _, plain = st.apply(params, xs)
+    _, again = st.apply(params, xs)
+    close(plain, again)
+    _, dropped = st.apply(params, xs, dropout_key=jax.random.PRNGKey(3))
+    assert float(jnp.max(jnp.abs(dropped - plain))) > 1e-3
+    # One layer: nothing to drop between.
+    one = gr.stack(cell, 1, dropout=0.5)
+    p1 = one.init(jax.random.PRNGKey(0), 3)
+    close(one.apply(p1, xs, dropout_key=jax.random.PRNGKey(3)), one.apply(p1, xs))
+
+
+def test_stack_gradients_flow_to_every_layer():
+    st = gr.stack(gr.lstm(4), 2, bidirectional=True)
+    params = st.init(jax.random.PRNGKey(0), 3)
+    xs = jax.random.normal(jax.random.PRNGKey(1), (2, 5, 3))
+    g = jax.grad(lambda p: jnp.sum(st.apply(p, xs)[1] ** 2))(params)
+    for leaf in jax.tree_util.tree_leaves(g):
+        assert float(jnp.sum(jnp.abs(leaf))) > 0
+
+
+@pytest.mark.parametrize(
+    "kwargs, msg",
+    [
+        (dict(num_layers=0), "num_layers must be an int >= 1"),
+        (dict(num_layers=2, dropout=1.0), r"dropout must be a number in \[0, 1\)"),
+    ],
+)
+def test_stack_bad_options(kwargs, msg):
+    with pytest.raises(ValueError, match=msg):
+        gr.stack(gr.gru(3), **kwargs)
+
+
+def test_stack_wrong_params_raise():
+    st = gr.stack(gr.gru(3), 2)
+    params = st.init(jax.random.PRNGKey(0), 2)
+    with pytest.raises(ValueError, match="tuple of 2 layer params"):
+        st.apply(params[:1], jnp.ones((4, 2)))
+    with pytest.raises(ValueError, match="Bidir"):
+        gr.bidirectional_scan(gr.gru(3), params[0], jnp.ones((4, 2)))

@@ -1,0 +1,115 @@
+"""Properties of gr.scan over random shapes, lengths and cells (hypothesis): it equals a
+Python loop of cell.step, seq_lengths masking holds (forwards and in reverse), and
+gradients through it are finite."""
+
+from __future__ import annotations
+
+import functools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+import gatedrnn as gr
+
+# Few examples (each new shape compiles a scan), reproducible in CI.
+FAST = settings(max_examples=8, deadline=None, derandomize=True, print_blob=True)
+
+CELLS = {
+    "vanilla-tanh": lambda h: gr.vanilla(h),
+    "vanilla-relu": lambda h: gr.vanilla(h, activation="relu"),
+    "lstm": lambda h: gr.lstm(h),
+    "gru": lambda h: gr.gru(h),
+    "gru-reset-before": lambda h: gr.gru(h, reset_after=False),
+}
+TOL = {"rtol": 2e-5, "atol": 2e-5}
+
+
+@functools.cache
+def cell_and_params(name: str, hidden: int, inputs: int):
+    cell = CELLS[name](hidden)
+    return cell, cell.init(jax.random.PRNGKey(hidden * 10 + inputs), inputs)
+
+
+@st.composite
+def problems(draw, max_batch_dims: int = 2):
+    """A cell, its params, inputs ``(*batch, T, I)`` and lengths ``(*batch,)``.
+
+    Sizes come from small sets so that compiled scans are reused across examples.
+    """
+    name = draw(st.sampled_from(sorted(CELLS)))
+    hidden = draw(st.sampled_from([1, 3]))
+    inputs = draw(st.sampled_from([1, 2]))
+    batch = tuple(draw(st.lists(st.sampled_from([0, 1, 3]), max_size=max_batch_dims)))
+    steps = draw(st.sampled_from([0, 1, 5]))
+    rng = np.random.default_rng(draw(st.integers(0, 2**16)))
+    cell, params = cell_and_params(name, hidden, inputs)
+    xs = jnp.asarray(rng.normal(size=(*batch, steps, inputs)), jnp.float32)
+    lengths = jnp.asarray(rng.integers(0, steps + 1, size=batch), jnp.int32)
+    return cell, params, xs, lengths
+
+
+def close(a, b) -> None:
+    jax.tree_util.tree_map(functools.partial(np.testing.assert_allclose, **TOL), a, b)
+
+
+@FAST
+@given(problems(), st.booleans())
+def test_scan_equals_a_loop_of_steps(problem, time_major):
+    cell, params, xs, _ = problem
+    batch, steps = xs.shape[:-2], xs.shape[-2]
+    state = jax.tree_util.tree_map(
+        lambda a: a + 0.1, cell.initial_state(params, batch)
+    )  # a non-zero start state
+    final, ys = gr.scan(
+        cell, params, jnp.moveaxis(xs, -2, 0) if time_major else xs, state, time_major=time_major
+    )
+    want = []
+    for t in range(steps):
+        state, y = cell.step(params, state, xs[..., t, :])
+        want.append(y)
+    want = jnp.stack(want, axis=-2) if want else jnp.zeros((*batch, 0, cell.hidden_size))
+    close(final, state)
+    close(jnp.moveaxis(ys, 0, -2) if time_major else ys, want)
+
+
+@FAST
+@given(problems(max_batch_dims=1), st.booleans())
+def test_lengths_mask_equals_scanning_each_valid_prefix(problem, reverse):
+    cell, params, xs, lengths = problem
+    final, ys = gr.scan(cell, params, xs, seq_lengths=lengths, reverse=reverse)
+    # outputs at or past each length are exactly zero
+    t = jnp.arange(xs.shape[-2])
+    pad = t >= lengths[..., None]
+    assert not bool(jnp.any(jnp.where(pad[..., None], ys != 0, False)))
+    # the valid part and the final state are those of a scan over the prefix alone
+    n_seq = int(np.prod(lengths.shape))
+    flat_x = xs.reshape(n_seq, *xs.shape[-2:])
+    flat_len = lengths.reshape(n_seq)
+    flat_y = ys.reshape(n_seq, *ys.shape[-2:])
+    flat_final = jax.tree_util.tree_map(lambda a: a.reshape(n_seq, a.shape[-1]), final)
+    for b in range(flat_x.shape[0]):
+        n = int(flat_len[b])
+        f_b, y_b = gr.scan(cell, params, flat_x[b, :n], reverse=reverse)
+        close(jax.tree_util.tree_map(lambda a, b=b: a[b], flat_final), f_b)
+        close(flat_y[b, :n], y_b)
+
+
+@settings(FAST, max_examples=5)
+@given(problems(max_batch_dims=1), st.booleans(), st.sampled_from([None, 1, 3]))
+def test_gradients_are_finite(problem, reverse, truncate):
+    cell, params, xs, lengths = problem
+
+    def loss(p, x):
+        final, ys = gr.scan(cell, p, x, seq_lengths=lengths, reverse=reverse, truncate=truncate)
+        return jnp.sum(ys**2) + sum(jnp.sum(s) for s in jax.tree_util.tree_leaves(final))
+
+    gp, gx = jax.grad(loss, argnums=(0, 1))(params, xs)
+    assert gx.shape == xs.shape
+    for g in jax.tree_util.tree_leaves((gp, gx)):
+        assert bool(jnp.all(jnp.isfinite(g)))
+    # padding steps get no gradient
+    pad = jnp.arange(xs.shape[-2]) >= lengths[..., None]
+    assert not bool(jnp.any(jnp.where(pad[..., None], gx != 0, False)))

@@ -1,0 +1,289 @@
+"""gr.scan is the Python loop of cell.step, and its options do what DESIGN.md says."""
+
+from __future__ import annotations
+
+import chex
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from conftest import CELL_FACTORIES, loop_scan, make
+
+import gatedrnn as gr
+
+T = 6
+
+
+def assert_trees_close(a, b, **kw):
+    kw.setdefault("rtol", 1e-5)
+    kw.setdefault("atol", 1e-6)
+    chex.assert_trees_all_close(a, b, **kw)
+
+
+class ScanEqualsLoop(chex.TestCase):
+    @chex.variants(with_jit=True, without_jit=True)
+    def test_all_cells_layouts_and_batch_shapes(self):
+        for name in sorted(CELL_FACTORIES):
+            for batch, time_major in [((), False), ((3,), False), ((2, 3), False), ((3,), True)]:
+                if True:
+                    cell, p, k = make(name)
+                    xs_tm = jax.random.normal(k, (T, *batch, 3))
+                    s0 = jax.tree_util.tree_map(lambda z: z + 0.3, cell.initial_state(p, batch))
+                    want_s, want_ys = loop_scan(cell, p, xs_tm, s0)
+                    xs = xs_tm if time_major else jnp.moveaxis(xs_tm, 0, -2)
+
+                    @self.variant
+                    def run(p, xs, s0, cell=cell, time_major=time_major):
+                        return gr.scan(cell, p, xs, s0, time_major=time_major)
+
+                    s, ys = run(p, xs, s0)
+                    if not time_major:
+                        ys = jnp.moveaxis(ys, -2, 0)
+                    assert_trees_close(s, want_s)
+                    assert_trees_close(ys, want_ys)
+
+
+@pytest.mark.parametrize("unroll", [2, 4, True])
+def test_unroll_does_not_change_results(unroll):
+    cell, p, k = make("lstm")
+    xs = jax.random.normal(k, (2, 7, 3))
+    a = gr.scan(cell, p, xs)
+    b = gr.scan(cell, p, xs, unroll=unroll)
+    assert_trees_close(a, b)
+
+
+def test_jitted_scan_traces_once_per_shape():
+    cell, p, k = make("gru")
+
+    @jax.jit
+    @chex.assert_max_traces(n=1)
+    def run(p, xs):
+        return gr.scan(cell, p, xs)[1]
+
+    for i in range(3):
+        run(p, jax.random.normal(jax.random.PRNGKey(i), (2, T, 3)))
+    # Same shape, new param values: still one trace.
+    run(jax.tree_util.tree_map(lambda a: a * 2, p), jnp.ones((2, T, 3)))
+
+
+def test_vmap_over_scan_equals_batched_scan():
+    cell, p, k = make("lstm")
+    xs = jax.random.normal(k, (4, T, 3))
+    vm = jax.vmap(lambda x: gr.scan(cell, p, x))(xs)
+    assert_trees_close(vm, gr.scan(cell, p, xs))
+
+
+def test_gradients_match_finite_differences_float64(cell_name):
+    with jax.enable_x64(True):
+        cell, p, k = make(cell_name, hidden=3, inp=2, dtype=jnp.float64)
+        xs = jax.random.normal(k, (2, 5, 2), jnp.float64)
+        if cell_name == "vanilla_relu":
+            xs = xs + 0.5  # keep pre-activations away from relu's kink
+
+        def loss(p, xs):
+            s, ys = gr.scan(cell, p, xs)
+            return jnp.sum(ys**2) + jnp.sum(jax.tree_util.tree_leaves(s)[0])
+
+        jax.test_util.check_grads(loss, (p, xs), order=1, modes=["rev"], eps=1e-6)
+
+
+def test_linear_rnn_bptt_gradient_is_exactly_s_to_the_k():
+    """h_T = s^T h_0 + ... for W_h = s I, so dh_T/dh_0 = s^T I, through jax.grad of scan."""
+    with jax.enable_x64(True):
+        H, s = 4, 0.9
+        cell = gr.vanilla(H, activation="linear")
+        p = cell.init(jax.random.PRNGKey(0), 2, jnp.float64)._replace(w_h=s * jnp.eye(H))
+        xs = jax.random.normal(jax.random.PRNGKey(1), (30, 2), jnp.float64)
+        for k in [1, 5, 30]:
+            jac = jax.jacrev(lambda h0, k=k: gr.scan(cell, p, xs[:k], h0)[0])(jnp.zeros(H))
+            np.testing.assert_allclose(jac, s**k * np.eye(H), rtol=1e-12, atol=1e-300)
+
+
+# ---------------------------------------------------------------------------- seq_lengths
+
+
+def test_seq_lengths_zero_outputs_and_final_state_of_valid_prefix(cell_name):
+    cell, p, k = make(cell_name)
+    xs = jax.random.normal(k, (4, T, 3))
+    lengths = jnp.array([T, 3, 0, 1])
+    s, ys = gr.scan(cell, p, xs, seq_lengths=lengths)
+    for b, n in enumerate(lengths.tolist()):
+        assert not np.any(ys[b, n:])
+        s_b, ys_b = gr.scan(cell, p, xs[b, :n])
+        assert_trees_close(jax.tree_util.tree_map(lambda a, b=b: a[b], s), s_b)
+        assert_trees_close(ys[b, :n], ys_b)
+
+
+def test_no_gradient_flows_from_padding():
+    cell, p, k = make("lstm")
+    xs = jax.random.normal(k, (3, T, 3))
+    lengths = jnp.array([2, 6, 4])
+
+    def loss(xs):
+        s, ys = gr.scan(cell, p, xs, seq_lengths=lengths)
+        return jnp.sum(jnp.sin(ys)) + jnp.sum(s.c**2)
+
+    g = jax.grad(loss)(xs)
+    for b, n in enumerate(lengths.tolist()):
+        assert not np.any(g[b, n:])
+        assert np.all(np.abs(g[b, :n]).sum(-1) > 0)
+
+
+def test_reverse_equals_scanning_flipped_valid_prefix(cell_name):
+    cell, p, k = make(cell_name)
+    xs = jax.random.normal(k, (3, T, 3))
+    lengths = jnp.array([T, 4, 1])
+    s, ys = gr.scan(cell, p, xs, seq_lengths=lengths, reverse=True)
+    for b, n in enumerate(lengths.tolist()):
+        s_b, ys_b = gr.scan(cell, p, jnp.flip(xs[b, :n], 0))
+        assert_trees_close(jax.tree_util.tree_map(lambda a, b=b: a[b], s), s_b)
+        assert_trees_close(ys[b, :n], jnp.flip(ys_b, 0))
+        assert not np.any(ys[b, n:])
+
+
+def test_reverse_without_lengths_time_major():
+    cell, p, k = make("gru")
+    xs = jax.random.normal(k, (T, 2, 3))
+    s, ys = gr.scan(cell, p, xs, reverse=True, time_major=True)
+    s2, ys2 = gr.scan(cell, p, jnp.flip(xs, 0), time_major=True)
+    assert_trees_close(s, s2)
+    assert_trees_close(ys, jnp.flip(ys2, 0))
+
+
+def test_seq_lengths_traced_under_jit():
+    cell, p, k = make("vanilla_tanh")
+    xs = jax.random.normal(k, (2, T, 3))
+    lengths = jnp.array([3, 5])
+    a = jax.jit(lambda xs, n: gr.scan(cell, p, xs, seq_lengths=n))(xs, lengths)
+    assert_trees_close(a, gr.scan(cell, p, xs, seq_lengths=lengths))
+
+
+# --------------------------------------------------------------------------------- resets
+
+
+@pytest.mark.parametrize("reverse", [False, True])
+def test_reset_equals_two_scans_over_the_pieces(cell_name, reverse):
+    cell, p, k = make(cell_name)
+    xs = jax.random.normal(k, (2, T, 3))
+    s0 = jax.tree_util.tree_map(lambda z: z + 0.2, cell.initial_state(p, (2,)))
+    cut = 2
+    resets = jnp.zeros((2, T), bool).at[0, cut].set(True)
+    s, ys = gr.scan(cell, p, xs, s0, resets=resets, reverse=reverse)
+
+    s0_0 = jax.tree_util.tree_map(lambda a: a[0], s0)
+    a_s, a_ys = gr.scan(cell, p, xs[0, :cut], s0_0, reverse=reverse)
+    b_s, b_ys = gr.scan(cell, p, xs[0, cut:], s0_0, reverse=reverse)
+    assert_trees_close(ys[0], jnp.concatenate([a_ys, b_ys], 0))
+    assert_trees_close(jax.tree_util.tree_map(lambda a: a[0], s), a_s if reverse else b_s)
+    # The row without a reset is unaffected.
+    s_1, ys_1 = gr.scan(cell, p, xs[1], jax.tree_util.tree_map(lambda a: a[1], s0), reverse=reverse)
+    assert_trees_close(ys[1], ys_1)
+
+
+def test_reset_with_seq_lengths_reverse():
+    cell, p, k = make("lstm")
+    xs = jax.random.normal(k, (1, T, 3))
+    resets = jnp.zeros((1, T), bool).at[0, 2].set(True).at[0, 5].set(True)
+    # Length 5: the reset at 5 lies in the padding and must not matter.
+    s, ys = gr.scan(cell, p, xs, resets=resets, seq_lengths=jnp.array([5]), reverse=True)
+    a_s, a_ys = gr.scan(cell, p, xs[0, :2], reverse=True)
+    _, b_ys = gr.scan(cell, p, xs[0, 2:5], reverse=True)
+    assert_trees_close(ys[0, :5], jnp.concatenate([a_ys, b_ys], 0))
+    assert not np.any(ys[0, 5:])
+    assert_trees_close(jax.tree_util.tree_map(lambda a: a[0], s), a_s)
+
+
+# ----------------------------------------------------------------------------- truncation
+
+
+@pytest.mark.parametrize("name", ["vanilla_tanh", "lstm", "gru"])
+def test_truncate_zero_gradient_beyond_window_exact_within(name):
+    cell, p, k = make(name)
+    Tn, win = 12, 4
+    xs = jax.random.normal(k, (Tn, 3))
+
+    def last_out(xs, truncate):
+        return jnp.sum(gr.scan(cell, p, xs, truncate=truncate)[1][-1])
+
+    g_full = jax.grad(last_out)(xs, None)
+    g_tr = jax.grad(last_out)(xs, win)
+    np.testing.assert_array_equal(g_tr[: Tn - win], 0.0)
+    assert np.all(np.abs(g_full[: Tn - win]).sum(-1) > 0)
+    np.testing.assert_allclose(g_tr[Tn - win :], g_full[Tn - win :], rtol=1e-5, atol=1e-7)
+    # The forward pass is unchanged.
+    assert_trees_close(gr.scan(cell, p, xs, truncate=win), gr.scan(cell, p, xs))
+
+
+def test_truncate_gradient_never_reaches_more_than_k_back():
+    """For every output t, d y_t / d x_s = 0 whenever t - s >= k."""
+    cell, p, k = make("gru", hidden=3)
+    Tn, win = 9, 3
+    xs = jax.random.normal(k, (Tn, 3))
+    jac = jax.jacrev(lambda xs: gr.scan(cell, p, xs, truncate=win)[1])(xs)  # (T,H,T,I)
+    reach = np.abs(np.asarray(jac)).sum(axis=(1, 3))  # (t, s)
+    t, s = np.meshgrid(np.arange(Tn), np.arange(Tn), indexing="ij")
+    assert np.all(reach[(t - s) >= win] == 0)
+    assert np.all(reach[(s <= t) & (t // win == s // win)] > 0)
+
+
+# --------------------------------------------------------------------- state_perturbations
+
+
+def test_state_perturbation_gradient_is_state_gradient():
+    """d loss / d delta_t at delta = 0 equals the gradient w.r.t. the state after step t."""
+    cell, p, k = make("lstm")
+    xs = jax.random.normal(k, (T, 3))
+    zeros = jax.tree_util.tree_map(
+        lambda a: jnp.zeros((T, *a.shape), a.dtype), cell.initial_state(p, ())
+    )
+
+    def loss_pert(d):
+        return jnp.sum(gr.scan(cell, p, xs, state_perturbations=d)[1][-1] ** 2)
+
+    g = jax.grad(loss_pert)(zeros)
+    # Reference at t = 2: split the scan at t and differentiate the tail w.r.t. the state.
+    s2, _ = gr.scan(cell, p, xs[:3])
+    g_ref = jax.grad(lambda s: jnp.sum(gr.scan(cell, p, xs[3:], s)[1][-1] ** 2))(s2)
+    assert_trees_close(jax.tree_util.tree_map(lambda a: a[2], g), g_ref)
+
+
+# -------------------------------------------------------------------------------- errors
+
+
+def test_zero_length_sequence_returns_initial_state():
+    cell, p, _ = make("lstm")
+    s0 = jax.tree_util.tree_map(lambda z: z + 1.0, cell.initial_state(p, (2,)))
+    s, ys = gr.scan(cell, p, jnp.zeros((2, 0, 3)), s0)
+    assert ys.shape == (2, 0, 5)
+    assert_trees_close(s, s0)
+
+
+@pytest.mark.parametrize(
+    "kwargs, exc, msg",
+    [
+        (dict(xs=jnp.ones((3,))), ValueError, r"xs must have shape \(\*batch, T, features\)"),
+        (dict(xs=jnp.ones((2, 4, 7))), ValueError, r"7 features.*input_size=3"),
+        (dict(xs=jnp.ones((2, 4, 3), jnp.int32)), TypeError, "floating point"),
+        (dict(seq_lengths=jnp.array([1, 2, 3])), ValueError, r"seq_lengths must have shape"),
+        (dict(seq_lengths=jnp.array([1, 5])), ValueError, r"seq_lengths must lie in \[0, T=4\]"),
+        (dict(seq_lengths=jnp.array([-1, 2])), ValueError, r"lie in \[0, T=4\]"),
+        (dict(seq_lengths=jnp.array([1.0, 2.0])), TypeError, "seq_lengths must be integers"),
+        (dict(resets=jnp.zeros((2, 5), bool)), ValueError, r"resets must have shape"),
+        (dict(resets=jnp.zeros((2, 4))), TypeError, "resets must be booleans"),
+        (dict(truncate=0), ValueError, "truncate must be None or an int >= 1"),
+        (dict(unroll=0), ValueError, "unroll must be an int >= 1"),
+        (dict(initial_state=jnp.zeros((3, 5))), ValueError, r"initial_state.*\(2, 5\)"),
+    ],
+)
+def test_bad_scan_inputs_raise_helpful_errors(kwargs, exc, msg):
+    cell, p, _ = make("gru")
+    args = dict(xs=jnp.ones((2, 4, 3)))
+    args.update(kwargs)
+    xs = args.pop("xs")
+    with pytest.raises(exc, match=msg):
+        gr.scan(cell, p, xs, **args)
+
+
+def test_not_a_cell_raises():
+    with pytest.raises(TypeError, match="cell must be a gatedrnn Cell"):
+        gr.scan("lstm", None, jnp.ones((2, 3)))

@@ -1,0 +1,161 @@
+"""Task generators: shapes, target correctness against numpy oracles, baselines from data."""
+
+from __future__ import annotations
+
+import math
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from gatedrnn import tasks
+
+KEY = jax.random.PRNGKey(0)
+
+
+@pytest.mark.parametrize(
+    "task, T, I, O",
+    [
+        (tasks.adding(30), 30, 2, 1),
+        (tasks.copy_memory(15), 35, 10, 10),
+        (tasks.delayed_recall(25, num_keys=5, num_distractors=3), 25, 9, 5),
+        (tasks.echo(12, 3, vocab=6), 12, 6, 6),
+    ],
+)
+def test_shapes_dtypes_and_sizes(task: tasks.Task, T: int, I: int, O: int) -> None:
+    b = task.sample(KEY, 7)
+    assert (task.seq_len, task.input_size, task.output_size) == (T, I, O)
+    assert b.inputs.shape == (7, T, I) and b.inputs.dtype == jnp.float32
+    assert b.targets.shape == (7, T) and b.mask.shape == (7, T)
+    assert b.mask.dtype == jnp.float32
+
+
+@pytest.mark.parametrize("make", [lambda: tasks.adding(20), lambda: tasks.copy_memory(5)])
+def test_same_key_same_batch_and_jit_matches_eager(make) -> None:
+    task = make()
+    a = task.sample(KEY, 4)
+    b = jax.jit(task.sample, static_argnums=1)(KEY, 4)
+    c = task.sample(jax.random.PRNGKey(1), 4)
+    for x, y in zip(a, b):
+        np.testing.assert_array_equal(x, y)
+    assert not np.array_equal(a.inputs, c.inputs)
+
+
+def test_adding_marks_one_per_half_and_target_is_marked_sum() -> None:
+    T = 31
+    b = tasks.adding(T).sample(KEY, 200)
+    x, y, m = map(np.asarray, b)
+    half = T // 2
+    assert np.all(x[..., 1].sum(1) == 2)
+    assert np.all(x[:, :half, 1].sum(1) == 1) and np.all(x[:, half:, 1].sum(1) == 1)
+    assert np.all((x[..., 0] >= 0) & (x[..., 0] < 1))
+    for i in range(200):  # python-loop oracle
+        marked = [x[i, t, 0] for t in range(T) if x[i, t, 1] == 1.0]
+        assert y[i, -1] == pytest.approx(sum(marked), abs=1e-6)
+    np.testing.assert_array_equal(m[:, :-1], 0)
+    np.testing.assert_array_equal(m[:, -1], 1)
+
+
+def test_adding_baseline_predicting_the_mean_is_one_sixth_from_data() -> None:
+    task = tasks.adding(40)
+    b = task.sample(KEY, 20000)
+    mean = float(jnp.mean(b.targets[:, -1]))
+    assert mean == pytest.approx(1.0, abs=0.01)
+    outputs = jnp.ones((20000, 40, 1))
+    loss, _ = task.loss_fn(outputs, b)
+    assert float(loss) == pytest.approx(task.baseline, rel=0.03)
+    assert task.baseline == pytest.approx(1 / 6)
+
+
+def test_copy_layout_and_targets() -> None:
+    gap = 7
+    task = tasks.copy_memory(gap)
+    b = task.sample(KEY, 50)
+    tok = np.asarray(jnp.argmax(b.inputs, -1))
+    y = np.asarray(b.targets)
+    T = gap + 20
+    assert np.all((tok[:, :10] >= 1) & (tok[:, :10] <= 8))
+    assert np.all(tok[:, 10 : 10 + gap - 1] == 0)
+    assert np.all(tok[:, 10 + gap - 1] == 9)
+    assert np.all(tok[:, 10 + gap :] == 0)
+    np.testing.assert_array_equal(y[:, : T - 10], 0)
+    np.testing.assert_array_equal(y[:, T - 10 :], tok[:, :10])
+
+
+def test_copy_memoryless_baseline_from_data() -> None:
+    """The best input-independent predictor (per-position marginals) scores 10 ln 8 / (T+20)."""
+    gap = 30
+    task = tasks.copy_memory(gap)
+    b = task.sample(KEY, 4000)
+    y = np.asarray(b.targets)
+    counts = np.stack([(y == c).mean(0) for c in range(10)], -1)  # (T, 10) marginals
+    logits = jnp.log(jnp.asarray(counts) + 1e-12)[None].repeat(4000, 0)
+    loss, metrics = task.loss_fn(logits, b)
+    assert float(loss) == pytest.approx(10 * math.log(8) / (gap + 20), rel=0.02)
+    assert task.baseline == pytest.approx(10 * math.log(8) / (gap + 20))
+    assert float(metrics["recall_accuracy"]) < 0.25
+
+
+def test_recall_key_early_query_last_target_is_key() -> None:
+    nk, nd, T = 4, 5, 40
+    task = tasks.delayed_recall(T, num_keys=nk, num_distractors=nd, key_window=6)
+    b = task.sample(KEY, 300)
+    tok = np.asarray(jnp.argmax(b.inputs, -1))
+    is_key = tok < nk
+    assert np.all(is_key.sum(1) == 1)
+    pos = is_key.argmax(1)
+    assert pos.max() < 6 and len(set(pos.tolist())) > 1
+    assert np.all(tok[:, -1] == nk + nd)
+    assert np.all(tok[:, :-1] < nk + nd)
+    np.testing.assert_array_equal(np.asarray(b.targets)[:, -1], tok[np.arange(300), pos])
+    assert task.baseline == pytest.approx(math.log(nk))
+
+
+def test_recall_key_window_one_puts_key_at_step_zero() -> None:
+    b = tasks.delayed_recall(10, key_window=1).sample(KEY, 20)
+    tok = np.asarray(jnp.argmax(b.inputs, -1))
+    assert np.all(tok[:, 0] < 8) and np.all(tok[:, 1:] >= 8)
+
+
+def test_echo_targets_are_inputs_delay_steps_back() -> None:
+    d, T = 4, 15
+    b = tasks.echo(T, d, vocab=3).sample(KEY, 10)
+    tok = np.asarray(jnp.argmax(b.inputs, -1))
+    y, m = np.asarray(b.targets), np.asarray(b.mask)
+    np.testing.assert_array_equal(y[:, d:], tok[:, : T - d])
+    np.testing.assert_array_equal(m[:, :d], 0)
+    np.testing.assert_array_equal(m[:, d:], 1)
+
+
+def test_perfect_predictions_score_zero_and_count_as_solved() -> None:
+    for task in (tasks.copy_memory(5), tasks.delayed_recall(12), tasks.echo(9, 2)):
+        b = task.sample(KEY, 16)
+        logits = 50.0 * jax.nn.one_hot(b.targets, task.output_size)
+        loss, metrics = task.loss_fn(logits, b)
+        assert float(loss) < 1e-6
+        assert task.solved({k: float(v) for k, v in metrics.items()})
+    task = tasks.adding(10)
+    b = task.sample(KEY, 16)
+    loss, metrics = task.loss_fn(b.targets[..., None], b)
+    assert float(loss) == 0.0 and task.solved({"loss": 0.0})
+    assert not task.solved({"loss": task.baseline})
+
+
+def test_bad_arguments_raise_clear_errors() -> None:
+    with pytest.raises(ValueError, match="seq_len"):
+        tasks.adding(1)
+    with pytest.raises(ValueError, match="seq_len"):
+        tasks.echo(3, 3)
+    with pytest.raises(ValueError, match="key_window"):
+        tasks.delayed_recall(5, key_window=5)
+    with pytest.raises(ValueError, match="batch_size"):
+        tasks.adding(10).sample(KEY, 0)
+    task = tasks.copy_memory(5)
+    b = task.sample(KEY, 2)
+    with pytest.raises(ValueError, match="outputs must have shape"):
+        task.loss_fn(jnp.zeros((2, 25, 9)), b)
+
+
+def test_masked_mean_of_empty_mask_is_zero() -> None:
+    assert float(tasks.masked_mean(jnp.ones((2, 3)), jnp.zeros((2, 3)))) == 0.0
