@@ -1,0 +1,231 @@
+"""Which cell learns which distance: adding, copy and delayed recall over T, per cell.
+
+For each task, each length T and each cell (tanh RNN, LSTM, GRU) train a cell plus a linear
+readout with clipped Adam for a fixed update budget, several seeds at once (``jax.vmap``),
+stopping early once every seed passes the task's success test on a held-out set. Reports,
+per configuration and seed, the final held-out loss as a fraction of the task's trivial
+baseline, whether it was solved and after how many updates.
+
+Outputs (in ``--out``), per task, rewritten after every configuration:
+``long_range_<task>.json`` (config, per-run results and learning curves),
+``long_range_<task>.md`` (the table), ``long_range_<task>.png`` (learning curves) and
+``long_range_<task>_log.jsonl`` (one line per evaluation of every run). Tasks are
+independent, so ``--tasks`` can split the default run over processes.
+
+    python experiments/long_range.py            # the default grid (< 30 min on 2 cores)
+    python experiments/long_range.py --quick    # a smoke run (< 1 min)
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+import numpy as np  # noqa: E402
+
+import gatedrnn as gr  # noqa: E402
+from experiments._common import parser, pyplot  # noqa: E402
+from gatedrnn import tasks, train  # noqa: E402
+from gatedrnn.cli import run  # noqa: E402
+
+CELLS = {
+    "vanilla": lambda h: gr.vanilla(h, "tanh"),
+    "lstm": gr.lstm,
+    "gru": gr.gru,
+}
+SUCCESS = {
+    "adding": "held-out MSE < 0.01 (baseline 1/6)",
+    "copy": "accuracy on the 10 recalled symbols >= 0.95 (baseline CE 10 ln 8/(T+20))",
+    "recall": "query accuracy >= 0.95 (baseline CE ln 8)",
+}
+TASK_FACTORIES = {
+    "adding": tasks.adding,
+    "copy": tasks.copy_memory,
+    "recall": tasks.delayed_recall,
+}
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = parser(__doc__.split("\n\n")[0])
+    p.add_argument("--tasks", nargs="+", default=None, choices=sorted(TASK_FACTORIES))
+    p.add_argument("--lengths", nargs="+", type=int, default=None, help="values of T")
+    p.add_argument("--cells", nargs="+", default=None, choices=sorted(CELLS))
+    p.add_argument("--seeds", type=int, default=None, help="seeds per configuration")
+    p.add_argument("--steps", type=int, default=None, help="update budget per run")
+    p.add_argument("--hidden", type=int, default=None, help="hidden units")
+    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--lr", type=float, default=2e-3, help="Adam learning rate")
+    p.add_argument("--clip", type=float, default=1.0, help="global-norm gradient clip")
+    p.add_argument("--eval-every", type=int, default=None)
+    p.add_argument("--eval-batch-size", type=int, default=512)
+    p.add_argument("--no-progress", action="store_true", help="no tqdm bars")
+    a = p.parse_args(argv)
+    quick = a.quick
+    a.tasks = a.tasks or list(TASK_FACTORIES)
+    a.lengths = a.lengths or ([10] if quick else [50, 100, 200])
+    a.cells = a.cells or list(CELLS)
+    a.seeds = a.seeds or (1 if quick else 2)
+    a.steps = a.steps or (20 if quick else 2000)
+    a.hidden = a.hidden or (8 if quick else 32)
+    a.eval_every = a.eval_every or (20 if quick else 100)
+    if quick:
+        a.eval_batch_size = min(a.eval_batch_size, 32)
+    return a
+
+
+def run_config(args: argparse.Namespace, task_name: str, T: int, cell_name: str, log: Path) -> dict:
+    """Train all seeds of one (task, T, cell) and summarise them."""
+    task = TASK_FACTORIES[task_name](T)
+    seeds = list(range(args.seed, args.seed + args.seeds))
+    t0 = time.perf_counter()
+    _, res = train.fit(
+        task,
+        CELLS[cell_name](args.hidden),
+        num_steps=args.steps,
+        batch_size=args.batch_size,
+        learning_rate=args.lr,
+        clip_norm=args.clip,
+        seed=seeds,
+        eval_every=args.eval_every,
+        eval_batch_size=args.eval_batch_size,
+        log_path=log,
+        progress=not args.no_progress,
+        desc=f"{task_name} T={T} {cell_name}",
+        log_extra={"task": task_name, "T": T, "cell": cell_name},
+    )
+    seconds = time.perf_counter() - t0
+    steps = [h["step"] for h in res.history]
+    curves = np.asarray([h["eval_loss"] for h in res.history])  # (evals, seeds)
+    runs = []
+    for i, s in enumerate(seeds):
+        final = float(curves[-1, i])
+        solved_at = res.solved_step[i]
+        runs.append(
+            {
+                "seed": s,
+                "final_loss": final,
+                "fraction_of_baseline": train.fraction_of_baseline(final, task),
+                "best_fraction_of_baseline": float(curves[:, i].min()) / task.baseline,
+                "solved": solved_at is not None,
+                "updates_to_solve": solved_at,
+                "curve": curves[:, i].tolist(),
+            }
+        )
+    return {
+        "task": task_name,
+        "T": T,
+        "cell": cell_name,
+        "baseline": task.baseline,
+        "steps": steps,
+        "updates_run": int(steps[-1]) if steps else 0,
+        "seconds": seconds,
+        "runs": runs,
+    }
+
+
+def table(results: list[dict], budget: int) -> str:
+    """Markdown table: one row per (task, T, cell)."""
+    lines = [
+        "| task | T | cell | final loss / baseline (per seed) | solved | updates to solve |",
+        "|---|---:|---|---|---|---|",
+    ]
+    for r in results:
+        fr = ", ".join(f"{x['fraction_of_baseline']:.3f}" for x in r["runs"])
+        n_solved = sum(x["solved"] for x in r["runs"])
+        ups = ", ".join(
+            str(x["updates_to_solve"]) if x["solved"] else f">{budget}" for x in r["runs"]
+        )
+        lines.append(
+            f"| {r['task']} | {r['T']} | {r['cell']} | {fr} | {n_solved}/{len(r['runs'])} | {ups} |"
+        )
+    return "\n".join(lines)
+
+
+def plot(results: list[dict], out: Path, budget: int) -> list[Path]:
+    """One PNG per task: a panel per T, eval loss / baseline against updates, per cell."""
+    plt = pyplot()
+    colors = {"vanilla": "tab:red", "lstm": "tab:blue", "gru": "tab:green"}
+    paths = []
+    for task_name in dict.fromkeys(r["task"] for r in results):
+        rows = [r for r in results if r["task"] == task_name]
+        Ts = sorted({r["T"] for r in rows})
+        fig, axes = plt.subplots(1, len(Ts), figsize=(3.6 * len(Ts), 3.2), squeeze=False)
+        for ax, T in zip(axes[0], Ts):
+            for r in (r for r in rows if r["T"] == T):
+                for j, seed_run in enumerate(r["runs"]):
+                    ax.plot(
+                        r["steps"],
+                        np.asarray(seed_run["curve"]) / r["baseline"],
+                        color=colors.get(r["cell"], "k"),
+                        alpha=0.85,
+                        lw=1.2,
+                        label=r["cell"] if j == 0 else None,
+                    )
+            ax.axhline(1.0, color="gray", ls="--", lw=0.8)
+            ax.set_yscale("log")
+            ax.set_xlim(0, budget)
+            ax.set_title(f"{task_name}, T={T}")
+            ax.set_xlabel("updates")
+        axes[0][0].set_ylabel("held-out loss / baseline")
+        axes[0][0].legend(fontsize=8)
+        fig.tight_layout()
+        path = out / f"long_range_{task_name}.png"
+        fig.savefig(path, dpi=110)
+        plt.close(fig)
+        paths.append(path)
+    return paths
+
+
+def write_task(args: argparse.Namespace, task_name: str, results: list[dict], t0: float) -> None:
+    """Write one task's ``long_range_<task>.json``, ``.md`` and ``.png`` (after every run)."""
+    config = {
+        k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items() if k != "out"
+    }
+    summary = {
+        "config": config,
+        "task": task_name,
+        "success_test": SUCCESS[task_name],
+        "seconds": time.perf_counter() - t0,
+        "results": results,
+    }
+    (args.out / f"long_range_{task_name}.json").write_text(json.dumps(summary, indent=1))
+    (args.out / f"long_range_{task_name}.md").write_text(table(results, args.steps) + "\n")
+    plot(results, args.out, args.steps)
+
+
+def main(argv: list[str] | None = None) -> dict[str, list[dict]]:
+    args = parse_args(argv)
+    args.out.mkdir(parents=True, exist_ok=True)
+    everything: dict[str, list[dict]] = {}
+    for task_name in args.tasks:
+        log = args.out / f"long_range_{task_name}_log.jsonl"
+        if log.exists():
+            log.unlink()
+        t0 = time.perf_counter()
+        results = everything.setdefault(task_name, [])
+        for T in args.lengths:
+            for cell_name in args.cells:
+                r = run_config(args, task_name, T, cell_name, log)
+                results.append(r)
+                write_task(args, task_name, results, t0)
+                fr = " ".join(f"{x['fraction_of_baseline']:.3f}" for x in r["runs"])
+                print(
+                    f"{task_name:7s} T={T:<4d} {cell_name:8s} loss/baseline {fr}  solved "
+                    f"{sum(x['solved'] for x in r['runs'])}/{len(r['runs'])}  "
+                    f"after {[x['updates_to_solve'] for x in r['runs']]}  ({r['seconds']:.0f}s)",
+                    flush=True,
+                )
+        print(table(results, args.steps))
+        print(f"{task_name}: {time.perf_counter() - t0:.0f}s")
+    return everything
+
+
+if __name__ == "__main__":
+    run(main)

@@ -1,0 +1,188 @@
+"""Truncated BPTT in practice: a window k learns a dependency at distance d only if d < k.
+
+Task: echo (``gatedrnn.tasks.echo``): at every step output the symbol seen exactly ``d``
+steps earlier, so every scored output depends on one input at distance ``d`` and nothing
+else. A GRU plus a linear readout is trained with clipped Adam under a fixed update budget,
+several seeds at once, in three ways:
+
+* ``full``: full BPTT over the whole sequence (the reference: is the distance learnable?);
+* ``scan``: ``gr.scan(..., truncate=k)`` over the whole sequence: the gradient through the
+  state is stopped before every step index that is a positive multiple of ``k``, so the
+  output at step t reaches back only to the start of its k-chunk;
+* ``stateful``: the sequence is a stream cut into consecutive chunks of k steps, one update
+  per chunk; the state is carried from one chunk to the next (forward pass unchanged) and
+  the gradient stops at the chunk boundary (``gatedrnn.train.stream_batches``).
+
+With a window k, the output at step t gets gradient from inputs at steps
+``k * floor(t / k) .. t``, so the input ``d`` steps back is reachable from some output iff
+``d <= k - 1``. Prediction: accuracy ~1 when ``d < k`` (and full BPTT learns it), chance
+(loss = baseline ln V) when ``d >= k``. Evaluation is always on whole held-out sequences.
+
+Outputs (in ``--out``): ``truncation.json``, ``truncation.md`` (table), ``truncation.png``.
+
+    python experiments/truncation.py            # default grid
+    python experiments/truncation.py --quick    # smoke run (< 1 min)
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+import numpy as np  # noqa: E402
+
+import gatedrnn as gr  # noqa: E402
+from experiments._common import parser, pyplot  # noqa: E402
+from gatedrnn import tasks, train  # noqa: E402
+from gatedrnn.cli import run  # noqa: E402
+
+CELLS = {"vanilla": gr.vanilla, "lstm": gr.lstm, "gru": gr.gru}
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = parser(__doc__.split("\n\n")[0])
+    p.add_argument("--delays", nargs="+", type=int, default=None, help="distances d")
+    p.add_argument("--windows", nargs="+", type=int, default=None, help="TBPTT windows k")
+    p.add_argument("--seq-len", type=int, default=None, help="T (a multiple of every k)")
+    p.add_argument("--cell", default="gru", choices=sorted(CELLS))
+    p.add_argument("--vocab", type=int, default=2, help="echo alphabet size")
+    p.add_argument("--seeds", type=int, default=None)
+    p.add_argument("--steps", type=int, default=None, help="update budget per run")
+    p.add_argument("--hidden", type=int, default=None)
+    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--lr", type=float, default=3e-3)
+    p.add_argument("--eval-every", type=int, default=None)
+    p.add_argument("--no-progress", action="store_true")
+    a = p.parse_args(argv)
+    q = a.quick
+    a.delays = a.delays or ([1, 3] if q else [2, 6, 10])
+    a.windows = a.windows or ([2] if q else [4, 8])
+    a.seq_len = a.seq_len or (8 if q else 40)
+    a.seeds = a.seeds or (1 if q else 2)
+    a.steps = a.steps or (20 if q else 1500)
+    a.hidden = a.hidden or (8 if q else 32)
+    a.eval_every = a.eval_every or (20 if q else 100)
+    for k in a.windows:
+        if a.seq_len % k:
+            p.error(f"--seq-len {a.seq_len} must be a multiple of every window, not of {k}")
+    if max(a.delays) >= a.seq_len:
+        p.error("every delay must be < --seq-len")
+    return a
+
+
+def run_config(args: argparse.Namespace, d: int, form: str, k: int | None) -> dict:
+    task = tasks.echo(args.seq_len, d, vocab=args.vocab)
+    seeds = list(range(args.seed, args.seed + args.seeds))
+    t0 = time.perf_counter()
+    _, res = train.fit(
+        task,
+        CELLS[args.cell](args.hidden),
+        num_steps=args.steps,
+        batch_size=args.batch_size,
+        learning_rate=args.lr,
+        seed=seeds,
+        eval_every=args.eval_every,
+        eval_batch_size=256,
+        truncate=k if form == "scan" else None,
+        chunk=k if form == "stateful" else None,
+        progress=not args.no_progress,
+        desc=f"d={d} {form} k={k}",
+    )
+    curves_acc = np.asarray([h["eval_accuracy"] for h in res.history])
+    curves_loss = np.asarray([h["eval_loss"] for h in res.history])
+    return {
+        "d": d,
+        "form": form,
+        "k": k,
+        "within_window": k is None or d < k,
+        "baseline": task.baseline,
+        "steps": [h["step"] for h in res.history],
+        "accuracy": curves_acc[-1].tolist(),
+        "fraction_of_baseline": (curves_loss[-1] / task.baseline).tolist(),
+        "solved": [s is not None for s in res.solved_step],
+        "updates_to_solve": res.solved_step,
+        "accuracy_curve": curves_acc.T.tolist(),
+        "seconds": time.perf_counter() - t0,
+    }
+
+
+def table(results: list[dict], args: argparse.Namespace) -> str:
+    cols = [("full", None)] + [(f, k) for k in args.windows for f in ("scan", "stateful")]
+    head = "| d | " + " | ".join(f"{f}" + ("" if k is None else f" k={k}") for f, k in cols) + " |"
+    lines = [head, "|---:|" + "---|" * len(cols)]
+    for d in args.delays:
+        cells = []
+        for f, k in cols:
+            r = next(r for r in results if r["d"] == d and r["form"] == f and r["k"] == k)
+            acc = ", ".join(f"{a:.2f}" for a in r["accuracy"])
+            mark = "yes" if all(r["solved"]) else ("partly" if any(r["solved"]) else "no")
+            cells.append(f"{acc} ({mark})")
+        lines.append(f"| {d} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def plot(results: list[dict], args: argparse.Namespace, path: Path) -> None:
+    plt = pyplot()
+    styles = {"full": ("k", "-"), "scan": (None, "-"), "stateful": (None, "--")}
+    palette = ["tab:blue", "tab:orange", "tab:green", "tab:purple"]
+    fig, axes = plt.subplots(1, len(args.delays), figsize=(3.8 * len(args.delays), 3.2))
+    axes = np.atleast_1d(axes)
+    for ax, d in zip(axes, args.delays):
+        for r in (r for r in results if r["d"] == d):
+            color, ls = styles[r["form"]]
+            if color is None:
+                color = palette[args.windows.index(r["k"]) % len(palette)]
+            label = r["form"] + ("" if r["k"] is None else f" k={r['k']}")
+            for j, curve in enumerate(r["accuracy_curve"]):
+                ax.plot(
+                    r["steps"], curve, color=color, ls=ls, lw=1.2, label=label if j == 0 else None
+                )
+        ax.axhline(1.0 / args.vocab, color="gray", lw=0.8, ls=":")
+        ax.set_title(f"echo, d={d}")
+        ax.set_xlabel("updates")
+        ax.set_ylim(0, 1.02)
+    axes[0].set_ylabel("held-out accuracy")
+    axes[0].legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def main(argv: list[str] | None = None) -> dict:
+    args = parse_args(argv)
+    args.out.mkdir(parents=True, exist_ok=True)
+    t0 = time.perf_counter()
+    results = []
+    for d in args.delays:
+        for form, k in [("full", None)] + [
+            (f, k) for k in args.windows for f in ("scan", "stateful")
+        ]:
+            r = run_config(args, d, form, k)
+            results.append(r)
+            print(
+                f"d={d:<3d} {form:8s} k={k!s:4s} accuracy {r['accuracy']} solved {r['solved']} "
+                f"after {r['updates_to_solve']} ({r['seconds']:.0f}s)",
+                flush=True,
+            )
+    config = {
+        k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items() if k != "out"
+    }
+    summary = {"config": config, "total_seconds": time.perf_counter() - t0, "results": results}
+    (args.out / "truncation.json").write_text(json.dumps(summary, indent=1))
+    md = table(results, args)
+    (args.out / "truncation.md").write_text(md + "\n")
+    plot(results, args, args.out / "truncation.png")
+    print(md)
+    print(f"total {summary['total_seconds']:.0f}s")
+    return summary
+
+
+if __name__ == "__main__":
+    run(main)
