@@ -390,7 +390,9 @@ def train(
       train_cfg: a :class:`TrainConfig`.
       ckpt_dir: where checkpoints go (None = no checkpoints).
       resume: continue from the newest checkpoint in ``ckpt_dir`` (its config, vocabulary
-        and corpus must match, else :class:`gatedrnn.checkpoint.CheckpointError`).
+        and corpus must match, else :class:`gatedrnn.checkpoint.CheckpointError`). Without
+        it, a ``ckpt_dir`` that already holds checkpoints is an error too (never a silent
+        fresh start over a run).
       stop_at: stop (and checkpoint) after this many steps, as if interrupted.
       time_limit: stop (and checkpoint) once this call has trained for this many seconds;
         a later ``resume`` continues from there (with a fresh time limit).
@@ -402,6 +404,11 @@ def train(
       ``{"params", "config", "vocab", "history": [{"step", "train_bpc", "val_bpc",
       "time"}], "val_bpc", "unigram_bpc", "train_time", "steps_done"}``.
     """
+    if ckpt_dir is not None and not resume and ckpt.latest_checkpoint(ckpt_dir) is not None:
+        raise ckpt.CheckpointError(
+            f"{Path(ckpt_dir)} already holds checkpoints: continue them with resume=True "
+            "(--resume), or train into another folder (--out)"
+        )
     data = prepare_data(text, train_cfg.val_fraction)
     if isinstance(model_cfg, dict):
         model_cfg = CharLMConfig(vocab_size=len(data.vocab), **model_cfg)

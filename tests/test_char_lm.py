@@ -55,6 +55,8 @@ def test_resume_refuses_a_different_config(tmp_path: Path):
     clm.train(TEXT, MODEL, TRAIN, ckpt_dir=tmp_path, stop_at=3)
     with pytest.raises(CheckpointError, match="model"):
         clm.train(TEXT, {**MODEL, "hidden_size": 13}, TRAIN, ckpt_dir=tmp_path, resume=True)
+    with pytest.raises(CheckpointError, match="already holds checkpoints"):
+        clm.train(TEXT, MODEL, TRAIN, ckpt_dir=tmp_path)
     with pytest.raises(CheckpointError, match="no checkpoint"):
         clm.train(TEXT, MODEL, TRAIN, ckpt_dir=tmp_path / "empty", resume=True)
 
