@@ -69,7 +69,7 @@ CHILD = textwrap.dedent(
     text = ("def f(x):\n    return x + 1\n\nclass A:\n    pass\n" * 20)[:600]
     model = {"cell": "gru", "hidden_size": 16, "num_layers": 2, "embed_size": 8}
     cfg = clm.TrainConfig(steps=6, batch_size=8, seq_len=8, lr=1e-2, warmup=2,
-                          eval_every=3, eval_chars=200, ckpt_every=6)
+                          eval_every=3, eval_chars=400, ckpt_every=6, val_fraction=0.1)
     one_lm = clm.train(text, model, cfg)
     many_lm = clm.train(text, model, cfg, mesh=mesh)
     out["char_lm"] = {
