@@ -159,7 +159,7 @@ def main(argv: list[str] | None = None) -> dict:
         "cell",
         "decay factor / step",
         f"distance to {args.ratio:g}",
-        f"||g_0|| / ||g_{args.T}||",
+        f"norm ratio g_0 / g_{args.T}",
         f"Jacobian decay (T={args.T_jac})",
         "mean forget/update gate",
         "seconds",

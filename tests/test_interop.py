@@ -355,6 +355,8 @@ def test_flax_conversions_that_cannot_be_exact_raise():
         interop.from_flax(nn.GRUCell(4), v)  # LSTM params given for a GRU
     with pytest.raises(ValueError, match="features"):
         interop.from_flax(nn.LSTMCell(5), v)
+    with pytest.raises(ValueError, match="bfloat16"):
+        interop.from_flax(nn.LSTMCell(4, dtype=jnp.bfloat16), v)
     with pytest.raises(TypeError, match="SimpleCell"):
         interop.from_flax(nn.Dense(4), v)
 
