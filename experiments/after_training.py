@@ -27,6 +27,7 @@ from experiments._common import (
     whole_state,
     write_results,
 )
+from gatedrnn import cli
 
 
 def measure(model, params, batch, loss_fn, ratio: float) -> dict:
@@ -61,14 +62,20 @@ def measure(model, params, batch, loss_fn, ratio: float) -> dict:
 
 def main(argv: list[str] | None = None) -> dict:
     p = parser(__doc__.split("\n\n")[0])
-    p.add_argument("--hidden", type=int, default=32)
-    p.add_argument("--T-train", type=int, default=30, help="sequence length for training")
-    p.add_argument("--T-measure", type=int, default=200, help="sequence length for measuring")
-    p.add_argument("--steps", type=int, default=1500, help="training updates (early stop)")
-    p.add_argument("--batch", type=int, default=32)
-    p.add_argument("--lr", type=float, default=3e-3)
-    p.add_argument("--measure-batch", type=int, default=32)
-    p.add_argument("--ratio", type=float, default=1e-6)
+    p.add_argument("--hidden", type=cli.positive_int, default=32)
+    p.add_argument(
+        "--T-train", type=cli.positive_int, default=30, help="sequence length for training"
+    )
+    p.add_argument(
+        "--T-measure", type=cli.positive_int, default=200, help="sequence length for measuring"
+    )
+    p.add_argument(
+        "--steps", type=cli.positive_int, default=1500, help="training updates (early stop)"
+    )
+    p.add_argument("--batch", type=cli.positive_int, default=32)
+    p.add_argument("--lr", type=cli.positive_float, default=3e-3)
+    p.add_argument("--measure-batch", type=cli.positive_int, default=32)
+    p.add_argument("--ratio", type=cli.positive_float, default=1e-6)
     args = p.parse_args(argv)
     if args.quick:
         args.hidden, args.T_train, args.T_measure, args.steps = 8, 10, 30, 30
@@ -220,4 +227,4 @@ def main(argv: list[str] | None = None) -> dict:
 
 
 if __name__ == "__main__":
-    main()
+    cli.run(main)

@@ -324,7 +324,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     def common(q: argparse.ArgumentParser, out: Path) -> None:
         q.add_argument("--quick", action="store_true", help="tiny model, 60k characters, seconds")
-        q.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+        q.add_argument("--seed", type=cli.nonneg_int, default=0, help="random seed (default 0)")
         q.add_argument(
             "--out", type=cli.output_dir, default=out, help=f"output directory (default {out})"
         )
@@ -384,7 +384,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--top-k", type=cli.nonneg_int, default=0, help="sample among the k likeliest (0 = all)"
     )
     s.add_argument("--num", type=cli.positive_int, default=1, help="number of samples")
-    s.add_argument("--seed", type=int, default=0, help="random seed")
+    s.add_argument("--seed", type=cli.nonneg_int, default=0, help="random seed")
     s.add_argument("--out", default=None, help="write to this file (default stdout)")
     s.add_argument("--quick", action="store_true", help="(accepted for uniformity; no effect)")
 

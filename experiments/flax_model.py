@@ -38,6 +38,7 @@ import numpy as np  # noqa: E402
 import optax  # noqa: E402
 
 import gatedrnn.linen as grl  # noqa: E402
+from gatedrnn import cli  # noqa: E402
 
 PAD = 0  # token 0 is padding; data tokens start at 1
 
@@ -163,19 +164,21 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     """Command-line options (``--quick`` shrinks everything for a smoke test)."""
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    p = cli.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("--task", choices=sorted(VOCAB), default="parity")
     p.add_argument("--quick", action="store_true", help="tiny run (seconds) for tests")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--out", type=Path, default=ROOT / "experiments/results/flax_model.json")
-    p.add_argument("--steps", type=int, default=2000)
-    p.add_argument("--batch-size", type=int, default=64)
-    p.add_argument("--hidden", type=int, default=32)
-    p.add_argument("--layers", type=int, default=1)
-    p.add_argument("--max-len", type=int, default=24)
-    p.add_argument("--lr", type=float, default=3e-3)
-    p.add_argument("--test-size", type=int, default=4000)
-    p.add_argument("--log-every", type=int, default=250)
+    p.add_argument("--seed", type=cli.nonneg_int, default=0)
+    p.add_argument(
+        "--out", type=cli.output_file, default=ROOT / "experiments/results/flax_model.json"
+    )
+    p.add_argument("--steps", type=cli.positive_int, default=2000)
+    p.add_argument("--batch-size", type=cli.positive_int, default=64)
+    p.add_argument("--hidden", type=cli.positive_int, default=32)
+    p.add_argument("--layers", type=cli.positive_int, default=1)
+    p.add_argument("--max-len", type=cli.positive_int, default=24)
+    p.add_argument("--lr", type=cli.positive_float, default=3e-3)
+    p.add_argument("--test-size", type=cli.positive_int, default=4000)
+    p.add_argument("--log-every", type=cli.positive_int, default=250)
     args = p.parse_args(argv)
     args.argv = list(sys.argv[1:] if argv is None else argv)
     if args.quick:
@@ -188,11 +191,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     """Run and write the JSON; returns the results."""
     args = parse_args(argv)
     results = run(args)
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(results, indent=2) + "\n")
+    cli.write_text(args.out, json.dumps(results, indent=2) + "\n")
     print(f"wrote {args.out}")
     return results
 
 
 if __name__ == "__main__":
-    main()
+    cli.run(main)

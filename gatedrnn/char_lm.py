@@ -35,6 +35,7 @@ import numpy as np
 import optax
 
 from gatedrnn import checkpoint as ckpt
+from gatedrnn import parallel
 from gatedrnn import train as train_lib
 from gatedrnn.cells.base import fan_in_normal
 from gatedrnn.layers import Stack, stack
@@ -375,6 +376,7 @@ def train(
     corpus_sha256: str = "",
     progress: bool = False,
     log: Callable[[str], None] | None = None,
+    mesh: Any = None,
 ) -> dict[str, Any]:
     """Train a character LM on ``text`` with stateful truncated BPTT.
 
@@ -399,6 +401,9 @@ def train(
       corpus_sha256: recorded in checkpoints and checked on resume.
       progress: show a tqdm progress bar.
       log: called with a line of text at each evaluation.
+      mesh: a ``jax.sharding.Mesh`` (:func:`gatedrnn.parallel.data_mesh`) for data-parallel
+        training: chunks and carried state split over its devices along the batch rows,
+        params and optimizer state replicated, gradients reduced by XLA.
 
     Returns:
       ``{"params", "config", "vocab", "history": [{"step", "train_bpc", "val_bpc",
@@ -441,6 +446,9 @@ def train(
 
     end = train_cfg.steps if stop_at is None else min(stop_at, train_cfg.steps)
     elapsed_before = elapsed  # time_limit counts this call's training time only
+    split = (lambda t: t) if mesh is None else (lambda t: parallel.shard_batch(t, mesh))
+    if mesh is not None:
+        state = TrainState(*parallel.replicate(state[:2], mesh), split(state.carry))
 
     def save(step: int) -> None:
         if ckpt_dir is not None:
@@ -463,9 +471,9 @@ def train(
         params, opt_state, carry, bpc = step_fn(
             state.params,
             state.opt_state,
-            carry,
-            jnp.asarray(x),
-            jnp.asarray(y),
+            split(carry),
+            split(jnp.asarray(x)),
+            split(jnp.asarray(y)),
             jax.random.fold_in(base_key, s + 1),
         )
         state = TrainState(params, opt_state, carry)

@@ -9,7 +9,8 @@
 * :class:`ArgumentParser`: ``argparse.ArgumentParser`` whose errors are one line (no usage
   dump) and go through :func:`run`; argument types :func:`positive_int`,
   :func:`nonneg_int`, :func:`positive_float`, :func:`finite_float`, :func:`fraction`,
-  :func:`text_file`, :func:`output_dir` check values when the command line is parsed.
+  :func:`text_file`, :func:`output_dir`, :func:`output_file` check values when the command
+  line is parsed.
 * :func:`atomic_path`, :func:`write_text`, :func:`write_json`: write an output under a
   temporary name in the same folder and rename it into place only when it is complete, so
   an interrupted or failed run never leaves a truncated file that looks finished.
@@ -136,6 +137,15 @@ def output_dir(text: str) -> Path:
         check_output_dir(path)
     except UsageError as e:
         raise argparse.ArgumentTypeError(str(e)) from None
+    return path
+
+
+def output_file(text: str) -> Path:
+    """An argparse type: a file path whose folder can be written to (created if missing)."""
+    path = Path(text)
+    if path.is_dir():
+        raise argparse.ArgumentTypeError(f"{path} is a folder; expected a file name")
+    output_dir(str(path.parent))
     return path
 
 
@@ -268,6 +278,7 @@ __all__ = [
     "fraction",
     "nonneg_int",
     "output_dir",
+    "output_file",
     "positive_float",
     "positive_int",
     "run",

@@ -242,30 +242,36 @@ def test_check_text_file_returns_the_text(tmp_path):
 EXPERIMENTS = sorted(p for p in (ROOT / "experiments").glob("*.py") if not p.name.startswith("_"))
 
 
+def prefix(path: Path) -> list[str]:
+    """The subcommand to put first for scripts that have subcommands."""
+    return ["train"] if "add_subparsers" in path.read_text() else []
+
+
 @pytest.mark.parametrize("path", EXPERIMENTS, ids=lambda p: p.name)
-def test_experiment_unknown_option_is_one_line_exit_2(path, tmp_path):
-    proc = run(path, "--no-such-option", "--out", str(tmp_path))
+def test_experiment_unknown_option_is_one_line_exit_2(path):
+    proc = run(path, *prefix(path), "--quick", "--no-such-option")
     assert_user_error(proc, "--no-such-option", name=path.name)
-    assert list(tmp_path.iterdir()) == []
 
 
 def load_experiment(path: Path):
     import importlib.util
 
-    spec = importlib.util.spec_from_file_location(f"_exp_{path.stem}", path)
+    name = f"_exp_{path.stem}"
+    spec = importlib.util.spec_from_file_location(name, path)
     module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module  # dataclasses look their module up
     spec.loader.exec_module(module)
     return module
 
 
 @pytest.mark.parametrize("path", EXPERIMENTS, ids=lambda p: p.name)
-def test_experiment_nonsense_numbers_and_unwritable_out(path, tmp_path, monkeypatch, capsys):
+def test_experiment_nonsense_numbers_files_and_unwritable_out(path, tmp_path, monkeypatch, capsys):
     """In this process (parsing fails before any work): each is one line, exit 2."""
     module = load_experiment(path)
     source = path.read_text()
     blocker = tmp_path / "a-file"
     blocker.write_text("x")
-    cases = [(["--out", str(blocker)], "not a folder")]
+    cases = [(["--out", str(blocker / "x")], "a-file")]
     for option, value in [
         ("--seed", "-1"),
         ("--hidden", "0"),
@@ -274,17 +280,30 @@ def test_experiment_nonsense_numbers_and_unwritable_out(path, tmp_path, monkeypa
         ("--train-steps", "-5"),
         ("--T", "0"),
         ("--batch", "0"),
+        ("--batch-size", "0"),
         ("--lr", "nan"),
     ]:
         if f'"{option}"' in source:
             cases.append(([option, value], f"argument {option}"))
+    if '"--text"' in source:
+        empty, latin = tmp_path / "empty.txt", tmp_path / "latin.txt"
+        empty.write_text("")
+        latin.write_bytes("caf\u00e9".encode("latin-1"))
+        cases += [
+            (["--text", str(tmp_path / "missing.txt")], "file not found"),
+            (["--text", str(empty)], "file is empty"),
+            (["--text", str(latin)], "not UTF-8"),
+        ]
     monkeypatch.setattr(sys, "argv", [path.name])
     monkeypatch.delenv(cli.DEBUG_ENV, raising=False)
+    main = getattr(module, "cli_main", module.main)
     for args, needle in cases:
         with pytest.raises(SystemExit) as exit_info:
-            cli.run(module.main, ["--quick", *args])
+            cli.run(main, [*prefix(path), "--quick", *args])
         err = capsys.readouterr().err
         assert exit_info.value.code == 2, (args, err)
         lines = err.strip().splitlines()
         assert len(lines) == 1 and needle in lines[0], (args, err)
-    assert [p.name for p in tmp_path.iterdir()] == ["a-file"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(
+        p.name for p in (blocker, tmp_path / "empty.txt", tmp_path / "latin.txt") if p.exists()
+    )

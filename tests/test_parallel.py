@@ -64,12 +64,23 @@ CHILD = textwrap.dedent(
     except ValueError as e:
         out["indivisible"] = str(e)
 
-    # --- the char model, if it is there
-    try:
-        from gatedrnn import char_lm  # noqa: F401
-        out["char_lm"] = "present"
-    except ImportError:
-        out["char_lm"] = "absent"
+    # --- the char model (its own stateful-TBPTT loop): 1 device vs the 8-device mesh
+    from gatedrnn import char_lm as clm
+    text = ("def f(x):\n    return x + 1\n\nclass A:\n    pass\n" * 20)[:600]
+    model = {"cell": "gru", "hidden_size": 16, "num_layers": 2, "embed_size": 8}
+    cfg = clm.TrainConfig(steps=6, batch_size=8, seq_len=8, lr=1e-2, warmup=2,
+                          eval_every=3, eval_chars=400, ckpt_every=6, val_fraction=0.1)
+    one_lm = clm.train(text, model, cfg)
+    many_lm = clm.train(text, model, cfg, mesh=mesh)
+    out["char_lm"] = {
+        "train_bpc_one": [h["train_bpc"] for h in one_lm["history"]],
+        "train_bpc_many": [h["train_bpc"] for h in many_lm["history"]],
+        "val_bpc": [one_lm["val_bpc"], many_lm["val_bpc"]],
+        "param_rel_diff": max_rel(many_lm["params"], one_lm["params"]),
+        "carry_devices": len(
+            jax.tree_util.tree_leaves(many_lm["state"].carry)[0].sharding.device_set
+        ),
+    }
 
     # --- the README's data-parallel example, as written
     import re
@@ -129,3 +140,12 @@ def test_indivisible_batch_is_a_clear_error(result):
 
 def test_readme_example_runs_on_eight_devices_and_checkpoints(result):
     assert result["readme_checkpoints"] == ["step_00000020", "step_00000040"]
+
+
+def test_eight_devices_follow_one_device_on_the_char_model(result):
+    r = result["char_lm"]
+    assert len(r["train_bpc_one"]) == 2
+    assert r["train_bpc_one"] == pytest.approx(r["train_bpc_many"], rel=1e-4)
+    assert r["val_bpc"][0] == pytest.approx(r["val_bpc"][1], rel=1e-4)
+    assert r["param_rel_diff"] < 1e-4
+    assert r["carry_devices"] == 8
