@@ -15,20 +15,26 @@ from typing import Any
 
 import numpy as np
 
+from gatedrnn import cli
+
 RESULTS = Path(__file__).resolve().parent / "results"
 
 
-def parser(description: str) -> argparse.ArgumentParser:
-    """An argparse parser with the options every experiment has: --quick, --seed, --out."""
-    p = argparse.ArgumentParser(
+def parser(description: str) -> cli.ArgumentParser:
+    """An argparse parser with the options every experiment has: --quick, --seed, --out.
+
+    Its errors are one line with exit status 2 when the script runs through
+    :func:`gatedrnn.cli.run`; ``--out`` must be a folder that can be written to.
+    """
+    p = cli.ArgumentParser(
         description=description, formatter_class=argparse.ArgumentDefaultsHelpFormatter
     )
     p.add_argument(
         "--quick", action="store_true", help="a small, fast run (for tests and smoke checks)"
     )
-    p.add_argument("--seed", type=int, default=0, help="base random seed")
+    p.add_argument("--seed", type=cli.nonneg_int, default=0, help="base random seed")
     p.add_argument(
-        "--out", type=Path, default=RESULTS, help="directory for the JSON and PNG results"
+        "--out", type=cli.output_dir, default=RESULTS, help="directory for the JSON and PNG results"
     )
     return p
 
@@ -54,11 +60,13 @@ def to_jsonable(x: Any) -> Any:
 
 
 def write_results(out: Path, name: str, results: dict[str, Any], fig: Any) -> tuple[Path, Path]:
-    """Write ``out/name.json`` and ``out/name.png``; return both paths."""
+    """Write ``out/name.json`` and ``out/name.png`` atomically; return both paths."""
     out.mkdir(parents=True, exist_ok=True)
     js, png = out / f"{name}.json", out / f"{name}.png"
-    js.write_text(json.dumps(to_jsonable(results), indent=1) + "\n")
-    fig.savefig(png, dpi=110, bbox_inches="tight")
+    with cli.atomic_path(png) as tmp:
+        fig.savefig(tmp, dpi=110, bbox_inches="tight")
+    cli.write_text(js, json.dumps(to_jsonable(results), indent=1) + "\n")
+    pyplot().close(fig)
     print(f"wrote {js} and {png}")
     return js, png
 

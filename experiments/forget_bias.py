@@ -27,20 +27,22 @@ from experiments._common import (
     whole_state,
     write_results,
 )
+from gatedrnn import cli
 
 
 def main(argv: list[str] | None = None) -> dict:
     p = parser(__doc__.split("\n\n")[0])
-    p.add_argument("--biases", type=float, nargs="+", default=[0.0, 1.0, 2.0, 3.0])
-    p.add_argument("--hidden", type=int, default=64)
-    p.add_argument("--input-size", type=int, default=16)
-    p.add_argument("--T", type=int, default=500)
-    p.add_argument("--seeds", type=int, default=5)
-    p.add_argument("--batch", type=int, default=16)
-    p.add_argument("--ratio", type=float, default=1e-6)
+    p.add_argument("--biases", type=cli.finite_float, nargs="+", default=[0.0, 1.0, 2.0, 3.0])
+    p.add_argument("--hidden", type=cli.positive_int, default=64)
+    p.add_argument("--input-size", type=cli.positive_int, default=16)
+    p.add_argument("--T", type=cli.positive_int, default=500)
+    p.add_argument("--seeds", type=cli.positive_int, default=5)
+    p.add_argument("--batch", type=cli.positive_int, default=16)
+    p.add_argument("--ratio", type=cli.positive_float, default=1e-6)
     args = p.parse_args(argv)
     if args.quick:
         args.hidden, args.T, args.seeds, args.batch = 16, 60, 2, 4
+        args.biases = [0.0, 3.0]
     setup_jax(x64=True)
     import jax
     import jax.numpy as jnp
@@ -101,12 +103,14 @@ def main(argv: list[str] | None = None) -> dict:
                 f"{summary['mean_forget_gate']:.4f}",
                 f"{factors.mean():.4f} ± {factors.std():.4f}",
                 f"{summary['decay_factor_c_mean']:.4f}",
-                (f"{np.mean(found):.0f}" if found else "")
+                f"{np.mean(found):.0f}"
                 + (
-                    f" (> {args.T} in {len(dists) - len(found)} seeds)"
+                    f" ({len(dists) - len(found)} seeds > {args.T})"
                     if len(found) < len(dists)
                     else ""
-                ),
+                )
+                if found
+                else f"> {args.T} (all {len(dists)} seeds)",
             ]
         )
     text = table(
@@ -167,4 +171,4 @@ def main(argv: list[str] | None = None) -> dict:
 
 
 if __name__ == "__main__":
-    main()
+    cli.run(main)

@@ -30,6 +30,7 @@ from experiments._common import (
     whole_state,
     write_results,
 )
+from gatedrnn import cli
 
 
 def measure(cell, args, seed: int) -> dict:
@@ -70,15 +71,21 @@ def measure(cell, args, seed: int) -> dict:
 
 def main(argv: list[str] | None = None) -> dict:
     p = parser(__doc__.split("\n\n")[0])
-    p.add_argument("--hidden", type=int, default=64, help="hidden size H of every cell")
-    p.add_argument("--input-size", type=int, default=16, help="input features")
-    p.add_argument("--T", type=int, default=500, help="sequence length")
-    p.add_argument("--seeds", type=int, default=5, help="number of seeds")
-    p.add_argument("--batch", type=int, default=16, help="sequences per seed")
-    p.add_argument("--T-jac", type=int, default=100, help="horizon of the Jacobian norms")
-    p.add_argument("--jac-batch", type=int, default=2, help="sequences for the Jacobian norms")
-    p.add_argument("--iters", type=int, default=30, help="power iterations")
-    p.add_argument("--ratio", type=float, default=1e-6, help="the vanishing threshold")
+    p.add_argument(
+        "--hidden", type=cli.positive_int, default=64, help="hidden size H of every cell"
+    )
+    p.add_argument("--input-size", type=cli.positive_int, default=16, help="input features")
+    p.add_argument("--T", type=cli.positive_int, default=500, help="sequence length")
+    p.add_argument("--seeds", type=cli.positive_int, default=5, help="number of seeds")
+    p.add_argument("--batch", type=cli.positive_int, default=16, help="sequences per seed")
+    p.add_argument(
+        "--T-jac", type=cli.positive_int, default=100, help="horizon of the Jacobian norms"
+    )
+    p.add_argument(
+        "--jac-batch", type=cli.positive_int, default=2, help="sequences for the Jacobian norms"
+    )
+    p.add_argument("--iters", type=cli.positive_int, default=30, help="power iterations")
+    p.add_argument("--ratio", type=cli.positive_float, default=1e-6, help="the vanishing threshold")
     args = p.parse_args(argv)
     if args.quick:
         args.hidden, args.T, args.seeds, args.batch = 16, 60, 2, 4
@@ -152,7 +159,7 @@ def main(argv: list[str] | None = None) -> dict:
         "cell",
         "decay factor / step",
         f"distance to {args.ratio:g}",
-        f"||g_0|| / ||g_{args.T}||",
+        f"norm ratio g_0 / g_{args.T}",
         f"Jacobian decay (T={args.T_jac})",
         "mean forget/update gate",
         "seconds",
@@ -210,4 +217,4 @@ def main(argv: list[str] | None = None) -> dict:
 
 
 if __name__ == "__main__":
-    main()
+    cli.run(main)

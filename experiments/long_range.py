@@ -32,8 +32,11 @@ import numpy as np  # noqa: E402
 
 import gatedrnn as gr  # noqa: E402
 from experiments._common import parser, pyplot  # noqa: E402
-from gatedrnn import tasks, train  # noqa: E402
-from gatedrnn.cli import run  # noqa: E402
+from gatedrnn import (  # noqa: E402
+    cli,
+    tasks,
+    train,
+)
 
 CELLS = {
     "vanilla": lambda h: gr.vanilla(h, "tanh"),
@@ -55,16 +58,16 @@ TASK_FACTORIES = {
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = parser(__doc__.split("\n\n")[0])
     p.add_argument("--tasks", nargs="+", default=None, choices=sorted(TASK_FACTORIES))
-    p.add_argument("--lengths", nargs="+", type=int, default=None, help="values of T")
+    p.add_argument("--lengths", nargs="+", type=cli.positive_int, default=None, help="values of T")
     p.add_argument("--cells", nargs="+", default=None, choices=sorted(CELLS))
-    p.add_argument("--seeds", type=int, default=None, help="seeds per configuration")
-    p.add_argument("--steps", type=int, default=None, help="update budget per run")
-    p.add_argument("--hidden", type=int, default=None, help="hidden units")
-    p.add_argument("--batch-size", type=int, default=32)
-    p.add_argument("--lr", type=float, default=2e-3, help="Adam learning rate")
-    p.add_argument("--clip", type=float, default=1.0, help="global-norm gradient clip")
-    p.add_argument("--eval-every", type=int, default=None)
-    p.add_argument("--eval-batch-size", type=int, default=512)
+    p.add_argument("--seeds", type=cli.positive_int, default=None, help="seeds per configuration")
+    p.add_argument("--steps", type=cli.positive_int, default=None, help="update budget per run")
+    p.add_argument("--hidden", type=cli.positive_int, default=None, help="hidden units")
+    p.add_argument("--batch-size", type=cli.positive_int, default=32)
+    p.add_argument("--lr", type=cli.positive_float, default=2e-3, help="Adam learning rate")
+    p.add_argument("--clip", type=cli.positive_float, default=1.0, help="global-norm gradient clip")
+    p.add_argument("--eval-every", type=cli.positive_int, default=None)
+    p.add_argument("--eval-batch-size", type=cli.positive_int, default=512)
     p.add_argument("--no-progress", action="store_true", help="no tqdm bars")
     p.add_argument(
         "--replot", action="store_true", help="redraw the PNGs from --out's JSON (no training)"
@@ -250,4 +253,4 @@ def main(argv: list[str] | None = None) -> dict[str, list[dict]]:
 
 
 if __name__ == "__main__":
-    run(lambda argv: main(argv) and 0)  # exit 0; one-line errors (gatedrnn.cli)
+    cli.run(main)

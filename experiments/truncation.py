@@ -40,25 +40,32 @@ import numpy as np  # noqa: E402
 
 import gatedrnn as gr  # noqa: E402
 from experiments._common import parser, pyplot  # noqa: E402
-from gatedrnn import tasks, train  # noqa: E402
-from gatedrnn.cli import run  # noqa: E402
+from gatedrnn import (  # noqa: E402
+    cli,
+    tasks,
+    train,
+)
 
 CELLS = {"vanilla": gr.vanilla, "lstm": gr.lstm, "gru": gr.gru}
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = parser(__doc__.split("\n\n")[0])
-    p.add_argument("--delays", nargs="+", type=int, default=None, help="distances d")
-    p.add_argument("--windows", nargs="+", type=int, default=None, help="TBPTT windows k")
-    p.add_argument("--seq-len", type=int, default=None, help="T (a multiple of every k)")
+    p.add_argument("--delays", nargs="+", type=cli.positive_int, default=None, help="distances d")
+    p.add_argument(
+        "--windows", nargs="+", type=cli.positive_int, default=None, help="TBPTT windows k"
+    )
+    p.add_argument(
+        "--seq-len", type=cli.positive_int, default=None, help="T (a multiple of every k)"
+    )
     p.add_argument("--cell", default="gru", choices=sorted(CELLS))
-    p.add_argument("--vocab", type=int, default=2, help="echo alphabet size")
-    p.add_argument("--seeds", type=int, default=None)
-    p.add_argument("--steps", type=int, default=None, help="update budget per run")
-    p.add_argument("--hidden", type=int, default=None)
-    p.add_argument("--batch-size", type=int, default=32)
-    p.add_argument("--lr", type=float, default=3e-3)
-    p.add_argument("--eval-every", type=int, default=None)
+    p.add_argument("--vocab", type=cli.positive_int, default=2, help="echo alphabet size")
+    p.add_argument("--seeds", type=cli.positive_int, default=None)
+    p.add_argument("--steps", type=cli.positive_int, default=None, help="update budget per run")
+    p.add_argument("--hidden", type=cli.positive_int, default=None)
+    p.add_argument("--batch-size", type=cli.positive_int, default=32)
+    p.add_argument("--lr", type=cli.positive_float, default=3e-3)
+    p.add_argument("--eval-every", type=cli.positive_int, default=None)
     p.add_argument("--no-progress", action="store_true")
     p.add_argument("--replot", action="store_true", help="redraw the PNG from --out's JSON")
     a = p.parse_args(argv)
@@ -201,4 +208,4 @@ def main(argv: list[str] | None = None) -> dict:
 
 
 if __name__ == "__main__":
-    run(lambda argv: main(argv) and 0)  # exit 0; one-line errors (gatedrnn.cli)
+    cli.run(main)

@@ -8,8 +8,9 @@
   step.
 * :class:`ArgumentParser`: ``argparse.ArgumentParser`` whose errors are one line (no usage
   dump) and go through :func:`run`; argument types :func:`positive_int`,
-  :func:`nonneg_int`, :func:`positive_float`, :func:`fraction`, :func:`text_file`,
-  :func:`output_dir` check values when the command line is parsed.
+  :func:`nonneg_int`, :func:`positive_float`, :func:`finite_float`, :func:`fraction`,
+  :func:`text_file`, :func:`output_dir`, :func:`output_file` check values when the command
+  line is parsed.
 * :func:`atomic_path`, :func:`write_text`, :func:`write_json`: write an output under a
   temporary name in the same folder and rename it into place only when it is complete, so
   an interrupted or failed run never leaves a truncated file that looks finished.
@@ -80,6 +81,14 @@ def positive_float(text: str) -> float:
     return value
 
 
+def finite_float(text: str) -> float:
+    """An argparse type: any finite number (biases, scales that may be zero or negative)."""
+    value = _number(float, text, "a finite number")
+    if not abs(value) < float("inf"):
+        raise argparse.ArgumentTypeError(f"expected a finite number, got {text}")
+    return value
+
+
 def fraction(text: str) -> float:
     """An argparse type: a number in ``[0, 1)`` (dropout, validation share)."""
     value = _number(float, text, "a number in [0, 1)")
@@ -128,6 +137,15 @@ def output_dir(text: str) -> Path:
         check_output_dir(path)
     except UsageError as e:
         raise argparse.ArgumentTypeError(str(e)) from None
+    return path
+
+
+def output_file(text: str) -> Path:
+    """An argparse type: a file path whose folder can be written to (created if missing)."""
+    path = Path(text)
+    if path.is_dir():
+        raise argparse.ArgumentTypeError(f"{path} is a folder; expected a file name")
+    output_dir(str(path.parent))
     return path
 
 
@@ -224,7 +242,8 @@ def run(main: Callable[[Sequence[str] | None], Any], argv: Sequence[str] | None 
     everything.
 
     Args:
-      main: the script's ``main(argv) -> int | None``.
+      main: the script's ``main(argv)``; an int it returns is the exit status, anything
+        else (None, a results dict) means 0.
       argv: the arguments (default: ``sys.argv[1:]``).
     """
     prog = Path(sys.argv[0]).name or "gatedrnn"
@@ -246,7 +265,7 @@ def run(main: Callable[[Sequence[str] | None], Any], argv: Sequence[str] | None 
             raise
         print(f"{prog}: error: {_one_line(e)}", file=sys.stderr)
         sys.exit(2)
-    sys.exit(int(status or 0))
+    sys.exit(status if isinstance(status, int) else 0)
 
 
 __all__ = [
@@ -255,9 +274,11 @@ __all__ = [
     "atomic_path",
     "check_output_dir",
     "check_text_file",
+    "finite_float",
     "fraction",
     "nonneg_int",
     "output_dir",
+    "output_file",
     "positive_float",
     "positive_int",
     "run",

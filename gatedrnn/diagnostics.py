@@ -29,7 +29,7 @@ import numpy as np
 from gatedrnn.cells.base import Array, Cell, PyTree
 from gatedrnn.cells.gru import gru_gates
 from gatedrnn.cells.lstm import lstm_gates
-from gatedrnn.scan import _as_array, _broadcast_state, scan
+from gatedrnn.scan import _broadcast_state, check_cell_and_xs, scan
 
 __all__ = [
     "decay_factor",
@@ -50,14 +50,7 @@ def _prepare(
     cell: Cell, params: PyTree, xs: Any, initial_state: PyTree | None, time_major: bool
 ) -> tuple[Array, PyTree, tuple[int, ...]]:
     """Check inputs; return time-major ``xs (T, *batch, I)``, the initial state, batch shape."""
-    if not isinstance(cell, Cell):
-        raise TypeError(f"cell must be a gatedrnn Cell, got {type(cell).__name__}")
-    xs = _as_array(xs, "xs")
-    layout = "(T, *batch, features)" if time_major else "(*batch, T, features)"
-    if xs.ndim < 2:
-        raise ValueError(
-            f"xs must have shape {layout} with at least 2 axes, got shape {tuple(xs.shape)}"
-        )
+    xs = check_cell_and_xs(cell, xs, time_major)
     xs_tm = xs if time_major else jnp.moveaxis(xs, -2, 0)
     if xs_tm.shape[0] < 1:
         raise ValueError(f"xs must have at least one time step, got shape {tuple(xs.shape)}")
@@ -127,9 +120,10 @@ def state_gradients(
     cell: Cell,
     params: PyTree,
     xs: Array,
-    loss_fn: Callable[[PyTree, Array], Array],
+    loss_fn: Callable[..., Array],
     initial_state: PyTree | None = None,
     *,
+    loss_args: tuple = (),
     time_major: bool = False,
 ) -> tuple[Array, PyTree]:
     """``dL/ds_t`` for every state ``s_0 .. s_T`` of a sequence, in one backward pass.
@@ -141,9 +135,12 @@ def state_gradients(
       cell: any :class:`~gatedrnn.Cell`.
       params: the cell's params.
       xs: ``(*batch, T, I)`` (``(T, *batch, I)`` with ``time_major``).
-      loss_fn: ``loss_fn(final_state, ys) -> scalar``; ``ys`` is time-major
-        ``(T, *batch, H)``.
+      loss_fn: ``loss_fn(final_state, ys, *loss_args) -> scalar``; ``ys`` is time-major
+        ``(T, *batch, H)``. Calls with the same cell and ``loss_fn`` objects and the same
+        shapes reuse one compilation.
       initial_state: ``s_0``, leaves ``(*batch, H)``; zeros if None.
+      loss_args: arrays (any pytree) the loss reads, e.g. targets or readout weights;
+        passed as arguments, so changing their values does not recompile.
       time_major: ``xs`` has time on axis 0.
 
     Returns:
@@ -154,20 +151,27 @@ def state_gradients(
     """
     if not callable(loss_fn):
         raise TypeError(f"loss_fn must be callable (final_state, ys) -> scalar, got {loss_fn!r}")
+    if not isinstance(loss_args, tuple):
+        raise TypeError(f"loss_args must be a tuple, got {type(loss_args).__name__}")
     xs_tm, state0, _ = _prepare(cell, params, xs, initial_state, time_major)
-    return _state_gradients(_Static(cell), _Static(loss_fn), params, xs_tm, state0)
+    return _state_gradients(_Static(cell), _Static(loss_fn), params, xs_tm, state0, loss_args)
 
 
 @functools.partial(jax.jit, static_argnums=(0, 1))
 def _state_gradients(
-    cell: _Static, loss_fn: _Static, params: PyTree, xs_tm: Array, state0: PyTree
+    cell: _Static,
+    loss_fn: _Static,
+    params: PyTree,
+    xs_tm: Array,
+    state0: PyTree,
+    loss_args: tuple,
 ) -> tuple[Array, PyTree]:
     T = xs_tm.shape[0]
     zeros = jax.tree_util.tree_map(lambda s: jnp.zeros((T + 1, *s.shape), s.dtype), state0)
 
     def loss_of(perts: PyTree) -> Array:
         final, ys = _perturbed_scan(cell.value, params, xs_tm, state0, perts)
-        loss = jnp.asarray(loss_fn.value(final, ys))
+        loss = jnp.asarray(loss_fn.value(final, ys, *loss_args))
         if loss.shape != ():
             raise ValueError(f"loss_fn must return a scalar, got shape {tuple(loss.shape)}")
         return loss
@@ -179,16 +183,18 @@ def state_gradient_norms(
     cell: Cell,
     params: PyTree,
     xs: Array,
-    loss_fn: Callable[[PyTree, Array], Array],
+    loss_fn: Callable[..., Array],
     initial_state: PyTree | None = None,
     *,
+    loss_args: tuple = (),
     per_example: bool = False,
     time_major: bool = False,
 ) -> PyTree:
     """The L2 norms ``||dL/ds_t||`` for ``t = 0 .. T`` (see :func:`state_gradients`).
 
     Args:
-      cell, params, xs, loss_fn, initial_state, time_major: as in :func:`state_gradients`.
+      cell, params, xs, loss_fn, initial_state, loss_args, time_major: as in
+        :func:`state_gradients`.
       per_example: keep the batch axes (norm over ``H`` only) instead of taking the norm
         over the whole ``(*batch, H)`` slice.
 
@@ -196,7 +202,9 @@ def state_gradient_norms(
       A pytree like the state (``LSTMState(h, c)`` for LSTM, one array otherwise) with
       leaves ``(T + 1,)``, or ``(T + 1, *batch)`` with ``per_example``.
     """
-    _, grads = state_gradients(cell, params, xs, loss_fn, initial_state, time_major=time_major)
+    _, grads = state_gradients(
+        cell, params, xs, loss_fn, initial_state, loss_args=loss_args, time_major=time_major
+    )
     if per_example:
         return jax.tree_util.tree_map(lambda g: _norm(g, -1), grads)
     return jax.tree_util.tree_map(lambda g: _norm(g.reshape(g.shape[0], -1), -1), grads)
@@ -406,12 +414,16 @@ def state_trajectory(
     Runs :func:`gatedrnn.scan` with a view of the cell that emits its whole state.
     """
     xs_tm, state0, _ = _prepare(cell, params, xs, initial_state, time_major)
+    return _trajectory(_Static(cell), params, xs_tm, state0)
 
+
+@functools.partial(jax.jit, static_argnums=0)
+def _trajectory(cell: _Static, params: PyTree, xs_tm: Array, state0: PyTree) -> PyTree:
     def recur(p: PyTree, s: PyTree, xp: Array) -> tuple[PyTree, PyTree]:
-        new, _ = cell.recur(p, s, xp)
+        new, _ = cell.value.recur(p, s, xp)
         return new, new
 
-    emitting = cell._replace(recur=recur, output=lambda s: s)
+    emitting = cell.value._replace(recur=recur, output=lambda s: s)
     _, states = scan(emitting, params, xs_tm, state0, time_major=True)
     return jax.tree_util.tree_map(lambda s0, s: jnp.concatenate([s0[None], s]), state0, states)
 
@@ -454,9 +466,16 @@ def gate_statistics(
             "gate_statistics expects an lstm, gru or vanilla Cell, got "
             + (repr(cell.name) if isinstance(cell, Cell) else type(cell).__name__)
         )
-    eps = float(saturation)
     xs_tm, state0, _ = _prepare(cell, params, xs, initial_state, time_major)
-    states = state_trajectory(cell, params, xs_tm, state0, time_major=True)
+    return _gate_statistics(_Static(cell), float(saturation), params, xs_tm, state0)
+
+
+@functools.partial(jax.jit, static_argnums=(0, 1))
+def _gate_statistics(
+    static_cell: _Static, eps: float, params: PyTree, xs_tm: Array, state0: PyTree
+) -> dict[str, Array]:
+    cell = static_cell.value
+    states = _trajectory(static_cell, params, xs_tm, state0)
     prev = jax.tree_util.tree_map(lambda s: s[:-1], states)  # state before each step
     xp = cell.project(params, xs_tm)
 

@@ -24,9 +24,9 @@ reshuffle of gate blocks or a bias sum, never an approximation:
 
 Whatever cannot be converted exactly raises a ValueError that says why: a PyTorch
 ``proj_size``, a GRU with ``reset_after=False`` (PyTorch and Flax are reset-after), an
-activation the other side lacks, a Flax cell with a custom ``gate_fn`` or ``residual``, a
-non-zero bias going into a module built with ``bias=False``, float64 weights while JAX
-runs in float32.
+activation the other side lacks, a Flax cell with a custom ``gate_fn``, ``residual`` or
+compute ``dtype``, a non-zero bias going into a module built with ``bias=False``, float64
+weights while JAX runs in float32.
 
 torch is an optional dependency: it is imported only inside the PyTorch functions.
 """
@@ -443,6 +443,17 @@ def _flax_kind(module: Any) -> tuple[str, str | None, bool]:
     return kind, activation, is_nnx
 
 
+def _check_compute_dtype(module: Any, param_dtype: Any) -> None:
+    """A Flax cell with a ``dtype`` other than its params' computes in another precision."""
+    dtype = getattr(module, "dtype", None)
+    if dtype is not None and jnp.dtype(dtype) != jnp.dtype(param_dtype):
+        raise ValueError(
+            f"{type(module).__name__} computes in dtype={jnp.dtype(dtype)} with {param_dtype} "
+            "params; gatedrnn computes in the params' dtype, so the numbers would differ. "
+            "Cast the params to the compute dtype first, or use dtype=None"
+        )
+
+
 def _unwrap_variables(params: Mapping[str, Any]) -> Mapping[str, Any]:
     if not isinstance(params, Mapping):
         raise TypeError(f"expected a Flax params dict, got {type(params).__name__}")
@@ -489,7 +500,8 @@ def from_flax(module: Any, params: Mapping[str, Any] | None = None) -> tuple[Cel
 
     Raises:
       ValueError: a cell with ``gate_fn``/``activation_fn`` other than sigmoid/tanh (tanh,
-        relu or identity for SimpleCell), ``residual=True``, or params of the wrong layout.
+        relu or identity for SimpleCell), ``residual=True``, a compute ``dtype`` other than
+        the params', or params of the wrong layout.
     """
     kind, activation, is_nnx = _flax_kind(module)
     if is_nnx:
@@ -521,6 +533,7 @@ def from_flax(module: Any, params: Mapping[str, Any] | None = None) -> tuple[Cel
             b_x=jnp.concatenate([b for _, b in xs]),
             b_h=jnp.concatenate([jnp.zeros_like(b_hn), jnp.zeros_like(b_hn), b_hn]),
         )
+    _check_compute_dtype(module, out.w_x.dtype)
     H = out.w_h.shape[0]
     if H != module.features:
         raise ValueError(f"params have hidden size {H}, the module has features={module.features}")
@@ -634,6 +647,7 @@ def _from_nnx(module: Any, kind: str, activation: str | None) -> tuple[Cell, PyT
             b_h=jnp.zeros_like(b_x),
         )
     _check_params(kind, out, H)
+    _check_compute_dtype(module, out.w_x.dtype)
     return _make_cell(kind, H, activation), out
 
 

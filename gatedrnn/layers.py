@@ -147,7 +147,7 @@ def stack(
         or not isinstance(dropout, (int, float, np.number))
         or not 0.0 <= float(dropout) < 1.0
     ):
-        raise ValueError(f"dropout must be a number in [0, 1), got {dropout!r}")
+        raise ValueError(f"dropout must be in [0, 1), got {dropout!r}")
     if not isinstance(bidirectional, (bool, np.bool_)):
         raise TypeError(f"bidirectional must be True or False, got {bidirectional!r}")
     dirs = 2 if bidirectional else 1

@@ -25,18 +25,16 @@ Example::
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from typing import Any
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from gatedrnn.cells import gru, lstm, vanilla
+from gatedrnn._modules import CELLS, init_options, run_stack, uses_dropout
 from gatedrnn.cells.base import Array, Cell, Initializer, PyTree
 from gatedrnn.layers import Bidir, Stack, stack
-
-CELLS: dict[str, Callable[..., Cell]] = {"vanilla": vanilla, "lstm": lstm, "gru": gru}
 
 
 def param_shapes(cell: Cell, input_size: int, dtype: Any = jnp.float32) -> PyTree:
@@ -97,15 +95,7 @@ class _CellBase(nn.RNNCellBase):
     @nn.nowrap
     def make_cell(self) -> Cell:
         """The pure gatedrnn cell this module wraps."""
-        inits = {
-            k: v
-            for k, v in (
-                ("kernel_init", self.kernel_init),
-                ("recurrent_init", self.recurrent_init),
-                ("bias_init", self.bias_init),
-            )
-            if v is not None
-        }
+        inits = init_options(self.kernel_init, self.recurrent_init, self.bias_init)
         return CELLS[self._kind](self.features, **self._options(), **inits)
 
     @nn.compact
@@ -286,8 +276,6 @@ class RNN(nn.Module):
           ``(*batch, T, D * H)``.
         """
         st = self.make_stack()
-        if reverse and self.bidirectional:
-            raise ValueError("reverse=True makes no sense with bidirectional=True")
         if not hasattr(xs, "ndim") or xs.ndim < 2:
             raise ValueError(
                 f"xs must have shape (*batch, T, features), got {getattr(xs, 'shape', xs)!r}"
@@ -300,17 +288,16 @@ class RNN(nn.Module):
                 _LayerParams(st.cell, size, self.param_dtype, name=n)() for n in self._names(layer)
             ]
             params.append(Bidir(*ps) if self.bidirectional else ps[0])
-        use_dropout = self.dropout > 0.0 and not deterministic and self.num_layers > 1
-        extra = {"reverse": True} if reverse else {}
-        return st.apply(
+        return run_stack(
+            st,
             tuple(params),
             xs,
             initial_state,
             seq_lengths=seq_lengths,
+            reverse=reverse,
             time_major=self.time_major,
-            dropout_key=self.make_rng("dropout") if use_dropout else None,
             unroll=self.unroll,
-            **extra,
+            dropout_key=self.make_rng("dropout") if uses_dropout(st, deterministic) else None,
         )
 
     @nn.nowrap
@@ -341,4 +328,4 @@ class RNN(nn.Module):
         return {"params": tree}
 
 
-__all__ = ["CELLS", "RNN", "GRUCell", "LSTMCell", "VanillaCell", "create_params", "param_shapes"]
+__all__ = ["RNN", "GRUCell", "LSTMCell", "VanillaCell", "create_params", "param_shapes"]

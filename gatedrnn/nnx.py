@@ -26,11 +26,9 @@ from typing import Any
 import jax.numpy as jnp
 from flax import nnx
 
-from gatedrnn.cells import gru, lstm, vanilla
+from gatedrnn._modules import CELLS, init_options, run_stack, uses_dropout
 from gatedrnn.cells.base import Array, Cell, Initializer, PyTree, check_input_size
 from gatedrnn.layers import Bidir, Stack, stack
-
-_FACTORIES = {"vanilla": vanilla, "lstm": lstm, "gru": gru}
 
 
 class _CellBase(nnx.RNNCellBase):
@@ -50,15 +48,7 @@ class _CellBase(nnx.RNNCellBase):
         bias_init: Initializer | None = None,
         **options: Any,
     ) -> None:
-        inits = {
-            k: v
-            for k, v in (
-                ("kernel_init", kernel_init),
-                ("recurrent_init", recurrent_init),
-                ("bias_init", bias_init),
-            )
-            if v is not None
-        }
+        inits = init_options(kernel_init, recurrent_init, bias_init)
         # Hashable static attributes only (NNX graphdefs are compared and hashed): the pure
         # cell is rebuilt from them on demand by `cell`.
         self._cell_args = (hidden_size, tuple(sorted({**options, **inits}.items())))
@@ -75,7 +65,7 @@ class _CellBase(nnx.RNNCellBase):
     def cell(self) -> Cell:
         """The pure gatedrnn cell this module wraps."""
         hidden_size, options = self._cell_args
-        return _FACTORIES[self.kind](hidden_size, **dict(options))
+        return CELLS[self.kind](hidden_size, **dict(options))
 
     def pure_params(self) -> PyTree:
         """The params as the pure NamedTuple (e.g. ``LSTMParams(w_x, w_h, b)``)."""
@@ -252,22 +242,17 @@ class RNN(nnx.Module):
           ``(final_states, ys)``; ``ys`` is ``(*batch, T, D * H)``.
         """
         st = self.stack
-        if reverse and st.bidirectional:
-            raise ValueError("reverse=True makes no sense with bidirectional=True")
         det = self.deterministic if deterministic is None else deterministic
-        key = None
-        if st.dropout > 0.0 and not det and st.num_layers > 1:
-            key = self.rngs()
-        extra = {"reverse": True} if reverse else {}
-        return st.apply(
+        return run_stack(
+            st,
             self.pure_params(),
             xs,
             initial_state,
             seq_lengths=seq_lengths,
+            reverse=reverse,
             time_major=self.time_major,
-            dropout_key=key,
             unroll=self.unroll,
-            **extra,
+            dropout_key=self.rngs() if uses_dropout(st, det) else None,
         )
 
 

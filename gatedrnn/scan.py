@@ -30,6 +30,27 @@ def _as_array(x: Any, what: str) -> Array:
     return x
 
 
+def check_cell_and_xs(cell: Any, xs: Any, time_major: bool) -> Array:
+    """Check that ``cell`` is a :class:`Cell` and ``xs`` has time and feature axes.
+
+    Returns:
+      ``xs`` as an array.
+
+    Raises:
+      TypeError: ``cell`` is not a Cell, or ``xs`` is not an array.
+      ValueError: ``xs`` has fewer than 2 axes.
+    """
+    if not isinstance(cell, Cell):
+        raise TypeError(f"cell must be a gatedrnn Cell, got {type(cell).__name__}")
+    xs = _as_array(xs, "xs")
+    layout = "(T, *batch, features)" if time_major else "(*batch, T, features)"
+    if xs.ndim < 2:
+        raise ValueError(
+            f"xs must have shape {layout} with at least 2 axes, got shape {tuple(xs.shape)}"
+        )
+    return xs
+
+
 def _broadcast_state(
     cell: Cell, params: PyTree, state: PyTree, batch_shape: tuple[int, ...]
 ) -> PyTree:
@@ -141,14 +162,7 @@ def scan(
       ValueError: on a rank, size or option that does not fit, before tracing.
       TypeError: on integer inputs or a dtype that differs from the params'.
     """
-    if not isinstance(cell, Cell):
-        raise TypeError(f"cell must be a gatedrnn Cell, got {type(cell).__name__}")
-    xs = _as_array(xs, "xs")
-    layout = "(T, *batch, features)" if time_major else "(*batch, T, features)"
-    if xs.ndim < 2:
-        raise ValueError(
-            f"xs must have shape {layout} with at least 2 axes, got shape {tuple(xs.shape)}"
-        )
+    xs = check_cell_and_xs(cell, xs, time_major)
     for flag, value in (("reverse", reverse), ("time_major", time_major), ("remat", remat)):
         if not isinstance(value, (bool, np.bool_)):
             raise TypeError(f"{flag} must be True or False, got {value!r}")

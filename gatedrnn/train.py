@@ -34,7 +34,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+from jax.sharding import Mesh
 
+from gatedrnn import parallel
+from gatedrnn import resume as checkpoints
 from gatedrnn.cells.base import Array, Cell, PyTree, check_input_size, fan_in_normal
 from gatedrnn.scan import scan
 from gatedrnn.tasks import Batch, Task
@@ -278,12 +281,20 @@ def _compiled_block(
     num_steps: int,
     stateful: bool,
     ensemble: bool,
+    mesh: Mesh | None = None,
 ) -> Callable[[TrainState], tuple[TrainState, Metrics]]:
     """The jitted ``num_steps``-update block, cached so repeated runs with the same loss,
-    optimizer and batches (other seeds, a resumed run) reuse the compiled code."""
+    optimizer and batches (other seeds, a resumed run) reuse the compiled code. With a
+    ``mesh``: batches split over its devices, state and metrics replicated."""
     step = make_train_step(loss_fn, optimizer, stateful=stateful)
     if ensemble:
         step, batch_fn = jax.vmap(step), jax.vmap(batch_fn)
+    if mesh is not None:
+        rep = parallel.replicated(mesh)
+        batch_fn = parallel.sharded_batch_fn(batch_fn, mesh)
+        return jax.jit(
+            make_multi_step(step, batch_fn, num_steps), in_shardings=rep, out_shardings=rep
+        )
     return jax.jit(make_multi_step(step, batch_fn, num_steps))
 
 
@@ -323,6 +334,10 @@ def train(
     progress: bool = True,
     desc: str | None = None,
     log_extra: Mapping[str, Any] | None = None,
+    mesh: Mesh | None = None,
+    checkpoint_dir: str | Path | None = None,
+    resume: bool = False,
+    checkpoint_meta: Mapping[str, Any] | None = None,
 ) -> TrainResult:
     """Run updates from ``state.step`` up to ``num_steps`` (fewer on early stop).
 
@@ -353,12 +368,25 @@ def train(
       progress: show a tqdm bar (loss, steps/s).
       desc: the bar's label.
       log_extra: constant fields added to every log line (run name, config, ...).
+      mesh: data-parallel training on this ``jax.sharding.Mesh`` (e.g.
+        :func:`gatedrnn.parallel.data_mesh`): each batch is split over its ``"data"``
+        axis, the state is replicated, XLA reduces the gradients. Not with ``ensemble``.
+      checkpoint_dir: save the whole state (and history) here after every block of
+        ``eval_every`` updates, atomically (:mod:`gatedrnn.resume`); the folder must hold
+        no checkpoint unless ``resume``.
+      resume: continue from the newest checkpoint in ``checkpoint_dir``; the run then ends
+        with the same params and history as one that never stopped.
+      checkpoint_meta: the run's config, saved with each checkpoint; resuming with a
+        different config is refused, naming the key.
 
     Returns:
       a :class:`TrainResult`.
 
     Raises:
-      NonFiniteLossError: a training loss was NaN/inf; names the first such step.
+      NonFiniteLossError: a training loss was NaN/inf; names the first such step (the
+        last checkpoint is the last block whose losses were all finite).
+      gatedrnn.checkpoint.CheckpointError: nothing to resume, or a checkpoint that is
+        truncated or does not fit this run.
     """
     for name, value, low in (("num_steps", num_steps, 0), ("eval_every", eval_every, 1)):
         if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < low:
@@ -370,6 +398,25 @@ def train(
     if eval_fn is None and not stateful:
         eval_fn = _loss_metrics(loss_fn)
     members = int(np.shape(state.step)[0]) if ensemble else 1
+    history: list[dict[str, Any]] = []
+    solved_at: list[int | None] = [None] * members
+    if checkpoint_dir is not None:
+        state, history, solved_at = checkpoints.start(
+            state,
+            checkpoint_dir,
+            resume=resume,
+            meta=checkpoint_meta,
+            members=members,
+            log_path=log_path,
+        )
+    elif resume:
+        raise ValueError("resume=True needs a checkpoint_dir to resume from")
+    if mesh is not None:
+        parallel.check_mesh(mesh)
+        if ensemble:
+            raise ValueError("mesh= (data parallel) and ensemble=True cannot be combined")
+        state = parallel.replicate(state, mesh)
+        eval_batches = [parallel.shard_batch(b, mesh) for b in eval_batches]
 
     def evaluate(params: PyTree) -> list[dict[str, float]]:
         """Eval metrics averaged over the held-out batches, one dict per member."""
@@ -392,14 +439,13 @@ def train(
 
         bar = tqdm(total=num_steps, initial=done, desc=desc, leave=False)
 
-    history: list[dict[str, Any]] = []
-    solved_at: list[int | None] = [None] * members
-    start = time.perf_counter()
+    start = time.perf_counter() - (history[-1]["time"] if history else 0.0)
+    finished = solved is not None and all(s is not None for s in solved_at)
     try:
-        while done < num_steps:
+        while done < num_steps and not finished:
             n = min(eval_every, num_steps - done)
             t0 = time.perf_counter()
-            block = _compiled_block(loss_fn, optimizer, batch_fn, n, stateful, ensemble)
+            block = _compiled_block(loss_fn, optimizer, batch_fn, n, stateful, ensemble, mesh)
             state, metrics = block(state)
             losses = np.asarray(metrics["loss"])
             _check_finite(losses, done)
@@ -430,8 +476,9 @@ def train(
                 for i, e in enumerate(ev):
                     if solved_at[i] is None and solved(e):
                         solved_at[i] = done
-                if all(s is not None for s in solved_at):
-                    break
+                finished = all(s is not None for s in solved_at)
+            if checkpoint_dir is not None:
+                checkpoints.save(checkpoint_dir, done, state, history, solved_at, checkpoint_meta)
     finally:
         if bar is not None:
             bar.close()
@@ -632,6 +679,9 @@ def fit(
     progress: bool = True,
     desc: str | None = None,
     log_extra: Mapping[str, Any] | None = None,
+    mesh: Mesh | None = None,
+    checkpoint_dir: str | Path | None = None,
+    resume: bool = False,
 ) -> tuple[SequenceModel, TrainResult]:
     """Train ``cell`` plus a linear readout on ``task`` with clipped Adam: the one-call entry.
 
@@ -657,7 +707,9 @@ def fit(
         previous chunk ended in, with the gradient stopped there
         (:func:`stateful_task_loss`); ``T / chunk`` updates per stream. Evaluation runs
         on whole sequences.
-      log_path, progress, desc, log_extra: see :func:`train`.
+      log_path, progress, desc, log_extra, mesh, checkpoint_dir, resume: see
+        :func:`train`; the checkpoints record the task, cell and training config, and a
+        resumed run must match them.
 
     Returns:
       ``(model, result)``; ``result.state.params`` are the trained params (with a leading
@@ -703,6 +755,22 @@ def fit(
         progress=progress,
         desc=desc,
         log_extra=log_extra,
+        mesh=mesh,
+        checkpoint_dir=checkpoint_dir,
+        resume=resume,
+        checkpoint_meta={
+            "task": task.name,
+            "seq_len": task.seq_len,
+            "cell": cell.name,
+            "cell_options": cell.options,
+            "batch_size": batch_size,
+            "learning_rate": learning_rate,
+            "clip_norm": clip_norm,
+            "schedule": schedule,
+            "seed": seed if ensemble else int(seed),
+            "truncate": truncate,
+            "chunk": chunk,
+        },
     )
     return model, result
 

@@ -329,7 +329,7 @@ def test_stack_options():
         with pytest.raises(ValueError, match=f"num_layers must be an int >= 1, got {bad!r}"):
             gr.stack(cell, bad)
     for bad in (1.0, -0.1, "0.5", None):
-        with pytest.raises(ValueError, match="dropout must be a number in"):
+        with pytest.raises(ValueError, match=r"dropout must be in \[0, 1\), got"):
             gr.stack(cell, 2, dropout=bad)
     with pytest.raises(TypeError, match="bidirectional must be True or False"):
         gr.stack(cell, 2, bidirectional="yes")

@@ -81,7 +81,7 @@ def demo(script, monkeypatch, capsys):
 
 
 def run(script: Path, *args: str, env: dict | None = None) -> subprocess.CompletedProcess:
-    """Run the demo as a real subprocess."""
+    """Run a script as a real subprocess from the repo root (no GATEDRNN_DEBUG unless asked)."""
     environ = {**os.environ, "PYTHONPATH": str(ROOT), **(env or {})}
     if not env or cli.DEBUG_ENV not in env:
         environ.pop(cli.DEBUG_ENV, None)
@@ -91,15 +91,18 @@ def run(script: Path, *args: str, env: dict | None = None) -> subprocess.Complet
         text=True,
         env=environ,
         timeout=300,
+        cwd=ROOT,
     )
 
 
-def assert_user_error(proc: subprocess.CompletedProcess, *needles: str) -> None:
-    assert proc.returncode == 2, proc.stderr
+def assert_user_error(
+    proc: subprocess.CompletedProcess, *needles: str, name: str = "demo.py"
+) -> None:
+    """Exit status 2, one line ``name: error: ...`` holding every needle, no traceback."""
+    assert proc.returncode == 2, proc.stderr[-2000:]
     lines = proc.stderr.strip().splitlines()
-    assert len(lines) == 1, proc.stderr
-    assert "Traceback" not in proc.stderr
-    assert lines[0].startswith("demo.py: error: "), lines[0]
+    assert len(lines) == 1 and "Traceback" not in proc.stderr, proc.stderr[-2000:]
+    assert lines[0].startswith(f"{name}: error: "), lines[0]
     for needle in needles:
         assert needle in lines[0], lines[0]
     assert proc.stdout == ""
@@ -232,3 +235,75 @@ def test_check_text_file_returns_the_text(tmp_path):
     assert cli.check_text_file(path) == "héllo"
     with pytest.raises(cli.UsageError, match="file not found"):
         cli.check_text_file(tmp_path / "missing")
+
+
+# ------------------------------------------------------------- the experiment scripts
+
+EXPERIMENTS = sorted(p for p in (ROOT / "experiments").glob("*.py") if not p.name.startswith("_"))
+
+
+def prefix(path: Path) -> list[str]:
+    """The subcommand to put first for scripts that have subcommands."""
+    return ["train"] if "add_subparsers" in path.read_text() else []
+
+
+@pytest.mark.parametrize("path", EXPERIMENTS, ids=lambda p: p.name)
+def test_experiment_unknown_option_is_one_line_exit_2(path):
+    proc = run(path, *prefix(path), "--quick", "--no-such-option")
+    assert_user_error(proc, "--no-such-option", name=path.name)
+
+
+def load_experiment(path: Path):
+    import importlib.util
+
+    name = f"_exp_{path.stem}"
+    spec = importlib.util.spec_from_file_location(name, path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module  # dataclasses look their module up
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.mark.parametrize("path", EXPERIMENTS, ids=lambda p: p.name)
+def test_experiment_nonsense_numbers_files_and_unwritable_out(path, tmp_path, monkeypatch, capsys):
+    """In this process (parsing fails before any work): each is one line, exit 2."""
+    module = load_experiment(path)
+    source = path.read_text()
+    blocker = tmp_path / "a-file"
+    blocker.write_text("x")
+    cases = [(["--out", str(blocker / "x")], "a-file")]
+    for option, value in [
+        ("--seed", "-1"),
+        ("--hidden", "0"),
+        ("--hidden-size", "0"),
+        ("--steps", "-5"),
+        ("--train-steps", "-5"),
+        ("--T", "0"),
+        ("--batch", "0"),
+        ("--batch-size", "0"),
+        ("--lr", "nan"),
+    ]:
+        if f'"{option}"' in source:
+            cases.append(([option, value], f"argument {option}"))
+    if '"--text"' in source:
+        empty, latin = tmp_path / "empty.txt", tmp_path / "latin.txt"
+        empty.write_text("")
+        latin.write_bytes("caf\u00e9".encode("latin-1"))
+        cases += [
+            (["--text", str(tmp_path / "missing.txt")], "file not found"),
+            (["--text", str(empty)], "file is empty"),
+            (["--text", str(latin)], "not UTF-8"),
+        ]
+    monkeypatch.setattr(sys, "argv", [path.name])
+    monkeypatch.delenv(cli.DEBUG_ENV, raising=False)
+    main = getattr(module, "cli_main", module.main)
+    for args, needle in cases:
+        with pytest.raises(SystemExit) as exit_info:
+            cli.run(main, [*prefix(path), "--quick", *args])
+        err = capsys.readouterr().err
+        assert exit_info.value.code == 2, (args, err)
+        lines = err.strip().splitlines()
+        assert len(lines) == 1 and needle in lines[0], (args, err)
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(
+        p.name for p in (blocker, tmp_path / "empty.txt", tmp_path / "latin.txt") if p.exists()
+    )

@@ -15,7 +15,7 @@ from hypothesis import strategies as st
 import gatedrnn as gr
 
 # Few examples (each new shape compiles a scan), reproducible in CI.
-FAST = settings(max_examples=10, deadline=None, derandomize=True, print_blob=True)
+FAST = settings(max_examples=8, deadline=None, derandomize=True, print_blob=True)
 
 CELLS = {
     "vanilla-tanh": lambda h: gr.vanilla(h),
@@ -97,7 +97,7 @@ def test_lengths_mask_equals_scanning_each_valid_prefix(problem, reverse):
         close(flat_y[b, :n], y_b)
 
 
-@settings(FAST, max_examples=6)
+@settings(FAST, max_examples=5)
 @given(problems(max_batch_dims=1), st.booleans(), st.sampled_from([None, 1, 3]))
 def test_gradients_are_finite(problem, reverse, truncate):
     cell, params, xs, lengths = problem

@@ -8,6 +8,8 @@ from pathlib import Path
 
 import pytest
 
+from gatedrnn.cli import UsageError
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -34,5 +36,5 @@ def test_quick_mode_writes_results(tmp_path) -> None:
 
 def test_windows_must_divide_the_sequence() -> None:
     tr = _load()
-    with pytest.raises(SystemExit):
+    with pytest.raises(UsageError, match="must be a multiple of every window"):
         tr.parse_args(["--seq-len", "10", "--windows", "4"])

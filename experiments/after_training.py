@@ -1,0 +1,230 @@
+"""After training: the gradient decay of vanilla RNN, LSTM and GRU before and after learning
+a long-range task.
+
+Each cell (plus a linear readout, gatedrnn.train.fit: clipped Adam) is trained on the
+delayed-recall task of gatedrnn.tasks (a key token in the first tenth of the sequence,
+distractors, a query at the end asking for the key). Before and after training, on longer
+sequences of the same task, one backward pass gives ||dL/ds_t|| of the task loss for every
+state (gatedrnn.diagnostics.state_gradient_norms); the script fits the per-step decay
+factor and reads the mean forget/update gate (gatedrnn.diagnostics.gate_statistics).
+
+Writes experiments/results/after_training.{json,png}.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from experiments._common import (
+    parser,
+    pyplot,
+    setup_jax,
+    table,
+    timed,
+    whole_state,
+    write_results,
+)
+from gatedrnn import cli
+
+
+def measure(model, params, batch, loss_fn, ratio: float) -> dict:
+    """Decay of the task loss's state gradients, and gate statistics, in float64."""
+    import jax
+    import jax.numpy as jnp
+
+    from gatedrnn import diagnostics as dg
+
+    p64 = jax.tree_util.tree_map(lambda a: jnp.asarray(a, jnp.float64), params)
+    xs = jnp.asarray(batch.inputs, jnp.float64)
+
+    norms = dg.state_gradient_norms(
+        model.cell, p64.cell, xs, loss_fn, loss_args=(p64.w_out, p64.b_out, batch)
+    )
+    total = whole_state(norms)
+    stats = dg.gate_statistics(model.cell, p64.cell, xs)
+    out = {
+        "relative_grad_norm": total / total[-1],
+        "decay_factor": dg.decay_factor(total, floor=1e-300),
+        "vanish_distance": dg.vanishing_distance(total, ratio),
+        "saturated": float(jnp.mean(stats["saturated"])),
+    }
+    for gate in ("forget", "update"):
+        if gate in stats:
+            out[f"mean_{gate}_gate"] = float(jnp.mean(stats[gate]))
+    for key in ("forget_saturated_high", "update_saturated_high"):
+        if key in stats:  # units whose gate is within 0.05 of 1: they keep their memory
+            out[key] = float(jnp.mean(stats[key]))
+    return out
+
+
+def main(argv: list[str] | None = None) -> dict:
+    p = parser(__doc__.split("\n\n")[0])
+    p.add_argument("--hidden", type=cli.positive_int, default=32)
+    p.add_argument(
+        "--T-train", type=cli.positive_int, default=30, help="sequence length for training"
+    )
+    p.add_argument(
+        "--T-measure", type=cli.positive_int, default=200, help="sequence length for measuring"
+    )
+    p.add_argument(
+        "--steps", type=cli.positive_int, default=1500, help="training updates (early stop)"
+    )
+    p.add_argument("--batch", type=cli.positive_int, default=32)
+    p.add_argument("--lr", type=cli.positive_float, default=3e-3)
+    p.add_argument("--measure-batch", type=cli.positive_int, default=32)
+    p.add_argument("--ratio", type=cli.positive_float, default=1e-6)
+    args = p.parse_args(argv)
+    if args.quick:
+        args.hidden, args.T_train, args.T_measure, args.steps = 8, 10, 30, 30
+        args.measure_batch = 4
+    setup_jax(x64=False)  # train in float32 as usual; measure in float64 afterwards
+    import jax
+    import numpy as np
+
+    import gatedrnn as gr
+    from gatedrnn import tasks, train
+
+    task = tasks.delayed_recall(args.T_train)
+    long_task = tasks.delayed_recall(args.T_measure)
+    cells = {
+        "vanilla (tanh)": gr.vanilla(args.hidden),
+        "LSTM": gr.lstm(args.hidden),
+        "GRU": gr.gru(args.hidden),
+    }
+    trained = {}
+    for label, cell in cells.items():
+        (model, res), secs = timed(
+            train.fit,
+            task,
+            cell,
+            num_steps=args.steps,
+            batch_size=args.batch,
+            learning_rate=args.lr,
+            seed=args.seed,
+            eval_every=max(1, min(100, args.steps)),
+            progress=False,
+        )
+        before = model.init(train.param_key(args.seed))  # the init fit started from
+        trained[label] = (model, before, res, secs)
+        last = res.history[-1]
+        print(
+            f"{label}: trained {last['step']} steps in {secs:.0f} s, eval accuracy "
+            f"{last['eval_accuracy']:.3f} (solved at {res.solved_step})",
+            flush=True,
+        )
+
+    batch = long_task.sample(jax.random.PRNGKey(args.seed + 99), args.measure_batch)
+    jax.config.update("jax_enable_x64", True)
+
+    def loss_fn(final, ys, w_out, b_out, batch):  # ys (T, B, H), time-major
+        """The task's loss through the model's readout, as a function of the states."""
+        return long_task.loss_fn(jax.numpy.swapaxes(ys, 0, 1) @ w_out + b_out, batch)[0]
+
+    results: dict = {
+        "config": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
+        "cells": {},
+    }
+    rows = []
+    for label, (model, before, res, secs) in trained.items():
+        m0 = measure(model, before, batch, loss_fn, args.ratio)
+        m1 = measure(model, res.state.params, batch, loss_fn, args.ratio)
+        last = res.history[-1]
+        results["cells"][label] = {
+            "before": m0,
+            "after": m1,
+            "train_steps": int(last["step"]),
+            "solved_step": res.solved_step,
+            "eval_accuracy": float(last["eval_accuracy"]),
+            "eval_loss": float(last["eval_loss"]),
+            "baseline_loss": task.baseline,
+            "history": res.history,
+            "train_seconds": secs,
+        }
+        gate_key = "mean_forget_gate" if "mean_forget_gate" in m0 else "mean_update_gate"
+        high = "forget_saturated_high" if "mean_forget_gate" in m0 else "update_saturated_high"
+
+        def dist(m):
+            return f"> {args.T_measure}" if m["vanish_distance"] is None else m["vanish_distance"]
+
+        rows.append(
+            [
+                label,
+                f"{last['eval_accuracy']:.3f}",
+                "-" if res.solved_step is None else res.solved_step,
+                f"{m0['decay_factor']:.4f} -> {m1['decay_factor']:.4f}",
+                f"{dist(m0)} -> {dist(m1)}",
+                f"{m0[gate_key]:.3f} -> {m1[gate_key]:.3f}" if gate_key in m0 else "-",
+                f"{m0[high]:.3f} -> {m1[high]:.3f}" if high in m0 else "-",
+                f"{m0['saturated']:.3f} -> {m1['saturated']:.3f}",
+            ]
+        )
+    text = table(
+        rows,
+        [
+            "cell",
+            f"eval accuracy (T={args.T_train})",
+            "solved at step",
+            "decay factor before -> after",
+            f"distance to {args.ratio:g}",
+            "mean forget/update gate",
+            "fraction of gates > 0.95",
+            "saturated fraction",
+        ],
+    )
+    print(
+        f"\nDelayed recall, T={args.T_train} for training, T={args.T_measure} for measuring, "
+        f"H={args.hidden}; chance accuracy {1 / task.output_size:.3f}\n"
+    )
+    print(text)
+    results["table"] = text
+
+    plt = pyplot()
+    fig, axes = plt.subplots(1, 3, figsize=(17, 4.5))
+    dist_axis = np.arange(args.T_measure, -1, -1)
+    lowest = min(
+        float(np.min(c[w]["relative_grad_norm"]))
+        for c in results["cells"].values()
+        for w in ("before", "after")
+    )
+    highest = max(
+        float(np.max(c[w]["relative_grad_norm"]))
+        for c in results["cells"].values()
+        for w in ("before", "after")
+    )
+    for ax, when in zip(axes[:2], ("before", "after")):
+        for (label, c), color in zip(results["cells"].items(), ["C3", "C0", "C2"]):
+            ax.semilogy(
+                dist_axis,
+                c[when]["relative_grad_norm"],
+                color=color,
+                label=f"{label}: {c[when]['decay_factor']:.3f}/step",
+            )
+        ax.axhline(args.ratio, color="k", lw=0.8, ls="--")
+        ax.axvline(args.T_train, color="grey", lw=0.8, ls=":")
+        ax.set_ylim(max(1e-300, lowest / 10), max(10.0, highest * 10))
+        ax.set(
+            xlabel="distance T - t (dotted: training length)",
+            ylabel="||dL/ds_t|| / ||dL/ds_T||",
+            title=f"{when} training (delayed recall, T={args.T_measure})",
+        )
+        ax.legend(fontsize=8)
+    ax = axes[2]
+    for (label, c), color in zip(results["cells"].items(), ["C3", "C0", "C2"]):
+        steps = [h["step"] for h in c["history"]]
+        ax.plot(steps, [h["eval_accuracy"] for h in c["history"]], "o-", color=color, label=label)
+    ax.axhline(1 / task.output_size, color="k", lw=0.8, ls="--", label="chance")
+    ax.set(
+        xlabel="training step",
+        ylabel="held-out accuracy",
+        title=f"training on delayed recall, T={args.T_train}",
+    )
+    ax.legend(fontsize=8)
+    write_results(args.out, "after_training", results, fig)
+    return results
+
+
+if __name__ == "__main__":
+    cli.run(main)

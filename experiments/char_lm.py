@@ -1,0 +1,419 @@
+"""Character-level language model: train, sample, and compare vanilla RNN / LSTM / GRU.
+
+Subcommands:
+
+* ``train``: train on the default corpus (the Python standard library's own source,
+  :data:`gatedrnn.text.STDLIB_MODULES`) or ``--text FILE``; writes checkpoints, a
+  learning curve, samples and ``train.json`` to ``--out``. ``--resume`` continues the run in
+  ``--out`` exactly where its last checkpoint left it.
+* ``sample``: generate text from a checkpoint (priming text, temperature, top-k, seed).
+* ``compare``: vanilla / LSTM / GRU at about equal parameter counts, same data and steps;
+  a table, a learning-curve PNG and JSON in ``--out``.
+
+Examples::
+
+    python experiments/char_lm.py train                 # the default run (< 15 min, 2 cores)
+    python experiments/char_lm.py sample --prime "def " --temperature 0.7
+    python experiments/char_lm.py compare
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import math
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import jax
+
+from experiments._common import pyplot, table
+from gatedrnn import char_lm as clm
+from gatedrnn import cli
+from gatedrnn.text import load_text
+
+RESULTS = Path(__file__).resolve().parent / "results"
+
+# The default run: a 2-layer LSTM; sized so it finishes in under 15 minutes on 2 shared
+# cores (--max-minutes stops it early, with a checkpoint, if the machine is slower).
+DEFAULT_MODEL = {"cell": "lstm", "hidden_size": 256, "num_layers": 2, "embed_size": 64}
+DEFAULT_TRAIN = {
+    "steps": 600,
+    "batch_size": 32,
+    "seq_len": 64,
+    "lr": 3e-3,
+    "warmup": 50,
+    "eval_every": 100,
+}
+QUICK_MODEL = {"cell": "lstm", "hidden_size": 64, "num_layers": 1, "embed_size": 16}
+QUICK_TRAIN = {
+    "steps": 60,
+    "batch_size": 8,
+    "seq_len": 32,
+    "lr": 1e-2,
+    "warmup": 5,
+    "eval_every": 20,
+    "ckpt_every": 20,
+    "eval_chars": 4000,
+}
+QUICK_CHARS = 60_000
+# command-line option (argparse dest) -> CharLMConfig / TrainConfig field
+OPTION_FIELDS = {
+    "cell": "cell",
+    "hidden": "hidden_size",
+    "layers": "num_layers",
+    "embed": "embed_size",
+    "dropout": "dropout",
+    "steps": "steps",
+    "batch": "batch_size",
+    "seq_len": "seq_len",
+    "lr": "lr",
+    "eval_every": "eval_every",
+    "ckpt_every": "ckpt_every",
+}  # --quick trains on the first 60k characters only
+
+
+def _corpus(args: argparse.Namespace) -> tuple[str, str, str]:
+    corpus = load_text(args.text)
+    text = corpus.text[:QUICK_CHARS] if args.quick else corpus.text
+    return text, corpus.name, corpus.sha256
+
+
+def _plot(curves: dict[str, list[dict]], baseline: float, path: Path, title: str) -> None:
+    plt = pyplot()
+    fig, ax = plt.subplots(figsize=(6.4, 4.2))
+    for name, hist in curves.items():
+        steps = [h["step"] for h in hist]
+        ax.plot(steps, [h["val_bpc"] for h in hist], "-o", ms=3, label=f"{name} (validation)")
+        ax.plot(steps, [h["train_bpc"] for h in hist], ":", color=ax.lines[-1].get_color())
+    ax.axhline(baseline, color="gray", ls="--", label=f"unigram baseline {baseline:.2f}")
+    ax.set_xlabel("step")
+    ax.set_ylabel("bits per character (dotted: train)")
+    ax.set_title(title)
+    ax.legend()
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    with cli.atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=120)
+    plt.close(fig)
+
+
+def _samples(
+    params: Any, config: clm.CharLMConfig, vocab: Any, primes: list[str], length: int, seed: int
+) -> str:
+    parts = []
+    for temp in (0.0, 0.5, 0.8):
+        for i, prime in enumerate(primes):
+            ids = clm.sample(
+                params, config, vocab.encode(prime), length, temperature=temp, seed=seed + i
+            )[0]
+            parts.append(f"--- temperature {temp}, prime {prime!r} ---\n{prime}{vocab.decode(ids)}")
+    return "\n\n".join(parts) + "\n"
+
+
+def cmd_train(args: argparse.Namespace) -> dict[str, Any]:
+    """The ``train`` subcommand."""
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    text, name, sha = _corpus(args)
+    given = {field: getattr(args, opt) for opt, field in OPTION_FIELDS.items()}
+    given = {k: v for k, v in given.items() if v is not None}
+    model = dict(QUICK_MODEL if args.quick else DEFAULT_MODEL)
+    train = dict(QUICK_TRAIN if args.quick else DEFAULT_TRAIN)
+    model_fields = {f.name for f in dataclasses.fields(clm.CharLMConfig)}
+    model.update({k: v for k, v in given.items() if k in model_fields})
+    train.update({k: v for k, v in given.items() if k not in model_fields})
+    train_cfg = clm.TrainConfig(seed=args.seed, **train)
+    print(f"corpus {name}: {len(text):,} characters, sha256 {sha[:12]}", flush=True)
+    res = clm.train(
+        text,
+        model,
+        train_cfg,
+        ckpt_dir=out / "checkpoints",
+        resume=args.resume,
+        time_limit=None if args.max_minutes is None else 60 * args.max_minutes,
+        corpus_sha256=sha,
+        progress=not args.no_progress,
+        log=lambda s: print(s, flush=True),
+    )
+    samples = _samples(
+        res["params"], res["config"], res["vocab"], ["def ", "class "], args.sample_len, args.seed
+    )
+    cli.write_text(out / "samples.txt", samples)
+    summary = {
+        "corpus": name,
+        "corpus_chars": len(text),
+        "corpus_sha256": sha,
+        "model": dataclasses.asdict(res["config"]),
+        "train": dataclasses.asdict(train_cfg),
+        "num_params": res["num_params"],
+        "steps_done": res["steps_done"],
+        "train_time_s": res["train_time"],
+        "val_bpc": res["val_bpc"],
+        "unigram_bpc": res["unigram_bpc"],
+        "history": res["history"],
+        "python": sys.version.split()[0],
+        "jax": jax.__version__,
+    }
+    cli.write_json(out / "train.json", summary, indent=1)
+    if res["history"]:
+        _plot(
+            {res["config"].cell: res["history"]},
+            res["unigram_bpc"],
+            out / "curve.png",
+            f"char LM on {Path(name).name}",
+        )
+    print(
+        f"validation {res['val_bpc']:.3f} bits/char vs unigram baseline "
+        f"{res['unigram_bpc']:.3f}; {res['steps_done']} steps in {res['train_time']:.0f}s"
+    )
+    print(
+        f"wrote {out / 'train.json'}, {out / 'samples.txt'}, checkpoints in {out / 'checkpoints'}"
+    )
+    print(samples.split("\n\n")[2 if len(samples.split("\n\n")) > 2 else 0])
+    return summary
+
+
+def cmd_sample(args: argparse.Namespace) -> str:
+    """The ``sample`` subcommand."""
+    params, config, vocab, info = clm.load_model(args.ckpt)
+    prime = args.prime.replace("\\n", "\n").replace("\\t", "\t")
+    ids = clm.sample(
+        params,
+        config,
+        vocab.encode(prime),
+        args.length,
+        temperature=args.temperature,
+        top_k=args.top_k,
+        seed=args.seed,
+        num_samples=args.num,
+    )
+    text = "\n\n".join(prime + vocab.decode(row) for row in ids) + "\n"
+    if args.out:
+        cli.write_text(args.out, text)
+        print(f"wrote {args.out} (checkpoint step {info['step']})")
+    else:
+        sys.stdout.write(text)
+    return text
+
+
+def hidden_for_budget(cell: str, budget: int, base: dict[str, Any], vocab_size: int) -> int:
+    """The hidden size whose model (embedding, RNN, readout) has closest to ``budget``
+    parameters, counted from the real params shapes."""
+    best, best_gap = 1, math.inf
+    lo, hi = 1, 4096
+    while lo <= hi:  # parameter count is increasing in H: bisect, then check neighbours
+        mid = (lo + hi) // 2
+        n = clm.param_count(
+            clm.CharLMConfig(vocab_size, **{**base, "cell": cell, "hidden_size": mid})
+        )
+        if n < budget:
+            lo = mid + 1
+        else:
+            hi = mid - 1
+    for h in (lo - 1, lo, lo + 1):
+        if h >= 1:
+            cfg = clm.CharLMConfig(vocab_size, **{**base, "cell": cell, "hidden_size": h})
+            gap = abs(clm.param_count(cfg) - budget)
+            if gap < best_gap:
+                best, best_gap = h, gap
+    return best
+
+
+def layer_param_counts(input_size: int, hidden_size: int) -> dict[str, dict[str, int]]:
+    """Parameters of one layer of each cell for ``I, H``: counted from ``cell.init`` and from
+    the closed forms ``vanilla IH + H^2 + H``, ``LSTM 4(IH + H^2 + H)``,
+    ``GRU 3(IH + H^2 + 2H)`` (GRU keeps input and recurrent biases apart)."""
+    I, H = input_size, hidden_size
+    formula = {
+        "vanilla": I * H + H * H + H,
+        "lstm": 4 * (I * H + H * H + H),
+        "gru": 3 * (I * H + H * H + 2 * H),
+    }
+    out = {}
+    for name, make in clm.CELLS.items():
+        shapes = jax.eval_shape(lambda k, make=make: make(H).init(k, I), jax.random.PRNGKey(0))
+        out[name] = {"counted": clm.num_params(shapes), "formula": formula[name]}
+    return out
+
+
+def cmd_compare(args: argparse.Namespace) -> dict[str, Any]:
+    """The ``compare`` subcommand."""
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    text, name, sha = _corpus(args)
+    data = clm.prepare_data(text)
+    V = len(data.vocab)
+    base = {"num_layers": args.layers, "embed_size": 16 if args.quick else 64}
+    budget = args.budget or (20_000 if args.quick else 200_000)
+    train = dict(QUICK_TRAIN) if args.quick else {
+        "steps": 300, "batch_size": 32, "seq_len": 100, "lr": 3e-3, "warmup": 30,
+        "eval_every": 50, "eval_chars": 20000, "ckpt_every": 10**9,
+    }  # fmt: skip
+    if args.steps is not None:
+        train["steps"] = args.steps
+    train_cfg = clm.TrainConfig(seed=args.seed, **train)
+    rows, curves = [], {}
+    for cell in args.cells:
+        H = hidden_for_budget(cell, budget, base, V)
+        model = {**base, "cell": cell, "hidden_size": H}
+        print(f"{cell}: hidden {H}, {clm.param_count(clm.CharLMConfig(V, **model)):,} params")
+        t = time.perf_counter()
+        res = clm.train(text, model, train_cfg, progress=not args.no_progress, corpus_sha256=sha)
+        wall = time.perf_counter() - t
+        curves[cell] = res["history"]
+        rows.append(
+            {
+                "cell": cell,
+                "hidden_size": H,
+                "num_params": res["num_params"],
+                "val_bpc": res["val_bpc"],
+                "unigram_bpc": res["unigram_bpc"],
+                "train_time_s": res["train_time"],
+                "wall_time_s": wall,
+                "history": res["history"],
+            }
+        )
+        print(f"  validation {res['val_bpc']:.3f} bpc (unigram {res['unigram_bpc']:.3f}), "
+              f"{res['train_time']:.0f}s")  # fmt: skip
+    md = table(
+        [
+            [r["cell"], r["hidden_size"], f"{r['num_params']:,}", f"{r['val_bpc']:.3f}",
+             f"{r['unigram_bpc']:.3f}", f"{r['train_time_s']:.0f}"]
+            for r in rows
+        ],
+        ["cell", "hidden", "params", "validation bpc", "unigram bpc", "train time (s)"],
+    )  # fmt: skip
+    counts = layer_param_counts(256, 256)
+    result = {
+        "corpus": name,
+        "corpus_chars": len(text),
+        "corpus_sha256": sha,
+        "budget": budget,
+        "layers": args.layers,
+        "train": dataclasses.asdict(train_cfg),
+        "results": rows,
+        "layer_params_I256_H256": counts,
+        "table_md": md,
+        "python": sys.version.split()[0],
+        "jax": jax.__version__,
+    }
+    cli.write_json(out / "char_lm_compare.json", result, indent=1)
+    cli.write_text(out / "char_lm_compare.md", md + "\n")
+    _plot(
+        {f"{r['cell']} (H={r['hidden_size']})": r["history"] for r in rows},
+        rows[0]["unigram_bpc"],
+        out / "char_lm_compare.png",
+        f"vanilla / LSTM / GRU at ~{budget:,} params",
+    )
+    print(result["table_md"])
+    print(f"wrote {out / 'char_lm_compare.json'}, .md, .png")
+    return result
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The command line."""
+    p = cli.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    sub = p.add_subparsers(dest="cmd", required=True)
+
+    def common(q: argparse.ArgumentParser, out: Path) -> None:
+        q.add_argument("--quick", action="store_true", help="tiny model, 60k characters, seconds")
+        q.add_argument("--seed", type=cli.nonneg_int, default=0, help="random seed (default 0)")
+        q.add_argument(
+            "--out", type=cli.output_dir, default=out, help=f"output directory (default {out})"
+        )
+        q.add_argument(
+            "--text",
+            type=cli.text_file,
+            default=None,
+            help="UTF-8 text file (default: stdlib source)",
+        )
+        q.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+    t = sub.add_parser("train", help="train a char LM, write checkpoints, samples, curve")
+    common(t, RESULTS / "char_lm")
+    t.add_argument("--cell", choices=sorted(clm.CELLS), default=None, help="default lstm")
+    t.add_argument(
+        "--hidden", type=cli.positive_int, default=None, help="hidden size (default 256)"
+    )
+    t.add_argument("--layers", type=cli.positive_int, default=None, help="1-3 layers (default 2)")
+    t.add_argument(
+        "--embed", type=cli.positive_int, default=None, help="embedding size (default 64)"
+    )
+    t.add_argument("--dropout", type=float, default=None, help="between layers (default 0)")
+    t.add_argument(
+        "--steps", type=cli.positive_int, default=None, help="optimizer steps (default 600)"
+    )
+    t.add_argument(
+        "--batch", type=cli.positive_int, default=None, help="rows per batch (default 32)"
+    )
+    t.add_argument(
+        "--seq-len", type=cli.positive_int, default=None, help="BPTT chunk length (default 64)"
+    )
+    t.add_argument(
+        "--lr", type=cli.positive_float, default=None, help="peak learning rate (default 3e-3)"
+    )
+    t.add_argument(
+        "--eval-every", type=cli.positive_int, default=None, help="steps between evaluations"
+    )
+    t.add_argument(
+        "--ckpt-every", type=cli.positive_int, default=None, help="steps between checkpoints"
+    )
+    t.add_argument("--resume", action="store_true", help="continue from --out's checkpoint")
+    t.add_argument(
+        "--max-minutes",
+        type=cli.positive_float,
+        default=11.0,
+        help="stop (with a checkpoint) after this much training time (default 11)",
+    )
+    t.add_argument("--sample-len", type=cli.positive_int, default=300, help="characters per sample")
+
+    s = sub.add_parser("sample", help="generate text from a checkpoint")
+    s.add_argument("--ckpt", default=str(RESULTS / "char_lm" / "checkpoints"),
+                   help="checkpoint dir or run's checkpoints dir")  # fmt: skip
+    s.add_argument("--prime", default="def ", help="priming text (\\n and \\t are newline and tab)")
+    s.add_argument("--length", type=cli.positive_int, default=500, help="characters to generate")
+    s.add_argument("--temperature", type=float, default=0.8, help="0 = greedy")
+    s.add_argument(
+        "--top-k", type=cli.nonneg_int, default=0, help="sample among the k likeliest (0 = all)"
+    )
+    s.add_argument("--num", type=cli.positive_int, default=1, help="number of samples")
+    s.add_argument("--seed", type=cli.nonneg_int, default=0, help="random seed")
+    s.add_argument("--out", default=None, help="write to this file (default stdout)")
+    s.add_argument("--quick", action="store_true", help="(accepted for uniformity; no effect)")
+
+    c = sub.add_parser("compare", help="vanilla / LSTM / GRU at equal parameter counts")
+    common(c, RESULTS)
+    c.add_argument("--cells", nargs="+", default=["vanilla", "lstm", "gru"])
+    c.add_argument(
+        "--budget", type=cli.positive_int, default=None, help="params per model (default 200k)"
+    )
+    c.add_argument(
+        "--layers", type=cli.positive_int, default=1, help="layers per model (default 1)"
+    )
+    c.add_argument(
+        "--steps", type=cli.positive_int, default=None, help="steps per model (default 300)"
+    )
+    return p
+
+
+def main(argv: list[str] | None = None) -> Any:
+    """Parse ``argv`` and run the subcommand."""
+    args = build_parser().parse_args(argv)
+    return {"train": cmd_train, "sample": cmd_sample, "compare": cmd_compare}[args.cmd](args)
+
+
+def cli_main(argv: list[str] | None = None) -> int:
+    """``main`` for the command line: exit status 0 (errors are reported by ``cli.run``)."""
+    main(argv)
+    return 0
+
+
+if __name__ == "__main__":
+    cli.run(cli_main)

@@ -1,0 +1,121 @@
+"""Data-parallel training on a ``jax.sharding.Mesh``: the batch is split across devices,
+the parameters are replicated, and XLA adds the gradient all-reduce (no ``pmap``).
+
+The whole update stays one ``jax.jit`` program (see :func:`gatedrnn.train.train`'s
+``mesh=``): the state enters and leaves replicated (:func:`replicated`), each batch is
+constrained to be split along its leading axis (:func:`shard_batch`), and XLA's SPMD
+partitioner turns the mean over the batch into per-device partial sums plus an
+all-reduce. Random batches drawn inside the program are the same on any number of
+devices (JAX's partitionable threefry), so a run on 8 devices follows the run on one
+device up to float rounding of the reductions.
+
+Several hosts: call ``jax.distributed.initialize()`` first in every process; then
+``jax.devices()`` lists the devices of all hosts and :func:`data_mesh` spans them all.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import jax
+import numpy as np
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
+
+PyTree = Any
+
+DATA_AXIS = "data"
+
+
+def data_mesh(devices: Sequence[jax.Device] | None = None) -> Mesh:
+    """A 1-D mesh named ``"data"`` over ``devices`` (default: all devices, of all hosts).
+
+    Args:
+      devices: the devices to use, e.g. ``jax.local_devices()[:4]``.
+
+    Returns:
+      a ``jax.sharding.Mesh`` with one axis ``"data"`` of size ``len(devices)``.
+    """
+    devices = list(jax.devices() if devices is None else devices)
+    if not devices:
+        raise ValueError("data_mesh needs at least one device, got none")
+    return Mesh(np.array(devices), (DATA_AXIS,))
+
+
+def check_mesh(mesh: Any) -> Mesh:
+    """Return ``mesh`` if it is a ``Mesh`` with a ``"data"`` axis, else raise."""
+    if not isinstance(mesh, Mesh):
+        raise TypeError(f"mesh must be a jax.sharding.Mesh, got {type(mesh).__name__}")
+    if DATA_AXIS not in mesh.axis_names:
+        raise ValueError(
+            f"mesh must have an axis named {DATA_AXIS!r} (see data_mesh), got {mesh.axis_names}"
+        )
+    return mesh
+
+
+def replicated(mesh: Mesh) -> NamedSharding:
+    """The sharding that keeps a full copy on every device of ``mesh``."""
+    return NamedSharding(mesh, PartitionSpec())
+
+
+def batch_sharding(mesh: Mesh) -> NamedSharding:
+    """The sharding that splits axis 0 across the ``"data"`` axis of ``mesh``."""
+    return NamedSharding(mesh, PartitionSpec(DATA_AXIS))
+
+
+def replicate(tree: PyTree, mesh: Mesh) -> PyTree:
+    """Place every leaf of ``tree`` on all devices of ``mesh`` (params, optimizer state)."""
+    return jax.device_put(tree, replicated(mesh))
+
+
+def _leaf_sharding(leaf: Any, mesh: Mesh) -> NamedSharding:
+    """Batch-split a leaf with a leading axis, replicate a scalar; check divisibility."""
+    shape = np.shape(leaf)
+    if not shape:
+        return replicated(mesh)
+    n = mesh.shape[DATA_AXIS]
+    if shape[0] % n:
+        raise ValueError(
+            f"the batch size must be a multiple of the {n} devices of the data mesh, got a "
+            f"batch leaf of shape {tuple(shape)}; use a batch size of {n * max(1, shape[0] // n)}"
+            f" or {n * (shape[0] // n + 1)}"
+        )
+    return batch_sharding(mesh)
+
+
+def shard_batch(batch: PyTree, mesh: Mesh) -> PyTree:
+    """Split every leaf of ``batch`` with at least one axis along axis 0 over ``mesh``.
+
+    Works both on concrete arrays (``device_put``) and inside ``jit`` (a sharding
+    constraint). Scalar leaves are replicated.
+
+    Raises:
+      ValueError: a leaf's leading axis is not a multiple of the number of devices.
+    """
+    shardings = jax.tree_util.tree_map(lambda leaf: _leaf_sharding(leaf, mesh), batch)
+    if any(isinstance(x, jax.core.Tracer) for x in jax.tree_util.tree_leaves(batch)):
+        return jax.lax.with_sharding_constraint(batch, shardings)
+    return jax.device_put(batch, shardings)
+
+
+def sharded_batch_fn(
+    batch_fn: Callable[[Any, Any], PyTree], mesh: Mesh
+) -> Callable[[Any, Any], PyTree]:
+    """``batch_fn`` whose batches come out split along axis 0 over ``mesh``."""
+
+    def fn(rng: Any, step: Any) -> PyTree:
+        return shard_batch(batch_fn(rng, step), mesh)
+
+    return fn
+
+
+__all__ = [
+    "DATA_AXIS",
+    "batch_sharding",
+    "check_mesh",
+    "data_mesh",
+    "replicate",
+    "replicated",
+    "shard_batch",
+    "sharded_batch_fn",
+]

@@ -1,0 +1,166 @@
+"""Tests for gatedrnn.char_lm and experiments/char_lm.py: exact resume, stateful chunks,
+sampling (seeded, greedy at temperature 0), and the --quick command line."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from gatedrnn import char_lm as clm
+from gatedrnn.checkpoint import CheckpointError
+
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+from experiments import char_lm as SCRIPT  # noqa: E402
+
+TEXT = ("def f(x):\n    return x + 1\n\nclass A:\n    pass\n" * 20)[:600]
+MODEL = {"cell": "gru", "hidden_size": 12, "num_layers": 2, "embed_size": 6, "dropout": 0.2}
+TRAIN = clm.TrainConfig(
+    steps=10, batch_size=4, seq_len=16, lr=1e-2, warmup=2, eval_every=5, ckpt_every=3,
+    eval_chars=400, val_fraction=0.1,
+)  # fmt: skip
+
+
+def _leaves_equal(a, b) -> None:
+    for x, y in zip(jax.tree_util.tree_leaves(a), jax.tree_util.tree_leaves(b), strict=True):
+        np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
+
+
+def test_interrupted_and_resumed_run_ends_with_the_same_params(tmp_path: Path):
+    # 540 train chars in 4 rows of 135: 8 chunks per pass, so the run wraps around once.
+    full = clm.train(TEXT, MODEL, TRAIN)
+    part = clm.train(TEXT, MODEL, TRAIN, ckpt_dir=tmp_path, stop_at=7)
+    assert part["steps_done"] == 7
+    with pytest.raises(AssertionError):
+        _leaves_equal(part["params"], full["params"])
+    # a second interruption, by the time limit: it stops after one step, with a checkpoint
+    timed = clm.train(TEXT, MODEL, TRAIN, ckpt_dir=tmp_path, resume=True, time_limit=0.0)
+    assert timed["steps_done"] == 8
+    resumed = clm.train(TEXT, MODEL, TRAIN, ckpt_dir=tmp_path, resume=True)
+    assert resumed["steps_done"] == TRAIN.steps
+    _leaves_equal(resumed["state"], full["state"])  # params, Adam state and carried state
+    assert resumed["val_bpc"] == full["val_bpc"]
+    assert [h["step"] for h in resumed["history"]] == [5, 8, 10]  # 8: the time-limit stop
+
+
+def test_resume_refuses_a_different_config(tmp_path: Path):
+    clm.train(TEXT, MODEL, TRAIN, ckpt_dir=tmp_path, stop_at=3)
+    with pytest.raises(CheckpointError, match="model"):
+        clm.train(TEXT, {**MODEL, "hidden_size": 13}, TRAIN, ckpt_dir=tmp_path, resume=True)
+    with pytest.raises(CheckpointError, match="already holds checkpoints"):
+        clm.train(TEXT, MODEL, TRAIN, ckpt_dir=tmp_path)
+    with pytest.raises(CheckpointError, match="no checkpoint"):
+        clm.train(TEXT, MODEL, TRAIN, ckpt_dir=tmp_path / "empty", resume=True)
+
+
+def _tiny(cell: str = "lstm", layers: int = 2):
+    cfg = clm.CharLMConfig(vocab_size=11, cell=cell, hidden_size=8, num_layers=layers, embed_size=5)
+    return cfg, clm.init(jax.random.PRNGKey(1), cfg)
+
+
+APPLY = jax.jit(clm.apply, static_argnums=1)
+
+
+@pytest.mark.parametrize("cell", ["vanilla", "lstm", "gru"])
+def test_carrying_state_over_chunks_equals_one_long_run(cell: str):
+    cfg, params = _tiny(cell)
+    ids = jax.random.randint(jax.random.PRNGKey(2), (3, 20), 0, 11)
+    c0 = clm.initial_carry(params, cfg, 3)
+    _, whole = APPLY(params, cfg, ids, c0)
+    c1, a = APPLY(params, cfg, ids[:, :10], c0)
+    _, b = APPLY(params, cfg, ids[:, 10:], c1)
+    np.testing.assert_allclose(np.concatenate([a, b], 1), whole, rtol=1e-5, atol=1e-5)
+
+
+def test_train_step_gradient_stops_at_the_chunk_boundary():
+    cfg, params = _tiny()
+    opt = clm.make_optimizer(clm.TrainConfig(steps=10))
+    step = clm.make_train_step(cfg, opt)
+    x = jnp.ones((2, 6), jnp.int32)
+    carry = clm.initial_carry(params, cfg, 2)
+    _, _, carry2, bpc = step(params, opt.init(params), carry, x, x, jax.random.PRNGKey(0))
+    want_carry, logits = clm.apply(params, cfg, x, carry)
+    from gatedrnn.text import bits_per_char
+
+    assert float(bpc) == pytest.approx(float(bits_per_char(logits, x)), rel=1e-6)
+    _leaves_equal(carry2, want_carry)
+
+
+def _greedy_oracle(params, cfg, prime, length):
+    """Python loop: one apply per character, argmax over the known ids."""
+    carry = clm.initial_carry(params, cfg, 1)
+    carry, logits = APPLY(params, cfg, jnp.asarray(prime)[None], carry)
+    out = []
+    last = logits[0, -1]
+    for _ in range(length):
+        nxt = int(jnp.argmax(last.at[0].set(-jnp.inf)))
+        out.append(nxt)
+        carry, logits = APPLY(params, cfg, jnp.array([[nxt]]), carry)
+        last = logits[0, 0]
+    return out
+
+
+def test_temperature_zero_is_greedy_and_sampling_is_seeded():
+    cfg, params = _tiny()
+    prime = np.array([3, 4, 5])
+    kw = {"num_samples": 3}  # one compiled generator serves every call but the top-k one
+    greedy = clm.sample(params, cfg, prime, 15, temperature=0.0, seed=3, **kw)
+    assert greedy.shape == (3, 15)
+    assert greedy[0].tolist() == _greedy_oracle(params, cfg, prime, 15)
+    assert (greedy == greedy[0]).all()
+    # top_k = 1 is greedy at any temperature
+    np.testing.assert_array_equal(
+        clm.sample(params, cfg, prime, 15, temperature=2.0, top_k=1, **kw), greedy
+    )
+    a = clm.sample(params, cfg, prime, 15, temperature=1.5, seed=7, **kw)
+    b = clm.sample(params, cfg, prime, 15, temperature=1.5, seed=7, **kw)
+    c = clm.sample(params, cfg, prime, 15, temperature=1.5, seed=8, **kw)
+    np.testing.assert_array_equal(a, b)
+    assert (a != c).any() and (a[0] != a[1]).any()
+    assert (a != 0).all()  # never the unknown id
+    with pytest.raises(ValueError, match="temperature"):
+        clm.sample(params, cfg, prime, 5, temperature=-1.0)
+    with pytest.raises(ValueError, match="prime_ids"):
+        clm.sample(params, cfg, np.array([], np.int32), 5)
+    with pytest.raises(ValueError, match=r"prime_ids must lie in \[0, vocab_size=11\)"):
+        clm.sample(params, cfg, np.array([3, 11]), 5)
+
+
+def test_config_errors_are_clear():
+    with pytest.raises(ValueError, match="cell must be one of"):
+        clm.CharLMConfig(10, cell="rnn")
+    with pytest.raises(ValueError, match="num_layers must be 1, 2 or 3"):
+        clm.CharLMConfig(10, num_layers=4)
+
+
+def test_param_counts_match_the_closed_forms():
+    counts = SCRIPT.layer_param_counts(7, 5)
+    for name, c in counts.items():
+        assert c["counted"] == c["formula"], name
+    assert counts["lstm"]["counted"] == 4 * (7 * 5 + 25 + 5)
+    assert counts["gru"]["counted"] == 3 * (7 * 5 + 25 + 10)
+
+
+def test_quick_train_then_sample_from_the_command_line(tmp_path: Path):
+    mod = SCRIPT
+    text = tmp_path / "t.txt"
+    text.write_text("import os\n\ndef main():\n    print('hello world')\n" * 300, encoding="utf-8")
+    out = tmp_path / "run"
+    summary = mod.main(["train", "--quick", "--text", str(text), "--out", str(out),
+                        "--no-progress", "--steps", "40", "--sample-len", "30"])  # fmt: skip
+    assert summary["val_bpc"] < 0.6 * summary["unigram_bpc"]
+    saved = json.loads((out / "train.json").read_text())
+    assert saved["steps_done"] == 40 and len(saved["history"]) == 2
+    assert (out / "samples.txt").read_text().count("--- temperature") == 6
+    assert (out / "curve.png").stat().st_size > 0
+    args = ["sample", "--ckpt", str(out / "checkpoints"), "--prime", "def ", "--length", "30"]
+    got = mod.main([*args, "--temperature", "0", "--out", str(tmp_path / "s.txt")])
+    assert got.startswith("def ") and len(got) == 4 + 30 + 1

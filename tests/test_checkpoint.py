@@ -1,0 +1,71 @@
+"""Tests for gatedrnn.checkpoint: round trip, newest-first, keep, clear errors."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+import gatedrnn as gr
+from gatedrnn import checkpoint as ck
+
+
+def _state(hidden: int = 5):
+    cell = gr.lstm(hidden)
+    params = cell.init(jax.random.PRNGKey(0), 3)
+    opt = optax.adam(1e-3)
+    opt_state = opt.update(jax.tree_util.tree_map(jnp.ones_like, params), opt.init(params))[1]
+    return {"params": params, "opt": opt_state, "carry": cell.initial_state(params, (2,))}
+
+
+def test_round_trip_is_exact_and_keeps_structure(tmp_path: Path):
+    st = _state()
+    path = ck.save_checkpoint(tmp_path, 7, st, {"cell": "lstm"})
+    assert path.name == "step_00000007"
+    like = jax.tree_util.tree_map(jnp.zeros_like, st)
+    out, info = ck.restore_checkpoint(path, like, expect_meta={"cell": "lstm"})
+    assert info["step"] == 7 and info["meta"] == {"cell": "lstm"}
+    assert jax.tree_util.tree_structure(out) == jax.tree_util.tree_structure(st)
+    for a, b in zip(jax.tree_util.tree_leaves(out), jax.tree_util.tree_leaves(st)):
+        np.testing.assert_array_equal(a, b)
+        assert a.dtype == b.dtype
+
+
+def test_latest_and_keep(tmp_path: Path):
+    st = _state()
+    for s in (1, 2, 3):
+        ck.save_checkpoint(tmp_path, s, st, keep=2)
+    assert [s for s, _ in ck.list_checkpoints(tmp_path)] == [2, 3]
+    # an unfinished (temporary) orbax directory is ignored
+    (tmp_path / "step_00000009.orbax-checkpoint-tmp-123").mkdir()
+    assert ck.latest_checkpoint(tmp_path).name == "step_00000003"
+    assert ck.latest_checkpoint(tmp_path / "nothing") is None
+
+
+def test_missing_truncated_and_incompatible_checkpoints_raise_clear_errors(tmp_path: Path):
+    st = _state()
+    with pytest.raises(ck.CheckpointError, match="no checkpoint"):
+        ck.restore_checkpoint(tmp_path / "step_00000001", st)
+    path = ck.save_checkpoint(tmp_path, 1, st, {"cell": "lstm"})
+    with pytest.raises(ck.CheckpointError, match=r"cell: checkpoint has 'lstm', expected 'gru'"):
+        ck.restore_checkpoint(path, st, expect_meta={"cell": "gru"})
+    with pytest.raises(ck.CheckpointError, match=r"w_h.*\(5, 20\).*expected \(6, 24\)"):
+        ck.restore_checkpoint(path, _state(6))
+    with pytest.raises(ck.CheckpointError, match="missing leaves"):
+        ck.restore_checkpoint(path, {**st, "extra": jnp.zeros(3)})
+    # truncate: the array data is gone
+    for p in (path / "state").iterdir():
+        if p.is_dir():
+            shutil.rmtree(p)
+        else:
+            p.unlink()
+    with pytest.raises(ck.CheckpointError, match="truncated or corrupt"):
+        ck.restore_checkpoint(path, st)
+    shutil.rmtree(path / "meta")
+    with pytest.raises(ck.CheckpointError, match="truncated or corrupt"):
+        ck.load_meta(path)

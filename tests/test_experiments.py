@@ -1,0 +1,86 @@
+"""Each experiment's --quick mode runs, writes its JSON and PNG, and shows its effect."""
+
+from __future__ import annotations
+
+import json
+import math
+import subprocess
+import sys
+from pathlib import Path
+
+import jax
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from experiments import after_training, forget_bias, gradient_decay, weight_scale  # noqa: E402
+
+
+@pytest.fixture(autouse=True)
+def _restore_x64():
+    """The scripts switch float64 on for their measurements; put the setting back."""
+    before = jax.config.jax_enable_x64
+    yield
+    jax.config.update("jax_enable_x64", before)
+
+
+def _outputs(out: Path, name: str) -> dict:
+    png = out / f"{name}.png"
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    return json.loads((out / f"{name}.json").read_text())
+
+
+def test_gradient_decay_quick_orders_the_cells(tmp_path):
+    gradient_decay.main(["--quick", "--out", str(tmp_path)])
+    res = _outputs(tmp_path, "gradient_decay")
+    cells = res["cells"]
+    assert set(cells) == {"vanilla (tanh)", "LSTM (forget bias 1)", "GRU"}
+    factors = {k: v["decay_factor_mean"] for k, v in cells.items()}
+    assert all(0 < f < 1 for f in factors.values())
+    # At init with forget bias 1 the LSTM's gradient decays more slowly than vanilla's.
+    assert factors["LSTM (forget bias 1)"] > factors["vanilla (tanh)"] + 0.05
+    assert len(cells["GRU"]["relative_grad_norm_geomean"]) == res["config"]["T"] + 1
+    assert "decay factor / step" in res["table"]
+
+
+def test_weight_scale_quick_linear_law_and_clipping(tmp_path):
+    weight_scale.main(["--quick", "--out", str(tmp_path)])
+    res = _outputs(tmp_path, "weight_scale")
+    for r in res["linear"]:
+        assert r["max_rel_error_vs_s_power_k"] < 1e-4
+        assert r["decay_factor"] == pytest.approx(r["s"], rel=1e-4)
+    plain, clipped = res["training"]["plain"], res["training"]["clipped"]
+    assert plain["first_nonfinite_step"] is not None
+    assert clipped["first_nonfinite_step"] is None
+    assert clipped["final_loss"] < clipped["initial_loss"]
+
+
+def test_forget_bias_quick_decay_grows_with_the_bias(tmp_path):
+    forget_bias.main(["--quick", "--out", str(tmp_path)])
+    res = _outputs(tmp_path, "forget_bias")
+    low, high = res["biases"]["0.0"], res["biases"]["3.0"]
+    assert low["decay_factor_mean"] + 0.2 < high["decay_factor_mean"]
+    for b in (low, high):
+        assert abs(b["mean_forget_gate"] - b["sigmoid_bias"]) < 0.1
+
+
+def test_after_training_quick_measures_before_and_after(tmp_path):
+    after_training.main(["--quick", "--out", str(tmp_path)])
+    res = _outputs(tmp_path, "after_training")
+    for c in res["cells"].values():
+        for when in ("before", "after"):
+            assert len(c[when]["relative_grad_norm"]) == res["config"]["T_measure"] + 1
+            assert math.isfinite(c[when]["decay_factor"])
+        assert c["history"]
+
+
+def test_every_experiment_has_help():
+    for name in ("gradient_decay", "weight_scale", "forget_bias", "after_training"):
+        out = subprocess.run(
+            [sys.executable, str(ROOT / "experiments" / f"{name}.py"), "--help"],
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout
+        assert "--quick" in out and "--seed" in out and "--out" in out

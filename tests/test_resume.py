@@ -1,0 +1,277 @@
+"""Faults: a training run killed with SIGKILL (a real subprocess) and restarted with
+--resume ends with the same params and metrics as one that never stopped; a missing,
+truncated or incompatible checkpoint is a clear error, never a silent fresh start; a
+non-finite loss stops the run naming the step and keeps the last good checkpoint."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import gatedrnn as gr
+from gatedrnn import checkpoint, tasks, train
+
+ROOT = Path(__file__).resolve().parents[1]
+STEPS, EVERY = 40, 10
+FIT = {
+    "batch_size": 8,
+    "learning_rate": 1e-2,
+    "eval_every": EVERY,
+    "eval_batch_size": 32,
+    "early_stop": False,
+    "progress": False,
+    "seed": 1,
+}
+
+# A training script: GRU on the adding task with checkpoints; --slow sleeps after each
+# checkpoint so that the test can kill it mid-run; --nan-at poisons the inputs from a step.
+CHILD = textwrap.dedent(
+    f"""
+    import time
+    import jax.numpy as jnp
+    import numpy as np
+    import gatedrnn as gr
+    from gatedrnn import cli, resume, tasks, train
+
+    def main(argv=None):
+        p = cli.ArgumentParser()
+        p.add_argument("--out", type=cli.output_dir, required=True)
+        p.add_argument("--resume", action="store_true")
+        p.add_argument("--slow", type=float, default=0.0)
+        p.add_argument("--hidden-size", type=cli.positive_int, default=8)
+        p.add_argument("--nan-at", type=int, default=-1)
+        args = p.parse_args(argv)
+        if args.slow:
+            save = resume.save
+            def slow_save(*a, **k):
+                path = save(*a, **k)
+                print("saved", path.name, flush=True)
+                time.sleep(args.slow)
+                return path
+            resume.save = slow_save
+        task = tasks.adding(10)
+        if args.nan_at >= 0:
+            batches = train.task_batches(task, {FIT["batch_size"]})
+            def batch_fn(rng, step):
+                b = batches(rng, step)
+                bad = jnp.where(step >= args.nan_at, jnp.nan, 1.0)
+                return b._replace(inputs=b.inputs * bad)
+            model = train.task_model(gr.gru(args.hidden_size), task)
+            opt = train.make_optimizer(1e-2)
+            state = train.init_state(model.init(train.param_key(1)), opt, 1)
+            train.train(train.task_loss(model, task), state, opt, batch_fn,
+                        num_steps={STEPS}, eval_every={EVERY}, progress=False,
+                        checkpoint_dir=args.out / "ckpt", resume=args.resume)
+            return 0
+        kw = {FIT!r}
+        _, result = train.fit(task, gr.gru(args.hidden_size), num_steps={STEPS},
+                              checkpoint_dir=args.out / "ckpt", resume=args.resume, **kw)
+        leaves = [np.asarray(x) for x in __import__("jax").tree_util.tree_leaves(
+            result.state.params)]
+        with cli.atomic_path(args.out / "params.npz") as tmp:
+            np.savez(tmp, *leaves)
+        hist = [{{k: h[k] for k in ("step", "train_loss", "grad_norm", "eval_loss")}}
+                for h in result.history]
+        cli.write_json(args.out / "history.json", hist)
+
+    if __name__ == "__main__":
+        cli.run(main)
+    """
+)
+
+
+@pytest.fixture(scope="module")
+def child(tmp_path_factory) -> dict:
+    """The script, and an environment sharing a compilation cache between its runs."""
+    base = tmp_path_factory.mktemp("resume")
+    script = base / "trainer.py"
+    script.write_text(CHILD)
+    env = {
+        **os.environ,
+        "PYTHONPATH": str(ROOT),
+        "JAX_PLATFORMS": "cpu",
+        "JAX_COMPILATION_CACHE_DIR": str(base / "xla-cache"),
+        "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0",
+        "JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES": "0",
+    }
+    env.pop("GATEDRNN_DEBUG", None)
+    return {"script": script, "env": env, "base": base}
+
+
+def launch(child: dict, *args: str) -> subprocess.Popen:
+    return subprocess.Popen(
+        [sys.executable, str(child["script"]), *args],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=child["env"],
+    )
+
+
+def finish(proc: subprocess.Popen, timeout: float = 600) -> subprocess.CompletedProcess:
+    out, err = proc.communicate(timeout=timeout)
+    return subprocess.CompletedProcess(proc.args, proc.returncode, out, err)
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(child) -> Path:
+    out = child["base"] / "whole"
+    proc = finish(launch(child, "--out", str(out)))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return out
+
+
+def load(out: Path) -> tuple[list, list]:
+    with np.load(out / "params.npz") as z:
+        params = [z[k] for k in sorted(z.files, key=lambda k: int(k.split("_")[1]))]
+    return params, json.loads((out / "history.json").read_text())
+
+
+def test_sigkill_mid_run_then_resume_matches_the_uninterrupted_run(child, uninterrupted):
+    out = child["base"] / "killed"
+    proc = launch(child, "--out", str(out), "--slow", "1.5")
+    first = out / "ckpt" / "step_00000020"
+    deadline = time.monotonic() + 600
+    while not first.exists():
+        assert proc.poll() is None, finish(proc).stderr[-3000:]
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    os.kill(proc.pid, signal.SIGKILL)
+    killed = finish(proc)
+    assert killed.returncode == -signal.SIGKILL
+    assert not (out / "params.npz").exists() and not (out / "history.json").exists()
+    saved = [step for step, _ in checkpoint.list_checkpoints(out / "ckpt")]
+    assert saved and max(saved) < STEPS  # stopped mid-way, with a checkpoint to go on from
+
+    # starting again without resume must not silently start from scratch
+    with pytest.raises(checkpoint.CheckpointError, match="already holds checkpoints"):
+        train.fit(tasks.adding(10), gr.gru(8), num_steps=STEPS, checkpoint_dir=out / "ckpt", **FIT)
+
+    resumed = finish(launch(child, "--out", str(out), "--resume"))
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    params, history = load(out)
+    want_params, want_history = load(uninterrupted)
+    assert len(params) == len(want_params)
+    for got, want in zip(params, want_params):
+        np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-7)
+    assert [h["step"] for h in history] == [10, 20, 30, 40]
+    for got, want in zip(history, want_history):
+        for key in ("train_loss", "grad_norm", "eval_loss"):
+            assert got[key] == pytest.approx(want[key], rel=1e-6), key
+
+
+def test_resume_with_nothing_to_resume_is_an_error(tmp_path):
+    with pytest.raises(checkpoint.CheckpointError, match="cannot resume: no checkpoint in"):
+        train.fit(
+            tasks.adding(10),
+            gr.gru(8),
+            num_steps=STEPS,
+            checkpoint_dir=tmp_path,
+            resume=True,
+            **FIT,
+        )
+    with pytest.raises(ValueError, match="resume=True needs a checkpoint_dir"):
+        train.fit(tasks.adding(10), gr.gru(8), num_steps=STEPS, resume=True, **FIT)
+
+
+def copy_run(uninterrupted: Path, tmp_path: Path) -> Path:
+    dst = tmp_path / "ckpt"
+    shutil.copytree(uninterrupted / "ckpt", dst)
+    return dst
+
+
+@pytest.mark.parametrize(
+    ("cell", "needle"),
+    [
+        (gr.gru(9), "cell_options: checkpoint has {'hidden_size': 8"),
+        (gr.lstm(8), "cell: checkpoint has 'gru', expected 'lstm'"),
+        (gr.gru(8, reset_after=False), "'reset_after': False"),
+    ],
+)
+def test_incompatible_checkpoint_names_the_mismatch(uninterrupted, tmp_path, cell, needle):
+    ckpt = copy_run(uninterrupted, tmp_path)
+    with pytest.raises(checkpoint.CheckpointError, match="incompatible") as err:
+        train.fit(tasks.adding(10), cell, num_steps=STEPS, checkpoint_dir=ckpt, resume=True, **FIT)
+    assert needle in str(err.value)
+    with pytest.raises(checkpoint.CheckpointError, match="seq_len: checkpoint has 10, expected 12"):
+        train.fit(
+            tasks.adding(12), gr.gru(8), num_steps=STEPS, checkpoint_dir=ckpt, resume=True, **FIT
+        )
+
+
+def test_state_of_other_shapes_is_refused_even_with_matching_config(uninterrupted, tmp_path):
+    ckpt = copy_run(uninterrupted, tmp_path)
+    model = train.task_model(gr.gru(9), tasks.adding(10))
+    opt = train.make_optimizer(1e-2)
+    state = train.init_state(model.init(train.param_key(1)), opt, 1)
+    with pytest.raises(checkpoint.CheckpointError, match=r"\.w_h: checkpoint has shape \(8, 24\)"):
+        train.train(
+            train.task_loss(model, tasks.adding(10)),
+            state,
+            opt,
+            train.task_batches(tasks.adding(10), 8),
+            num_steps=STEPS,
+            checkpoint_dir=ckpt,
+            resume=True,
+            progress=False,
+        )
+
+
+def _break_latest(ckpt: Path, how: str) -> None:
+    latest = checkpoint.latest_checkpoint(ckpt)
+    files = sorted((p for p in latest.rglob("*") if p.is_file()), key=lambda p: p.stat().st_size)
+    if how == "truncate_arrays":
+        victims = [p for p in files if "state" in p.relative_to(latest).parts]
+        for p in victims:
+            p.write_bytes(p.read_bytes()[: p.stat().st_size // 2])
+    elif how == "delete_meta":
+        shutil.rmtree(latest / "meta")
+
+
+@pytest.mark.parametrize("how", ["truncate_arrays", "delete_meta"])
+def test_truncated_checkpoint_is_an_error_not_a_fresh_start(uninterrupted, tmp_path, how):
+    ckpt = copy_run(uninterrupted, tmp_path)
+    _break_latest(ckpt, how)
+    with pytest.raises(checkpoint.CheckpointError, match="truncated or corrupt"):
+        train.fit(
+            tasks.adding(10), gr.gru(8), num_steps=STEPS, checkpoint_dir=ckpt, resume=True, **FIT
+        )
+
+
+def test_unfinished_checkpoint_folder_is_ignored(uninterrupted, tmp_path):
+    ckpt = copy_run(uninterrupted, tmp_path)
+    # what orbax leaves behind when killed while saving: a temporary folder, never step_*
+    (ckpt / "step_00000050.orbax-checkpoint-tmp-1234").mkdir()
+    assert checkpoint.latest_checkpoint(ckpt).name == "step_00000040"
+
+
+def test_non_finite_loss_stops_naming_the_step_and_keeps_the_last_good_checkpoint(child, tmp_path):
+    proc = finish(launch(child, "--out", str(tmp_path), "--nan-at", "25"))
+    assert proc.returncode == 1
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and "Traceback" not in proc.stderr
+    assert "training loss became non-finite (nan) at step 25" in lines[0]
+    saved = [step for step, _ in checkpoint.list_checkpoints(tmp_path / "ckpt")]
+    assert saved == [10, 20]
+    info = checkpoint.load_meta(tmp_path / "ckpt" / "step_00000020")
+    assert all(np.isfinite(h["train_loss"]) for h in info["meta"]["history"])
+
+
+def test_resume_drops_log_lines_written_after_the_checkpoint(tmp_path):
+    from gatedrnn import resume
+
+    log = tmp_path / "log.jsonl"
+    rows = [{"step": s, "train_loss": 1.0 / s} for s in (10, 20, 30)]
+    log.write_text("".join(json.dumps(r) + "\n" for r in rows) + '{"step": 4')  # cut by a kill
+    resume._trim_log(log, 20)
+    assert [json.loads(line)["step"] for line in log.read_text().splitlines()] == [10, 20]
