@@ -69,6 +69,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--eval-every", type=cli.positive_int, default=None)
     p.add_argument("--eval-batch-size", type=cli.positive_int, default=512)
     p.add_argument("--no-progress", action="store_true", help="no tqdm bars")
+    p.add_argument(
+        "--replot", action="store_true", help="redraw the PNGs from --out's JSON (no training)"
+    )
     a = p.parse_args(argv)
     quick = a.quick
     a.tasks = a.tasks or list(TASK_FACTORIES)
@@ -169,10 +172,21 @@ def plot(results: list[dict], out: Path, budget: int) -> list[Path]:
                         color=colors.get(r["cell"], "k"),
                         alpha=0.85,
                         lw=1.2,
+                        marker=".",
+                        ms=4,
                         label=r["cell"] if j == 0 else None,
                     )
             ax.axhline(1.0, color="gray", ls="--", lw=0.8)
             ax.set_yscale("log")
+            vals = [
+                v / r["baseline"]
+                for r in rows
+                if r["T"] == T
+                for x in r["runs"]
+                for v in x["curve"]
+            ]
+            if vals:  # a fixed span around 1, so noise at the baseline does not fill the panel
+                ax.set_ylim(min(0.1, 0.5 * min(vals)), max(1.5, 1.1 * max(vals)))
             ax.set_xlim(0, budget)
             ax.set_title(f"{task_name}, T={T}")
             ax.set_xlabel("updates")
@@ -207,6 +221,14 @@ def main(argv: list[str] | None = None) -> dict[str, list[dict]]:
     args = parse_args(argv)
     args.out.mkdir(parents=True, exist_ok=True)
     everything: dict[str, list[dict]] = {}
+    if args.replot:
+        for task_name in args.tasks:
+            path = args.out / f"long_range_{task_name}.json"
+            if path.exists():
+                saved = json.loads(path.read_text())
+                everything[task_name] = saved["results"]
+                plot(saved["results"], args.out, saved["config"]["steps"])
+        return everything
     for task_name in args.tasks:
         log = args.out / f"long_range_{task_name}_log.jsonl"
         if log.exists():

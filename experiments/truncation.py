@@ -67,6 +67,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--lr", type=cli.positive_float, default=3e-3)
     p.add_argument("--eval-every", type=cli.positive_int, default=None)
     p.add_argument("--no-progress", action="store_true")
+    p.add_argument("--replot", action="store_true", help="redraw the PNG from --out's JSON")
     a = p.parse_args(argv)
     q = a.quick
     a.delays = a.delays or ([1, 3] if q else [2, 6, 10])
@@ -149,12 +150,20 @@ def plot(results: list[dict], args: argparse.Namespace, path: Path) -> None:
             label = r["form"] + ("" if r["k"] is None else f" k={r['k']}")
             for j, curve in enumerate(r["accuracy_curve"]):
                 ax.plot(
-                    r["steps"], curve, color=color, ls=ls, lw=1.2, label=label if j == 0 else None
+                    r["steps"],
+                    curve,
+                    color=color,
+                    ls=ls,
+                    lw=1.2,
+                    marker=".",
+                    ms=4,
+                    label=label if j == 0 else None,
                 )
         ax.axhline(1.0 / args.vocab, color="gray", lw=0.8, ls=":")
         ax.set_title(f"echo, d={d}")
         ax.set_xlabel("updates")
         ax.set_ylim(0, 1.02)
+        ax.set_xlim(0, args.steps)
     axes[0].set_ylabel("held-out accuracy")
     axes[0].legend(fontsize=7)
     fig.tight_layout()
@@ -165,6 +174,13 @@ def plot(results: list[dict], args: argparse.Namespace, path: Path) -> None:
 def main(argv: list[str] | None = None) -> dict:
     args = parse_args(argv)
     args.out.mkdir(parents=True, exist_ok=True)
+    if args.replot:
+        saved = json.loads((args.out / "truncation.json").read_text())
+        for k, v in saved["config"].items():
+            if k not in ("replot", "no_progress"):
+                setattr(args, k, v)
+        plot(saved["results"], args, args.out / "truncation.png")
+        return saved
     t0 = time.perf_counter()
     results = []
     for d in args.delays:

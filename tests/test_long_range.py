@@ -20,23 +20,20 @@ def _load(name: str):
 
 def test_quick_mode_writes_results(tmp_path) -> None:
     lr = _load("long_range")
-    argv = ["--quick", "--tasks", "adding", "--cells", "vanilla", "gru", "--no-progress"]
+    argv = ["--quick", "--tasks", "adding", "--cells", "gru", "--no-progress"]
     summary = lr.main([*argv, "--out", str(tmp_path)])
     data = json.loads((tmp_path / "long_range_adding.json").read_text())
-    assert [(r["task"], r["T"], r["cell"]) for r in data["results"]] == [
-        ("adding", 10, "vanilla"),
-        ("adding", 10, "gru"),
-    ]
+    assert [(r["task"], r["T"], r["cell"]) for r in data["results"]] == [("adding", 10, "gru")]
     for r in data["results"]:
         assert r["updates_run"] == 20 and len(r["runs"]) == 1
         run = r["runs"][0]
         assert run["fraction_of_baseline"] == pytest.approx(run["final_loss"] * 6)
         assert len(run["curve"]) == len(r["steps"])
     md = (tmp_path / "long_range_adding.md").read_text()
-    assert md.count("| adding | 10 |") == 2
+    assert md.count("| adding | 10 | gru |") == 1
     assert (tmp_path / "long_range_adding.png").stat().st_size > 1000
-    assert (tmp_path / "long_range_adding_log.jsonl").read_text().count("\n") == 2
-    assert [r["cell"] for r in summary["adding"]] == ["vanilla", "gru"]
+    assert (tmp_path / "long_range_adding_log.jsonl").read_text().count("\n") == 1
+    assert [r["cell"] for r in summary["adding"]] == ["gru"]
     assert data["config"]["steps"] == 20
 
 

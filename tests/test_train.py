@@ -210,3 +210,10 @@ def test_train_rejects_bad_arguments() -> None:
         )
     with pytest.raises(TypeError, match="TrainState"):
         train.train(lambda p, b: (p["w"], {}), (1, 2), opt, lambda r, s: None, num_steps=3)
+
+
+def test_readme_training_example_runs() -> None:
+    from _readme import readme_block
+
+    code = readme_block("train-loop")
+    exec(compile(code, "README.md:train-loop", "exec"), {"__name__": "train_loop"})
