@@ -145,6 +145,8 @@ def matmul_fns(n: int, seed: int):
 
 def bench_speed(args: argparse.Namespace) -> list[dict]:
     shapes = QUICK_SHAPES if args.quick else SHAPES
+    if args.shapes:
+        shapes = [shapes[int(i)] for i in args.shapes.split(",")]
     n = QUICK_MATMUL_N if args.quick else MATMUL_N
     jax_mm, torch_mm = matmul_fns(n, args.seed)
     rows = []
@@ -181,6 +183,8 @@ def bench_speed(args: argparse.Namespace) -> list[dict]:
                 }
             row["train"]["fused_vs_autodiff"] = med["gatedrnn_train"] / med["gatedrnn_fused_train"]
             rows.append(row)
+            if args.save is not None:
+                args.save("speed", rows)
             print(
                 f"{kind:8s} {(B, T, I, H)!s:22s} fwd x{row['forward']['vs_torch']:.2f} torch "
                 f"x{row['forward']['vs_flax']:.2f} flax | train x{row['train']['vs_torch']:.2f} "
@@ -396,12 +400,17 @@ def main(argv: list[str] | None = None) -> dict:
         help="comma-separated subset of speed,compile,remat,min,generate",
     )
     parser.add_argument(
+        "--shapes", default="", help="comma-separated indices into the shape list (default all)"
+    )
+    parser.add_argument(
         "--threads",
         type=int,
         default=len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None,
-        help="PyTorch threads (default: the cores this process may use, as XLA does)",
+        help="PyTorch threads (default: the cores this process may use, as XLA does; "
+        "run under `taskset -c 0` for one core each)",
     )
     args = parser.parse_args(argv)
+    args.save = None
     args.rounds = args.rounds or (3 if args.quick else 7)
     import torch
 
@@ -426,15 +435,23 @@ def main(argv: list[str] | None = None) -> dict:
         "min": bench_min,
         "generate": bench_generate,
     }
-    for name in args.sections.split(","):
+    names = args.sections.split(",")
+    for name in names:
         if name not in sections:
             parser.error(f"unknown section {name!r}; expected some of {sorted(sections)}")
-        results[name] = sections[name](args)
-    results["load_average_at_end"] = os.getloadavg() if hasattr(os, "getloadavg") else None
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    (out / "rnn_speed.json").write_text(json.dumps(results, indent=2))
-    (out / "rnn_speed.md").write_text(markdown(results))
+
+    def save(name: str, value: Any) -> None:
+        # Written after every section (and speed row): a long run keeps its finished parts.
+        results[name] = value
+        results["load_average_at_end"] = os.getloadavg() if hasattr(os, "getloadavg") else None
+        (out / "rnn_speed.json").write_text(json.dumps(results, indent=2))
+        (out / "rnn_speed.md").write_text(markdown(results))
+
+    args.save = save
+    for name in names:
+        save(name, sections[name](args))
     print(markdown(results))
     return results
 
