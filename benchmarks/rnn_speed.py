@@ -264,6 +264,44 @@ def bench_min(args: argparse.Namespace) -> dict:
     return out
 
 
+def bench_levers(args: argparse.Namespace) -> list[dict]:
+    """LSTM forward and training step under each loop variant, interleaved per shape.
+
+    ``hoisted``: ``gr.scan`` (input projection for all steps before the loop);
+    ``in_loop``: ``jax.lax.scan`` over ``cell.step`` (projection inside the loop, as Flax);
+    ``fused``: ``gr.scan(fused=True)``; ``unroll4``: ``gr.scan(unroll=4)``.
+    """
+    shapes = [(2, 8, 4, 8)] if args.quick else [(32, 128, 256, 256), (1, 1000, 128, 128)]
+    rows = []
+    for B, T, I, H in shapes:
+        cell = gr.lstm(H)
+        params = cell.init(jax.random.PRNGKey(args.seed), I)
+        xs = jax.random.normal(jax.random.PRNGKey(args.seed + 1), (B, T, I))
+
+        def in_loop(p, x, cell=cell):
+            state0 = cell.initial_state(p, x.shape[:1])
+            step = lambda s, x_t: cell.step(p, s, x_t)  # noqa: E731
+            return jax.lax.scan(step, state0, jnp.moveaxis(x, 1, 0))[1]
+
+        variants = {
+            "hoisted": lambda p, x, cell=cell: gr.scan(cell, p, x)[1],
+            "in_loop": in_loop,
+            "fused": lambda p, x, cell=cell: gr.scan(cell, p, x, fused=True)[1],
+            "unroll4": lambda p, x, cell=cell: gr.scan(cell, p, x, unroll=4)[1],
+        }
+        fns = {}
+        for name, f in variants.items():
+            fwd = jax.jit(f)
+            step = jax.jit(jax.grad(lambda p, x, f=f: jnp.sum(f(p, x)), argnums=(0, 1)))
+            if name != "fused":
+                fns[f"{name}_forward"] = lambda fwd=fwd, p=params, x=xs: _block(fwd(p, x))
+            fns[f"{name}_train"] = lambda step=step, p=params, x=xs: _block(step(p, x))
+        med = interleaved_medians(fns, args.rounds)
+        rows.append({"cell": "lstm", "shape": [B, T, I, H], "seconds": med})
+        print(f"levers {(B, T, I, H)} {med}", flush=True)
+    return rows
+
+
 def bench_generate(args: argparse.Namespace) -> dict:
     import torch
 
@@ -328,11 +366,14 @@ def markdown(results: dict) -> str:
     lines = [
         f"Device: {results['device']}; {results['threads']} threads for XLA and PyTorch; "
         f"medians of {results['rounds']} interleaved rounds.",
-        "",
-        "| cell | (B, T, I, H) | fwd vs torch | fwd vs flax | train vs torch | "
-        "train vs flax | train GFLOP/s | % of matmul | fused bwd vs autodiff |",
-        "|---|---|---|---|---|---|---|---|---|",
     ]
+    if "speed" in results:
+        lines += [
+            "",
+            "| cell | (B, T, I, H) | fwd vs torch | fwd vs flax | train vs torch | "
+            "train vs flax | train GFLOP/s | % of matmul | fused bwd vs autodiff |",
+            "|---|---|---|---|---|---|---|---|---|",
+        ]
     for r in results.get("speed", []):
         s = r["shape"]
         f, t = r["forward"], r["train"]
@@ -352,12 +393,13 @@ def markdown(results: dict) -> str:
         ]
     if "compile" in results:
         c = results["compile"]
-        lines += ["", f"Compile time (LSTM training step): {c} (ratio {c['ratio']:.2f})."]
+        times = ", ".join(f"{k}: {v:.1f} s" for k, v in c.items() if k != "ratio")
+        lines += ["", f"Compile time of an LSTM training step: {times} (ratio {c['ratio']:.2f})."]
     if "remat" in results:
         m = results["remat"]
         lines += [
             "",
-            "| remat (LSTM, B=16, T=8192, I=H=256) | total memory | temp memory | memory vs none"
+            f"| remat (LSTM, {m['shape']}) | total memory | temp memory | memory vs none"
             " | time vs none |",
             "|---|---|---|---|---|",
         ]
@@ -376,6 +418,10 @@ def markdown(results: dict) -> str:
             f"{m['seconds']['min_gru']:.4f} s ({m['min_gru_speedup_vs_gru']:.1f}x), minLSTM "
             f"{m['seconds']['min_lstm']:.4f} s ({m['min_lstm_speedup_vs_gru']:.1f}x).",
         ]
+    for row in results.get("levers", []):
+        sec = row["seconds"]
+        cells = ", ".join(f"{k} {1e3 * v:.0f} ms" for k, v in sec.items())
+        lines += ["", f"Loop variants, LSTM {tuple(row['shape'])}: {cells}."]
     if "generate" in results:
         g = results["generate"]
         cps = g["chars_per_second"]
@@ -397,7 +443,7 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument(
         "--sections",
         default="speed,compile,remat,min,generate",
-        help="comma-separated subset of speed,compile,remat,min,generate",
+        help="comma-separated subset of speed,compile,remat,min,generate,levers",
     )
     parser.add_argument(
         "--shapes", default="", help="comma-separated indices into the shape list (default all)"
@@ -434,6 +480,7 @@ def main(argv: list[str] | None = None) -> dict:
         "remat": bench_remat,
         "min": bench_min,
         "generate": bench_generate,
+        "levers": bench_levers,
     }
     names = args.sections.split(",")
     for name in names:
