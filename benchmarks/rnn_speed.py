@@ -231,6 +231,11 @@ def bench_remat(args: argparse.Namespace) -> dict:
         total = mem.temp_size_in_bytes + mem.argument_size_in_bytes + mem.output_size_in_bytes
         out[name] = {"temp_bytes": int(mem.temp_size_in_bytes), "total_bytes": int(total)}
         fns[name] = lambda step=step, params=params, xs=xs: _block(step(params, xs))
+    for name in variants:
+        out[name]["memory_vs_none"] = out[name]["total_bytes"] / out["none"]["total_bytes"]
+    if args.memory_only:
+        print(f"remat {out}", flush=True)
+        return out
     med = interleaved_medians(fns, max(2, args.rounds // 2))
     for name in variants:
         out[name]["seconds"] = med[name]
@@ -407,7 +412,8 @@ def markdown(results: dict) -> str:
             v = m[name]
             lines.append(
                 f"| {name} | {v['total_bytes'] / 2**20:.0f} MiB | {v['temp_bytes'] / 2**20:.0f}"
-                f" MiB | {v['memory_vs_none']:.3f} | {v['time_vs_none']:.2f}x |"
+                f" MiB | {v['memory_vs_none']:.3f} | "
+                + (f"{v['time_vs_none']:.2f}x |" if "time_vs_none" in v else "not timed |")
             )
     if "min" in results:
         m = results["min"]
@@ -444,6 +450,9 @@ def main(argv: list[str] | None = None) -> dict:
         "--sections",
         default="speed,compile,remat,min,generate",
         help="comma-separated subset of speed,compile,remat,min,generate,levers",
+    )
+    parser.add_argument(
+        "--memory-only", action="store_true", help="remat section: memory analysis, no timing"
     )
     parser.add_argument(
         "--shapes", default="", help="comma-separated indices into the shape list (default all)"
