@@ -249,7 +249,13 @@ def bench_min(args: argparse.Namespace) -> dict:
     B, T, I, H = (2, 64, 8, 16) if args.quick else (16, 4096, 256, 256)
     xs = jax.random.normal(jax.random.PRNGKey(args.seed + 1), (B, T, I))
     fns = {}
-    for name, make in (("gru", gr.gru), ("min_gru", gr.min_gru), ("min_lstm", gr.min_lstm)):
+    for name, make in (
+        ("gru", gr.gru),
+        ("min_gru", gr.min_gru),
+        ("min_lstm", gr.min_lstm),
+        # The same minGRU run step by step (no parallel form): what the parallel scan buys.
+        ("min_gru_sequential", lambda h: gr.min_gru(h)._replace(parallel=None)),
+    ):
         cell = make(H)
         params = cell.init(jax.random.PRNGKey(args.seed), I)
 
@@ -404,7 +410,8 @@ def markdown(results: dict) -> str:
         m = results["remat"]
         lines += [
             "",
-            f"| remat (LSTM, {m['shape']}) | total memory | temp memory | memory vs none"
+            "| remat (LSTM, B={batch}, T={time}, I={input}, H={hidden}) ".format(**m["shape"])
+            + "| total memory | temp memory | memory vs none"
             " | time vs none |",
             "|---|---|---|---|---|",
         ]
@@ -422,7 +429,12 @@ def markdown(results: dict) -> str:
             f"Training step at T={m['shape']['time']} (B={m['shape']['batch']}, "
             f"H={m['shape']['hidden']}): GRU {m['seconds']['gru']:.3f} s, minGRU "
             f"{m['seconds']['min_gru']:.4f} s ({m['min_gru_speedup_vs_gru']:.1f}x), minLSTM "
-            f"{m['seconds']['min_lstm']:.4f} s ({m['min_lstm_speedup_vs_gru']:.1f}x).",
+            f"{m['seconds']['min_lstm']:.4f} s ({m['min_lstm_speedup_vs_gru']:.1f}x)"
+            + (
+                f"; minGRU step by step {m['seconds']['min_gru_sequential']:.4f} s."
+                if "min_gru_sequential" in m["seconds"]
+                else "."
+            ),
         ]
     for row in results.get("levers", []):
         sec = row["seconds"]
