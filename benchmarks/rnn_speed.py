@@ -452,6 +452,29 @@ def markdown(results: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
+README_PARTS = (
+    ("speed", "Speed"),
+    ("levers", "Loop variants (levers)"),
+    ("other", "minGRU/minLSTM, compile time, generation, remat time"),
+    ("min", "minGRU/minLSTM vs GRU, and minGRU step by step"),
+    ("remat_memory", "Remat memory"),
+)
+
+
+def update_readme(results_dir: Path, readme: Path) -> None:
+    """Rewrite the README's block between the perf-tables markers from the saved JSONs."""
+    parts = []
+    for sub, title in README_PARTS:
+        path = results_dir / sub / "rnn_speed.json"
+        if path.exists():
+            body = markdown(json.loads(path.read_text()))
+            parts.append(f"**{title}** (`benchmarks/results/{sub}/`):\n\n{body}")
+    text = readme.read_text()
+    start, end = "<!-- perf-tables:start -->", "<!-- perf-tables:end -->"
+    i, j = text.index(start) + len(start), text.index(end)
+    readme.write_text(text[:i] + "\n" + "\n".join(parts) + text[j:])
+
+
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="tiny shapes (for the tests)")
@@ -476,8 +499,17 @@ def main(argv: list[str] | None = None) -> dict:
         help="PyTorch threads (default: the cores this process may use, as XLA does; "
         "run under `taskset -c 0` for one core each)",
     )
+    parser.add_argument(
+        "--readme",
+        action="store_true",
+        help="only rebuild README.md's tables from benchmarks/results/*/rnn_speed.json",
+    )
     args = parser.parse_args(argv)
     args.save = None
+    root = Path(__file__).resolve().parents[1]
+    if args.readme:
+        update_readme(root / "benchmarks" / "results", root / "README.md")
+        return {}
     args.rounds = args.rounds or (3 if args.quick else 7)
     import torch
 
