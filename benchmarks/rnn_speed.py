@@ -454,6 +454,11 @@ def markdown(results: dict) -> str:
 
 README_PARTS = (
     ("speed", "Speed"),
+    (
+        "speed_2threads",
+        "Speed, 2 threads each, no pinning (PyTorch's OpenMP stalls whenever another "
+        "process competes for the 2 cores: its ratios here are not a fair measure)",
+    ),
     ("levers", "Loop variants (levers)"),
     ("other", "minGRU/minLSTM, compile time, generation, remat time"),
     ("min", "minGRU/minLSTM vs GRU, and minGRU step by step"),
