@@ -137,17 +137,17 @@ def scan(
         (``gatedrnn._fused``, needs ``remat=False``), which carries only the state
         gradient and computes the weight gradients after the loop as one large matrix
         product, as cuDNN does; values and gradients are the same. False or None
-        (default): ``jax.lax.scan``'s own, measured faster on XLA CPU (see the README's
-        Performance section); None may switch to the fused one where it is measured
-        faster (e.g. a GPU).
+        (default, "the library's choice", today the same as False): ``jax.lax.scan``'s
+        own autodiff, measured faster on XLA CPU (see the README's Performance section).
       state_perturbations: for diagnostics; a pytree like the state with a leading time
         axis, ``(T, *batch, H)`` leaves (always time-major, original time order), added to
         the state right after each step (and so to that step's output). Differentiating
         with respect to zeros here gives ``dL/dstate_t`` for every ``t`` in one pass.
 
     Cells with a ``parallel`` form (``gr.min_gru``, ``gr.min_lstm``) run over the whole
-    time axis at once (``jax.lax.associative_scan``) unless ``resets``, ``truncate`` or
-    ``state_perturbations`` is given; the values are the same as the step-by-step loop's.
+    time axis at once (``jax.lax.associative_scan``) unless ``resets``, ``truncate``,
+    ``state_perturbations``, chunked ``remat`` or ``fused=True`` is given (then the loop
+    runs); the values are the same as the step-by-step loop's.
 
     Returns:
       ``(final_state, ys)``: the state after the last valid step (leaves ``(*batch, H)``)
