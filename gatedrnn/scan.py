@@ -7,12 +7,14 @@ backpropagation through time (BPTT); ``truncate=k`` gives truncated BPTT.
 
 from __future__ import annotations
 
+from functools import partial
 from typing import Any
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
+from gatedrnn._fused import scan_fused_vjp
 from gatedrnn.cells.base import Array, Cell, PyTree
 
 
@@ -117,8 +119,9 @@ def scan(
     time_major: bool = False,
     unroll: int | bool = 1,
     truncate: int | None = None,
-    remat: bool = False,
+    remat: bool | str | int = False,
     state_perturbations: PyTree | None = None,
+    fused: bool | None = None,
 ) -> tuple[PyTree, Array]:
     """Run ``cell`` over the time axis of ``xs`` with ``jax.lax.scan``.
 
@@ -146,12 +149,27 @@ def scan(
         ``k``, so no gradient flows through the state more than ``k`` steps back and the
         forward pass is unchanged. For a sequence of length ``n * k`` the gradient of any
         output of the last chunk equals the full BPTT one within its chunk.
-      remat: recompute each step's internals in the backward pass (``jax.checkpoint``)
-        instead of storing them: less memory, more compute.
+      remat: memory for compute in the backward pass. ``False``: store every step's
+        internals. ``True``: recompute each step's internals (``jax.checkpoint`` per step).
+        ``"sqrt"`` or an int ``k``: checkpointing in chunks of ``k`` steps (``"sqrt"``:
+        ``k = round(sqrt(T))``) as nested scans: only the state at chunk boundaries is
+        kept, and each chunk (its input projection included) is recomputed once in the
+        backward pass, so memory goes from ``O(T)`` to ``O(T / k + k)`` steps.
+      fused: the backward pass of the time loop. True: the fused one
+        (``gatedrnn._fused``, needs ``remat=False``), which carries only the state
+        gradient and computes the weight gradients after the loop as one large matrix
+        product, as cuDNN does; values and gradients are the same. False or None
+        (default, "the library's choice", today the same as False): ``jax.lax.scan``'s
+        own autodiff, measured faster on XLA CPU (see the README's Performance section).
       state_perturbations: for diagnostics; a pytree like the state with a leading time
         axis, ``(T, *batch, H)`` leaves (always time-major, original time order), added to
         the state right after each step (and so to that step's output). Differentiating
         with respect to zeros here gives ``dL/dstate_t`` for every ``t`` in one pass.
+
+    Cells with a ``parallel`` form (``gr.min_gru``, ``gr.min_lstm``) run over the whole
+    time axis at once (``jax.lax.associative_scan``) unless ``resets``, ``truncate``,
+    ``state_perturbations``, chunked ``remat`` or ``fused=True`` is given (then the loop
+    runs); the values are the same as the step-by-step loop's.
 
     Returns:
       ``(final_state, ys)``: the state after the last valid step (leaves ``(*batch, H)``)
@@ -175,11 +193,22 @@ def scan(
     ):
         raise ValueError(f"truncate must be None or an int >= 1, got {truncate!r}")
 
+    if fused not in (None, True, False):
+        raise ValueError(f"fused must be None, True or False, got {fused!r}")
+
     xs_tm = xs if time_major else jnp.moveaxis(xs, -2, 0)
     T = xs_tm.shape[0]
     batch_shape = tuple(xs_tm.shape[1:-1])
-    # The cell checks the feature size and dtype against its params.
-    xp = cell.project(params, xs_tm)
+    chunk = remat_chunk(remat, T)
+    if fused and remat is not False:
+        raise ValueError(f"fused=True needs remat=False, got remat={remat!r}")
+    # The cell checks the feature size and dtype against its params. With chunked remat
+    # the projection is done chunk by chunk inside the loop (and recomputed there).
+    if chunk is None:
+        xp = cell.project(params, xs_tm)
+    else:
+        jax.eval_shape(cell.project, params, xs_tm)
+        xp = xs_tm
 
     if initial_state is None:
         state0 = cell.initial_state(params, batch_shape)
@@ -254,7 +283,18 @@ def scan(
         if perts is not None:
             perts = jax.tree_util.tree_map(lambda p: reverse_valid(p, lengths), perts)
 
-    def body(state: PyTree, inputs: tuple) -> tuple[PyTree, Array]:
+    if (
+        cell.parallel is not None
+        and rs is None
+        and truncate is None
+        and perts is None
+        and chunk is None
+        and not fused
+    ):
+        return _parallel_scan(cell, params, xp, state0, lengths, reverse, time_major)
+
+    def step(consts: tuple, state: PyTree, inputs: tuple) -> tuple[PyTree, Array]:
+        params, state0, lengths = consts
         t, xp_t, r_t, p_t = inputs
         if r_t is not None:
             state = _where(r_t, state0, state)
@@ -273,12 +313,112 @@ def scan(
             y = jnp.where(valid[..., None], y, jnp.zeros_like(y))
         return new_state, y
 
-    if remat:
-        body = jax.checkpoint(body)
+    consts = (params, state0, lengths)
+    inputs = (jnp.arange(T), xp, rs, perts)
+    if chunk is not None:
+        final_state, ys = _chunked_scan(
+            cell, params, partial(step, consts), state0, inputs, chunk, unroll
+        )
+    elif remat:
+        final_state, ys = jax.lax.scan(
+            jax.checkpoint(partial(step, consts)), state0, inputs, length=T, unroll=unroll
+        )
+    elif fused:
+        final_state, ys = scan_fused_vjp(step, consts, state0, inputs, length=T, unroll=unroll)
+    else:
+        final_state, ys = jax.lax.scan(
+            partial(step, consts), state0, inputs, length=T, unroll=unroll
+        )
+    if reverse:
+        ys = reverse_valid(ys, lengths)
+    if not time_major:
+        ys = jnp.moveaxis(ys, 0, -2)
+    return final_state, ys
 
-    final_state, ys = jax.lax.scan(
-        body, state0, (jnp.arange(T), xp, rs, perts), length=T, unroll=unroll
+
+def remat_chunk(remat: Any, T: int) -> int | None:
+    """The chunk length of chunked rematerialization, or None for ``remat`` in (False, True).
+
+    ``"sqrt"`` gives ``max(1, round(sqrt(T)))``; an int ``k >= 1`` gives ``k``.
+    """
+    if isinstance(remat, bool):
+        return None
+    if isinstance(remat, str):
+        if remat != "sqrt":
+            raise ValueError(f'remat must be a bool, "sqrt" or an int >= 1, got {remat!r}')
+        return max(1, round(float(np.sqrt(T))))
+    if isinstance(remat, (int, np.integer)) and remat >= 1:
+        return int(remat)
+    raise ValueError(f'remat must be a bool, "sqrt" or an int >= 1, got {remat!r}')
+
+
+def _chunked_scan(
+    cell: Cell,
+    params: PyTree,
+    body: Any,
+    state0: PyTree,
+    inputs: tuple,
+    chunk: int,
+    unroll: int | bool,
+) -> tuple[PyTree, Array]:
+    """The loop as nested scans over chunks of ``chunk`` steps, each chunk checkpointed.
+
+    ``inputs`` are time-major ``(t, xs, resets, perturbations)`` with the raw inputs ``xs``:
+    each chunk projects its own inputs, so neither the projection nor the steps' internals
+    are stored for more than one chunk at a time.
+    """
+
+    def run_chunk(state: PyTree, chunk_inputs: tuple) -> tuple[PyTree, Array]:
+        t, x, r, p = chunk_inputs
+        return jax.lax.scan(body, state, (t, cell.project(params, x), r, p), unroll=unroll)
+
+    run_chunk = jax.checkpoint(run_chunk)
+    T = inputs[0].shape[0]
+    n = T // chunk
+    head = jax.tree_util.tree_map(
+        lambda a: a[: n * chunk].reshape((n, chunk, *a.shape[1:])), inputs
     )
+    state, ys = jax.lax.scan(run_chunk, state0, head)
+    ys = ys.reshape((n * chunk, *ys.shape[2:]))
+    if n * chunk < T:
+        tail = jax.tree_util.tree_map(lambda a: a[n * chunk :], inputs)
+        state, ys_tail = run_chunk(state, tail)
+        ys = jnp.concatenate([ys, ys_tail], axis=0)
+    return state, ys
+
+
+def _parallel_scan(
+    cell: Cell,
+    params: PyTree,
+    xp: Array,
+    state0: PyTree,
+    lengths: Array | None,
+    reverse: bool,
+    time_major: bool,
+) -> tuple[PyTree, Array]:
+    """The loop for a cell with a ``parallel`` form: all states at once, then the options.
+
+    ``xp`` is time-major and already in processing order (reversed if ``reverse``).
+    Steps past a sequence's length do not affect earlier ones, so the states are computed
+    for all ``T`` steps and the lengths applied afterwards.
+    """
+    T = xp.shape[0]
+    states = cell.parallel(params, xp, state0)
+    ys = cell.output(states)
+    if lengths is None:
+        final_state = jax.tree_util.tree_map(lambda s, s0: s[-1] if T else s0, states, state0)
+    else:
+        t = jnp.arange(T).reshape((T,) + (1,) * lengths.ndim)
+        ys = jnp.where((t < lengths)[..., None], ys, jnp.zeros_like(ys))
+        last = jnp.clip(lengths - 1, 0, max(T - 1, 0))
+
+        def pick(s: Array, s0: Array) -> Array:
+            if T == 0:
+                return s0
+            idx = jnp.broadcast_to(last[None, ..., None], (1, *s.shape[1:]))
+            return _where(lengths > 0, jnp.take_along_axis(s, idx, axis=0)[0], s0)
+
+        final_state = jax.tree_util.tree_map(pick, states, state0)
     if reverse:
         ys = reverse_valid(ys, lengths)
     if not time_major:

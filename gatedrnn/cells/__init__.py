@@ -3,6 +3,15 @@
 from gatedrnn.cells.base import Cell
 from gatedrnn.cells.gru import GRUParams, gru, gru_gates
 from gatedrnn.cells.lstm import LSTMParams, LSTMState, lstm, lstm_gates
+from gatedrnn.cells.min_rnn import (
+    MinGRUParams,
+    MinLSTMParams,
+    linear_recurrence,
+    min_gru,
+    min_gru_coefficients,
+    min_lstm,
+    min_lstm_coefficients,
+)
 from gatedrnn.cells.vanilla import ACTIVATIONS, VanillaParams, vanilla
 
 __all__ = [
@@ -11,10 +20,17 @@ __all__ = [
     "GRUParams",
     "LSTMParams",
     "LSTMState",
+    "MinGRUParams",
+    "MinLSTMParams",
     "VanillaParams",
     "gru",
     "gru_gates",
+    "linear_recurrence",
     "lstm",
     "lstm_gates",
+    "min_gru",
+    "min_gru_coefficients",
+    "min_lstm",
+    "min_lstm_coefficients",
     "vanilla",
 ]

@@ -1,0 +1,126 @@
+"""minGRU and minLSTM: the step form follows the paper's equations, and the parallel form
+(``jax.lax.associative_scan``) used by ``gr.scan`` equals the step-by-step loop."""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import gatedrnn as gr
+from gatedrnn.cells import linear_recurrence
+
+B, T, I, H = 3, 9, 4, 5
+
+
+def _sigmoid(z):
+    return 1.0 / (1.0 + np.exp(-z))
+
+
+def _numpy_loop(name, params, xs, h0):
+    """The paper's equations (Feng et al. 2024, minimal versions), one step at a time."""
+    w, b = np.asarray(params.w_x), np.asarray(params.b)
+    h, hs = np.asarray(h0), []
+    for t in range(xs.shape[1]):
+        z = xs[:, t] @ w + b
+        if name == "min_gru":
+            gate, cand = _sigmoid(z[:, :H]), z[:, H:]
+            h = (1 - gate) * h + gate * cand
+        else:
+            f, i, cand = _sigmoid(z[:, :H]), _sigmoid(z[:, H : 2 * H]), z[:, 2 * H :]
+            h = f / (f + i) * h + i / (f + i) * cand
+        hs.append(h)
+    return h, np.stack(hs, axis=1)
+
+
+@pytest.mark.parametrize("make_cell", [gr.min_gru, gr.min_lstm], ids=["min_gru", "min_lstm"])
+def test_step_form_matches_the_papers_equations(make_cell):
+    with jax.enable_x64(True):
+        cell = make_cell(H)
+        params = cell.init(jax.random.PRNGKey(0), I, dtype=jnp.float64)
+        xs = np.asarray(jax.random.normal(jax.random.PRNGKey(1), (B, T, I), jnp.float64))
+        h0 = 0.5 * np.ones((B, H))
+        want_h, want_ys = _numpy_loop(cell.name, params, xs, h0)
+        for c in (cell, cell._replace(parallel=None)):
+            h, ys = gr.scan(c, params, xs, h0)
+            np.testing.assert_allclose(ys, want_ys, rtol=1e-12, atol=1e-12)
+            np.testing.assert_allclose(h, want_h, rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize(
+    "options",
+    [
+        {},
+        {"seq_lengths": np.array([9, 4, 0])},
+        {"seq_lengths": np.array([9, 4, 0]), "reverse": True},
+        {"time_major": True},
+    ],
+    ids=["plain", "lengths", "lengths_reverse", "time_major"],
+)
+@pytest.mark.parametrize("make_cell", [gr.min_gru, gr.min_lstm], ids=["min_gru", "min_lstm"])
+def test_parallel_equals_sequential_values_and_grads_float64(make_cell, options):
+    with jax.enable_x64(True):
+        cell = make_cell(H)
+        sequential = cell._replace(parallel=None)
+        params = cell.init(jax.random.PRNGKey(0), I, dtype=jnp.float64)
+        shape = (T, B, I) if options.get("time_major") else (B, T, I)
+        xs = jax.random.normal(jax.random.PRNGKey(1), shape, jnp.float64)
+        h0 = 0.1 * jnp.arange(B * H, dtype=jnp.float64).reshape(B, H)
+
+        def run(c):
+            def loss(params, xs, h0):
+                final, ys = gr.scan(c, params, xs, h0, **options)
+                return jnp.sum(jnp.sin(ys)) + jnp.sum(final**2), (final, ys)
+
+            return jax.jit(jax.value_and_grad(loss, argnums=(0, 1, 2), has_aux=True))(
+                params, xs, h0
+            )
+
+        got, want = run(cell), run(sequential)
+        jax.tree_util.tree_map(
+            lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-10, atol=1e-12), got, want
+        )
+
+
+def test_parallel_form_has_no_time_loop_and_options_fall_back_to_the_loop():
+    cell = gr.min_gru(H)
+    params = cell.init(jax.random.PRNGKey(0), I)
+    xs = jnp.ones((B, T, I))
+    assert "scan[" not in str(jax.make_jaxpr(lambda x: gr.scan(cell, params, x))(xs))
+    resets = np.eye(B, T, 3, dtype=bool)
+    loop = jax.make_jaxpr(lambda x: gr.scan(cell, params, x, resets=resets))(xs)
+    assert "scan[" in str(loop)
+    # The fallback gives the loop's values.
+    _, ys = gr.scan(cell, params, xs, resets=resets)
+    _, want = gr.scan(cell._replace(parallel=None), params, xs, resets=resets)
+    np.testing.assert_allclose(ys, want, rtol=1e-6)
+
+
+def test_linear_recurrence_is_the_loop_and_handles_empty_time():
+    rng = np.random.default_rng(0)
+    a, b, h0 = rng.uniform(size=(6, 2, 3)), rng.normal(size=(6, 2, 3)), rng.normal(size=(2, 3))
+    with jax.enable_x64(True):
+        hs = linear_recurrence(jnp.asarray(a), jnp.asarray(b), jnp.asarray(h0))
+        h, want = h0, []
+        for t in range(6):
+            h = a[t] * h + b[t]
+            want.append(h)
+        np.testing.assert_allclose(hs, np.stack(want), rtol=1e-12)
+        assert linear_recurrence(jnp.zeros((0, 2, 3)), jnp.zeros((0, 2, 3)), h0).shape == (0, 2, 3)
+
+
+def test_min_cells_init_exports_and_errors():
+    params = gr.min_lstm(H, forget_bias=2.0).init(jax.random.PRNGKey(0), I)
+    assert isinstance(params, gr.MinLSTMParams)
+    assert params.w_x.shape == (I, 3 * H) and params.b.shape == (3 * H,)
+    np.testing.assert_allclose(params.b[:H], 2.0)
+    np.testing.assert_allclose(params.b[H:], 0.0)
+    assert isinstance(gr.min_gru(H).init(jax.random.PRNGKey(0), I), gr.MinGRUParams)
+    with pytest.raises(ValueError, match="hidden_size"):
+        gr.min_gru(0)
+    with pytest.raises(ValueError, match="input_size"):
+        gr.min_gru(H).init(jax.random.PRNGKey(0), 0)
+    cell = gr.min_gru(H)
+    with pytest.raises(ValueError, match="features"):
+        gr.scan(cell, cell.init(jax.random.PRNGKey(0), I), jnp.ones((B, T, I + 1)))
