@@ -181,7 +181,7 @@ def scan(
       TypeError: on integer inputs or a dtype that differs from the params'.
     """
     xs = check_cell_and_xs(cell, xs, time_major)
-    for flag, value in (("reverse", reverse), ("time_major", time_major), ("remat", remat)):
+    for flag, value in (("reverse", reverse), ("time_major", time_major)):
         if not isinstance(value, (bool, np.bool_)):
             raise TypeError(f"{flag} must be True or False, got {value!r}")
     if not isinstance(unroll, (bool, int, np.integer)) or (
