@@ -110,7 +110,7 @@ def test_stack_gradients_flow_to_every_layer():
     "kwargs, msg",
     [
         (dict(num_layers=0), "num_layers must be an int >= 1"),
-        (dict(num_layers=2, dropout=1.0), r"dropout must be a number in \[0, 1\)"),
+        (dict(num_layers=2, dropout=1.0), r"dropout must be in \[0, 1\)"),
     ],
 )
 def test_stack_bad_options(kwargs, msg):
