@@ -26,7 +26,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from gatedrnn.cells.base import Array, Cell, PyTree
+from gatedrnn.cells.base import Array, Cell, PyTree, check_positive_int
 from gatedrnn.cells.gru import gru_gates
 from gatedrnn.cells.lstm import lstm_gates
 from gatedrnn.scan import _broadcast_state, check_cell_and_xs, scan
@@ -335,10 +335,7 @@ def jacobian_norms(
     """
     if method not in ("power", "dense"):
         raise ValueError(f"method must be 'power' or 'dense', got {method!r}")
-    if isinstance(num_iters, bool) or not isinstance(num_iters, (int, np.integer)):
-        raise ValueError(f"num_iters must be an integer >= 1, got {num_iters!r}")
-    if num_iters < 1:
-        raise ValueError(f"num_iters must be an integer >= 1, got {num_iters}")
+    check_positive_int(num_iters, "num_iters")
     if chunk is not None and (
         isinstance(chunk, bool) or not isinstance(chunk, (int, np.integer)) or chunk < 1
     ):

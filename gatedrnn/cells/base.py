@@ -60,28 +60,25 @@ class Cell(NamedTuple):
 # ----------------------------------------------------------------------------- checks
 
 
+def check_positive_int(value: Any, name: str) -> int:
+    """Return ``value`` as an int, or raise ValueError naming ``name`` if it is not an int >= 1."""
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
+        raise ValueError(
+            f"{name} must be an integer >= 1, got {value!r} of type {type(value).__name__}"
+        )
+    if value < 1:
+        raise ValueError(f"{name} must be an integer >= 1, got {value}")
+    return int(value)
+
+
 def check_hidden_size(hidden_size: Any) -> int:
     """Return ``hidden_size`` as an int, or raise ValueError if it is not an integer >= 1."""
-    if isinstance(hidden_size, bool) or not isinstance(hidden_size, (int, np.integer)):
-        raise ValueError(
-            f"hidden_size must be an integer >= 1, got {hidden_size!r} "
-            f"of type {type(hidden_size).__name__}"
-        )
-    if hidden_size < 1:
-        raise ValueError(f"hidden_size must be an integer >= 1, got {hidden_size}")
-    return int(hidden_size)
+    return check_positive_int(hidden_size, "hidden_size")
 
 
 def check_input_size(input_size: Any) -> int:
     """Return ``input_size`` as an int, or raise ValueError if it is not an integer >= 1."""
-    if isinstance(input_size, bool) or not isinstance(input_size, (int, np.integer)):
-        raise ValueError(
-            f"input_size must be an integer >= 1, got {input_size!r} "
-            f"of type {type(input_size).__name__}"
-        )
-    if input_size < 1:
-        raise ValueError(f"input_size must be an integer >= 1, got {input_size}")
-    return int(input_size)
+    return check_positive_int(input_size, "input_size")
 
 
 def check_input(x: Any, w_x: Array, what: str = "x") -> Array:
