@@ -1,21 +1,24 @@
 """A time loop whose backward pass carries only the state gradient (as cuDNN does).
 
-:func:`scan_fused_vjp` is ``jax.lax.scan`` with a custom VJP:
+:func:`scan_split_vjp` is the loop ``a = hidden(params, s); s, y = pointwise(s, x, a)``
+over time (``jax.lax.scan``) with a custom VJP, for cells that split their recurrent part
+into ``hidden`` (the recurrent matrix product) and ``pointwise`` (elementwise, no params),
+see :class:`gatedrnn.Cell`:
 
-* forward: the loop, keeping only the state before every step;
-* backward loop: per step, ``jax.vjp`` of the step with respect to the state and the
-  per-step inputs (the cell's own ``recur``: no math is restated here); it carries the
-  state gradient only, and emits each step's input gradient and the cotangent that
-  reached each step's outputs;
-* after the loop: the gradient with respect to the loop constants (the cell's params) as
-  ONE ``jax.vjp`` of the step vectorized over all time steps, so that e.g.
-  ``dW_h = sum_t h_{t-1}^T dz_t`` is a single ``(H, T*B) @ (T*B, G*H)`` matrix product
-  instead of ``T`` small ones accumulated in the loop.
+* forward: the loop, keeping each step's previous state and its ``a``;
+* backward loop: per step, ``jax.vjp`` of the cell's own ``pointwise`` (recomputed from
+  the saved state and ``a``: elementwise only, no matrix product) and of ``hidden`` with
+  respect to the state (``da @ w_h^T``); it carries the state gradient only and emits each
+  step's input gradient and ``da``;
+* after the loop: the gradient with respect to the params as ONE ``jax.vjp`` of
+  ``hidden`` over all time steps and batch rows at once, so ``dW_h = sum_t h_{t-1}^T da_t``
+  is a single ``(H, T*B) @ (T*B, G*H)`` matrix product instead of ``T`` small ones
+  accumulated in the loop (what ``jax.lax.scan``'s autodiff does).
 
-The price is one recomputation of each step's forward inside the backward loop and one
-batched recomputation after it; the gain is that the loop carries ``O(B H)`` instead of
-``O(H^2)`` and that the weight gradient runs at large-matmul speed. ``gatedrnn.scan``
-dispatches here when its options allow (see there).
+No cell math is restated here: the derivatives are JAX's, of the cell's own functions.
+Because the backward pass is a ``jax.custom_vjp``, forward-mode differentiation
+(``jax.jvp``, ``jax.jacfwd``, ``jax.linearize``) of this loop is not defined:
+``gatedrnn.scan(..., fused=False)`` gives the plain loop for that.
 """
 
 from __future__ import annotations
@@ -48,78 +51,89 @@ def _combine(diff: list, rest: list, treedef: Any) -> PyTree:
     )
 
 
-def scan_fused_vjp(
-    body: Callable[[PyTree, PyTree, PyTree], tuple[PyTree, Any]],
-    consts: PyTree,
-    carry0: PyTree,
+def _rows(x: Any) -> Any:
+    """``(T, *batch, F) -> (T * prod(batch), F)``: every step's batch rows as one batch."""
+    return x.reshape((-1, x.shape[-1]))
+
+
+def scan_split_vjp(
+    hidden: Callable[[PyTree, PyTree], Any],
+    pointwise: Callable[[PyTree, PyTree, Any], tuple[PyTree, Any]],
+    params: PyTree,
+    state0: PyTree,
     xs: PyTree,
     *,
     length: int,
     unroll: int | bool = 1,
 ) -> tuple[PyTree, Any]:
-    """``jax.lax.scan(lambda c, x: body(consts, c, x), carry0, xs)`` with a fused backward.
+    """The loop ``s, y = pointwise(s, x_t, hidden(params, s))`` with the fused backward.
 
     Args:
-      body: ``body(consts, carry, x) -> (carry, y)``, a pure function.
-      consts: loop constants (e.g. params); float leaves get gradients, other leaves
-        (ints, bools) are passed through.
-      carry0: the initial carry (float leaves).
-      xs: per-step inputs, leaves with a leading time axis ``length``; float leaves get
-        gradients.
+      hidden: ``hidden(params, state) -> a``, applied row by row over the batch axes (so
+        that its parameter gradient over all steps is one call on all rows).
+      pointwise: ``pointwise(state, x_t, a) -> (state, y)``, elementwise; ``x_t`` is one
+        step of ``xs`` (float leaves get gradients, other leaves are passed through).
+      params: the params ``hidden`` uses (float leaves).
+      state0: the initial state, leaves ``(*batch, H)``.
+      xs: per-step inputs, leaves with a leading time axis ``length``.
       length: number of steps ``T``.
       unroll: as in ``jax.lax.scan`` (used by both loops).
 
     Returns:
-      ``(final_carry, ys)`` exactly as ``jax.lax.scan`` returns them.
+      ``(final_state, ys)`` exactly as ``jax.lax.scan`` returns them.
     """
-    return _fused(body, length, unroll, consts, carry0, xs)
+    return _split(hidden, pointwise, length, unroll, params, state0, xs)
 
 
-@partial(jax.custom_vjp, nondiff_argnums=(0, 1, 2))
-def _fused(body: Callable, length: int, unroll: Any, consts: PyTree, carry0: PyTree, xs: PyTree):
-    return jax.lax.scan(partial(body, consts), carry0, xs, length=length, unroll=unroll)
+@partial(jax.custom_vjp, nondiff_argnums=(0, 1, 2, 3))
+def _split(
+    hidden: Callable, pointwise: Callable, length: int, unroll: Any, params, state0, xs
+) -> tuple[PyTree, Any]:
+    def body(s: PyTree, x: PyTree) -> tuple[PyTree, Any]:
+        return pointwise(s, x, hidden(params, s))
+
+    return jax.lax.scan(body, state0, xs, length=length, unroll=unroll)
 
 
-def _fused_fwd(body: Callable, length: int, unroll: Any, consts: PyTree, carry0: PyTree, xs: Any):
+def _split_fwd(
+    hidden: Callable, pointwise: Callable, length: int, unroll: Any, params, state0, xs
+) -> tuple:
+    def body(s: PyTree, x: PyTree) -> tuple[PyTree, tuple]:
+        a = hidden(params, s)
+        new, y = pointwise(s, x, a)
+        return new, (y, s, a)
+
+    final, (ys, prev, A) = jax.lax.scan(body, state0, xs, length=length, unroll=unroll)
+    return (final, ys), (params, prev, A, xs)
+
+
+def _split_bwd(
+    hidden: Callable, pointwise: Callable, length: int, unroll: Any, res: tuple, cts: tuple
+) -> tuple:
+    params, prev, A, xs = res
+    d_final, d_ys = cts
     x_diff, x_rest, x_def = _partition(xs)
-    frozen = jax.lax.stop_gradient(consts)
 
-    def loop(carry0: PyTree, xd: list, zeros: PyTree) -> tuple:
-        def step(carry: PyTree, inputs: tuple) -> tuple[PyTree, tuple]:
-            xd_t, xr_t, zero_t = inputs
-            new, y = body(frozen, carry, _combine(xd_t, xr_t, x_def))
-            # A zero added to the new state: its cotangent is the one reaching the step.
-            new = jax.tree_util.tree_map(jnp.add, new, zero_t)
-            return new, (y, carry)
+    # Leaves of the input gradient that ARE the gradient of ``a`` (the same traced value,
+    # e.g. when pointwise uses ``xp + a``): emitted once, not twice.
+    aliased: list[bool] = []
 
-        final, (ys, prev) = jax.lax.scan(
-            step, carry0, (xd, x_rest, zeros), length=length, unroll=unroll
-        )
-        return (final, ys), prev
+    def body(ds: PyTree, inputs: tuple) -> tuple[PyTree, tuple]:
+        s, xd, xr, a, dy = inputs
+        _, vjp_pw = jax.vjp(lambda s, xd, a: pointwise(s, _combine(xd, xr, x_def), a), s, xd, a)
+        ds_direct, dxd, da = vjp_pw((ds, dy))
+        (ds_hidden,) = jax.vjp(lambda s: hidden(params, s), s)[1](da)
+        aliased[:] = [d is da for d in dxd]
+        dxd = [None if same else d for d, same in zip(dxd, aliased, strict=True)]
+        return jax.tree_util.tree_map(jnp.add, ds_direct, ds_hidden), (dxd, da)
 
-    zeros = jax.tree_util.tree_map(lambda c: jnp.zeros((length, *c.shape), c.dtype), carry0)
-    out, vjp_loop, prev = jax.vjp(loop, carry0, x_diff, zeros, has_aux=True)
-    return out, (consts, xs, jax.lax.stop_gradient(prev), vjp_loop)
-
-
-def _fused_bwd(body: Callable, length: int, unroll: Any, res: tuple, cts: tuple):
-    consts, xs, prev, vjp_loop = res
-    d_carry0, d_xs, d_new = vjp_loop(cts)
-    _, d_ys = cts
-    c_diff, c_rest, c_def = _partition(consts)
-    x_def = jax.tree_util.tree_structure(xs)
-
-    def all_steps(cd: list) -> tuple:
-        full = _combine(cd, c_rest, c_def)
-        return jax.vmap(lambda c, x: body(full, c, x))(prev, xs)
-
-    _, vjp_consts = jax.vjp(all_steps, c_diff)
-    (d_consts,) = vjp_consts((d_new, d_ys))
-    return (
-        jax.tree_util.tree_unflatten(c_def, d_consts),
-        d_carry0,
-        jax.tree_util.tree_unflatten(x_def, d_xs),
+    ds0, (dxd, dA) = jax.lax.scan(
+        body, d_final, (prev, x_diff, x_rest, A, d_ys), length=length, reverse=True, unroll=unroll
     )
+    dxd = [dA if same else d for d, same in zip(dxd, aliased, strict=True)]
+    rows = jax.tree_util.tree_map(_rows, prev)
+    (d_params,) = jax.vjp(lambda p: hidden(p, rows), params)[1](_rows(dA))
+    return d_params, ds0, jax.tree_util.tree_unflatten(x_def, dxd)
 
 
-_fused.defvjp(_fused_fwd, _fused_bwd)
+_split.defvjp(_split_fwd, _split_bwd)

@@ -14,8 +14,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from gatedrnn._fused import scan_fused_vjp
-from gatedrnn.cells.base import Array, Cell, PyTree
+from gatedrnn._fused import scan_split_vjp
+from gatedrnn.cells.base import Array, Cell, PyTree, has_split
 
 
 def _is_concrete(x: Any) -> bool:
@@ -155,12 +155,16 @@ def scan(
         ``k = round(sqrt(T))``) as nested scans: only the state at chunk boundaries is
         kept, and each chunk (its input projection included) is recomputed once in the
         backward pass, so memory goes from ``O(T)`` to ``O(T / k + k)`` steps.
-      fused: the backward pass of the time loop. True: the fused one
-        (``gatedrnn._fused``, needs ``remat=False``), which carries only the state
-        gradient and computes the weight gradients after the loop as one large matrix
-        product, as cuDNN does; values and gradients are the same. False or None
-        (default, "the library's choice", today the same as False): ``jax.lax.scan``'s
-        own autodiff, measured faster on XLA CPU (see the README's Performance section).
+      fused: the backward pass of the time loop. For cells with a ``hidden``/``pointwise``
+        split (``gr.vanilla``, ``gr.lstm``, ``gr.gru`` with ``reset_after=True``) and no
+        ``resets``, ``truncate``, ``state_perturbations`` or ``remat``, the default
+        (None) runs the fused backward (``gatedrnn._fused``, as cuDNN does): the loop
+        carries only the state gradient and the recurrent weight gradient is one large
+        matrix product after it; values and gradients are those of ``jax.lax.scan``'s own
+        autodiff (tested to 1e-10 in float64), measured faster (README, Performance).
+        True: insist on it (ValueError where it cannot run). False: ``jax.lax.scan``'s
+        own autodiff, needed for forward-mode differentiation (``jax.jvp``,
+        ``jax.jacfwd``, ``jax.linearize``), which a ``custom_vjp`` does not support.
       state_perturbations: for diagnostics; a pytree like the state with a leading time
         axis, ``(T, *batch, H)`` leaves (always time-major, original time order), added to
         the state right after each step (and so to that step's output). Differentiating
@@ -200,8 +204,32 @@ def scan(
     T = xs_tm.shape[0]
     batch_shape = tuple(xs_tm.shape[1:-1])
     chunk = remat_chunk(remat, T)
-    if fused and remat is not False:
-        raise ValueError(f"fused=True needs remat=False, got remat={remat!r}")
+    split_ok = (
+        has_split(cell)
+        and resets is None
+        and truncate is None
+        and state_perturbations is None
+        and remat is False
+    )
+    if fused and not split_ok:
+        raise ValueError(
+            "fused=True needs a cell with a hidden/pointwise split (gr.vanilla, gr.lstm, "
+            f"gr.gru with reset_after=True; got {cell.name!r}"
+            + ("" if has_split(cell) else " without one")
+            + ") and no resets, truncate, state_perturbations or remat (got "
+            + ", ".join(
+                f"{k}={v!r}"
+                for k, v in (
+                    ("resets", "..." if resets is not None else None),
+                    ("truncate", truncate),
+                    ("state_perturbations", "..." if state_perturbations is not None else None),
+                    ("remat", remat),
+                )
+                if v not in (None, False)
+            )
+            + ")"
+        )
+    use_split = split_ok if fused is None else bool(fused)
     # The cell checks the feature size and dtype against its params. With chunked remat
     # the projection is done chunk by chunk inside the loop (and recomputed there).
     if chunk is None:
@@ -323,8 +351,22 @@ def scan(
         final_state, ys = jax.lax.scan(
             jax.checkpoint(partial(step, consts)), state0, inputs, length=T, unroll=unroll
         )
-    elif fused:
-        final_state, ys = scan_fused_vjp(step, consts, state0, inputs, length=T, unroll=unroll)
+    elif use_split:
+        valid = None
+        if lengths is not None:
+            valid = jnp.arange(T).reshape((T,) + (1,) * len(batch_shape)) < lengths
+
+        def pointwise(state: PyTree, inputs: tuple, a: Array) -> tuple[PyTree, Array]:
+            xp_t, valid_t = inputs
+            new_state, y = cell.pointwise(state, xp_t, a)
+            if valid_t is not None:
+                new_state = _where(valid_t, new_state, state)
+                y = jnp.where(valid_t[..., None], y, jnp.zeros_like(y))
+            return new_state, y
+
+        final_state, ys = scan_split_vjp(
+            cell.hidden, pointwise, params, state0, (xp, valid), length=T, unroll=unroll
+        )
     else:
         final_state, ys = jax.lax.scan(
             partial(step, consts), state0, inputs, length=T, unroll=unroll

@@ -51,7 +51,11 @@ def test_weight_scale_quick_linear_law_and_clipping(tmp_path):
         assert r["max_rel_error_vs_s_power_k"] < 1e-4
         assert r["decay_factor"] == pytest.approx(r["s"], rel=1e-4)
     plain, clipped = res["training"]["plain"], res["training"]["clipped"]
-    assert plain["first_nonfinite_step"] is not None
+    # Unclipped SGD diverges: to Inf/NaN, or (the path is chaotic, so rounding decides
+    # which) at least to a loss many orders of magnitude above where it started.
+    assert plain["first_nonfinite_step"] is not None or (
+        plain["final_loss"] > 1e6 * plain["initial_loss"]
+    )
     assert clipped["first_nonfinite_step"] is None
     assert clipped["final_loss"] < clipped["initial_loss"]
 

@@ -8,6 +8,17 @@ loop can go fast:
   (``x @ w_x + b``), done for all time steps at once by :func:`gatedrnn.scan`;
 * ``recur(params, state, xp)``: the recurrent part, given the projected input.
 
+Cells whose recurrent part is one matrix product of the state followed by elementwise
+math split ``recur`` once more, so that :func:`gatedrnn.scan` can run the cuDNN-style
+backward pass (``gatedrnn._fused``):
+
+* ``hidden(params, state) -> a``: the recurrent matrix product (``h @ w_h`` plus any
+  recurrent bias), row by row over the batch;
+* ``pointwise(state, xp, a) -> (state, y)``: everything else, elementwise, no params.
+
+``recur(params, state, xp) == pointwise(state, xp, hidden(params, state))``, built by
+:func:`make_recur`; the time loop uses the split only while that holds (:func:`has_split`).
+
 ``step(params, state, x) == recur(params, state, project(params, x))`` by construction.
 """
 
@@ -43,6 +54,9 @@ class Cell(NamedTuple):
       options: the factory's keyword arguments, for display, checkpoints and converters.
       parallel: optional ``parallel(params, xp, h0) -> hs`` for cells whose recurrence is
         linear in the state (evaluated over the whole time axis at once), or None.
+      hidden: optional ``hidden(params, state) -> a (*batch, gates * hidden_size)``, the
+        recurrent matrix product; with ``pointwise`` it splits ``recur`` (see above).
+      pointwise: optional ``pointwise(state, xp, a) -> (state, y)``, elementwise, no params.
     """
 
     init: Callable[..., PyTree]
@@ -55,6 +69,8 @@ class Cell(NamedTuple):
     name: str
     options: dict[str, Any]
     parallel: Callable[..., Array] | None = None
+    hidden: Callable[[PyTree, PyTree], Array] | None = None
+    pointwise: Callable[[PyTree, Array, Array], tuple[PyTree, Array]] | None = None
 
 
 # ----------------------------------------------------------------------------- checks
@@ -277,6 +293,55 @@ def make_state_zeros(hidden_size: int, dtype: Any, batch_shape: Any) -> Array:
 def split_gates(z: Array, num: int) -> list[Array]:
     """Split the last axis of ``z`` into ``num`` equal gate blocks."""
     return jnp.split(z, num, axis=-1)
+
+
+def make_recur(
+    hidden: Callable[[PyTree, PyTree], Array],
+    pointwise: Callable[[PyTree, Array, Array], tuple[PyTree, Array]],
+) -> Callable[[PyTree, PyTree, Array], tuple[PyTree, Array]]:
+    """The recurrent part of a step from its two halves.
+
+    Returns ``recur(params, state, xp) = pointwise(state, xp, hidden(params, state))``.
+    """
+
+    def recur(params: PyTree, state: PyTree, xp: Array) -> tuple[PyTree, Array]:
+        return pointwise(state, xp, hidden(params, state))
+
+    # What the time loop checks before it uses the split (see has_split).
+    recur.split_from = (hidden, pointwise)  # type: ignore[attr-defined]
+    return recur
+
+
+def has_split(cell: Cell) -> bool:
+    """True if ``cell.hidden``/``cell.pointwise`` are set and ``cell.recur`` is built from them.
+
+    A cell changed with ``cell._replace(recur=...)`` (or with new ``hidden``/``pointwise``
+    but the old ``recur``) has no usable split, so the time loop runs its ``recur``.
+    """
+    if cell.hidden is None or cell.pointwise is None:
+        return False
+    return getattr(cell.recur, "split_from", None) == (cell.hidden, cell.pointwise)
+
+
+def sigmoid_tanh_blocks(z: Array, kinds: str) -> list[Array]:
+    """Sigmoid or tanh on each gate block of ``z (..., len(kinds) * H)``, in one pass.
+
+    ``kinds`` names each block's function, ``"s"`` (sigmoid) or ``"t"`` (tanh), e.g.
+    ``"ssts"`` for the LSTM's i, f, g, o. The whole array goes through one ``tanh``:
+    ``sigmoid(x) = (1 + tanh(x / 2)) / 2`` (exact identity), ``tanh(x) = tanh(x)``, so the
+    activations are ``tanh(z * s) * s + s'`` with per-block constants. One fused
+    elementwise pass over the whole array instead of one per block: XLA CPU runs a fusion
+    that reads several slices of one array inside a loop several times slower than one
+    that reads it whole (measured in the README's Performance section).
+
+    Returns:
+      The activated blocks, each ``(..., H)``.
+    """
+    num = len(kinds)
+    H = z.shape[-1] // num
+    scale = np.repeat([0.5 if k == "s" else 1.0 for k in kinds], H).astype(z.dtype)
+    shift = np.repeat([0.5 if k == "s" else 0.0 for k in kinds], H).astype(z.dtype)
+    return split_gates(jnp.tanh(z * scale) * scale + shift, num)
 
 
 def make_step(

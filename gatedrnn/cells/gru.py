@@ -19,10 +19,11 @@ from gatedrnn.cells.base import (
     check_input_size,
     check_params,
     fan_in_normal,
+    make_recur,
     make_state_zeros,
     make_step,
     orthogonal,
-    split_gates,
+    sigmoid_tanh_blocks,
     zeros,
 )
 
@@ -44,6 +45,18 @@ class GRUParams(NamedTuple):
     b_h: Array
 
 
+def gru_activations(xp: Array, a: Array) -> tuple[Array, Array, Array]:
+    """``(r, z, n)`` of the ``reset_after=True`` GRU from ``xp = x w_x + b_x`` and
+    ``a = h w_h + b_h`` (both ``(*batch, 3H)``, blocks r, z, n); each ``(*batch, H)``.
+
+    ``r, z = sigmoid(xp + a)`` on the r, z blocks; ``n = tanh(xp_n + r * a_n)``.
+    """
+    H = xp.shape[-1] // 3
+    r, z = sigmoid_tanh_blocks(xp[..., : 2 * H] + a[..., : 2 * H], "ss")
+    n = jnp.tanh(xp[..., 2 * H :] + r * a[..., 2 * H :])
+    return r, z, n
+
+
 def gru_gates(
     params: GRUParams, h: Array, xp: Array, reset_after: bool
 ) -> tuple[Array, Array, Array]:
@@ -52,18 +65,24 @@ def gru_gates(
     ``xp = x w_x + b_x`` (``(*batch, 3H)``) is the projected input.
     """
     H = h.shape[-1]
-    xr, xz, xn = split_gates(xp, 3)
     if reset_after:
-        hr, hz, hn = split_gates(h @ params.w_h + params.b_h, 3)
-        r = jax.nn.sigmoid(xr + hr)
-        z = jax.nn.sigmoid(xz + hz)
-        n = jnp.tanh(xn + r * hn)
-    else:
-        hr, hz = split_gates(h @ params.w_h[:, : 2 * H] + params.b_h[: 2 * H], 2)
-        r = jax.nn.sigmoid(xr + hr)
-        z = jax.nn.sigmoid(xz + hz)
-        n = jnp.tanh(xn + (r * h) @ params.w_h[:, 2 * H :] + params.b_h[2 * H :])
+        return gru_activations(xp, gru_hidden(params, h))
+    a_rz = h @ params.w_h[:, : 2 * H] + params.b_h[: 2 * H]
+    r, z = sigmoid_tanh_blocks(xp[..., : 2 * H] + a_rz, "ss")
+    n = jnp.tanh(xp[..., 2 * H :] + (r * h) @ params.w_h[:, 2 * H :] + params.b_h[2 * H :])
     return r, z, n
+
+
+def gru_hidden(params: GRUParams, h: Array) -> Array:
+    """The recurrent matrix product of the ``reset_after=True`` GRU: ``h w_h + b_h``."""
+    return h @ params.w_h + params.b_h
+
+
+def gru_pointwise(h: Array, xp: Array, a: Array) -> tuple[Array, Array]:
+    """``h' = (1 - z) n + z h`` of the ``reset_after=True`` GRU; returns ``(h', h')``."""
+    _, z, n = gru_activations(xp, a)
+    h = (1.0 - z) * n + z * h
+    return h, h
 
 
 def gru(
@@ -123,11 +142,17 @@ def gru(
         x = check_input(x, params.w_x)
         return x @ params.w_x + params.b_x
 
-    def recur(params: GRUParams, h: Array, xp: Array) -> tuple[Array, Array]:
-        """``h (*batch, H), xp (*batch, 3H) -> (h', h')``."""
+    def recur_before(params: GRUParams, h: Array, xp: Array) -> tuple[Array, Array]:
+        """``reset_after=False``: ``h (*batch, H), xp (*batch, 3H) -> (h', h')``.
+
+        Two matrix products in sequence (``(r * h) w_hn`` needs ``r``), so this form has
+        no ``hidden``/``pointwise`` split.
+        """
         _, z, n = gru_gates(params, h, xp, reset_after)
         h = (1.0 - z) * n + z * h
         return h, h
+
+    recur = make_recur(gru_hidden, gru_pointwise) if reset_after else recur_before
 
     return Cell(
         init=init,
@@ -139,4 +164,6 @@ def gru(
         hidden_size=H,
         name="gru",
         options={"hidden_size": H, "reset_after": reset_after},
+        hidden=gru_hidden if reset_after else None,
+        pointwise=gru_pointwise if reset_after else None,
     )

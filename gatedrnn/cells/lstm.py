@@ -20,10 +20,11 @@ from gatedrnn.cells.base import (
     check_input_size,
     check_params,
     fan_in_normal,
+    make_recur,
     make_state_zeros,
     make_step,
     orthogonal,
-    split_gates,
+    sigmoid_tanh_blocks,
     zeros,
 )
 
@@ -49,13 +50,34 @@ class LSTMState(NamedTuple):
     c: Array
 
 
+def lstm_activations(z: Array) -> tuple[Array, Array, Array, Array]:
+    """``(i, f, g, o)`` from the pre-activations ``z (*batch, 4H)`` (blocks i, f, g, o).
+
+    ``i, f, o = sigmoid(.)``, ``g = tanh(.)``, each ``(*batch, H)``.
+    """
+    i, f, g, o = sigmoid_tanh_blocks(z, "ssts")
+    return i, f, g, o
+
+
 def lstm_gates(params: LSTMParams, h: Array, xp: Array) -> tuple[Array, Array, Array, Array]:
     """The four gate activations ``(i, f, g, o)``, each ``(*batch, H)``.
 
     ``i, f, o = sigmoid(.)`` and ``g = tanh(.)`` of ``xp + h w_h`` split in blocks i, f, g, o.
     """
-    zi, zf, zg, zo = split_gates(xp + h @ params.w_h, 4)
-    return jax.nn.sigmoid(zi), jax.nn.sigmoid(zf), jnp.tanh(zg), jax.nn.sigmoid(zo)
+    return lstm_activations(xp + h @ params.w_h)
+
+
+def lstm_hidden(params: LSTMParams, state: LSTMState) -> Array:
+    """The recurrent matrix product ``h w_h``, ``(*batch, 4H)``."""
+    return state.h @ params.w_h
+
+
+def lstm_pointwise(state: LSTMState, xp: Array, a: Array) -> tuple[LSTMState, Array]:
+    """``c' = f c + i g``, ``h' = o tanh(c')``, gates from ``xp + a``; returns ``(state', h')``."""
+    i, f, g, o = lstm_activations(xp + a)
+    c = f * state.c + i * g
+    h = o * jnp.tanh(c)
+    return LSTMState(h=h, c=c), h
 
 
 def lstm(
@@ -119,12 +141,7 @@ def lstm(
         x = check_input(x, params.w_x)
         return x @ params.w_x + params.b
 
-    def recur(params: LSTMParams, state: LSTMState, xp: Array) -> tuple[LSTMState, Array]:
-        """``state, xp (*batch, 4H) -> (state', h')``."""
-        i, f, g, o = lstm_gates(params, state.h, xp)
-        c = f * state.c + i * g
-        h = o * jnp.tanh(c)
-        return LSTMState(h=h, c=c), h
+    recur = make_recur(lstm_hidden, lstm_pointwise)
 
     return Cell(
         init=init,
@@ -136,4 +153,6 @@ def lstm(
         hidden_size=H,
         name="lstm",
         options={"hidden_size": H, "forget_bias": forget_bias},
+        hidden=lstm_hidden,
+        pointwise=lstm_pointwise,
     )

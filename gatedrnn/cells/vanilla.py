@@ -20,6 +20,7 @@ from gatedrnn.cells.base import (
     check_input_size,
     check_params,
     fan_in_normal,
+    make_recur,
     make_state_zeros,
     make_step,
     orthogonal,
@@ -103,10 +104,16 @@ def vanilla(
         x = check_input(x, params.w_x)
         return x @ params.w_x + params.b
 
-    def recur(params: VanillaParams, h: Array, xp: Array) -> tuple[Array, Array]:
-        """``h (*batch, H), xp (*batch, H) -> (h', h')``."""
-        h = act(xp + h @ params.w_h)
+    def hidden(params: VanillaParams, h: Array) -> Array:
+        """The recurrent matrix product ``h w_h``, ``(*batch, H)``."""
+        return h @ params.w_h
+
+    def pointwise(h: Array, xp: Array, a: Array) -> tuple[Array, Array]:
+        """``h' = act(xp + a)``; returns ``(h', h')``."""
+        h = act(xp + a)
         return h, h
+
+    recur = make_recur(hidden, pointwise)
 
     return Cell(
         init=init,
@@ -118,4 +125,6 @@ def vanilla(
         hidden_size=H,
         name="vanilla",
         options={"hidden_size": H, "activation": activation},
+        hidden=hidden,
+        pointwise=pointwise,
     )
