@@ -456,16 +456,10 @@ def markdown(results: dict) -> str:
 
 
 README_PARTS = (
-    ("speed", "Speed"),
-    (
-        "speed_2threads",
-        "Speed, 2 threads each, no pinning (PyTorch's OpenMP stalls whenever another "
-        "process competes for the 2 cores: its ratios here are not a fair measure)",
-    ),
+    ("speed", "Speed, 2 threads for XLA and PyTorch"),
+    ("speed_1core", "Speed, one core each (`taskset -c 0`)"),
     ("levers", "Loop variants (levers)"),
-    ("other", "minGRU/minLSTM, compile time, generation, remat time"),
-    ("min", "minGRU/minLSTM vs GRU, and minGRU step by step"),
-    ("remat_memory", "Remat memory"),
+    ("other", "minGRU/minLSTM, compile time, generation, remat"),
 )
 
 
