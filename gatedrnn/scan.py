@@ -172,8 +172,8 @@ def scan(
 
     Cells with a ``parallel`` form (``gr.min_gru``, ``gr.min_lstm``) run over the whole
     time axis at once (``jax.lax.associative_scan``) unless ``resets``, ``truncate``,
-    ``state_perturbations``, chunked ``remat`` or ``fused=True`` is given (then the loop
-    runs); the values are the same as the step-by-step loop's.
+    ``state_perturbations`` or chunked ``remat`` is given (then the loop runs); the values
+    are the same as the step-by-step loop's.
 
     Returns:
       ``(final_state, ys)``: the state after the last valid step (leaves ``(*batch, H)``)
