@@ -375,11 +375,24 @@ def bench_generate(args: argparse.Namespace) -> dict:
 # ------------------------------------------------------------------------------ report
 
 
+def cpu_model() -> str:
+    """The CPU's model name (``/proc/cpuinfo`` on Linux), else what ``platform`` knows."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
 def markdown(results: dict) -> str:
     """The README's tables from the JSON results."""
+    cpu = f" ({results['cpu']}, {results['cores']} cores)" if "cpu" in results else ""
     lines = [
-        f"Device: {results['device']}; {results['threads']} threads for XLA and PyTorch; "
-        f"medians of {results['rounds']} interleaved rounds.",
+        f"Device: {results['device']}{cpu}; {results['threads']} threads for XLA and "
+        f"PyTorch; medians of {results['rounds']} interleaved rounds.",
     ]
     if "speed" in results:
         lines += [
@@ -521,6 +534,8 @@ def main(argv: list[str] | None = None) -> dict:
     results: dict[str, Any] = {
         "device": f"{device.platform}:{device.device_kind}",
         "machine": platform.processor() or platform.machine(),
+        "cpu": cpu_model(),
+        "cores": os.cpu_count(),
         "threads": torch.get_num_threads(),
         "rounds": args.rounds,
         "matmul_n": QUICK_MATMUL_N if args.quick else MATMUL_N,
