@@ -283,7 +283,9 @@ def bench_levers(args: argparse.Namespace) -> list[dict]:
     ``hoisted``: ``gr.scan`` (input projection for all steps before the loop);
     ``in_loop``: ``jax.lax.scan`` over ``cell.step`` (projection inside the loop, as Flax);
     ``autodiff``: ``gr.scan(fused=False)`` (the default is the fused backward);
-    ``unroll4``: ``gr.scan(unroll=4)``.
+    ``unroll4``: ``gr.scan(unroll=4)``;
+    ``bias_in_project``: the same LSTM with its bias added in ``project`` (one more pass over
+    the ``(T, B, 4H)`` projection) instead of in ``hidden`` inside the loop.
     """
     shapes = [(2, 8, 4, 8)] if args.quick else [(32, 128, 256, 256), (1, 1000, 128, 128)]
     rows = []
@@ -297,8 +299,16 @@ def bench_levers(args: argparse.Namespace) -> list[dict]:
             step = lambda s, x_t: cell.step(p, s, x_t)  # noqa: E731
             return jax.lax.scan(step, state0, jnp.moveaxis(x, 1, 0))[1]
 
+        pointwise = cell.pointwise
+        hidden = lambda p, s: s.h @ p.w_h  # noqa: E731
+        bias_in_project = cell._replace(
+            project=lambda p, x: x @ p.w_x + p.b,
+            hidden=hidden,
+            recur=gr.cells.base.make_recur(hidden, pointwise),
+        )
         variants = {
             "hoisted": lambda p, x, cell=cell: gr.scan(cell, p, x)[1],
+            "bias_in_project": lambda p, x, c=bias_in_project: gr.scan(c, p, x)[1],
             "in_loop": in_loop,
             "autodiff": lambda p, x, cell=cell: gr.scan(cell, p, x, fused=False)[1],
             "unroll4": lambda p, x, cell=cell: gr.scan(cell, p, x, unroll=4)[1],

@@ -170,3 +170,39 @@ def test_step_integer_and_dtype_mismatch_raise_typeerror():
         cell.step(p, s, jnp.ones((2, 3), jnp.int32))
     with pytest.raises(TypeError, match="dtype float16 but the params are float32"):
         cell.step(p, s, jnp.ones((2, 3), jnp.float16))
+
+
+@pytest.mark.parametrize("reset_after", [True, False])
+def test_gate_helpers_match_the_step_with_biases(reset_after):
+    """``lstm_gates``/``gru_gates`` (what diagnostics read) see the same biases as the step,
+    wherever the cell adds them (the LSTM's bias is added in ``hidden``, not ``project``)."""
+    k1, k2, k3, k4 = jax.random.split(jax.random.PRNGKey(3), 4)
+    x = jax.random.normal(k1, (2, 3))
+    h = jax.random.normal(k2, (2, 4))
+    c = jax.random.normal(k3, (2, 4))
+
+    lstm = gr.lstm(4)
+    p = lstm.init(k4, 3)
+    p = p._replace(b=jax.random.normal(k4, p.b.shape))
+    i, f, g, o = gr.cells.lstm_gates(p, h, lstm.project(p, x))
+    z = x @ p.w_x + h @ p.w_h + p.b
+    sig = jax.nn.sigmoid
+    for got, want in zip(
+        (i, f, g, o),
+        (sig(z[:, :4]), sig(z[:, 4:8]), jnp.tanh(z[:, 8:12]), sig(z[:, 12:])),
+        strict=True,
+    ):
+        np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
+    state, _ = lstm.step(p, gr.cells.LSTMState(h=h, c=c), x)
+    np.testing.assert_allclose(state.c, f * c + i * g, rtol=1e-5, atol=1e-6)
+
+    gru = gr.gru(4, reset_after=reset_after)
+    q = gru.init(k4, 3)
+    q = q._replace(b_x=jax.random.normal(k1, q.b_x.shape), b_h=jax.random.normal(k2, q.b_h.shape))
+    r, u, n = gr.cells.gru_gates(q, h, gru.project(q, x), reset_after)
+    new_h, _ = gru.step(q, h, x)
+    np.testing.assert_allclose(new_h, (1 - u) * n + u * h, rtol=1e-5, atol=1e-6)
+    zx = x @ q.w_x + q.b_x
+    zh = h @ q.w_h + q.b_h
+    np.testing.assert_allclose(r, sig(zx[:, :4] + zh[:, :4]), rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(u, sig(zx[:, 4:8] + zh[:, 4:8]), rtol=1e-5, atol=1e-6)

@@ -62,14 +62,20 @@ def lstm_activations(z: Array) -> tuple[Array, Array, Array, Array]:
 def lstm_gates(params: LSTMParams, h: Array, xp: Array) -> tuple[Array, Array, Array, Array]:
     """The four gate activations ``(i, f, g, o)``, each ``(*batch, H)``.
 
-    ``i, f, o = sigmoid(.)`` and ``g = tanh(.)`` of ``xp + h w_h`` split in blocks i, f, g, o.
+    ``i, f, o = sigmoid(.)`` and ``g = tanh(.)`` of ``xp + h w_h + b`` split in blocks
+    i, f, g, o, where ``xp = x w_x`` is the cell's ``project``.
     """
-    return lstm_activations(xp + h @ params.w_h)
+    return lstm_activations(xp + h @ params.w_h + params.b)
 
 
 def lstm_hidden(params: LSTMParams, state: LSTMState) -> Array:
-    """The recurrent matrix product ``h w_h``, ``(*batch, 4H)``."""
-    return state.h @ params.w_h
+    """The recurrent part ``h w_h + b``, ``(*batch, 4H)``.
+
+    The bias is added here, inside the time loop, rather than in ``project``: there it would
+    be one more pass over the ``(T, *batch, 4H)`` projection (the forward pass is ~1.5x
+    faster at (32, 128, 256, 256) with the bias in the loop: benchmarks/rnn_speed.py levers).
+    """
+    return state.h @ params.w_h + params.b
 
 
 def lstm_pointwise(state: LSTMState, xp: Array, a: Array) -> tuple[LSTMState, Array]:
@@ -136,10 +142,10 @@ def lstm(
         return LSTMState(h=z, c=z)
 
     def project(params: LSTMParams, x: Array) -> Array:
-        """``(..., I) -> (..., 4H)``: ``x w_x + b``."""
+        """``(..., I) -> (..., 4H)``: ``x w_x`` (the bias is added in ``hidden``)."""
         check_params(params, LSTMParams, "lstm", H, 4)
         x = check_input(x, params.w_x)
-        return x @ params.w_x + params.b
+        return x @ params.w_x
 
     recur = make_recur(lstm_hidden, lstm_pointwise)
 

@@ -99,14 +99,19 @@ def vanilla(
         return make_state_zeros(H, params.w_h.dtype, batch_shape)
 
     def project(params: VanillaParams, x: Array) -> Array:
-        """``(..., I) -> (..., H)``: ``x w_x + b``."""
+        """``(..., I) -> (..., H)``: ``x w_x`` (the bias is added in ``hidden``)."""
         check_params(params, VanillaParams, "vanilla", H, 1)
         x = check_input(x, params.w_x)
-        return x @ params.w_x + params.b
+        return x @ params.w_x
 
     def hidden(params: VanillaParams, h: Array) -> Array:
-        """The recurrent matrix product ``h w_h``, ``(*batch, H)``."""
-        return h @ params.w_h
+        """The recurrent part ``h w_h + b``, ``(*batch, H)``.
+
+        The bias is added here, inside the time loop, rather than in ``project``, where it
+        would be one more pass over the ``(T, *batch, H)`` projection (as for the LSTM,
+        :func:`gatedrnn.cells.lstm.lstm_hidden`).
+        """
+        return h @ params.w_h + params.b
 
     def pointwise(h: Array, xp: Array, a: Array) -> tuple[Array, Array]:
         """``h' = act(xp + a)``; returns ``(h', h')``."""
