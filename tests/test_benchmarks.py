@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import os
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -40,3 +41,18 @@ def test_rnn_speed_quick_writes_json_and_table(tmp_path):
 def test_flops_count():
     bench = _load_benchmark()
     assert bench.rnn_flops("lstm", 2, 3, 5, 7) == 2 * 2 * 3 * (5 + 7) * 4 * 7
+
+
+def test_profile_step_lists_the_loop_ops(capsys, monkeypatch):
+    # the script adds a flag to XLA_FLAGS when imported: restored after the test
+    monkeypatch.setenv("XLA_FLAGS", os.environ.get("XLA_FLAGS", ""))
+    spec = importlib.util.spec_from_file_location(
+        "profile_step", ROOT / "benchmarks" / "profile_step.py"
+    )
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    rows = module.main(["--cell", "gru", "--shape", "2,6,3,4", "--calls", "2", "--top", "5"])
+    assert rows and all(ms >= 0 and runs > 0 for _, ms, runs in rows)
+    # the loop body's ops run once per time step
+    assert any(runs == 6 for _, _, runs in rows)
+    assert "training step" in capsys.readouterr().out
