@@ -12,7 +12,7 @@ Sections (``--sections``, all by default):
   achieved GFLOP/s and its fraction of a large matmul's GFLOP/s timed in the same rounds.
 * ``compile``: compile time of an LSTM training step at T=100 vs T=10000.
 * ``remat``: XLA's compiled memory analysis and time of the LSTM training step at
-  T=8192, batch 16, hidden 256, for ``remat=False / True / "sqrt"``.
+  T=8192, batch 16, hidden 256, for ``remat=False / True / "sqrt"`` (and time-major input).
 * ``min``: training step of minGRU / minLSTM (parallel form) vs the sequential GRU at
   T=4096.
 * ``generate``: 1000 characters sampled from a 2-layer 512-unit LSTM, one sequence: a
@@ -32,6 +32,7 @@ import statistics
 import sys
 import time
 from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -202,6 +203,8 @@ def _lstm_step(B: int, T: int, I: int, H: int, seed: int, **scan_kwargs: Any):
     cell = gr.lstm(H)
     params = cell.init(jax.random.PRNGKey(seed), I)
     xs = jax.random.normal(jax.random.PRNGKey(seed + 1), (B, T, I))
+    if scan_kwargs.get("time_major"):
+        xs = jnp.swapaxes(xs, 0, 1)
 
     def loss(params, xs):
         return jnp.sum(gr.scan(cell, params, xs, **scan_kwargs)[1])
@@ -222,27 +225,38 @@ def bench_compile(args: argparse.Namespace) -> dict:
     return out
 
 
+REMAT_VARIANTS = {
+    # name: (remat, time_major, the variant it is compared with)
+    "none": (False, False, "none"),
+    "per_step": (True, False, "none"),
+    "sqrt": ("sqrt", False, "none"),
+    "none_time_major": (False, True, "none_time_major"),
+    "sqrt_time_major": ("sqrt", True, "none_time_major"),
+}
+
+
 def bench_remat(args: argparse.Namespace) -> dict:
+    """Memory (XLA's compiled memory analysis) and time of the LSTM training step per
+    ``remat`` option, batch-major input and (``*_time_major``) time-major input."""
     B, T, I, H = (2, 64, 8, 16) if args.quick else (16, 8192, 256, 256)
-    variants = {"none": False, "per_step": True, "sqrt": "sqrt"}
     out: dict[str, Any] = {"shape": {"batch": B, "time": T, "input": I, "hidden": H}}
     fns = {}
-    for name, remat in variants.items():
-        step, params, xs = _lstm_step(B, T, I, H, args.seed, remat=remat)
+    for name, (remat, time_major, _) in REMAT_VARIANTS.items():
+        step, params, xs = _lstm_step(B, T, I, H, args.seed, remat=remat, time_major=time_major)
         mem = step.lower(params, xs).compile().memory_analysis()
         total = mem.temp_size_in_bytes + mem.argument_size_in_bytes + mem.output_size_in_bytes
         out[name] = {"temp_bytes": int(mem.temp_size_in_bytes), "total_bytes": int(total)}
         fns[name] = lambda step=step, params=params, xs=xs: _block(step(params, xs))
-    for name in variants:
-        out[name]["memory_vs_none"] = out[name]["total_bytes"] / out["none"]["total_bytes"]
+    for name, (_, _, ref) in REMAT_VARIANTS.items():
+        out[name]["memory_vs_none"] = out[name]["total_bytes"] / out[ref]["total_bytes"]
+        out[name]["temp_vs_none"] = out[name]["temp_bytes"] / out[ref]["temp_bytes"]
     if args.memory_only:
         print(f"remat {out}", flush=True)
         return out
     med = interleaved_medians(fns, max(2, args.rounds // 2))
-    for name in variants:
+    for name, (_, _, ref) in REMAT_VARIANTS.items():
         out[name]["seconds"] = med[name]
-        out[name]["memory_vs_none"] = out[name]["total_bytes"] / out["none"]["total_bytes"]
-        out[name]["time_vs_none"] = med[name] / med["none"]
+        out[name]["time_vs_none"] = med[name] / med[ref]
     print(f"remat {out}", flush=True)
     return out
 
@@ -277,6 +291,29 @@ def bench_min(args: argparse.Namespace) -> dict:
     return out
 
 
+def _transposed_dot_fns(B: int, T: int, H: int, seed: int) -> dict[str, Callable[[], Any]]:
+    """The backward loop's product ``da @ w_h^T`` alone, ``T`` steps of ``(B, 4H) @ (4H, H)``:
+    ``dot_wT`` transposes ``w_h (H, 4H)`` inside the loop (what autodiff gives),
+    ``dot_pretransposed`` uses a copy transposed once before the loop."""
+    w = jax.random.normal(jax.random.PRNGKey(seed), (H, 4 * H)) / H
+    da = jax.random.normal(jax.random.PRNGKey(seed + 1), (T, B, 4 * H))
+
+    def loop(w: jax.Array, da: jax.Array, pre: bool) -> jax.Array:
+        wt = jnp.asarray(w.T) if pre else None
+
+        def body(c: jax.Array, d: jax.Array) -> tuple[jax.Array, jax.Array]:
+            out = d @ (wt if pre else w.T) + c
+            return jnp.tanh(out), out
+
+        return jax.lax.scan(body, jnp.zeros((B, H)), da)[1]
+
+    fns = {}
+    for name, pre in (("dot_wT_in_loop", False), ("dot_pretransposed", True)):
+        f = jax.jit(partial(loop, pre=pre))
+        fns[name] = lambda f=f: _block(f(w, da))
+    return fns
+
+
 def bench_levers(args: argparse.Namespace) -> list[dict]:
     """LSTM forward and training step under each loop variant, interleaved per shape.
 
@@ -285,7 +322,8 @@ def bench_levers(args: argparse.Namespace) -> list[dict]:
     ``autodiff``: ``gr.scan(fused=False)`` (the default is the fused backward);
     ``unroll4``: ``gr.scan(unroll=4)``;
     ``bias_in_project``: the same LSTM with its bias added in ``project`` (one more pass over
-    the ``(T, B, 4H)`` projection) instead of in ``hidden`` inside the loop.
+    the ``(T, B, 4H)`` projection) instead of in ``hidden`` inside the loop; and the
+    backward loop's product alone (:func:`_transposed_dot_fns`).
     """
     shapes = [(2, 8, 4, 8)] if args.quick else [(32, 128, 256, 256), (1, 1000, 128, 128)]
     rows = []
@@ -320,6 +358,7 @@ def bench_levers(args: argparse.Namespace) -> list[dict]:
             if name != "autodiff":
                 fns[f"{name}_forward"] = lambda fwd=fwd, p=params, x=xs: _block(fwd(p, x))
             fns[f"{name}_train"] = lambda step=step, p=params, x=xs: _block(step(p, x))
+        fns.update(_transposed_dot_fns(B, T, H, args.seed))
         med = interleaved_medians(fns, args.rounds)
         rows.append({"cell": "lstm", "shape": [B, T, I, H], "seconds": med})
         print(f"levers {(B, T, I, H)} {med}", flush=True)
@@ -437,15 +476,17 @@ def markdown(results: dict) -> str:
         lines += [
             "",
             "| remat (LSTM, B={batch}, T={time}, I={input}, H={hidden}) ".format(**m["shape"])
-            + "| total memory | temp memory | memory vs none"
-            " | time vs none |",
-            "|---|---|---|---|---|",
+            + "| total memory | temp memory | total vs none | temp vs none | time vs none |",
+            "|---|---|---|---|---|---|",
         ]
-        for name in ("none", "per_step", "sqrt"):
+        for name in REMAT_VARIANTS:
+            if name not in m:
+                continue
             v = m[name]
+            temp_ratio = f"{v['temp_vs_none']:.3f}" if "temp_vs_none" in v else "-"
             lines.append(
                 f"| {name} | {v['total_bytes'] / 2**20:.0f} MiB | {v['temp_bytes'] / 2**20:.0f}"
-                f" MiB | {v['memory_vs_none']:.3f} | "
+                f" MiB | {v['memory_vs_none']:.3f} | {temp_ratio} | "
                 + (f"{v['time_vs_none']:.2f}x |" if "time_vs_none" in v else "not timed |")
             )
     if "min" in results:
