@@ -314,6 +314,32 @@ def _transposed_dot_fns(B: int, T: int, H: int, seed: int) -> dict[str, Callable
     return fns
 
 
+def _gru_input_fns(B: int, T: int, I: int, H: int, seed: int) -> dict[str, Callable[[], Any]]:
+    """The GRU as it is (``project`` gives one array per gate block, ``GRUInput``) and
+    ``gru_one_array``: the same math with the projection as one ``(T, B, 3H)`` array whose
+    rows the loop slices into blocks; forward and training step of each."""
+    cell = gr.gru(H)
+    params = cell.init(jax.random.PRNGKey(seed), I)
+    xs = jax.random.normal(jax.random.PRNGKey(seed + 1), (B, T, I))
+
+    def pointwise(h: jax.Array, xp: jax.Array, a: jax.Array) -> tuple[jax.Array, jax.Array]:
+        blocks = gr.cells.GRUInput(xp[..., :H], xp[..., H : 2 * H], xp[..., 2 * H :])
+        return cell.pointwise(h, blocks, a)
+
+    one_array = cell._replace(
+        project=lambda p, x: x @ p.w_x + p.b_x,
+        pointwise=pointwise,
+        recur=gr.cells.base.make_recur(cell.hidden, pointwise),
+    )
+    fns = {}
+    for name, c in (("gru", cell), ("gru_one_array", one_array)):
+        fwd = jax.jit(lambda p, x, c=c: gr.scan(c, p, x)[1])
+        step = jax.jit(jax.grad(lambda p, x, c=c: jnp.sum(gr.scan(c, p, x)[1]), argnums=(0, 1)))
+        fns[f"{name}_forward"] = lambda fwd=fwd: _block(fwd(params, xs))
+        fns[f"{name}_train"] = lambda step=step: _block(step(params, xs))
+    return fns
+
+
 def bench_levers(args: argparse.Namespace) -> list[dict]:
     """LSTM forward and training step under each loop variant, interleaved per shape.
 
@@ -323,7 +349,8 @@ def bench_levers(args: argparse.Namespace) -> list[dict]:
     ``unroll4``: ``gr.scan(unroll=4)``;
     ``bias_in_project``: the same LSTM with its bias added in ``project`` (one more pass over
     the ``(T, B, 4H)`` projection) instead of in ``hidden`` inside the loop; and the
-    backward loop's product alone (:func:`_transposed_dot_fns`).
+    backward loop's product alone (:func:`_transposed_dot_fns`); the GRU's projection as
+    three arrays or as one (:func:`_gru_input_fns`).
     """
     shapes = [(2, 8, 4, 8)] if args.quick else [(32, 128, 256, 256), (1, 1000, 128, 128)]
     rows = []
@@ -359,6 +386,7 @@ def bench_levers(args: argparse.Namespace) -> list[dict]:
                 fns[f"{name}_forward"] = lambda fwd=fwd, p=params, x=xs: _block(fwd(p, x))
             fns[f"{name}_train"] = lambda step=step, p=params, x=xs: _block(step(p, x))
         fns.update(_transposed_dot_fns(B, T, H, args.seed))
+        fns.update(_gru_input_fns(B, T, I, H, args.seed))
         med = interleaved_medians(fns, args.rounds)
         rows.append({"cell": "lstm", "shape": [B, T, I, H], "seconds": med})
         print(f"levers {(B, T, I, H)} {med}", flush=True)
@@ -506,7 +534,7 @@ def markdown(results: dict) -> str:
     for row in results.get("levers", []):
         sec = row["seconds"]
         cells = ", ".join(f"{k} {1e3 * v:.0f} ms" for k, v in sec.items())
-        lines += ["", f"Loop variants, LSTM {tuple(row['shape'])}: {cells}."]
+        lines += ["", f"Loop variants (LSTM unless named), {tuple(row['shape'])}: {cells}."]
     if "generate" in results:
         g = results["generate"]
         cps = g["chars_per_second"]

@@ -483,7 +483,8 @@ def _gate_statistics(
         return jnp.abs(g) > 1 - eps
 
     def mean(a: Array) -> Array:  # over everything but time
-        return jnp.mean(a.astype(xp.dtype).reshape(a.shape[0], -1), axis=1)
+        dtype = jax.tree_util.tree_leaves(xp)[0].dtype
+        return jnp.mean(a.astype(dtype).reshape(a.shape[0], -1), axis=1)
 
     if cell.name == "lstm":
         i, f, g, o = lstm_gates(params, prev.h, xp)

@@ -299,7 +299,7 @@ def scan(
         perts = state_perturbations
 
     if reverse:
-        xp = reverse_valid(xp, lengths)
+        xp = jax.tree_util.tree_map(lambda a: reverse_valid(a, lengths), xp)
         if rs is not None:
             # A reset before original step t marks the boundary between t-1 and t; going
             # backwards that boundary comes before step t-1.

@@ -1,7 +1,7 @@
 """The math of each cell, and nothing else."""
 
 from gatedrnn.cells.base import Cell
-from gatedrnn.cells.gru import GRUParams, gru, gru_gates
+from gatedrnn.cells.gru import GRUInput, GRUParams, gru, gru_gates
 from gatedrnn.cells.lstm import LSTMParams, LSTMState, lstm, lstm_gates
 from gatedrnn.cells.min_rnn import (
     MinGRUParams,
@@ -17,6 +17,7 @@ from gatedrnn.cells.vanilla import ACTIVATIONS, VanillaParams, vanilla
 __all__ = [
     "ACTIVATIONS",
     "Cell",
+    "GRUInput",
     "GRUParams",
     "LSTMParams",
     "LSTMState",

@@ -358,7 +358,8 @@ def make_step(
     def step(params: PyTree, state: PyTree, x: Array) -> tuple[PyTree, Array]:
         xp = project(params, x)
         if initial_state is not None:
-            check_state(state, jax.eval_shape(initial_state, params), tuple(xp.shape[:-1]))
+            batch = tuple(jax.tree_util.tree_leaves(xp)[0].shape[:-1])
+            check_state(state, jax.eval_shape(initial_state, params), batch)
         return recur(params, state, xp)
 
     return step
