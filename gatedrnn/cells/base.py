@@ -5,15 +5,17 @@ classes with hidden state, no globals. Every cell's step is split in two so that
 loop can go fast:
 
 * ``project(params, x)``: the part of the step that depends on the input only
-  (``x @ w_x + b``), done for all time steps at once by :func:`gatedrnn.scan`;
+  (``x @ w_x``, plus the input bias where the cell has one), done for all time steps at
+  once by :func:`gatedrnn.scan`; an array or a pytree of arrays (the GRU gives one array
+  per gate block);
 * ``recur(params, state, xp)``: the recurrent part, given the projected input.
 
 Cells whose recurrent part is one matrix product of the state followed by elementwise
 math split ``recur`` once more, so that :func:`gatedrnn.scan` can run the cuDNN-style
 backward pass (``gatedrnn._fused``):
 
-* ``hidden(params, state) -> a``: the recurrent matrix product (``h @ w_h`` plus any
-  recurrent bias), row by row over the batch;
+* ``hidden(params, state) -> a``: the recurrent matrix product (``h @ w_h`` plus a bias:
+  vanilla and LSTM add their only bias here, inside the loop), row by row over the batch;
 * ``pointwise(state, xp, a) -> (state, y)``: everything else, elementwise, no params.
 
 ``recur(params, state, xp) == pointwise(state, xp, hidden(params, state))``, built by
@@ -46,7 +48,9 @@ class Cell(NamedTuple):
       step: ``step(params, state, x) -> (state, y)``; ``x`` is ``(*batch, input_size)``,
         ``y`` is ``(*batch, hidden_size)``.
       project: ``project(params, x) -> xp``: the input-only part of a step for any leading
-        shape, ``(..., input_size) -> (..., gates * hidden_size)``.
+        shape, ``(..., input_size) -> (..., gates * hidden_size)``, or a pytree of such
+        arrays (the GRU's :class:`~gatedrnn.cells.gru.GRUInput`, ``(..., hidden_size)``
+        each).
       recur: ``recur(params, state, xp) -> (state, y)``: the recurrent part of a step.
       output: ``output(state) -> y``: what a step emits from the state it reached.
       hidden_size: number of hidden units ``H``.
@@ -62,8 +66,8 @@ class Cell(NamedTuple):
     init: Callable[..., PyTree]
     initial_state: Callable[..., PyTree]
     step: Callable[[PyTree, PyTree, Array], tuple[PyTree, Array]]
-    project: Callable[[PyTree, Array], Array]
-    recur: Callable[[PyTree, PyTree, Array], tuple[PyTree, Array]]
+    project: Callable[[PyTree, Array], PyTree]
+    recur: Callable[[PyTree, PyTree, PyTree], tuple[PyTree, Array]]
     output: Callable[[PyTree], Array]
     hidden_size: int
     name: str
