@@ -293,7 +293,7 @@ def bench_min(args: argparse.Namespace) -> dict:
 
 def _transposed_dot_fns(B: int, T: int, H: int, seed: int) -> dict[str, Callable[[], Any]]:
     """The backward loop's product ``da @ w_h^T`` alone, ``T`` steps of ``(B, 4H) @ (4H, H)``:
-    ``dot_wT`` transposes ``w_h (H, 4H)`` inside the loop (what autodiff gives),
+    ``dot_wT_in_loop`` transposes ``w_h (H, 4H)`` inside the loop (what autodiff gives),
     ``dot_pretransposed`` uses a copy transposed once before the loop."""
     w = jax.random.normal(jax.random.PRNGKey(seed), (H, 4 * H)) / H
     da = jax.random.normal(jax.random.PRNGKey(seed + 1), (T, B, 4 * H))

@@ -482,8 +482,9 @@ def _gate_statistics(
     def tanh_sat(g: Array) -> Array:
         return jnp.abs(g) > 1 - eps
 
+    dtype = jax.tree_util.tree_leaves(xp)[0].dtype
+
     def mean(a: Array) -> Array:  # over everything but time
-        dtype = jax.tree_util.tree_leaves(xp)[0].dtype
         return jnp.mean(a.astype(dtype).reshape(a.shape[0], -1), axis=1)
 
     if cell.name == "lstm":

@@ -65,17 +65,21 @@ def lstm_gates(params: LSTMParams, h: Array, xp: Array) -> tuple[Array, Array, A
     ``i, f, o = sigmoid(.)`` and ``g = tanh(.)`` of ``xp + h w_h + b`` split in blocks
     i, f, g, o, where ``xp = x w_x`` is the cell's ``project``.
     """
-    return lstm_activations(xp + h @ params.w_h + params.b)
+    return lstm_activations(xp + _recurrent(params, h))
+
+
+def _recurrent(params: LSTMParams, h: Array) -> Array:
+    return h @ params.w_h + params.b
 
 
 def lstm_hidden(params: LSTMParams, state: LSTMState) -> Array:
     """The recurrent part ``h w_h + b``, ``(*batch, 4H)``.
 
     The bias is added here, inside the time loop, rather than in ``project``: there it would
-    be one more pass over the ``(T, *batch, 4H)`` projection (the forward pass is ~1.5x
-    faster at (32, 128, 256, 256) with the bias in the loop: benchmarks/rnn_speed.py levers).
+    be one more pass over the ``(T, *batch, 4H)`` projection (forward pass 23 vs 31 ms at
+    (32, 128, 256, 256): benchmarks/results/levers, ``hoisted`` vs ``bias_in_project``).
     """
-    return state.h @ params.w_h + params.b
+    return _recurrent(params, state.h)
 
 
 def lstm_pointwise(state: LSTMState, xp: Array, a: Array) -> tuple[LSTMState, Array]:
