@@ -12,10 +12,12 @@ from gatedrnn.cells.min_rnn import (
     min_lstm,
     min_lstm_coefficients,
 )
+from gatedrnn.cells.registry import CELLS, make_cell
 from gatedrnn.cells.vanilla import ACTIVATIONS, VanillaParams, vanilla
 
 __all__ = [
     "ACTIVATIONS",
+    "CELLS",
     "Cell",
     "GRUInput",
     "GRUParams",
@@ -29,6 +31,7 @@ __all__ = [
     "linear_recurrence",
     "lstm",
     "lstm_gates",
+    "make_cell",
     "min_gru",
     "min_gru_coefficients",
     "min_lstm",
