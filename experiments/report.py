@@ -1,0 +1,747 @@
+"""Write the results into README.md and docs/*.md: every number the docs show comes from here.
+
+The docs hold generated blocks between markers::
+
+    <!-- results: NAME -->
+    ...markdown rendered from the results files...
+    <!-- /results -->
+
+Each NAME is one small renderer below that reads the JSON (or Markdown) the experiment or
+benchmark script wrote into ``experiments/results/`` or ``benchmarks/results/`` and returns
+Markdown. The prose around the blocks carries no measured numbers.
+
+    python experiments/report.py           # rewrite the blocks from the current results
+    python experiments/report.py --check   # exit 1 if a block is stale or a linked file missing
+
+``tests/test_docs.py`` runs the check.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+EXP = "experiments/results"
+BENCH = "benchmarks/results"
+
+BLOCK = re.compile(r"(<!-- results: ([\w-]+) -->\n)(.*?)(<!-- /results -->)", re.S)
+LINK = re.compile(r"!?\[[^\]]*\]\(([^)\s#]+)(?:#[^)]*)?\)")
+
+Renderer = Callable[[], str]
+RENDERERS: dict[str, tuple[tuple[str, ...], Renderer]] = {}
+
+
+def block(name: str, *files: str) -> Callable[[Renderer], Renderer]:
+    """Register ``fn`` as the renderer of block ``name``, reading ``files`` (repo-relative)."""
+
+    def register(fn: Renderer) -> Renderer:
+        RENDERERS[name] = (files, fn)
+        return fn
+
+    return register
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+def load(rel: str) -> Any:
+    return json.loads((ROOT / rel).read_text())
+
+
+def include(rel: str) -> str:
+    return (ROOT / rel).read_text().strip()
+
+
+def md_table(header: list[str], rows: list[list[Any]], right: str = "") -> str:
+    """A Markdown table; ``right`` lists the indices (as digits) of right-aligned columns."""
+    rule = ["---:" if str(i) in right else "---" for i in range(len(header))]
+    lines = [header, rule, *[[str(c) for c in r] for r in rows]]
+    return "\n".join("| " + " | ".join(r) + " |" for r in lines)
+
+
+def f(x: float | None, fmt: str = ".3f", none: str = "-") -> str:
+    return none if x is None else format(x, fmt)
+
+
+def config_line(rel: str, key: str = "config", skip: tuple[str, ...] = ()) -> str:
+    """The run's settings as recorded in its JSON (paths and switches left out)."""
+    cfg = load(rel)[key]
+    drop = {"out", "quick", "replot", "no_progress", *skip}
+    items = [f"{k}={v}" for k, v in cfg.items() if k not in drop and not isinstance(v, dict)]
+    return f"Settings (`{rel}`): " + ", ".join(f"`{i}`" for i in items) + "."
+
+
+def shape(s: dict) -> str:
+    return f"({s['batch']}, {s['time']}, {s['input']}, {s['hidden']})"
+
+
+# --------------------------------------------------------------------------- gradient decay
+
+
+@block("gradient_decay", f"{EXP}/gradient_decay.json")
+def gradient_decay() -> str:
+    d = load(f"{EXP}/gradient_decay.json")
+    cfg = d["config"]
+    rows = []
+    for name, c in d["cells"].items():
+        dist = [x for x in c["vanish_distance_per_seed"] if x is not None]
+        far = len(dist) < len(c["vanish_distance_per_seed"])
+        span = f"{min(dist)}-{max(dist)}" if dist else f"> {cfg['T']}"
+        gate = c.get("mean_forget_gate", c.get("mean_update_gate"))
+        rows.append(
+            [
+                name,
+                f"{c['decay_factor_mean']:.4f} ± {c['decay_factor_std']:.4f}",
+                span + (f" (some > {cfg['T']})" if far and dist else ""),
+                f"{c['jacobian_decay_factor_mean']:.4f}",
+                f(gate),
+            ]
+        )
+    header = [
+        "cell",
+        "decay factor / step",
+        f"steps back to {cfg['ratio']:g} (range over seeds)",
+        f"Jacobian decay (T={cfg['T_jac']})",
+        "mean forget/update gate",
+    ]
+    return md_table(header, rows)
+
+
+@block("gradient_decay_config", f"{EXP}/gradient_decay.json")
+def gradient_decay_config() -> str:
+    return config_line(f"{EXP}/gradient_decay.json")
+
+
+# --------------------------------------------------------------------------- weight scale
+
+
+@block("weight_scale", f"{EXP}/weight_scale.json")
+def weight_scale() -> str:
+    d = load(f"{EXP}/weight_scale.json")
+    rows = []
+    for act in ("linear", "tanh"):
+        for r in d[act]:
+            rows.append(
+                [
+                    act,
+                    f"{r['s']:g}",
+                    f"{r['decay_factor']:.4f}",
+                    f(r.get("max_rel_error_vs_s_power_k"), ".1e"),
+                    f(r["state_nonfinite_from_step"], "d"),
+                    "yes" if r["loss_finite"] else "NO",
+                    "yes" if r["param_grad_finite"] else "NO",
+                    f(r["grad_nonfinite_from_distance"], "d"),
+                    f(r["grad_zero_from_distance"], "d"),
+                ]
+            )
+    header = [
+        "activation",
+        "s",
+        "fitted factor",
+        "max rel. error vs s^k",
+        "state Inf/NaN from step",
+        "loss finite",
+        "param grad finite",
+        "dL/dh_t Inf/NaN from distance",
+        "grad underflows to 0 from distance",
+    ]
+    return md_table(header, rows)
+
+
+@block("weight_scale_clipping", f"{EXP}/weight_scale.json")
+def weight_scale_clipping() -> str:
+    d = load(f"{EXP}/weight_scale.json")
+    cfg = d["config"]
+    rows = []
+    for name, r in d["training"].items():
+        final = r["final_loss"]
+        rows.append(
+            [
+                f"{name} SGD",
+                "-" if r["clip"] is None else f"global norm {r['clip']:g}",
+                f"{r['initial_loss']:.3f}",
+                final if isinstance(final, str) else f"{final:.3f}",
+                f(r["first_nonfinite_step"], "d"),
+                f"{r['max_grad_norm']:.3g}",
+            ]
+        )
+    header = [
+        "run",
+        "clipping",
+        "initial loss",
+        "final loss (last 10%)",
+        "NaN/Inf at step",
+        "max finite grad norm",
+    ]
+    task = (
+        f"Lag-{cfg['lag']} recall, T={cfg['train_T']}, tanh RNN with s={cfg['train_scale']:g}, "
+        f"H={cfg['train_hidden']}, SGD lr={cfg['lr']:g}, {cfg['train_steps']} steps:"
+    )
+    return task + "\n\n" + md_table(header, rows)
+
+
+@block("weight_scale_config", f"{EXP}/weight_scale.json")
+def weight_scale_config() -> str:
+    return config_line(f"{EXP}/weight_scale.json")
+
+
+# --------------------------------------------------------------------------- forget bias
+
+
+@block("forget_bias", f"{EXP}/forget_bias.json")
+def forget_bias() -> str:
+    d = load(f"{EXP}/forget_bias.json")
+    T = d["config"]["T"]
+    rows = []
+    for b in d["biases"].values():
+        dist = b["vanish_distance_per_seed"]
+        found = [x for x in dist if x is not None]
+        rows.append(
+            [
+                f"{b['forget_bias']:g}",
+                f"{b['sigmoid_bias']:.4f}",
+                f"{b['mean_forget_gate']:.4f}",
+                f"{b['decay_factor_mean']:.4f} ± {b['decay_factor_std']:.4f}",
+                f"{b['decay_factor_c_mean']:.4f}",
+                f"{min(found)}-{max(found)}" if found else f"> {T} (all {len(dist)} seeds)",
+            ]
+        )
+    header = [
+        "forget bias",
+        "sigmoid(b_f)",
+        "mean forget gate",
+        "decay factor / step",
+        "decay factor of c alone",
+        f"steps back to {d['config']['ratio']:g}",
+    ]
+    return md_table(header, rows)
+
+
+@block("forget_bias_config", f"{EXP}/forget_bias.json")
+def forget_bias_config() -> str:
+    return config_line(f"{EXP}/forget_bias.json")
+
+
+# --------------------------------------------------------------------------- after training
+
+
+@block("after_training", f"{EXP}/after_training.json")
+def after_training() -> str:
+    d = load(f"{EXP}/after_training.json")
+    T = d["config"]["T_measure"]
+
+    def dist(x: int | None) -> str:
+        return f"> {T}" if x is None else str(x)
+
+    rows = []
+    for name, c in d["cells"].items():
+        b, a = c["before"], c["after"]
+        gate = "mean_forget_gate" if "mean_forget_gate" in b else "mean_update_gate"
+        high = "forget_saturated_high" if gate == "mean_forget_gate" else "update_saturated_high"
+        rows.append(
+            [
+                name,
+                f"{c['eval_accuracy']:.3f}",
+                f(c["solved_step"], "d"),
+                f"{b['decay_factor']:.4f} -> {a['decay_factor']:.4f}",
+                f"{dist(b['vanish_distance'])} -> {dist(a['vanish_distance'])}",
+                f"{b[gate]:.3f} -> {a[gate]:.3f}" if gate in b else "-",
+                f"{b[high]:.3f} -> {a[high]:.3f}" if high in b else "-",
+                f"{b['saturated']:.3f} -> {a['saturated']:.3f}",
+            ]
+        )
+    header = [
+        f"cell (H={d['config']['hidden']})",
+        f"eval accuracy (T={d['config']['T_train']})",
+        "solved at step",
+        "decay factor before -> after",
+        f"steps back to {d['config']['ratio']:g}",
+        "mean forget/update gate",
+        "fraction of gates > 0.95",
+        "saturated fraction",
+    ]
+    return md_table(header, rows)
+
+
+@block("after_training_config", f"{EXP}/after_training.json")
+def after_training_config() -> str:
+    return config_line(f"{EXP}/after_training.json")
+
+
+# --------------------------------------------------------------------------- long range
+
+
+def _long_range(task: str) -> str:
+    d = load(f"{EXP}/long_range_{task}.json")
+    budget = d["config"]["steps"]
+    rows = []
+    for r in d["results"]:
+        runs = r["runs"]
+        rows.append(
+            [
+                r["task"],
+                r["T"],
+                r["cell"],
+                ", ".join(f"{x['fraction_of_baseline']:.3f}" for x in runs),
+                f"{sum(x['solved'] for x in runs)}/{len(runs)}",
+                ", ".join(f(x["updates_to_solve"], "d", f">{budget}") for x in runs),
+            ]
+        )
+    header = [
+        "task",
+        "T",
+        "cell",
+        "final loss / baseline (per seed)",
+        "solved",
+        "updates to solve",
+    ]
+    return f"Success test: {d['success_test']}.\n\n" + md_table(header, rows, right="1")
+
+
+for _task in ("adding", "recall", "copy"):
+    block(f"long_range_{_task}", f"{EXP}/long_range_{_task}.json")(
+        lambda task=_task: _long_range(task)
+    )
+
+
+@block(
+    "long_range_summary",
+    *(f"{EXP}/long_range_{t}.json" for t in ("adding", "recall", "copy")),
+)
+def long_range_summary() -> str:
+    rows, cells = [], []
+    for task in ("adding", "recall", "copy"):
+        d = load(f"{EXP}/long_range_{task}.json")
+        by_cell: dict[str, list[str]] = {}
+        for r in d["results"]:
+            runs = r["runs"]
+            cells = [*dict.fromkeys([*cells, r["cell"]])]
+            solved = sum(x["solved"] for x in runs)
+            by_cell.setdefault(r["cell"], []).append(f"{solved}/{len(runs)}")
+        lengths = ", ".join(str(T) for T in dict.fromkeys(r["T"] for r in d["results"]))
+        rows.append([f"{task} (T = {lengths})", *(", ".join(by_cell[c]) for c in cells)])
+    return "Seeds solved within the budget, per length:\n\n" + md_table(["task", *cells], rows)
+
+
+@block("long_range_config", f"{EXP}/long_range_adding.json")
+def long_range_config() -> str:
+    return config_line(f"{EXP}/long_range_adding.json", skip=("tasks",))
+
+
+@block(
+    "long_range_seconds",
+    *(f"{EXP}/long_range_{t}.json" for t in ("adding", "recall", "copy")),
+)
+def long_range_seconds() -> str:
+    secs = {t: load(f"{EXP}/long_range_{t}.json")["seconds"] for t in ("adding", "recall", "copy")}
+    parts = ", ".join(f"{t} {s:.0f} s" for t, s in secs.items())
+    return f"Wall time of the recorded runs: {parts} (total {sum(secs.values()):.0f} s)."
+
+
+# --------------------------------------------------------------------------- truncation
+
+
+@block("truncation", f"{EXP}/truncation.json")
+def truncation() -> str:
+    d = load(f"{EXP}/truncation.json")
+    cols: list[tuple[str, int | None]] = [("full", None)]
+    for k in d["config"]["windows"]:
+        cols += [("scan", k), ("stateful", k)]
+    by = {(r["d"], r["form"], r["k"]): r for r in d["results"]}
+
+    def cell(r: dict) -> str:
+        acc = ", ".join(f"{a:.2f}" for a in r["accuracy"])
+        return f"{acc} ({'yes' if all(r['solved']) else 'no'})"
+
+    rows = [[dd, *(cell(by[(dd, form, k)]) for form, k in cols)] for dd in d["config"]["delays"]]
+    header = ["d", *(form if k is None else f"{form} k={k}" for form, k in cols)]
+    return md_table(header, rows, right="0")
+
+
+@block("truncation_updates", f"{EXP}/truncation.json")
+def truncation_updates() -> str:
+    d = load(f"{EXP}/truncation.json")
+    budget = d["config"]["steps"]
+    cols: list[tuple[str, int | None]] = [("full", None)]
+    for k in d["config"]["windows"]:
+        cols += [("scan", k), ("stateful", k)]
+    by = {(r["d"], r["form"], r["k"]): r for r in d["results"]}
+    rows = [
+        [
+            dd,
+            *(
+                ", ".join(f(u, "d", f">{budget}") for u in by[(dd, form, k)]["updates_to_solve"])
+                for form, k in cols
+            ),
+        ]
+        for dd in d["config"]["delays"]
+    ]
+    header = ["d", *(form if k is None else f"{form} k={k}" for form, k in cols)]
+    return "Updates to solve, per seed:\n\n" + md_table(header, rows, right="0")
+
+
+@block("truncation_config", f"{EXP}/truncation.json")
+def truncation_config() -> str:
+    return config_line(f"{EXP}/truncation.json")
+
+
+# --------------------------------------------------------------------------- char LM
+
+
+@block("char_lm_default", f"{EXP}/char_lm/train.json")
+def char_lm_default() -> str:
+    d = load(f"{EXP}/char_lm/train.json")
+    m, t = d["model"], d["train"]
+    model = f"{m['cell'].upper()} {m['num_layers']} x {m['hidden_size']}"
+    model += f", embedding {m['embed_size']}"
+    rows = [
+        [
+            model,
+            f"{d['num_params']:,}",
+            f"{d['steps_done']} of {t['steps']}",
+            f"{t['batch_size']} x {t['seq_len']}",
+            f"{d['train_time_s']:.0f}",
+            f"**{d['val_bpc']:.3f}**",
+            f"{d['unigram_bpc']:.3f}",
+        ]
+    ]
+    header = [
+        "model",
+        "params",
+        "steps",
+        "batch (rows x chars)",
+        "train time (s)",
+        "validation bits/char",
+        "unigram baseline bits/char",
+    ]
+    corpus = (
+        f"Corpus `{d['corpus']}`: {d['corpus_chars']:,} characters (SHA-256 "
+        f"`{d['corpus_sha256'][:12]}...`, Python {d['python']}, jax {d['jax']})."
+    )
+    return md_table(header, rows, right="123456") + "\n\n" + corpus
+
+
+@block("char_lm_compare", f"{EXP}/char_lm_compare.json")
+def char_lm_compare() -> str:
+    d = load(f"{EXP}/char_lm_compare.json")
+    t = d["train"]
+    rows = [
+        [
+            r["cell"],
+            r["hidden_size"],
+            f"{r['num_params']:,}",
+            f"{r['val_bpc']:.3f}",
+            f"{r['unigram_bpc']:.3f}",
+            f"{r['train_time_s']:.0f}",
+        ]
+        for r in d["results"]
+    ]
+    header = [
+        "cell",
+        "hidden",
+        "params",
+        "validation bits/char",
+        "unigram baseline bits/char",
+        "train time (s)",
+    ]
+    setup = (
+        f"{d['layers']} layer, budget {d['budget']:,} params, {t['steps']} steps of "
+        f"{t['batch_size']} x {t['seq_len']} characters, seed {t['seed']}."
+    )
+    return setup + "\n\n" + md_table(header, rows, right="12345")
+
+
+@block("char_lm_layer_params", f"{EXP}/char_lm_compare.json")
+def char_lm_layer_params() -> str:
+    d = load(f"{EXP}/char_lm_compare.json")
+    (key,) = [k for k in d if k.startswith("layer_params_")]
+    size = key.removeprefix("layer_params_").replace("_", ", ").replace("I", "I = ")
+    size = size.replace("H", "H = ")
+    rows = [[c, f"{v['counted']:,}", f"{v['formula']:,}"] for c, v in d[key].items()]
+    return md_table(["cell", f"counted ({size})", "closed form"], rows, right="12")
+
+
+@block("char_lm_sample", f"{EXP}/char_lm/sample.txt")
+def char_lm_sample() -> str:
+    return "```text\n" + include(f"{EXP}/char_lm/sample.txt") + "\n```"
+
+
+# --------------------------------------------------------------------------- RNN task kinds
+
+
+@block("rnn_types", f"{EXP}/rnn_types.json")
+def rnn_types() -> str:
+    d = load(f"{EXP}/rnn_types.json")
+    rows = [
+        [
+            r["kind"],
+            f"`{r['task']}`: {r['description']}",
+            f"{r['accuracy']:.3f}",
+            f"{r['chance']:.3f}",
+            f(r.get("sequence_accuracy")),
+            r["steps"],
+        ]
+        for r in d["results"]
+    ]
+    header = ["kind", "task", "accuracy", "chance", "whole-sequence accuracy", "steps"]
+    return md_table(header, rows, right="2345")
+
+
+# --------------------------------------------------------------------------- Flax model
+
+
+@block("flax_model", f"{EXP}/flax_model.json")
+def flax_model() -> str:
+    d = load(f"{EXP}/flax_model.json")
+    c = d["config"]
+    by_len = d["accuracy_by_length"].values()
+    rows = [
+        [
+            c["task"],
+            f"LSTM {c['hidden']}" if c["layers"] == 1 else f"LSTM {c['layers']} x {c['hidden']}",
+            f"{c['steps']} x {c['batch_size']}",
+            d["test_size"],
+            f"{d['test_accuracy']:.3f}",
+            f"{min(by_len):.3f}",
+            f"{d['chance_accuracy']:.3f}",
+            f"{d['majority_class_accuracy']:.3f}",
+        ]
+    ]
+    header = [
+        "task",
+        "model",
+        "steps x batch",
+        "held-out sequences",
+        "test accuracy",
+        f"worst length (1..{c['max_len']})",
+        "chance",
+        "majority class",
+    ]
+    return md_table(header, rows, right="34567")
+
+
+# --------------------------------------------------------------------------- performance
+
+
+@block("perf_speed", f"{BENCH}/speed/rnn_speed.md")
+def perf_speed() -> str:
+    return include(f"{BENCH}/speed/rnn_speed.md")
+
+
+@block("perf_speed_1core", f"{BENCH}/speed_1core/rnn_speed.md")
+def perf_speed_1core() -> str:
+    return include(f"{BENCH}/speed_1core/rnn_speed.md")
+
+
+@block("perf_other", f"{BENCH}/other/rnn_speed.md")
+def perf_other() -> str:
+    return include(f"{BENCH}/other/rnn_speed.md")
+
+
+@block("perf_summary", f"{BENCH}/speed/rnn_speed.json")
+def perf_summary() -> str:
+    d = load(f"{BENCH}/speed/rnn_speed.json")
+    cells = list(dict.fromkeys(r["cell"] for r in d["speed"]))
+
+    def span(cell: str, phase: str, other: str) -> str:
+        v = [r[phase][f"vs_{other}"] for r in d["speed"] if r["cell"] == cell]
+        return f"{min(v):.2f}-{max(v):.2f}x"
+
+    rows = [
+        [c, *(span(c, p, o) for p in ("train", "forward") for o in ("torch", "flax"))]
+        for c in cells
+    ]
+    header = [
+        "cell",
+        "training step vs PyTorch",
+        "training step vs Flax",
+        "forward vs PyTorch",
+        "forward vs Flax",
+    ]
+    shapes = ", ".join(dict.fromkeys(shape(r["shape"]) for r in d["speed"]))
+    note = (
+        f"Speed ratios (time of the other / time of gatedrnn, > 1: gatedrnn faster), range "
+        f"over the shapes (B, T, I, H) = {shapes}; {d['cpu']}, {d['threads']} threads, "
+        f"medians of {d['rounds']} rounds."
+    )
+    return note + "\n\n" + md_table(header, rows)
+
+
+# The speed targets the project set itself (issue thresholds), judged on the 2-thread table.
+SPEED_TARGETS = (
+    ("training step >= 1.25x PyTorch", "train", "vs_torch", 1.25),
+    ("training step >= 1.5x Flax", "train", "vs_flax", 1.5),
+    ("forward >= PyTorch", "forward", "vs_torch", 1.0),
+)
+
+
+@block("perf_targets", f"{BENCH}/speed/rnn_speed.json")
+def perf_targets() -> str:
+    d = load(f"{BENCH}/speed/rnn_speed.json")
+    cells = list(dict.fromkeys(r["cell"] for r in d["speed"]))
+    rows = []
+    for label, phase, key, bar in SPEED_TARGETS:
+        row = [label]
+        for c in cells:
+            vals = [r[phase][key] for r in d["speed"] if r["cell"] == c]
+            row.append(", ".join(f"{v:.2f}x {'met' if v >= bar else '**not met**'}" for v in vals))
+        rows.append(row)
+    big = max(d["speed"], key=lambda r: r["shape"]["batch"] * r["shape"]["hidden"])["shape"]
+    row = [f"train >= 65% of matmul GFLOP/s at {shape(big)}"]
+    for c in cells:
+        (r,) = [r for r in d["speed"] if r["cell"] == c and r["shape"] == big]
+        v = r["train"]["fraction_of_matmul"]
+        row.append(f"{100 * v:.0f}% {'met' if v >= 0.65 else '**not met**'}")
+    rows.append(row)
+    shapes = ", ".join(dict.fromkeys(shape(r["shape"]) for r in d["speed"]))
+    return f"Per shape, in the order {shapes}:\n\n" + md_table(["target", *cells], rows)
+
+
+@block("perf_other_targets", f"{BENCH}/other/rnn_speed.json")
+def perf_other_targets() -> str:
+    d = load(f"{BENCH}/other/rnn_speed.json")
+    rm, mn, gen, comp = d["remat"], d["min"], d["generate"], d["compile"]
+
+    def remat(name: str) -> list[str]:
+        v = rm[name]
+        ok = v["temp_vs_none"] <= 1 / 8 and v["time_vs_none"] <= 1.5
+        return [
+            f"1/{1 / v['temp_vs_none']:.1f} of the temp memory at {v['time_vs_none']:.2f}x "
+            f"the time",
+            "met" if ok else "**not met**",
+        ]
+
+    rows = [
+        ["remat `sqrt` <= 1/8 memory at <= 1.5x time, batch-major", *remat("sqrt")],
+        ["remat `sqrt` <= 1/8 memory at <= 1.5x time, time-major", *remat("sqrt_time_major")],
+        [
+            f"minGRU >= 10x the GRU at T={mn['shape']['time']}",
+            f"{mn['min_gru_speedup_vs_gru']:.1f}x (minLSTM {mn['min_lstm_speedup_vs_gru']:.1f}x)",
+            "met" if mn["min_gru_speedup_vs_gru"] >= 10 else "**not met**",
+        ],
+        [
+            "generation >= 5x a PyTorch loop",
+            f"{gen['speedup_vs_torch']:.1f}x",
+            "met" if gen["speedup_vs_torch"] >= 5 else "**not met**",
+        ],
+        [
+            "compile time independent of T",
+            ", ".join(f"{k}: {v:.2f} s" for k, v in comp.items() if k != "ratio")
+            + f" (ratio {comp['ratio']:.2f})",
+            "met" if comp["ratio"] <= 1.5 else "**not met**",
+        ],
+    ]
+    return md_table(["target", "measured", ""], rows)
+
+
+# What each loop variant of `rnn_speed.py --sections levers` is (names from the JSON).
+LEVERS = {
+    "hoisted": "`gr.scan`: input projection for all steps as one product, outside the loop",
+    "bias_in_project": "the same, with the LSTM bias added in `project` instead of in the loop",
+    "in_loop": "a `jax.lax.scan` over `cell.step`, projecting each step (as Flax does), autodiff",
+    "autodiff": "`gr.scan` with `fused=False` (the loop's own autodiff backward)",
+    "unroll4": "`gr.scan(..., unroll=4)`",
+    "dot_wT_in_loop": "the backward loop's products by the transposed weight alone",
+    "dot_pretransposed": "the same with the weight transposed once before the loop",
+    "gru": "GRU via `gr.scan` (one array per gate block, `GRUInput`)",
+    "gru_one_array": "GRU with its projection as one `(T, B, 3H)` array sliced per step",
+}
+
+
+@block("perf_levers", f"{BENCH}/levers/rnn_speed.json")
+def perf_levers() -> str:
+    d = load(f"{BENCH}/levers/rnn_speed.json")
+    names = list(dict.fromkeys(k for row in d["levers"] for k in row["seconds"]))
+    shapes = [tuple(row["shape"]) for row in d["levers"]]
+    rows = []
+    for n in names:
+        base = next((b for b in sorted(LEVERS, key=len, reverse=True) if n.startswith(b)), n)
+        ms = [row["seconds"].get(n) for row in d["levers"]]
+        times = [f(1e3 * s if s else None, ".1f") for s in ms]
+        rows.append([f"`{n}`", LEVERS.get(base, ""), *times])
+    header = ["variant (LSTM unless named)", "what", *(f"{s} ms" for s in shapes)]
+    right = "".join(str(2 + i) for i in range(len(shapes)))
+    note = f"{d['cpu']}, {d['threads']} threads, medians of {d['rounds']} rounds."
+    return note + "\n\n" + md_table(header, rows, right=right)
+
+
+# --------------------------------------------------------------------------- driver
+
+
+def doc_files(root: Path = ROOT) -> list[Path]:
+    return [root / "README.md", *sorted((root / "docs").glob("*.md"))]
+
+
+def render(text: str) -> str:
+    """``text`` with every generated block rewritten from the current results."""
+
+    def sub(m: re.Match) -> str:
+        name = m.group(2)
+        if name not in RENDERERS:
+            raise KeyError(f"unknown results block {name!r}; known: {sorted(RENDERERS)}")
+        return m.group(1) + RENDERERS[name][1]().strip() + "\n" + m.group(4)
+
+    return BLOCK.sub(sub, text)
+
+
+def missing_links(path: Path) -> list[str]:
+    """Relative links and images in ``path`` whose target does not exist."""
+    out = []
+    for target in LINK.findall(path.read_text()):
+        if "://" in target or target.startswith("mailto:"):
+            continue
+        if not (path.parent / target).exists():
+            out.append(target)
+    return out
+
+
+def missing_inputs() -> list[str]:
+    """Results files a block reads that are not there."""
+    files = {f for files, _ in RENDERERS.values() for f in files}
+    return sorted(f for f in files if not (ROOT / f).exists())
+
+
+def check(root: Path = ROOT) -> list[str]:
+    """Problems: stale blocks, missing results files and linked files (empty when all good)."""
+    problems = [f"missing results file: {f}" for f in missing_inputs()]
+    if problems:
+        return problems
+    for path in doc_files(root):
+        rel = path.relative_to(root)
+        text = path.read_text()
+        if render(text) != text:
+            problems.append(f"{rel}: generated blocks are stale (run python experiments/report.py)")
+        problems += [f"{rel}: links to a missing file: {t}" for t in missing_links(path)]
+    return problems
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--check", action="store_true", help="only check; exit 1 if anything is stale")
+    args = p.parse_args(argv)
+    if args.check:
+        problems = check()
+        for line in problems:
+            print(line, file=sys.stderr)
+        return 1 if problems else 0
+    missing = missing_inputs()
+    if missing:
+        print("missing results files: " + ", ".join(missing), file=sys.stderr)
+        return 1
+    for path in doc_files():
+        text = path.read_text()
+        new = render(text)
+        if new != text:
+            path.write_text(new)
+            print(f"wrote {path.relative_to(ROOT)}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
