@@ -165,3 +165,21 @@ def test_both_refuse_the_same_bad_options_with_the_same_message(args, kwargs, ma
     with pytest.raises(ValueError, match=match) as e_lin:
         grl.RNN(*args, **kwargs).init(jax.random.key(0), X)
     assert str(e_nnx.value) == str(e_lin.value)
+
+
+@pytest.mark.xfail(
+    raises=TypeError,
+    strict=False,
+    reason="forward mode through gr.scan by default is the core's change (issue 13 item 4)",
+)
+def test_forward_mode_through_both_modules_equals_the_pure_stack():
+    """jax.jvp through Linen and NNX RNNs, against the pure stack's unfused jvp."""
+    model = grx.RNN("lstm", 4, 5, num_layers=2, rngs=nnx.Rngs(0))
+    layer = grl.RNN("lstm", 5, num_layers=2)
+    params = model.pure_params()
+    variables = layer.from_pure(params)
+    tangent = jnp.ones_like(X)
+    _, want = jax.jvp(lambda x: model.stack.apply(params, x, fused=False)[1], (X,), (tangent,))
+    _, lin = jax.jvp(lambda x: layer.apply(variables, x)[1], (X,), (tangent,))
+    _, nnx_ = jax.jvp(lambda x: model(x)[1], (X,), (tangent,))
+    chex.assert_trees_all_close((lin, nnx_), (want, want), atol=1e-5, rtol=1e-5)
