@@ -279,9 +279,9 @@ def to_torch(
       model: a :func:`gatedrnn.stack` (params: tuple per layer, :class:`gatedrnn.Bidir`
         per layer if bidirectional) or a single cell (params of that cell).
       params: the params, e.g. from ``model.init`` or :func:`from_torch`.
-      module: a torch module of the matching type and sizes to load into (its dtype is
-        kept); None to build ``nn.RNN/LSTM/GRU`` (or the ``*Cell`` for a single cell) with
-        the params' dtype and the stack's ``dropout``.
+      module: a torch module of the matching type and sizes to load into (its dtype and
+        ``dropout`` are kept); None to build ``nn.RNN/LSTM/GRU`` (or the ``*Cell`` for a
+        single cell) with the params' dtype and the stack's ``dropout``.
       batch_first: for a module built here (gatedrnn's default layout is batch first).
 
     Returns:
