@@ -311,6 +311,11 @@ class RNN(nn.Module):
             ]
             params.append(Bidir(*ps) if self.bidirectional else ps[0])
         det = is_deterministic(deterministic, self.deterministic)
+        if uses_dropout(st, det) and not self.has_rng("dropout"):
+            raise ValueError(
+                f"dropout={self.dropout} is on (deterministic=False) but no 'dropout' rng was "
+                "given: apply(..., rngs={'dropout': key}), or deterministic=True"
+            )
         return run_stack(
             st,
             tuple(params),

@@ -165,6 +165,8 @@ def test_bad_configurations_raise_clear_errors():
         grl.RNN("lstm", 4, bidirectional=True).init(jax.random.key(0), X, reverse=True)
     with pytest.raises(ValueError, match="hidden size"):
         grl.RNN(gr.lstm(3), hidden_size=4).init(jax.random.key(0), X)
+    with pytest.raises(ValueError, match="no 'dropout' rng"):
+        grl.RNN("gru", 4, num_layers=2, dropout=0.5).init(jax.random.key(0), X, deterministic=False)
     with pytest.raises(TypeError, match="dtype"):  # inputs must match param_dtype
         grl.RNN("gru", 4).init(jax.random.key(0), X.astype(jnp.bfloat16))
 
