@@ -12,6 +12,9 @@ This is the only module of gatedrnn that imports ``flax.linen``. Two kinds of mo
   layer and direction with the input projection hoisted out of the loop), with
   ``seq_lengths``, ``reverse`` and inter-layer dropout.
 
+:mod:`gatedrnn.nnx` has the same modules for Flax NNX, with the same option names and
+defaults (NNX adds ``in_features`` and ``rngs``).
+
 Example::
 
     import flax.linen as nn
@@ -32,7 +35,15 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from gatedrnn._modules import CELLS, init_options, run_stack, uses_dropout
+from gatedrnn._modules import (
+    cell_options,
+    check_xs,
+    is_deterministic,
+    resolve_cell,
+    run_stack,
+    uses_dropout,
+)
+from gatedrnn.cells import CELLS as CELLS  # re-exported: the registry of cells by name
 from gatedrnn.cells.base import Array, Cell, Initializer, PyTree
 from gatedrnn.layers import Bidir, Stack, stack
 
@@ -45,9 +56,10 @@ def param_shapes(cell: Cell, input_size: int, dtype: Any = jnp.float32) -> PyTre
 def create_params(module: nn.Module, cell: Cell, input_size: int, dtype: Any) -> PyTree:
     """Declare ``cell``'s params on a Linen ``module``, one Flax param per field.
 
-    Each param is named as its field (``w_x``, ``w_h``, ``b``, ...) and drawn by the pure
-    ``cell.init`` (with the rng Flax gives that param), so init rules such as the LSTM's
-    ``forget_bias`` live in one place. Returns the pure params NamedTuple.
+    Each param is named as its field (``w_x (I, G*H)``, ``w_h (H, G*H)``, ``b (G*H,)``,
+    ...) and drawn by the pure ``cell.init`` (with the rng Flax gives that param), so init
+    rules such as the LSTM's ``forget_bias`` live in one place. Returns the pure params
+    NamedTuple.
     """
     ptype = type(param_shapes(cell, input_size, dtype))
     values = {
@@ -76,13 +88,13 @@ class _CellBase(nn.RNNCellBase):
     """Shared body of the Linen cells: params from the pure init, a step from the pure step.
 
     Attributes:
-      features: hidden size ``H``.
+      hidden_size: ``H``.
       kernel_init, recurrent_init, bias_init: initializers for the pure cell (None: its
         defaults: fan-in normal, orthogonal per gate, zeros).
       param_dtype: dtype of the params (and of the computation: inputs must match it).
     """
 
-    features: int
+    hidden_size: int
     kernel_init: Initializer | None = None
     recurrent_init: Initializer | None = None
     bias_init: Initializer | None = None
@@ -94,16 +106,21 @@ class _CellBase(nn.RNNCellBase):
 
     @nn.nowrap
     def make_cell(self) -> Cell:
-        """The pure gatedrnn cell this module wraps."""
-        inits = init_options(self.kernel_init, self.recurrent_init, self.bias_init)
-        return CELLS[self._kind](self.features, **self._options(), **inits)
+        """The pure gatedrnn cell this module wraps (from the registry)."""
+        options = cell_options(
+            **self._options(),
+            kernel_init=self.kernel_init,
+            recurrent_init=self.recurrent_init,
+            bias_init=self.bias_init,
+        )
+        return resolve_cell(self._kind, self.hidden_size, options)
 
     @nn.compact
     def __call__(self, carry: PyTree, inputs: Array) -> tuple[PyTree, Array]:
         """One step: ``(carry, x (*batch, I)) -> (carry', y (*batch, H))``.
 
         The carry is the pure cell's state (``LSTMState(h, c)`` for the LSTM, ``h``
-        otherwise), as made by :meth:`initialize_carry`.
+        otherwise, each ``(*batch, H)``), as made by :meth:`initialize_carry`.
         """
         cell = self.make_cell()
         params = create_params(self, cell, inputs.shape[-1], self.param_dtype)
@@ -111,7 +128,7 @@ class _CellBase(nn.RNNCellBase):
 
     @nn.nowrap
     def initialize_carry(self, rng: Array, input_shape: tuple[int, ...]) -> PyTree:
-        """Zeros state for inputs of shape ``(*batch, I)`` (``rng`` is unused)."""
+        """Zeros state, leaves ``(*batch, H)``, for inputs ``(*batch, I)`` (``rng`` unused)."""
         del rng
         cell = self.make_cell()
         shapes = param_shapes(cell, input_shape[-1], self.param_dtype)
@@ -137,7 +154,7 @@ class VanillaCell(_CellBase):
     """Vanilla RNN cell ``h' = act(x w_x + h w_h + b)`` (see :func:`gatedrnn.vanilla`).
 
     Attributes:
-      features: hidden size ``H``; params ``w_x (I, H)``, ``w_h (H, H)``, ``b (H,)``.
+      hidden_size: ``H``; params ``w_x (I, H)``, ``w_h (H, H)``, ``b (H,)``.
       activation: ``"tanh"``, ``"relu"`` or ``"linear"``.
     """
 
@@ -153,8 +170,8 @@ class LSTMCell(_CellBase):
     """LSTM cell (see :func:`gatedrnn.lstm`); the carry is ``LSTMState(h, c)``.
 
     Attributes:
-      features: hidden size ``H``; params ``w_x (I, 4H)``, ``w_h (H, 4H)``, ``b (4H,)``,
-        gate blocks i, f, g, o.
+      hidden_size: ``H``; params ``w_x (I, 4H)``, ``w_h (H, 4H)``, ``b (4H,)``, gate
+        blocks i, f, g, o.
       forget_bias: added to the forget gate's bias at init.
     """
 
@@ -170,7 +187,7 @@ class GRUCell(_CellBase):
     """GRU cell (see :func:`gatedrnn.gru`).
 
     Attributes:
-      features: hidden size ``H``; params ``w_x (I, 3H)``, ``w_h (H, 3H)``, ``b_x (3H,)``,
+      hidden_size: ``H``; params ``w_x (I, 3H)``, ``w_h (H, 3H)``, ``b_x (3H,)``,
         ``b_h (3H,)``, gate blocks r, z, n.
       reset_after: True (PyTorch, Flax) or False (Cho et al. 2014).
     """
@@ -199,50 +216,57 @@ class RNN(nn.Module):
     """A recurrent layer (or several) on gatedrnn's fast path, like ``torch.nn.LSTM``.
 
     Attributes:
-      cell: ``"vanilla"``, ``"lstm"`` or ``"gru"``, or a pure :class:`gatedrnn.Cell` (for
-        options such as ``gr.vanilla(h, "relu")`` or custom initializers).
+      cell: a name of :data:`gatedrnn.cells.CELLS` (``"vanilla"``, ``"lstm"``, ``"gru"``,
+        ...) or a pure :class:`gatedrnn.Cell` (then the cell options below stay None).
       hidden_size: ``H``; required with a cell name, optional (must match) with a Cell.
       num_layers: stacked layers; layer ``k > 0`` takes the ``D * H`` outputs of layer
         ``k - 1`` (``D = 2`` if bidirectional else 1).
       bidirectional: run each layer both ways and concatenate the outputs.
-      dropout: dropout rate between layers (not after the last), when called with
-        ``deterministic=False`` (needs a ``"dropout"`` rng).
+      dropout: dropout rate between layers (not after the last), applied only when not
+        deterministic (needs a ``"dropout"`` rng).
+      deterministic: the default of the call's ``deterministic``; None (and True) means no
+        dropout.
       time_major: inputs and outputs are ``(T, *batch, ...)``.
       unroll: steps per ``lax.scan`` iteration.
       param_dtype: dtype of the params (and of the inputs).
+      activation, forget_bias, reset_after: options of the named cell (vanilla, LSTM,
+        GRU); None: the cell's default.
+      kernel_init, recurrent_init, bias_init: initializers of the named cell; None: its
+        defaults.
 
     Params are named ``layer_{k}`` (or ``layer_{k}_fw`` and ``layer_{k}_bw``), each a dict
     of the pure cell's fields; :meth:`to_pure` and :meth:`from_pure` convert to and from
     the tuple that :func:`gatedrnn.stack` (and :func:`gatedrnn.interop.from_torch`) use.
     """
 
-    cell: str | Cell = "lstm"
+    cell: str | Cell
     hidden_size: int | None = None
     num_layers: int = 1
     bidirectional: bool = False
     dropout: float = 0.0
+    deterministic: bool | None = None
     time_major: bool = False
     unroll: int = 1
     param_dtype: Any = jnp.float32
+    activation: str | None = None
+    forget_bias: float | None = None
+    reset_after: bool | None = None
+    kernel_init: Initializer | None = None
+    recurrent_init: Initializer | None = None
+    bias_init: Initializer | None = None
 
     @nn.nowrap
     def make_stack(self) -> Stack:
         """The pure :func:`gatedrnn.stack` this module runs."""
-        if isinstance(self.cell, Cell):
-            cell = self.cell
-            if self.hidden_size is not None and self.hidden_size != cell.hidden_size:
-                raise ValueError(
-                    f"hidden_size={self.hidden_size} but the cell has hidden size "
-                    f"{cell.hidden_size}"
-                )
-        elif self.cell in CELLS:
-            if self.hidden_size is None:
-                raise ValueError(f"RNN(cell={self.cell!r}) needs hidden_size")
-            cell = CELLS[self.cell](self.hidden_size)
-        else:
-            raise ValueError(
-                f"cell must be one of {sorted(CELLS)} or a gatedrnn Cell, got {self.cell!r}"
-            )
+        options = cell_options(
+            activation=self.activation,
+            forget_bias=self.forget_bias,
+            reset_after=self.reset_after,
+            kernel_init=self.kernel_init,
+            recurrent_init=self.recurrent_init,
+            bias_init=self.bias_init,
+        )
+        cell = resolve_cell(self.cell, self.hidden_size, options)
         return stack(cell, self.num_layers, bidirectional=self.bidirectional, dropout=self.dropout)
 
     @nn.nowrap
@@ -259,27 +283,25 @@ class RNN(nn.Module):
         *,
         seq_lengths: Array | None = None,
         reverse: bool = False,
-        deterministic: bool = True,
+        deterministic: bool | None = None,
     ) -> tuple[tuple, Array]:
         """Run all layers over ``xs``.
 
         Args:
           xs: ``(*batch, T, I)`` (``(T, *batch, I)`` with ``time_major``).
-          initial_state: one state per layer (``Bidir`` per layer if bidirectional), or
-            None for zeros.
+          initial_state: one state per layer (``Bidir`` per layer if bidirectional), each
+            leaf ``(*batch, H)``, or None for zeros.
           seq_lengths: ``(*batch,)`` valid lengths (see :func:`gatedrnn.scan`).
           reverse: run from the end (unidirectional only).
-          deterministic: no dropout if True.
+          deterministic: no dropout if True; None: the module's ``deterministic`` (None:
+            no dropout).
 
         Returns:
           ``(final_states, ys)``: a state per layer, and the last layer's outputs
           ``(*batch, T, D * H)``.
         """
         st = self.make_stack()
-        if not hasattr(xs, "ndim") or xs.ndim < 2:
-            raise ValueError(
-                f"xs must have shape (*batch, T, features), got {getattr(xs, 'shape', xs)!r}"
-            )
+        check_xs(xs)
         D = 2 if self.bidirectional else 1
         params = []
         for layer in range(self.num_layers):
@@ -288,6 +310,12 @@ class RNN(nn.Module):
                 _LayerParams(st.cell, size, self.param_dtype, name=n)() for n in self._names(layer)
             ]
             params.append(Bidir(*ps) if self.bidirectional else ps[0])
+        det = is_deterministic(deterministic, self.deterministic)
+        if uses_dropout(st, det) and not self.has_rng("dropout"):
+            raise ValueError(
+                f"dropout={self.dropout} is on (deterministic=False) but no 'dropout' rng was "
+                "given: apply(..., rngs={'dropout': key}), or deterministic=True"
+            )
         return run_stack(
             st,
             tuple(params),
@@ -297,7 +325,7 @@ class RNN(nn.Module):
             reverse=reverse,
             time_major=self.time_major,
             unroll=self.unroll,
-            dropout_key=self.make_rng("dropout") if uses_dropout(st, deterministic) else None,
+            dropout_key=self.make_rng("dropout") if uses_dropout(st, det) else None,
         )
 
     @nn.nowrap

@@ -10,13 +10,18 @@
   (:func:`gatedrnn.stack` over :func:`gatedrnn.scan`) with ``seq_lengths``, ``reverse`` and
   dropout between layers.
 
+The options and their defaults are those of :mod:`gatedrnn.linen` (a test compares the
+signatures); NNX adds ``in_features`` (params are made eagerly) and ``rngs``. Dropout is off
+unless the module is put in training mode (``model.train()``) or called with
+``deterministic=False``.
+
 Example::
 
     from flax import nnx
     import gatedrnn.nnx as grx
 
-    layer = grx.RNN("lstm", in_features=32, hidden_size=64, num_layers=2, rngs=nnx.Rngs(0))
-    final_states, ys = layer(xs, seq_lengths=lengths)      # xs (batch, T, 32)
+    layer = grx.RNN("lstm", 32, 64, num_layers=2, rngs=nnx.Rngs(0))  # in 32, hidden 64
+    final_states, ys = layer(xs, seq_lengths=lengths)                 # xs (batch, T, 32)
 """
 
 from __future__ import annotations
@@ -26,33 +31,56 @@ from typing import Any
 import jax.numpy as jnp
 from flax import nnx
 
-from gatedrnn._modules import CELLS, init_options, run_stack, uses_dropout
+from gatedrnn._modules import cell_options, is_deterministic, resolve_cell, run_stack, uses_dropout
 from gatedrnn.cells.base import Array, Cell, Initializer, PyTree, check_input_size
 from gatedrnn.layers import Bidir, Stack, stack
 
 
-class _CellBase(nnx.RNNCellBase):
-    """Shared body: params from the pure ``init`` into ``nnx.Param``s, step = pure step."""
+class _Static:
+    """A value kept in an NNX graphdef as static metadata, compared by identity.
 
-    kind: str = ""
+    A :class:`gatedrnn.Cell` holds a dict (``options``), so it cannot be hashed as NNX
+    requires of static attributes; this wrapper hashes by ``id`` (by value once the value
+    is hashable), so any cell, registered or custom, can sit in a module.
+    """
+
+    __slots__ = ("value",)
+
+    def __init__(self, value: Any) -> None:
+        self.value = value
+
+    def _key(self) -> Any:
+        try:
+            return hash(self.value), self.value
+        except TypeError:
+            return id(self.value), None
+
+    def __hash__(self) -> int:
+        return hash(self._key()[0])
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, _Static):
+            return NotImplemented
+        if other.value is self.value:
+            return True
+        a, b = self._key(), other._key()
+        return a[1] is not None and b[1] is not None and a[1] == b[1]
+
+
+class _CellModule(nnx.RNNCellBase):
+    """A pure cell's params as ``nnx.Param`` fields; a step is the pure step.
+
+    Args:
+      cell: the pure cell.
+      in_features: ``I``.
+      param_dtype: dtype of the params (and of the inputs).
+      rngs: ``nnx.Rngs``; the ``params`` stream draws ``cell.init``.
+    """
 
     def __init__(
-        self,
-        in_features: int,
-        hidden_size: int,
-        *,
-        rngs: nnx.Rngs,
-        param_dtype: Any = jnp.float32,
-        kernel_init: Initializer | None = None,
-        recurrent_init: Initializer | None = None,
-        bias_init: Initializer | None = None,
-        **options: Any,
+        self, cell: Cell, in_features: int, *, param_dtype: Any = jnp.float32, rngs: nnx.Rngs
     ) -> None:
-        inits = init_options(kernel_init, recurrent_init, bias_init)
-        # Hashable static attributes only (NNX graphdefs are compared and hashed): the pure
-        # cell is rebuilt from them on demand by `cell`.
-        self._cell_args = (hidden_size, tuple(sorted({**options, **inits}.items())))
-        cell = self.cell
+        self._cell = _Static(cell)
         self.in_features = check_input_size(in_features)
         self.hidden_size = cell.hidden_size
         params = cell.init(rngs.params(), self.in_features, param_dtype)
@@ -64,8 +92,7 @@ class _CellBase(nnx.RNNCellBase):
     @property
     def cell(self) -> Cell:
         """The pure gatedrnn cell this module wraps."""
-        hidden_size, options = self._cell_args
-        return CELLS[self.kind](hidden_size, **dict(options))
+        return self._cell.value
 
     def pure_params(self) -> PyTree:
         """The params as the pure NamedTuple (e.g. ``LSTMParams(w_x, w_h, b)``)."""
@@ -93,7 +120,7 @@ class _CellBase(nnx.RNNCellBase):
         rngs: Any = None,
         carry_init: Any = None,
     ) -> PyTree:
-        """Zeros state for inputs ``(*batch, I)`` (``rngs``/``carry_init`` must be None)."""
+        """Zeros state, leaves ``(*batch, H)``, for inputs ``(*batch, I)``."""
         if carry_init is not None:
             raise ValueError("gatedrnn cells start from zeros; pass initial_carry instead")
         del rngs
@@ -105,34 +132,77 @@ class _CellBase(nnx.RNNCellBase):
         return 1
 
 
-class VanillaCell(_CellBase):
-    """Vanilla RNN cell (see :func:`gatedrnn.vanilla`): ``VanillaCell(I, H, activation=
-    "tanh", rngs=...)``; params ``w_x (I, H)``, ``w_h (H, H)``, ``b (H,)``."""
-
-    kind = "vanilla"
+def _named_cell(kind: str, hidden_size: int, **options: Any) -> Cell:
+    return resolve_cell(kind, hidden_size, cell_options(**options))
 
 
-class LSTMCell(_CellBase):
-    """LSTM cell (see :func:`gatedrnn.lstm`): ``LSTMCell(I, H, forget_bias=1.0, rngs=...)``;
-    params ``w_x (I, 4H)``, ``w_h (H, 4H)``, ``b (4H,)``; carry ``LSTMState(h, c)``."""
+class VanillaCell(_CellModule):
+    """Vanilla RNN cell (see :func:`gatedrnn.vanilla`); params ``w_x (I, H)``,
+    ``w_h (H, H)``, ``b (H,)``. Options as :class:`gatedrnn.linen.VanillaCell`."""
 
-    kind = "lstm"
+    def __init__(
+        self,
+        in_features: int,
+        hidden_size: int,
+        *,
+        activation: str = "tanh",
+        kernel_init: Initializer | None = None,
+        recurrent_init: Initializer | None = None,
+        bias_init: Initializer | None = None,
+        param_dtype: Any = jnp.float32,
+        rngs: nnx.Rngs,
+    ) -> None:
+        inits = dict(kernel_init=kernel_init, recurrent_init=recurrent_init, bias_init=bias_init)
+        cell = _named_cell("vanilla", hidden_size, activation=activation, **inits)
+        super().__init__(cell, in_features, param_dtype=param_dtype, rngs=rngs)
 
 
-class GRUCell(_CellBase):
-    """GRU cell (see :func:`gatedrnn.gru`): ``GRUCell(I, H, reset_after=True, rngs=...)``;
-    params ``w_x (I, 3H)``, ``w_h (H, 3H)``, ``b_x (3H,)``, ``b_h (3H,)``."""
+class LSTMCell(_CellModule):
+    """LSTM cell (see :func:`gatedrnn.lstm`); params ``w_x (I, 4H)``, ``w_h (H, 4H)``,
+    ``b (4H,)``; carry ``LSTMState(h, c)``. Options as :class:`gatedrnn.linen.LSTMCell`."""
 
-    kind = "gru"
+    def __init__(
+        self,
+        in_features: int,
+        hidden_size: int,
+        *,
+        forget_bias: float = 1.0,
+        kernel_init: Initializer | None = None,
+        recurrent_init: Initializer | None = None,
+        bias_init: Initializer | None = None,
+        param_dtype: Any = jnp.float32,
+        rngs: nnx.Rngs,
+    ) -> None:
+        inits = dict(kernel_init=kernel_init, recurrent_init=recurrent_init, bias_init=bias_init)
+        cell = _named_cell("lstm", hidden_size, forget_bias=forget_bias, **inits)
+        super().__init__(cell, in_features, param_dtype=param_dtype, rngs=rngs)
 
 
-_CELL_MODULES = {"vanilla": VanillaCell, "lstm": LSTMCell, "gru": GRUCell}
+class GRUCell(_CellModule):
+    """GRU cell (see :func:`gatedrnn.gru`); params ``w_x (I, 3H)``, ``w_h (H, 3H)``,
+    ``b_x (3H,)``, ``b_h (3H,)``. Options as :class:`gatedrnn.linen.GRUCell`."""
+
+    def __init__(
+        self,
+        in_features: int,
+        hidden_size: int,
+        *,
+        reset_after: bool = True,
+        kernel_init: Initializer | None = None,
+        recurrent_init: Initializer | None = None,
+        bias_init: Initializer | None = None,
+        param_dtype: Any = jnp.float32,
+        rngs: nnx.Rngs,
+    ) -> None:
+        inits = dict(kernel_init=kernel_init, recurrent_init=recurrent_init, bias_init=bias_init)
+        cell = _named_cell("gru", hidden_size, reset_after=reset_after, **inits)
+        super().__init__(cell, in_features, param_dtype=param_dtype, rngs=rngs)
 
 
 class _BidirLayer(nnx.Module):
     """Forward and backward cell params of one bidirectional layer."""
 
-    def __init__(self, fw: _CellBase, bw: _CellBase) -> None:
+    def __init__(self, fw: _CellModule, bw: _CellModule) -> None:
         self.fw, self.bw = fw, bw
 
 
@@ -140,18 +210,23 @@ class RNN(nnx.Module):
     """Recurrent layers on gatedrnn's fast path, like ``torch.nn.LSTM`` (NNX).
 
     Args:
-      cell: ``"vanilla"``, ``"lstm"`` or ``"gru"``.
+      cell: a name of :data:`gatedrnn.cells.CELLS` (``"vanilla"``, ``"lstm"``, ``"gru"``,
+        ...) or a pure :class:`gatedrnn.Cell` (then the cell options below stay None).
       in_features: ``I``, the input size.
-      hidden_size: ``H``.
+      hidden_size: ``H``; required with a cell name, optional (must match) with a Cell.
       num_layers: stacked layers; layer ``k > 0`` takes ``D * H`` features.
       bidirectional: each layer runs both ways (``D = 2``), outputs concatenated.
-      dropout: rate between layers while not ``deterministic`` (``model.train()``).
+      dropout: rate between layers while not deterministic.
+      deterministic: None or True: no dropout; False: dropout (``model.train()`` sets it
+        False, ``model.eval()`` True; a call's ``deterministic`` overrides it).
       time_major: inputs and outputs ``(T, *batch, ...)``.
       unroll: steps per ``lax.scan`` iteration.
       param_dtype: dtype of params and inputs.
+      activation, forget_bias, reset_after: options of the named cell (vanilla, LSTM,
+        GRU); None: the cell's default.
+      kernel_init, recurrent_init, bias_init: initializers of the named cell; None: its
+        defaults.
       rngs: ``nnx.Rngs`` for the params (``params`` stream) and dropout (``dropout``).
-      **cell_options: passed to the cell (``activation``, ``forget_bias``,
-        ``reset_after``, initializers).
 
     Attributes:
       layers: an ``nnx.List`` of cell modules (``fw``/``bw`` pairs when bidirectional).
@@ -159,46 +234,58 @@ class RNN(nnx.Module):
 
     def __init__(
         self,
-        cell: str,
+        cell: str | Cell,
         in_features: int,
-        hidden_size: int,
+        hidden_size: int | None = None,
         *,
         num_layers: int = 1,
         bidirectional: bool = False,
         dropout: float = 0.0,
+        deterministic: bool | None = None,
         time_major: bool = False,
         unroll: int = 1,
         param_dtype: Any = jnp.float32,
+        activation: str | None = None,
+        forget_bias: float | None = None,
+        reset_after: bool | None = None,
+        kernel_init: Initializer | None = None,
+        recurrent_init: Initializer | None = None,
+        bias_init: Initializer | None = None,
         rngs: nnx.Rngs,
-        **cell_options: Any,
     ) -> None:
-        if cell not in _CELL_MODULES:
-            raise ValueError(f"cell must be one of {sorted(_CELL_MODULES)}, got {cell!r}")
-        module = _CELL_MODULES[cell]
-        make = lambda size: module(  # noqa: E731
-            size, hidden_size, rngs=rngs, param_dtype=param_dtype, **cell_options
+        options = cell_options(
+            activation=activation,
+            forget_bias=forget_bias,
+            reset_after=reset_after,
+            kernel_init=kernel_init,
+            recurrent_init=recurrent_init,
+            bias_init=bias_init,
         )
+        pure = resolve_cell(cell, hidden_size, options)
+        st = stack(pure, num_layers, bidirectional=bidirectional, dropout=dropout)
+        self._stack = _Static(st)
         self.in_features = check_input_size(in_features)
         D = 2 if bidirectional else 1
+        make = lambda size: _CellModule(pure, size, param_dtype=param_dtype, rngs=rngs)  # noqa: E731
         layers = []
-        probe = make(self.in_features)
-        self._stack_args = (num_layers, bool(bidirectional), float(dropout))
-        for layer in range(num_layers):
-            size = self.in_features if layer == 0 else D * hidden_size
-            first = probe if layer == 0 else make(size)
-            layers.append(_BidirLayer(first, make(size)) if bidirectional else first)
+        for layer in range(st.num_layers):
+            size = self.in_features if layer == 0 else D * pure.hidden_size
+            layers.append(_BidirLayer(make(size), make(size)) if bidirectional else make(size))
         self.layers = nnx.List(layers)
         self.time_major = time_major
         self.unroll = unroll
-        self.deterministic = False
-        self.rngs = rngs["dropout"].fork() if dropout > 0.0 else nnx.data(None)
+        self.deterministic = deterministic
+        self.rngs = rngs["dropout"].fork() if st.dropout > 0.0 else nnx.data(None)
 
     @property
     def stack(self) -> Stack:
         """The pure :func:`gatedrnn.stack` this module runs."""
-        num_layers, bidirectional, dropout = self._stack_args
-        first = self.layers[0].fw if self._stack_args[1] else self.layers[0]
-        return stack(first.cell, num_layers, bidirectional=bidirectional, dropout=dropout)
+        return self._stack.value
+
+    @property
+    def cell(self) -> Cell:
+        """The pure cell of every layer."""
+        return self.stack.cell
 
     def pure_params(self) -> tuple:
         """The params as :func:`gatedrnn.stack` params: a tuple per layer (``Bidir``)."""
@@ -233,16 +320,18 @@ class RNN(nnx.Module):
 
         Args:
           xs: ``(*batch, T, I)`` (``(T, *batch, I)`` with ``time_major``).
-          initial_state: a state per layer (``Bidir`` if bidirectional), or None for zeros.
+          initial_state: a state per layer (``Bidir`` if bidirectional), each leaf
+            ``(*batch, H)``, or None for zeros.
           seq_lengths: ``(*batch,)`` valid lengths (see :func:`gatedrnn.scan`).
           reverse: run from the end (unidirectional only).
-          deterministic: override the module's ``deterministic`` (no dropout if True).
+          deterministic: no dropout if True; None: the module's ``deterministic`` (None:
+            no dropout).
 
         Returns:
           ``(final_states, ys)``; ``ys`` is ``(*batch, T, D * H)``.
         """
         st = self.stack
-        det = self.deterministic if deterministic is None else deterministic
+        det = is_deterministic(deterministic, self.deterministic)
         return run_stack(
             st,
             self.pure_params(),

@@ -23,7 +23,7 @@ def test_bidirectional_equals_forward_plus_flipped_backward(factory):
     xs = jax.random.normal(kx, (3, 7, 3))
     lengths = jnp.array([7, 5, 2])
     states, ys = gr.bidirectional_scan(cell, params, xs, seq_lengths=lengths)
-    assert ys.shape == (3, 7, 8)
+    chex.assert_shape(ys, (3, 7, 8))
     for b, n in enumerate(lengths.tolist()):
         s_f, y_f = gr.scan(cell, params.fw, xs[b, :n])
         s_b, y_b = gr.scan(cell, params.bw, jnp.flip(xs[b, :n], 0))

@@ -6,6 +6,7 @@ nn.RNN and nn.Bidirectional loops driving our cells, and PyTorch through the con
 
 from __future__ import annotations
 
+import chex
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -22,7 +23,7 @@ MASK = (jnp.arange(6) < LENGTHS[:, None])[..., None]
 
 
 def _close(a, b, tol=1e-5):
-    jax.tree.map(lambda u, v: np.testing.assert_allclose(u, v, rtol=tol, atol=tol), a, b)
+    chex.assert_trees_all_close(a, b, rtol=tol, atol=tol)
 
 
 CELLS = {
@@ -72,12 +73,15 @@ def test_cells_draw_params_with_the_pure_initializers():
     x = jnp.ones((2, 3))
     v = module.init(jax.random.key(0), module.initialize_carry(jax.random.key(1), x.shape), x)
     p = module.to_pure(v)
-    assert isinstance(p, gr.LSTMParams) and p.w_x.shape == (3, 16) and p.w_h.shape == (4, 16)
+    assert isinstance(p, gr.LSTMParams)
+    chex.assert_shape((p.w_x, p.w_h, p.b), ((3, 16), (4, 16), (16,)))
     np.testing.assert_array_equal(p.b, np.r_[np.zeros(4), 2 * np.ones(4), np.zeros(8)])
     for block in jnp.split(p.w_h, 4, axis=1):  # orthogonal per gate, as gr.lstm draws them
         np.testing.assert_allclose(block.T @ block, np.eye(4), atol=1e-5)
     state = module.initialize_carry(jax.random.key(1), (7, 3))
-    assert isinstance(state, gr.LSTMState) and state.h.shape == (7, 4) and not state.c.any()
+    assert isinstance(state, gr.LSTMState) and not state.c.any()
+    chex.assert_shape((state.h, state.c), (7, 4))
+    assert module.hidden_size == 4 and grl.LSTMCell(hidden_size=4) == grl.LSTMCell(4)
     assert module.num_feature_axes == 1
     assert module.from_pure(p) == {"params": dict(p._asdict())}
 
@@ -149,14 +153,20 @@ def test_rnn_module_runs_torch_weights():
 
 
 def test_bad_configurations_raise_clear_errors():
-    with pytest.raises(ValueError, match="hidden_size"):
+    with pytest.raises(ValueError, match="needs hidden_size"):
         grl.RNN("lstm").init(jax.random.key(0), X)
+    with pytest.raises(ValueError, match=r"takes no \['activation'\]"):
+        grl.RNN("lstm", 4, activation="relu").init(jax.random.key(0), X)
+    with pytest.raises(ValueError, match="shape"):
+        grl.RNN("lstm", 4).init(jax.random.key(0), X[0, 0])
     with pytest.raises(ValueError, match="one of"):
         grl.RNN("transformer", 4).init(jax.random.key(0), X)
     with pytest.raises(ValueError, match="bidirectional"):
         grl.RNN("lstm", 4, bidirectional=True).init(jax.random.key(0), X, reverse=True)
     with pytest.raises(ValueError, match="hidden size"):
         grl.RNN(gr.lstm(3), hidden_size=4).init(jax.random.key(0), X)
+    with pytest.raises(ValueError, match="no 'dropout' rng"):
+        grl.RNN("gru", 4, num_layers=2, dropout=0.5).init(jax.random.key(0), X, deterministic=False)
     with pytest.raises(TypeError, match="dtype"):  # inputs must match param_dtype
         grl.RNN("gru", 4).init(jax.random.key(0), X.astype(jnp.bfloat16))
 

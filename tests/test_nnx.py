@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import chex
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -17,7 +18,7 @@ MASK = (jnp.arange(6) < LENGTHS[:, None])[..., None]
 
 
 def _close(a, b, tol=1e-5):
-    jax.tree.map(lambda u, v: np.testing.assert_allclose(u, v, rtol=tol, atol=tol), a, b)
+    chex.assert_trees_all_close(a, b, rtol=tol, atol=tol)
 
 
 @pytest.mark.parametrize(
@@ -86,19 +87,37 @@ def test_rnn_module_load_pure_round_trip_reverse_and_dropout():
     model = grx.RNN("vanilla", 4, 5, num_layers=3, dropout=0.5, activation="relu", rngs=nnx.Rngs(0))
     fresh = model.stack.init(jax.random.key(9), 4)
     model.load_pure(fresh)
-    got = model.pure_params()
-    assert jax.tree.all(jax.tree.map(lambda a, b: bool(jnp.array_equal(a, b)), got, fresh))
-    model.eval()
+    chex.assert_trees_all_equal(model.pure_params(), fresh, strict=True)
     _, ys = model(X, reverse=True)
     _, ys_gr = model.stack.apply(fresh, X, reverse=True)
     _close(ys, ys_gr, 0.0)
+    _, ys_off = model(X)  # deterministic by default (dropout off)
     model.train()
     _, ys_a = model(X)
     _, ys_b = model(X)
     assert not np.allclose(ys_a, ys_b)  # a fresh dropout mask per call
+    _close(ys_off, model.stack.apply(fresh, X)[1], 0.0)
     with pytest.raises(ValueError, match="w_x"):
         model.load_pure((fresh[0]._replace(w_x=fresh[0].w_x[:2]), *fresh[1:]))
     with pytest.raises(TypeError, match="VanillaParams"):
         model.load_pure(gr.stack(gr.lstm(5), 3).init(jax.random.key(0), 4))
     with pytest.raises(ValueError, match="one of"):
         grx.RNN("transformer", 4, 5, rngs=nnx.Rngs(0))
+
+
+def test_jitted_module_with_a_gr_cell_traces_once():
+    """A module holding a gr.Cell (its options dict is not hashable) stays one graphdef:
+    nnx.jit compiles once across calls, new param values and clones."""
+    model = grx.RNN(gr.gru(5, reset_after=False), 4, num_layers=2, rngs=nnx.Rngs(0))
+
+    @nnx.jit
+    @chex.assert_max_traces(n=1)
+    def outputs(m, x):
+        return m(x, seq_lengths=LENGTHS)[1]
+
+    ys = outputs(model, X)
+    chex.assert_shape(ys, (3, 6, 5))
+    outputs(model, X + 1.0)
+    model.load_pure(model.stack.init(jax.random.key(1), 4))
+    outputs(nnx.clone(model), X)
+    _close(outputs(model, X), model.stack.apply(model.pure_params(), X, seq_lengths=LENGTHS)[1])

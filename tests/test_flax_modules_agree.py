@@ -1,0 +1,185 @@
+"""gatedrnn.linen and gatedrnn.nnx agree: the same option names and defaults (compared from
+their signatures, so they cannot drift), and the same weights give the same numbers through
+Linen, NNX and the pure ``gr.scan`` / ``gr.stack``."""
+
+from __future__ import annotations
+
+import inspect
+
+import chex
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import pytest
+from flax import nnx
+
+import gatedrnn as gr
+import gatedrnn.linen as grl
+import gatedrnn.nnx as grx
+
+X = jax.random.normal(jax.random.key(0), (3, 6, 4))
+LENGTHS = jnp.array([6, 2, 4])
+MASK = (jnp.arange(6) < LENGTHS[:, None])[..., None]
+
+LINEN_ONLY = {"self", "parent", "name"}  # every Linen module has them
+NNX_ONLY = {"self", "in_features", "rngs"}  # NNX makes params eagerly
+
+
+def _signature(cls, drop: set[str]) -> list[tuple[str, object]]:
+    """``[(name, default), ...]`` of a module's constructor, in order, without ``drop``."""
+    params = inspect.signature(cls.__init__).parameters.values()
+    return [(p.name, p.default) for p in params if p.name not in drop]
+
+
+def test_rnn_modules_take_the_same_options_with_the_same_defaults():
+    linen, nnx_ = _signature(grl.RNN, LINEN_ONLY), _signature(grx.RNN, NNX_ONLY)
+    assert linen == nnx_
+    defaults = dict(linen)
+    assert defaults["dropout"] == 0.0 and defaults["deterministic"] is None  # dropout off
+    assert defaults["cell"] is inspect.Parameter.empty and defaults["hidden_size"] is None
+
+
+@pytest.mark.parametrize("name", ["VanillaCell", "LSTMCell", "GRUCell"])
+def test_cell_modules_take_the_same_options_with_the_same_defaults(name):
+    linen = dict(_signature(getattr(grl, name), LINEN_ONLY))
+    nnx_ = dict(_signature(getattr(grx, name), NNX_ONLY))
+    assert linen == nnx_
+    assert "hidden_size" in linen  # the name gr.lstm(hidden_size=...) uses, in both
+
+
+def _randomize(tree, key):
+    leaves, treedef = jax.tree_util.tree_flatten(tree)
+    keys = jax.random.split(key, len(leaves))
+    new = [x + 0.3 * jax.random.normal(k, x.shape, x.dtype) for k, x in zip(keys, leaves)]
+    return jax.tree_util.tree_unflatten(treedef, new)
+
+
+RNN_CASES = {
+    "vanilla-relu-2-layers": (("vanilla", 5), dict(num_layers=2, activation="relu")),
+    "lstm-bidir-forget-bias": (("lstm", 5), dict(bidirectional=True, forget_bias=2.0)),
+    "gru-reset-before-reverse": (("gru", 5), dict(reset_after=False)),
+    "a-gr-Cell-min-gru": ((gr.min_gru(5), None), dict(num_layers=2)),
+    "a-gr-Cell-lstm-time-major": ((gr.lstm(5), 5), dict(time_major=True, unroll=2)),
+}
+
+
+@pytest.mark.parametrize("case", list(RNN_CASES))
+def test_same_weights_same_outputs_through_linen_nnx_and_gr_stack(case):
+    (cell, hidden), options = RNN_CASES[case]
+    model = grx.RNN(cell, 4, hidden, **options, rngs=nnx.Rngs(0))
+    layer = grl.RNN(cell, hidden, **options)
+    st = model.stack
+    assert layer.make_stack().cell.options == st.cell.options
+    params = _randomize(st.init(jax.random.key(1), 4), jax.random.key(2))
+    model.load_pure(params)
+    time_major = options.get("time_major", False)
+    x = jnp.swapaxes(X, 0, 1) if time_major else X
+    call = {} if time_major else dict(seq_lengths=LENGTHS)
+    if case.endswith("reverse"):
+        call["reverse"] = True
+    final_nnx, ys_nnx = model(x, **call)
+    final_lin, ys_lin = layer.apply(layer.from_pure(params), x, **call)
+    final, ys = st.apply(params, x, time_major=time_major, **call)
+    chex.assert_shape(ys, (*x.shape[:-1], (2 if options.get("bidirectional") else 1) * 5))
+    chex.assert_trees_all_close((final_nnx, ys_nnx), (final, ys), atol=1e-6, rtol=1e-6)
+    chex.assert_trees_all_close((final_lin, ys_lin), (final, ys), atol=1e-6, rtol=1e-6)
+    if st.num_layers == 1 and not st.bidirectional:  # one layer is exactly gr.scan
+        state, ys_scan = gr.scan(st.cell, params[0], x, time_major=time_major, **call)
+        chex.assert_trees_all_close((final[0], ys), (state, ys_scan), atol=1e-6, rtol=1e-6)
+
+
+@pytest.mark.parametrize(
+    "linen_cell, nnx_cell",
+    [
+        (
+            lambda: grl.VanillaCell(5, activation="relu"),
+            lambda r: grx.VanillaCell(4, 5, activation="relu", rngs=r),
+        ),
+        (lambda: grl.LSTMCell(5), lambda r: grx.LSTMCell(4, 5, rngs=r)),
+        (
+            lambda: grl.GRUCell(5, reset_after=False),
+            lambda r: grx.GRUCell(4, 5, reset_after=False, rngs=r),
+        ),
+    ],
+    ids=["vanilla-relu", "lstm", "gru-reset-before"],
+)
+def test_same_weights_same_steps_through_flax_loops_and_gr_scan(linen_cell, nnx_cell):
+    """Cells under Flax's own nn.RNN and nnx.RNN loops give gr.scan's numbers."""
+    lin, m = linen_cell(), nnx_cell(nnx.Rngs(0))
+    params = _randomize(m.pure_params(), jax.random.key(3))
+    m.load_pure(params)
+    carry_lin, ys_lin = nn.RNN(lin, return_carry=True).apply(
+        {"params": {"cell": lin.from_pure(params)["params"]}}, X, seq_lengths=LENGTHS
+    )
+    carry_nnx, ys_nnx = nnx.RNN(m, return_carry=True)(X, seq_lengths=LENGTHS)
+    state, ys = gr.scan(m.cell, params, X, seq_lengths=LENGTHS)
+    chex.assert_trees_all_close(
+        (carry_lin, jnp.where(MASK, ys_lin, 0.0)), (state, ys), atol=1e-6, rtol=1e-6
+    )
+    chex.assert_trees_all_close(
+        (carry_nnx, jnp.where(MASK, ys_nnx, 0.0)), (state, ys), atol=1e-6, rtol=1e-6
+    )
+
+
+def test_dropout_is_off_by_default_in_both_and_on_when_asked():
+    model = grx.RNN("lstm", 4, 5, num_layers=2, dropout=0.5, rngs=nnx.Rngs(0))
+    layer = grl.RNN("lstm", 5, num_layers=2, dropout=0.5)
+    params = model.pure_params()
+    _, ys = model.stack.apply(params, X)
+    variables = layer.from_pure(params)
+    chex.assert_trees_all_close(model(X)[1], ys)  # no .train(): deterministic
+    chex.assert_trees_all_close(layer.apply(variables, X)[1], ys)  # no "dropout" rng needed
+    model.train()
+    assert not jnp.allclose(model(X)[1], ys)
+    model.eval()
+    chex.assert_trees_all_close(model(X)[1], ys)
+    assert not jnp.allclose(model(X, deterministic=False)[1], ys)
+    training = grl.RNN("lstm", 5, num_layers=2, dropout=0.5, deterministic=False)
+    dropped = training.apply(variables, X, rngs={"dropout": jax.random.key(1)})[1]
+    assert not jnp.allclose(dropped, ys)
+    chex.assert_trees_all_close(training.apply(variables, X, deterministic=True)[1], ys)
+
+
+@pytest.mark.parametrize(
+    "args, kwargs, match",
+    [
+        (("transformer", 5), {}, "one of"),
+        (("lstm", None), {}, "needs hidden_size"),
+        ((gr.lstm(3), 4), {}, "hidden size 3"),
+        ((gr.lstm(5), None), dict(forget_bias=2.0), "ready-made Cell"),
+        (("gru", 5), dict(forget_bias=2.0), "takes no \\['forget_bias'\\]"),
+        (("min_gru", 5), dict(recurrent_init=jax.nn.initializers.zeros), "recurrent_init"),
+    ],
+    ids=[
+        "unknown-name",
+        "no-hidden-size",
+        "size-mismatch",
+        "options-with-Cell",
+        "gru-forget-bias",
+        "min-gru-recurrent-init",
+    ],
+)
+def test_both_refuse_the_same_bad_options_with_the_same_message(args, kwargs, match):
+    with pytest.raises(ValueError, match=match) as e_nnx:
+        grx.RNN(args[0], 4, args[1], **kwargs, rngs=nnx.Rngs(0))
+    with pytest.raises(ValueError, match=match) as e_lin:
+        grl.RNN(*args, **kwargs).init(jax.random.key(0), X)
+    assert str(e_nnx.value) == str(e_lin.value)
+
+
+@pytest.mark.xfail(
+    raises=TypeError,
+    strict=False,
+    reason="forward mode through gr.scan by default is the core's change (issue 13 item 4)",
+)
+def test_forward_mode_through_both_modules_equals_the_pure_stack():
+    """jax.jvp through Linen and NNX RNNs, against the pure stack's unfused jvp."""
+    model = grx.RNN("lstm", 4, 5, num_layers=2, rngs=nnx.Rngs(0))
+    layer = grl.RNN("lstm", 5, num_layers=2)
+    params = model.pure_params()
+    variables = layer.from_pure(params)
+    tangent = jnp.ones_like(X)
+    _, want = jax.jvp(lambda x: model.stack.apply(params, x, fused=False)[1], (X,), (tangent,))
+    _, lin = jax.jvp(lambda x: layer.apply(variables, x)[1], (X,), (tangent,))
+    _, nnx_ = jax.jvp(lambda x: model(x)[1], (X,), (tangent,))
+    chex.assert_trees_all_close((lin, nnx_), (want, want), atol=1e-5, rtol=1e-5)

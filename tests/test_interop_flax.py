@@ -1,0 +1,206 @@
+"""gatedrnn.interop.flax: Flax's own cells (Linen and NNX) give the same numbers in gatedrnn.
+
+The oracles are Flax's cells under their own RNN loops, with random weights (biases
+included); round trips must be exact, the conversions must work under jit and be
+differentiable, and every conversion that cannot be exact must raise a ValueError.
+"""
+
+from __future__ import annotations
+
+import chex
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import pytest
+from flax import nnx
+
+import gatedrnn as gr
+from gatedrnn import interop
+
+
+def _close(a, b, tol: float = 1e-5) -> None:
+    chex.assert_trees_all_close(a, b, rtol=tol, atol=tol)
+
+
+def _randomize(tree, key, scale=0.5):
+    """Every leaf replaced by random normals, so zero-initialized biases are tested too."""
+    leaves, treedef = jax.tree_util.tree_flatten(tree)
+    keys = jax.random.split(key, len(leaves))
+    new = [scale * jax.random.normal(k, x.shape, x.dtype) for k, x in zip(keys, leaves)]
+    return jax.tree_util.tree_unflatten(treedef, new)
+
+
+# --------------------------------------------------------------------------- Flax Linen
+
+FLAX_CELLS = {
+    "SimpleCell-tanh": lambda: nn.SimpleCell(5),
+    "LSTMCell": lambda: nn.LSTMCell(5),
+    "OptimizedLSTMCell": lambda: nn.OptimizedLSTMCell(5),
+    "GRUCell": lambda: nn.GRUCell(5),
+}
+
+
+def _losses(flax_cell, cell, lengths, mask):
+    """The same loss through Flax's nn.RNN and through gr.scan of the converted params."""
+    rnn = nn.RNN(flax_cell, return_carry=True)
+
+    def flax_loss(fp, x):
+        carry, ys = rnn.apply({"params": {"cell": fp}}, x, seq_lengths=lengths)
+        state = interop.carry_from_flax(cell, carry)
+        ys = jnp.where(mask, ys, 0.0)
+        return jnp.sum(ys**2) + sum(jnp.sum(jnp.sin(s)) for s in jax.tree.leaves(state)), (
+            state,
+            ys,
+        )
+
+    def gr_loss(fp, x):  # differentiates through the conversion itself
+        state, ys = gr.scan(cell, interop.from_flax(flax_cell, fp)[1], x, seq_lengths=lengths)
+        return jnp.sum(ys**2) + sum(jnp.sum(jnp.sin(s)) for s in jax.tree.leaves(state)), (
+            state,
+            ys,
+        )
+
+    return flax_loss, gr_loss
+
+
+@pytest.mark.parametrize("name", list(FLAX_CELLS))
+def test_flax_linen_cells_match_outputs_states_and_grads(name):
+    """Gradients too, except for OptimizedLSTMCell (LSTMCell's math and layout)."""
+    flax_cell = FLAX_CELLS[name]()
+    x = jax.random.normal(jax.random.key(0), (3, 6, 4))
+    lengths = jnp.array([6, 2, 4])
+    variables = nn.RNN(flax_cell).init(jax.random.key(1), x)
+    flax_params = _randomize(variables, jax.random.key(2))["params"]["cell"]
+    cell, params = interop.from_flax(flax_cell, flax_params)
+    mask = (jnp.arange(6) < lengths[:, None])[..., None]
+    flax_loss, gr_loss = _losses(flax_cell, cell, lengths, mask)
+    if name == "OptimizedLSTMCell":
+        _close(jax.jit(flax_loss)(flax_params, x), jax.jit(gr_loss)(flax_params, x))
+    else:
+        grad = lambda f: jax.jit(jax.value_and_grad(f, argnums=(0, 1), has_aux=True))  # noqa: E731
+        f_out, g_out = grad(flax_loss)(flax_params, x), grad(gr_loss)(flax_params, x)
+        chex.assert_shape(g_out[0][1][1], (3, 6, 5))
+        _close(f_out, g_out)  # loss, final state, outputs, grads w.r.t. Flax params and x
+    # and the other way: to_flax gives back the very same Flax params
+    module, back = interop.to_flax(cell, params, optimized=name == "OptimizedLSTMCell")
+    assert type(module) is type(flax_cell)
+    chex.assert_trees_all_equal(back, {"params": flax_params}, strict=True)
+
+
+@pytest.mark.parametrize(
+    "cell", [gr.vanilla(4), gr.vanilla(4, "relu"), gr.lstm(4), gr.gru(4)], ids=lambda c: c.name
+)
+def test_gatedrnn_to_flax_linen_round_trip_is_exact(cell):
+    params = _randomize(cell.init(jax.random.key(0), 3), jax.random.key(1))
+    if cell.name == "gru":  # Flax has no b_hr, b_hz: exact round trip needs them zero
+        params = params._replace(b_h=params.b_h.at[:8].set(0.0))
+    module, variables = interop.to_flax(cell, params)
+    cell2, params2 = interop.from_flax(module, variables)
+    assert cell2.name == cell.name and cell2.options == {**cell2.options, **cell.options}
+    chex.assert_trees_all_equal(params2, params, strict=True)
+
+
+class ConversionsUnderJit(chex.TestCase):
+    """The Flax conversions are pure jax: the same under jit as without it."""
+
+    @chex.variants(with_jit=True, without_jit=True)
+    def test_gru_recurrent_r_z_biases_are_folded_for_flax(self):
+        cell = gr.gru(4)
+        params = _randomize(cell.init(jax.random.key(0), 3), jax.random.key(1))
+        module, _ = interop.to_flax(cell, params)
+        x = jax.random.normal(jax.random.key(2), (2, 3))
+        h = jax.random.normal(jax.random.key(3), (2, 4))
+        step = self.variant(lambda p: module.apply(interop.to_flax(cell, p)[1], h, x))
+        h_flax, _ = step(params)
+        h_gr, _ = cell.step(params, h, x)
+        chex.assert_shape(h_flax, (2, 4))
+        _close(h_flax, h_gr, 1e-6)
+
+    @chex.variants(with_jit=True, without_jit=True)
+    def test_linen_params_round_trip_under_jit(self):
+        cell = gr.lstm(4)
+        params = _randomize(cell.init(jax.random.key(0), 3), jax.random.key(1))
+        module, _ = interop.to_flax(cell, params)
+        round_trip = self.variant(
+            lambda p: interop.from_flax(module, interop.to_flax(cell, p)[1])[1]
+        )
+        chex.assert_trees_all_equal(round_trip(params), params)
+
+
+def test_flax_conversions_that_cannot_be_exact_raise():
+    key = jax.random.key(0)
+    with pytest.raises(ValueError, match="reset_after"):
+        interop.to_flax(gr.gru(4, reset_after=False), gr.gru(4, False).init(key, 3))
+    with pytest.raises(ValueError, match="residual"):
+        interop.from_flax(nn.SimpleCell(4, residual=True), {})
+    with pytest.raises(ValueError, match="gate_fn"):
+        interop.from_flax(nn.LSTMCell(4, gate_fn=nn.hard_sigmoid), {})
+    with pytest.raises(ValueError, match="activation_fn"):
+        interop.from_flax(nn.SimpleCell(4, activation_fn=nn.gelu), {})
+    x = jnp.ones((2, 3))
+    v = nn.LSTMCell(4).init(key, nn.LSTMCell(4).initialize_carry(key, x.shape), x)
+    with pytest.raises(ValueError, match="'ir'"):
+        interop.from_flax(nn.GRUCell(4), v)  # LSTM params given for a GRU
+    with pytest.raises(ValueError, match="features"):
+        interop.from_flax(nn.LSTMCell(5), v)
+    with pytest.raises(ValueError, match="bfloat16"):
+        interop.from_flax(nn.LSTMCell(4, dtype=jnp.bfloat16), v)
+    with pytest.raises(TypeError, match="SimpleCell"):
+        interop.from_flax(nn.Dense(4), v)
+    with pytest.raises(ValueError, match="only vanilla, lstm and gru"):
+        interop.to_flax(gr.min_lstm(4), gr.min_lstm(4).init(key, 3))
+
+
+def test_linear_vanilla_round_trips_through_flax_identity():
+    cell = gr.vanilla(4, "linear")
+    params = cell.init(jax.random.key(0), 3)
+    module, variables = interop.to_flax(cell, params)
+    assert module.activation_fn is interop.identity
+    cell2, params2 = interop.from_flax(module, variables)
+    assert cell2.options["activation"] == "linear"
+    chex.assert_trees_all_equal(params2, params, strict=True)
+
+
+# --------------------------------------------------------------------------- Flax NNX
+
+NNX_CELLS = {
+    "SimpleCell": lambda r: nnx.SimpleCell(4, 5, rngs=r),
+    "LSTMCell": lambda r: nnx.LSTMCell(4, 5, rngs=r),
+    "OptimizedLSTMCell": lambda r: nnx.OptimizedLSTMCell(4, 5, rngs=r),
+    "GRUCell": lambda r: nnx.GRUCell(4, 5, rngs=r),
+}
+
+
+@pytest.mark.parametrize("name", list(NNX_CELLS))
+def test_flax_nnx_cells_match_and_round_trip(name):
+    module = NNX_CELLS[name](nnx.Rngs(0))
+    graphdef, state = nnx.split(module)
+    module = nnx.merge(graphdef, _randomize(state, jax.random.key(1)))
+    cell, params = interop.from_flax(module)
+    x = jax.random.normal(jax.random.key(2), (3, 6, 4))
+    carry, ys_f = nnx.RNN(module, return_carry=True)(x)
+    state, ys_g = gr.scan(cell, params, x)
+    chex.assert_shape(ys_g, (3, 6, 5))
+    _close(ys_f, ys_g)
+    _close(interop.carry_from_flax(cell, carry), state)
+    back = interop.to_flax_nnx(cell, params, optimized=name == "OptimizedLSTMCell")
+    assert type(back) is type(module)
+    chex.assert_trees_all_equal(
+        nnx.to_pure_dict(nnx.state(back, nnx.Param)),
+        nnx.to_pure_dict(nnx.state(module, nnx.Param)),
+        strict=True,
+    )
+
+
+def test_flax_nnx_gru_without_b_hn_refuses_nonzero_b_hn():
+    cell = gr.gru(4)
+    params = cell.init(jax.random.key(0), 3)
+    interop.to_flax_nnx(cell, params)  # zero biases: fine
+    bad = params._replace(b_h=params.b_h.at[-1].set(0.3))
+    with pytest.raises(ValueError, match="b_hn"):
+        interop.to_flax_nnx(cell, bad)
+    # b_hr, b_hz fold into b_x: allowed, same function
+    ok = params._replace(b_h=params.b_h.at[0].set(0.3))
+    m = interop.to_flax_nnx(cell, ok)
+    x, h = jnp.ones((2, 3)), jnp.full((2, 4), 0.5)
+    _close(m(h, x)[0], cell.step(ok, h, x)[0], 1e-6)
