@@ -31,10 +31,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import jax
 
-from experiments._common import pyplot, table
-from gatedrnn import char_lm as clm
-from gatedrnn import cli
-from gatedrnn.text import load_text
+from experiments import cli
+from experiments.cli import pyplot, table
+from gatedrnn.training import char_lm as clm
+from gatedrnn.training.text import load_text
 
 RESULTS = Path(__file__).resolve().parent / "results"
 

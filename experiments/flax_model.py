@@ -38,7 +38,7 @@ import numpy as np  # noqa: E402
 import optax  # noqa: E402
 
 import gatedrnn.linen as grl  # noqa: E402
-from gatedrnn import cli  # noqa: E402
+from experiments import cli  # noqa: E402
 
 PAD = 0  # token 0 is padding; data tokens start at 1
 

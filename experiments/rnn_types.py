@@ -37,8 +37,8 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from experiments._common import table
-from gatedrnn import cli
+from experiments import cli
+from experiments.cli import table
 from gatedrnn.linen import RNN
 
 RESULTS = Path(__file__).resolve().parent / "results"

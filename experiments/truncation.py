@@ -1,6 +1,6 @@
 """Truncated BPTT in practice: a window k learns a dependency at distance d only if d < k.
 
-Task: echo (``gatedrnn.tasks.echo``): at every step output the symbol seen exactly ``d``
+Task: echo (``gatedrnn.training.tasks.echo``): at every step output the symbol seen exactly ``d``
 steps earlier, so every scored output depends on one input at distance ``d`` and nothing
 else. A GRU plus a linear readout is trained with clipped Adam under a fixed update budget,
 several seeds at once, in three ways:
@@ -11,7 +11,7 @@ several seeds at once, in three ways:
   output at step t reaches back only to the start of its k-chunk;
 * ``stateful``: the sequence is a stream cut into consecutive chunks of k steps, one update
   per chunk; the state is carried from one chunk to the next (forward pass unchanged) and
-  the gradient stops at the chunk boundary (``gatedrnn.train.stream_batches``).
+  the gradient stops at the chunk boundary (``gatedrnn.training.stream_batches``).
 
 With a window k, the output at step t gets gradient from inputs at steps
 ``k * floor(t / k) .. t``, so the input ``d`` steps back is reachable from some output iff
@@ -38,15 +38,11 @@ if str(ROOT) not in sys.path:
 
 import numpy as np  # noqa: E402
 
-import gatedrnn as gr  # noqa: E402
-from experiments._common import parser, pyplot  # noqa: E402
-from gatedrnn import (  # noqa: E402
-    cli,
-    tasks,
-    train,
-)
-
-CELLS = {"vanilla": gr.vanilla, "lstm": gr.lstm, "gru": gr.gru}
+from experiments import cli  # noqa: E402
+from experiments.cli import parser, pyplot  # noqa: E402
+from gatedrnn import training  # noqa: E402
+from gatedrnn.cells import CELLS, make_cell  # noqa: E402
+from gatedrnn.training import tasks  # noqa: E402
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -89,9 +85,9 @@ def run_config(args: argparse.Namespace, d: int, form: str, k: int | None) -> di
     task = tasks.echo(args.seq_len, d, vocab=args.vocab)
     seeds = list(range(args.seed, args.seed + args.seeds))
     t0 = time.perf_counter()
-    _, res = train.fit(
+    _, res = training.fit(
         task,
-        CELLS[args.cell](args.hidden),
+        make_cell(args.cell, args.hidden),
         num_steps=args.steps,
         batch_size=args.batch_size,
         learning_rate=args.lr,

@@ -20,8 +20,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from experiments._common import parser, pyplot, setup_jax, table, timed, write_results
-from gatedrnn import cli
+from experiments import cli
+from experiments.cli import parser, pyplot, setup_jax, table, timed, write_results
 
 
 def sweep_one(cell, params0, xs, s: float, loss_and_grad) -> dict:
@@ -81,7 +81,7 @@ def train(args, clip: float | None) -> dict:
     import optax
 
     import gatedrnn as gr
-    from gatedrnn.train import global_norm, make_optimizer
+    from gatedrnn.training import global_norm, make_optimizer
 
     cell = gr.vanilla(args.train_hidden)
     k1, k2 = jax.random.split(jax.random.PRNGKey(args.seed + 1000))

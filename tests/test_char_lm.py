@@ -12,8 +12,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from gatedrnn import char_lm as clm
-from gatedrnn.checkpoint import CheckpointError
+from gatedrnn.training import char_lm as clm
+from gatedrnn.training.checkpoint import CheckpointError
 
 ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
@@ -88,7 +88,7 @@ def test_train_step_gradient_stops_at_the_chunk_boundary():
     carry = clm.initial_carry(params, cfg, 2)
     _, _, carry2, bpc = step(params, opt.init(params), carry, x, x, jax.random.PRNGKey(0))
     want_carry, logits = clm.apply(params, cfg, x, carry)
-    from gatedrnn.text import bits_per_char
+    from gatedrnn.training.text import bits_per_char
 
     assert float(bpc) == pytest.approx(float(bits_per_char(logits, x)), rel=1e-6)
     _leaves_equal(carry2, want_carry)

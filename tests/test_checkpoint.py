@@ -12,7 +12,7 @@ import optax
 import pytest
 
 import gatedrnn as gr
-from gatedrnn import checkpoint as ck
+from gatedrnn.training import checkpoint as ck
 
 
 def _state(hidden: int = 5):

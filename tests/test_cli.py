@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from gatedrnn import cli
+from experiments import cli
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -22,7 +22,7 @@ ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = textwrap.dedent(
     """
     import sys
-    from gatedrnn import cli
+    from experiments import cli
 
     def main(argv=None):
         p = cli.ArgumentParser(description="demo")

@@ -21,10 +21,11 @@ CHILD = textwrap.dedent(
     import json, os, sys, tempfile
     import jax, jax.numpy as jnp, numpy as np
     import gatedrnn as gr
-    from gatedrnn import parallel, tasks, train
+    from gatedrnn.training import tasks
+    from gatedrnn import training
 
     assert jax.device_count() == 8, jax.devices()
-    mesh = parallel.data_mesh()
+    mesh = training.data_mesh()
     out = {"devices": mesh.size}
 
     def max_rel(a, b):
@@ -34,15 +35,15 @@ CHILD = textwrap.dedent(
             diffs.append(float(np.max(np.abs(x - y)) / (np.max(np.abs(y)) + 1e-12)))
         return max(diffs)
 
-    # --- the long-range task through train.fit: 1 device vs the 8-device mesh
+    # --- the long-range task through training.fit: 1 device vs the 8-device mesh
     task = tasks.adding(12)
     kw = dict(num_steps=30, batch_size=16, learning_rate=1e-2, eval_every=10,
               eval_batch_size=64, early_stop=False, progress=False, seed=3)
-    _, one = train.fit(task, gr.gru(16), **kw)
+    _, one = training.fit(task, gr.gru(16), **kw)
     # on 8 devices: stopped after 20 steps, then resumed from the checkpoint up to 30
     ckpt = tempfile.mkdtemp()
-    train.fit(task, gr.gru(16), mesh=mesh, checkpoint_dir=ckpt, **{**kw, "num_steps": 20})
-    _, many = train.fit(task, gr.gru(16), mesh=mesh, checkpoint_dir=ckpt, resume=True, **kw)
+    training.fit(task, gr.gru(16), mesh=mesh, checkpoint_dir=ckpt, **{**kw, "num_steps": 20})
+    _, many = training.fit(task, gr.gru(16), mesh=mesh, checkpoint_dir=ckpt, resume=True, **kw)
     out["adding"] = {
         "train_loss_one": [h["train_loss"] for h in one.history],
         "train_loss_many": [h["train_loss"] for h in many.history],
@@ -54,18 +55,18 @@ CHILD = textwrap.dedent(
     }
 
     # --- a batch is split over the devices
-    batch = parallel.shard_batch(task.sample(jax.random.PRNGKey(0), 16), mesh)
+    batch = training.shard_batch(task.sample(jax.random.PRNGKey(0), 16), mesh)
     out["batch_shard_shape"] = list(batch.inputs.addressable_shards[0].data.shape)
 
     # --- a batch that does not split evenly is refused before anything runs
     try:
-        train.fit(task, gr.gru(16), **{**kw, "batch_size": 12}, mesh=mesh)
+        training.fit(task, gr.gru(16), **{**kw, "batch_size": 12}, mesh=mesh)
         out["indivisible"] = None
     except ValueError as e:
         out["indivisible"] = str(e)
 
     # --- the char model (its own stateful-TBPTT loop): 1 device vs the 8-device mesh
-    from gatedrnn import char_lm as clm
+    from gatedrnn.training import char_lm as clm
     text = ("def f(x):\n    return x + 1\n\nclass A:\n    pass\n" * 20)[:600]
     model = {"cell": "gru", "hidden_size": 16, "num_layers": 2, "embed_size": 8}
     cfg = clm.TrainConfig(steps=6, batch_size=8, seq_len=8, lr=1e-2, warmup=2,

@@ -9,7 +9,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from gatedrnn import text as T
+from gatedrnn.training import text as T
 
 
 def test_vocab_round_trip_and_unknown_characters():

@@ -36,11 +36,11 @@ import numpy as np
 import optax
 from jax.sharding import Mesh
 
-from gatedrnn import parallel
-from gatedrnn import resume as checkpoints
 from gatedrnn.cells.base import Array, Cell, PyTree, check_input_size, fan_in_normal
 from gatedrnn.scan import scan
-from gatedrnn.tasks import Batch, Task
+from gatedrnn.training import checkpoint as checkpoints
+from gatedrnn.training import mesh as parallel
+from gatedrnn.training.tasks import Batch, Task
 
 Metrics = dict[str, Array]
 LossFn = Callable[[PyTree, Any], tuple[Array, Metrics]]

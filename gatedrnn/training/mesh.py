@@ -1,7 +1,7 @@
 """Data-parallel training on a ``jax.sharding.Mesh``: the batch is split across devices,
 the parameters are replicated, and XLA adds the gradient all-reduce (no ``pmap``).
 
-The whole update stays one ``jax.jit`` program (see :func:`gatedrnn.train.train`'s
+The whole update stays one ``jax.jit`` program (see :func:`gatedrnn.training.train`'s
 ``mesh=``): the state enters and leaves replicated (:func:`replicated`), each batch is
 constrained to be split along its leading axis (:func:`shard_batch`), and XLA's SPMD
 partitioner turns the mean over the batch into per-device partial sums plus an

@@ -34,13 +34,13 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from gatedrnn import checkpoint as ckpt
-from gatedrnn import parallel
-from gatedrnn import train as train_lib
+from gatedrnn.training import checkpoint as ckpt
+from gatedrnn.training import loop as train_lib
+from gatedrnn.training import mesh as parallel
 from gatedrnn.cells.base import fan_in_normal
 from gatedrnn.layers import Stack, stack
-from gatedrnn.linen import CELLS
-from gatedrnn.text import (
+from gatedrnn.cells import CELLS
+from gatedrnn.training.text import (
     UNK_ID,
     Vocab,
     bits_per_char,
