@@ -37,6 +37,7 @@ from typing import Any, NoReturn
 import numpy as np
 
 from gatedrnn.training.checkpoint import atomic_path, write_text
+from gatedrnn.training.checkpoint import jsonable as to_jsonable
 
 RESULTS = Path(__file__).resolve().parent / "results"
 
@@ -183,8 +184,9 @@ def check_output_dir(path: str | Path) -> Path:
 
 
 def write_json(path: str | Path, obj: Any, *, indent: int = 2) -> Path:
-    """Write ``obj`` as JSON to ``path`` atomically; NaN/inf are refused (invalid JSON)."""
-    return write_text(path, json.dumps(obj, indent=indent, allow_nan=False) + "\n")
+    """Write ``obj`` as JSON to ``path`` atomically; NaN/inf become strings
+    (:func:`to_jsonable`), so the file is always valid JSON."""
+    return write_text(path, json.dumps(to_jsonable(obj), indent=indent, allow_nan=False) + "\n")
 
 
 # ---------------------------------------------------------------------------------- run
@@ -269,19 +271,6 @@ def setup_jax(x64: bool = True) -> None:
     import jax
 
     jax.config.update("jax_enable_x64", x64)
-
-
-def to_jsonable(x: Any) -> Any:
-    """Arrays to lists, NaN/Inf to strings JSON can hold ("nan", "inf", "-inf")."""
-    if isinstance(x, dict):
-        return {str(k): to_jsonable(v) for k, v in x.items()}
-    if isinstance(x, (list, tuple)):
-        return [to_jsonable(v) for v in x]
-    if hasattr(x, "tolist") and not isinstance(x, (str, bytes)):
-        return to_jsonable(np.asarray(x).tolist())
-    if isinstance(x, float) and not np.isfinite(x):
-        return "nan" if np.isnan(x) else ("inf" if x > 0 else "-inf")
-    return x
 
 
 def write_results(out: Path, name: str, results: dict[str, Any], fig: Any) -> tuple[Path, Path]:

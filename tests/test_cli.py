@@ -239,7 +239,9 @@ def test_check_text_file_returns_the_text(tmp_path):
 
 # ------------------------------------------------------------- the experiment scripts
 
-EXPERIMENTS = sorted(p for p in (ROOT / "experiments").glob("*.py") if not p.name.startswith("_"))
+EXPERIMENTS = sorted(
+    p for p in (ROOT / "experiments").glob("*.py") if p.name[0] != "_" and p.name != "cli.py"
+)
 
 
 def prefix(path: Path) -> list[str]:

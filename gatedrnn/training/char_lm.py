@@ -34,12 +34,12 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from gatedrnn.cells import CELLS
+from gatedrnn.cells.base import fan_in_normal
+from gatedrnn.layers import Stack, stack
 from gatedrnn.training import checkpoint as ckpt
 from gatedrnn.training import loop as train_lib
 from gatedrnn.training import mesh as parallel
-from gatedrnn.cells.base import fan_in_normal
-from gatedrnn.layers import Stack, stack
-from gatedrnn.cells import CELLS
 from gatedrnn.training.text import (
     UNK_ID,
     Vocab,

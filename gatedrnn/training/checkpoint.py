@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import math
 import os
 import re
 import shutil
@@ -275,9 +276,23 @@ def write_text(path: str | Path, text: str) -> Path:
 # ------------------------------------------------------------------------------ resume
 
 
+def jsonable(x: Any) -> Any:
+    """``x`` as valid JSON can hold it: arrays to lists, tuples to lists, NaN/inf to the
+    strings ``"nan"``, ``"inf"``, ``"-inf"`` (``json.dumps`` would write bare ``NaN``)."""
+    if isinstance(x, Mapping):
+        return {str(k): jsonable(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return [jsonable(v) for v in x]
+    if hasattr(x, "tolist") and not isinstance(x, (str, bytes)):
+        return jsonable(np.asarray(x).tolist())
+    if isinstance(x, float) and not math.isfinite(x):
+        return "nan" if math.isnan(x) else ("inf" if x > 0 else "-inf")
+    return x
+
+
 def _config(meta: Mapping[str, Any] | None) -> dict[str, Any]:
     """The caller's config as it will read back from JSON (tuples become lists)."""
-    return json.loads(json.dumps(dict(meta or {})))
+    return json.loads(json.dumps(jsonable(dict(meta or {})), allow_nan=False))
 
 
 def _trim_log(log_path: str | Path, step: int) -> None:
@@ -355,7 +370,7 @@ def save(
     Returns:
       the checkpoint's folder.
     """
-    info = {**_config(meta), "history": history, "solved_at": solved_at}
+    info = _config({**(meta or {}), "history": history, "solved_at": solved_at})
     return save_checkpoint(checkpoint_dir, step, state, info, keep=KEEP)
 
 
@@ -363,6 +378,7 @@ __all__ = [
     "KEEP",
     "CheckpointError",
     "atomic_path",
+    "jsonable",
     "latest_checkpoint",
     "list_checkpoints",
     "load_meta",

@@ -22,11 +22,12 @@ new_carry))``; :func:`stream_batches` and :func:`stateful_task_loss` build one f
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
 import math
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -92,11 +93,18 @@ class TrainResult(NamedTuple):
         since the last evaluation), ``eval_*`` metrics, ``time`` (s), ``steps_per_s``.
       solved_step: the number of updates after which the success test first passed, or
         None; for an ensemble run, one such entry per member.
+      diverged_step: with ``on_nonfinite="stop"``, the first update (0-based) whose loss
+        was not finite (for any member), else None.
+      per_step: ``{"loss", "grad_norm"}``: every update's value run by this call, in
+        order, ``(n,)`` (``(n, S)`` for an ensemble); after a divergence, up to and
+        including the first non-finite loss.
     """
 
     state: TrainState
     history: list[dict[str, float]]
     solved_step: int | list[int | None] | None
+    diverged_step: int | None = None
+    per_step: dict[str, np.ndarray] | None = None
 
 
 def init_state(
@@ -254,17 +262,18 @@ def make_multi_step(
 
     Args:
       train_step: from :func:`make_train_step`.
-      batch_fn: ``batch_fn(rng, step) -> batch``; pure and jit-able.
+      batch_fn: ``batch_fn(rng, step, *data) -> batch``; pure and jit-able.
       num_steps: updates per call.
 
     Returns:
-      ``multi_step(state) -> (state, metrics)`` with metrics stacked ``(num_steps,)``.
+      ``multi_step(state, *data) -> (state, metrics)`` with metrics stacked
+      ``(num_steps,)``; ``data`` (e.g. a corpus) is passed on to ``batch_fn``.
     """
 
-    def one(state: TrainState, _: None) -> tuple[TrainState, Metrics]:
-        return train_step(state, batch_fn(state.rng, state.step))
+    def multi_step(state: TrainState, *data: Any) -> tuple[TrainState, Metrics]:
+        def one(state: TrainState, _: None) -> tuple[TrainState, Metrics]:
+            return train_step(state, batch_fn(state.rng, state.step, *data))
 
-    def multi_step(state: TrainState) -> tuple[TrainState, Metrics]:
         return jax.lax.scan(one, state, None, length=num_steps)
 
     return multi_step
@@ -282,19 +291,22 @@ def _compiled_block(
     stateful: bool,
     ensemble: bool,
     mesh: Mesh | None = None,
-) -> Callable[[TrainState], tuple[TrainState, Metrics]]:
-    """The jitted ``num_steps``-update block, cached so repeated runs with the same loss,
-    optimizer and batches (other seeds, a resumed run) reuse the compiled code. With a
-    ``mesh``: batches split over its devices, state and metrics replicated."""
+) -> Callable[..., tuple[TrainState, Metrics]]:
+    """The jitted ``num_steps``-update block ``block(state, *batch_data)``, cached so
+    repeated runs with the same loss, optimizer and batches (other seeds, a resumed run)
+    reuse the compiled code. With a ``mesh``: batches split over its devices, state,
+    batch data and metrics replicated."""
     step = make_train_step(loss_fn, optimizer, stateful=stateful)
     if ensemble:
-        step, batch_fn = jax.vmap(step), jax.vmap(batch_fn)
+        step, member_batch = jax.vmap(step), batch_fn
+
+        def batch_fn(rng: Array, step_: Array, *data: Any) -> Any:
+            return jax.vmap(lambda r, s: member_batch(r, s, *data))(rng, step_)
+
     if mesh is not None:
         rep = parallel.replicated(mesh)
         batch_fn = parallel.sharded_batch_fn(batch_fn, mesh)
-        return jax.jit(
-            make_multi_step(step, batch_fn, num_steps), in_shardings=rep, out_shardings=rep
-        )
+        return jax.jit(make_multi_step(step, batch_fn, num_steps), out_shardings=rep)
     return jax.jit(make_multi_step(step, batch_fn, num_steps))
 
 
@@ -303,98 +315,146 @@ def _compiled_eval(eval_fn: Callable, ensemble: bool) -> Callable:
     return jax.jit(jax.vmap(eval_fn, in_axes=(0, None)) if ensemble else eval_fn)
 
 
-def _check_finite(losses: np.ndarray, first_step: int) -> None:
-    """Raise naming the first update (and member, for an ensemble) whose loss is not finite."""
+def _all_finite(tree: PyTree) -> bool:
+    """Whether every inexact leaf of ``tree`` is finite (integer leaves always are)."""
+    leaves = [np.asarray(x) for x in jax.tree_util.tree_leaves(jax.device_get(tree))]
+    return all(np.all(np.isfinite(x)) for x in leaves if np.issubdtype(x.dtype, np.inexact))
+
+
+def _first_nonfinite(losses: np.ndarray, params: PyTree, first_step: int) -> tuple[int, float]:
+    """``(step, value)`` of the first update (0-based, counting from ``first_step``) whose
+    loss is not finite, for any member; ``(first_step + n, nan)`` if every loss of the
+    ``n``-update block is finite but the params it ends with are not (the next update's loss
+    cannot be finite); ``(-1, 0.0)`` if all is finite."""
     flat = losses.reshape(losses.shape[0], -1)
     rows = np.flatnonzero(~np.all(np.isfinite(flat), axis=1))
     if rows.size:
         row = flat[rows[0]]
-        raise NonFiniteLossError(first_step + int(rows[0]), float(row[~np.isfinite(row)][0]))
+        return first_step + int(rows[0]), float(row[~np.isfinite(row)][0])
+    if not _all_finite(params):
+        return first_step + losses.shape[0], math.nan
+    return -1, 0.0
 
 
-def _mean_over_steps(x: Array) -> float | list[float]:
+def _mean_over_steps(x: Any) -> float | list[float]:
     m = np.mean(np.asarray(x), axis=0)
     return m.tolist() if m.ndim else float(m)
 
 
-def train(
-    loss_fn: LossFn | StatefulLossFn,
-    state: TrainState,
-    optimizer: optax.GradientTransformation,
-    batch_fn: BatchFn,
-    *,
-    num_steps: int,
-    stateful: bool = False,
-    ensemble: bool = False,
-    eval_fn: Callable[[PyTree, Any], Metrics] | None = None,
-    eval_batches: Sequence[Any] = (),
-    eval_every: int = 100,
-    solved: Callable[[Mapping[str, float]], bool] | None = None,
-    log_path: str | Path | None = None,
-    progress: bool = True,
-    desc: str | None = None,
-    log_extra: Mapping[str, Any] | None = None,
-    mesh: Mesh | None = None,
-    checkpoint_dir: str | Path | None = None,
-    resume: bool = False,
-    checkpoint_meta: Mapping[str, Any] | None = None,
-) -> TrainResult:
-    """Run updates from ``state.step`` up to ``num_steps`` (fewer on early stop).
+def _next_stop(done: int, num_steps: int, every: Sequence[int | None]) -> int:
+    """The next step count at which the loop must stop to evaluate or checkpoint."""
+    stops = [num_steps] + [(done // e + 1) * e for e in every if e]
+    return min(stops)
 
-    Updates run ``eval_every`` at a time inside one jitted ``lax.scan`` (compiled once per
-    loss/optimizer/batch_fn and reused by later calls with the same objects); after each
-    block the losses are checked, the model is evaluated on ``eval_batches``, a log line is
-    written, and the run stops if ``solved(eval metrics)`` holds.
 
-    Args:
-      loss_fn: see :func:`make_train_step`.
-      state: where to start (:func:`init_state` or a restored state); counting starts at
-        ``state.step``, so a resumed run continues the same batch sequence.
-      optimizer: the optax transformation ``state.opt_state`` belongs to.
-      batch_fn: ``batch_fn(rng, step) -> batch``, pure and jit-able, e.g.
-        :func:`task_batches`.
-      num_steps: total updates to reach (``state.step`` counts toward it).
-      stateful: the loss threads ``state.carry`` (see :func:`make_train_step`).
-      ensemble: every leaf of ``state`` has a leading member axis ``S`` (several seeds
-        trained at once with ``jax.vmap``, see :func:`init_ensemble`); history values
-        become per-member lists, ``solved_step`` a per-member list, and the run stops
-        early only when every member is solved.
-      eval_fn: ``eval_fn(params, batch) -> metrics`` (defaults to the loss's metrics
-        for a stateless loss); averaged over ``eval_batches``.
-      eval_batches: held-out batches (from a key the training batches never use).
-      eval_every: updates between evaluations and log lines (>= 1).
-      solved: success test on the averaged eval metrics (``eval_`` prefix stripped).
-      log_path: append one JSON object per evaluation to this file.
-      progress: show a tqdm bar (loss, steps/s).
-      desc: the bar's label.
-      log_extra: constant fields added to every log line (run name, config, ...).
-      mesh: data-parallel training on this ``jax.sharding.Mesh`` (e.g.
-        :func:`gatedrnn.parallel.data_mesh`): each batch is split over its ``"data"``
-        axis, the state is replicated, XLA reduces the gradients. Not with ``ensemble``.
-      checkpoint_dir: save the whole state (and history) here after every block of
-        ``eval_every`` updates, atomically (:mod:`gatedrnn.resume`); the folder must hold
-        no checkpoint unless ``resume``.
-      resume: continue from the newest checkpoint in ``checkpoint_dir``; the run then ends
-        with the same params and history as one that never stopped.
-      checkpoint_meta: the run's config, saved with each checkpoint; resuming with a
-        different config is refused, naming the key.
+class _Evaluator(NamedTuple):
+    """Held-out evaluation, one dict of floats per member (empty list: none configured)."""
 
-    Returns:
-      a :class:`TrainResult`.
+    eval_fn: Callable | None
+    batches: Sequence[Any]
+    evaluate: Callable[[PyTree], Mapping[str, float]] | None
+    ensemble: bool
+    members: int
 
-    Raises:
-      NonFiniteLossError: a training loss was NaN/inf; names the first such step (the
-        last checkpoint is the last block whose losses were all finite).
-      gatedrnn.checkpoint.CheckpointError: nothing to resume, or a checkpoint that is
-        truncated or does not fit this run.
-    """
-    for name, value, low in (("num_steps", num_steps, 0), ("eval_every", eval_every, 1)):
+    def __call__(self, params: PyTree) -> list[dict[str, float]]:
+        if self.evaluate is not None:
+            return [{k: float(v) for k, v in self.evaluate(params).items()}]
+        if self.eval_fn is None or not self.batches:
+            return []
+        fn = _compiled_eval(self.eval_fn, self.ensemble)
+        runs = [jax.device_get(fn(params, b)) for b in self.batches]
+        mean = {k: np.mean([np.asarray(r[k]) for r in runs], axis=0) for k in runs[0]}
+        return [
+            {k: float(np.reshape(v, -1)[i]) for k, v in mean.items()} for i in range(self.members)
+        ]
+
+
+def _history_row(
+    done: int, losses: list, grad_norms: list, ev: list[dict[str, float]], ensemble: bool
+) -> dict[str, Any]:
+    """One history line: step, mean train loss and grad norm since the last one, eval_*."""
+    row: dict[str, Any] = {
+        "step": done,
+        "train_loss": _mean_over_steps(np.concatenate(losses)),
+        "grad_norm": _mean_over_steps(np.concatenate(grad_norms)),
+    }
+    for k in ev[0] if ev else ():
+        vals = [e[k] for e in ev]
+        row[f"eval_{k}"] = vals if ensemble else vals[0]
+    return row
+
+
+@contextlib.contextmanager
+def _progress_bar(show: bool, total: int, initial: int, desc: str | None) -> Iterator[Any]:
+    if not show:
+        yield None
+        return
+    from tqdm.auto import tqdm
+
+    bar = tqdm(total=total, initial=initial, desc=desc, leave=False, dynamic_ncols=True)
+    try:
+        yield bar
+    finally:
+        bar.close()
+
+
+@contextlib.contextmanager
+def _log_file(log_path: str | Path | None) -> Iterator[Any]:
+    if log_path is None:
+        yield None
+        return
+    Path(log_path).parent.mkdir(parents=True, exist_ok=True)
+    with open(log_path, "a", encoding="utf-8") as f:
+        yield f
+
+
+def _check_train_args(
+    state: Any, num_steps: Any, eval_every: Any, checkpoint_every: Any, on_nonfinite: str
+) -> None:
+    for name, value, low in (
+        ("num_steps", num_steps, 0),
+        ("eval_every", eval_every, 1),
+        ("checkpoint_every", 1 if checkpoint_every is None else checkpoint_every, 1),
+    ):
         if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < low:
             raise ValueError(f"{name} must be an int >= {low}, got {value!r}")
     if not isinstance(state, TrainState):
         raise TypeError(f"state must be a TrainState, got {type(state).__name__}")
+    if on_nonfinite not in ("raise", "stop"):
+        raise ValueError(f"on_nonfinite must be 'raise' or 'stop', got {on_nonfinite!r}")
+
+
+class _Setup(NamedTuple):
+    state: TrainState
+    history: list[dict[str, Any]]
+    solved_at: list[int | None]
+    evaluator: _Evaluator
+    batch_data: tuple
+
+
+def _setup(
+    loss_fn: Callable,
+    state: TrainState,
+    *,
+    stateful: bool,
+    ensemble: bool,
+    batch_data: PyTree,
+    eval_fn: Callable | None,
+    eval_batches: Sequence[Any],
+    evaluate: Callable | None,
+    log_path: str | Path | None,
+    mesh: Mesh | None,
+    checkpoint_dir: str | Path | None,
+    resume: bool,
+    checkpoint_meta: Mapping[str, Any] | None,
+) -> _Setup:
+    """Resume from a checkpoint if asked, place everything on the mesh, build the evaluator."""
     if stateful and eval_fn is None and eval_batches:
         raise ValueError("a stateful loss needs an explicit eval_fn(params, batch) -> metrics")
+    if evaluate is not None and (eval_fn is not None or eval_batches):
+        raise ValueError("give evaluate(params) or eval_fn with eval_batches, not both")
+    if evaluate is not None and ensemble:
+        raise ValueError("evaluate(params) is for single runs; use eval_fn with an ensemble")
     if eval_fn is None and not stateful:
         eval_fn = _loss_metrics(loss_fn)
     members = int(np.shape(state.step)[0]) if ensemble else 1
@@ -411,80 +471,184 @@ def train(
         )
     elif resume:
         raise ValueError("resume=True needs a checkpoint_dir to resume from")
+    data = () if batch_data is None else (batch_data,)
     if mesh is not None:
         parallel.check_mesh(mesh)
         if ensemble:
             raise ValueError("mesh= (data parallel) and ensemble=True cannot be combined")
-        state = parallel.replicate(state, mesh)
+        state, data = parallel.replicate((state, data), mesh)
         eval_batches = [parallel.shard_batch(b, mesh) for b in eval_batches]
+    evaluator = _Evaluator(eval_fn, list(eval_batches), evaluate, ensemble, members)
+    return _Setup(state, history, solved_at, evaluator, data)
 
-    def evaluate(params: PyTree) -> list[dict[str, float]]:
-        """Eval metrics averaged over the held-out batches, one dict per member."""
-        if eval_fn is None or not eval_batches:
-            return []
-        fn = _compiled_eval(eval_fn, ensemble)
-        runs = [jax.device_get(fn(params, b)) for b in eval_batches]
-        mean = {k: np.mean([np.asarray(r[k]) for r in runs], axis=0) for k in runs[0]}
-        return [{k: float(np.reshape(v, -1)[i]) for k, v in mean.items()} for i in range(members)]
 
-    log_file = None
-    if log_path is not None:
-        Path(log_path).parent.mkdir(parents=True, exist_ok=True)
-        log_file = open(log_path, "a")  # closed in the finally below
+def train(
+    loss_fn: LossFn | StatefulLossFn,
+    state: TrainState,
+    optimizer: optax.GradientTransformation,
+    batch_fn: BatchFn,
+    *,
+    num_steps: int,
+    stateful: bool = False,
+    ensemble: bool = False,
+    batch_data: PyTree = None,
+    eval_fn: Callable[[PyTree, Any], Metrics] | None = None,
+    eval_batches: Sequence[Any] = (),
+    evaluate: Callable[[PyTree], Mapping[str, float]] | None = None,
+    eval_every: int = 100,
+    solved: Callable[[Mapping[str, float]], bool] | None = None,
+    log_path: str | Path | None = None,
+    progress: bool = True,
+    desc: str | None = None,
+    log_extra: Mapping[str, Any] | None = None,
+    mesh: Mesh | None = None,
+    checkpoint_dir: str | Path | None = None,
+    resume: bool = False,
+    checkpoint_meta: Mapping[str, Any] | None = None,
+    checkpoint_every: int | None = None,
+    time_limit: float | None = None,
+    on_nonfinite: str = "raise",
+) -> TrainResult:
+    """Run updates from ``state.step`` up to ``num_steps``: the one training loop.
 
+    Updates run in blocks inside one jitted ``lax.scan`` (compiled once per
+    loss/optimizer/batch_fn/block size and reused by later calls with the same objects);
+    after each block the losses (and the params) are checked for NaN/inf; every
+    ``eval_every`` updates the model is evaluated, a history row and a log line are
+    written, and the run stops early if ``solved(eval metrics)`` holds; every
+    ``checkpoint_every`` updates (and at the end) the whole state is checkpointed.
+
+    Args:
+      loss_fn: see :func:`make_train_step`.
+      state: where to start (:func:`init_state` or a restored state); counting starts at
+        ``state.step``, so a resumed run continues the same batch sequence.
+      optimizer: the optax transformation ``state.opt_state`` belongs to.
+      batch_fn: ``batch_fn(rng, step) -> batch``, pure and jit-able, e.g.
+        :func:`task_batches`; ``batch_fn(rng, step, batch_data)`` if ``batch_data`` is given.
+      num_steps: total updates to reach (``state.step`` counts toward it).
+      stateful: the loss threads ``state.carry`` (stateful truncated BPTT, see
+        :func:`make_train_step`, :func:`stream_batches`).
+      ensemble: every leaf of ``state`` has a leading member axis ``S`` (several seeds
+        trained at once with ``jax.vmap``, see :func:`init_ensemble`); history values
+        become per-member lists, ``solved_step`` a per-member list, and the run stops
+        early only when every member is solved.
+      batch_data: a pytree of arrays ``batch_fn`` reads from (e.g. an encoded corpus),
+        passed to the jitted block as an argument rather than baked in as a constant.
+      eval_fn: ``eval_fn(params, batch) -> metrics`` (defaults to the loss's metrics
+        for a stateless loss); averaged over ``eval_batches``.
+      eval_batches: held-out batches (from a key the training batches never use).
+      evaluate: instead of ``eval_fn``: ``evaluate(params) -> {name: float}`` on the host
+        (e.g. a stateful pass over a validation text); not with ``ensemble``.
+      eval_every: updates between evaluations and history rows (>= 1).
+      solved: success test on the eval metrics (``eval_`` prefix stripped).
+      log_path: append one JSON object per history row to this file.
+      progress: show a tqdm bar (loss, steps/s).
+      desc: the bar's label.
+      log_extra: constant fields added to every log line (run name, config, ...).
+      mesh: data-parallel training on a ``jax.sharding.Mesh`` with a ``"data"`` axis
+        (:func:`gatedrnn.training.data_mesh`): each batch is split over it, state and
+        ``batch_data`` are replicated, XLA reduces the gradients. Not with ``ensemble``.
+      checkpoint_dir: save the whole state (and history) here atomically
+        (:mod:`gatedrnn.training.checkpoint`); the folder must hold no checkpoint unless
+        ``resume``. Nothing non-finite is ever saved.
+      resume: continue from the newest checkpoint in ``checkpoint_dir``; the run then ends
+        with the same params and history as one that never stopped.
+      checkpoint_meta: the run's config, saved with each checkpoint; resuming with a
+        different config is refused, naming the key.
+      checkpoint_every: updates between checkpoints (default ``eval_every``); the last
+        update, an early stop and a time-out are always saved.
+      time_limit: stop (evaluate, checkpoint) once this call has run this many seconds.
+      on_nonfinite: ``"raise"``: a non-finite loss raises :class:`NonFiniteLossError`;
+        ``"stop"``: the run stops and the result records it (``diverged_step``), its state
+        the last one whose block was all finite.
+
+    Returns:
+      a :class:`TrainResult`.
+
+    Raises:
+      NonFiniteLossError: a training loss was NaN/inf (``on_nonfinite="raise"``); names the
+        first such update, 0-based (= the updates done before it); the last checkpoint is
+        the last one whose losses and params were all finite.
+      gatedrnn.training.CheckpointError: nothing to resume, or a checkpoint that is
+        truncated or does not fit this run.
+    """
+    _check_train_args(state, num_steps, eval_every, checkpoint_every, on_nonfinite)
+    setup = _setup(
+        loss_fn,
+        state,
+        stateful=stateful,
+        ensemble=ensemble,
+        batch_data=batch_data,
+        eval_fn=eval_fn,
+        eval_batches=eval_batches,
+        evaluate=evaluate,
+        log_path=log_path,
+        mesh=mesh,
+        checkpoint_dir=checkpoint_dir,
+        resume=resume,
+        checkpoint_meta=checkpoint_meta,
+    )
+    state, history, solved_at = setup.state, setup.history, setup.solved_at
+    checkpoint_every = checkpoint_every or eval_every
     done = int(np.max(np.asarray(state.step)))
-    bar = None
-    if progress:
-        from tqdm.auto import tqdm
-
-        bar = tqdm(total=num_steps, initial=done, desc=desc, leave=False)
-
     start = time.perf_counter() - (history[-1]["time"] if history else 0.0)
-    finished = solved is not None and all(s is not None for s in solved_at)
-    try:
+    call_start = time.perf_counter()
+    since_eval: tuple[list, list] = ([], [])
+    per_step: tuple[list, list] = ([], [])
+    diverged, finished = None, solved is not None and all(s is not None for s in solved_at)
+    with _progress_bar(progress, num_steps, done, desc) as bar, _log_file(log_path) as log:
         while done < num_steps and not finished:
-            n = min(eval_every, num_steps - done)
-            t0 = time.perf_counter()
+            n = _next_stop(done, num_steps, (eval_every, checkpoint_every)) - done
             block = _compiled_block(loss_fn, optimizer, batch_fn, n, stateful, ensemble, mesh)
-            state, metrics = block(state)
-            losses = np.asarray(metrics["loss"])
-            _check_finite(losses, done)
-            done += n
+            t0 = time.perf_counter()
+            new_state, metrics = block(state, *setup.batch_data)
+            losses, norms = np.asarray(metrics["loss"]), np.asarray(metrics["grad_norm"])
+            bad, value = _first_nonfinite(losses, new_state.params, done)
+            kept = n if bad < 0 else min(n, bad - done + 1)
+            per_step[0].append(losses[:kept])
+            per_step[1].append(norms[:kept])
+            if bad >= 0:
+                if on_nonfinite == "raise":
+                    raise NonFiniteLossError(bad, value)
+                diverged = bad
+                break
+            state, done = new_state, done + n
+            since_eval[0].append(losses)
+            since_eval[1].append(norms)
             rate = n / max(time.perf_counter() - t0, 1e-9)
-            row: dict[str, Any] = {
-                "step": done,
-                "train_loss": _mean_over_steps(losses),
-                "grad_norm": _mean_over_steps(metrics["grad_norm"]),
-            }
-            ev = evaluate(state.params)
-            for k in ev[0] if ev else ():
-                vals = [e[k] for e in ev]
-                row[f"eval_{k}"] = vals if ensemble else vals[0]
-            row["time"] = time.perf_counter() - start
-            row["steps_per_s"] = rate
-            history.append(row)
-            if log_file is not None:
-                log_file.write(json.dumps({**(log_extra or {}), **row}) + "\n")
-                log_file.flush()
+            timed_out = time_limit is not None and time.perf_counter() - call_start > time_limit
+            if done % eval_every == 0 or done == num_steps or timed_out:
+                ev = setup.evaluator(state.params)
+                row = _history_row(done, *since_eval, ev, ensemble)
+                since_eval = ([], [])
+                row["time"] = time.perf_counter() - start
+                row["steps_per_s"] = rate
+                history.append(row)
+                if log is not None:
+                    log.write(json.dumps(checkpoints.jsonable({**(log_extra or {}), **row})) + "\n")
+                    log.flush()
+                if bar is not None:
+                    shown = {"loss": f"{np.mean(losses):.4g}", "steps/s": f"{rate:.0f}"}
+                    shown.update({k: f"{v:.4g}" for k, v in ev[0].items()} if ev else {})
+                    bar.set_postfix(shown)
+                if solved is not None and ev:
+                    for i, e in enumerate(ev):
+                        if solved_at[i] is None and solved(e):
+                            solved_at[i] = done
+                    finished = all(s is not None for s in solved_at)
             if bar is not None:
-                shown = {"loss": f"{np.mean(losses):.4g}", "steps/s": f"{rate:.0f}"}
-                if ev:
-                    shown["eval"] = f"{np.mean([e['loss'] for e in ev]):.4g}"
-                bar.set_postfix(shown)
                 bar.update(n)
-            if solved is not None and ev:
-                for i, e in enumerate(ev):
-                    if solved_at[i] is None and solved(e):
-                        solved_at[i] = done
-                finished = all(s is not None for s in solved_at)
-            if checkpoint_dir is not None:
+            end = done == num_steps or finished or timed_out
+            if checkpoint_dir is not None and (done % checkpoint_every == 0 or end):
                 checkpoints.save(checkpoint_dir, done, state, history, solved_at, checkpoint_meta)
-    finally:
-        if bar is not None:
-            bar.close()
-        if log_file is not None:
-            log_file.close()
-    return TrainResult(state, history, solved_at if ensemble else solved_at[0])
+            if timed_out:
+                break
+    steps = {k: _concat(v) for k, v in zip(("loss", "grad_norm"), per_step)}
+    return TrainResult(state, history, solved_at if ensemble else solved_at[0], diverged, steps)
+
+
+def _concat(blocks: list[np.ndarray]) -> np.ndarray:
+    return np.concatenate(blocks) if blocks else np.zeros((0,), np.float32)
 
 
 @functools.lru_cache(maxsize=64)

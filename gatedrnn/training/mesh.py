@@ -98,13 +98,11 @@ def shard_batch(batch: PyTree, mesh: Mesh) -> PyTree:
     return jax.device_put(batch, shardings)
 
 
-def sharded_batch_fn(
-    batch_fn: Callable[[Any, Any], PyTree], mesh: Mesh
-) -> Callable[[Any, Any], PyTree]:
+def sharded_batch_fn(batch_fn: Callable[..., PyTree], mesh: Mesh) -> Callable[..., PyTree]:
     """``batch_fn`` whose batches come out split along axis 0 over ``mesh``."""
 
-    def fn(rng: Any, step: Any) -> PyTree:
-        return shard_batch(batch_fn(rng, step), mesh)
+    def fn(*args: Any) -> PyTree:
+        return shard_batch(batch_fn(*args), mesh)
 
     return fn
 
