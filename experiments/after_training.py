@@ -73,7 +73,7 @@ def main(argv: list[str] | None = None) -> dict:
         "--steps", type=cli.positive_int, default=1500, help="training updates (early stop)"
     )
     p.add_argument("--batch", type=cli.positive_int, default=32)
-    p.add_argument("--lr", type=cli.positive_float, default=3e-3)
+    p.add_argument("--learning-rate", "--lr", type=cli.positive_float, default=3e-3)
     p.add_argument("--measure-batch", type=cli.positive_int, default=32)
     p.add_argument("--ratio", type=cli.positive_float, default=1e-6)
     args = p.parse_args(argv)
@@ -103,7 +103,7 @@ def main(argv: list[str] | None = None) -> dict:
             cell,
             num_steps=args.steps,
             batch_size=args.batch,
-            learning_rate=args.lr,
+            learning_rate=args.learning_rate,
             seed=args.seed,
             eval_every=max(1, min(100, args.steps)),
             progress=False,

@@ -105,7 +105,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     model = Classifier(VOCAB[args.task], args.hidden, num_layers=args.layers)
     tokens, lengths, _ = make_batch(k_init, args.task, 2, args.max_len)
     params = jax.jit(model.init)(k_init, tokens, lengths)
-    tx = optax.chain(optax.clip_by_global_norm(1.0), optax.adam(args.lr))
+    tx = optax.chain(optax.clip_by_global_norm(1.0), optax.adam(args.learning_rate))
     opt_state = tx.init(params)
 
     def loss_fn(params, tokens, lengths, labels):
@@ -176,7 +176,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--hidden", type=cli.positive_int, default=32)
     p.add_argument("--layers", type=cli.positive_int, default=1)
     p.add_argument("--max-len", type=cli.positive_int, default=24)
-    p.add_argument("--lr", type=cli.positive_float, default=3e-3)
+    p.add_argument("--learning-rate", "--lr", type=cli.positive_float, default=3e-3)
     p.add_argument("--test-size", type=cli.positive_int, default=4000)
     p.add_argument("--log-every", type=cli.positive_int, default=250)
     args = p.parse_args(argv)

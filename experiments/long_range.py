@@ -57,8 +57,16 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--steps", type=cli.positive_int, default=None, help="update budget per run")
     p.add_argument("--hidden", type=cli.positive_int, default=None, help="hidden units")
     p.add_argument("--batch-size", type=cli.positive_int, default=32)
-    p.add_argument("--lr", type=cli.positive_float, default=2e-3, help="Adam learning rate")
-    p.add_argument("--clip", type=cli.positive_float, default=1.0, help="global-norm gradient clip")
+    p.add_argument(
+        "--learning-rate", "--lr", type=cli.positive_float, default=2e-3, help="Adam learning rate"
+    )
+    p.add_argument(
+        "--clip-norm",
+        "--clip",
+        type=cli.positive_float,
+        default=1.0,
+        help="global-norm gradient clip",
+    )
     p.add_argument("--eval-every", type=cli.positive_int, default=None)
     p.add_argument("--eval-batch-size", type=cli.positive_int, default=512)
     p.add_argument("--no-progress", action="store_true", help="no tqdm bars")
@@ -89,8 +97,8 @@ def run_config(args: argparse.Namespace, task_name: str, T: int, cell_name: str,
         make_cell(cell_name, args.hidden),
         num_steps=args.steps,
         batch_size=args.batch_size,
-        learning_rate=args.lr,
-        clip_norm=args.clip,
+        learning_rate=args.learning_rate,
+        clip_norm=args.clip_norm,
         seed=seeds,
         eval_every=args.eval_every,
         eval_batch_size=args.eval_batch_size,

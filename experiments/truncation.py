@@ -60,7 +60,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--steps", type=cli.positive_int, default=None, help="update budget per run")
     p.add_argument("--hidden", type=cli.positive_int, default=None)
     p.add_argument("--batch-size", type=cli.positive_int, default=32)
-    p.add_argument("--lr", type=cli.positive_float, default=3e-3)
+    p.add_argument("--learning-rate", "--lr", type=cli.positive_float, default=3e-3)
     p.add_argument("--eval-every", type=cli.positive_int, default=None)
     p.add_argument("--no-progress", action="store_true")
     p.add_argument("--replot", action="store_true", help="redraw the PNG from --out's JSON")
@@ -90,7 +90,7 @@ def run_config(args: argparse.Namespace, d: int, form: str, k: int | None) -> di
         make_cell(args.cell, args.hidden),
         num_steps=args.steps,
         batch_size=args.batch_size,
-        learning_rate=args.lr,
+        learning_rate=args.learning_rate,
         seed=seeds,
         eval_every=args.eval_every,
         eval_batch_size=256,

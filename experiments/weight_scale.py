@@ -101,7 +101,7 @@ def train(args, clip: float | None) -> dict:
         final, _ = gr.scan(cell, p["rnn"], x)
         return jnp.mean(jnp.square(final @ p["w"] + p["b"] - y))
 
-    opt = make_optimizer(args.lr, clip_norm=clip, optimizer="sgd")
+    opt = make_optimizer(args.learning_rate, clip_norm=clip, optimizer="sgd")
     state = opt.init(params)
 
     @jax.jit
@@ -154,9 +154,15 @@ def main(argv: list[str] | None = None) -> dict:
     )
     p.add_argument("--train-batch", type=cli.positive_int, default=32)
     p.add_argument("--train-steps", type=cli.positive_int, default=400)
-    p.add_argument("--lr", type=cli.positive_float, default=0.3, help="SGD learning rate")
     p.add_argument(
-        "--clip", type=cli.positive_float, default=1.0, help="global-norm clipping threshold"
+        "--learning-rate", "--lr", type=cli.positive_float, default=0.3, help="SGD learning rate"
+    )
+    p.add_argument(
+        "--clip-norm",
+        "--clip",
+        type=cli.positive_float,
+        default=1.0,
+        help="global-norm clipping threshold",
     )
     args = p.parse_args(argv)
     if args.quick:
@@ -229,7 +235,7 @@ def main(argv: list[str] | None = None) -> dict:
         results[f"{act}_first_nonfinite_scale"] = min(bad) if bad else None
 
     plain, _ = timed(train, args, None)
-    clipped, _ = timed(train, args, args.clip)
+    clipped, _ = timed(train, args, args.clip_norm)
     results["training"] = {"plain": plain, "clipped": clipped}
     rows = [
         [
@@ -255,7 +261,7 @@ def main(argv: list[str] | None = None) -> dict:
     )
     print(
         f"\nTraining a tanh RNN with W_h = {args.train_scale:g} * orthogonal on lag-{args.lag} "
-        f"recall (T={args.train_T}), SGD lr={args.lr:g}\n"
+        f"recall (T={args.train_T}), SGD lr={args.learning_rate:g}\n"
     )
     print(text2)
     results["training_table"] = text2
@@ -313,7 +319,8 @@ def main(argv: list[str] | None = None) -> dict:
     ax.set(
         xlabel="SGD step",
         ylabel="training loss (MSE)",
-        title=f"tanh RNN, s={args.train_scale:g}, SGD lr={args.lr:g}, lag-{args.lag} recall",
+        title=f"tanh RNN, s={args.train_scale:g}, SGD lr={args.learning_rate:g}, "
+        f"lag-{args.lag} recall",
     )
     ax.legend(fontsize=8)
     write_results(args.out, "weight_scale", results, fig)

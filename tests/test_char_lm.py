@@ -1,5 +1,6 @@
-"""Tests for gatedrnn.char_lm and experiments/char_lm.py: exact resume, stateful chunks,
-sampling (seeded, greedy at temperature 0), and the --quick command line."""
+"""Tests for gatedrnn.training.char_lm (the model, its sampler) and experiments/char_lm.py
+(its trainer on the one loop): exact resume, stateful chunks, sampling (seeded, greedy at
+temperature 0), divergence, and the --quick command line."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from gatedrnn import training
 from gatedrnn.training import char_lm as clm
 from gatedrnn.training.checkpoint import CheckpointError
 
@@ -23,9 +25,9 @@ from experiments import char_lm as SCRIPT  # noqa: E402
 
 TEXT = ("def f(x):\n    return x + 1\n\nclass A:\n    pass\n" * 20)[:600]
 MODEL = {"cell": "gru", "hidden_size": 12, "num_layers": 2, "embed_size": 6, "dropout": 0.2}
-TRAIN = clm.TrainConfig(
-    steps=10, batch_size=4, seq_len=16, lr=1e-2, warmup=2, eval_every=5, ckpt_every=3,
-    eval_chars=400, val_fraction=0.1,
+TRAIN = SCRIPT.TrainConfig(
+    steps=10, batch_size=4, seq_len=16, learning_rate=1e-2, warmup=2, eval_every=5,
+    checkpoint_every=3, eval_chars=400, val_fraction=0.1,
 )  # fmt: skip
 
 
@@ -36,29 +38,33 @@ def _leaves_equal(a, b) -> None:
 
 def test_interrupted_and_resumed_run_ends_with_the_same_params(tmp_path: Path):
     # 540 train chars in 4 rows of 135: 8 chunks per pass, so the run wraps around once.
-    full = clm.train(TEXT, MODEL, TRAIN)
-    part = clm.train(TEXT, MODEL, TRAIN, ckpt_dir=tmp_path, stop_at=7)
+    full = SCRIPT.train(TEXT, MODEL, TRAIN)
+    part = SCRIPT.train(TEXT, MODEL, TRAIN, checkpoint_dir=tmp_path, stop_at=7)
     assert part["steps_done"] == 7
     with pytest.raises(AssertionError):
         _leaves_equal(part["params"], full["params"])
-    # a second interruption, by the time limit: it stops after one step, with a checkpoint
-    timed = clm.train(TEXT, MODEL, TRAIN, ckpt_dir=tmp_path, resume=True, time_limit=0.0)
-    assert timed["steps_done"] == 8
-    resumed = clm.train(TEXT, MODEL, TRAIN, ckpt_dir=tmp_path, resume=True)
+    # a second interruption, by the time limit: it stops after one block (to the next
+    # checkpoint step, 9), with a checkpoint
+    timed = SCRIPT.train(TEXT, MODEL, TRAIN, checkpoint_dir=tmp_path, resume=True, time_limit=0.0)
+    assert timed["steps_done"] == 9
+    resumed = SCRIPT.train(TEXT, MODEL, TRAIN, checkpoint_dir=tmp_path, resume=True)
     assert resumed["steps_done"] == TRAIN.steps
     _leaves_equal(resumed["state"], full["state"])  # params, Adam state and carried state
     assert resumed["val_bpc"] == full["val_bpc"]
-    assert [h["step"] for h in resumed["history"]] == [5, 8, 10]  # 8: the time-limit stop
+    # 7: where the first call stopped; 9: the time-limit stop
+    assert [h["step"] for h in resumed["history"]] == [5, 7, 9, 10]
 
 
 def test_resume_refuses_a_different_config(tmp_path: Path):
-    clm.train(TEXT, MODEL, TRAIN, ckpt_dir=tmp_path, stop_at=3)
+    SCRIPT.train(TEXT, MODEL, TRAIN, checkpoint_dir=tmp_path, stop_at=3)
     with pytest.raises(CheckpointError, match="model"):
-        clm.train(TEXT, {**MODEL, "hidden_size": 13}, TRAIN, ckpt_dir=tmp_path, resume=True)
+        SCRIPT.train(
+            TEXT, {**MODEL, "hidden_size": 13}, TRAIN, checkpoint_dir=tmp_path, resume=True
+        )
     with pytest.raises(CheckpointError, match="already holds checkpoints"):
-        clm.train(TEXT, MODEL, TRAIN, ckpt_dir=tmp_path)
+        SCRIPT.train(TEXT, MODEL, TRAIN, checkpoint_dir=tmp_path)
     with pytest.raises(CheckpointError, match="no checkpoint"):
-        clm.train(TEXT, MODEL, TRAIN, ckpt_dir=tmp_path / "empty", resume=True)
+        SCRIPT.train(TEXT, MODEL, TRAIN, checkpoint_dir=tmp_path / "empty", resume=True)
 
 
 def _tiny(cell: str = "lstm", layers: int = 2):
@@ -82,11 +88,14 @@ def test_carrying_state_over_chunks_equals_one_long_run(cell: str):
 
 def test_train_step_gradient_stops_at_the_chunk_boundary():
     cfg, params = _tiny()
-    opt = clm.make_optimizer(clm.TrainConfig(steps=10))
-    step = clm.make_train_step(cfg, opt)
+    opt = SCRIPT.make_optimizer(SCRIPT.TrainConfig(steps=10))
+    step = jax.jit(training.make_train_step(SCRIPT.chunk_loss(cfg), opt, stateful=True))
     x = jnp.ones((2, 6), jnp.int32)
     carry = clm.initial_carry(params, cfg, 2)
-    _, _, carry2, bpc = step(params, opt.init(params), carry, x, x, jax.random.PRNGKey(0))
+    state = training.init_state(params, opt, 0, carry)
+    chunk = SCRIPT.TextChunk(x, x, jnp.array(False), jax.random.key(0))
+    state2, metrics = step(state, chunk)
+    carry2, bpc = state2.carry, metrics["bpc"]
     want_carry, logits = clm.apply(params, cfg, x, carry)
     from gatedrnn.training.text import bits_per_char
 
@@ -161,6 +170,14 @@ def test_quick_train_then_sample_from_the_command_line(tmp_path: Path):
     assert saved["steps_done"] == 40 and len(saved["history"]) == 2
     assert (out / "samples.txt").read_text().count("--- temperature") == 6
     assert (out / "curve.png").stat().st_size > 0
-    args = ["sample", "--ckpt", str(out / "checkpoints"), "--prime", "def ", "--length", "30"]
+    args = [
+        "sample",
+        "--checkpoint-dir",
+        str(out / "checkpoints"),
+        "--prime",
+        "def ",
+        "--length",
+        "30",
+    ]
     got = mod.main([*args, "--temperature", "0", "--out", str(tmp_path / "s.txt")])
     assert got.startswith("def ") and len(got) == 4 + 30 + 1

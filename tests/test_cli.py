@@ -224,9 +224,9 @@ def test_atomic_path_keeps_old_file_on_failure(tmp_path):
             raise RuntimeError
     assert json.loads(target.read_text()) == {"a": 1}
     assert [p.name for p in tmp_path.iterdir()] == ["r.json"]
-    with pytest.raises(ValueError, match="Out of range float values are not JSON"):
-        cli.write_json(target, {"a": float("nan")})
-    assert json.loads(target.read_text()) == {"a": 1}
+    # never a bare NaN: non-finite numbers are written as strings, the file stays valid JSON
+    cli.write_json(target, {"a": float("nan"), "b": [float("inf"), -float("inf")]})
+    assert json.loads(target.read_text()) == {"a": "nan", "b": ["inf", "-inf"]}
 
 
 def test_check_text_file_returns_the_text(tmp_path):
@@ -283,7 +283,7 @@ def test_experiment_nonsense_numbers_files_and_unwritable_out(path, tmp_path, mo
         ("--T", "0"),
         ("--batch", "0"),
         ("--batch-size", "0"),
-        ("--lr", "nan"),
+        ("--learning-rate", "nan"),
     ]:
         if f'"{option}"' in source:
             cases.append(([option, value], f"argument {option}"))

@@ -65,14 +65,14 @@ CHILD = textwrap.dedent(
     except ValueError as e:
         out["indivisible"] = str(e)
 
-    # --- the char model (its own stateful-TBPTT loop): 1 device vs the 8-device mesh
-    from gatedrnn.training import char_lm as clm
+    # --- the char model (stateful TBPTT on the same loop): 1 device vs the 8-device mesh
+    from experiments import char_lm as lm
     text = ("def f(x):\n    return x + 1\n\nclass A:\n    pass\n" * 20)[:600]
     model = {"cell": "gru", "hidden_size": 16, "num_layers": 2, "embed_size": 8}
-    cfg = clm.TrainConfig(steps=6, batch_size=8, seq_len=8, lr=1e-2, warmup=2,
-                          eval_every=3, eval_chars=400, ckpt_every=6, val_fraction=0.1)
-    one_lm = clm.train(text, model, cfg)
-    many_lm = clm.train(text, model, cfg, mesh=mesh)
+    cfg = lm.TrainConfig(steps=6, batch_size=8, seq_len=8, learning_rate=1e-2, warmup=2,
+                         eval_every=3, eval_chars=400, checkpoint_every=6, val_fraction=0.1)
+    one_lm = lm.train(text, model, cfg)
+    many_lm = lm.train(text, model, cfg, mesh=mesh)
     out["char_lm"] = {
         "train_bpc_one": [h["train_bpc"] for h in one_lm["history"]],
         "train_bpc_many": [h["train_bpc"] for h in many_lm["history"]],
