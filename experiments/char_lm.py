@@ -225,7 +225,7 @@ def train(
         time_limit=time_limit,
     )
     history = [
-        {"step": h["step"], "train_bpc": h["train_loss"] / math.log(2.0),
+        {"step": h["step"], "train_bpc": h["train_bpc"],
          "val_bpc": h["eval_bpc"], "time": h["time"]}
         for h in res.history
     ]  # fmt: skip

@@ -89,8 +89,9 @@ class TrainResult(NamedTuple):
 
     Attributes:
       state: the final :class:`TrainState` (after early stop, if any).
-      history: one dict per evaluation: ``step``, ``train_loss`` (mean over the updates
-        since the last evaluation), ``eval_*`` metrics, ``time`` (s), ``steps_per_s``.
+      history: one dict per evaluation: ``step``, ``train_loss`` and ``grad_norm`` (means
+        over the updates since the last evaluation), ``train_*`` (the loss's other
+        metrics, likewise), ``eval_*`` metrics, ``time`` (s), ``steps_per_s``.
       solved_step: the number of updates after which the success test first passed, or
         None; for an ensemble run, one such entry per member.
       diverged_step: with ``on_nonfinite="stop"``, the first update (0-based) whose loss
@@ -370,14 +371,14 @@ class _Evaluator(NamedTuple):
 
 
 def _history_row(
-    done: int, losses: list, grad_norms: list, ev: list[dict[str, float]], ensemble: bool
+    done: int, blocks: list[Metrics], ev: list[dict[str, float]], ensemble: bool
 ) -> dict[str, Any]:
-    """One history line: step, mean train loss and grad norm since the last one, eval_*."""
-    row: dict[str, Any] = {
-        "step": done,
-        "train_loss": _mean_over_steps(np.concatenate(losses)),
-        "grad_norm": _mean_over_steps(np.concatenate(grad_norms)),
-    }
+    """One history line: step, the mean since the last one of the training loss, grad norm
+    and every other metric of the loss (as ``train_<name>``), then ``eval_<name>``."""
+    mean = {k: _mean_over_steps(np.concatenate([b[k] for b in blocks])) for k in blocks[0]}
+    row: dict[str, Any] = {"step": done, "train_loss": mean.pop("loss")}
+    row["grad_norm"] = mean.pop("grad_norm")
+    row.update({f"train_{k}": v for k, v in mean.items()})
     for k in ev[0] if ev else ():
         vals = [e[k] for e in ev]
         row[f"eval_{k}"] = vals if ensemble else vals[0]
@@ -593,7 +594,7 @@ def train(
     done = int(np.max(np.asarray(state.step)))
     start = time.perf_counter() - (history[-1]["time"] if history else 0.0)
     call_start = time.perf_counter()
-    since_eval: tuple[list, list] = ([], [])
+    since_eval: list[Metrics] = []
     per_step: tuple[list, list] = ([], [])
     diverged, finished = None, solved is not None and all(s is not None for s in solved_at)
     with _progress_bar(progress, num_steps, done, desc) as bar, _log_file(log_path) as log:
@@ -602,7 +603,8 @@ def train(
             block = _compiled_block(loss_fn, optimizer, batch_fn, n, stateful, ensemble, mesh)
             t0 = time.perf_counter()
             new_state, metrics = block(state, *setup.batch_data)
-            losses, norms = np.asarray(metrics["loss"]), np.asarray(metrics["grad_norm"])
+            metrics = {k: np.asarray(v) for k, v in jax.device_get(metrics).items()}
+            losses, norms = metrics["loss"], metrics["grad_norm"]
             bad, value = _first_nonfinite(losses, new_state.params, done)
             kept = n if bad < 0 else min(n, bad - done + 1)
             per_step[0].append(losses[:kept])
@@ -613,14 +615,13 @@ def train(
                 diverged = bad
                 break
             state, done = new_state, done + n
-            since_eval[0].append(losses)
-            since_eval[1].append(norms)
+            since_eval.append(metrics)
             rate = n / max(time.perf_counter() - t0, 1e-9)
             timed_out = time_limit is not None and time.perf_counter() - call_start > time_limit
             if done % eval_every == 0 or done == num_steps or timed_out:
                 ev = setup.evaluator(state.params)
-                row = _history_row(done, *since_eval, ev, ensemble)
-                since_eval = ([], [])
+                row = _history_row(done, since_eval, ev, ensemble)
+                since_eval = []
                 row["time"] = time.perf_counter() - start
                 row["steps_per_s"] = rate
                 history.append(row)
