@@ -3,8 +3,8 @@
 * :mod:`gatedrnn.training.loop`: :class:`TrainState`, :func:`make_optimizer`,
   :func:`train` (the one loop every script uses), and :func:`fit` (a cell plus a readout
   on a :class:`~gatedrnn.training.tasks.Task`).
-* :mod:`gatedrnn.training.checkpoint`: orbax checkpoints and exact resume (the only module
-  that imports orbax).
+* :mod:`gatedrnn.training.checkpoint`: atomic checkpoints and exact resume (the one module
+  that reads and writes them).
 * :mod:`gatedrnn.training.mesh`: data-parallel training on a ``jax.sharding.Mesh``.
 * :mod:`gatedrnn.training.tasks`, :mod:`gatedrnn.training.text`: synthetic long-range
   tasks; character vocabularies and corpora.
