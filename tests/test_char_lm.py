@@ -181,3 +181,20 @@ def test_quick_train_then_sample_from_the_command_line(tmp_path: Path):
     ]
     got = mod.main([*args, "--temperature", "0", "--out", str(tmp_path / "s.txt")])
     assert got.startswith("def ") and len(got) == 4 + 30 + 1
+
+
+def test_a_diverging_run_exits_1_in_one_line_and_saves_nothing(tmp_path: Path, capsys):
+    from experiments import cli
+
+    text = tmp_path / "t.txt"
+    text.write_text("import os\n\ndef main():\n    print('hello world')\n" * 300, encoding="utf-8")
+    out = tmp_path / "run"
+    argv = ["train", "--quick", "--text", str(text), "--out", str(out), "--no-progress",
+            "--steps", "20", "--learning-rate", "1e38"]  # fmt: skip
+    with pytest.raises(SystemExit) as exit_info:
+        cli.run(SCRIPT.cli_main, argv)
+    assert exit_info.value.code == 1
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 1 and "non-finite" in lines[0] and "at step 1" in lines[0], lines
+    assert not (out / "train.json").exists() and not (out / "samples.txt").exists()
+    assert not list((out / "checkpoints").glob("step_*"))

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 
+import chex
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -12,7 +13,7 @@ import pytest
 
 import gatedrnn as gr
 from gatedrnn import training
-from gatedrnn.training import tasks
+from gatedrnn.training import checkpoint, tasks
 
 KEY = jax.random.PRNGKey(0)
 
@@ -222,3 +223,51 @@ def test_readme_training_example_runs() -> None:
 
     code = readme_block("train-loop")
     exec(compile(code, "README.md:train-loop", "exec"), {"__name__": "train_loop"})
+
+
+def _finite_json_lines(path) -> list[dict]:
+    def refuse(name: str) -> None:
+        raise AssertionError(f"bare {name} in {path}")
+
+    return [json.loads(ln, parse_constant=refuse) for ln in path.read_text().splitlines()]
+
+
+def test_stop_mode_reports_the_first_bad_step_and_saves_nothing_non_finite(tmp_path) -> None:
+    # the loss is finite for updates 0..4 and NaN from update 5 on
+    def loss_fn(p, step):
+        return jnp.where(step >= 5, jnp.nan, 1.0) * jnp.sum(p["w"] ** 2), {}
+
+    opt = training.make_optimizer(1e-2)
+    st = training.init_state({"w": jnp.ones(3)}, opt, 0)
+    ckpt, log = tmp_path / "ckpt", tmp_path / "log.jsonl"
+    res = training.train(
+        loss_fn, st, opt, lambda rng, step: step, num_steps=10, eval_every=2, progress=False,
+        checkpoint_dir=ckpt, log_path=log, on_nonfinite="stop",
+    )  # fmt: skip
+    assert res.diverged_step == 5
+    assert int(res.state.step) == 4 and [h["step"] for h in res.history] == [2, 4]
+    chex.assert_shape(res.per_step["loss"], (6,))
+    assert np.isnan(res.per_step["loss"][-1]) and np.all(np.isfinite(res.per_step["loss"][:5]))
+    assert [s for s, _ in checkpoint.list_checkpoints(ckpt)] == [2, 4]
+    restored, _ = checkpoint.restore_checkpoint(checkpoint.latest_checkpoint(ckpt), res.state)
+    chex.assert_trees_all_close(restored, res.state)
+    assert [r["step"] for r in _finite_json_lines(log)] == [2, 4]
+
+
+def test_params_that_overflow_with_a_finite_loss_are_never_saved(tmp_path) -> None:
+    # update 3 sees a finite loss (1e38 * w) but its SGD step sends w to -inf
+    def loss_fn(p, step):
+        return jnp.where(step == 3, 1e38, 1.0) * jnp.sum(p["w"]), {}
+
+    opt = training.make_optimizer(10.0, clip_norm=None, optimizer="sgd")
+    st = training.init_state({"w": jnp.ones(2)}, opt, 0)
+    kw = dict(num_steps=8, eval_every=4, progress=False)
+    with pytest.raises(training.NonFiniteLossError, match="at step 4") as err:
+        training.train(loss_fn, st, opt, lambda r, s: s, checkpoint_dir=tmp_path / "a", **kw)
+    assert err.value.step == 4
+    assert checkpoint.list_checkpoints(tmp_path / "a") == []
+    res = training.train(
+        loss_fn, st, opt, lambda r, s: s, checkpoint_dir=tmp_path / "b", on_nonfinite="stop", **kw
+    )
+    assert res.diverged_step == 4 and res.history == [] and int(res.state.step) == 0
+    assert checkpoint.list_checkpoints(tmp_path / "b") == []
