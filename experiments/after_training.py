@@ -2,7 +2,7 @@
 a long-range task.
 
 Each cell (plus a linear readout, gatedrnn.training.fit: clipped Adam) is trained on the
-delayed-recall task of gatedrnn.tasks (a key token in the first tenth of the sequence,
+delayed-recall task of gatedrnn.training.tasks (a key token in the first tenth of the sequence,
 distractors, a query at the end asking for the key). Before and after training, on longer
 sequences of the same task, one backward pass gives ||dL/ds_t|| of the task loss for every
 state (gatedrnn.diagnostics.state_gradient_norms); the script fits the per-step decay

@@ -3,7 +3,7 @@
 Subcommands:
 
 * ``train``: train on the default corpus (the Python standard library's own source,
-  :data:`gatedrnn.text.STDLIB_MODULES`) or ``--text FILE``; writes checkpoints, a
+  :data:`gatedrnn.training.text.STDLIB_MODULES`) or ``--text FILE``; writes checkpoints, a
   learning curve, samples and ``train.json`` to ``--out``. ``--resume`` continues the run in
   ``--out`` exactly where its last checkpoint left it.
 * ``sample``: generate text from a checkpoint (priming text, temperature, top-k, seed).

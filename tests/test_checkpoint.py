@@ -1,4 +1,4 @@
-"""Tests for gatedrnn.checkpoint: round trip, newest-first, keep, clear errors."""
+"""Tests for gatedrnn.training.checkpoint: round trip, newest-first, keep, clear errors."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""gatedrnn.cli: user errors are one line on stderr with exit status 2 and no traceback, and
+"""experiments/cli.py: user errors are one line on stderr with exit status 2 and no traceback, and
 outputs appear only when complete (checked on a small script run as a real subprocess)."""
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Tests for gatedrnn.text: vocabulary, corpora, chunk batching, bits per character."""
+"""Tests for gatedrnn.training.text: vocabulary, corpora, chunk batching, bits per character."""
 
 from __future__ import annotations
 

@@ -255,11 +255,11 @@ def test_stop_mode_reports_the_first_bad_step_and_saves_nothing_non_finite(tmp_p
 
 
 def test_params_that_overflow_with_a_finite_loss_are_never_saved(tmp_path) -> None:
-    # update 3 sees a finite loss (1e38 * w) but its SGD step sends w to -inf
+    # update 3 sees a finite loss (1e38 * mean(w), w = 1) but its SGD step sends w to -inf
     def loss_fn(p, step):
-        return jnp.where(step == 3, 1e38, 1.0) * jnp.sum(p["w"]), {}
+        return jnp.where(step == 3, 1e38, 0.0) * jnp.mean(p["w"]), {}
 
-    opt = training.make_optimizer(10.0, clip_norm=None, optimizer="sgd")
+    opt = training.make_optimizer(100.0, clip_norm=None, optimizer="sgd")
     st = training.init_state({"w": jnp.ones(2)}, opt, 0)
     kw = dict(num_steps=8, eval_every=4, progress=False)
     with pytest.raises(training.NonFiniteLossError, match="at step 4") as err:

@@ -1,23 +1,28 @@
-"""A reusable optax training loop, and a cell-plus-readout model for the tasks.
+"""The one optax training loop, and a cell-plus-readout model for the tasks.
 
 The pieces, from the bottom up:
 
 * :class:`TrainState` ``(params, opt_state, step, rng, carry)``: everything a run needs
   to go on, a pytree (so it can be sharded, checkpointed and restored as it is).
 * :func:`make_train_step`: ``train_step(state, batch) -> (state, metrics)``, a pure
-  function of a loss, an optax optimizer; jit it, shard it, scan it.
-* :func:`train`: the loop: draws batches inside the jitted step from
+  function of a loss and an optax optimizer; the only ``optax.apply_updates`` of the
+  project.
+* :func:`train`: the loop every script uses: draws batches inside the jitted step from
   ``batch_fn(state.rng, state.step)`` (so batch ``n`` depends on the seed and ``n`` only:
-  deterministic and resumable), evaluates on held-out batches, stops early on success,
-  shows a tqdm bar with loss and steps/s, writes a JSON-lines log, and raises
-  :class:`NonFiniteLossError` naming the first step whose loss is not finite.
+  deterministic and resumable), runs ensembles (``vmap`` over seeds) and data-parallel
+  meshes, evaluates, stops early on success or on a time limit, checkpoints and resumes,
+  shows a tqdm bar, writes a JSON-lines log, and on a non-finite loss either raises
+  :class:`NonFiniteLossError` or stops and reports (``on_nonfinite="stop"``), naming the
+  first bad update; nothing non-finite is ever checkpointed.
 * :func:`sequence_model`: any :class:`~gatedrnn.Cell` through :func:`gatedrnn.scan` and a
-  linear readout at every step; :func:`fit` trains one on a :class:`~gatedrnn.tasks.Task`.
+  linear readout at every step; :func:`fit` trains one on a
+  :class:`~gatedrnn.training.tasks.Task`.
 
 Stateful truncated BPTT (a long stream cut into consecutive chunks, the recurrent state
 carried from one chunk to the next with its gradient stopped at the boundary) uses the
 ``carry`` field: a stateful loss is ``loss_fn(params, batch, carry) -> (loss, (metrics,
-new_carry))``; :func:`stream_batches` and :func:`stateful_task_loss` build one for a task.
+new_carry))``; :func:`stream_batches` and :func:`stateful_task_loss` build one for a task,
+``experiments/char_lm.py`` one for text.
 """
 
 from __future__ import annotations
@@ -409,20 +414,53 @@ def _log_file(log_path: str | Path | None) -> Iterator[Any]:
         yield f
 
 
-def _check_train_args(
-    state: Any, num_steps: Any, eval_every: Any, checkpoint_every: Any, on_nonfinite: str
-) -> None:
+class _Options(NamedTuple):
+    """The keyword options of :func:`train` (documented there), passed on as one value."""
+
+    num_steps: int
+    stateful: bool
+    ensemble: bool
+    batch_data: PyTree
+    eval_fn: Callable | None
+    eval_batches: Sequence[Any]
+    evaluate: Callable | None
+    eval_every: int
+    solved: Callable | None
+    log_path: str | Path | None
+    progress: bool
+    desc: str | None
+    log_extra: Mapping[str, Any] | None
+    mesh: Mesh | None
+    checkpoint_dir: str | Path | None
+    resume: bool
+    checkpoint_meta: Mapping[str, Any] | None
+    checkpoint_every: int | None
+    time_limit: float | None
+    on_nonfinite: str
+
+
+def _check_train_args(state: Any, o: _Options) -> None:
     for name, value, low in (
-        ("num_steps", num_steps, 0),
-        ("eval_every", eval_every, 1),
-        ("checkpoint_every", 1 if checkpoint_every is None else checkpoint_every, 1),
+        ("num_steps", o.num_steps, 0),
+        ("eval_every", o.eval_every, 1),
+        ("checkpoint_every", 1 if o.checkpoint_every is None else o.checkpoint_every, 1),
     ):
         if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < low:
             raise ValueError(f"{name} must be an int >= {low}, got {value!r}")
     if not isinstance(state, TrainState):
         raise TypeError(f"state must be a TrainState, got {type(state).__name__}")
-    if on_nonfinite not in ("raise", "stop"):
-        raise ValueError(f"on_nonfinite must be 'raise' or 'stop', got {on_nonfinite!r}")
+    if o.on_nonfinite not in ("raise", "stop"):
+        raise ValueError(f"on_nonfinite must be 'raise' or 'stop', got {o.on_nonfinite!r}")
+    if o.stateful and o.eval_fn is None and o.eval_batches:
+        raise ValueError("a stateful loss needs an explicit eval_fn(params, batch) -> metrics")
+    if o.evaluate is not None and (o.eval_fn is not None or o.eval_batches):
+        raise ValueError("give evaluate(params) or eval_fn with eval_batches, not both")
+    if o.evaluate is not None and o.ensemble:
+        raise ValueError("evaluate(params) is for single runs; use eval_fn with an ensemble")
+    if o.mesh is not None and o.ensemble:
+        raise ValueError("mesh= (data parallel) and ensemble=True cannot be combined")
+    if o.resume and o.checkpoint_dir is None:
+        raise ValueError("resume=True needs a checkpoint_dir to resume from")
 
 
 class _Setup(NamedTuple):
@@ -433,53 +471,30 @@ class _Setup(NamedTuple):
     batch_data: tuple
 
 
-def _setup(
-    loss_fn: Callable,
-    state: TrainState,
-    *,
-    stateful: bool,
-    ensemble: bool,
-    batch_data: PyTree,
-    eval_fn: Callable | None,
-    eval_batches: Sequence[Any],
-    evaluate: Callable | None,
-    log_path: str | Path | None,
-    mesh: Mesh | None,
-    checkpoint_dir: str | Path | None,
-    resume: bool,
-    checkpoint_meta: Mapping[str, Any] | None,
-) -> _Setup:
+def _setup(loss_fn: Callable, state: TrainState, o: _Options) -> _Setup:
     """Resume from a checkpoint if asked, place everything on the mesh, build the evaluator."""
-    if stateful and eval_fn is None and eval_batches:
-        raise ValueError("a stateful loss needs an explicit eval_fn(params, batch) -> metrics")
-    if evaluate is not None and (eval_fn is not None or eval_batches):
-        raise ValueError("give evaluate(params) or eval_fn with eval_batches, not both")
-    if evaluate is not None and ensemble:
-        raise ValueError("evaluate(params) is for single runs; use eval_fn with an ensemble")
-    if eval_fn is None and not stateful:
+    eval_fn = o.eval_fn
+    if eval_fn is None and not o.stateful:
         eval_fn = _loss_metrics(loss_fn)
-    members = int(np.shape(state.step)[0]) if ensemble else 1
+    members = int(np.shape(state.step)[0]) if o.ensemble else 1
     history: list[dict[str, Any]] = []
     solved_at: list[int | None] = [None] * members
-    if checkpoint_dir is not None:
+    if o.checkpoint_dir is not None:
         state, history, solved_at = checkpoints.start(
             state,
-            checkpoint_dir,
-            resume=resume,
-            meta=checkpoint_meta,
+            o.checkpoint_dir,
+            resume=o.resume,
+            meta=o.checkpoint_meta,
             members=members,
-            log_path=log_path,
+            log_path=o.log_path,
         )
-    elif resume:
-        raise ValueError("resume=True needs a checkpoint_dir to resume from")
-    data = () if batch_data is None else (batch_data,)
-    if mesh is not None:
-        parallel.check_mesh(mesh)
-        if ensemble:
-            raise ValueError("mesh= (data parallel) and ensemble=True cannot be combined")
-        state, data = parallel.replicate((state, data), mesh)
-        eval_batches = [parallel.shard_batch(b, mesh) for b in eval_batches]
-    evaluator = _Evaluator(eval_fn, list(eval_batches), evaluate, ensemble, members)
+    data = () if o.batch_data is None else (o.batch_data,)
+    eval_batches = list(o.eval_batches)
+    if o.mesh is not None:
+        parallel.check_mesh(o.mesh)
+        state, data = parallel.replicate((state, data), o.mesh)
+        eval_batches = [parallel.shard_batch(b, o.mesh) for b in eval_batches]
+    evaluator = _Evaluator(eval_fn, eval_batches, o.evaluate, o.ensemble, members)
     return _Setup(state, history, solved_at, evaluator, data)
 
 
@@ -573,79 +588,86 @@ def train(
       gatedrnn.training.CheckpointError: nothing to resume, or a checkpoint that is
         truncated or does not fit this run.
     """
-    _check_train_args(state, num_steps, eval_every, checkpoint_every, on_nonfinite)
-    setup = _setup(
-        loss_fn,
-        state,
-        stateful=stateful,
-        ensemble=ensemble,
-        batch_data=batch_data,
-        eval_fn=eval_fn,
-        eval_batches=eval_batches,
-        evaluate=evaluate,
-        log_path=log_path,
-        mesh=mesh,
-        checkpoint_dir=checkpoint_dir,
-        resume=resume,
-        checkpoint_meta=checkpoint_meta,
-    )
-    state, history, solved_at = setup.state, setup.history, setup.solved_at
-    checkpoint_every = checkpoint_every or eval_every
-    done = int(np.max(np.asarray(state.step)))
+    opts = _Options(**{k: v for k, v in locals().items() if k in _Options._fields})
+    _check_train_args(state, opts)
+    return _run(loss_fn, optimizer, batch_fn, _setup(loss_fn, state, opts), opts)
+
+
+def _record(
+    o: _Options, setup: _Setup, done: int, since: list[Metrics], rate: float, start: float
+) -> tuple[dict[str, Any], list[dict[str, float]]]:
+    """Evaluate, append a history row, and mark members solved; returns the row and evals."""
+    ev = setup.evaluator(setup.state.params)
+    row = _history_row(done, since, ev, o.ensemble)
+    row["time"] = time.perf_counter() - start
+    row["steps_per_s"] = rate
+    setup.history.append(row)
+    if o.solved is not None and ev:
+        for i, e in enumerate(ev):
+            if setup.solved_at[i] is None and o.solved(e):
+                setup.solved_at[i] = done
+    return row, ev
+
+
+def _run(
+    loss_fn: Callable, optimizer: optax.GradientTransformation, batch_fn: BatchFn, setup: _Setup,
+    o: _Options,
+) -> TrainResult:  # fmt: skip
+    """The loop of :func:`train`: blocks of updates, checks, evaluations, logs, checkpoints."""
+    history, solved_at = setup.history, setup.solved_at
+    every = o.checkpoint_every or o.eval_every
+    done = int(np.max(np.asarray(setup.state.step)))
     start = time.perf_counter() - (history[-1]["time"] if history else 0.0)
     call_start = time.perf_counter()
     since_eval: list[Metrics] = []
     per_step: tuple[list, list] = ([], [])
-    diverged, finished = None, solved is not None and all(s is not None for s in solved_at)
-    with _progress_bar(progress, num_steps, done, desc) as bar, _log_file(log_path) as log:
-        while done < num_steps and not finished:
-            n = _next_stop(done, num_steps, (eval_every, checkpoint_every)) - done
-            block = _compiled_block(loss_fn, optimizer, batch_fn, n, stateful, ensemble, mesh)
+    diverged, finished = None, o.solved is not None and all(s is not None for s in solved_at)
+    with _progress_bar(o.progress, o.num_steps, done, o.desc) as bar, _log_file(o.log_path) as log:
+        while done < o.num_steps and not finished:
+            n = _next_stop(done, o.num_steps, (o.eval_every, every)) - done
+            block = _compiled_block(loss_fn, optimizer, batch_fn, n, o.stateful, o.ensemble, o.mesh)
             t0 = time.perf_counter()
-            new_state, metrics = block(state, *setup.batch_data)
+            new_state, metrics = block(setup.state, *setup.batch_data)
             metrics = {k: np.asarray(v) for k, v in jax.device_get(metrics).items()}
-            losses, norms = metrics["loss"], metrics["grad_norm"]
-            bad, value = _first_nonfinite(losses, new_state.params, done)
+            bad, value = _first_nonfinite(metrics["loss"], new_state.params, done)
             kept = n if bad < 0 else min(n, bad - done + 1)
-            per_step[0].append(losses[:kept])
-            per_step[1].append(norms[:kept])
+            per_step[0].append(metrics["loss"][:kept])
+            per_step[1].append(metrics["grad_norm"][:kept])
             if bad >= 0:
-                if on_nonfinite == "raise":
+                if o.on_nonfinite == "raise":
                     raise NonFiniteLossError(bad, value)
                 diverged = bad
                 break
-            state, done = new_state, done + n
+            setup, done = setup._replace(state=new_state), done + n
             since_eval.append(metrics)
             rate = n / max(time.perf_counter() - t0, 1e-9)
-            timed_out = time_limit is not None and time.perf_counter() - call_start > time_limit
-            if done % eval_every == 0 or done == num_steps or timed_out:
-                ev = setup.evaluator(state.params)
-                row = _history_row(done, since_eval, ev, ensemble)
+            timed_out = o.time_limit is not None and time.perf_counter() - call_start > o.time_limit
+            if done % o.eval_every == 0 or done == o.num_steps or timed_out:
+                row, ev = _record(o, setup, done, since_eval, rate, start)
                 since_eval = []
-                row["time"] = time.perf_counter() - start
-                row["steps_per_s"] = rate
-                history.append(row)
+                finished = o.solved is not None and all(s is not None for s in solved_at)
                 if log is not None:
-                    log.write(json.dumps(checkpoints.jsonable({**(log_extra or {}), **row})) + "\n")
+                    log.write(
+                        json.dumps(checkpoints.jsonable({**(o.log_extra or {}), **row})) + "\n"
+                    )
                     log.flush()
                 if bar is not None:
-                    shown = {"loss": f"{np.mean(losses):.4g}", "steps/s": f"{rate:.0f}"}
-                    shown.update({k: f"{v:.4g}" for k, v in ev[0].items()} if ev else {})
-                    bar.set_postfix(shown)
-                if solved is not None and ev:
-                    for i, e in enumerate(ev):
-                        if solved_at[i] is None and solved(e):
-                            solved_at[i] = done
-                    finished = all(s is not None for s in solved_at)
+                    shown = {"loss": f"{np.mean(row['train_loss']):.4g}", "steps/s": f"{rate:.0f}"}
+                    bar.set_postfix(
+                        {**shown, **{k: f"{v:.4g}" for k, v in (ev or [{}])[0].items()}}
+                    )
             if bar is not None:
                 bar.update(n)
-            end = done == num_steps or finished or timed_out
-            if checkpoint_dir is not None and (done % checkpoint_every == 0 or end):
-                checkpoints.save(checkpoint_dir, done, state, history, solved_at, checkpoint_meta)
+            end = done == o.num_steps or finished or timed_out
+            if o.checkpoint_dir is not None and (done % every == 0 or end):
+                checkpoints.save(
+                    o.checkpoint_dir, done, setup.state, history, solved_at, o.checkpoint_meta
+                )
             if timed_out:
                 break
     steps = {k: _concat(v) for k, v in zip(("loss", "grad_norm"), per_step)}
-    return TrainResult(state, history, solved_at if ensemble else solved_at[0], diverged, steps)
+    solved_step = solved_at if o.ensemble else solved_at[0]
+    return TrainResult(setup.state, history, solved_step, diverged, steps)
 
 
 def _concat(blocks: list[np.ndarray]) -> np.ndarray:
@@ -823,6 +845,19 @@ def param_key(seed: int) -> Array:
     return jax.random.split(jax.random.PRNGKey(seed))[1]
 
 
+def _fit_state(
+    model: SequenceModel, optimizer: optax.GradientTransformation, seed: Any, carry: PyTree
+) -> TrainState:
+    """The first state of :func:`fit`: one run for an int seed, else one member per seed."""
+    if isinstance(seed, (int, np.integer)):
+        return init_state(model.init(param_key(int(seed))), optimizer, int(seed), carry)
+    seeds = [int(s) for s in seed]
+    params = jax.vmap(model.init)(jnp.stack([param_key(s) for s in seeds]))
+    if carry is not None:
+        carry = jax.tree_util.tree_map(lambda c: jnp.stack([c] * len(seeds)), carry)
+    return init_ensemble(params, optimizer, seeds, carry)
+
+
 def fit(
     task: Task,
     cell: Cell,
@@ -851,18 +886,15 @@ def fit(
     """Train ``cell`` plus a linear readout on ``task`` with clipped Adam: the one-call entry.
 
     Args:
-      task: a :class:`~gatedrnn.tasks.Task`.
-      cell: e.g. ``gr.gru(64)``.
-      num_steps: update budget.
-      batch_size: training batch size.
-      learning_rate: Adam's peak learning rate.
-      clip_norm: global-norm clipping threshold (None: none).
-      schedule: see :func:`make_optimizer`.
+      task, cell: a :class:`~gatedrnn.training.tasks.Task`; e.g. ``gr.gru(64)``.
+      num_steps, batch_size: update budget; training batch size.
+      learning_rate, clip_norm, schedule: Adam's peak learning rate, the global-norm
+        clipping threshold (None: none), the schedule (see :func:`make_optimizer`).
       seed: an int, or a sequence of ints to train one member per seed at once with
         ``jax.vmap`` (``ensemble=True`` in :func:`train`; history values become lists).
         A seed fixes the initial params (:func:`param_key`) and the training batches
         (``fold_in(PRNGKey(seed), step)``).
-      eval_every: updates between evaluations.
+      eval_every: updates between evaluations (and checkpoints).
       eval_batch_size, num_eval_batches, eval_seed: the held-out set
         (:func:`eval_batches_for`), the same for every training seed.
       early_stop: stop when ``task.solved`` passes on the held-out set (for every member).
@@ -896,14 +928,7 @@ def fit(
         loss_fn = task_loss(model, task, truncate=truncate)
         batch_fn = task_batches(task, batch_size)
     ensemble = not isinstance(seed, (int, np.integer))
-    if ensemble:
-        seeds = [int(s) for s in seed]  # type: ignore[union-attr]
-        params = jax.vmap(model.init)(jnp.stack([param_key(s) for s in seeds]))
-        if carry is not None:
-            carry = jax.tree_util.tree_map(lambda c: jnp.stack([c] * len(seeds)), carry)
-        state = init_ensemble(params, optimizer, seeds, carry)
-    else:
-        state = init_state(model.init(param_key(int(seed))), optimizer, int(seed), carry)
+    state = _fit_state(model, optimizer, seed, carry)
     result = train(
         loss_fn,
         state,

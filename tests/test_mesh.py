@@ -1,5 +1,5 @@
-"""Data-parallel training on 8 simulated CPU devices (a subprocess with
-XLA_FLAGS=--xla_force_host_platform_device_count=8) follows the one-device run: the same
+"""gatedrnn.training.mesh: data-parallel training on 8 simulated CPU devices (a subprocess
+that calls chex.set_n_cpu_devices(8) first) follows the one-device run: the same
 loss curve and parameters within float tolerance (also across a checkpoint and resume),
 with the batch really split and the parameters really replicated."""
 
@@ -19,6 +19,8 @@ ROOT = Path(__file__).resolve().parents[1]
 CHILD = textwrap.dedent(
     r"""
     import json, os, sys, tempfile
+    import chex
+    chex.set_n_cpu_devices(8)  # before anything asks JAX for its devices
     import jax, jax.numpy as jnp, numpy as np
     import gatedrnn as gr
     from gatedrnn.training import tasks
@@ -101,7 +103,6 @@ def result(tmp_path_factory) -> dict:
     env = {
         **os.environ,
         "PYTHONPATH": str(ROOT),
-        "XLA_FLAGS": "--xla_force_host_platform_device_count=8",
         "JAX_PLATFORMS": "cpu",
     }
     proc = subprocess.run(
