@@ -577,7 +577,7 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument(
         "--embed", type=cli.positive_int, default=None, help="embedding size (default 64)"
     )
-    t.add_argument("--dropout", type=float, default=None, help="between layers (default 0)")
+    t.add_argument("--dropout", type=cli.fraction, default=None, help="between layers (default 0)")
     t.add_argument(
         "--steps", type=cli.positive_int, default=None, help="optimizer steps (default 600)"
     )
@@ -617,7 +617,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="checkpoint dir or run's checkpoints dir")  # fmt: skip
     s.add_argument("--prime", default="def ", help="priming text (\\n and \\t are newline and tab)")
     s.add_argument("--length", type=cli.positive_int, default=500, help="characters to generate")
-    s.add_argument("--temperature", type=float, default=0.8, help="0 = greedy")
+    s.add_argument("--temperature", type=cli.nonneg_float, default=0.8, help="0 = greedy")
     s.add_argument(
         "--top-k", type=cli.nonneg_int, default=0, help="sample among the k likeliest (0 = all)"
     )

@@ -94,6 +94,14 @@ def positive_float(text: str) -> float:
     return value
 
 
+def nonneg_float(text: str) -> float:
+    """An argparse type: a finite number >= 0 (temperatures, where 0 has a meaning)."""
+    value = _number(float, text, "a finite number >= 0")
+    if not 0.0 <= value < float("inf"):
+        raise argparse.ArgumentTypeError(f"expected a finite number >= 0, got {text}")
+    return value
+
+
 def finite_float(text: str) -> float:
     """An argparse type: any finite number (biases, scales that may be zero or negative)."""
     value = _number(float, text, "a finite number")
@@ -344,6 +352,7 @@ __all__ = [
     "fraction",
     "geomean",
     "loss_last_output",
+    "nonneg_float",
     "nonneg_int",
     "output_dir",
     "output_file",

@@ -297,7 +297,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     p.add_argument(
         "--out", type=cli.output_dir, default=RESULTS, help=f"output directory (default {RESULTS})"
     )
-    p.add_argument("--tasks", nargs="+", default=None, help="run only these tasks")
+    names = [t.name for t in make_tasks(quick=True)]
+    p.add_argument("--tasks", nargs="+", default=None, choices=names, help="only these tasks")
     args = p.parse_args(argv)
     tasks = [t for t in make_tasks(args.quick) if args.tasks is None or t.name in args.tasks]
     rows = []
