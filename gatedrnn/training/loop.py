@@ -5,8 +5,8 @@ The pieces, from the bottom up:
 * :class:`TrainState` ``(params, opt_state, step, rng, carry)``: everything a run needs
   to go on, a pytree (so it can be sharded, checkpointed and restored as it is).
 * :func:`make_train_step`: ``train_step(state, batch) -> (state, metrics)``, a pure
-  function of a loss and an optax optimizer; the only ``optax.apply_updates`` of the
-  project.
+  function of a loss and an optax optimizer; the one place in the project where an
+  optimizer's updates are applied to the params.
 * :func:`train`: the loop every script uses: draws batches inside the jitted step from
   ``batch_fn(state.rng, state.step)`` (so batch ``n`` depends on the seed and ``n`` only:
   deterministic and resumable), runs ensembles (``vmap`` over seeds) and data-parallel
