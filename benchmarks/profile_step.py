@@ -37,8 +37,7 @@ import jax
 import jax.numpy as jnp
 
 import gatedrnn as gr
-
-CELLS = {"vanilla": gr.vanilla, "lstm": gr.lstm, "gru": gr.gru}
+from gatedrnn.cells import CELLS, make_cell
 
 
 def op_times(trace_dir: Path, calls: int) -> list[tuple[str, float, float]]:
@@ -73,7 +72,7 @@ def main(argv: list[str] | None = None) -> list[tuple[str, float, float]]:
     parser.add_argument("--hlo", type=Path, help="write the optimized HLO here")
     args = parser.parse_args(argv)
     B, T, I, H = (int(v) for v in args.shape.split(","))
-    cell = CELLS[args.cell](H)
+    cell = make_cell(args.cell, H)
     params = cell.init(jax.random.PRNGKey(0), I)
     xs = jax.random.normal(jax.random.PRNGKey(1), (B, T, I))
 

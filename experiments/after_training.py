@@ -1,8 +1,8 @@
 """After training: the gradient decay of vanilla RNN, LSTM and GRU before and after learning
 a long-range task.
 
-Each cell (plus a linear readout, gatedrnn.train.fit: clipped Adam) is trained on the
-delayed-recall task of gatedrnn.tasks (a key token in the first tenth of the sequence,
+Each cell (plus a linear readout, gatedrnn.training.fit: clipped Adam) is trained on the
+delayed-recall task of gatedrnn.training.tasks (a key token in the first tenth of the sequence,
 distractors, a query at the end asking for the key). Before and after training, on longer
 sequences of the same task, one backward pass gives ||dL/ds_t|| of the task loss for every
 state (gatedrnn.diagnostics.state_gradient_norms); the script fits the per-step decay
@@ -18,7 +18,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from experiments._common import (
+from experiments import cli
+from experiments.cli import (
     parser,
     pyplot,
     setup_jax,
@@ -27,7 +28,6 @@ from experiments._common import (
     whole_state,
     write_results,
 )
-from gatedrnn import cli
 
 
 def measure(model, params, batch, loss_fn, ratio: float) -> dict:
@@ -73,7 +73,7 @@ def main(argv: list[str] | None = None) -> dict:
         "--steps", type=cli.positive_int, default=1500, help="training updates (early stop)"
     )
     p.add_argument("--batch", type=cli.positive_int, default=32)
-    p.add_argument("--lr", type=cli.positive_float, default=3e-3)
+    p.add_argument("--learning-rate", "--lr", type=cli.positive_float, default=3e-3)
     p.add_argument("--measure-batch", type=cli.positive_int, default=32)
     p.add_argument("--ratio", type=cli.positive_float, default=1e-6)
     args = p.parse_args(argv)
@@ -85,7 +85,8 @@ def main(argv: list[str] | None = None) -> dict:
     import numpy as np
 
     import gatedrnn as gr
-    from gatedrnn import tasks, train
+    from gatedrnn import training
+    from gatedrnn.training import tasks
 
     task = tasks.delayed_recall(args.T_train)
     long_task = tasks.delayed_recall(args.T_measure)
@@ -97,17 +98,17 @@ def main(argv: list[str] | None = None) -> dict:
     trained = {}
     for label, cell in cells.items():
         (model, res), secs = timed(
-            train.fit,
+            training.fit,
             task,
             cell,
             num_steps=args.steps,
             batch_size=args.batch,
-            learning_rate=args.lr,
+            learning_rate=args.learning_rate,
             seed=args.seed,
             eval_every=max(1, min(100, args.steps)),
             progress=False,
         )
-        before = model.init(train.param_key(args.seed))  # the init fit started from
+        before = model.init(training.param_key(args.seed))  # the init fit started from
         trained[label] = (model, before, res, secs)
         last = res.history[-1]
         print(

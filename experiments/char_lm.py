@@ -3,7 +3,7 @@
 Subcommands:
 
 * ``train``: train on the default corpus (the Python standard library's own source,
-  :data:`gatedrnn.text.STDLIB_MODULES`) or ``--text FILE``; writes checkpoints, a
+  :data:`gatedrnn.training.text.STDLIB_MODULES`) or ``--text FILE``; writes checkpoints, a
   learning curve, samples and ``train.json`` to ``--out``. ``--resume`` continues the run in
   ``--out`` exactly where its last checkpoint left it.
 * ``sample``: generate text from a checkpoint (priming text, temperature, top-k, seed).
@@ -21,20 +21,248 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import functools
 import math
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
 
-from experiments._common import pyplot, table
-from gatedrnn import char_lm as clm
-from gatedrnn import cli
-from gatedrnn.text import load_text
+from experiments import cli
+from experiments.cli import pyplot, table
+from gatedrnn import training
+from gatedrnn.cells import CELLS
+from gatedrnn.training import char_lm as clm
+from gatedrnn.training import checkpoint
+from gatedrnn.training.text import (
+    Vocab,
+    bits_per_char,
+    chunk_rows,
+    load_text,
+    num_chunks,
+    split_train_val,
+    unigram_bpc,
+)
+
+# ----------------------------------------------------------------------------- training
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainConfig:
+    """How to train a char LM (stateful truncated BPTT on :func:`gatedrnn.training.train`).
+
+    Attributes:
+      steps: optimizer steps in all.
+      batch_size: ``B`` rows read in parallel.
+      seq_len: ``T`` characters per chunk (the truncated-BPTT window).
+      learning_rate: peak Adam learning rate (linear warm-up, then cosine decay to 0).
+      warmup: warm-up steps.
+      clip_norm: global gradient-norm clip.
+      val_fraction: trailing share of the text held out for validation.
+      eval_every: steps between validation measurements (and learning-curve points).
+      eval_chars: validation characters used for those (the final one uses all).
+      checkpoint_every: steps between checkpoints (the last step is always saved).
+      seed: seeds init and dropout.
+    """
+
+    steps: int = 2000
+    batch_size: int = 32
+    seq_len: int = 100
+    learning_rate: float = 3e-3
+    warmup: int = 100
+    clip_norm: float = 1.0
+    val_fraction: float = 0.05
+    eval_every: int = 200
+    eval_chars: int = 20000
+    checkpoint_every: int = 500
+    seed: int = 0
+
+
+@dataclasses.dataclass
+class Data:
+    """A corpus prepared for training: vocabulary, encoded splits, unigram baseline."""
+
+    vocab: Vocab
+    train_ids: np.ndarray
+    val_ids: np.ndarray
+    unigram_bpc: float
+
+
+def prepare_data(text: str, val_fraction: float = 0.05) -> Data:
+    """Split ``text``, build the vocabulary on the train part, encode both parts."""
+    train_text, val_text = split_train_val(text, val_fraction)
+    vocab = Vocab.from_text(train_text)
+    train_ids, val_ids = vocab.encode(train_text), vocab.encode(val_text)
+    return Data(vocab, train_ids, val_ids, unigram_bpc(train_ids, val_ids, len(vocab)))
+
+
+class TextChunk(NamedTuple):
+    """One training step's data: ``x, y (B, T)`` ids and next ids, whether it starts a
+    pass over the text (the carried state is reset), and the step's dropout key."""
+
+    x: jax.Array
+    y: jax.Array
+    first: jax.Array
+    key: jax.Array
+
+
+@functools.lru_cache(maxsize=16)
+def text_batches(n_chunks: int, seq_len: int) -> Callable[..., TextChunk]:
+    """``batch_fn(rng, step, rows)``: chunk ``step mod n_chunks`` of the rows ``(B, L)``.
+
+    Cached, so runs with the same shapes share the loop's compiled block.
+    """
+
+    def batch_fn(rng: jax.Array, step: jax.Array, rows: jax.Array) -> TextChunk:
+        i = step % n_chunks
+        x = jax.lax.dynamic_slice_in_dim(rows, i * seq_len, seq_len, axis=1)
+        y = jax.lax.dynamic_slice_in_dim(rows, i * seq_len + 1, seq_len, axis=1)
+        key = jax.random.fold_in(jax.random.wrap_key_data(rng), step + 1)
+        return TextChunk(x, y, i == 0, key)
+
+    return batch_fn
+
+
+@functools.lru_cache(maxsize=16)
+def chunk_loss(config: clm.CharLMConfig) -> Callable:
+    """The stateful loss ``loss(params, chunk, carry) -> (nats, ({"bpc"}, carry'))``; the
+    loop stops the carry's gradient, so each step backpropagates within its chunk."""
+
+    def loss_fn(params: clm.CharLMParams, chunk: TextChunk, carry: Any) -> Any:
+        zeros = clm.initial_carry(params, config, chunk.x.shape[0])
+        carry = jax.tree_util.tree_map(lambda z, c: jnp.where(chunk.first, z, c), zeros, carry)
+        key = chunk.key if config.dropout > 0 else None
+        carry, logits = clm.apply(params, config, chunk.x, carry, key)
+        bpc = bits_per_char(logits, chunk.y)
+        return bpc * math.log(2.0), ({"bpc": bpc}, carry)
+
+    return loss_fn
+
+
+@functools.lru_cache(maxsize=16)
+def make_optimizer(cfg: TrainConfig) -> optax.GradientTransformation:
+    """Global-norm clipping, then Adam with linear warm-up and cosine decay over ``steps``."""
+    return training.make_optimizer(
+        cfg.learning_rate,
+        clip_norm=cfg.clip_norm,
+        schedule="warmup_cosine",
+        num_steps=cfg.steps,
+        warmup_steps=cfg.warmup,
+    )
+
+
+def initial_state(model_cfg: clm.CharLMConfig, cfg: TrainConfig) -> training.TrainState:
+    """Step 0 of a run: params from ``fold_in(PRNGKey(seed), 0)``, zero carry."""
+    key = jax.random.PRNGKey(cfg.seed)
+    params = clm.init(jax.random.fold_in(key, 0), model_cfg)
+    carry = clm.initial_carry(params, model_cfg, cfg.batch_size)
+    return training.init_state(params, make_optimizer(cfg), key, carry)
+
+
+def train(
+    text: str,
+    model_cfg: clm.CharLMConfig | dict[str, Any],
+    cfg: TrainConfig,
+    *,
+    checkpoint_dir: str | Path | None = None,
+    resume: bool = False,
+    stop_at: int | None = None,
+    time_limit: float | None = None,
+    corpus_sha256: str = "",
+    progress: bool = False,
+    mesh: Any = None,
+) -> dict[str, Any]:
+    """Train a char LM on ``text`` with the one loop (stateful truncated BPTT).
+
+    Step ``s`` reads chunk ``s mod n`` of the ``B`` train rows; the carried state is reset at
+    the start of each pass; dropout keys are ``fold_in(seed, s + 1)``. Checkpoints (config,
+    vocabulary and corpus hash in their metadata) resume exactly. ``stop_at`` stops early as
+    if interrupted; ``time_limit`` (seconds of this call) too.
+
+    Returns:
+      ``{"params", "state", "config", "vocab", "history": [{"step", "train_bpc",
+      "val_bpc", "time"}], "val_bpc", "unigram_bpc", "train_time", "steps_done",
+      "num_params"}``.
+    """
+    data = prepare_data(text, cfg.val_fraction)
+    if isinstance(model_cfg, dict):
+        model_cfg = clm.CharLMConfig(vocab_size=len(data.vocab), **model_cfg)
+    if model_cfg.vocab_size != len(data.vocab):
+        raise ValueError(f"vocab_size={model_cfg.vocab_size} but the text has {len(data.vocab)}")
+    rows = chunk_rows(data.train_ids, cfg.batch_size)
+    n_chunks = num_chunks(data.train_ids, cfg.batch_size, cfg.seq_len)
+    res = training.train(
+        chunk_loss(model_cfg),
+        initial_state(model_cfg, cfg),
+        make_optimizer(cfg),
+        text_batches(n_chunks, cfg.seq_len),
+        num_steps=cfg.steps if stop_at is None else min(stop_at, cfg.steps),
+        stateful=True,
+        batch_data=jnp.asarray(rows, jnp.int32),
+        evaluate=lambda p: {
+            "bpc": clm.evaluate(p, model_cfg, data.val_ids, max_chars=cfg.eval_chars)
+        },
+        eval_every=cfg.eval_every,
+        progress=progress,
+        mesh=mesh,
+        checkpoint_dir=checkpoint_dir,
+        resume=resume,
+        checkpoint_meta={
+            "model": dataclasses.asdict(model_cfg),
+            "train": dataclasses.asdict(cfg),
+            "vocab": data.vocab.to_json(),
+            "corpus_sha256": corpus_sha256,
+        },
+        checkpoint_every=cfg.checkpoint_every,
+        time_limit=time_limit,
+    )
+    history = [
+        {"step": h["step"], "train_bpc": h["train_bpc"],
+         "val_bpc": h["eval_bpc"], "time": h["time"]}
+        for h in res.history
+    ]  # fmt: skip
+    params = res.state.params
+    return {
+        "params": params,
+        "state": res.state,
+        "config": model_cfg,
+        "vocab": data.vocab,
+        "history": history,
+        "val_bpc": clm.evaluate(params, model_cfg, data.val_ids),
+        "unigram_bpc": data.unigram_bpc,
+        "train_time": history[-1]["time"] if history else 0.0,
+        "steps_done": int(res.state.step),
+        "num_params": clm.num_params(params),
+    }
+
+
+def load_model(path: str | Path) -> tuple[clm.CharLMParams, clm.CharLMConfig, Vocab, dict]:
+    """Params, config and vocabulary from a checkpoint directory (or the newest checkpoint
+    in a run's checkpoint folder)."""
+    path = Path(path)
+    if not path.name.startswith("step_"):
+        latest = checkpoint.latest_checkpoint(path)
+        if latest is None:
+            raise checkpoint.CheckpointError(f"no checkpoint found in {path}")
+        path = latest
+    meta = checkpoint.load_meta(path)["meta"]
+    try:
+        config = clm.CharLMConfig(**meta["model"])
+        cfg = TrainConfig(**meta["train"])
+        vocab = Vocab.from_json(meta["vocab"])
+    except (KeyError, TypeError) as e:
+        raise checkpoint.CheckpointError(f"{path} is not a char LM checkpoint: {e}") from None
+    state, info = checkpoint.restore_checkpoint(path, initial_state(config, cfg))
+    return state.params, config, vocab, info
+
 
 RESULTS = Path(__file__).resolve().parent / "results"
 
@@ -45,7 +273,7 @@ DEFAULT_TRAIN = {
     "steps": 600,
     "batch_size": 32,
     "seq_len": 64,
-    "lr": 3e-3,
+    "learning_rate": 3e-3,
     "warmup": 50,
     "eval_every": 100,
 }
@@ -54,10 +282,10 @@ QUICK_TRAIN = {
     "steps": 60,
     "batch_size": 8,
     "seq_len": 32,
-    "lr": 1e-2,
+    "learning_rate": 1e-2,
     "warmup": 5,
     "eval_every": 20,
-    "ckpt_every": 20,
+    "checkpoint_every": 20,
     "eval_chars": 4000,
 }
 QUICK_CHARS = 60_000
@@ -71,9 +299,10 @@ OPTION_FIELDS = {
     "steps": "steps",
     "batch": "batch_size",
     "seq_len": "seq_len",
-    "lr": "lr",
+    "learning_rate": "learning_rate",
+    "clip_norm": "clip_norm",
     "eval_every": "eval_every",
-    "ckpt_every": "ckpt_every",
+    "checkpoint_every": "checkpoint_every",
 }  # --quick trains on the first 60k characters only
 
 
@@ -123,23 +352,24 @@ def cmd_train(args: argparse.Namespace) -> dict[str, Any]:
     given = {field: getattr(args, opt) for opt, field in OPTION_FIELDS.items()}
     given = {k: v for k, v in given.items() if v is not None}
     model = dict(QUICK_MODEL if args.quick else DEFAULT_MODEL)
-    train = dict(QUICK_TRAIN if args.quick else DEFAULT_TRAIN)
+    options = dict(QUICK_TRAIN if args.quick else DEFAULT_TRAIN)
     model_fields = {f.name for f in dataclasses.fields(clm.CharLMConfig)}
     model.update({k: v for k, v in given.items() if k in model_fields})
-    train.update({k: v for k, v in given.items() if k not in model_fields})
-    train_cfg = clm.TrainConfig(seed=args.seed, **train)
+    options.update({k: v for k, v in given.items() if k not in model_fields})
+    train_cfg = TrainConfig(seed=args.seed, **options)
     print(f"corpus {name}: {len(text):,} characters, sha256 {sha[:12]}", flush=True)
-    res = clm.train(
+    res = train(
         text,
         model,
         train_cfg,
-        ckpt_dir=out / "checkpoints",
+        checkpoint_dir=out / "checkpoints",
         resume=args.resume,
         time_limit=None if args.max_minutes is None else 60 * args.max_minutes,
         corpus_sha256=sha,
         progress=not args.no_progress,
-        log=lambda s: print(s, flush=True),
     )
+    for h in res["history"]:
+        print(f"step {h['step']}: train {h['train_bpc']:.3f} bpc, val {h['val_bpc']:.3f} bpc")
     samples = _samples(
         res["params"], res["config"], res["vocab"], ["def ", "class "], args.sample_len, args.seed
     )
@@ -180,7 +410,7 @@ def cmd_train(args: argparse.Namespace) -> dict[str, Any]:
 
 def cmd_sample(args: argparse.Namespace) -> str:
     """The ``sample`` subcommand."""
-    params, config, vocab, info = clm.load_model(args.ckpt)
+    params, config, vocab, info = load_model(args.checkpoint_dir)
     prime = args.prime.replace("\\n", "\n").replace("\\t", "\t")
     ids = clm.sample(
         params,
@@ -235,7 +465,8 @@ def layer_param_counts(input_size: int, hidden_size: int) -> dict[str, dict[str,
         "gru": 3 * (I * H + H * H + 2 * H),
     }
     out = {}
-    for name, make in clm.CELLS.items():
+    for name in formula:
+        make = CELLS[name]
         shapes = jax.eval_shape(lambda k, make=make: make(H).init(k, I), jax.random.PRNGKey(0))
         out[name] = {"counted": clm.num_params(shapes), "formula": formula[name]}
     return out
@@ -246,24 +477,24 @@ def cmd_compare(args: argparse.Namespace) -> dict[str, Any]:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     text, name, sha = _corpus(args)
-    data = clm.prepare_data(text)
+    data = prepare_data(text)
     V = len(data.vocab)
     base = {"num_layers": args.layers, "embed_size": 16 if args.quick else 64}
     budget = args.budget or (20_000 if args.quick else 200_000)
-    train = dict(QUICK_TRAIN) if args.quick else {
-        "steps": 300, "batch_size": 32, "seq_len": 100, "lr": 3e-3, "warmup": 30,
-        "eval_every": 50, "eval_chars": 20000, "ckpt_every": 10**9,
+    options = dict(QUICK_TRAIN) if args.quick else {
+        "steps": 300, "batch_size": 32, "seq_len": 100, "learning_rate": 3e-3, "warmup": 30,
+        "eval_every": 50, "eval_chars": 20000, "checkpoint_every": 10**9,
     }  # fmt: skip
     if args.steps is not None:
-        train["steps"] = args.steps
-    train_cfg = clm.TrainConfig(seed=args.seed, **train)
+        options["steps"] = args.steps
+    train_cfg = TrainConfig(seed=args.seed, **options)
     rows, curves = [], {}
     for cell in args.cells:
         H = hidden_for_budget(cell, budget, base, V)
         model = {**base, "cell": cell, "hidden_size": H}
         print(f"{cell}: hidden {H}, {clm.param_count(clm.CharLMConfig(V, **model)):,} params")
         t = time.perf_counter()
-        res = clm.train(text, model, train_cfg, progress=not args.no_progress, corpus_sha256=sha)
+        res = train(text, model, train_cfg, progress=not args.no_progress, corpus_sha256=sha)
         wall = time.perf_counter() - t
         curves[cell] = res["history"]
         rows.append(
@@ -338,7 +569,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     t = sub.add_parser("train", help="train a char LM, write checkpoints, samples, curve")
     common(t, RESULTS / "char_lm")
-    t.add_argument("--cell", choices=sorted(clm.CELLS), default=None, help="default lstm")
+    t.add_argument("--cell", choices=sorted(CELLS), default=None, help="default lstm")
     t.add_argument(
         "--hidden", type=cli.positive_int, default=None, help="hidden size (default 256)"
     )
@@ -346,7 +577,7 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument(
         "--embed", type=cli.positive_int, default=None, help="embedding size (default 64)"
     )
-    t.add_argument("--dropout", type=float, default=None, help="between layers (default 0)")
+    t.add_argument("--dropout", type=cli.fraction, default=None, help="between layers (default 0)")
     t.add_argument(
         "--steps", type=cli.positive_int, default=None, help="optimizer steps (default 600)"
     )
@@ -357,13 +588,20 @@ def build_parser() -> argparse.ArgumentParser:
         "--seq-len", type=cli.positive_int, default=None, help="BPTT chunk length (default 64)"
     )
     t.add_argument(
-        "--lr", type=cli.positive_float, default=None, help="peak learning rate (default 3e-3)"
+        "--learning-rate",
+        "--lr",
+        type=cli.positive_float,
+        default=None,
+        help="peak learning rate (default 3e-3)",
+    )
+    t.add_argument(
+        "--clip-norm", type=cli.positive_float, default=None, help="global-norm clip (default 1)"
     )
     t.add_argument(
         "--eval-every", type=cli.positive_int, default=None, help="steps between evaluations"
     )
     t.add_argument(
-        "--ckpt-every", type=cli.positive_int, default=None, help="steps between checkpoints"
+        "--checkpoint-every", type=cli.positive_int, default=None, help="steps between checkpoints"
     )
     t.add_argument("--resume", action="store_true", help="continue from --out's checkpoint")
     t.add_argument(
@@ -375,11 +613,11 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--sample-len", type=cli.positive_int, default=300, help="characters per sample")
 
     s = sub.add_parser("sample", help="generate text from a checkpoint")
-    s.add_argument("--ckpt", default=str(RESULTS / "char_lm" / "checkpoints"),
+    s.add_argument("--checkpoint-dir", "--ckpt", default=str(RESULTS / "char_lm" / "checkpoints"),
                    help="checkpoint dir or run's checkpoints dir")  # fmt: skip
     s.add_argument("--prime", default="def ", help="priming text (\\n and \\t are newline and tab)")
     s.add_argument("--length", type=cli.positive_int, default=500, help="characters to generate")
-    s.add_argument("--temperature", type=float, default=0.8, help="0 = greedy")
+    s.add_argument("--temperature", type=cli.nonneg_float, default=0.8, help="0 = greedy")
     s.add_argument(
         "--top-k", type=cli.nonneg_int, default=0, help="sample among the k likeliest (0 = all)"
     )

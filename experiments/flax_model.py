@@ -21,9 +21,7 @@ curve to ``--out`` (default ``experiments/results/flax_model.json``).
 from __future__ import annotations
 
 import argparse
-import json
 import sys
-import time
 from pathlib import Path
 from typing import Any
 
@@ -38,7 +36,8 @@ import numpy as np  # noqa: E402
 import optax  # noqa: E402
 
 import gatedrnn.linen as grl  # noqa: E402
-from gatedrnn import cli  # noqa: E402
+from experiments import cli  # noqa: E402
+from gatedrnn import training  # noqa: E402
 
 PAD = 0  # token 0 is padding; data tokens start at 1
 
@@ -99,39 +98,42 @@ VOCAB = {"parity": 3, "sign": 5}
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
-    """Train and evaluate; returns the results dict written to ``args.out``."""
+    """Train (the one training loop, clipped Adam) and evaluate; returns the results."""
     key = jax.random.key(args.seed)
-    k_init, k_test, key = jax.random.split(key, 3)
+    k_init, k_test, k_train = jax.random.split(key, 3)
     model = Classifier(VOCAB[args.task], args.hidden, num_layers=args.layers)
     tokens, lengths, _ = make_batch(k_init, args.task, 2, args.max_len)
     params = jax.jit(model.init)(k_init, tokens, lengths)
-    tx = optax.chain(optax.clip_by_global_norm(1.0), optax.adam(args.lr))
-    opt_state = tx.init(params)
+    tx = training.make_optimizer(args.learning_rate, clip_norm=1.0)
 
-    def loss_fn(params, tokens, lengths, labels):
+    def loss_fn(params, batch):
+        tokens, lengths, labels = batch
         logits = model.apply(params, tokens, lengths)
         loss = optax.softmax_cross_entropy_with_integer_labels(logits, labels).mean()
-        return loss, jnp.mean(jnp.argmax(logits, -1) == labels)
+        return loss, {"acc": jnp.mean(jnp.argmax(logits, -1) == labels)}
 
-    @jax.jit
-    def train_step(params, opt_state, key):
-        batch = make_batch(key, args.task, args.batch_size, args.max_len)
-        (loss, acc), grads = jax.value_and_grad(loss_fn, has_aux=True)(params, *batch)
-        updates, opt_state = tx.update(grads, opt_state, params)
-        return optax.apply_updates(params, updates), opt_state, loss, acc
+    def batch_fn(rng, step):
+        return make_batch(jax.random.fold_in(rng, step), args.task, args.batch_size, args.max_len)
 
+    res = training.train(
+        loss_fn,
+        training.init_state(params, tx, jax.random.key_data(k_train)),
+        tx,
+        batch_fn,
+        num_steps=args.steps,
+        eval_every=args.log_every,
+        progress=False,
+    )
+    params = res.state.params
+    curve = [
+        {"step": h["step"], "loss": h["train_loss"], "train_acc": h["train_acc"]}
+        for h in res.history
+    ]
+    for c in curve:
+        print(f"step {c['step']:5d}  loss {c['loss']:.4f}  batch acc {c['train_acc']:.3f}")
+    train_seconds = res.history[-1]["time"]
     test = make_batch(k_test, args.task, args.test_size, args.max_len)
     predict = jax.jit(lambda p, t, n: jnp.argmax(model.apply(p, t, n), -1))
-
-    curve = []
-    t0 = time.perf_counter()
-    for step in range(1, args.steps + 1):
-        key, k = jax.random.split(key)
-        params, opt_state, loss, acc = train_step(params, opt_state, k)
-        if step % args.log_every == 0 or step == args.steps:
-            curve.append({"step": step, "loss": float(loss), "train_acc": float(acc)})
-            print(f"step {step:5d}  loss {float(loss):.4f}  batch acc {float(acc):.3f}")
-    train_seconds = time.perf_counter() - t0
 
     pred = np.asarray(predict(params, test[0], test[1]))
     lengths_np, labels_np = np.asarray(test[1]), np.asarray(test[2])
@@ -176,7 +178,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--hidden", type=cli.positive_int, default=32)
     p.add_argument("--layers", type=cli.positive_int, default=1)
     p.add_argument("--max-len", type=cli.positive_int, default=24)
-    p.add_argument("--lr", type=cli.positive_float, default=3e-3)
+    p.add_argument("--learning-rate", "--lr", type=cli.positive_float, default=3e-3)
     p.add_argument("--test-size", type=cli.positive_int, default=4000)
     p.add_argument("--log-every", type=cli.positive_int, default=250)
     args = p.parse_args(argv)
@@ -191,7 +193,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     """Run and write the JSON; returns the results."""
     args = parse_args(argv)
     results = run(args)
-    cli.write_text(args.out, json.dumps(results, indent=2) + "\n")
+    cli.write_json(args.out, results)
     print(f"wrote {args.out}")
     return results
 

@@ -19,7 +19,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from experiments._common import (
+from experiments import cli
+from experiments.cli import (
     geomean,
     loss_last_output,
     parser,
@@ -30,7 +31,6 @@ from experiments._common import (
     whole_state,
     write_results,
 )
-from gatedrnn import cli
 
 
 def measure(cell, args, seed: int) -> dict:

@@ -30,19 +30,12 @@ if str(ROOT) not in sys.path:
 
 import numpy as np  # noqa: E402
 
-import gatedrnn as gr  # noqa: E402
-from experiments._common import parser, pyplot  # noqa: E402
-from gatedrnn import (  # noqa: E402
-    cli,
-    tasks,
-    train,
-)
+from experiments import cli  # noqa: E402
+from experiments.cli import parser, pyplot  # noqa: E402
+from gatedrnn import training  # noqa: E402
+from gatedrnn.cells import CELLS, make_cell  # noqa: E402
+from gatedrnn.training import tasks  # noqa: E402
 
-CELLS = {
-    "vanilla": lambda h: gr.vanilla(h, "tanh"),
-    "lstm": gr.lstm,
-    "gru": gr.gru,
-}
 SUCCESS = {
     "adding": "held-out MSE < 0.01 (baseline 1/6)",
     "copy": "accuracy on the 10 recalled symbols >= 0.95 (baseline CE 10 ln 8/(T+20))",
@@ -64,8 +57,16 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--steps", type=cli.positive_int, default=None, help="update budget per run")
     p.add_argument("--hidden", type=cli.positive_int, default=None, help="hidden units")
     p.add_argument("--batch-size", type=cli.positive_int, default=32)
-    p.add_argument("--lr", type=cli.positive_float, default=2e-3, help="Adam learning rate")
-    p.add_argument("--clip", type=cli.positive_float, default=1.0, help="global-norm gradient clip")
+    p.add_argument(
+        "--learning-rate", "--lr", type=cli.positive_float, default=2e-3, help="Adam learning rate"
+    )
+    p.add_argument(
+        "--clip-norm",
+        "--clip",
+        type=cli.positive_float,
+        default=1.0,
+        help="global-norm gradient clip",
+    )
     p.add_argument("--eval-every", type=cli.positive_int, default=None)
     p.add_argument("--eval-batch-size", type=cli.positive_int, default=512)
     p.add_argument("--no-progress", action="store_true", help="no tqdm bars")
@@ -76,7 +77,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     quick = a.quick
     a.tasks = a.tasks or list(TASK_FACTORIES)
     a.lengths = a.lengths or ([10] if quick else [50, 100, 200])
-    a.cells = a.cells or list(CELLS)
+    a.cells = a.cells or ["vanilla", "lstm", "gru"]
     a.seeds = a.seeds or (1 if quick else 2)
     a.steps = a.steps or (20 if quick else 2000)
     a.hidden = a.hidden or (8 if quick else 32)
@@ -91,13 +92,13 @@ def run_config(args: argparse.Namespace, task_name: str, T: int, cell_name: str,
     task = TASK_FACTORIES[task_name](T)
     seeds = list(range(args.seed, args.seed + args.seeds))
     t0 = time.perf_counter()
-    _, res = train.fit(
+    _, res = training.fit(
         task,
-        CELLS[cell_name](args.hidden),
+        make_cell(cell_name, args.hidden),
         num_steps=args.steps,
         batch_size=args.batch_size,
-        learning_rate=args.lr,
-        clip_norm=args.clip,
+        learning_rate=args.learning_rate,
+        clip_norm=args.clip_norm,
         seed=seeds,
         eval_every=args.eval_every,
         eval_batch_size=args.eval_batch_size,
@@ -117,7 +118,7 @@ def run_config(args: argparse.Namespace, task_name: str, T: int, cell_name: str,
             {
                 "seed": s,
                 "final_loss": final,
-                "fraction_of_baseline": train.fraction_of_baseline(final, task),
+                "fraction_of_baseline": training.fraction_of_baseline(final, task),
                 "best_fraction_of_baseline": float(curves[:, i].min()) / task.baseline,
                 "solved": solved_at is not None,
                 "updates_to_solve": solved_at,

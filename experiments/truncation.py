@@ -1,6 +1,6 @@
 """Truncated BPTT in practice: a window k learns a dependency at distance d only if d < k.
 
-Task: echo (``gatedrnn.tasks.echo``): at every step output the symbol seen exactly ``d``
+Task: echo (``gatedrnn.training.tasks.echo``): at every step output the symbol seen exactly ``d``
 steps earlier, so every scored output depends on one input at distance ``d`` and nothing
 else. A GRU plus a linear readout is trained with clipped Adam under a fixed update budget,
 several seeds at once, in three ways:
@@ -11,7 +11,7 @@ several seeds at once, in three ways:
   output at step t reaches back only to the start of its k-chunk;
 * ``stateful``: the sequence is a stream cut into consecutive chunks of k steps, one update
   per chunk; the state is carried from one chunk to the next (forward pass unchanged) and
-  the gradient stops at the chunk boundary (``gatedrnn.train.stream_batches``).
+  the gradient stops at the chunk boundary (``gatedrnn.training.stream_batches``).
 
 With a window k, the output at step t gets gradient from inputs at steps
 ``k * floor(t / k) .. t``, so the input ``d`` steps back is reachable from some output iff
@@ -38,15 +38,11 @@ if str(ROOT) not in sys.path:
 
 import numpy as np  # noqa: E402
 
-import gatedrnn as gr  # noqa: E402
-from experiments._common import parser, pyplot  # noqa: E402
-from gatedrnn import (  # noqa: E402
-    cli,
-    tasks,
-    train,
-)
-
-CELLS = {"vanilla": gr.vanilla, "lstm": gr.lstm, "gru": gr.gru}
+from experiments import cli  # noqa: E402
+from experiments.cli import parser, pyplot  # noqa: E402
+from gatedrnn import training  # noqa: E402
+from gatedrnn.cells import CELLS, make_cell  # noqa: E402
+from gatedrnn.training import tasks  # noqa: E402
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -64,7 +60,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--steps", type=cli.positive_int, default=None, help="update budget per run")
     p.add_argument("--hidden", type=cli.positive_int, default=None)
     p.add_argument("--batch-size", type=cli.positive_int, default=32)
-    p.add_argument("--lr", type=cli.positive_float, default=3e-3)
+    p.add_argument("--learning-rate", "--lr", type=cli.positive_float, default=3e-3)
     p.add_argument("--eval-every", type=cli.positive_int, default=None)
     p.add_argument("--no-progress", action="store_true")
     p.add_argument("--replot", action="store_true", help="redraw the PNG from --out's JSON")
@@ -89,12 +85,12 @@ def run_config(args: argparse.Namespace, d: int, form: str, k: int | None) -> di
     task = tasks.echo(args.seq_len, d, vocab=args.vocab)
     seeds = list(range(args.seed, args.seed + args.seeds))
     t0 = time.perf_counter()
-    _, res = train.fit(
+    _, res = training.fit(
         task,
-        CELLS[args.cell](args.hidden),
+        make_cell(args.cell, args.hidden),
         num_steps=args.steps,
         batch_size=args.batch_size,
-        learning_rate=args.lr,
+        learning_rate=args.learning_rate,
         seed=seeds,
         eval_every=args.eval_every,
         eval_batch_size=256,

@@ -7,8 +7,9 @@ case against the exact law s^(T-t), and records where the forward state, the los
 gradient first becomes Inf/NaN.
 
 Part 2: a vanilla tanh RNN with s = 2 (exploding gradients) trained by SGD on a lag-k
-recall task, once plainly and once with optax.clip_by_global_norm: the plain run blows up
-to NaN, the clipped one stays finite and converges.
+recall task (gatedrnn.training.train, stop-and-report on a non-finite loss), once plainly
+and once with optax.clip_by_global_norm: the plain run blows up to NaN (the run stops there
+and records the step), the clipped one stays finite and converges.
 
 Writes experiments/results/weight_scale.{json,png}.
 """
@@ -20,8 +21,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from experiments._common import parser, pyplot, setup_jax, table, timed, write_results
-from gatedrnn import cli
+from experiments import cli
+from experiments.cli import parser, pyplot, setup_jax, table, timed, write_results
 
 
 def sweep_one(cell, params0, xs, s: float, loss_and_grad) -> dict:
@@ -74,14 +75,14 @@ def loss_fn(final, ys):
 
 
 def train(args, clip: float | None) -> dict:
-    """SGD (optionally with global-norm clipping) on the lag-k recall task."""
+    """SGD (optionally with global-norm clipping) on the lag-k recall task, on the one
+    training loop; a non-finite loss stops the run and is recorded (stop-and-report)."""
     import jax
     import jax.numpy as jnp
     import numpy as np
-    import optax
 
     import gatedrnn as gr
-    from gatedrnn.train import global_norm, make_optimizer
+    from gatedrnn import training
 
     cell = gr.vanilla(args.train_hidden)
     k1, k2 = jax.random.split(jax.random.PRNGKey(args.seed + 1000))
@@ -93,40 +94,41 @@ def train(args, clip: float | None) -> dict:
     }
     T, lag = args.train_T, args.lag
 
-    def batch(key):
-        x = jax.random.normal(key, (args.train_batch, T, 1))
+    def batch_fn(rng, step):
+        x = jax.random.normal(jax.random.fold_in(rng, step), (args.train_batch, T, 1))
         return x, x[:, T - 1 - lag, 0]
 
-    def loss(p, x, y):
+    def loss(p, batch):
+        x, y = batch
         final, _ = gr.scan(cell, p["rnn"], x)
-        return jnp.mean(jnp.square(final @ p["w"] + p["b"] - y))
+        return jnp.mean(jnp.square(final @ p["w"] + p["b"] - y)), {}
 
-    opt = make_optimizer(args.lr, clip_norm=clip, optimizer="sgd")
-    state = opt.init(params)
-
-    @jax.jit
-    def step(p, state, key):
-        x, y = batch(key)
-        value, g = jax.value_and_grad(loss)(p, x, y)
-        updates, state = opt.update(g, state, p)
-        return optax.apply_updates(p, updates), state, value, global_norm(g)
-
-    losses, gnorms = [], []
-    for i in range(args.train_steps):
-        params, state, value, gn = step(params, state, jax.random.PRNGKey(args.seed * 7919 + i))
-        losses.append(float(value))
-        gnorms.append(float(gn))
-    losses, gnorms = np.array(losses), np.array(gnorms)
-    bad = ~np.isfinite(losses)
-    tail = losses[-max(1, args.train_steps // 10) :]
+    opt = training.make_optimizer(args.learning_rate, clip_norm=clip, optimizer="sgd")
+    res = training.train(
+        loss,
+        training.init_state(params, opt, args.seed),
+        opt,
+        batch_fn,
+        num_steps=args.train_steps,
+        eval_every=args.train_steps,
+        progress=False,
+        on_nonfinite="stop",
+    )
+    losses = np.asarray(res.per_step["loss"], np.float64)
+    gnorms = np.asarray(res.per_step["grad_norm"], np.float64)
+    finite = losses[np.isfinite(losses)]
+    tail = finite[-max(1, args.train_steps // 10) :]
+    final = float(np.mean(tail)) if tail.size else float("nan")
     return {
-        "clip": clip,
+        "clip_norm": clip,
         "loss": losses,
         "grad_norm": gnorms,
-        "first_nonfinite_step": int(np.argmax(bad)) if bad.any() else None,
+        "first_nonfinite_step": res.diverged_step,
         "initial_loss": float(losses[0]),
-        "final_loss": float(np.mean(tail)),
-        "max_grad_norm": float(np.nanmax(np.where(np.isfinite(gnorms), gnorms, np.nan)))
+        "final_loss": final,
+        # a finite divergence counts too: the loss ends far above where it started
+        "diverged": res.diverged_step is not None or not final < 1e3 * float(losses[0]),
+        "max_grad_norm": float(np.max(gnorms[np.isfinite(gnorms)]))
         if np.isfinite(gnorms).any()
         else float("nan"),
     }
@@ -154,9 +156,15 @@ def main(argv: list[str] | None = None) -> dict:
     )
     p.add_argument("--train-batch", type=cli.positive_int, default=32)
     p.add_argument("--train-steps", type=cli.positive_int, default=400)
-    p.add_argument("--lr", type=cli.positive_float, default=0.3, help="SGD learning rate")
     p.add_argument(
-        "--clip", type=cli.positive_float, default=1.0, help="global-norm clipping threshold"
+        "--learning-rate", "--lr", type=cli.positive_float, default=0.3, help="SGD learning rate"
+    )
+    p.add_argument(
+        "--clip-norm",
+        "--clip",
+        type=cli.positive_float,
+        default=1.0,
+        help="global-norm clipping threshold",
     )
     args = p.parse_args(argv)
     if args.quick:
@@ -229,12 +237,12 @@ def main(argv: list[str] | None = None) -> dict:
         results[f"{act}_first_nonfinite_scale"] = min(bad) if bad else None
 
     plain, _ = timed(train, args, None)
-    clipped, _ = timed(train, args, args.clip)
+    clipped, _ = timed(train, args, args.clip_norm)
     results["training"] = {"plain": plain, "clipped": clipped}
     rows = [
         [
             name,
-            "-" if r["clip"] is None else f"global norm {r['clip']:g}",
+            "-" if r["clip_norm"] is None else f"global norm {r['clip_norm']:g}",
             f"{r['initial_loss']:.3f}",
             f"{r['final_loss']:.3f}",
             "-" if r["first_nonfinite_step"] is None else r["first_nonfinite_step"],
@@ -255,7 +263,7 @@ def main(argv: list[str] | None = None) -> dict:
     )
     print(
         f"\nTraining a tanh RNN with W_h = {args.train_scale:g} * orthogonal on lag-{args.lag} "
-        f"recall (T={args.train_T}), SGD lr={args.lr:g}\n"
+        f"recall (T={args.train_T}), SGD lr={args.learning_rate:g}\n"
     )
     print(text2)
     results["training_table"] = text2
@@ -313,7 +321,8 @@ def main(argv: list[str] | None = None) -> dict:
     ax.set(
         xlabel="SGD step",
         ylabel="training loss (MSE)",
-        title=f"tanh RNN, s={args.train_scale:g}, SGD lr={args.lr:g}, lag-{args.lag} recall",
+        title=f"tanh RNN, s={args.train_scale:g}, SGD lr={args.learning_rate:g}, "
+        f"lag-{args.lag} recall",
     )
     ax.legend(fontsize=8)
     write_results(args.out, "weight_scale", results, fig)

@@ -1,5 +1,6 @@
-"""Tests for gatedrnn.char_lm and experiments/char_lm.py: exact resume, stateful chunks,
-sampling (seeded, greedy at temperature 0), and the --quick command line."""
+"""Tests for gatedrnn.training.char_lm (the model, its sampler) and experiments/char_lm.py
+(its trainer on the one loop): exact resume, stateful chunks, sampling (seeded, greedy at
+temperature 0), divergence, and the --quick command line."""
 
 from __future__ import annotations
 
@@ -12,8 +13,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from gatedrnn import char_lm as clm
-from gatedrnn.checkpoint import CheckpointError
+from gatedrnn import training
+from gatedrnn.training import char_lm as clm
+from gatedrnn.training.checkpoint import CheckpointError
 
 ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
@@ -23,9 +25,9 @@ from experiments import char_lm as SCRIPT  # noqa: E402
 
 TEXT = ("def f(x):\n    return x + 1\n\nclass A:\n    pass\n" * 20)[:600]
 MODEL = {"cell": "gru", "hidden_size": 12, "num_layers": 2, "embed_size": 6, "dropout": 0.2}
-TRAIN = clm.TrainConfig(
-    steps=10, batch_size=4, seq_len=16, lr=1e-2, warmup=2, eval_every=5, ckpt_every=3,
-    eval_chars=400, val_fraction=0.1,
+TRAIN = SCRIPT.TrainConfig(
+    steps=10, batch_size=4, seq_len=16, learning_rate=1e-2, warmup=2, eval_every=5,
+    checkpoint_every=3, eval_chars=400, val_fraction=0.1,
 )  # fmt: skip
 
 
@@ -36,29 +38,33 @@ def _leaves_equal(a, b) -> None:
 
 def test_interrupted_and_resumed_run_ends_with_the_same_params(tmp_path: Path):
     # 540 train chars in 4 rows of 135: 8 chunks per pass, so the run wraps around once.
-    full = clm.train(TEXT, MODEL, TRAIN)
-    part = clm.train(TEXT, MODEL, TRAIN, ckpt_dir=tmp_path, stop_at=7)
+    full = SCRIPT.train(TEXT, MODEL, TRAIN)
+    part = SCRIPT.train(TEXT, MODEL, TRAIN, checkpoint_dir=tmp_path, stop_at=7)
     assert part["steps_done"] == 7
     with pytest.raises(AssertionError):
         _leaves_equal(part["params"], full["params"])
-    # a second interruption, by the time limit: it stops after one step, with a checkpoint
-    timed = clm.train(TEXT, MODEL, TRAIN, ckpt_dir=tmp_path, resume=True, time_limit=0.0)
-    assert timed["steps_done"] == 8
-    resumed = clm.train(TEXT, MODEL, TRAIN, ckpt_dir=tmp_path, resume=True)
+    # a second interruption, by the time limit: it stops after one block (to the next
+    # checkpoint step, 9), with a checkpoint
+    timed = SCRIPT.train(TEXT, MODEL, TRAIN, checkpoint_dir=tmp_path, resume=True, time_limit=0.0)
+    assert timed["steps_done"] == 9
+    resumed = SCRIPT.train(TEXT, MODEL, TRAIN, checkpoint_dir=tmp_path, resume=True)
     assert resumed["steps_done"] == TRAIN.steps
     _leaves_equal(resumed["state"], full["state"])  # params, Adam state and carried state
     assert resumed["val_bpc"] == full["val_bpc"]
-    assert [h["step"] for h in resumed["history"]] == [5, 8, 10]  # 8: the time-limit stop
+    # 7: where the first call stopped; 9: the time-limit stop
+    assert [h["step"] for h in resumed["history"]] == [5, 7, 9, 10]
 
 
 def test_resume_refuses_a_different_config(tmp_path: Path):
-    clm.train(TEXT, MODEL, TRAIN, ckpt_dir=tmp_path, stop_at=3)
+    SCRIPT.train(TEXT, MODEL, TRAIN, checkpoint_dir=tmp_path, stop_at=3)
     with pytest.raises(CheckpointError, match="model"):
-        clm.train(TEXT, {**MODEL, "hidden_size": 13}, TRAIN, ckpt_dir=tmp_path, resume=True)
+        SCRIPT.train(
+            TEXT, {**MODEL, "hidden_size": 13}, TRAIN, checkpoint_dir=tmp_path, resume=True
+        )
     with pytest.raises(CheckpointError, match="already holds checkpoints"):
-        clm.train(TEXT, MODEL, TRAIN, ckpt_dir=tmp_path)
+        SCRIPT.train(TEXT, MODEL, TRAIN, checkpoint_dir=tmp_path)
     with pytest.raises(CheckpointError, match="no checkpoint"):
-        clm.train(TEXT, MODEL, TRAIN, ckpt_dir=tmp_path / "empty", resume=True)
+        SCRIPT.train(TEXT, MODEL, TRAIN, checkpoint_dir=tmp_path / "empty", resume=True)
 
 
 def _tiny(cell: str = "lstm", layers: int = 2):
@@ -82,13 +88,16 @@ def test_carrying_state_over_chunks_equals_one_long_run(cell: str):
 
 def test_train_step_gradient_stops_at_the_chunk_boundary():
     cfg, params = _tiny()
-    opt = clm.make_optimizer(clm.TrainConfig(steps=10))
-    step = clm.make_train_step(cfg, opt)
+    opt = SCRIPT.make_optimizer(SCRIPT.TrainConfig(steps=10))
+    step = jax.jit(training.make_train_step(SCRIPT.chunk_loss(cfg), opt, stateful=True))
     x = jnp.ones((2, 6), jnp.int32)
     carry = clm.initial_carry(params, cfg, 2)
-    _, _, carry2, bpc = step(params, opt.init(params), carry, x, x, jax.random.PRNGKey(0))
+    state = training.init_state(params, opt, 0, carry)
+    chunk = SCRIPT.TextChunk(x, x, jnp.array(False), jax.random.key(0))
+    state2, metrics = step(state, chunk)
+    carry2, bpc = state2.carry, metrics["bpc"]
     want_carry, logits = clm.apply(params, cfg, x, carry)
-    from gatedrnn.text import bits_per_char
+    from gatedrnn.training.text import bits_per_char
 
     assert float(bpc) == pytest.approx(float(bits_per_char(logits, x)), rel=1e-6)
     _leaves_equal(carry2, want_carry)
@@ -161,6 +170,31 @@ def test_quick_train_then_sample_from_the_command_line(tmp_path: Path):
     assert saved["steps_done"] == 40 and len(saved["history"]) == 2
     assert (out / "samples.txt").read_text().count("--- temperature") == 6
     assert (out / "curve.png").stat().st_size > 0
-    args = ["sample", "--ckpt", str(out / "checkpoints"), "--prime", "def ", "--length", "30"]
+    args = [
+        "sample",
+        "--checkpoint-dir",
+        str(out / "checkpoints"),
+        "--prime",
+        "def ",
+        "--length",
+        "30",
+    ]
     got = mod.main([*args, "--temperature", "0", "--out", str(tmp_path / "s.txt")])
     assert got.startswith("def ") and len(got) == 4 + 30 + 1
+
+
+def test_a_diverging_run_exits_1_in_one_line_and_saves_nothing(tmp_path: Path, capsys):
+    from experiments import cli
+
+    text = tmp_path / "t.txt"
+    text.write_text("import os\n\ndef main():\n    print('hello world')\n" * 300, encoding="utf-8")
+    out = tmp_path / "run"
+    argv = ["train", "--quick", "--text", str(text), "--out", str(out), "--no-progress",
+            "--steps", "20", "--learning-rate", "1e38"]  # fmt: skip
+    with pytest.raises(SystemExit) as exit_info:
+        cli.run(SCRIPT.cli_main, argv)
+    assert exit_info.value.code == 1
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 1 and "non-finite" in lines[0] and "at step " in lines[0], lines
+    assert not (out / "train.json").exists() and not (out / "samples.txt").exists()
+    assert not list((out / "checkpoints").glob("step_*"))

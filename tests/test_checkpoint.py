@@ -1,4 +1,4 @@
-"""Tests for gatedrnn.checkpoint: round trip, newest-first, keep, clear errors."""
+"""Tests for gatedrnn.training.checkpoint: round trip, newest-first, keep, clear errors."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ import optax
 import pytest
 
 import gatedrnn as gr
-from gatedrnn import checkpoint as ck
+from gatedrnn.training import checkpoint as ck
 
 
 def _state(hidden: int = 5):

@@ -1,4 +1,4 @@
-"""gatedrnn.cli: user errors are one line on stderr with exit status 2 and no traceback, and
+"""experiments/cli.py: user errors are one line on stderr with exit status 2 and no traceback, and
 outputs appear only when complete (checked on a small script run as a real subprocess)."""
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from gatedrnn import cli
+from experiments import cli
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -22,7 +22,7 @@ ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = textwrap.dedent(
     """
     import sys
-    from gatedrnn import cli
+    from experiments import cli
 
     def main(argv=None):
         p = cli.ArgumentParser(description="demo")
@@ -224,9 +224,9 @@ def test_atomic_path_keeps_old_file_on_failure(tmp_path):
             raise RuntimeError
     assert json.loads(target.read_text()) == {"a": 1}
     assert [p.name for p in tmp_path.iterdir()] == ["r.json"]
-    with pytest.raises(ValueError, match="Out of range float values are not JSON"):
-        cli.write_json(target, {"a": float("nan")})
-    assert json.loads(target.read_text()) == {"a": 1}
+    # never a bare NaN: non-finite numbers are written as strings, the file stays valid JSON
+    cli.write_json(target, {"a": float("nan"), "b": [float("inf"), -float("inf")]})
+    assert json.loads(target.read_text()) == {"a": "nan", "b": ["inf", "-inf"]}
 
 
 def test_check_text_file_returns_the_text(tmp_path):
@@ -239,7 +239,9 @@ def test_check_text_file_returns_the_text(tmp_path):
 
 # ------------------------------------------------------------- the experiment scripts
 
-EXPERIMENTS = sorted(p for p in (ROOT / "experiments").glob("*.py") if not p.name.startswith("_"))
+EXPERIMENTS = sorted(
+    p for p in (ROOT / "experiments").glob("*.py") if p.name[0] != "_" and p.name != "cli.py"
+)
 
 
 def prefix(path: Path) -> list[str]:
@@ -281,7 +283,7 @@ def test_experiment_nonsense_numbers_files_and_unwritable_out(path, tmp_path, mo
         ("--T", "0"),
         ("--batch", "0"),
         ("--batch-size", "0"),
-        ("--lr", "nan"),
+        ("--learning-rate", "nan"),
     ]:
         if f'"{option}"' in source:
             cases.append(([option, value], f"argument {option}"))

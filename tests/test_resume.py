@@ -19,7 +19,8 @@ import numpy as np
 import pytest
 
 import gatedrnn as gr
-from gatedrnn import checkpoint, tasks, train
+from gatedrnn import training
+from gatedrnn.training import checkpoint, tasks
 
 ROOT = Path(__file__).resolve().parents[1]
 STEPS, EVERY = 40, 10
@@ -41,7 +42,9 @@ CHILD = textwrap.dedent(
     import jax.numpy as jnp
     import numpy as np
     import gatedrnn as gr
-    from gatedrnn import cli, resume, tasks, train
+    from experiments import cli
+    from gatedrnn.training import checkpoint, tasks
+    from gatedrnn import training
 
     def main(argv=None):
         p = cli.ArgumentParser()
@@ -52,29 +55,29 @@ CHILD = textwrap.dedent(
         p.add_argument("--nan-at", type=int, default=-1)
         args = p.parse_args(argv)
         if args.slow:
-            save = resume.save
+            save = checkpoint.save
             def slow_save(*a, **k):
                 path = save(*a, **k)
                 print("saved", path.name, flush=True)
                 time.sleep(args.slow)
                 return path
-            resume.save = slow_save
+            checkpoint.save = slow_save
         task = tasks.adding(10)
         if args.nan_at >= 0:
-            batches = train.task_batches(task, {FIT["batch_size"]})
+            batches = training.task_batches(task, {FIT["batch_size"]})
             def batch_fn(rng, step):
                 b = batches(rng, step)
                 bad = jnp.where(step >= args.nan_at, jnp.nan, 1.0)
                 return b._replace(inputs=b.inputs * bad)
-            model = train.task_model(gr.gru(args.hidden_size), task)
-            opt = train.make_optimizer(1e-2)
-            state = train.init_state(model.init(train.param_key(1)), opt, 1)
-            train.train(train.task_loss(model, task), state, opt, batch_fn,
+            model = training.task_model(gr.gru(args.hidden_size), task)
+            opt = training.make_optimizer(1e-2)
+            state = training.init_state(model.init(training.param_key(1)), opt, 1)
+            training.train(training.task_loss(model, task), state, opt, batch_fn,
                         num_steps={STEPS}, eval_every={EVERY}, progress=False,
                         checkpoint_dir=args.out / "ckpt", resume=args.resume)
             return 0
         kw = {FIT!r}
-        _, result = train.fit(task, gr.gru(args.hidden_size), num_steps={STEPS},
+        _, result = training.fit(task, gr.gru(args.hidden_size), num_steps={STEPS},
                               checkpoint_dir=args.out / "ckpt", resume=args.resume, **kw)
         leaves = [np.asarray(x) for x in __import__("jax").tree_util.tree_leaves(
             result.state.params)]
@@ -155,7 +158,9 @@ def test_sigkill_mid_run_then_resume_matches_the_uninterrupted_run(child, uninte
 
     # starting again without resume must not silently start from scratch
     with pytest.raises(checkpoint.CheckpointError, match="already holds checkpoints"):
-        train.fit(tasks.adding(10), gr.gru(8), num_steps=STEPS, checkpoint_dir=out / "ckpt", **FIT)
+        training.fit(
+            tasks.adding(10), gr.gru(8), num_steps=STEPS, checkpoint_dir=out / "ckpt", **FIT
+        )
 
     resumed = finish(launch(child, "--out", str(out), "--resume"))
     assert resumed.returncode == 0, resumed.stderr[-3000:]
@@ -172,7 +177,7 @@ def test_sigkill_mid_run_then_resume_matches_the_uninterrupted_run(child, uninte
 
 def test_resume_with_nothing_to_resume_is_an_error(tmp_path):
     with pytest.raises(checkpoint.CheckpointError, match="cannot resume: no checkpoint in"):
-        train.fit(
+        training.fit(
             tasks.adding(10),
             gr.gru(8),
             num_steps=STEPS,
@@ -181,7 +186,7 @@ def test_resume_with_nothing_to_resume_is_an_error(tmp_path):
             **FIT,
         )
     with pytest.raises(ValueError, match="resume=True needs a checkpoint_dir"):
-        train.fit(tasks.adding(10), gr.gru(8), num_steps=STEPS, resume=True, **FIT)
+        training.fit(tasks.adding(10), gr.gru(8), num_steps=STEPS, resume=True, **FIT)
 
 
 def copy_run(uninterrupted: Path, tmp_path: Path) -> Path:
@@ -201,25 +206,27 @@ def copy_run(uninterrupted: Path, tmp_path: Path) -> Path:
 def test_incompatible_checkpoint_names_the_mismatch(uninterrupted, tmp_path, cell, needle):
     ckpt = copy_run(uninterrupted, tmp_path)
     with pytest.raises(checkpoint.CheckpointError, match="incompatible") as err:
-        train.fit(tasks.adding(10), cell, num_steps=STEPS, checkpoint_dir=ckpt, resume=True, **FIT)
+        training.fit(
+            tasks.adding(10), cell, num_steps=STEPS, checkpoint_dir=ckpt, resume=True, **FIT
+        )
     assert needle in str(err.value)
     with pytest.raises(checkpoint.CheckpointError, match="seq_len: checkpoint has 10, expected 12"):
-        train.fit(
+        training.fit(
             tasks.adding(12), gr.gru(8), num_steps=STEPS, checkpoint_dir=ckpt, resume=True, **FIT
         )
 
 
 def test_state_of_other_shapes_is_refused_even_with_matching_config(uninterrupted, tmp_path):
     ckpt = copy_run(uninterrupted, tmp_path)
-    model = train.task_model(gr.gru(9), tasks.adding(10))
-    opt = train.make_optimizer(1e-2)
-    state = train.init_state(model.init(train.param_key(1)), opt, 1)
+    model = training.task_model(gr.gru(9), tasks.adding(10))
+    opt = training.make_optimizer(1e-2)
+    state = training.init_state(model.init(training.param_key(1)), opt, 1)
     with pytest.raises(checkpoint.CheckpointError, match=r"\.w_h: checkpoint has shape \(8, 24\)"):
-        train.train(
-            train.task_loss(model, tasks.adding(10)),
+        training.train(
+            training.task_loss(model, tasks.adding(10)),
             state,
             opt,
-            train.task_batches(tasks.adding(10), 8),
+            training.task_batches(tasks.adding(10), 8),
             num_steps=STEPS,
             checkpoint_dir=ckpt,
             resume=True,
@@ -243,7 +250,7 @@ def test_truncated_checkpoint_is_an_error_not_a_fresh_start(uninterrupted, tmp_p
     ckpt = copy_run(uninterrupted, tmp_path)
     _break_latest(ckpt, how)
     with pytest.raises(checkpoint.CheckpointError, match="truncated or corrupt"):
-        train.fit(
+        training.fit(
             tasks.adding(10), gr.gru(8), num_steps=STEPS, checkpoint_dir=ckpt, resume=True, **FIT
         )
 
@@ -268,10 +275,10 @@ def test_non_finite_loss_stops_naming_the_step_and_keeps_the_last_good_checkpoin
 
 
 def test_resume_drops_log_lines_written_after_the_checkpoint(tmp_path):
-    from gatedrnn import resume
+    from gatedrnn.training import checkpoint
 
     log = tmp_path / "log.jsonl"
     rows = [{"step": s, "train_loss": 1.0 / s} for s in (10, 20, 30)]
     log.write_text("".join(json.dumps(r) + "\n" for r in rows) + '{"step": 4')  # cut by a kill
-    resume._trim_log(log, 20)
+    checkpoint._trim_log(log, 20)
     assert [json.loads(line)["step"] for line in log.read_text().splitlines()] == [10, 20]

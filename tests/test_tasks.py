@@ -9,7 +9,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from gatedrnn import tasks
+from gatedrnn.training import tasks
 
 KEY = jax.random.PRNGKey(0)
 

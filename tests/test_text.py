@@ -1,4 +1,4 @@
-"""Tests for gatedrnn.text: vocabulary, corpora, chunk batching, bits per character."""
+"""Tests for gatedrnn.training.text: vocabulary, corpora, chunk batching, bits per character."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from gatedrnn import text as T
+from gatedrnn.training import text as T
 
 
 def test_vocab_round_trip_and_unknown_characters():

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 
+import chex
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -11,7 +12,8 @@ import optax
 import pytest
 
 import gatedrnn as gr
-from gatedrnn import tasks, train
+from gatedrnn import training
+from gatedrnn.training import checkpoint, tasks
 
 KEY = jax.random.PRNGKey(0)
 
@@ -19,7 +21,7 @@ KEY = jax.random.PRNGKey(0)
 def test_fit_reduces_loss_on_a_tiny_task(tmp_path) -> None:
     task = tasks.echo(6, 1, vocab=2)
     log = tmp_path / "log.jsonl"
-    _, res = train.fit(
+    _, res = training.fit(
         task,
         gr.gru(8),
         num_steps=300,
@@ -41,7 +43,7 @@ def test_fit_reduces_loss_on_a_tiny_task(tmp_path) -> None:
 
 def test_early_stop_records_the_solving_step() -> None:
     task = tasks.echo(6, 0, vocab=2)  # memoryless: solved quickly
-    _, res = train.fit(
+    _, res = training.fit(
         task, gr.vanilla(8), num_steps=2000, learning_rate=3e-2, eval_every=20, progress=False
     )
     assert res.solved_step is not None and res.solved_step < 2000
@@ -51,15 +53,15 @@ def test_early_stop_records_the_solving_step() -> None:
 
 def test_same_seed_same_numbers_and_an_ensemble_run_matches_single_runs() -> None:
     task = tasks.adding(12)
-    model = train.task_model(gr.lstm(6), task)
-    opt = train.make_optimizer(1e-2)
-    loss, batches = train.task_loss(model, task), train.task_batches(task, 8)
-    held_out = train.eval_batches_for(task, 64, 1)
+    model = training.task_model(gr.lstm(6), task)
+    opt = training.make_optimizer(1e-2)
+    loss, batches = training.task_loss(model, task), training.task_batches(task, 8)
+    held_out = training.eval_batches_for(task, 64, 1)
     kw = dict(num_steps=40, eval_every=20, progress=False, eval_batches=held_out)
 
     def single(seed):
-        st = train.init_state(model.init(train.param_key(seed)), opt, seed)
-        return train.train(loss, st, opt, batches, **kw)
+        st = training.init_state(model.init(training.param_key(seed)), opt, seed)
+        return training.train(loss, st, opt, batches, **kw)
 
     a, b, c = single(3), single(3), single(4)
     for ra, rb in zip(a.history, b.history):
@@ -68,9 +70,9 @@ def test_same_seed_same_numbers_and_an_ensemble_run_matches_single_runs() -> Non
     assert all(jax.tree_util.tree_leaves(same))
     assert c.history[-1]["train_loss"] != a.history[-1]["train_loss"]
     # seeds 3 and 4 at once with vmap give the two single runs' numbers
-    params = jax.vmap(model.init)(jnp.stack([train.param_key(3), train.param_key(4)]))
-    ens = train.train(
-        loss, train.init_ensemble(params, opt, [3, 4]), opt, batches, ensemble=True, **kw
+    params = jax.vmap(model.init)(jnp.stack([training.param_key(3), training.param_key(4)]))
+    ens = training.train(
+        loss, training.init_ensemble(params, opt, [3, 4]), opt, batches, ensemble=True, **kw
     )
     assert ens.history[-1]["train_loss"] == pytest.approx(
         [a.history[-1]["train_loss"], c.history[-1]["train_loss"]], rel=1e-4
@@ -85,15 +87,15 @@ def test_same_seed_same_numbers_and_an_ensemble_run_matches_single_runs() -> Non
 
 def test_resuming_from_a_state_continues_the_same_run() -> None:
     task = tasks.adding(10)
-    model = train.task_model(gr.gru(5), task)
-    opt = train.make_optimizer(1e-2, schedule="cosine", num_steps=60)
-    st = train.init_state(model.init(KEY), opt, 7)
-    loss = train.task_loss(model, task)
-    batches = train.task_batches(task, 8)
+    model = training.task_model(gr.gru(5), task)
+    opt = training.make_optimizer(1e-2, schedule="cosine", num_steps=60)
+    st = training.init_state(model.init(KEY), opt, 7)
+    loss = training.task_loss(model, task)
+    batches = training.task_batches(task, 8)
     kw = dict(eval_every=15, progress=False)
-    straight = train.train(loss, st, opt, batches, num_steps=60, **kw)
-    half = train.train(loss, st, opt, batches, num_steps=30, **kw)
-    resumed = train.train(loss, half.state, opt, batches, num_steps=60, **kw)
+    straight = training.train(loss, st, opt, batches, num_steps=60, **kw)
+    half = training.train(loss, st, opt, batches, num_steps=30, **kw)
+    resumed = training.train(loss, half.state, opt, batches, num_steps=60, **kw)
     np.testing.assert_allclose(
         jax.tree_util.tree_leaves(straight.state.params)[0],
         jax.tree_util.tree_leaves(resumed.state.params)[0],
@@ -118,16 +120,18 @@ def test_non_finite_loss_raises_naming_the_step() -> None:
     def loss_fn(params, batch):
         return jnp.log(params["w"]), {}
 
-    opt = train.make_optimizer(lr, clip_norm=None, optimizer="sgd")
-    st = train.init_state({"w": jnp.array(1.0)}, opt, 0)
-    with pytest.raises(train.NonFiniteLossError, match="at step 3") as err:
-        train.train(loss_fn, st, opt, lambda r, s: None, num_steps=10, eval_every=2, progress=False)
+    opt = training.make_optimizer(lr, clip_norm=None, optimizer="sgd")
+    st = training.init_state({"w": jnp.array(1.0)}, opt, 0)
+    with pytest.raises(training.NonFiniteLossError, match="at step 3") as err:
+        training.train(
+            loss_fn, st, opt, lambda r, s: None, num_steps=10, eval_every=2, progress=False
+        )
     assert err.value.step == 3
 
 
 def test_sequence_model_is_scan_plus_readout() -> None:
     cell = gr.gru(7)
-    model = train.sequence_model(cell, 3, 2)
+    model = training.sequence_model(cell, 3, 2)
     p = model.init(KEY)
     xs = jax.random.normal(KEY, (4, 9, 3))
     final, out = model.apply(p, xs)
@@ -136,30 +140,30 @@ def test_sequence_model_is_scan_plus_readout() -> None:
     np.testing.assert_allclose(final, ref_final)
     assert out.shape == (4, 9, 2)
     with pytest.raises(TypeError, match="Cell"):
-        train.sequence_model("lstm", 3, 2)
+        training.sequence_model("lstm", 3, 2)
 
 
 def test_stream_chunks_tile_the_stream_and_reset_at_its_start() -> None:
     task = tasks.echo(12, 2)
-    fn = train.stream_batches(task, 3, 4)
+    fn = training.stream_batches(task, 3, 4)
     full = task.sample(jax.random.fold_in(KEY, 1), 3)  # stream 1 = steps 3, 4, 5
     chunks = [fn(KEY, jnp.int32(s)) for s in (3, 4, 5)]
     np.testing.assert_array_equal(jnp.concatenate([c.batch.inputs for c in chunks], 1), full.inputs)
     assert [bool(c.first) for c in chunks] == [True, False, False]
     with pytest.raises(ValueError, match="divide"):
-        train.stream_batches(task, 3, 5)
+        training.stream_batches(task, 3, 5)
 
 
 def test_stateful_step_gradient_equals_truncated_scan_gradient() -> None:
     """On the 2nd chunk, carried-state BPTT == gr.scan(truncate=k) on the whole stream."""
     k, T = 5, 10
     task = tasks.echo(T, 2, vocab=3)
-    model = train.task_model(gr.lstm(6), task)
+    model = training.task_model(gr.lstm(6), task)
     p = model.init(KEY)
     stream = task.sample(jax.random.fold_in(KEY, 0), 4)  # stream 0 = chunks at steps 0, 1
-    fn = train.stream_batches(task, 4, k)
+    fn = training.stream_batches(task, 4, k)
     chunk0, chunk1 = fn(KEY, jnp.int32(0)), fn(KEY, jnp.int32(1))
-    sloss = train.stateful_task_loss(model, task)
+    sloss = training.stateful_task_loss(model, task)
     zero = model.cell.initial_state(p.cell, (4,))
     _, (_, carry) = sloss(p, chunk0, zero)
     g_state = jax.grad(lambda q: sloss(q, chunk1, jax.lax.stop_gradient(carry))[0])(p)
@@ -174,32 +178,34 @@ def test_stateful_step_gradient_equals_truncated_scan_gradient() -> None:
     for a, b in zip(jax.tree_util.tree_leaves(g_state), jax.tree_util.tree_leaves(g_full)):
         np.testing.assert_allclose(a, b, rtol=2e-4, atol=1e-6)
     # and the stateful loop trains through it with the carry threaded
-    opt = train.make_optimizer(1e-2)
-    st = train.init_state(p, opt, 0, carry=zero)
-    res = train.train(sloss, st, opt, fn, num_steps=4, stateful=True, eval_every=2, progress=False)
+    opt = training.make_optimizer(1e-2)
+    st = training.init_state(p, opt, 0, carry=zero)
+    res = training.train(
+        sloss, st, opt, fn, num_steps=4, stateful=True, eval_every=2, progress=False
+    )
     assert int(res.state.step) == 4
     assert jax.tree_util.tree_structure(res.state.carry) == jax.tree_util.tree_structure(zero)
 
 
 def test_make_optimizer_schedules_and_errors() -> None:
     for sched in ("constant", "cosine", "warmup_cosine"):
-        opt = train.make_optimizer(1e-3, schedule=sched, num_steps=10, warmup_steps=2)
+        opt = training.make_optimizer(1e-3, schedule=sched, num_steps=10, warmup_steps=2)
         assert isinstance(opt, optax.GradientTransformation)
     with pytest.raises(ValueError, match="num_steps"):
-        train.make_optimizer(1e-3, schedule="cosine")
+        training.make_optimizer(1e-3, schedule="cosine")
     with pytest.raises(ValueError, match="schedule"):
-        train.make_optimizer(1e-3, schedule="linear")
+        training.make_optimizer(1e-3, schedule="linear")
     with pytest.raises(ValueError, match="optimizer"):
-        train.make_optimizer(1e-3, optimizer="nope")
+        training.make_optimizer(1e-3, optimizer="nope")
     with pytest.raises(ValueError, match="learning_rate"):
-        train.make_optimizer(0.0)
+        training.make_optimizer(0.0)
 
 
 def test_train_rejects_bad_arguments() -> None:
-    opt = train.make_optimizer(1e-3)
-    st = train.init_state({"w": jnp.zeros(())}, opt, 0)
+    opt = training.make_optimizer(1e-3)
+    st = training.init_state({"w": jnp.zeros(())}, opt, 0)
     with pytest.raises(ValueError, match="eval_every"):
-        train.train(
+        training.train(
             lambda p, b: (p["w"], {}),
             st,
             opt,
@@ -209,7 +215,7 @@ def test_train_rejects_bad_arguments() -> None:
             progress=False,
         )
     with pytest.raises(TypeError, match="TrainState"):
-        train.train(lambda p, b: (p["w"], {}), (1, 2), opt, lambda r, s: None, num_steps=3)
+        training.train(lambda p, b: (p["w"], {}), (1, 2), opt, lambda r, s: None, num_steps=3)
 
 
 def test_readme_training_example_runs() -> None:
@@ -217,3 +223,51 @@ def test_readme_training_example_runs() -> None:
 
     code = readme_block("train-loop")
     exec(compile(code, "README.md:train-loop", "exec"), {"__name__": "train_loop"})
+
+
+def _finite_json_lines(path) -> list[dict]:
+    def refuse(name: str) -> None:
+        raise AssertionError(f"bare {name} in {path}")
+
+    return [json.loads(ln, parse_constant=refuse) for ln in path.read_text().splitlines()]
+
+
+def test_stop_mode_reports_the_first_bad_step_and_saves_nothing_non_finite(tmp_path) -> None:
+    # the loss is finite for updates 0..4 and NaN from update 5 on
+    def loss_fn(p, step):
+        return jnp.where(step >= 5, jnp.nan, 1.0) * jnp.sum(p["w"] ** 2), {}
+
+    opt = training.make_optimizer(1e-2)
+    st = training.init_state({"w": jnp.ones(3)}, opt, 0)
+    ckpt, log = tmp_path / "ckpt", tmp_path / "log.jsonl"
+    res = training.train(
+        loss_fn, st, opt, lambda rng, step: step, num_steps=10, eval_every=2, progress=False,
+        checkpoint_dir=ckpt, log_path=log, on_nonfinite="stop",
+    )  # fmt: skip
+    assert res.diverged_step == 5
+    assert int(res.state.step) == 4 and [h["step"] for h in res.history] == [2, 4]
+    chex.assert_shape(res.per_step["loss"], (6,))
+    assert np.isnan(res.per_step["loss"][-1]) and np.all(np.isfinite(res.per_step["loss"][:5]))
+    assert [s for s, _ in checkpoint.list_checkpoints(ckpt)] == [2, 4]
+    restored, _ = checkpoint.restore_checkpoint(checkpoint.latest_checkpoint(ckpt), res.state)
+    chex.assert_trees_all_close(restored, res.state)
+    assert [r["step"] for r in _finite_json_lines(log)] == [2, 4]
+
+
+def test_params_that_overflow_with_a_finite_loss_are_never_saved(tmp_path) -> None:
+    # update 3 sees a finite loss (1e38 * mean(w), w = 1) but its SGD step sends w to -inf
+    def loss_fn(p, step):
+        return jnp.where(step == 3, 1e38, 0.0) * jnp.mean(p["w"]), {}
+
+    opt = training.make_optimizer(100.0, clip_norm=None, optimizer="sgd")
+    st = training.init_state({"w": jnp.ones(2)}, opt, 0)
+    kw = dict(num_steps=8, eval_every=4, progress=False)
+    with pytest.raises(training.NonFiniteLossError, match="at step 4") as err:
+        training.train(loss_fn, st, opt, lambda r, s: s, checkpoint_dir=tmp_path / "a", **kw)
+    assert err.value.step == 4
+    assert checkpoint.list_checkpoints(tmp_path / "a") == []
+    res = training.train(
+        loss_fn, st, opt, lambda r, s: s, checkpoint_dir=tmp_path / "b", on_nonfinite="stop", **kw
+    )
+    assert res.diverged_step == 4 and res.history == [] and int(res.state.step) == 0
+    assert checkpoint.list_checkpoints(tmp_path / "b") == []

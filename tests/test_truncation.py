@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from gatedrnn.cli import UsageError
+from experiments.cli import UsageError
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -1,22 +1,42 @@
-"""Save and restore training state with orbax: one directory per step, written atomically.
+"""Checkpoints and resume for the training loop, with orbax: one directory per step.
 
 A checkpoint is a directory ``<root>/step_<8 digits>`` holding two orbax items:
 
-* ``state``: any pytree of arrays (params, optimizer state, RNN carry, ...);
-* ``meta``: JSON: the step, the caller's metadata (config, vocabulary, ...) and the
-  *signature* of the state (every leaf's path, shape and dtype).
+* ``state``: any pytree of arrays (the loop's whole
+  :class:`~gatedrnn.training.loop.TrainState`: params, optimizer state, step, batch key,
+  carry);
+* ``meta``: JSON: the step, the caller's metadata (config, vocabulary, history, ...) and
+  the *signature* of the state (every leaf's path, shape and dtype).
 
 Orbax writes into a temporary directory and renames it when complete, so a run killed
 while saving leaves no ``step_*`` directory behind, only a temporary one that
 :func:`latest_checkpoint` ignores. :func:`restore_checkpoint` compares the saved signature
 and metadata with what the caller expects first and raises :class:`CheckpointError`
 naming the mismatch, rather than an orbax or tensorstore traceback.
+
+Resuming a run (:func:`start`, :func:`save`): batches are a pure function of ``(key,
+step)``, so the resumed run draws the same batches as an uninterrupted one and ends with
+the same params and metrics. No silent fresh start, ever:
+
+* ``resume=False`` and the folder already holds checkpoints: :class:`CheckpointError`;
+* ``resume=True`` and no checkpoint: :class:`CheckpointError`;
+* a truncated, unreadable or incompatible checkpoint (other cell, other sizes, other
+  config): :class:`CheckpointError` naming the mismatch.
+
+This is the only module that imports orbax. It also holds the atomic file writing the
+library needs (:func:`atomic_path`, :func:`write_text`).
 """
 
 from __future__ import annotations
 
+import contextlib
+import json
+import math
+import os
 import re
 import shutil
+import tempfile
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +48,7 @@ import orbax.checkpoint as ocp
 PyTree = Any
 
 _STEP_DIR = re.compile(r"^step_(\d{8})$")
+KEEP = 2  # checkpoints a run keeps on disk: the newest and the one before it
 
 
 class CheckpointError(ValueError):
@@ -132,7 +153,7 @@ def load_meta(path: str | Path) -> dict[str, Any]:
             f"checkpoint {path} is truncated or corrupt: cannot read its metadata ({e})"
         ) from None
     if not isinstance(info, dict) or not {"step", "meta", "signature"} <= set(info):
-        raise CheckpointError(f"checkpoint {path} was not written by gatedrnn.checkpoint")
+        raise CheckpointError(f"checkpoint {path} was not written by gatedrnn.training.checkpoint")
     return info
 
 
@@ -216,13 +237,156 @@ def restore_checkpoint(
     return state, info
 
 
+# ------------------------------------------------------------------------ atomic files
+
+
+@contextlib.contextmanager
+def atomic_path(path: str | Path) -> Iterator[Path]:
+    """Yield a temporary path next to ``path``; rename it to ``path`` if the block succeeds.
+
+    The temporary name keeps the suffix (``.curve.1234.tmp.png``) so that writers that
+    look at the extension (matplotlib) still work. On an exception it is deleted and
+    ``path`` is left as it was.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp_name = tempfile.mkstemp(
+        dir=path.parent, prefix=f".{path.stem}.", suffix=f".tmp{path.suffix}"
+    )
+    os.close(fd)
+    tmp = Path(tmp_name)
+    try:
+        yield tmp
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+def write_text(path: str | Path, text: str) -> Path:
+    """Write ``text`` (UTF-8) to ``path`` atomically (see :func:`atomic_path`)."""
+    with atomic_path(path) as tmp:
+        with open(tmp, "w", encoding="utf-8") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+    return Path(path)
+
+
+# ------------------------------------------------------------------------------ resume
+
+
+def jsonable(x: Any) -> Any:
+    """``x`` as valid JSON can hold it: arrays to lists, tuples to lists, NaN/inf to the
+    strings ``"nan"``, ``"inf"``, ``"-inf"`` (``json.dumps`` would write bare ``NaN``)."""
+    if isinstance(x, Mapping):
+        return {str(k): jsonable(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return [jsonable(v) for v in x]
+    if hasattr(x, "tolist") and not isinstance(x, (str, bytes)):
+        return jsonable(np.asarray(x).tolist())
+    if isinstance(x, float) and not math.isfinite(x):
+        return "nan" if math.isnan(x) else ("inf" if x > 0 else "-inf")
+    return x
+
+
+def _config(meta: Mapping[str, Any] | None) -> dict[str, Any]:
+    """The caller's config as it will read back from JSON (tuples become lists)."""
+    return json.loads(json.dumps(jsonable(dict(meta or {})), allow_nan=False))
+
+
+def _trim_log(log_path: str | Path, step: int) -> None:
+    """Drop the log lines a killed run wrote after the checkpoint it resumes from."""
+    path = Path(log_path)
+    if not path.exists():
+        return
+    kept = []
+    for line in path.read_text(encoding="utf-8").splitlines():
+        try:
+            row_step = json.loads(line).get("step", 0)
+        except (json.JSONDecodeError, AttributeError):
+            continue  # a line cut short by the kill
+        if isinstance(row_step, (int, float)) and row_step <= step:
+            kept.append(line)
+    write_text(path, "".join(f"{line}\n" for line in kept))
+
+
+def start(
+    state: PyTree,
+    checkpoint_dir: str | Path,
+    *,
+    resume: bool,
+    meta: Mapping[str, Any] | None = None,
+    members: int = 1,
+    log_path: str | Path | None = None,
+) -> tuple[PyTree, list[dict[str, Any]], list[int | None]]:
+    """Begin a checkpointed run: fresh from ``state``, or from the latest checkpoint.
+
+    Args:
+      state: the fresh :class:`~gatedrnn.training.loop.TrainState`; also the template (structure,
+        shapes, dtypes) a checkpoint must match.
+      checkpoint_dir: the run's checkpoint folder.
+      resume: continue from the newest checkpoint in ``checkpoint_dir``.
+      meta: the run's config (cell, sizes, task, ...); a checkpoint with other values is
+        refused, naming the key.
+      members: ensemble size (1 for a single run).
+      log_path: the run's JSON-lines log; lines after the checkpoint's step are dropped.
+
+    Returns:
+      ``(state, history, solved_at)`` to continue from.
+
+    Raises:
+      CheckpointError: see the module docstring.
+    """
+    root = Path(checkpoint_dir)
+    latest = latest_checkpoint(root)
+    if not resume:
+        if latest is not None:
+            raise CheckpointError(
+                f"{root} already holds checkpoints (latest {latest.name}); resume to continue "
+                "that run, or give an empty folder to start a new one"
+            )
+        return state, [], [None] * members
+    if latest is None:
+        raise CheckpointError(f"cannot resume: no checkpoint in {root.absolute()}")
+    restored, info = restore_checkpoint(latest, state, expect_meta=_config(meta))
+    history = list(info["meta"].get("history", []))
+    solved_at = list(info["meta"].get("solved_at", [None] * members))
+    if log_path is not None:
+        _trim_log(log_path, int(info["step"]))
+    return restored, history, solved_at
+
+
+def save(
+    checkpoint_dir: str | Path,
+    step: int,
+    state: PyTree,
+    history: list[dict[str, Any]],
+    solved_at: list[int | None],
+    meta: Mapping[str, Any] | None = None,
+) -> Path:
+    """Write the run's state at ``step`` atomically, keeping the newest :data:`KEEP`.
+
+    Returns:
+      the checkpoint's folder.
+    """
+    info = _config({**(meta or {}), "history": history, "solved_at": solved_at})
+    return save_checkpoint(checkpoint_dir, step, state, info, keep=KEEP)
+
+
 __all__ = [
+    "KEEP",
     "CheckpointError",
+    "atomic_path",
+    "jsonable",
     "latest_checkpoint",
     "list_checkpoints",
     "load_meta",
     "restore_checkpoint",
+    "save",
     "save_checkpoint",
+    "start",
     "step_dir",
     "tree_signature",
+    "write_text",
 ]

@@ -1,4 +1,7 @@
-"""What every experiment script shares on its command line: user errors and atomic outputs.
+"""What every experiment script shares: its command line, user errors, float64, results.
+
+Scripts import it as ``from experiments import cli`` (run from the repo root,
+``python experiments/NAME.py``; the scripts put the repo root on ``sys.path`` themselves).
 
 * :func:`run` runs a script's ``main(argv)``; a user error (bad option, nonsense number,
   missing/empty/non-UTF-8 input file, unwritable output folder, incompatible checkpoint,
@@ -11,22 +14,32 @@
   :func:`nonneg_int`, :func:`positive_float`, :func:`finite_float`, :func:`fraction`,
   :func:`text_file`, :func:`output_dir`, :func:`output_file` check values when the command
   line is parsed.
-* :func:`atomic_path`, :func:`write_text`, :func:`write_json`: write an output under a
-  temporary name in the same folder and rename it into place only when it is complete, so
-  an interrupted or failed run never leaves a truncated file that looks finished.
+* :func:`atomic_path`, :func:`write_text` (from :mod:`gatedrnn.training.checkpoint`),
+  :func:`write_json`, :func:`write_results`: write an output under a temporary name in the
+  same folder and rename it into place only when it is complete, so an interrupted or
+  failed run never leaves a truncated file that looks finished; JSON never holds a bare
+  NaN (:func:`to_jsonable`).
+* :func:`parser`: the options every study has (``--quick``, ``--seed``, ``--out``).
 """
 
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import os
 import sys
 import tempfile
-from collections.abc import Callable, Iterator, Sequence
+import time
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, NoReturn
+
+import numpy as np
+
+from gatedrnn.training.checkpoint import atomic_path, write_text
+from gatedrnn.training.checkpoint import jsonable as to_jsonable
+
+RESULTS = Path(__file__).resolve().parent / "results"
 
 DEBUG_ENV = "GATEDRNN_DEBUG"
 
@@ -78,6 +91,14 @@ def positive_float(text: str) -> float:
     value = _number(float, text, "a finite number > 0")
     if not 0.0 < value < float("inf"):
         raise argparse.ArgumentTypeError(f"expected a finite number > 0, got {text}")
+    return value
+
+
+def nonneg_float(text: str) -> float:
+    """An argparse type: a finite number >= 0 (temperatures, where 0 has a meaning)."""
+    value = _number(float, text, "a finite number >= 0")
+    if not 0.0 <= value < float("inf"):
+        raise argparse.ArgumentTypeError(f"expected a finite number >= 0, got {text}")
     return value
 
 
@@ -170,47 +191,10 @@ def check_output_dir(path: str | Path) -> Path:
 # ------------------------------------------------------------------------------ outputs
 
 
-@contextlib.contextmanager
-def atomic_path(path: str | Path) -> Iterator[Path]:
-    """Yield a temporary path next to ``path``; rename it to ``path`` if the block succeeds.
-
-    The temporary name keeps the suffix (``.curve.1234.tmp.png``) so that writers that
-    look at the extension (matplotlib) still work. On an exception it is deleted and
-    ``path`` is left as it was.
-
-    Example::
-
-        with atomic_path(out / "curve.png") as tmp:
-            fig.savefig(tmp)
-    """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(
-        dir=path.parent, prefix=f".{path.stem}.", suffix=f".tmp{path.suffix}"
-    )
-    os.close(fd)
-    tmp = Path(tmp_name)
-    try:
-        yield tmp
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-
-
-def write_text(path: str | Path, text: str) -> Path:
-    """Write ``text`` (UTF-8) to ``path`` atomically (see :func:`atomic_path`)."""
-    with atomic_path(path) as tmp:
-        with open(tmp, "w", encoding="utf-8") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-    return Path(path)
-
-
 def write_json(path: str | Path, obj: Any, *, indent: int = 2) -> Path:
-    """Write ``obj`` as JSON to ``path`` atomically; NaN/inf are refused (invalid JSON)."""
-    return write_text(path, json.dumps(obj, indent=indent, allow_nan=False) + "\n")
+    """Write ``obj`` as JSON to ``path`` atomically; NaN/inf become strings
+    (:func:`to_jsonable`), so the file is always valid JSON."""
+    return write_text(path, json.dumps(to_jsonable(obj), indent=indent, allow_nan=False) + "\n")
 
 
 # ---------------------------------------------------------------------------------- run
@@ -268,6 +252,96 @@ def run(main: Callable[[Sequence[str] | None], Any], argv: Sequence[str] | None 
     sys.exit(status if isinstance(status, int) else 0)
 
 
+# ------------------------------------------------------------------------- studies
+
+
+def parser(description: str) -> ArgumentParser:
+    """An argparse parser with the options every experiment has: --quick, --seed, --out.
+
+    Its errors are one line with exit status 2 when the script runs through
+    :func:`run`; ``--out`` must be a folder that can be written to.
+    """
+    p = ArgumentParser(
+        description=description, formatter_class=argparse.ArgumentDefaultsHelpFormatter
+    )
+    p.add_argument(
+        "--quick", action="store_true", help="a small, fast run (for tests and smoke checks)"
+    )
+    p.add_argument("--seed", type=nonneg_int, default=0, help="base random seed")
+    p.add_argument(
+        "--out", type=output_dir, default=RESULTS, help="directory for the JSON and PNG results"
+    )
+    return p
+
+
+def setup_jax(x64: bool = True) -> None:
+    """Float64 on request (so tiny gradients do not underflow to zero)."""
+    import jax
+
+    jax.config.update("jax_enable_x64", x64)
+
+
+def write_results(out: Path, name: str, results: dict[str, Any], fig: Any) -> tuple[Path, Path]:
+    """Write ``out/name.json`` and ``out/name.png`` atomically; return both paths."""
+    out.mkdir(parents=True, exist_ok=True)
+    js, png = out / f"{name}.json", out / f"{name}.png"
+    with atomic_path(png) as tmp:
+        fig.savefig(tmp, dpi=110, bbox_inches="tight")
+    write_text(js, json.dumps(to_jsonable(results), indent=1) + "\n")
+    pyplot().close(fig)
+    print(f"wrote {js} and {png}")
+    return js, png
+
+
+def pyplot() -> Any:
+    """matplotlib.pyplot on the non-interactive Agg backend."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def timed(fn: Callable[..., Any], *args: Any, **kwargs: Any) -> tuple[Any, float]:
+    """``(fn(*args, **kwargs), seconds)``."""
+    t0 = time.perf_counter()
+    out = fn(*args, **kwargs)
+    return out, time.perf_counter() - t0
+
+
+def table(rows: list[list[Any]], header: list[str]) -> str:
+    """A plain-text table (also valid Markdown)."""
+    cells = [[str(c) for c in r] for r in [header, *rows]]
+    widths = [max(len(r[i]) for r in cells) for i in range(len(header))]
+    lines = ["| " + " | ".join(c.ljust(w) for c, w in zip(r, widths)) + " |" for r in cells]
+    lines.insert(1, "|" + "|".join("-" * (w + 2) for w in widths) + "|")
+    return "\n".join(lines)
+
+
+def loss_last_output(final: Any, ys: Any) -> Any:
+    """L = sum over the batch of the last output's units / sqrt(H): a fixed readout.
+
+    ``ys`` is time-major (as :func:`gatedrnn.diagnostics.state_gradients` passes it).
+    """
+    import jax.numpy as jnp
+
+    return jnp.sum(ys[-1]) / jnp.sqrt(ys.shape[-1])
+
+
+def whole_state(norms: Any) -> np.ndarray:
+    """Norms of the gradient with respect to the whole state from per-part norms
+    (``sqrt(|g_h|^2 + |g_c|^2)`` for LSTM; the norms themselves for one-part states)."""
+    import jax
+
+    return np.sqrt(sum(np.asarray(n, np.float64) ** 2 for n in jax.tree_util.tree_leaves(norms)))
+
+
+def geomean(a: Any, axis: int = 0) -> np.ndarray:
+    """Geometric mean along ``axis`` (zeros count as 1e-300)."""
+    return np.exp(np.mean(np.log(np.maximum(np.asarray(a, np.float64), 1e-300)), axis=axis))
+
+
 __all__ = [
     "ArgumentParser",
     "UsageError",
@@ -276,13 +350,24 @@ __all__ = [
     "check_text_file",
     "finite_float",
     "fraction",
+    "geomean",
+    "loss_last_output",
+    "nonneg_float",
     "nonneg_int",
     "output_dir",
     "output_file",
+    "parser",
     "positive_float",
     "positive_int",
+    "pyplot",
     "run",
+    "setup_jax",
+    "table",
     "text_file",
+    "timed",
+    "to_jsonable",
+    "whole_state",
     "write_json",
+    "write_results",
     "write_text",
 ]

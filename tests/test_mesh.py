@@ -1,5 +1,5 @@
-"""Data-parallel training on 8 simulated CPU devices (a subprocess with
-XLA_FLAGS=--xla_force_host_platform_device_count=8) follows the one-device run: the same
+"""gatedrnn.training.mesh: data-parallel training on 8 simulated CPU devices (a subprocess
+that calls chex.set_n_cpu_devices(8) first) follows the one-device run: the same
 loss curve and parameters within float tolerance (also across a checkpoint and resume),
 with the batch really split and the parameters really replicated."""
 
@@ -19,12 +19,15 @@ ROOT = Path(__file__).resolve().parents[1]
 CHILD = textwrap.dedent(
     r"""
     import json, os, sys, tempfile
+    import chex
+    chex.set_n_cpu_devices(8)  # before anything asks JAX for its devices
     import jax, jax.numpy as jnp, numpy as np
     import gatedrnn as gr
-    from gatedrnn import parallel, tasks, train
+    from gatedrnn.training import tasks
+    from gatedrnn import training
 
     assert jax.device_count() == 8, jax.devices()
-    mesh = parallel.data_mesh()
+    mesh = training.data_mesh()
     out = {"devices": mesh.size}
 
     def max_rel(a, b):
@@ -34,15 +37,15 @@ CHILD = textwrap.dedent(
             diffs.append(float(np.max(np.abs(x - y)) / (np.max(np.abs(y)) + 1e-12)))
         return max(diffs)
 
-    # --- the long-range task through train.fit: 1 device vs the 8-device mesh
+    # --- the long-range task through training.fit: 1 device vs the 8-device mesh
     task = tasks.adding(12)
     kw = dict(num_steps=30, batch_size=16, learning_rate=1e-2, eval_every=10,
               eval_batch_size=64, early_stop=False, progress=False, seed=3)
-    _, one = train.fit(task, gr.gru(16), **kw)
+    _, one = training.fit(task, gr.gru(16), **kw)
     # on 8 devices: stopped after 20 steps, then resumed from the checkpoint up to 30
     ckpt = tempfile.mkdtemp()
-    train.fit(task, gr.gru(16), mesh=mesh, checkpoint_dir=ckpt, **{**kw, "num_steps": 20})
-    _, many = train.fit(task, gr.gru(16), mesh=mesh, checkpoint_dir=ckpt, resume=True, **kw)
+    training.fit(task, gr.gru(16), mesh=mesh, checkpoint_dir=ckpt, **{**kw, "num_steps": 20})
+    _, many = training.fit(task, gr.gru(16), mesh=mesh, checkpoint_dir=ckpt, resume=True, **kw)
     out["adding"] = {
         "train_loss_one": [h["train_loss"] for h in one.history],
         "train_loss_many": [h["train_loss"] for h in many.history],
@@ -54,24 +57,24 @@ CHILD = textwrap.dedent(
     }
 
     # --- a batch is split over the devices
-    batch = parallel.shard_batch(task.sample(jax.random.PRNGKey(0), 16), mesh)
+    batch = training.shard_batch(task.sample(jax.random.PRNGKey(0), 16), mesh)
     out["batch_shard_shape"] = list(batch.inputs.addressable_shards[0].data.shape)
 
     # --- a batch that does not split evenly is refused before anything runs
     try:
-        train.fit(task, gr.gru(16), **{**kw, "batch_size": 12}, mesh=mesh)
+        training.fit(task, gr.gru(16), **{**kw, "batch_size": 12}, mesh=mesh)
         out["indivisible"] = None
     except ValueError as e:
         out["indivisible"] = str(e)
 
-    # --- the char model (its own stateful-TBPTT loop): 1 device vs the 8-device mesh
-    from gatedrnn import char_lm as clm
+    # --- the char model (stateful TBPTT on the same loop): 1 device vs the 8-device mesh
+    from experiments import char_lm as lm
     text = ("def f(x):\n    return x + 1\n\nclass A:\n    pass\n" * 20)[:600]
     model = {"cell": "gru", "hidden_size": 16, "num_layers": 2, "embed_size": 8}
-    cfg = clm.TrainConfig(steps=6, batch_size=8, seq_len=8, lr=1e-2, warmup=2,
-                          eval_every=3, eval_chars=400, ckpt_every=6, val_fraction=0.1)
-    one_lm = clm.train(text, model, cfg)
-    many_lm = clm.train(text, model, cfg, mesh=mesh)
+    cfg = lm.TrainConfig(steps=6, batch_size=8, seq_len=8, learning_rate=1e-2, warmup=2,
+                         eval_every=3, eval_chars=400, checkpoint_every=6, val_fraction=0.1)
+    one_lm = lm.train(text, model, cfg)
+    many_lm = lm.train(text, model, cfg, mesh=mesh)
     out["char_lm"] = {
         "train_bpc_one": [h["train_bpc"] for h in one_lm["history"]],
         "train_bpc_many": [h["train_bpc"] for h in many_lm["history"]],
@@ -100,7 +103,6 @@ def result(tmp_path_factory) -> dict:
     env = {
         **os.environ,
         "PYTHONPATH": str(ROOT),
-        "XLA_FLAGS": "--xla_force_host_platform_device_count=8",
         "JAX_PLATFORMS": "cpu",
     }
     proc = subprocess.run(

@@ -1,7 +1,7 @@
 """Data-parallel training on a ``jax.sharding.Mesh``: the batch is split across devices,
 the parameters are replicated, and XLA adds the gradient all-reduce (no ``pmap``).
 
-The whole update stays one ``jax.jit`` program (see :func:`gatedrnn.train.train`'s
+The whole update stays one ``jax.jit`` program (see :func:`gatedrnn.training.train`'s
 ``mesh=``): the state enters and leaves replicated (:func:`replicated`), each batch is
 constrained to be split along its leading axis (:func:`shard_batch`), and XLA's SPMD
 partitioner turns the mean over the batch into per-device partial sums plus an
@@ -98,13 +98,11 @@ def shard_batch(batch: PyTree, mesh: Mesh) -> PyTree:
     return jax.device_put(batch, shardings)
 
 
-def sharded_batch_fn(
-    batch_fn: Callable[[Any, Any], PyTree], mesh: Mesh
-) -> Callable[[Any, Any], PyTree]:
+def sharded_batch_fn(batch_fn: Callable[..., PyTree], mesh: Mesh) -> Callable[..., PyTree]:
     """``batch_fn`` whose batches come out split along axis 0 over ``mesh``."""
 
-    def fn(rng: Any, step: Any) -> PyTree:
-        return shard_batch(batch_fn(rng, step), mesh)
+    def fn(*args: Any) -> PyTree:
+        return shard_batch(batch_fn(*args), mesh)
 
     return fn
 
