@@ -11,7 +11,9 @@ from gatedrnn.cells.base import (
     Array,
     Cell,
     Initializer,
+    Split,
     blockwise,
+    cached_factory,
     check_dtype,
     check_hidden_size,
     check_initializers,
@@ -19,9 +21,8 @@ from gatedrnn.cells.base import (
     check_input_size,
     check_params,
     fan_in_normal,
-    make_recur,
+    make_config,
     make_state_zeros,
-    make_step,
     orthogonal,
     zeros,
 )
@@ -49,8 +50,8 @@ class GRUInput(NamedTuple):
     ``(*batch, H)``.
 
     Three arrays rather than one ``(*batch, 3H)``: the time loop reads each step's blocks
-    as whole arrays, which XLA CPU runs faster than slices of one row (forward pass 14 vs
-    28 ms at (32, 128, 256, 256): benchmarks/results/levers, ``gru`` vs ``gru_one_array``).
+    as whole arrays, which XLA CPU runs faster than slices of one row
+    (benchmarks/rnn_speed.py, levers: ``gru`` vs ``gru_one_array``).
     """
 
     r: Array
@@ -100,6 +101,7 @@ def gru_pointwise(h: Array, xp: GRUInput, a: Array) -> tuple[Array, Array]:
     return h, h
 
 
+@cached_factory
 def gru(
     hidden_size: int,
     reset_after: bool = True,
@@ -169,18 +171,17 @@ def gru(
         h = (1.0 - z) * n + z * h
         return h, h
 
-    recur = make_recur(gru_hidden, gru_pointwise) if reset_after else recur_before
-
     return Cell(
         init=init,
         initial_state=initial_state,
-        step=make_step(project, recur, initial_state),
         project=project,
-        recur=recur,
-        output=lambda h: h,
+        recur=Split(gru_hidden, gru_pointwise) if reset_after else recur_before,
+        output=_identity,
         hidden_size=H,
         name="gru",
-        options={"hidden_size": H, "reset_after": reset_after},
-        hidden=gru_hidden if reset_after else None,
-        pointwise=gru_pointwise if reset_after else None,
+        config=make_config(hidden_size=H, reset_after=reset_after),
     )
+
+
+def _identity(h: Array) -> Array:
+    return h

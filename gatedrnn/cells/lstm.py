@@ -12,7 +12,9 @@ from gatedrnn.cells.base import (
     Array,
     Cell,
     Initializer,
+    Split,
     blockwise,
+    cached_factory,
     check_dtype,
     check_hidden_size,
     check_initializers,
@@ -20,9 +22,8 @@ from gatedrnn.cells.base import (
     check_input_size,
     check_params,
     fan_in_normal,
-    make_recur,
+    make_config,
     make_state_zeros,
-    make_step,
     orthogonal,
     sigmoid_tanh_blocks,
     zeros,
@@ -76,8 +77,8 @@ def lstm_hidden(params: LSTMParams, state: LSTMState) -> Array:
     """The recurrent part ``h w_h + b``, ``(*batch, 4H)``.
 
     The bias is added here, inside the time loop, rather than in ``project``: there it would
-    be one more pass over the ``(T, *batch, 4H)`` projection (forward pass 23 vs 31 ms at
-    (32, 128, 256, 256): benchmarks/results/levers, ``hoisted`` vs ``bias_in_project``).
+    be one more pass over the ``(T, *batch, 4H)`` projection (benchmarks/rnn_speed.py,
+    levers: ``hoisted`` vs ``bias_in_project``).
     """
     return _recurrent(params, state.h)
 
@@ -90,6 +91,7 @@ def lstm_pointwise(state: LSTMState, xp: Array, a: Array) -> tuple[LSTMState, Ar
     return LSTMState(h=h, c=c), h
 
 
+@cached_factory
 def lstm(
     hidden_size: int,
     forget_bias: float = 1.0,
@@ -151,18 +153,18 @@ def lstm(
         x = check_input(x, params.w_x)
         return x @ params.w_x
 
-    recur = make_recur(lstm_hidden, lstm_pointwise)
-
     return Cell(
         init=init,
         initial_state=initial_state,
-        step=make_step(project, recur, initial_state),
         project=project,
-        recur=recur,
-        output=lambda s: s.h,
+        recur=Split(lstm_hidden, lstm_pointwise),
+        output=lstm_output,
         hidden_size=H,
         name="lstm",
-        options={"hidden_size": H, "forget_bias": forget_bias},
-        hidden=lstm_hidden,
-        pointwise=lstm_pointwise,
+        config=make_config(hidden_size=H, forget_bias=forget_bias),
     )
+
+
+def lstm_output(state: LSTMState) -> Array:
+    """What an LSTM step emits: ``h (*batch, H)``."""
+    return state.h
