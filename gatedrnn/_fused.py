@@ -141,11 +141,8 @@ def _split_jvp(
         _, dA_rows = jax.jvp(
             lambda p: hidden(p, rows), (params,), (_materialize(params, d_params),)
         )
-        dA_w = jax.tree_util.tree_map(
-            lambda d, s: d.reshape((length, *s.shape[1:-1], -1)),
-            dA_rows,
-            jax.tree_util.tree_leaves(prev)[0],
-        )
+        batch = jax.tree_util.tree_leaves(prev)[0].shape[1:-1]
+        dA_w = jax.tree_util.tree_map(lambda d: d.reshape((length, *batch, d.shape[-1])), dA_rows)
 
     # The tangent loop: it carries the state tangent only. The pointwise jvp is
     # rematerialized, so that its transpose (the backward loop) recomputes the elementwise
