@@ -29,6 +29,7 @@ A :class:`Split` is itself the recurrent function:
 from __future__ import annotations
 
 import functools
+import inspect
 from collections.abc import Callable
 from typing import Any, NamedTuple
 
@@ -135,20 +136,29 @@ class Cell(NamedTuple):
 
 
 def cached_factory(factory: Callable[..., Cell]) -> Callable[..., Cell]:
-    """Make a cell factory return the same :class:`Cell` for the same arguments.
+    """Make a cell factory return the same :class:`Cell` for equal arguments.
 
-    So that ``jax.jit(f, static_argnums=0)`` does not retrace for ``gr.lstm(64)`` built
-    twice. Calls with unhashable arguments (e.g. an array) build a new cell each time.
+    ``gr.lstm(64)``, ``gr.lstm(64, 1.0)`` and ``make_cell("lstm", 64)`` are then one cell,
+    so ``jax.jit(f, static_argnums=0)`` does not retrace for a cell built twice. Arguments
+    are compared with their types (``True`` is not ``1``); calls with an unhashable
+    argument (e.g. an array) build a new cell each time.
     """
-    cached = functools.lru_cache(maxsize=256, typed=True)(factory)
+    signature = inspect.signature(factory)
+
+    @functools.lru_cache(maxsize=256)
+    def build(key: tuple) -> Cell:
+        return factory(**{name: value for name, _, value in key})
 
     @functools.wraps(factory)
     def make(*args: Any, **kwargs: Any) -> Cell:
+        bound = signature.bind(*args, **kwargs)
+        bound.apply_defaults()
+        key = tuple((name, type(v), v) for name, v in bound.arguments.items())
         try:
-            hash((args, tuple(kwargs.items())))
+            hash(key)
         except TypeError:
             return factory(*args, **kwargs)
-        return cached(*args, **kwargs)
+        return build(key)
 
     return make
 
