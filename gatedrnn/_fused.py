@@ -41,6 +41,10 @@ def _rows(x: Any) -> Any:
     return x.reshape((-1, x.shape[-1]))
 
 
+def _is_zero(t: Any) -> bool:
+    return isinstance(t, SymbolicZero)
+
+
 def _has_tangent(primal: Any, tangent: Any) -> bool:
     """False for a symbolic zero or a leaf that cannot have a tangent (ints, bools)."""
     return not isinstance(tangent, SymbolicZero) and jnp.issubdtype(
@@ -54,7 +58,7 @@ def _materialize(primals: PyTree, tangents: PyTree) -> PyTree:
         lambda p, t: jnp.zeros_like(p) if isinstance(t, SymbolicZero) else t,
         primals,
         tangents,
-        is_leaf=lambda t: isinstance(t, SymbolicZero),
+        is_leaf=_is_zero,
     )
 
 
@@ -106,50 +110,24 @@ def _split_jvp(
 ) -> tuple:
     params, state0, xs = primals
     d_params, d_state0, d_xs = tangents
-    is_zero = lambda t: isinstance(t, SymbolicZero)  # noqa: E731
-
-    # Inputs with a tangent go through the linearization; the others (zeros, masks) are
-    # closed over.
-    x_leaves, x_def = jax.tree_util.tree_flatten(xs)
-    dx_leaves = jax.tree_util.tree_leaves(d_xs, is_leaf=is_zero)
-    live = [_has_tangent(x, t) for x, t in zip(x_leaves, dx_leaves, strict=True)]
-    x_live = [x for x, on in zip(x_leaves, live, strict=True) if on]
-    x_dead = [x for x, on in zip(x_leaves, live, strict=True) if not on]
-    dx_live = [t for t, on in zip(dx_leaves, live, strict=True) if on]
-
-    def join(live_x: list, dead_x: list) -> PyTree:
-        it_live, it_dead = iter(live_x), iter(dead_x)
-        return jax.tree_util.tree_unflatten(
-            x_def, [next(it_live) if on else next(it_dead) for on in live]
-        )
 
     # The primal loop; it keeps each step's previous state and ``a``.
-    def primal(s: PyTree, inputs: tuple) -> tuple[PyTree, tuple]:
+    def primal(s: PyTree, x: PyTree) -> tuple[PyTree, tuple]:
         a = hidden(params, s)
-        new, y = pointwise(s, join(*inputs), a)
+        new, y = pointwise(s, x, a)
         return new, (y, s, a)
 
-    final, (ys, prev, A) = jax.lax.scan(
-        primal, state0, (x_live, x_dead), length=length, unroll=unroll
-    )
-
-    # The weight-tangent term of every step, one product over all T * batch rows.
-    dA_w = None
-    dp_leaves = jax.tree_util.tree_leaves(d_params, is_leaf=is_zero)
-    if any(_has_tangent(p, t) for p, t in zip(jax.tree_util.tree_leaves(params), dp_leaves)):
-        rows = jax.tree_util.tree_map(_rows, prev)
-        _, dA_rows = jax.jvp(
-            lambda p: hidden(p, rows), (params,), (_materialize(params, d_params),)
-        )
-        batch = jax.tree_util.tree_leaves(prev)[0].shape[1:-1]
-        dA_w = jax.tree_util.tree_map(lambda d: d.reshape((length, *batch, d.shape[-1])), dA_rows)
+    final, (ys, prev, A) = jax.lax.scan(primal, state0, xs, length=length, unroll=unroll)
+    dA_w = _weight_tangent(hidden, params, d_params, prev)
+    x_live, x_dead, dx_live, join = _split_inputs(xs, d_xs)
 
     # The tangent loop: it carries the state tangent only. The pointwise jvp is
     # rematerialized, so that its transpose (the backward loop) recomputes the elementwise
     # values from the saved state and ``a`` rather than storing them for every step.
     @jax.checkpoint
     def pointwise_jvp(s, xl, xd, a, ds, dxl, da):
-        return jax.jvp(lambda s, xl, a: pointwise(s, join(xl, xd), a), (s, xl, a), (ds, dxl, da))[1]
+        f = lambda s, xl, a: pointwise(s, join(xl, xd), a)  # noqa: E731
+        return jax.jvp(f, (s, xl, a), (ds, dxl, da))[1]
 
     def tangent(ds: PyTree, inputs: tuple) -> tuple[PyTree, Any]:
         s, a, xl, xd, dxl, daw = inputs
@@ -166,6 +144,40 @@ def _split_jvp(
         unroll=unroll,
     )
     return (final, ys), (d_final, d_ys)
+
+
+def _weight_tangent(hidden: Callable, params: PyTree, d_params: PyTree, prev: PyTree) -> Any:
+    """``dA_w[t] = jvp(hidden wrt params)`` at every step's previous state, as ONE call on
+    all ``T * batch`` rows (one ``H_prev @ dW_h`` product); None if ``d_params`` is zero."""
+    dp_leaves = jax.tree_util.tree_leaves(d_params, is_leaf=_is_zero)
+    p_leaves = jax.tree_util.tree_leaves(params)
+    if not any(_has_tangent(p, t) for p, t in zip(p_leaves, dp_leaves, strict=True)):
+        return None
+    rows = jax.tree_util.tree_map(_rows, prev)
+    _, dA = jax.jvp(lambda p: hidden(p, rows), (params,), (_materialize(params, d_params),))
+    lead = jax.tree_util.tree_leaves(prev)[0].shape[:-1]  # (T, *batch)
+    return jax.tree_util.tree_map(lambda d: d.reshape((*lead, d.shape[-1])), dA)
+
+
+def _split_inputs(xs: PyTree, d_xs: PyTree) -> tuple[list, list, list, Callable]:
+    """The per-step inputs with a tangent (``live``) and without (zeros, masks).
+
+    Returns:
+      ``(x_live, x_dead, dx_live, join)``; ``join(live, dead)`` rebuilds the input pytree.
+    """
+    x_leaves, x_def = jax.tree_util.tree_flatten(xs)
+    dx_leaves = jax.tree_util.tree_leaves(d_xs, is_leaf=_is_zero)
+    live = [_has_tangent(x, t) for x, t in zip(x_leaves, dx_leaves, strict=True)]
+    x_live = [x for x, on in zip(x_leaves, live, strict=True) if on]
+    x_dead = [x for x, on in zip(x_leaves, live, strict=True) if not on]
+    dx_live = [t for t, on in zip(dx_leaves, live, strict=True) if on]
+
+    def join(live_x: list, dead_x: list) -> PyTree:
+        it_live, it_dead = iter(live_x), iter(dead_x)
+        leaves = [next(it_live) if on else next(it_dead) for on in live]
+        return jax.tree_util.tree_unflatten(x_def, leaves)
+
+    return x_live, x_dead, dx_live, join
 
 
 _split.defjvp(_split_jvp, symbolic_zeros=True)

@@ -146,34 +146,29 @@ def scan(
       unroll: passed to ``jax.lax.scan`` (steps unrolled per loop iteration).
       truncate: truncated BPTT window ``k``: the gradient through the state is stopped
         before every step whose index (in processing order) is a positive multiple of
-        ``k``, so no gradient flows through the state more than ``k`` steps back and the
-        forward pass is unchanged. For a sequence of length ``n * k`` the gradient of any
-        output of the last chunk equals the full BPTT one within its chunk.
+        ``k``; the forward pass is unchanged.
       remat: memory for compute in the backward pass. ``False``: store every step's
         internals. ``True``: recompute each step's internals (``jax.checkpoint`` per step).
-        ``"sqrt"`` or an int ``k``: checkpointing in chunks of ``k`` steps (``"sqrt"``:
-        ``k = round(sqrt(T))``) as nested scans: only the state at chunk boundaries is
-        kept, and each chunk (its input projection included) is recomputed once in the
-        backward pass, so memory goes from ``O(T)`` to ``O(T / k + k)`` steps.
-      fused: the derivative rule of the time loop. For cells whose ``recur`` is a
-        :class:`~gatedrnn.Split` (``gr.vanilla``, ``gr.lstm``, ``gr.gru`` with
-        ``reset_after=True``) and no ``resets``, ``truncate``, ``state_perturbations`` or
-        ``remat``, the default (None) runs the fused loop (``gatedrnn._fused``): its
-        backward pass carries only the state gradient and the recurrent weight gradient
-        is one large matrix product after it, as cuDNN does (speed: docs/performance.md);
-        forward mode (``jax.jvp``, ``jax.jacfwd``, ``jax.linearize``) works too. Values
-        and derivatives are those of ``jax.lax.scan``'s own autodiff (tested to 1e-10 in
-        float64). True: insist on it (ValueError where it cannot run). False:
-        ``jax.lax.scan``'s own autodiff.
-      state_perturbations: for diagnostics; a pytree like the state with a leading time
-        axis, ``(T, *batch, H)`` leaves (always time-major, original time order), added to
-        the state right after each step (and so to that step's output). Differentiating
-        with respect to zeros here gives ``dL/dstate_t`` for every ``t`` in one pass.
+        ``"sqrt"`` or an int ``k``: checkpoint chunks of ``k`` steps (``"sqrt"``:
+        ``k = round(sqrt(T))``; each chunk's projection included), so memory goes from
+        ``O(T)`` to ``O(T / k + k)`` steps.
+      fused: for cells whose ``recur`` is a :class:`~gatedrnn.Split` (``gr.vanilla``,
+        ``gr.lstm``, ``gr.gru`` with ``reset_after=True``) and no ``resets``,
+        ``truncate``, ``state_perturbations`` or ``remat``, the default (None) runs the
+        fused loop (``gatedrnn._fused``): its backward pass carries only the state
+        gradient and the recurrent weight gradient is one matrix product after it, as
+        cuDNN does (speed: docs/performance.md); forward mode works as well. Values and
+        derivatives are those of ``jax.lax.scan``'s own autodiff (tested to 1e-10 in
+        float64). True: insist on it (ValueError where it cannot run). False: the
+        plain loop and ``jax.lax.scan``'s own autodiff.
+      state_perturbations: for diagnostics; like the state with a leading time axis,
+        leaves ``(T, *batch, H)`` (always time-major, original time order), added to the
+        state right after each step. The gradient with respect to zeros here is
+        ``dL/dstate_t`` for every ``t`` in one pass.
 
     Cells with a ``parallel`` form (``gr.min_gru``, ``gr.min_lstm``) run over the whole
-    time axis at once (``jax.lax.associative_scan``) unless ``resets``, ``truncate``,
-    ``state_perturbations`` or chunked ``remat`` is given (then the loop runs); the values
-    are the same as the step-by-step loop's.
+    time axis at once (``jax.lax.associative_scan``, same values) unless ``resets``,
+    ``truncate``, ``state_perturbations`` or chunked ``remat`` is given.
 
     Returns:
       ``(final_state, ys)``: the state after the last valid step (leaves ``(*batch, H)``)
@@ -209,7 +204,7 @@ def scan(
 
     if use_split:
         final_state, ys = _split_loop(cell.recur, params, xp, state0, lengths, unroll)
-    elif cell.parallel is not None and all(v in (None, False) for v in loop_only.values()):
+    elif cell.parallel is not None and all(v is None for v in (rs, truncate, perts, chunk)):
         final_state, ys = _parallel_scan(cell, params, xp, state0, lengths)
     else:
         body = partial(_step, cell, truncate, (params, state0, lengths))
