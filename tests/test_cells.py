@@ -309,3 +309,55 @@ def test_a_custom_cell_from_a_split():
     chex.assert_trees_all_close(fast, slow, rtol=1e-5, atol=1e-6)
     s, y = cell.step(params, cell.initial_state(params, (4,)), xs[:, 0])
     chex.assert_shape((s, y), (4, H))
+
+
+# ------------------------------------------------------------ chrono initialization
+
+
+def test_lstm_chrono_forget_bias_spreads_characteristic_times():
+    """Tallec & Ollivier 2018: b_f = log U(1, t_max - 1), b_i = -b_f, so the forget
+    gate's characteristic times 1 / (1 - f) = 1 + exp(b_f) lie in [2, t_max], spread."""
+    H, t_max = 512, 100
+    cell = gr.lstm(H, forget_bias="chrono", t_max=t_max)
+    assert cell.options == {"hidden_size": H, "forget_bias": "chrono", "t_max": t_max}
+    b = cell.init(jax.random.PRNGKey(0), 3).b
+    b_i, b_f, b_g, b_o = np.split(np.asarray(b), 4)
+    chex.assert_trees_all_close(b_i, -b_f)
+    assert not b_g.any() and not b_o.any()
+    times = 1.0 / (1.0 - sigmoid(b_f.astype(np.float64)))
+    assert times.min() >= 2.0 - 1e-4 and times.max() <= t_max + 1e-3
+    # Uniform on [1, t_max - 1] in exp(b_f): a quarter of the units below ~26 steps.
+    assert 0.15 < np.mean(np.exp(b_f) < 1 + (t_max - 2) / 4) < 0.35
+    assert np.mean(times > t_max / 2) > 0.3
+
+
+def test_gru_update_bias_number_and_chrono():
+    H, t_max = 512, 50
+    p = gr.gru(H, update_bias=1.5).init(jax.random.PRNGKey(0), 3)
+    chex.assert_trees_all_close(p.b_x, np.r_[np.zeros(H), 1.5 * np.ones(H), np.zeros(H)])
+    assert gr.gru(H).options == {"hidden_size": H, "reset_after": True}
+    cell = gr.gru(H, update_bias="chrono", t_max=t_max)
+    b_z = np.asarray(cell.init(jax.random.PRNGKey(0), 3).b_x[H : 2 * H], np.float64)
+    times = 1.0 / (1.0 - sigmoid(b_z))  # z keeps the state: h' = (1 - z) n + z h
+    assert times.min() >= 2.0 - 1e-4 and times.max() <= t_max + 1e-3
+    assert times.max() > 0.8 * t_max and times.min() < 3.0
+    assert gr.cells.make_cell("gru", **cell.options) == cell
+
+
+@pytest.mark.parametrize(
+    "make, error, match",
+    [
+        (lambda: gr.lstm(4, forget_bias="chrono"), ValueError, "needs t_max"),
+        (lambda: gr.lstm(4, forget_bias="chrono", t_max=1), ValueError, "needs t_max"),
+        (lambda: gr.lstm(4, forget_bias="chrono", t_max=2.5), ValueError, "needs t_max"),
+        (lambda: gr.lstm(4, forget_bias=1.0, t_max=10), ValueError, "only used with"),
+        (lambda: gr.lstm(4, forget_bias="Chrono", t_max=10), TypeError, "real number"),
+        (lambda: gr.gru(4, update_bias="chrono"), ValueError, "needs t_max"),
+        (lambda: gr.gru(4, update_bias=float("inf")), ValueError, "finite"),
+        (lambda: gr.gru(4, update_bias=None), TypeError, "real number"),
+        (lambda: gr.gru(4, t_max=10), ValueError, "only used with"),
+    ],
+)
+def test_bad_gate_biases_raise(make, error, match):
+    with pytest.raises(error, match=match):
+        make()

@@ -96,7 +96,7 @@ def test_linear_rnn_bptt_gradient_is_exactly_s_to_the_k():
         xs = jax.random.normal(jax.random.PRNGKey(1), (30, 2), jnp.float64)
         for k in [1, 5, 30]:
             jac = jax.jacrev(lambda h0, k=k: gr.scan(cell, p, xs[:k], h0)[0])(jnp.zeros(H))
-            np.testing.assert_allclose(jac, s**k * np.eye(H), rtol=1e-12, atol=1e-300)
+            chex.assert_trees_all_close(jac, s**k * np.eye(H), rtol=1e-12, atol=1e-300)
 
 
 # ---------------------------------------------------------------------------- seq_lengths
@@ -209,7 +209,7 @@ def test_truncate_zero_gradient_beyond_window_exact_within(name):
     g_tr = jax.grad(last_out)(xs, win)
     np.testing.assert_array_equal(g_tr[: Tn - win], 0.0)
     assert np.all(np.abs(g_full[: Tn - win]).sum(-1) > 0)
-    np.testing.assert_allclose(g_tr[Tn - win :], g_full[Tn - win :], rtol=1e-5, atol=1e-7)
+    chex.assert_trees_all_close(g_tr[Tn - win :], g_full[Tn - win :], rtol=1e-5, atol=1e-7)
     # The forward pass is unchanged.
     assert_trees_close(gr.scan(cell, p, xs, truncate=win), gr.scan(cell, p, xs))
 

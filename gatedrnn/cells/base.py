@@ -380,6 +380,44 @@ def blockwise(init: Initializer, num_blocks: int) -> Initializer:
     return init_fn
 
 
+def check_gate_bias(value: Any, name: str, t_max: Any) -> float | str:
+    """A gate's init bias: a finite real number, or ``"chrono"`` with an int ``t_max >= 2``.
+
+    Returns:
+      ``value`` as a float, or ``"chrono"``.
+
+    Raises:
+      TypeError: ``value`` is neither a real number nor ``"chrono"``.
+      ValueError: a non-finite number; ``"chrono"`` without a valid ``t_max``; or
+        ``t_max`` given without ``"chrono"``.
+    """
+    if isinstance(value, str) and value == "chrono":
+        if isinstance(t_max, bool) or not isinstance(t_max, (int, np.integer)) or t_max < 2:
+            raise ValueError(
+                f'{name}="chrono" needs t_max, the longest dependency in steps, an integer '
+                f">= 2, got t_max={t_max!r}"
+            )
+        return "chrono"
+    if isinstance(value, bool) or not isinstance(value, (int, float, np.number)):
+        raise TypeError(f'{name} must be a real number, got {value!r} (or "chrono" with t_max)')
+    if not np.isfinite(value):
+        raise ValueError(f"{name} must be finite, got {float(value)}")
+    if t_max is not None:
+        raise ValueError(f't_max is only used with {name}="chrono", got {name}={value!r}')
+    return float(value)
+
+
+def chrono_bias(key: Array, size: int, t_max: int, dtype: Any) -> Array:
+    """Chrono initialization (Tallec & Ollivier 2018): ``log U(1, t_max - 1)`` per unit.
+
+    A gate ``sigmoid(b)`` that keeps the state then has characteristic time
+    ``1 / (1 - sigmoid(b)) = 1 + exp(b)`` in ``[2, t_max]``, spread over the range of
+    dependencies the task needs.
+    """
+    u = jax.random.uniform(key, (size,), jnp.float32, minval=1.0, maxval=float(t_max - 1))
+    return jnp.log(u).astype(dtype)
+
+
 def make_state_zeros(hidden_size: int, dtype: Any, batch_shape: Any) -> Array:
     """Zeros of shape ``(*batch_shape, hidden_size)``."""
     return jnp.zeros((*check_batch_shape(batch_shape), hidden_size), dtype)

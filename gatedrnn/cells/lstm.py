@@ -6,7 +6,6 @@ from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 
 from gatedrnn.cells.base import (
     Array,
@@ -16,11 +15,13 @@ from gatedrnn.cells.base import (
     blockwise,
     cached_factory,
     check_dtype,
+    check_gate_bias,
     check_hidden_size,
     check_initializers,
     check_input,
     check_input_size,
     check_params,
+    chrono_bias,
     fan_in_normal,
     make_config,
     make_state_zeros,
@@ -94,8 +95,9 @@ def lstm_pointwise(state: LSTMState, xp: Array, a: Array) -> tuple[LSTMState, Ar
 @cached_factory
 def lstm(
     hidden_size: int,
-    forget_bias: float = 1.0,
+    forget_bias: float | str = 1.0,
     *,
+    t_max: int | None = None,
     kernel_init: Initializer = fan_in_normal,
     recurrent_init: Initializer = orthogonal,
     bias_init: Initializer = zeros,
@@ -105,7 +107,11 @@ def lstm(
     Args:
       hidden_size: number of hidden units ``H``.
       forget_bias: added to the forget gate's bias at init (Jozefowicz et al. 2015), so
-        that ``f ~ sigmoid(forget_bias)`` at the start of training.
+        that ``f ~ sigmoid(forget_bias)`` at the start of training; or ``"chrono"``
+        (Tallec & Ollivier 2018): the forget bias drawn per unit as ``log U(1, t_max-1)``
+        and the input gate's bias its negative, so that the units' characteristic times
+        ``1 / (1 - f)`` spread over ``[2, t_max]``.
+      t_max: the longest dependency in steps, for ``forget_bias="chrono"`` only.
       kernel_init, recurrent_init, bias_init: initializers ``(key, shape, dtype) -> array``;
         ``recurrent_init`` is applied to each ``(H, H)`` gate block of ``w_h``.
 
@@ -121,20 +127,20 @@ def lstm(
     hidden_size = check_hidden_size(hidden_size)
     check_initializers(kernel_init=kernel_init, recurrent_init=recurrent_init, bias_init=bias_init)
     H = hidden_size
-    if isinstance(forget_bias, bool) or not isinstance(forget_bias, (int, float, np.number)):
-        raise TypeError(f"forget_bias must be a real number, got {forget_bias!r}")
-    forget_bias = float(forget_bias)
-    if not np.isfinite(forget_bias):
-        raise ValueError(f"forget_bias must be finite, got {forget_bias}")
+    forget_bias = check_gate_bias(forget_bias, "forget_bias", t_max)
 
     def init(key: Array, input_size: int, dtype: Any = jnp.float32) -> LSTMParams:
         """Draw params: ``w_x`` fan-in normal, ``w_h`` orthogonal per gate, ``b`` zeros
-        plus ``forget_bias`` on the f block."""
+        plus ``forget_bias`` on the f block (chrono: also its negative on the i block)."""
         input_size = check_input_size(input_size)
         dtype = check_dtype(dtype)
         kx, kh, kb = jax.random.split(key, 3)
         b = bias_init(kb, (4 * H,), dtype)
-        b = b.at[H : 2 * H].add(jnp.asarray(forget_bias, dtype))
+        if forget_bias == "chrono":
+            b_f = chrono_bias(jax.random.fold_in(key, 3), H, t_max, dtype)
+            b = b.at[:H].add(-b_f).at[H : 2 * H].add(b_f)
+        else:
+            b = b.at[H : 2 * H].add(jnp.asarray(forget_bias, dtype))
         return LSTMParams(
             w_x=kernel_init(kx, (input_size, 4 * H), dtype),
             w_h=blockwise(recurrent_init, 4)(kh, (H, 4 * H), dtype),
@@ -161,7 +167,11 @@ def lstm(
         output=lstm_output,
         hidden_size=H,
         name="lstm",
-        config=make_config(hidden_size=H, forget_bias=forget_bias),
+        config=make_config(
+            hidden_size=H,
+            forget_bias=forget_bias,
+            **({} if t_max is None else {"t_max": int(t_max)}),
+        ),
     )
 
 
