@@ -134,8 +134,9 @@ def scan(
         that broadcasts to it); zeros if None.
       seq_lengths: ``(*batch,)`` ints in ``[0, T]``. Steps at or past a sequence's length
         leave its state unchanged and output zeros; the final state is the state after the
-        last valid step. Concrete values outside ``[0, T]`` raise ValueError; traced ones
-        (under ``jit``/``vmap``) cannot be checked and are clipped to ``[0, T]``.
+        last valid step; the inputs there are never used (NaN padding is harmless).
+        Concrete values outside ``[0, T]`` raise ValueError; traced ones (under
+        ``jit``/``vmap``) cannot be checked and are clipped to ``[0, T]``.
       resets: ``(*batch, T)`` bools (``(T, *batch)`` with ``time_major``). Where true, the
         state is set back to ``initial_state`` before that step (episode or document
         boundaries inside one sequence).
@@ -188,15 +189,15 @@ def scan(
     loop_only["state_perturbations"] = state_perturbations
     use_split = _use_split(cell, fused, loop_only)
 
-    # The cell checks the feature size and dtype against its params. With chunked remat
-    # the projection is done chunk by chunk inside the loop (and recomputed there).
-    if chunk is None:
-        xp = cell.project(params, xs_tm)
-    else:
-        jax.eval_shape(cell.project, params, xs_tm)
-        xp = xs_tm
+    jax.eval_shape(cell.project, params, xs_tm)  # the cell checks features and dtype
     state0 = _initial_state(cell, params, initial_state, batch_shape)
     lengths = _check_lengths(seq_lengths, batch_shape, T)
+    if lengths is not None:
+        # Padding never reaches the math: NaN or inf there cannot poison gradients.
+        t = jnp.arange(T).reshape((T,) + (1,) * len(batch_shape))
+        xs_tm = jnp.where((t < lengths)[..., None], xs_tm, jnp.zeros_like(xs_tm))
+    # With chunked remat each chunk projects its own inputs inside the loop.
+    xp = cell.project(params, xs_tm) if chunk is None else xs_tm
     rs = _check_resets(resets, T, batch_shape, time_major)
     perts = _check_perturbations(state_perturbations, state0, T, cell.hidden_size)
     if reverse:
