@@ -11,7 +11,9 @@ time (``jax.lax.scan``) for cells whose recurrent part is a :class:`gatedrnn.Spl
   ``(T*B, H) @ (H, G*H)`` product ``H_prev @ dW_h``;
 * a tangent loop carrying only the state tangent ``ds``: per step
   ``da = dA_w[t] + jvp(hidden wrt state)(ds)``, then ``jax.jvp`` of ``pointwise`` with
-  respect to ``(state, x_t, a)``.
+  respect to ``(state, x_t, a)``, under ``jax.checkpoint`` so that reverse mode
+  recomputes the elementwise values from the saved ``s_{t-1}`` and ``a_t`` instead of
+  storing them for every step.
 
 Forward mode (``jax.jvp``, ``jax.jacfwd``, ``jax.linearize``) uses the rule as it is.
 Reverse mode is JAX's transpose of it, which is exactly the cuDNN-style backward: the
