@@ -3,6 +3,23 @@
 Every wrapper (layers, Flax modules, experiments) goes through this function, so the
 options below are implemented once. ``jax.grad`` through :func:`scan` is
 backpropagation through time (BPTT); ``truncate=k`` gives truncated BPTT.
+
+:func:`scan` checks its inputs, brings them to time-major processing order, and hands
+them to one of four loops, all with the same values:
+
+* the fused loop (:func:`_split_loop`, ``gatedrnn._fused``), the default for cells whose
+  ``recur`` is a :class:`~gatedrnn.Split` (``gr.vanilla``, ``gr.lstm``, ``gr.gru`` with
+  ``reset_after=True``) when no ``resets``, ``truncate``, ``state_perturbations`` or
+  ``remat`` is given: its backward pass carries only the state gradient and the
+  recurrent weight gradient is one matrix product after it, as cuDNN does (speed:
+  docs/performance.md); forward mode (``jax.jvp``, ``jax.jacfwd``, ``jax.linearize``)
+  works as well; values and derivatives are those of ``jax.lax.scan``'s own autodiff
+  (tested to 1e-10 in float64);
+* the parallel form (:func:`_parallel_scan`) of cells that have one (``gr.min_gru``,
+  ``gr.min_lstm``): all steps at once with ``jax.lax.associative_scan``, unless
+  ``resets``, ``truncate``, ``state_perturbations`` or chunked ``remat`` is given;
+* chunked rematerialization (:func:`_chunked_scan`) for ``remat="sqrt"`` or an int;
+* otherwise the plain loop of :func:`_step` (checkpointed per step with ``remat=True``).
 """
 
 from __future__ import annotations
@@ -153,23 +170,13 @@ def scan(
         ``"sqrt"`` or an int ``k``: checkpoint chunks of ``k`` steps (``"sqrt"``:
         ``k = round(sqrt(T))``; each chunk's projection included), so memory goes from
         ``O(T)`` to ``O(T / k + k)`` steps.
-      fused: for cells whose ``recur`` is a :class:`~gatedrnn.Split` (``gr.vanilla``,
-        ``gr.lstm``, ``gr.gru`` with ``reset_after=True``) and no ``resets``,
-        ``truncate``, ``state_perturbations`` or ``remat``, the default (None) runs the
-        fused loop (``gatedrnn._fused``): its backward pass carries only the state
-        gradient and the recurrent weight gradient is one matrix product after it, as
-        cuDNN does (speed: docs/performance.md); forward mode works as well. Values and
-        derivatives are those of ``jax.lax.scan``'s own autodiff (tested to 1e-10 in
-        float64). True: insist on it (ValueError where it cannot run). False: the
-        plain loop and ``jax.lax.scan``'s own autodiff.
+      fused: None (default): the fused loop (see the module docstring) wherever it can
+        run; True: insist on it (ValueError where it cannot); False: the plain loop and
+        ``jax.lax.scan``'s own autodiff.
       state_perturbations: for diagnostics; like the state with a leading time axis,
         leaves ``(T, *batch, H)`` (always time-major, original time order), added to the
         state right after each step. The gradient with respect to zeros here is
         ``dL/dstate_t`` for every ``t`` in one pass.
-
-    Cells with a ``parallel`` form (``gr.min_gru``, ``gr.min_lstm``) run over the whole
-    time axis at once (``jax.lax.associative_scan``, same values) unless ``resets``,
-    ``truncate``, ``state_perturbations`` or chunked ``remat`` is given.
 
     Returns:
       ``(final_state, ys)``: the state after the last valid step (leaves ``(*batch, H)``)
@@ -185,9 +192,8 @@ def scan(
     xs_tm = xs if time_major else jnp.moveaxis(xs, -2, 0)
     T, batch_shape = xs_tm.shape[0], tuple(xs_tm.shape[1:-1])
     chunk = remat_chunk(remat, T)
-    loop_only = {"resets": resets, "truncate": truncate, "remat": remat}
-    loop_only["state_perturbations"] = state_perturbations
-    use_split = _use_split(cell, fused, loop_only)
+    loop_only = dict(resets=resets, truncate=truncate, state_perturbations=state_perturbations)
+    use_split = _use_split(cell, fused, {**loop_only, "remat": remat})
 
     jax.eval_shape(cell.project, params, xs_tm)  # the cell checks features and dtype
     state0 = _initial_state(cell, params, initial_state, batch_shape)
