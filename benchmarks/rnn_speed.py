@@ -328,8 +328,7 @@ def _gru_input_fns(B: int, T: int, I: int, H: int, seed: int) -> dict[str, Calla
 
     one_array = cell._replace(
         project=lambda p, x: x @ p.w_x + p.b_x,
-        pointwise=pointwise,
-        recur=gr.cells.base.make_recur(cell.hidden, pointwise),
+        recur=gr.Split(cell.hidden, pointwise),
     )
     fns = {}
     for name, c in (("gru", cell), ("gru_one_array", one_array)):
@@ -364,12 +363,10 @@ def bench_levers(args: argparse.Namespace) -> list[dict]:
             step = lambda s, x_t: cell.step(p, s, x_t)  # noqa: E731
             return jax.lax.scan(step, state0, jnp.moveaxis(x, 1, 0))[1]
 
-        pointwise = cell.pointwise
         hidden = lambda p, s: s.h @ p.w_h  # noqa: E731
         bias_in_project = cell._replace(
             project=lambda p, x: x @ p.w_x + p.b,
-            hidden=hidden,
-            recur=gr.cells.base.make_recur(hidden, pointwise),
+            recur=gr.Split(hidden, cell.pointwise),
         )
         variants = {
             "hoisted": lambda p, x, cell=cell: gr.scan(cell, p, x)[1],

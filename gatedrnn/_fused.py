@@ -1,24 +1,28 @@
-"""A time loop whose backward pass carries only the state gradient (as cuDNN does).
+"""The time loop of a split cell, with a tangent rule whose transpose is cuDNN's backward.
 
-:func:`scan_split_vjp` is the loop ``a = hidden(params, s); s, y = pointwise(s, x, a)``
-over time (``jax.lax.scan``) with a custom VJP, for cells that split their recurrent part
-into ``hidden`` (the recurrent matrix product) and ``pointwise`` (elementwise, no params),
-see :class:`gatedrnn.Cell`:
+:func:`scan_split` is the loop ``a = hidden(params, s); s, y = pointwise(s, x, a)`` over
+time (``jax.lax.scan``) for cells whose recurrent part is a :class:`gatedrnn.Split`
+(``hidden``: the recurrent matrix product; ``pointwise``: elementwise, no params). It is a
+``jax.custom_jvp`` whose tangent rule is:
 
-* forward: the loop, keeping each step's previous state and its ``a``;
-* backward loop: per step, ``jax.vjp`` of the cell's own ``pointwise`` (recomputed from
-  the saved state and ``a``: elementwise only, no matrix product) and of ``hidden`` with
-  respect to the state (``da @ w_h^T``); it carries the state gradient only and emits each
-  step's input gradient and ``da``;
-* after the loop: the gradient with respect to the params as ONE ``jax.vjp`` of
-  ``hidden`` over all time steps and batch rows at once, so ``dW_h = sum_t h_{t-1}^T da_t``
-  is a single ``(H, T*B) @ (T*B, G*H)`` matrix product instead of ``T`` small ones
-  accumulated in the loop (what ``jax.lax.scan``'s autodiff does).
+* the primal loop, keeping each step's previous state ``s_{t-1}`` and its ``a_t``;
+* the weight-tangent term of every step at once, before the loop: ONE ``jax.jvp`` of
+  ``hidden`` with respect to the params over all ``T * batch`` rows, i.e. one
+  ``(T*B, H) @ (H, G*H)`` product ``H_prev @ dW_h``;
+* a tangent loop carrying only the state tangent ``ds``: per step
+  ``da = dA_w[t] + jvp(hidden wrt state)(ds)``, then ``jax.jvp`` of ``pointwise`` with
+  respect to ``(state, x_t, a)``, under ``jax.checkpoint`` so that reverse mode
+  recomputes the elementwise values from the saved ``s_{t-1}`` and ``a_t`` instead of
+  storing them for every step.
+
+Forward mode (``jax.jvp``, ``jax.jacfwd``, ``jax.linearize``) uses the rule as it is.
+Reverse mode is JAX's transpose of it, which is exactly the cuDNN-style backward: the
+reverse loop carries only the state cotangent (``da @ w_h^T`` per step), and
+``dW_h = H_prev^T @ dA`` is one matrix product after the loop instead of ``T`` small ones
+accumulated inside it (what ``jax.lax.scan``'s own autodiff does). Zero tangents
+(``symbolic_zeros``: params not differentiated, integer or boolean inputs) cost nothing.
 
 No cell math is restated here: the derivatives are JAX's, of the cell's own functions.
-Because the backward pass is a ``jax.custom_vjp``, forward-mode differentiation
-(``jax.jvp``, ``jax.jacfwd``, ``jax.linearize``) of this loop is not defined:
-``gatedrnn.scan(..., fused=False)`` gives the plain loop for that.
 """
 
 from __future__ import annotations
@@ -29,26 +33,9 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
+from jax.custom_derivatives import SymbolicZero
 
 PyTree = Any
-
-
-def _is_float(x: Any) -> bool:
-    return jnp.issubdtype(jnp.result_type(x), jnp.inexact)
-
-
-def _partition(tree: PyTree) -> tuple[list, list, Any]:
-    """Split a pytree's leaves into (float leaves or None, other leaves or None, treedef)."""
-    leaves, treedef = jax.tree_util.tree_flatten(tree)
-    diff = [x if _is_float(x) else None for x in leaves]
-    rest = [None if _is_float(x) else x for x in leaves]
-    return diff, rest, treedef
-
-
-def _combine(diff: list, rest: list, treedef: Any) -> PyTree:
-    return jax.tree_util.tree_unflatten(
-        treedef, [r if d is None else d for d, r in zip(diff, rest, strict=True)]
-    )
 
 
 def _rows(x: Any) -> Any:
@@ -56,7 +43,28 @@ def _rows(x: Any) -> Any:
     return x.reshape((-1, x.shape[-1]))
 
 
-def scan_split_vjp(
+def _is_zero(t: Any) -> bool:
+    return isinstance(t, SymbolicZero)
+
+
+def _has_tangent(primal: Any, tangent: Any) -> bool:
+    """False for a symbolic zero or a leaf that cannot have a tangent (ints, bools)."""
+    return not isinstance(tangent, SymbolicZero) and jnp.issubdtype(
+        jnp.result_type(primal), jnp.inexact
+    )
+
+
+def _materialize(primals: PyTree, tangents: PyTree) -> PyTree:
+    """Tangents with symbolic zeros replaced by real zeros (for a loop carry)."""
+    return jax.tree_util.tree_map(
+        lambda p, t: jnp.zeros_like(p) if isinstance(t, SymbolicZero) else t,
+        primals,
+        tangents,
+        is_leaf=_is_zero,
+    )
+
+
+def scan_split(
     hidden: Callable[[PyTree, PyTree], Any],
     pointwise: Callable[[PyTree, PyTree, Any], tuple[PyTree, Any]],
     params: PyTree,
@@ -66,13 +74,13 @@ def scan_split_vjp(
     length: int,
     unroll: int | bool = 1,
 ) -> tuple[PyTree, Any]:
-    """The loop ``s, y = pointwise(s, x_t, hidden(params, s))`` with the fused backward.
+    """The loop ``s, y = pointwise(s, x_t, hidden(params, s))`` with the tangent rule above.
 
     Args:
       hidden: ``hidden(params, state) -> a``, applied row by row over the batch axes (so
-        that its parameter gradient over all steps is one call on all rows).
+        that its params tangent over all steps is one call on all rows).
       pointwise: ``pointwise(state, x_t, a) -> (state, y)``, elementwise; ``x_t`` is one
-        step of ``xs`` (float leaves get gradients, other leaves are passed through).
+        step of ``xs`` (float leaves carry tangents, other leaves are passed through).
       params: the params ``hidden`` uses (float leaves).
       state0: the initial state, leaves ``(*batch, H)``.
       xs: per-step inputs, leaves with a leading time axis ``length``.
@@ -85,55 +93,93 @@ def scan_split_vjp(
     return _split(hidden, pointwise, length, unroll, params, state0, xs)
 
 
-@partial(jax.custom_vjp, nondiff_argnums=(0, 1, 2, 3))
-def _split(
-    hidden: Callable, pointwise: Callable, length: int, unroll: Any, params, state0, xs
-) -> tuple[PyTree, Any]:
+def _primal_loop(hidden, pointwise, length, unroll, params, state0, xs):
     def body(s: PyTree, x: PyTree) -> tuple[PyTree, Any]:
         return pointwise(s, x, hidden(params, s))
 
     return jax.lax.scan(body, state0, xs, length=length, unroll=unroll)
 
 
-def _split_fwd(
+@partial(jax.custom_jvp, nondiff_argnums=(0, 1, 2, 3))
+def _split(
     hidden: Callable, pointwise: Callable, length: int, unroll: Any, params, state0, xs
+) -> tuple[PyTree, Any]:
+    return _primal_loop(hidden, pointwise, length, unroll, params, state0, xs)
+
+
+def _split_jvp(
+    hidden: Callable, pointwise: Callable, length: int, unroll: Any, primals, tangents
 ) -> tuple:
-    def body(s: PyTree, x: PyTree) -> tuple[PyTree, tuple]:
+    params, state0, xs = primals
+    d_params, d_state0, d_xs = tangents
+
+    # The primal loop; it keeps each step's previous state and ``a``.
+    def primal(s: PyTree, x: PyTree) -> tuple[PyTree, tuple]:
         a = hidden(params, s)
         new, y = pointwise(s, x, a)
         return new, (y, s, a)
 
-    final, (ys, prev, A) = jax.lax.scan(body, state0, xs, length=length, unroll=unroll)
-    return (final, ys), (params, prev, A, xs)
+    final, (ys, prev, A) = jax.lax.scan(primal, state0, xs, length=length, unroll=unroll)
+    dA_w = _weight_tangent(hidden, params, d_params, prev)
+    x_live, x_dead, dx_live, join = _split_inputs(xs, d_xs)
 
+    # The tangent loop: it carries the state tangent only. The pointwise jvp is
+    # rematerialized, so that its transpose (the backward loop) recomputes the elementwise
+    # values from the saved state and ``a`` rather than storing them for every step.
+    @jax.checkpoint
+    def pointwise_jvp(s, xl, xd, a, ds, dxl, da):
+        f = lambda s, xl, a: pointwise(s, join(xl, xd), a)  # noqa: E731
+        return jax.jvp(f, (s, xl, a), (ds, dxl, da))[1]
 
-def _split_bwd(
-    hidden: Callable, pointwise: Callable, length: int, unroll: Any, res: tuple, cts: tuple
-) -> tuple:
-    params, prev, A, xs = res
-    d_final, d_ys = cts
-    x_diff, x_rest, x_def = _partition(xs)
+    def tangent(ds: PyTree, inputs: tuple) -> tuple[PyTree, Any]:
+        s, a, xl, xd, dxl, daw = inputs
+        _, da = jax.jvp(lambda s: hidden(params, s), (s,), (ds,))
+        if daw is not None:
+            da = jax.tree_util.tree_map(jnp.add, da, daw)
+        return pointwise_jvp(s, xl, xd, a, ds, dxl, da)
 
-    # Leaves of the input gradient that ARE the gradient of ``a`` (the same traced value,
-    # e.g. when pointwise uses ``xp + a``): emitted once, not twice.
-    aliased: list[bool] = []
-
-    def body(ds: PyTree, inputs: tuple) -> tuple[PyTree, tuple]:
-        s, xd, xr, a, dy = inputs
-        _, vjp_pw = jax.vjp(lambda s, xd, a: pointwise(s, _combine(xd, xr, x_def), a), s, xd, a)
-        ds_direct, dxd, da = vjp_pw((ds, dy))
-        (ds_hidden,) = jax.vjp(lambda s: hidden(params, s), s)[1](da)
-        aliased[:] = [d is da for d in dxd]
-        dxd = [None if same else d for d, same in zip(dxd, aliased, strict=True)]
-        return jax.tree_util.tree_map(jnp.add, ds_direct, ds_hidden), (dxd, da)
-
-    ds0, (dxd, dA) = jax.lax.scan(
-        body, d_final, (prev, x_diff, x_rest, A, d_ys), length=length, reverse=True, unroll=unroll
+    d_final, d_ys = jax.lax.scan(
+        tangent,
+        _materialize(state0, d_state0),
+        (prev, A, x_live, x_dead, dx_live, dA_w),
+        length=length,
+        unroll=unroll,
     )
-    dxd = [dA if same else d for d, same in zip(dxd, aliased, strict=True)]
+    return (final, ys), (d_final, d_ys)
+
+
+def _weight_tangent(hidden: Callable, params: PyTree, d_params: PyTree, prev: PyTree) -> Any:
+    """``dA_w[t] = jvp(hidden wrt params)`` at every step's previous state, as ONE call on
+    all ``T * batch`` rows (one ``H_prev @ dW_h`` product); None if ``d_params`` is zero."""
+    dp_leaves = jax.tree_util.tree_leaves(d_params, is_leaf=_is_zero)
+    p_leaves = jax.tree_util.tree_leaves(params)
+    if not any(_has_tangent(p, t) for p, t in zip(p_leaves, dp_leaves, strict=True)):
+        return None
     rows = jax.tree_util.tree_map(_rows, prev)
-    (d_params,) = jax.vjp(lambda p: hidden(p, rows), params)[1](_rows(dA))
-    return d_params, ds0, jax.tree_util.tree_unflatten(x_def, dxd)
+    _, dA = jax.jvp(lambda p: hidden(p, rows), (params,), (_materialize(params, d_params),))
+    lead = jax.tree_util.tree_leaves(prev)[0].shape[:-1]  # (T, *batch)
+    return jax.tree_util.tree_map(lambda d: d.reshape((*lead, d.shape[-1])), dA)
 
 
-_split.defvjp(_split_fwd, _split_bwd)
+def _split_inputs(xs: PyTree, d_xs: PyTree) -> tuple[list, list, list, Callable]:
+    """The per-step inputs with a tangent (``live``) and without (zeros, masks).
+
+    Returns:
+      ``(x_live, x_dead, dx_live, join)``; ``join(live, dead)`` rebuilds the input pytree.
+    """
+    x_leaves, x_def = jax.tree_util.tree_flatten(xs)
+    dx_leaves = jax.tree_util.tree_leaves(d_xs, is_leaf=_is_zero)
+    live = [_has_tangent(x, t) for x, t in zip(x_leaves, dx_leaves, strict=True)]
+    x_live = [x for x, on in zip(x_leaves, live, strict=True) if on]
+    x_dead = [x for x, on in zip(x_leaves, live, strict=True) if not on]
+    dx_live = [t for t, on in zip(dx_leaves, live, strict=True) if on]
+
+    def join(live_x: list, dead_x: list) -> PyTree:
+        it_live, it_dead = iter(live_x), iter(dead_x)
+        leaves = [next(it_live) if on else next(it_dead) for on in live]
+        return jax.tree_util.tree_unflatten(x_def, leaves)
+
+    return x_live, x_dead, dx_live, join
+
+
+_split.defjvp(_split_jvp, symbolic_zeros=True)

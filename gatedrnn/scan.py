@@ -3,6 +3,23 @@
 Every wrapper (layers, Flax modules, experiments) goes through this function, so the
 options below are implemented once. ``jax.grad`` through :func:`scan` is
 backpropagation through time (BPTT); ``truncate=k`` gives truncated BPTT.
+
+:func:`scan` checks its inputs, brings them to time-major processing order, and hands
+them to one of four loops, all with the same values:
+
+* the fused loop (:func:`_split_loop`, ``gatedrnn._fused``), the default for cells whose
+  ``recur`` is a :class:`~gatedrnn.Split` (``gr.vanilla``, ``gr.lstm``, ``gr.gru`` with
+  ``reset_after=True``) when no ``resets``, ``truncate``, ``state_perturbations`` or
+  ``remat`` is given: its backward pass carries only the state gradient and the
+  recurrent weight gradient is one matrix product after it, as cuDNN does (speed:
+  docs/performance.md); forward mode (``jax.jvp``, ``jax.jacfwd``, ``jax.linearize``)
+  works as well; values and derivatives are those of ``jax.lax.scan``'s own autodiff
+  (tested to 1e-10 in float64);
+* the parallel form (:func:`_parallel_scan`) of cells that have one (``gr.min_gru``,
+  ``gr.min_lstm``): all steps at once with ``jax.lax.associative_scan``, unless
+  ``resets``, ``truncate``, ``state_perturbations`` or chunked ``remat`` is given;
+* chunked rematerialization (:func:`_chunked_scan`) for ``remat="sqrt"`` or an int;
+* otherwise the plain loop of :func:`_step` (checkpointed per step with ``remat=True``).
 """
 
 from __future__ import annotations
@@ -14,8 +31,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from gatedrnn._fused import scan_split_vjp
-from gatedrnn.cells.base import Array, Cell, PyTree, has_split
+from gatedrnn._fused import scan_split
+from gatedrnn.cells.base import Array, Cell, PyTree, Split
 
 
 def _is_concrete(x: Any) -> bool:
@@ -134,8 +151,9 @@ def scan(
         that broadcasts to it); zeros if None.
       seq_lengths: ``(*batch,)`` ints in ``[0, T]``. Steps at or past a sequence's length
         leave its state unchanged and output zeros; the final state is the state after the
-        last valid step. Concrete values outside ``[0, T]`` raise ValueError; traced ones
-        (under ``jit``/``vmap``) cannot be checked and are clipped to ``[0, T]``.
+        last valid step; the inputs there are never used (NaN padding is harmless).
+        Concrete values outside ``[0, T]`` raise ValueError; traced ones (under
+        ``jit``/``vmap``) cannot be checked and are clipped to ``[0, T]``.
       resets: ``(*batch, T)`` bools (``(T, *batch)`` with ``time_major``). Where true, the
         state is set back to ``initial_state`` before that step (episode or document
         boundaries inside one sequence).
@@ -146,34 +164,19 @@ def scan(
       unroll: passed to ``jax.lax.scan`` (steps unrolled per loop iteration).
       truncate: truncated BPTT window ``k``: the gradient through the state is stopped
         before every step whose index (in processing order) is a positive multiple of
-        ``k``, so no gradient flows through the state more than ``k`` steps back and the
-        forward pass is unchanged. For a sequence of length ``n * k`` the gradient of any
-        output of the last chunk equals the full BPTT one within its chunk.
+        ``k``; the forward pass is unchanged.
       remat: memory for compute in the backward pass. ``False``: store every step's
         internals. ``True``: recompute each step's internals (``jax.checkpoint`` per step).
-        ``"sqrt"`` or an int ``k``: checkpointing in chunks of ``k`` steps (``"sqrt"``:
-        ``k = round(sqrt(T))``) as nested scans: only the state at chunk boundaries is
-        kept, and each chunk (its input projection included) is recomputed once in the
-        backward pass, so memory goes from ``O(T)`` to ``O(T / k + k)`` steps.
-      fused: the backward pass of the time loop. For cells with a ``hidden``/``pointwise``
-        split (``gr.vanilla``, ``gr.lstm``, ``gr.gru`` with ``reset_after=True``) and no
-        ``resets``, ``truncate``, ``state_perturbations`` or ``remat``, the default
-        (None) runs the fused backward (``gatedrnn._fused``, as cuDNN does): the loop
-        carries only the state gradient and the recurrent weight gradient is one large
-        matrix product after it; values and gradients are those of ``jax.lax.scan``'s own
-        autodiff (tested to 1e-10 in float64), measured faster (README, Performance).
-        True: insist on it (ValueError where it cannot run). False: ``jax.lax.scan``'s
-        own autodiff, needed for forward-mode differentiation (``jax.jvp``,
-        ``jax.jacfwd``, ``jax.linearize``), which a ``custom_vjp`` does not support.
-      state_perturbations: for diagnostics; a pytree like the state with a leading time
-        axis, ``(T, *batch, H)`` leaves (always time-major, original time order), added to
-        the state right after each step (and so to that step's output). Differentiating
-        with respect to zeros here gives ``dL/dstate_t`` for every ``t`` in one pass.
-
-    Cells with a ``parallel`` form (``gr.min_gru``, ``gr.min_lstm``) run over the whole
-    time axis at once (``jax.lax.associative_scan``) unless ``resets``, ``truncate``,
-    ``state_perturbations`` or chunked ``remat`` is given (then the loop runs); the values
-    are the same as the step-by-step loop's.
+        ``"sqrt"`` or an int ``k``: checkpoint chunks of ``k`` steps (``"sqrt"``:
+        ``k = round(sqrt(T))``; each chunk's projection included), so memory goes from
+        ``O(T)`` to ``O(T / k + k)`` steps.
+      fused: None (default): the fused loop (see the module docstring) wherever it can
+        run; True: insist on it (ValueError where it cannot); False: the plain loop and
+        ``jax.lax.scan``'s own autodiff.
+      state_perturbations: for diagnostics; like the state with a leading time axis,
+        leaves ``(T, *batch, H)`` (always time-major, original time order), added to the
+        state right after each step. The gradient with respect to zeros here is
+        ``dL/dstate_t`` for every ``t`` in one pass.
 
     Returns:
       ``(final_state, ys)``: the state after the last valid step (leaves ``(*batch, H)``)
@@ -185,6 +188,49 @@ def scan(
       TypeError: on integer inputs or a dtype that differs from the params'.
     """
     xs = check_cell_and_xs(cell, xs, time_major)
+    _check_options(reverse, time_major, unroll, truncate, fused)
+    xs_tm = xs if time_major else jnp.moveaxis(xs, -2, 0)
+    T, batch_shape = xs_tm.shape[0], tuple(xs_tm.shape[1:-1])
+    chunk = remat_chunk(remat, T)
+    loop_only = dict(resets=resets, truncate=truncate, state_perturbations=state_perturbations)
+    use_split = _use_split(cell, fused, {**loop_only, "remat": remat})
+
+    jax.eval_shape(cell.project, params, xs_tm)  # the cell checks features and dtype
+    state0 = _initial_state(cell, params, initial_state, batch_shape)
+    lengths = _check_lengths(seq_lengths, batch_shape, T)
+    if lengths is not None:
+        # Padding never reaches the math: NaN or inf there cannot poison gradients.
+        t = jnp.arange(T).reshape((T,) + (1,) * len(batch_shape))
+        xs_tm = jnp.where((t < lengths)[..., None], xs_tm, jnp.zeros_like(xs_tm))
+    # With chunked remat each chunk projects its own inputs inside the loop.
+    xp = cell.project(params, xs_tm) if chunk is None else xs_tm
+    rs = _check_resets(resets, T, batch_shape, time_major)
+    perts = _check_perturbations(state_perturbations, state0, T, cell.hidden_size)
+    if reverse:
+        xp, rs, perts = _to_processing_order(xp, rs, perts, lengths)
+
+    if use_split:
+        final_state, ys = _split_loop(cell.recur, params, xp, state0, lengths, unroll)
+    elif cell.parallel is not None and all(v is None for v in (rs, truncate, perts, chunk)):
+        final_state, ys = _parallel_scan(cell, params, xp, state0, lengths)
+    else:
+        body = partial(_step, cell, truncate, (params, state0, lengths))
+        inputs = (jnp.arange(T), xp, rs, perts)
+        if chunk is not None:
+            final_state, ys = _chunked_scan(cell, params, body, state0, inputs, chunk, unroll)
+        else:
+            body = jax.checkpoint(body) if remat else body
+            final_state, ys = jax.lax.scan(body, state0, inputs, length=T, unroll=unroll)
+    if reverse:
+        ys = reverse_valid(ys, lengths)
+    return final_state, ys if time_major else jnp.moveaxis(ys, 0, -2)
+
+
+# --------------------------------------------------------------------------- checks
+
+
+def _check_options(reverse: Any, time_major: Any, unroll: Any, truncate: Any, fused: Any) -> None:
+    """Raise TypeError/ValueError for flags and loop options of the wrong type or range."""
     for flag, value in (("reverse", reverse), ("time_major", time_major)):
         if not isinstance(value, (bool, np.bool_)):
             raise TypeError(f"{flag} must be True or False, got {value!r}")
@@ -196,186 +242,175 @@ def scan(
         isinstance(truncate, bool) or not isinstance(truncate, (int, np.integer)) or truncate < 1
     ):
         raise ValueError(f"truncate must be None or an int >= 1, got {truncate!r}")
-
     if fused not in (None, True, False):
         raise ValueError(f"fused must be None, True or False, got {fused!r}")
 
-    xs_tm = xs if time_major else jnp.moveaxis(xs, -2, 0)
-    T = xs_tm.shape[0]
-    batch_shape = tuple(xs_tm.shape[1:-1])
-    chunk = remat_chunk(remat, T)
-    split_ok = (
-        has_split(cell)
-        and resets is None
-        and truncate is None
-        and state_perturbations is None
-        and remat is False
-    )
-    if fused and not split_ok:
+
+def _use_split(cell: Cell, fused: bool | None, loop_only: dict[str, Any]) -> bool:
+    """Whether to run the fused loop: the cell's ``recur`` is a :class:`Split` and none
+    of the loop-only options is set; ``fused=True`` insists (ValueError if it cannot)."""
+    has_split = isinstance(cell.recur, Split)
+    given = {k: v for k, v in loop_only.items() if v is not None and v is not False}
+    ok = has_split and not given
+    if fused and not ok:
+        shown = ", ".join(
+            f"{k}={'...' if k in ('resets', 'state_perturbations') else repr(v)}"
+            for k, v in given.items()
+        )
         raise ValueError(
             "fused=True needs a cell with a hidden/pointwise split (gr.vanilla, gr.lstm, "
             f"gr.gru with reset_after=True; got {cell.name!r}"
-            + ("" if has_split(cell) else " without one")
-            + ") and no resets, truncate, state_perturbations or remat (got "
-            + ", ".join(
-                f"{k}={v!r}"
-                for k, v in (
-                    ("resets", "..." if resets is not None else None),
-                    ("truncate", truncate),
-                    ("state_perturbations", "..." if state_perturbations is not None else None),
-                    ("remat", remat),
-                )
-                if v not in (None, False)
-            )
-            + ")"
+            + ("" if has_split else " without one")
+            + f") and no resets, truncate, state_perturbations or remat (got {shown})"
         )
-    use_split = split_ok if fused is None else bool(fused)
-    # The cell checks the feature size and dtype against its params. With chunked remat
-    # the projection is done chunk by chunk inside the loop (and recomputed there).
-    if chunk is None:
-        xp = cell.project(params, xs_tm)
-    else:
-        jax.eval_shape(cell.project, params, xs_tm)
-        xp = xs_tm
+    return ok if fused is None else bool(fused)
 
+
+def _initial_state(
+    cell: Cell, params: PyTree, initial_state: PyTree | None, batch_shape: tuple[int, ...]
+) -> PyTree:
+    """The cell's zeros, or a user-given state checked and broadcast to ``(*batch, H)``."""
     if initial_state is None:
-        state0 = cell.initial_state(params, batch_shape)
-    else:
-        state0 = _broadcast_state(cell, params, initial_state, batch_shape)
+        return cell.initial_state(params, batch_shape)
+    return _broadcast_state(cell, params, initial_state, batch_shape)
 
-    lengths = None
-    if seq_lengths is not None:
-        lengths = _as_array(seq_lengths, "seq_lengths")
-        if tuple(lengths.shape) != batch_shape:
-            raise ValueError(
-                f"seq_lengths must have shape (*batch,) = {batch_shape}, got {tuple(lengths.shape)}"
-            )
-        if not jnp.issubdtype(lengths.dtype, jnp.integer):
-            raise TypeError(f"seq_lengths must be integers, got dtype {lengths.dtype}")
-        if _is_concrete(lengths) and lengths.size:
-            # numpy, not jnp: under an outer jit, jnp.min of a closed-over array is traced
-            values = np.asarray(lengths)
-            lo, hi = int(values.min()), int(values.max())
-            if lo < 0 or hi > T:
-                raise ValueError(
-                    f"seq_lengths must lie in [0, T={T}], got values from {lo} to {hi}"
-                )
-        # Traced values cannot be checked: clip so that out-of-range lengths act as 0 or T
-        # (without it, reverse=True would gather out of bounds and give NaN).
-        lengths = jnp.clip(lengths.astype(jnp.int32), 0, T)
 
-    rs = None
-    if resets is not None:
-        rs = _as_array(resets, "resets")
-        want = (T, *batch_shape) if time_major else (*batch_shape, T)
-        if tuple(rs.shape) != want:
-            raise ValueError(
-                f"resets must have shape {'(T, *batch)' if time_major else '(*batch, T)'}"
-                f" = {want}, got {tuple(rs.shape)}"
-            )
-        if rs.dtype != jnp.bool_:
-            raise TypeError(f"resets must be booleans, got dtype {rs.dtype}")
-        rs = rs if time_major else jnp.moveaxis(rs, -1, 0)
+def _check_lengths(seq_lengths: Any, batch_shape: tuple[int, ...], T: int) -> Array | None:
+    """``seq_lengths (*batch,)`` as int32 clipped to ``[0, T]``, or None.
 
-    perts = None
-    if state_perturbations is not None:
-        ref = jax.tree_util.tree_map(
-            lambda leaf: jax.ShapeDtypeStruct((T, *leaf.shape), leaf.dtype), state0
+    Concrete values outside ``[0, T]`` raise ValueError; traced ones cannot be checked and
+    are clipped so that out-of-range lengths act as 0 or T (without it, ``reverse=True``
+    would gather out of bounds and give NaN).
+    """
+    if seq_lengths is None:
+        return None
+    lengths = _as_array(seq_lengths, "seq_lengths")
+    if tuple(lengths.shape) != batch_shape:
+        raise ValueError(
+            f"seq_lengths must have shape (*batch,) = {batch_shape}, got {tuple(lengths.shape)}"
         )
-        if jax.tree_util.tree_structure(state_perturbations) != jax.tree_util.tree_structure(
-            ref
-        ) or any(
-            tuple(p.shape) != r.shape
-            for p, r in zip(
-                jax.tree_util.tree_leaves(state_perturbations),
-                jax.tree_util.tree_leaves(ref),
-                strict=True,
-            )
-        ):
-            raise ValueError(
-                "state_perturbations must be like the state with a leading time axis, "
-                f"leaves (T, *batch, H) = {(T, *batch_shape, cell.hidden_size)}"
-            )
-        perts = state_perturbations
+    if not jnp.issubdtype(lengths.dtype, jnp.integer):
+        raise TypeError(f"seq_lengths must be integers, got dtype {lengths.dtype}")
+    if _is_concrete(lengths) and lengths.size:
+        # numpy, not jnp: under an outer jit, jnp.min of a closed-over array is traced
+        values = np.asarray(lengths)
+        lo, hi = int(values.min()), int(values.max())
+        if lo < 0 or hi > T:
+            raise ValueError(f"seq_lengths must lie in [0, T={T}], got values from {lo} to {hi}")
+    return jnp.clip(lengths.astype(jnp.int32), 0, T)
 
-    if reverse:
-        xp = jax.tree_util.tree_map(lambda a: reverse_valid(a, lengths), xp)
-        if rs is not None:
-            # A reset before original step t marks the boundary between t-1 and t; going
-            # backwards that boundary comes before step t-1.
-            shifted = jnp.concatenate([rs[1:], jnp.zeros_like(rs[:1])], axis=0)
-            if lengths is not None:
-                t = jnp.arange(T).reshape((T,) + (1,) * len(batch_shape))
-                shifted = shifted & (t < lengths - 1)
-            rs = reverse_valid(shifted, lengths)
-        if perts is not None:
-            perts = jax.tree_util.tree_map(lambda p: reverse_valid(p, lengths), perts)
 
-    if (
-        cell.parallel is not None
-        and rs is None
-        and truncate is None
-        and perts is None
-        and chunk is None
-        and not fused
+def _check_resets(
+    resets: Any, T: int, batch_shape: tuple[int, ...], time_major: bool
+) -> Array | None:
+    """``resets`` checked (bools, ``(*batch, T)`` or ``(T, *batch)``) and made time-major."""
+    if resets is None:
+        return None
+    rs = _as_array(resets, "resets")
+    want = (T, *batch_shape) if time_major else (*batch_shape, T)
+    if tuple(rs.shape) != want:
+        raise ValueError(
+            f"resets must have shape {'(T, *batch)' if time_major else '(*batch, T)'}"
+            f" = {want}, got {tuple(rs.shape)}"
+        )
+    if rs.dtype != jnp.bool_:
+        raise TypeError(f"resets must be booleans, got dtype {rs.dtype}")
+    return rs if time_major else jnp.moveaxis(rs, -1, 0)
+
+
+def _check_perturbations(perts: PyTree | None, state0: PyTree, T: int, H: int) -> PyTree | None:
+    """Check ``state_perturbations`` against the state with a leading time axis ``T``."""
+    if perts is None:
+        return None
+    ref_leaves, ref_def = jax.tree_util.tree_flatten(state0)
+    leaves, treedef = jax.tree_util.tree_flatten(perts)
+    if treedef != ref_def or any(
+        tuple(getattr(p, "shape", ())) != (T, *r.shape)
+        for p, r in zip(leaves, ref_leaves, strict=True)
     ):
-        return _parallel_scan(cell, params, xp, state0, lengths, reverse, time_major)
+        batch = ref_leaves[0].shape[:-1] if ref_leaves else ()
+        raise ValueError(
+            "state_perturbations must be like the state with a leading time axis, "
+            f"leaves (T, *batch, H) = {(T, *batch, H)}"
+        )
+    return perts
 
-    def step(consts: tuple, state: PyTree, inputs: tuple) -> tuple[PyTree, Array]:
-        params, state0, lengths = consts
-        t, xp_t, r_t, p_t = inputs
-        if r_t is not None:
-            state = _where(r_t, state0, state)
-        if truncate is not None:
-            cut = (t > 0) & (t % truncate == 0)
-            state = jax.tree_util.tree_map(
-                lambda s: jnp.where(cut, jax.lax.stop_gradient(s), s), state
-            )
-        new_state, y = cell.recur(params, state, xp_t)
-        if p_t is not None:
-            new_state = jax.tree_util.tree_map(jnp.add, new_state, p_t)
-            y = cell.output(new_state)
+
+# ----------------------------------------------------------------------- time order
+
+
+def _to_processing_order(
+    xp: PyTree, rs: Array | None, perts: PyTree | None, lengths: Array | None
+) -> tuple[PyTree, Array | None, PyTree | None]:
+    """For ``reverse=True``: each sequence's valid steps reversed (inputs, resets, perts)."""
+    xp = jax.tree_util.tree_map(lambda a: reverse_valid(a, lengths), xp)
+    if rs is not None:
+        # A reset before original step t marks the boundary between t-1 and t; going
+        # backwards that boundary comes before step t-1.
+        T = rs.shape[0]
+        shifted = jnp.concatenate([rs[1:], jnp.zeros_like(rs[:1])], axis=0)
         if lengths is not None:
-            valid = t < lengths
-            new_state = _where(valid, new_state, state)
-            y = jnp.where(valid[..., None], y, jnp.zeros_like(y))
+            t = jnp.arange(T).reshape((T,) + (1,) * lengths.ndim)
+            shifted = shifted & (t < lengths - 1)
+        rs = reverse_valid(shifted, lengths)
+    if perts is not None:
+        perts = jax.tree_util.tree_map(lambda p: reverse_valid(p, lengths), perts)
+    return xp, rs, perts
+
+
+# ---------------------------------------------------------------------------- loops
+
+
+def _step(
+    cell: Cell, truncate: int | None, consts: tuple, state: PyTree, inputs: tuple
+) -> tuple[PyTree, Array]:
+    """The plain loop body: resets, truncation, ``cell.recur``, perturbations, lengths.
+
+    ``consts = (params, state0, lengths)``; ``inputs = (t, xp_t, reset_t, pert_t)`` with
+    None for an option not given.
+    """
+    params, state0, lengths = consts
+    t, xp_t, r_t, p_t = inputs
+    if r_t is not None:
+        state = _where(r_t, state0, state)
+    if truncate is not None:
+        cut = (t > 0) & (t % truncate == 0)
+        state = jax.tree_util.tree_map(lambda s: jnp.where(cut, jax.lax.stop_gradient(s), s), state)
+    new_state, y = cell.recur(params, state, xp_t)
+    if p_t is not None:
+        new_state = jax.tree_util.tree_map(jnp.add, new_state, p_t)
+        y = cell.output(new_state)
+    if lengths is not None:
+        valid = t < lengths
+        new_state = _where(valid, new_state, state)
+        y = jnp.where(valid[..., None], y, jnp.zeros_like(y))
+    return new_state, y
+
+
+def _split_loop(
+    split: Split,
+    params: PyTree,
+    xp: PyTree,
+    state0: PyTree,
+    lengths: Array | None,
+    unroll: int | bool,
+) -> tuple[PyTree, Array]:
+    """The fused loop (:func:`gatedrnn._fused.scan_split`) of a :class:`Split` cell, with
+    steps at or past a sequence's length keeping the state and giving zeros."""
+    T = jax.tree_util.tree_leaves(xp)[0].shape[0]
+    valid = None
+    if lengths is not None:
+        valid = jnp.arange(T).reshape((T,) + (1,) * lengths.ndim) < lengths
+
+    def pointwise(state: PyTree, inputs: tuple, a: Array) -> tuple[PyTree, Array]:
+        xp_t, valid_t = inputs
+        new_state, y = split.pointwise(state, xp_t, a)
+        if valid_t is not None:
+            new_state = _where(valid_t, new_state, state)
+            y = jnp.where(valid_t[..., None], y, jnp.zeros_like(y))
         return new_state, y
 
-    consts = (params, state0, lengths)
-    inputs = (jnp.arange(T), xp, rs, perts)
-    if chunk is not None:
-        final_state, ys = _chunked_scan(
-            cell, params, partial(step, consts), state0, inputs, chunk, unroll
-        )
-    elif remat:
-        final_state, ys = jax.lax.scan(
-            jax.checkpoint(partial(step, consts)), state0, inputs, length=T, unroll=unroll
-        )
-    elif use_split:
-        valid = None
-        if lengths is not None:
-            valid = jnp.arange(T).reshape((T,) + (1,) * len(batch_shape)) < lengths
-
-        def pointwise(state: PyTree, inputs: tuple, a: Array) -> tuple[PyTree, Array]:
-            xp_t, valid_t = inputs
-            new_state, y = cell.pointwise(state, xp_t, a)
-            if valid_t is not None:
-                new_state = _where(valid_t, new_state, state)
-                y = jnp.where(valid_t[..., None], y, jnp.zeros_like(y))
-            return new_state, y
-
-        final_state, ys = scan_split_vjp(
-            cell.hidden, pointwise, params, state0, (xp, valid), length=T, unroll=unroll
-        )
-    else:
-        final_state, ys = jax.lax.scan(
-            partial(step, consts), state0, inputs, length=T, unroll=unroll
-        )
-    if reverse:
-        ys = reverse_valid(ys, lengths)
-    if not time_major:
-        ys = jnp.moveaxis(ys, 0, -2)
-    return final_state, ys
+    return scan_split(split.hidden, pointwise, params, state0, (xp, valid), length=T, unroll=unroll)
 
 
 def remat_chunk(remat: Any, T: int) -> int | None:
@@ -435,12 +470,11 @@ def _parallel_scan(
     xp: Array,
     state0: PyTree,
     lengths: Array | None,
-    reverse: bool,
-    time_major: bool,
 ) -> tuple[PyTree, Array]:
     """The loop for a cell with a ``parallel`` form: all states at once, then the options.
 
-    ``xp`` is time-major and already in processing order (reversed if ``reverse``).
+    ``xp`` is time-major and already in processing order (reversed if ``reverse``); so
+    are the outputs ``(T, *batch, H)``.
     Steps past a sequence's length do not affect earlier ones, so the states are computed
     for all ``T`` steps and the lengths applied afterwards.
     """
@@ -461,8 +495,4 @@ def _parallel_scan(
             return _where(lengths > 0, jnp.take_along_axis(s, idx, axis=0)[0], s0)
 
         final_state = jax.tree_util.tree_map(pick, states, state0)
-    if reverse:
-        ys = reverse_valid(ys, lengths)
-    if not time_major:
-        ys = jnp.moveaxis(ys, 0, -2)
     return final_state, ys

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import chex
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -28,7 +29,7 @@ def test_vanilla_step_matches_numpy_equation():
         h = np.asarray(jax.random.normal(jax.random.PRNGKey(9), (4, 5)))
         h2, y = cell.step(p, jnp.asarray(h), jnp.asarray(x))
         want = f(x @ np.asarray(p.w_x) + h @ np.asarray(p.w_h) + np.asarray(p.b))
-        np.testing.assert_allclose(h2, want, rtol=1e-5, atol=1e-6)
+        chex.assert_trees_all_close(h2, want, rtol=1e-5, atol=1e-6)
         np.testing.assert_array_equal(h2, y)
 
 
@@ -42,8 +43,8 @@ def test_lstm_step_matches_numpy_equation_gate_order_ifgo():
     c2 = sigmoid(f) * c + sigmoid(i) * np.tanh(g)
     h2 = sigmoid(o) * np.tanh(c2)
     state, y = cell.step(p, gr.LSTMState(jnp.asarray(h), jnp.asarray(c)), jnp.asarray(x))
-    np.testing.assert_allclose(state.c, c2, rtol=1e-5, atol=1e-6)
-    np.testing.assert_allclose(state.h, h2, rtol=1e-5, atol=1e-6)
+    chex.assert_trees_all_close(state.c, c2, rtol=1e-5, atol=1e-6)
+    chex.assert_trees_all_close(state.h, h2, rtol=1e-5, atol=1e-6)
     np.testing.assert_array_equal(y, state.h)
 
 
@@ -64,7 +65,7 @@ def test_gru_step_matches_numpy_equation(reset_after):
         n = np.tanh(xn + (r * h) @ whn + bhn)
     want = (1 - z) * n + z * h
     h2, y = cell.step(p, jnp.asarray(h), jnp.asarray(x))
-    np.testing.assert_allclose(h2, want, rtol=1e-5, atol=1e-6)
+    chex.assert_trees_all_close(h2, want, rtol=1e-5, atol=1e-6)
 
 
 def test_gru_reset_forms_differ():
@@ -94,7 +95,7 @@ def test_param_layout_and_init(factory, gates, fields):
     assert all(leaf.dtype == jnp.float32 for leaf in p)
     # Recurrent weights are orthogonal gate block by gate block.
     for blk in jnp.split(p.w_h, gates, axis=1):
-        np.testing.assert_allclose(blk.T @ blk, np.eye(6), atol=1e-5)
+        chex.assert_trees_all_close(blk.T @ blk, np.eye(6), atol=1e-5)
     # Input weights are scaled by fan-in: variance about 1/I.
     big = cell.init(jax.random.PRNGKey(1), 400)
     assert 0.8 / 400 < float(jnp.var(big.w_x)) < 1.2 / 400
@@ -135,7 +136,7 @@ def test_step_is_project_then_recur(cell_name):
     s = cell.initial_state(p, (2,))
     a = cell.step(p, s, x)
     b = cell.recur(p, s, cell.project(p, x))
-    jax.tree_util.tree_map(np.testing.assert_array_equal, a, b)
+    chex.assert_trees_all_equal(a, b)
 
 
 @pytest.mark.parametrize("bad", [0, -3, 2.5, "8", True])
@@ -192,17 +193,176 @@ def test_gate_helpers_match_the_step_with_biases(reset_after):
         (sig(z[:, :4]), sig(z[:, 4:8]), jnp.tanh(z[:, 8:12]), sig(z[:, 12:])),
         strict=True,
     ):
-        np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
+        chex.assert_trees_all_close(got, want, rtol=1e-5, atol=1e-6)
     state, _ = lstm.step(p, gr.cells.LSTMState(h=h, c=c), x)
-    np.testing.assert_allclose(state.c, f * c + i * g, rtol=1e-5, atol=1e-6)
+    chex.assert_trees_all_close(state.c, f * c + i * g, rtol=1e-5, atol=1e-6)
 
     gru = gr.gru(4, reset_after=reset_after)
     q = gru.init(k4, 3)
     q = q._replace(b_x=jax.random.normal(k1, q.b_x.shape), b_h=jax.random.normal(k2, q.b_h.shape))
     r, u, n = gr.cells.gru_gates(q, h, gru.project(q, x), reset_after)
     new_h, _ = gru.step(q, h, x)
-    np.testing.assert_allclose(new_h, (1 - u) * n + u * h, rtol=1e-5, atol=1e-6)
+    chex.assert_trees_all_close(new_h, (1 - u) * n + u * h, rtol=1e-5, atol=1e-6)
     zx = x @ q.w_x + q.b_x
     zh = h @ q.w_h + q.b_h
-    np.testing.assert_allclose(r, sig(zx[:, :4] + zh[:, :4]), rtol=1e-5, atol=1e-6)
-    np.testing.assert_allclose(u, sig(zx[:, 4:8] + zh[:, 4:8]), rtol=1e-5, atol=1e-6)
+    chex.assert_trees_all_close(r, sig(zx[:, :4] + zh[:, :4]), rtol=1e-5, atol=1e-6)
+    chex.assert_trees_all_close(u, sig(zx[:, 4:8] + zh[:, 4:8]), rtol=1e-5, atol=1e-6)
+
+
+# ------------------------------------------------------------------- the Cell type
+
+ALL_FACTORIES = {
+    "vanilla": lambda: gr.vanilla(4, activation="relu"),
+    "lstm": lambda: gr.lstm(4, forget_bias=2.0),
+    "gru": lambda: gr.gru(4),
+    "gru_reset_before": lambda: gr.gru(4, reset_after=False),
+    "min_gru": lambda: gr.min_gru(4),
+    "min_lstm": lambda: gr.min_lstm(4),
+}
+
+
+@pytest.mark.parametrize("name", sorted(ALL_FACTORIES))
+def test_cell_is_hashable_and_a_static_jit_argument(name):
+    cell = ALL_FACTORIES[name]()
+    assert isinstance(hash(cell), int)
+    # The same factory call gives an equal cell, so jit does not retrace for it.
+    assert ALL_FACTORIES[name]() == cell and hash(ALL_FACTORIES[name]()) == hash(cell)
+    params = cell.init(jax.random.PRNGKey(0), 3)
+    xs = jax.random.normal(jax.random.PRNGKey(1), (2, 5, 3))
+
+    @chex.assert_max_traces(n=1)
+    def run(cell, params, xs):
+        return gr.scan(cell, params, xs)
+
+    run_jit = jax.jit(run, static_argnums=0)
+    final, ys = run_jit(cell, params, xs)
+    chex.assert_shape(ys, (2, 5, 4))
+    chex.assert_trees_all_close((final, ys), gr.scan(cell, params, xs), rtol=1e-6, atol=1e-6)
+    run_jit(ALL_FACTORIES[name](), params, 2.0 * xs)  # no retrace
+    chex.clear_trace_counter()
+
+
+@pytest.mark.parametrize("name", sorted(ALL_FACTORIES))
+def test_options_are_a_dict_from_hashable_config(name):
+    cell = ALL_FACTORIES[name]()
+    assert isinstance(cell.config, tuple) and dict(cell.config) == cell.options
+    assert cell.options["hidden_size"] == cell.hidden_size == 4
+    assert gr.cells.make_cell(cell.name, **{**cell.options}) == cell
+
+
+@pytest.mark.parametrize(
+    "name, has_split",
+    [
+        ("vanilla", True),
+        ("lstm", True),
+        ("gru", True),
+        ("gru_reset_before", False),
+        ("min_gru", False),
+        ("min_lstm", False),
+    ],
+)
+def test_the_fast_path_is_one_typed_field(name, has_split):
+    cell = ALL_FACTORIES[name]()
+    assert isinstance(cell.recur, gr.Split) == has_split
+    assert (cell.hidden is not None) == has_split == (cell.pointwise is not None)
+    if has_split:
+        params = cell.init(jax.random.PRNGKey(0), 3)
+        s = jax.tree_util.tree_map(lambda z: z + 0.3, cell.initial_state(params, (2,)))
+        xp = cell.project(params, jnp.ones((2, 3)))
+        want = cell.pointwise(s, xp, cell.hidden(params, s))
+        chex.assert_trees_all_equal(cell.recur(params, s, xp), want)
+    # Replacing recur by a plain function drops the split.
+    plain = cell._replace(recur=lambda p, s, xp: cell.recur(p, s, xp))
+    assert plain.hidden is None and plain.pointwise is None and plain != cell
+
+
+def test_a_custom_cell_from_a_split():
+    """A user's cell: a leaky vanilla RNN built from parts, fast path included."""
+    H = 3
+
+    def init(key, input_size, dtype=jnp.float32):
+        kx, kh = jax.random.split(key)
+        return gr.VanillaParams(
+            w_x=jax.random.normal(kx, (input_size, H), dtype),
+            w_h=0.5 * jax.random.normal(kh, (H, H), dtype),
+            b=jnp.zeros(H, dtype),
+        )
+
+    cell = gr.Cell(
+        init=init,
+        initial_state=lambda p, batch_shape=(): jnp.zeros((*batch_shape, H), p.w_h.dtype),
+        project=lambda p, x: x @ p.w_x,
+        recur=gr.Split(
+            hidden=lambda p, h: h @ p.w_h + p.b,
+            pointwise=lambda h, xp, a: (0.5 * h + 0.5 * jnp.tanh(xp + a),) * 2,
+        ),
+        output=lambda h: h,
+        hidden_size=H,
+        name="leaky",
+        config=(("hidden_size", H),),
+    )
+    hash(cell)
+    params = cell.init(jax.random.PRNGKey(0), 2)
+    xs = jax.random.normal(jax.random.PRNGKey(1), (4, 6, 2))
+    fast = jax.value_and_grad(lambda p: jnp.sum(gr.scan(cell, p, xs)[1] ** 2))(params)
+    slow = jax.value_and_grad(lambda p: jnp.sum(gr.scan(cell, p, xs, fused=False)[1] ** 2))(params)
+    chex.assert_trees_all_close(fast, slow, rtol=1e-5, atol=1e-6)
+    s, y = cell.step(params, cell.initial_state(params, (4,)), xs[:, 0])
+    chex.assert_shape((s, y), (4, H))
+
+
+# ------------------------------------------------------------ chrono initialization
+
+
+def test_lstm_chrono_forget_bias_spreads_characteristic_times():
+    """Tallec & Ollivier 2018: b_f = log U(1, t_max - 1), b_i = -b_f, so the forget
+    gate's characteristic times 1 / (1 - f) = 1 + exp(b_f) lie in [2, t_max], spread."""
+    H, t_max = 256, 100
+    assert gr.lstm(H, forget_bias="chrono", t_max=t_max).options == {
+        "hidden_size": H,
+        "forget_bias": "chrono",
+        "t_max": t_max,
+    }
+    cell = gr.lstm(H, forget_bias="chrono", t_max=t_max, recurrent_init=gr.cells.base.zeros)
+    b = cell.init(jax.random.PRNGKey(0), 3).b
+    b_i, b_f, b_g, b_o = np.split(np.asarray(b), 4)
+    chex.assert_trees_all_close(b_i, -b_f)
+    assert not b_g.any() and not b_o.any()
+    times = 1.0 / (1.0 - sigmoid(b_f.astype(np.float64)))
+    assert times.min() >= 2.0 - 1e-4 and times.max() <= t_max + 1e-3
+    # Uniform on [1, t_max - 1] in exp(b_f): a quarter of the units below ~26 steps.
+    assert 0.15 < np.mean(np.exp(b_f) < 1 + (t_max - 2) / 4) < 0.35
+    assert np.mean(times > t_max / 2) > 0.3
+
+
+def test_gru_update_bias_number_and_chrono():
+    H, t_max, fast = 256, 50, {"recurrent_init": gr.cells.base.zeros}
+    p = gr.gru(H, update_bias=1.5, **fast).init(jax.random.PRNGKey(0), 3)
+    chex.assert_trees_all_close(p.b_x, np.r_[np.zeros(H), 1.5 * np.ones(H), np.zeros(H)])
+    assert gr.gru(H).options == {"hidden_size": H, "reset_after": True}
+    cell = gr.gru(H, update_bias="chrono", t_max=t_max, **fast)
+    b_z = np.asarray(cell.init(jax.random.PRNGKey(0), 3).b_x[H : 2 * H], np.float64)
+    times = 1.0 / (1.0 - sigmoid(b_z))  # z keeps the state: h' = (1 - z) n + z h
+    assert times.min() >= 2.0 - 1e-4 and times.max() <= t_max + 1e-3
+    assert times.max() > 0.8 * t_max and times.min() < 6.0
+    chrono = gr.gru(H, update_bias="chrono", t_max=t_max)
+    assert gr.cells.make_cell("gru", **chrono.options) == chrono
+
+
+@pytest.mark.parametrize(
+    "make, error, match",
+    [
+        (lambda: gr.lstm(4, forget_bias="chrono"), ValueError, "needs t_max"),
+        (lambda: gr.lstm(4, forget_bias="chrono", t_max=1), ValueError, "needs t_max"),
+        (lambda: gr.lstm(4, forget_bias="chrono", t_max=2.5), ValueError, "needs t_max"),
+        (lambda: gr.lstm(4, forget_bias=1.0, t_max=10), ValueError, "only used with"),
+        (lambda: gr.lstm(4, forget_bias="Chrono", t_max=10), TypeError, "real number"),
+        (lambda: gr.gru(4, update_bias="chrono"), ValueError, "needs t_max"),
+        (lambda: gr.gru(4, update_bias=float("inf")), ValueError, "finite"),
+        (lambda: gr.gru(4, update_bias=None), TypeError, "real number"),
+        (lambda: gr.gru(4, t_max=10), ValueError, "only used with"),
+    ],
+)
+def test_bad_gate_biases_raise(make, error, match):
+    with pytest.raises(error, match=match):
+        make()

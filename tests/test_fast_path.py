@@ -1,15 +1,19 @@
-"""The fused backward pass (gatedrnn._fused) gives the values and gradients of the generic one.
+"""The fused loop (gatedrnn._fused) gives the values and derivatives of the generic one.
 
 Oracle: ``gr.scan(..., fused=False)``, i.e. ``jax.lax.scan``'s own autodiff, in float64,
-for every cell and every scan option. The default (``fused=None``) takes the fused path
-whenever the cell has a hidden/pointwise split and the options allow it.
+for every cell and every scan option, in reverse mode (``jax.grad``) and forward mode
+(``jax.jvp``, ``jax.jacfwd``, ``jax.linearize``); and finite differences. The default
+(``fused=None``) takes the fused path whenever the cell's ``recur`` is a ``gr.Split`` and
+the options allow it, and its backward pass is the cuDNN-style one.
 """
 
 from __future__ import annotations
 
 import sys
 
+import chex
 import jax
+import jax.extend
 import jax.numpy as jnp
 import numpy as np
 import pytest
@@ -72,21 +76,19 @@ def test_fused_equals_generic_values_and_grads_float64(name, option):
         generic = _loss_and_grads(cell, params, xs, state0, perts, options, False)
         # Guard against a vacuous comparison: the gradients are not all zero.
         assert float(jnp.max(jnp.abs(generic[1][0].w_h))) > 1e-3
-        jax.tree_util.tree_map(
-            lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-10, atol=1e-12), fast, generic
-        )
+        chex.assert_trees_all_close(fast, generic, rtol=1e-10, atol=1e-12)
 
 
 def _count_fused_calls(monkeypatch):
     scan_module = sys.modules["gatedrnn.scan"]  # (gr.scan, the function, shadows the name)
     calls = []
-    original = scan_module.scan_split_vjp
+    original = scan_module.scan_split
 
     def spy(*args, **kwargs):
         calls.append(1)
         return original(*args, **kwargs)
 
-    monkeypatch.setattr(scan_module, "scan_split_vjp", spy)
+    monkeypatch.setattr(scan_module, "scan_split", spy)
     return calls
 
 
@@ -127,21 +129,148 @@ def test_fused_batch_shapes_and_lengths(batch, T_):
 
         fast = jax.value_and_grad(loss, argnums=(0, 1))(params, xs, True)
         generic = jax.value_and_grad(loss, argnums=(0, 1))(params, xs, False)
-        jax.tree_util.tree_map(
-            lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-10, atol=1e-12), fast, generic
+        chex.assert_trees_all_close(fast, generic, rtol=1e-10, atol=1e-12)
+        chex.assert_shape(fast[1][1], xs.shape)
+
+
+FORWARD_OPTIONS = {
+    "plain": {},
+    "lengths_reverse": {"seq_lengths": np.array([7, 3, 0]), "reverse": True},
+    "lengths_unroll": {"seq_lengths": np.array([2, 7, 5]), "unroll": 2},
+}
+
+
+def _fn(cell, options, fused):
+    """``(params, xs, state0) -> (final, ys)`` through gr.scan."""
+
+    def f(params, xs, state0):
+        return gr.scan(cell, params, xs, state0, fused=fused, **options)
+
+    return f
+
+
+def _problem(name):
+    cell = CELLS[name]()
+    params = cell.init(jax.random.PRNGKey(0), I, dtype=jnp.float64)
+    xs = jax.random.normal(jax.random.PRNGKey(1), (B, T, I), jnp.float64)
+    state0 = jax.tree_util.tree_map(
+        lambda s: 0.3 * jnp.ones_like(s), cell.initial_state(params, (B,))
+    )
+    return cell, (params, xs, state0)
+
+
+def _tangents(primals, seed=2):
+    leaves, treedef = jax.tree_util.tree_flatten(primals)
+    keys = jax.random.split(jax.random.PRNGKey(seed), len(leaves))
+    return jax.tree_util.tree_unflatten(
+        treedef, [jax.random.normal(k, x.shape, x.dtype) for k, x in zip(keys, leaves)]
+    )
+
+
+@pytest.mark.parametrize("option", sorted(FORWARD_OPTIONS))
+@pytest.mark.parametrize("name", ["vanilla", "lstm", "gru_after"])
+def test_forward_mode_by_default_equals_generic_float64(name, option):
+    """jax.jvp with default options equals fused=False; so do jax.linearize and
+    jax.jacfwd (against jax.jacrev of the generic loop), checked on the plain options."""
+    options = FORWARD_OPTIONS[option]
+    with jax.enable_x64(True):
+        cell, primals = _problem(name)
+        tangents = _tangents(primals)
+        fast, generic = _fn(cell, options, None), _fn(cell, options, False)
+        out, t_fast = jax.jit(lambda p, t: jax.jvp(fast, p, t))(primals, tangents)
+        ref, t_generic = jax.jvp(generic, primals, tangents)
+        chex.assert_trees_all_close(out, ref, rtol=1e-10, atol=1e-12)
+        chex.assert_trees_all_close(t_fast, t_generic, rtol=1e-10, atol=1e-12)
+        # The tangent is not vacuous.
+        assert float(jnp.max(jnp.abs(t_generic[1]))) > 1e-3
+
+        if option != "plain":
+            return
+        _, lin = jax.linearize(fast, *primals)
+        chex.assert_trees_all_close(lin(*tangents), t_generic, rtol=1e-10, atol=1e-12)
+
+        params, xs, state0 = primals
+        jac = jax.jacfwd(lambda p: fast(p, xs, state0)[1])(params)
+        want = jax.jacrev(lambda p: generic(p, xs, state0)[1])(params)
+        chex.assert_trees_all_close(jac, want, rtol=1e-10, atol=1e-12)
+
+
+@pytest.mark.parametrize("name", ["vanilla", "lstm", "gru_after"])
+def test_forward_mode_wrt_inputs_or_params_only(name):
+    """Zero tangents (symbolic zeros) in any of params, xs, state0 give the same result."""
+    with jax.enable_x64(True):
+        cell, (params, xs, state0) = _problem(name)
+        d = _tangents((params, xs, state0))
+        for argnum in range(3):
+
+            def f(arg, fused, argnum=argnum):
+                args = [params, xs, state0]
+                args[argnum] = arg
+                return gr.scan(cell, *args, fused=fused, seq_lengths=np.array([7, 3, 0]))
+
+            primal = (params, xs, state0)[argnum]
+            _, got = jax.jvp(lambda a: f(a, None), (primal,), (d[argnum],))
+            _, want = jax.jvp(lambda a: f(a, False), (primal,), (d[argnum],))
+            chex.assert_trees_all_close(got, want, rtol=1e-10, atol=1e-12)
+
+
+@pytest.mark.parametrize("name", ["vanilla", "lstm", "gru_after"])
+def test_default_derivatives_match_finite_differences_float64(name):
+    with jax.enable_x64(True):
+        cell, (params, xs, state0) = _problem(name)
+
+        def loss(params, xs, state0):
+            final, ys = gr.scan(cell, params, xs, state0, seq_lengths=np.array([7, 3, 5]))
+            return jnp.sum(jnp.sin(ys)) + sum(
+                jnp.sum(s**2) for s in jax.tree_util.tree_leaves(final)
+            )
+
+        jax.test_util.check_grads(
+            loss, (params, xs, state0), order=1, modes=["fwd", "rev"], eps=1e-6
         )
 
 
-def test_fused_needs_forward_mode_off():
-    """jax.jvp needs the plain loop (fused=False); the fused one is reverse-mode only."""
-    cell = gr.gru(H)
+@pytest.mark.parametrize("make", [gr.min_gru, gr.min_lstm], ids=["min_gru", "min_lstm"])
+def test_forward_mode_min_cells(make):
+    with jax.enable_x64(True):
+        cell = make(H)
+        params = cell.init(jax.random.PRNGKey(0), I, dtype=jnp.float64)
+        xs = jax.random.normal(jax.random.PRNGKey(1), (B, T, I), jnp.float64)
+        f = lambda p, x: gr.scan(cell, p, x, seq_lengths=np.array([7, 3, 0]))[1]  # noqa: E731
+        t = _tangents((params, xs))
+        _, got = jax.jvp(f, (params, xs), t)
+        loop = cell._replace(parallel=None)
+        _, want = jax.jvp(
+            lambda p, x: gr.scan(loop, p, x, seq_lengths=np.array([7, 3, 0]))[1], (params, xs), t
+        )
+        chex.assert_trees_all_close(got, want, rtol=1e-10, atol=1e-12)
+
+
+def test_backward_loop_carries_only_the_state_cotangent():
+    """jax.grad of the default loop: the reverse loop has ONE matrix product per step
+    (``da @ w_h^T``) and ``dW_h`` is one product outside it, over all T * B rows."""
+    cell = gr.lstm(H)
     params = cell.init(jax.random.PRNGKey(0), I)
     xs = jnp.ones((B, T, I))
-    f = lambda x, fused: gr.scan(cell, params, x, fused=fused)[1]  # noqa: E731
-    _, tangent = jax.jvp(lambda x: f(x, False), (xs,), (xs,))
-    assert tangent.shape == (B, T, H)
-    with pytest.raises(TypeError, match="custom_vjp"):
-        jax.jvp(lambda x: f(x, None), (xs,), (xs,))
+    loss = lambda p, x: jnp.sum(gr.scan(cell, p, x)[1] ** 2)  # noqa: E731
+    jaxpr = jax.make_jaxpr(jax.grad(loss, argnums=(0, 1)))(params, xs).jaxpr
+    scans = [e for e in jaxpr.eqns if e.primitive.name == "scan"]
+    backward = [e for e in scans if e.params["reverse"]]
+    assert len(scans) == 2 and len(backward) == 1  # the primal loop, the backward loop
+
+    def dots(j):
+        n = 0
+        for e in j.eqns:
+            n += e.primitive.name == "dot_general"
+            for sub in jax.extend.core.jaxprs_in_params(e.params):
+                n += dots(sub)
+        return n
+
+    assert dots(backward[0].params["jaxpr"].jaxpr) == 1
+    # dW_h: a (H, T*B) @ (T*B, 4H) product (contracting T * B rows) outside the loops.
+    outside = [e for e in jaxpr.eqns if e.primitive.name == "dot_general"]
+    shapes = [tuple(v.aval.shape) for e in outside for v in e.invars]
+    assert (T * B, 4 * H) in shapes and (T * B, H) in shapes
 
 
 def test_fused_rejects_what_it_cannot_do_and_bad_values():
@@ -170,3 +299,24 @@ def test_a_replaced_recur_turns_the_fused_path_off(monkeypatch):
     _, ref = gr.scan(cell, params, xs)
     np.testing.assert_allclose(ys, 2.0 * ref, rtol=1e-6)
     assert len(calls) == 1  # only the unchanged cell took the fused path
+
+
+def test_second_order_through_the_default_loop_float64():
+    """Hessian-vector products (forward over reverse, reverse over forward) equal the
+    plain loop's: the tangent rule is itself differentiable."""
+    with jax.enable_x64(True):
+        cell, (params, xs, _) = _problem("lstm")
+        lengths = np.array([7, 2, 5])
+
+        def f(p, fused):
+            return jnp.sum(jnp.sin(gr.scan(cell, p, xs, seq_lengths=lengths, fused=fused)[1]))
+
+        v = _tangents(params)
+        for fused in (None, False):
+            fwd_rev = jax.jvp(lambda p, fused=fused: jax.grad(f)(p, fused), (params,), (v,))[1]
+            rev_fwd = jax.grad(
+                lambda p, fused=fused: jax.jvp(lambda q: f(q, fused), (p,), (v,))[1]
+            )(params)
+            if fused is None:
+                got = (fwd_rev, rev_fwd)
+        chex.assert_trees_all_close(got, (fwd_rev, rev_fwd), rtol=1e-10, atol=1e-12)

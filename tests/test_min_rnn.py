@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import chex
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -44,8 +45,8 @@ def test_step_form_matches_the_papers_equations(make_cell):
         want_h, want_ys = _numpy_loop(cell.name, params, xs, h0)
         for c in (cell, cell._replace(parallel=None)):
             h, ys = gr.scan(c, params, xs, h0)
-            np.testing.assert_allclose(ys, want_ys, rtol=1e-12, atol=1e-12)
-            np.testing.assert_allclose(h, want_h, rtol=1e-12, atol=1e-12)
+            chex.assert_trees_all_close(ys, want_ys, rtol=1e-12, atol=1e-12)
+            chex.assert_trees_all_close(h, want_h, rtol=1e-12, atol=1e-12)
 
 
 @pytest.mark.parametrize(
@@ -78,9 +79,7 @@ def test_parallel_equals_sequential_values_and_grads_float64(make_cell, options)
             )
 
         got, want = run(cell), run(sequential)
-        jax.tree_util.tree_map(
-            lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-10, atol=1e-12), got, want
-        )
+        chex.assert_trees_all_close(got, want, rtol=1e-10, atol=1e-12)
 
 
 def test_parallel_form_has_no_time_loop_and_options_fall_back_to_the_loop():
@@ -94,7 +93,7 @@ def test_parallel_form_has_no_time_loop_and_options_fall_back_to_the_loop():
     # The fallback gives the loop's values.
     _, ys = gr.scan(cell, params, xs, resets=resets)
     _, want = gr.scan(cell._replace(parallel=None), params, xs, resets=resets)
-    np.testing.assert_allclose(ys, want, rtol=1e-6)
+    chex.assert_trees_all_close(ys, want, rtol=1e-6)
 
 
 def test_linear_recurrence_is_the_loop_and_handles_empty_time():
@@ -106,7 +105,7 @@ def test_linear_recurrence_is_the_loop_and_handles_empty_time():
         for t in range(6):
             h = a[t] * h + b[t]
             want.append(h)
-        np.testing.assert_allclose(hs, np.stack(want), rtol=1e-12)
+        chex.assert_trees_all_close(hs, np.stack(want), rtol=1e-12)
         assert linear_recurrence(jnp.zeros((0, 2, 3)), jnp.zeros((0, 2, 3)), h0).shape == (0, 2, 3)
 
 

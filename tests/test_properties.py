@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import functools
 
+import chex
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -52,7 +53,7 @@ def problems(draw, max_batch_dims: int = 2):
 
 
 def close(a, b) -> None:
-    jax.tree_util.tree_map(functools.partial(np.testing.assert_allclose, **TOL), a, b)
+    chex.assert_trees_all_close(a, b, **TOL)
 
 
 @FAST

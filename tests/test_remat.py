@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import chex
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -44,9 +45,7 @@ def test_remat_equals_no_remat_float64(make_cell, options):
         want = _value_and_grads(cell, params, xs, False, **opts)
         for remat in (True, "sqrt", 4, 20):
             got = _value_and_grads(cell, params, xs, remat, **opts)
-            jax.tree_util.tree_map(
-                lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-10, atol=1e-12), got, want
-            )
+            chex.assert_trees_all_close(got, want, rtol=1e-10, atol=1e-12)
 
 
 def test_remat_chunk_sizes_and_errors():

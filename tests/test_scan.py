@@ -96,7 +96,7 @@ def test_linear_rnn_bptt_gradient_is_exactly_s_to_the_k():
         xs = jax.random.normal(jax.random.PRNGKey(1), (30, 2), jnp.float64)
         for k in [1, 5, 30]:
             jac = jax.jacrev(lambda h0, k=k: gr.scan(cell, p, xs[:k], h0)[0])(jnp.zeros(H))
-            np.testing.assert_allclose(jac, s**k * np.eye(H), rtol=1e-12, atol=1e-300)
+            chex.assert_trees_all_close(jac, s**k * np.eye(H), rtol=1e-12, atol=1e-300)
 
 
 # ---------------------------------------------------------------------------- seq_lengths
@@ -209,7 +209,7 @@ def test_truncate_zero_gradient_beyond_window_exact_within(name):
     g_tr = jax.grad(last_out)(xs, win)
     np.testing.assert_array_equal(g_tr[: Tn - win], 0.0)
     assert np.all(np.abs(g_full[: Tn - win]).sum(-1) > 0)
-    np.testing.assert_allclose(g_tr[Tn - win :], g_full[Tn - win :], rtol=1e-5, atol=1e-7)
+    chex.assert_trees_all_close(g_tr[Tn - win :], g_full[Tn - win :], rtol=1e-5, atol=1e-7)
     # The forward pass is unchanged.
     assert_trees_close(gr.scan(cell, p, xs, truncate=win), gr.scan(cell, p, xs))
 
@@ -287,3 +287,39 @@ def test_bad_scan_inputs_raise_helpful_errors(kwargs, exc, msg):
 def test_not_a_cell_raises():
     with pytest.raises(TypeError, match="cell must be a gatedrnn Cell"):
         gr.scan("lstm", None, jnp.ones((2, 3)))
+
+
+PADDING_PATHS = {
+    "default_reverse": {"reverse": True},
+    "plain_loop": {"fused": False},
+    "remat_chunks": {"remat": 2},
+    "remat_steps_reverse": {"remat": True, "reverse": True},
+}
+PADDING_CELLS = ["vanilla_tanh", "lstm", "gru", "gru_reset_before", "min_gru", "min_lstm"]
+
+
+@pytest.mark.parametrize("path", sorted(PADDING_PATHS))
+@pytest.mark.parametrize("name", PADDING_CELLS)
+def test_nan_padding_does_not_poison_values_or_gradients(name, path):
+    """Inputs at t >= seq_lengths never reach the math: NaN/inf there change nothing."""
+    if name.startswith("min_"):
+        cell = getattr(gr, name)(4)
+        p, k = cell.init(jax.random.PRNGKey(0), 3), jax.random.PRNGKey(1)
+    else:
+        cell, p, k = make(name)
+    xs = jax.random.normal(k, (3, T, 3))
+    lengths = jnp.array([T, 2, 0])
+    t = jnp.arange(T)[None, :, None]
+    pad = jnp.where(
+        t < lengths[:, None, None], 0.0, jnp.array([jnp.nan, jnp.inf, -jnp.inf])[:, None, None]
+    )
+    options = {"seq_lengths": lengths, **PADDING_PATHS[path]}
+
+    def loss(p, xs):
+        s, ys = gr.scan(cell, p, xs, **options)
+        return jnp.sum(jnp.sin(ys)) + sum(jnp.sum(leaf**2) for leaf in jax.tree_util.tree_leaves(s))
+
+    clean = jax.value_and_grad(loss, argnums=(0, 1))(p, jnp.where(jnp.isfinite(pad), xs, 0.0))
+    dirty = jax.value_and_grad(loss, argnums=(0, 1))(p, xs + pad)
+    chex.assert_tree_all_finite(dirty)
+    assert_trees_close(dirty, clean)

@@ -1,6 +1,6 @@
 """The math of each cell, and nothing else."""
 
-from gatedrnn.cells.base import Cell
+from gatedrnn.cells.base import Cell, Split
 from gatedrnn.cells.gru import GRUInput, GRUParams, gru, gru_gates
 from gatedrnn.cells.lstm import LSTMParams, LSTMState, lstm, lstm_gates
 from gatedrnn.cells.min_rnn import (
@@ -25,6 +25,7 @@ __all__ = [
     "LSTMState",
     "MinGRUParams",
     "MinLSTMParams",
+    "Split",
     "VanillaParams",
     "gru",
     "gru_gates",

@@ -1,8 +1,9 @@
 """The `Cell` type every recurrent cell is, and the checks and initializers the cells share.
 
-A cell is a NamedTuple of pure functions (like optax's ``GradientTransformation``): no
-classes with hidden state, no globals. Every cell's step is split in two so that the time
-loop can go fast:
+A cell is a small, hashable NamedTuple of pure functions (like optax's
+``GradientTransformation``): no classes with hidden state, no globals, no dicts, so a cell
+can be a static argument of ``jax.jit``. Every cell's step is split in two so that the
+time loop can go fast:
 
 * ``project(params, x)``: the part of the step that depends on the input only
   (``x @ w_x``, plus the input bias where the cell has one), done for all time steps at
@@ -11,21 +12,24 @@ loop can go fast:
 * ``recur(params, state, xp)``: the recurrent part, given the projected input.
 
 Cells whose recurrent part is one matrix product of the state followed by elementwise
-math split ``recur`` once more, so that :func:`gatedrnn.scan` can run the cuDNN-style
-backward pass (``gatedrnn._fused``):
+math give ``recur`` as a :class:`Split` (the one typed field for the fast path), so that
+:func:`gatedrnn.scan` can run the cuDNN-style loop (``gatedrnn._fused``):
 
 * ``hidden(params, state) -> a``: the recurrent matrix product (``h @ w_h`` plus a bias:
   vanilla and LSTM add their only bias here, inside the loop), row by row over the batch;
 * ``pointwise(state, xp, a) -> (state, y)``: everything else, elementwise, no params.
 
-``recur(params, state, xp) == pointwise(state, xp, hidden(params, state))``, built by
-:func:`make_recur`; the time loop uses the split only while that holds (:func:`has_split`).
+A :class:`Split` is itself the recurrent function:
+``Split(hidden, pointwise)(params, state, xp) == pointwise(state, xp, hidden(params, state))``.
+``cell._replace(recur=f)`` with a plain function ``f`` turns the fast path off.
 
 ``step(params, state, x) == recur(params, state, project(params, x))`` by construction.
 """
 
 from __future__ import annotations
 
+import functools
+import inspect
 from collections.abc import Callable
 from typing import Any, NamedTuple
 
@@ -38,43 +42,130 @@ Array = jax.Array
 Initializer = Callable[[Array, tuple[int, ...], Any], Array]
 
 
+class Split(NamedTuple):
+    """The recurrent part of a step as a matrix product then elementwise math.
+
+    Attributes:
+      hidden: ``hidden(params, state) -> a (*batch, gates * hidden_size)``, the recurrent
+        matrix product, applied row by row over the batch axes.
+      pointwise: ``pointwise(state, xp, a) -> (state, y)``, elementwise, no params.
+
+    Calling it is the recurrent part itself: ``split(params, state, xp)``.
+    """
+
+    hidden: Callable[[PyTree, PyTree], Array]
+    pointwise: Callable[[PyTree, PyTree, Array], tuple[PyTree, Array]]
+
+    def __call__(self, params: PyTree, state: PyTree, xp: PyTree) -> tuple[PyTree, Array]:
+        """``pointwise(state, xp, hidden(params, state)) -> (state', y)``."""
+        return self.pointwise(state, xp, self.hidden(params, state))
+
+
 class Cell(NamedTuple):
-    """A recurrent cell as a NamedTuple of pure functions.
+    """A recurrent cell as a small, hashable NamedTuple of pure functions.
 
     Attributes:
       init: ``init(key, input_size, dtype=jnp.float32) -> params``.
       initial_state: ``initial_state(params, batch_shape=()) -> state`` (zeros), each leaf
         ``(*batch_shape, hidden_size)``.
-      step: ``step(params, state, x) -> (state, y)``; ``x`` is ``(*batch, input_size)``,
-        ``y`` is ``(*batch, hidden_size)``.
       project: ``project(params, x) -> xp``: the input-only part of a step for any leading
         shape, ``(..., input_size) -> (..., gates * hidden_size)``, or a pytree of such
         arrays (the GRU's :class:`~gatedrnn.cells.gru.GRUInput`, ``(..., hidden_size)``
         each).
-      recur: ``recur(params, state, xp) -> (state, y)``: the recurrent part of a step.
+      recur: ``recur(params, state, xp) -> (state, y)``: the recurrent part of a step; a
+        plain function, or a :class:`Split` (matrix product + elementwise) that
+        :func:`gatedrnn.scan` runs on its fast path.
       output: ``output(state) -> y``: what a step emits from the state it reached.
       hidden_size: number of hidden units ``H``.
       name: ``"vanilla"``, ``"lstm"``, ``"gru"``, ...
-      options: the factory's keyword arguments, for display, checkpoints and converters.
+      config: the factory's keyword arguments as sorted ``(name, value)`` pairs (hashable);
+        :attr:`options` gives them as a dict.
       parallel: optional ``parallel(params, xp, h0) -> hs`` for cells whose recurrence is
         linear in the state (evaluated over the whole time axis at once), or None.
-      hidden: optional ``hidden(params, state) -> a (*batch, gates * hidden_size)``, the
-        recurrent matrix product; with ``pointwise`` it splits ``recur`` (see above).
-      pointwise: optional ``pointwise(state, xp, a) -> (state, y)``, elementwise, no params.
+
+    Derived: :meth:`step` (``recur(params, state, project(params, x))``), :attr:`options`,
+    :attr:`hidden` and :attr:`pointwise` (the split's halves, or None).
+
+    A custom cell::
+
+        Cell(init, initial_state, project, Split(hidden, pointwise) or recur, output,
+             hidden_size=H, name="mine", config=make_config(hidden_size=H))
     """
 
     init: Callable[..., PyTree]
     initial_state: Callable[..., PyTree]
-    step: Callable[[PyTree, PyTree, Array], tuple[PyTree, Array]]
     project: Callable[[PyTree, Array], PyTree]
     recur: Callable[[PyTree, PyTree, PyTree], tuple[PyTree, Array]]
     output: Callable[[PyTree], Array]
     hidden_size: int
     name: str
-    options: dict[str, Any]
+    config: tuple[tuple[str, Any], ...] = ()
     parallel: Callable[..., Array] | None = None
-    hidden: Callable[[PyTree, PyTree], Array] | None = None
-    pointwise: Callable[[PyTree, Array, Array], tuple[PyTree, Array]] | None = None
+
+    @property
+    def options(self) -> dict[str, Any]:
+        """The factory's keyword arguments, for display, checkpoints and converters."""
+        return dict(self.config)
+
+    @property
+    def split(self) -> Split | None:
+        """``recur`` if it is a :class:`Split` (the fast path), else None."""
+        return self.recur if isinstance(self.recur, Split) else None
+
+    @property
+    def hidden(self) -> Callable[[PyTree, PyTree], Array] | None:
+        """The split's recurrent matrix product, or None (see :class:`Split`)."""
+        return self.recur.hidden if isinstance(self.recur, Split) else None
+
+    @property
+    def pointwise(self) -> Callable[[PyTree, PyTree, Array], tuple[PyTree, Array]] | None:
+        """The split's elementwise part, or None (see :class:`Split`)."""
+        return self.recur.pointwise if isinstance(self.recur, Split) else None
+
+    def step(self, params: PyTree, state: PyTree, x: Array) -> tuple[PyTree, Array]:
+        """One step: ``x (*batch, input_size) -> (state', y (*batch, hidden_size))``.
+
+        ``recur(params, state, project(params, x))``; the state is checked (structure,
+        ``H``, batch, dtype) against :attr:`initial_state` first (shapes only: free under
+        ``jit``).
+        """
+        xp = self.project(params, x)
+        batch = tuple(jax.tree_util.tree_leaves(xp)[0].shape[:-1])
+        check_state(state, jax.eval_shape(self.initial_state, params), batch)
+        return self.recur(params, state, xp)
+
+
+def cached_factory(factory: Callable[..., Cell]) -> Callable[..., Cell]:
+    """Make a cell factory return the same :class:`Cell` for equal arguments.
+
+    ``gr.lstm(64)``, ``gr.lstm(64, 1.0)`` and ``make_cell("lstm", 64)`` are then one cell,
+    so ``jax.jit(f, static_argnums=0)`` does not retrace for a cell built twice. Arguments
+    are compared with their types (``True`` is not ``1``); calls with an unhashable
+    argument (e.g. an array) build a new cell each time.
+    """
+    signature = inspect.signature(factory)
+
+    @functools.lru_cache(maxsize=256)
+    def build(key: tuple) -> Cell:
+        return factory(**{name: value for name, _, value in key})
+
+    @functools.wraps(factory)
+    def make(*args: Any, **kwargs: Any) -> Cell:
+        bound = signature.bind(*args, **kwargs)
+        bound.apply_defaults()
+        key = tuple((name, type(v), v) for name, v in bound.arguments.items())
+        try:
+            hash(key)
+        except TypeError:
+            return factory(*args, **kwargs)
+        return build(key)
+
+    return make
+
+
+def make_config(**options: Any) -> tuple[tuple[str, Any], ...]:
+    """A factory's keyword arguments as the hashable ``Cell.config``: sorted pairs."""
+    return tuple(sorted(options.items()))
 
 
 # ----------------------------------------------------------------------------- checks
@@ -289,6 +380,44 @@ def blockwise(init: Initializer, num_blocks: int) -> Initializer:
     return init_fn
 
 
+def check_gate_bias(value: Any, name: str, t_max: Any) -> float | str:
+    """A gate's init bias: a finite real number, or ``"chrono"`` with an int ``t_max >= 2``.
+
+    Returns:
+      ``value`` as a float, or ``"chrono"``.
+
+    Raises:
+      TypeError: ``value`` is neither a real number nor ``"chrono"``.
+      ValueError: a non-finite number; ``"chrono"`` without a valid ``t_max``; or
+        ``t_max`` given without ``"chrono"``.
+    """
+    if isinstance(value, str) and value == "chrono":
+        if isinstance(t_max, bool) or not isinstance(t_max, (int, np.integer)) or t_max < 2:
+            raise ValueError(
+                f'{name}="chrono" needs t_max, the longest dependency in steps, an integer '
+                f">= 2, got t_max={t_max!r}"
+            )
+        return "chrono"
+    if isinstance(value, bool) or not isinstance(value, (int, float, np.number)):
+        raise TypeError(f'{name} must be a real number, got {value!r} (or "chrono" with t_max)')
+    if not np.isfinite(value):
+        raise ValueError(f"{name} must be finite, got {float(value)}")
+    if t_max is not None:
+        raise ValueError(f't_max is only used with {name}="chrono", got {name}={value!r}')
+    return float(value)
+
+
+def chrono_bias(key: Array, size: int, t_max: int, dtype: Any) -> Array:
+    """Chrono initialization (Tallec & Ollivier 2018): ``log U(1, t_max - 1)`` per unit.
+
+    A gate ``sigmoid(b)`` that keeps the state then has characteristic time
+    ``1 / (1 - sigmoid(b)) = 1 + exp(b)`` in ``[2, t_max]``, spread over the range of
+    dependencies the task needs.
+    """
+    u = jax.random.uniform(key, (size,), jnp.float32, minval=1.0, maxval=float(t_max - 1))
+    return jnp.log(u).astype(dtype)
+
+
 def make_state_zeros(hidden_size: int, dtype: Any, batch_shape: Any) -> Array:
     """Zeros of shape ``(*batch_shape, hidden_size)``."""
     return jnp.zeros((*check_batch_shape(batch_shape), hidden_size), dtype)
@@ -299,34 +428,6 @@ def split_gates(z: Array, num: int) -> list[Array]:
     return jnp.split(z, num, axis=-1)
 
 
-def make_recur(
-    hidden: Callable[[PyTree, PyTree], Array],
-    pointwise: Callable[[PyTree, Array, Array], tuple[PyTree, Array]],
-) -> Callable[[PyTree, PyTree, Array], tuple[PyTree, Array]]:
-    """The recurrent part of a step from its two halves.
-
-    Returns ``recur(params, state, xp) = pointwise(state, xp, hidden(params, state))``.
-    """
-
-    def recur(params: PyTree, state: PyTree, xp: Array) -> tuple[PyTree, Array]:
-        return pointwise(state, xp, hidden(params, state))
-
-    # What the time loop checks before it uses the split (see has_split).
-    recur.split_from = (hidden, pointwise)  # type: ignore[attr-defined]
-    return recur
-
-
-def has_split(cell: Cell) -> bool:
-    """True if ``cell.hidden``/``cell.pointwise`` are set and ``cell.recur`` is built from them.
-
-    A cell changed with ``cell._replace(recur=...)`` (or with new ``hidden``/``pointwise``
-    but the old ``recur``) has no usable split, so the time loop runs its ``recur``.
-    """
-    if cell.hidden is None or cell.pointwise is None:
-        return False
-    return getattr(cell.recur, "split_from", None) == (cell.hidden, cell.pointwise)
-
-
 def sigmoid_tanh_blocks(z: Array, kinds: str) -> list[Array]:
     """Sigmoid or tanh on each gate block of ``z (..., len(kinds) * H)``, in one pass.
 
@@ -335,8 +436,8 @@ def sigmoid_tanh_blocks(z: Array, kinds: str) -> list[Array]:
     ``sigmoid(x) = (1 + tanh(x / 2)) / 2`` (exact identity), ``tanh(x) = tanh(x)``, so the
     activations are ``tanh(z * s) * s + s'`` with per-block constants. One fused
     elementwise pass over the whole array instead of one per block: XLA CPU runs a fusion
-    that reads several slices of one array inside a loop several times slower than one
-    that reads it whole (measured in the README's Performance section).
+    that reads several slices of one array inside a loop slower than one that reads it
+    whole (benchmarks/rnn_speed.py, levers).
 
     Returns:
       The activated blocks, each ``(..., H)``.
@@ -346,24 +447,3 @@ def sigmoid_tanh_blocks(z: Array, kinds: str) -> list[Array]:
     scale = np.repeat([0.5 if k == "s" else 1.0 for k in kinds], H).astype(z.dtype)
     shift = np.repeat([0.5 if k == "s" else 0.0 for k in kinds], H).astype(z.dtype)
     return split_gates(jnp.tanh(z * scale) * scale + shift, num)
-
-
-def make_step(
-    project: Callable[[PyTree, Array], Array],
-    recur: Callable[[PyTree, PyTree, Array], tuple[PyTree, Array]],
-    initial_state: Callable[..., PyTree] | None = None,
-) -> Callable[[PyTree, PyTree, Array], tuple[PyTree, Array]]:
-    """The full step: ``recur(params, state, project(params, x))``.
-
-    With ``initial_state`` given, the state is checked (structure, ``H``, batch, dtype)
-    against it with :func:`check_state` first (shapes only: free under ``jit``).
-    """
-
-    def step(params: PyTree, state: PyTree, x: Array) -> tuple[PyTree, Array]:
-        xp = project(params, x)
-        if initial_state is not None:
-            batch = tuple(jax.tree_util.tree_leaves(xp)[0].shape[:-1])
-            check_state(state, jax.eval_shape(initial_state, params), batch)
-        return recur(params, state, xp)
-
-    return step

@@ -11,17 +11,20 @@ from gatedrnn.cells.base import (
     Array,
     Cell,
     Initializer,
+    Split,
     blockwise,
+    cached_factory,
     check_dtype,
+    check_gate_bias,
     check_hidden_size,
     check_initializers,
     check_input,
     check_input_size,
     check_params,
+    chrono_bias,
     fan_in_normal,
-    make_recur,
+    make_config,
     make_state_zeros,
-    make_step,
     orthogonal,
     zeros,
 )
@@ -49,8 +52,8 @@ class GRUInput(NamedTuple):
     ``(*batch, H)``.
 
     Three arrays rather than one ``(*batch, 3H)``: the time loop reads each step's blocks
-    as whole arrays, which XLA CPU runs faster than slices of one row (forward pass 14 vs
-    28 ms at (32, 128, 256, 256): benchmarks/results/levers, ``gru`` vs ``gru_one_array``).
+    as whole arrays, which XLA CPU runs faster than slices of one row
+    (benchmarks/rnn_speed.py, levers: ``gru`` vs ``gru_one_array``).
     """
 
     r: Array
@@ -100,10 +103,13 @@ def gru_pointwise(h: Array, xp: GRUInput, a: Array) -> tuple[Array, Array]:
     return h, h
 
 
+@cached_factory
 def gru(
     hidden_size: int,
     reset_after: bool = True,
     *,
+    update_bias: float | str = 0.0,
+    t_max: int | None = None,
     kernel_init: Initializer = fan_in_normal,
     recurrent_init: Initializer = orthogonal,
     bias_init: Initializer = zeros,
@@ -114,6 +120,11 @@ def gru(
       hidden_size: number of hidden units ``H``.
       reset_after: True (PyTorch, cuDNN, Flax): the reset gate multiplies the recurrent
         candidate term after the matrix product; False (Cho et al. 2014): before it.
+      update_bias: added to the update gate's input bias ``b_xz`` at init, so that
+        ``z ~ sigmoid(update_bias)`` (the fraction of ``h`` kept per step); or
+        ``"chrono"`` (Tallec & Ollivier 2018): drawn per unit as ``log U(1, t_max-1)``, so
+        that the characteristic times ``1 / (1 - z)`` spread over ``[2, t_max]``.
+      t_max: the longest dependency in steps, for ``update_bias="chrono"`` only.
       kernel_init, recurrent_init, bias_init: initializers ``(key, shape, dtype) -> array``;
         ``recurrent_init`` is applied to each ``(H, H)`` gate block of ``w_h``.
 
@@ -132,17 +143,24 @@ def gru(
     check_initializers(kernel_init=kernel_init, recurrent_init=recurrent_init, bias_init=bias_init)
     if not isinstance(reset_after, bool):
         raise ValueError(f"reset_after must be True or False, got {reset_after!r}")
+    update_bias = check_gate_bias(update_bias, "update_bias", t_max)
     H = hidden_size
 
     def init(key: Array, input_size: int, dtype: Any = jnp.float32) -> GRUParams:
-        """Draw params: ``w_x`` fan-in normal, ``w_h`` orthogonal per gate, biases zero."""
+        """Draw params: ``w_x`` fan-in normal, ``w_h`` orthogonal per gate, biases zero
+        (plus ``update_bias`` on the z block of ``b_x``)."""
         input_size = check_input_size(input_size)
         dtype = check_dtype(dtype)
         kx, kh, kbx, kbh = jax.random.split(key, 4)
+        b_x = bias_init(kbx, (3 * H,), dtype)
+        if update_bias == "chrono":
+            b_x = b_x.at[H : 2 * H].add(chrono_bias(jax.random.fold_in(key, 4), H, t_max, dtype))
+        elif update_bias != 0.0:
+            b_x = b_x.at[H : 2 * H].add(jnp.asarray(update_bias, dtype))
         return GRUParams(
             w_x=kernel_init(kx, (input_size, 3 * H), dtype),
             w_h=blockwise(recurrent_init, 3)(kh, (H, 3 * H), dtype),
-            b_x=bias_init(kbx, (3 * H,), dtype),
+            b_x=b_x,
             b_h=bias_init(kbh, (3 * H,), dtype),
         )
 
@@ -169,18 +187,23 @@ def gru(
         h = (1.0 - z) * n + z * h
         return h, h
 
-    recur = make_recur(gru_hidden, gru_pointwise) if reset_after else recur_before
-
     return Cell(
         init=init,
         initial_state=initial_state,
-        step=make_step(project, recur, initial_state),
         project=project,
-        recur=recur,
-        output=lambda h: h,
+        recur=Split(gru_hidden, gru_pointwise) if reset_after else recur_before,
+        output=_identity,
         hidden_size=H,
         name="gru",
-        options={"hidden_size": H, "reset_after": reset_after},
-        hidden=gru_hidden if reset_after else None,
-        pointwise=gru_pointwise if reset_after else None,
+        config=make_config(
+            hidden_size=H,
+            reset_after=reset_after,
+            # Only when set, so that the default's options stay as they were.
+            **({} if update_bias == 0.0 else {"update_bias": update_bias}),
+            **({} if t_max is None else {"t_max": int(t_max)}),
+        ),
     )
+
+
+def _identity(h: Array) -> Array:
+    return h

@@ -6,23 +6,25 @@ from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 
 from gatedrnn.cells.base import (
     Array,
     Cell,
     Initializer,
+    Split,
     blockwise,
+    cached_factory,
     check_dtype,
+    check_gate_bias,
     check_hidden_size,
     check_initializers,
     check_input,
     check_input_size,
     check_params,
+    chrono_bias,
     fan_in_normal,
-    make_recur,
+    make_config,
     make_state_zeros,
-    make_step,
     orthogonal,
     sigmoid_tanh_blocks,
     zeros,
@@ -76,8 +78,8 @@ def lstm_hidden(params: LSTMParams, state: LSTMState) -> Array:
     """The recurrent part ``h w_h + b``, ``(*batch, 4H)``.
 
     The bias is added here, inside the time loop, rather than in ``project``: there it would
-    be one more pass over the ``(T, *batch, 4H)`` projection (forward pass 23 vs 31 ms at
-    (32, 128, 256, 256): benchmarks/results/levers, ``hoisted`` vs ``bias_in_project``).
+    be one more pass over the ``(T, *batch, 4H)`` projection (benchmarks/rnn_speed.py,
+    levers: ``hoisted`` vs ``bias_in_project``).
     """
     return _recurrent(params, state.h)
 
@@ -90,10 +92,12 @@ def lstm_pointwise(state: LSTMState, xp: Array, a: Array) -> tuple[LSTMState, Ar
     return LSTMState(h=h, c=c), h
 
 
+@cached_factory
 def lstm(
     hidden_size: int,
-    forget_bias: float = 1.0,
+    forget_bias: float | str = 1.0,
     *,
+    t_max: int | None = None,
     kernel_init: Initializer = fan_in_normal,
     recurrent_init: Initializer = orthogonal,
     bias_init: Initializer = zeros,
@@ -103,7 +107,11 @@ def lstm(
     Args:
       hidden_size: number of hidden units ``H``.
       forget_bias: added to the forget gate's bias at init (Jozefowicz et al. 2015), so
-        that ``f ~ sigmoid(forget_bias)`` at the start of training.
+        that ``f ~ sigmoid(forget_bias)`` at the start of training; or ``"chrono"``
+        (Tallec & Ollivier 2018): the forget bias drawn per unit as ``log U(1, t_max-1)``
+        and the input gate's bias its negative, so that the units' characteristic times
+        ``1 / (1 - f)`` spread over ``[2, t_max]``.
+      t_max: the longest dependency in steps, for ``forget_bias="chrono"`` only.
       kernel_init, recurrent_init, bias_init: initializers ``(key, shape, dtype) -> array``;
         ``recurrent_init`` is applied to each ``(H, H)`` gate block of ``w_h``.
 
@@ -119,20 +127,20 @@ def lstm(
     hidden_size = check_hidden_size(hidden_size)
     check_initializers(kernel_init=kernel_init, recurrent_init=recurrent_init, bias_init=bias_init)
     H = hidden_size
-    if isinstance(forget_bias, bool) or not isinstance(forget_bias, (int, float, np.number)):
-        raise TypeError(f"forget_bias must be a real number, got {forget_bias!r}")
-    forget_bias = float(forget_bias)
-    if not np.isfinite(forget_bias):
-        raise ValueError(f"forget_bias must be finite, got {forget_bias}")
+    forget_bias = check_gate_bias(forget_bias, "forget_bias", t_max)
 
     def init(key: Array, input_size: int, dtype: Any = jnp.float32) -> LSTMParams:
         """Draw params: ``w_x`` fan-in normal, ``w_h`` orthogonal per gate, ``b`` zeros
-        plus ``forget_bias`` on the f block."""
+        plus ``forget_bias`` on the f block (chrono: also its negative on the i block)."""
         input_size = check_input_size(input_size)
         dtype = check_dtype(dtype)
         kx, kh, kb = jax.random.split(key, 3)
         b = bias_init(kb, (4 * H,), dtype)
-        b = b.at[H : 2 * H].add(jnp.asarray(forget_bias, dtype))
+        if forget_bias == "chrono":
+            b_f = chrono_bias(jax.random.fold_in(key, 3), H, t_max, dtype)
+            b = b.at[:H].add(-b_f).at[H : 2 * H].add(b_f)
+        else:
+            b = b.at[H : 2 * H].add(jnp.asarray(forget_bias, dtype))
         return LSTMParams(
             w_x=kernel_init(kx, (input_size, 4 * H), dtype),
             w_h=blockwise(recurrent_init, 4)(kh, (H, 4 * H), dtype),
@@ -151,18 +159,22 @@ def lstm(
         x = check_input(x, params.w_x)
         return x @ params.w_x
 
-    recur = make_recur(lstm_hidden, lstm_pointwise)
-
     return Cell(
         init=init,
         initial_state=initial_state,
-        step=make_step(project, recur, initial_state),
         project=project,
-        recur=recur,
-        output=lambda s: s.h,
+        recur=Split(lstm_hidden, lstm_pointwise),
+        output=lstm_output,
         hidden_size=H,
         name="lstm",
-        options={"hidden_size": H, "forget_bias": forget_bias},
-        hidden=lstm_hidden,
-        pointwise=lstm_pointwise,
+        config=make_config(
+            hidden_size=H,
+            forget_bias=forget_bias,
+            **({} if t_max is None else {"t_max": int(t_max)}),
+        ),
     )
+
+
+def lstm_output(state: LSTMState) -> Array:
+    """What an LSTM step emits: ``h (*batch, H)``."""
+    return state.h

@@ -24,13 +24,14 @@ from gatedrnn.cells.base import (
     Array,
     Cell,
     Initializer,
+    cached_factory,
     check_dtype,
     check_hidden_size,
     check_input,
     check_input_size,
     fan_in_normal,
+    make_config,
     make_state_zeros,
-    make_step,
     split_gates,
     zeros,
 )
@@ -156,17 +157,21 @@ def _min_cell(
     return Cell(
         init=init,
         initial_state=initial_state,
-        step=make_step(project, recur),
         project=project,
         recur=recur,
-        output=lambda h: h,
+        output=_identity,
         hidden_size=H,
         name=name,
-        options=options,
+        config=make_config(**options),
         parallel=parallel,
     )
 
 
+def _identity(h: Array) -> Array:
+    return h
+
+
+@cached_factory
 def min_gru(
     hidden_size: int,
     *,
@@ -202,6 +207,7 @@ def min_gru(
     )
 
 
+@cached_factory
 def min_lstm(
     hidden_size: int,
     forget_bias: float = 1.0,

@@ -12,7 +12,9 @@ from gatedrnn.cells.base import (
     Array,
     Cell,
     Initializer,
+    Split,
     blockwise,
+    cached_factory,
     check_dtype,
     check_hidden_size,
     check_initializers,
@@ -20,9 +22,8 @@ from gatedrnn.cells.base import (
     check_input_size,
     check_params,
     fan_in_normal,
-    make_recur,
+    make_config,
     make_state_zeros,
-    make_step,
     orthogonal,
     zeros,
 )
@@ -48,6 +49,7 @@ class VanillaParams(NamedTuple):
     b: Array
 
 
+@cached_factory
 def vanilla(
     hidden_size: int,
     activation: str = "tanh",
@@ -118,18 +120,17 @@ def vanilla(
         h = act(xp + a)
         return h, h
 
-    recur = make_recur(hidden, pointwise)
-
     return Cell(
         init=init,
         initial_state=initial_state,
-        step=make_step(project, recur, initial_state),
         project=project,
-        recur=recur,
-        output=lambda h: h,
+        recur=Split(hidden, pointwise),
+        output=_identity,
         hidden_size=H,
         name="vanilla",
-        options={"hidden_size": H, "activation": activation},
-        hidden=hidden,
-        pointwise=pointwise,
+        config=make_config(hidden_size=H, activation=activation),
     )
+
+
+def _identity(h: Array) -> Array:
+    return h
