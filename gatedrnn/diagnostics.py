@@ -78,23 +78,6 @@ def _check_leaf(state: PyTree, leaf: str | None) -> None:
         )
 
 
-class _Static:
-    """A jit static argument hashed by identity (a Cell holds a dict, so it is unhashable).
-
-    The jit cache keeps a reference to it, so an id is never reused while cached; calls
-    with the same cell (and loss) and the same shapes reuse the compiled code.
-    """
-
-    def __init__(self, value: Any) -> None:
-        self.value = value
-
-    def __hash__(self) -> int:
-        return id(self.value)
-
-    def __eq__(self, other: object) -> bool:
-        return isinstance(other, _Static) and other.value is self.value
-
-
 def _norm(x: Array, axis: int, keepdims: bool = False) -> Array:
     """The L2 norm along ``axis``, scaled by the largest entry first so that tiny vectors
     (say 1e-20 in float32, whose squares underflow) keep an accurate norm."""
@@ -154,13 +137,13 @@ def state_gradients(
     if not isinstance(loss_args, tuple):
         raise TypeError(f"loss_args must be a tuple, got {type(loss_args).__name__}")
     xs_tm, state0, _ = _prepare(cell, params, xs, initial_state, time_major)
-    return _state_gradients(_Static(cell), _Static(loss_fn), params, xs_tm, state0, loss_args)
+    return _state_gradients(cell, loss_fn, params, xs_tm, state0, loss_args)
 
 
 @functools.partial(jax.jit, static_argnums=(0, 1))
 def _state_gradients(
-    cell: _Static,
-    loss_fn: _Static,
+    cell: Cell,
+    loss_fn: Callable[..., Array],
     params: PyTree,
     xs_tm: Array,
     state0: PyTree,
@@ -170,8 +153,8 @@ def _state_gradients(
     zeros = jax.tree_util.tree_map(lambda s: jnp.zeros((T + 1, *s.shape), s.dtype), state0)
 
     def loss_of(perts: PyTree) -> Array:
-        final, ys = _perturbed_scan(cell.value, params, xs_tm, state0, perts)
-        loss = jnp.asarray(loss_fn.value(final, ys, *loss_args))
+        final, ys = _perturbed_scan(cell, params, xs_tm, state0, perts)
+        loss = jnp.asarray(loss_fn(final, ys, *loss_args))
         if loss.shape != ():
             raise ValueError(f"loss_fn must return a scalar, got shape {tuple(loss.shape)}")
         return loss
@@ -280,19 +263,19 @@ def jacobians(
     B = int(np.prod(batch_shape))
     xs_flat = xs_tm.reshape(T, B, xs_tm.shape[-1])
     s_flat = jax.tree_util.tree_map(lambda s: s.reshape(B, s.shape[-1]), state0)
-    J = _dense_jacobians(_Static(cell), leaf, params, xs_flat, s_flat)  # (T+1, B, n, n)
+    J = _dense_jacobians(cell, leaf, params, xs_flat, s_flat)  # (T+1, B, n, n)
     return J.reshape(T + 1, *batch_shape, *J.shape[-2:])
 
 
 @functools.partial(jax.jit, static_argnums=(0, 1))
 def _dense_jacobians(
-    cell: _Static, leaf: str | None, params: PyTree, xs_flat: Array, s_flat: PyTree
+    cell: Cell, leaf: str | None, params: PyTree, xs_flat: Array, s_flat: PyTree
 ) -> Array:
     T = xs_flat.shape[0]
 
     def one(x: Array, s0: PyTree) -> Array:  # x (T, I), s0 leaves (H,)
         n = _to_vec(s0, leaf).shape[-1]
-        f = _final_map(cell.value, params, x, s0, leaf)
+        f = _final_map(cell, params, x, s0, leaf)
         J = jax.jacrev(f)(jnp.zeros((T + 1, n), x.dtype))  # (n, T + 1, n)
         return jnp.moveaxis(J, 1, 0)
 
@@ -352,12 +335,12 @@ def jacobian_norms(
         per_t = (T + 1) * max(int(np.prod(batch_shape)), 1) * n
         chunk = int(max(1, min(T + 1, 2**24 // max(per_t, 1))))
     key = jax.random.PRNGKey(0) if key is None else key
-    return _power_norms(_Static(cell), leaf, int(num_iters), int(chunk), params, xs_tm, state0, key)
+    return _power_norms(cell, leaf, int(num_iters), int(chunk), params, xs_tm, state0, key)
 
 
 @functools.partial(jax.jit, static_argnums=(0, 1, 2, 3))
 def _power_norms(
-    cell: _Static,
+    cell: Cell,
     leaf: str | None,
     num_iters: int,
     chunk: int,
@@ -369,7 +352,7 @@ def _power_norms(
     T = xs_tm.shape[0]
     v0 = _to_vec(state0, leaf)
     P0 = jnp.zeros((T + 1, *v0.shape), v0.dtype)
-    f = _final_map(cell.value, params, xs_tm, state0, leaf)
+    f = _final_map(cell, params, xs_tm, state0, leaf)
     _, f_lin = jax.linearize(f, P0)
     f_t = jax.linear_transpose(f_lin, P0)
     ts = jnp.arange(T + 1)
@@ -411,16 +394,16 @@ def state_trajectory(
     Runs :func:`gatedrnn.scan` with a view of the cell that emits its whole state.
     """
     xs_tm, state0, _ = _prepare(cell, params, xs, initial_state, time_major)
-    return _trajectory(_Static(cell), params, xs_tm, state0)
+    return _trajectory(cell, params, xs_tm, state0)
 
 
 @functools.partial(jax.jit, static_argnums=0)
-def _trajectory(cell: _Static, params: PyTree, xs_tm: Array, state0: PyTree) -> PyTree:
+def _trajectory(cell: Cell, params: PyTree, xs_tm: Array, state0: PyTree) -> PyTree:
     def recur(p: PyTree, s: PyTree, xp: Array) -> tuple[PyTree, PyTree]:
-        new, _ = cell.value.recur(p, s, xp)
+        new, _ = cell.recur(p, s, xp)
         return new, new
 
-    emitting = cell.value._replace(recur=recur, output=lambda s: s)
+    emitting = cell._replace(recur=recur, output=lambda s: s)
     _, states = scan(emitting, params, xs_tm, state0, time_major=True)
     return jax.tree_util.tree_map(lambda s0, s: jnp.concatenate([s0[None], s]), state0, states)
 
@@ -464,15 +447,14 @@ def gate_statistics(
             + (repr(cell.name) if isinstance(cell, Cell) else type(cell).__name__)
         )
     xs_tm, state0, _ = _prepare(cell, params, xs, initial_state, time_major)
-    return _gate_statistics(_Static(cell), float(saturation), params, xs_tm, state0)
+    return _gate_statistics(cell, float(saturation), params, xs_tm, state0)
 
 
 @functools.partial(jax.jit, static_argnums=(0, 1))
 def _gate_statistics(
-    static_cell: _Static, eps: float, params: PyTree, xs_tm: Array, state0: PyTree
+    cell: Cell, eps: float, params: PyTree, xs_tm: Array, state0: PyTree
 ) -> dict[str, Array]:
-    cell = static_cell.value
-    states = _trajectory(static_cell, params, xs_tm, state0)
+    states = _trajectory(cell, params, xs_tm, state0)
     prev = jax.tree_util.tree_map(lambda s: s[:-1], states)  # state before each step
     xp = cell.project(params, xs_tm)
 

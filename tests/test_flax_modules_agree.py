@@ -167,11 +167,6 @@ def test_both_refuse_the_same_bad_options_with_the_same_message(args, kwargs, ma
     assert str(e_nnx.value) == str(e_lin.value)
 
 
-@pytest.mark.xfail(
-    raises=TypeError,
-    strict=False,
-    reason="forward mode through gr.scan by default is the core's change (issue 13 item 4)",
-)
 def test_forward_mode_through_both_modules_equals_the_pure_stack():
     """jax.jvp through Linen and NNX RNNs, against the pure stack's unfused jvp."""
     model = grx.RNN("lstm", 4, 5, num_layers=2, rngs=nnx.Rngs(0))
