@@ -19,7 +19,8 @@ Sections (``--sections``, all by default):
   jitted ``lax.scan`` over ``gr.stack`` vs a PyTorch per-step loop.
 
 Run ``python benchmarks/rnn_speed.py`` (``--quick`` for tiny shapes). Writes
-``OUT/rnn_speed.json`` and ``OUT/rnn_speed.md`` (the README's tables).
+``OUT/rnn_speed.json`` and ``OUT/rnn_speed.md``; ``python experiments/report.py`` renders
+them into docs/performance.md and the README.
 """
 
 from __future__ import annotations
@@ -552,20 +553,6 @@ README_PARTS = (
 )
 
 
-def update_readme(results_dir: Path, readme: Path) -> None:
-    """Rewrite the README's block between the perf-tables markers from the saved JSONs."""
-    parts = []
-    for sub, title in README_PARTS:
-        path = results_dir / sub / "rnn_speed.json"
-        if path.exists():
-            body = markdown(json.loads(path.read_text()))
-            parts.append(f"**{title}** (`benchmarks/results/{sub}/`):\n\n{body}")
-    text = readme.read_text()
-    start, end = "<!-- perf-tables:start -->", "<!-- perf-tables:end -->"
-    i, j = text.index(start) + len(start), text.index(end)
-    readme.write_text(text[:i] + "\n" + "\n".join(parts) + text[j:])
-
-
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="tiny shapes (for the tests)")
@@ -590,17 +577,8 @@ def main(argv: list[str] | None = None) -> dict:
         help="PyTorch threads (default: the cores this process may use, as XLA does; "
         "run under `taskset -c 0` for one core each)",
     )
-    parser.add_argument(
-        "--readme",
-        action="store_true",
-        help="only rebuild README.md's tables from benchmarks/results/*/rnn_speed.json",
-    )
     args = parser.parse_args(argv)
     args.save = None
-    root = Path(__file__).resolve().parents[1]
-    if args.readme:
-        update_readme(root / "benchmarks" / "results", root / "README.md")
-        return {}
     args.rounds = args.rounds or (3 if args.quick else 7)
     import torch
 

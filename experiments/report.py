@@ -18,7 +18,6 @@ Markdown. The prose around the blocks carries no measured numbers.
 
 from __future__ import annotations
 
-import argparse
 import json
 import re
 import sys
@@ -27,6 +26,10 @@ from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from experiments import cli  # noqa: E402
+
 EXP = "experiments/results"
 BENCH = "benchmarks/results"
 
@@ -722,7 +725,7 @@ def check(root: Path = ROOT) -> list[str]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p = cli.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--check", action="store_true", help="only check; exit 1 if anything is stale")
     args = p.parse_args(argv)
     if args.check:
@@ -744,4 +747,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    cli.run(main)

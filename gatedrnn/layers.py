@@ -133,23 +133,7 @@ def stack(
     Returns:
       A :class:`Stack`.
     """
-    if not isinstance(cell, Cell):
-        raise TypeError(f"cell must be a gatedrnn Cell, got {type(cell).__name__}")
-    if (
-        isinstance(num_layers, bool)
-        or not isinstance(num_layers, (int, np.integer))
-        or num_layers < 1
-    ):
-        raise ValueError(f"num_layers must be an int >= 1, got {num_layers!r}")
-    num_layers = int(num_layers)
-    if (
-        isinstance(dropout, bool)
-        or not isinstance(dropout, (int, float, np.number))
-        or not 0.0 <= float(dropout) < 1.0
-    ):
-        raise ValueError(f"dropout must be in [0, 1), got {dropout!r}")
-    if not isinstance(bidirectional, (bool, np.bool_)):
-        raise TypeError(f"bidirectional must be True or False, got {bidirectional!r}")
+    num_layers, dropout = _check_stack_args(cell, num_layers, bidirectional, dropout)
     dirs = 2 if bidirectional else 1
     H = cell.hidden_size
 
@@ -189,53 +173,25 @@ def stack(
         **scan_kwargs: Any,
     ) -> tuple[tuple, Array]:
         """Run all layers; returns ``(final states per layer, last layer's ys)``."""
-        if not isinstance(params, (tuple, list)) or len(params) != num_layers:
-            raise ValueError(
-                f"params must be a tuple of {num_layers} layer params, got "
-                f"{type(params).__name__}"
-                + (f" of length {len(params)}" if isinstance(params, (tuple, list)) else "")
-            )
-        if initial_state is not None and (
-            not isinstance(initial_state, (tuple, list)) or len(initial_state) != num_layers
-        ):
-            raise ValueError(
-                f"initial_state must be None or a tuple of {num_layers} layer states, got "
-                f"{type(initial_state).__name__}"
-                + (
-                    f" of length {len(initial_state)}"
-                    if isinstance(initial_state, (tuple, list))
-                    else ""
-                )
-            )
+        _check_per_layer(params, initial_state, num_layers)
         finals = []
         ys = xs
         for layer in range(num_layers):
             init_l = None if initial_state is None else initial_state[layer]
-            if bidirectional:
-                state, ys = bidirectional_scan(
-                    cell,
-                    params[layer],
-                    ys,
-                    init_l,
-                    seq_lengths=seq_lengths,
-                    time_major=time_major,
-                    **scan_kwargs,
-                )
-            else:
-                state, ys = scan(
-                    cell,
-                    params[layer],
-                    ys,
-                    init_l,
-                    seq_lengths=seq_lengths,
-                    time_major=time_major,
-                    **scan_kwargs,
-                )
+            run = bidirectional_scan if bidirectional else scan
+            state, ys = run(
+                cell,
+                params[layer],
+                ys,
+                init_l,
+                seq_lengths=seq_lengths,
+                time_major=time_major,
+                **scan_kwargs,
+            )
             finals.append(state)
             if dropout > 0.0 and dropout_key is not None and layer < num_layers - 1:
                 dropout_key, k = jax.random.split(dropout_key)
-                keep = jax.random.bernoulli(k, 1.0 - dropout, ys.shape)
-                ys = jnp.where(keep, ys / (1.0 - dropout), jnp.zeros_like(ys))
+                ys = _dropout(k, ys, dropout)
         return tuple(finals), ys
 
     return Stack(
@@ -250,3 +206,47 @@ def stack(
 
 
 __all__ = ["Bidir", "Stack", "bidirectional_scan", "stack"]
+
+
+def _check_stack_args(
+    cell: Any, num_layers: Any, bidirectional: Any, dropout: Any
+) -> tuple[int, float]:
+    """Check :func:`stack`'s arguments; returns ``(num_layers, dropout)`` as int and float."""
+    if not isinstance(cell, Cell):
+        raise TypeError(f"cell must be a gatedrnn Cell, got {type(cell).__name__}")
+    if (
+        isinstance(num_layers, bool)
+        or not isinstance(num_layers, (int, np.integer))
+        or num_layers < 1
+    ):
+        raise ValueError(f"num_layers must be an int >= 1, got {num_layers!r}")
+    if (
+        isinstance(dropout, bool)
+        or not isinstance(dropout, (int, float, np.number))
+        or not 0.0 <= float(dropout) < 1.0
+    ):
+        raise ValueError(f"dropout must be in [0, 1), got {dropout!r}")
+    if not isinstance(bidirectional, (bool, np.bool_)):
+        raise TypeError(f"bidirectional must be True or False, got {bidirectional!r}")
+    return int(num_layers), float(dropout)
+
+
+def _check_per_layer(params: Any, initial_state: Any, num_layers: int) -> None:
+    """Raise ValueError unless ``params`` (and ``initial_state``, if given) have one entry
+    per layer."""
+    for what, value in (("params", params), ("initial_state", initial_state)):
+        if what == "initial_state" and value is None:
+            continue
+        if not isinstance(value, (tuple, list)) or len(value) != num_layers:
+            length = f" of length {len(value)}" if isinstance(value, (tuple, list)) else ""
+            expect = "a tuple of" if what == "params" else "None or a tuple of"
+            kind = "layer params" if what == "params" else "layer states"
+            raise ValueError(
+                f"{what} must be {expect} {num_layers} {kind}, got {type(value).__name__}{length}"
+            )
+
+
+def _dropout(key: Array, ys: Array, rate: float) -> Array:
+    """Inverted dropout: zero each entry with probability ``rate``, scale the rest up."""
+    keep = jax.random.bernoulli(key, 1.0 - rate, ys.shape)
+    return jnp.where(keep, ys / (1.0 - rate), jnp.zeros_like(ys))

@@ -8,6 +8,7 @@ import json
 import sys
 from pathlib import Path
 
+import chex
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -33,7 +34,7 @@ TRAIN = SCRIPT.TrainConfig(
 
 def _leaves_equal(a, b) -> None:
     for x, y in zip(jax.tree_util.tree_leaves(a), jax.tree_util.tree_leaves(b), strict=True):
-        np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
+        chex.assert_trees_all_equal(np.asarray(x), np.asarray(y))
 
 
 def test_interrupted_and_resumed_run_ends_with_the_same_params(tmp_path: Path):
@@ -83,7 +84,7 @@ def test_carrying_state_over_chunks_equals_one_long_run(cell: str):
     _, whole = APPLY(params, cfg, ids, c0)
     c1, a = APPLY(params, cfg, ids[:, :10], c0)
     _, b = APPLY(params, cfg, ids[:, 10:], c1)
-    np.testing.assert_allclose(np.concatenate([a, b], 1), whole, rtol=1e-5, atol=1e-5)
+    chex.assert_trees_all_close(np.concatenate([a, b], 1), whole, rtol=1e-5, atol=1e-5)
 
 
 def test_train_step_gradient_stops_at_the_chunk_boundary():
@@ -122,17 +123,17 @@ def test_temperature_zero_is_greedy_and_sampling_is_seeded():
     prime = np.array([3, 4, 5])
     kw = {"num_samples": 3}  # one compiled generator serves every call but the top-k one
     greedy = clm.sample(params, cfg, prime, 15, temperature=0.0, seed=3, **kw)
-    assert greedy.shape == (3, 15)
+    chex.assert_shape(greedy, (3, 15))
     assert greedy[0].tolist() == _greedy_oracle(params, cfg, prime, 15)
     assert (greedy == greedy[0]).all()
     # top_k = 1 is greedy at any temperature
-    np.testing.assert_array_equal(
+    chex.assert_trees_all_equal(
         clm.sample(params, cfg, prime, 15, temperature=2.0, top_k=1, **kw), greedy
     )
     a = clm.sample(params, cfg, prime, 15, temperature=1.5, seed=7, **kw)
     b = clm.sample(params, cfg, prime, 15, temperature=1.5, seed=7, **kw)
     c = clm.sample(params, cfg, prime, 15, temperature=1.5, seed=8, **kw)
-    np.testing.assert_array_equal(a, b)
+    chex.assert_trees_all_equal(a, b)
     assert (a != c).any() and (a[0] != a[1]).any()
     assert (a != 0).all()  # never the unknown id
     with pytest.raises(ValueError, match="temperature"):

@@ -240,8 +240,15 @@ def test_check_text_file_returns_the_text(tmp_path):
 # ------------------------------------------------------------- the experiment scripts
 
 EXPERIMENTS = sorted(
-    p for p in (ROOT / "experiments").glob("*.py") if p.name[0] != "_" and p.name != "cli.py"
+    p
+    for p in (ROOT / "experiments").glob("*.py")
+    if p.name[0] != "_" and p.name not in ("cli.py", "report.py")  # report.py: not a study
 )
+
+
+def test_report_unknown_option_is_one_line_exit_2():
+    proc = run(ROOT / "experiments" / "report.py", "--no-such-option")
+    assert_user_error(proc, "--no-such-option", name="report.py")
 
 
 def prefix(path: Path) -> list[str]:

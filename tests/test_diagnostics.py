@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import chex
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -47,9 +48,9 @@ def test_linear_rnn_with_scaled_identity_gives_s_to_the_distance():
         want = s ** (T - np.arange(T + 1.0))
         for method in ("dense", "power"):
             got = dg.jacobian_norms(cell, p, xs, method=method, num_iters=3)
-            np.testing.assert_allclose(got, np.broadcast_to(want[:, None], got.shape), rtol=1e-12)
+            chex.assert_trees_all_close(got, np.broadcast_to(want[:, None], got.shape), rtol=1e-12)
         norms = dg.state_gradient_norms(cell, p, xs, loss)
-        np.testing.assert_allclose(norms, want * np.sqrt(2) * np.linalg.norm(u), rtol=1e-12)
+        chex.assert_trees_all_close(norms, want * np.sqrt(2) * np.linalg.norm(u), rtol=1e-12)
         assert dg.decay_factor(norms) == pytest.approx(s, rel=1e-10)
 
 
@@ -64,7 +65,7 @@ def test_lstm_without_recurrent_weight_has_cell_jacobian_prod_of_forget_gates():
     J = dg.jacobians(cell, p, xs, leaf="c")  # (T+1, 2, H, H)
     for t in (0, 4, T):
         want = jax.vmap(jnp.diag)(jnp.prod(f[:, t:], axis=1))
-        np.testing.assert_allclose(J[t], want, rtol=1e-12, atol=1e-15)
+        chex.assert_trees_all_close(J[t], want, rtol=1e-12, atol=1e-15)
 
 
 @pytest.mark.parametrize("reset_after", [True, False])
@@ -77,7 +78,7 @@ def test_gru_without_recurrent_weight_has_jacobian_prod_of_update_gates(reset_af
     z = jax.nn.sigmoid(xs @ p.w_x[:, H : 2 * H] + p.b_x[H : 2 * H] + p.b_h[H : 2 * H])
     J = dg.jacobians(cell, p, xs)
     want = jax.vmap(jnp.diag)(jnp.prod(z, axis=1))
-    np.testing.assert_allclose(J[0], want, rtol=1e-12, atol=1e-15)
+    chex.assert_trees_all_close(J[0], want, rtol=1e-12, atol=1e-15)
 
 
 # ------------------------------------------------------------------ power vs dense
@@ -101,8 +102,8 @@ def test_power_iteration_matches_dense_spectral_norms(cell, leaf):
     # Power iteration approaches the norm from below; a small gap between the top two
     # singular values slows it, so allow 0.1%.
     assert np.all(power <= dense * (1 + 1e-12))
-    np.testing.assert_allclose(power, dense, rtol=1e-3)
-    np.testing.assert_allclose(dense[-1], 1.0, rtol=1e-12)
+    chex.assert_trees_all_close(power, dense, rtol=1e-3)
+    chex.assert_trees_all_close(dense[-1], 1.0, rtol=1e-12)
 
 
 def test_dense_jacobian_matches_finite_differences():
@@ -117,7 +118,7 @@ def test_dense_jacobian_matches_finite_differences():
         e = jnp.zeros(3, F64).at[j].set(eps)
         hp, _ = gr.scan(cell, p, xs, h0 + e)
         hm, _ = gr.scan(cell, p, xs, h0 - e)
-        np.testing.assert_allclose(J[0][:, j], (hp - hm) / (2 * eps), rtol=1e-7, atol=1e-10)
+        chex.assert_trees_all_close(J[0][:, j], (hp - hm) / (2 * eps), rtol=1e-7, atol=1e-10)
 
 
 # --------------------------------------------------------------- state gradients
@@ -155,14 +156,14 @@ def test_state_gradients_match_a_python_loop_oracle(cell):
 
         want = jax.grad(loss_of_state)(s)
         jax.tree_util.tree_map(
-            lambda g, w_, t=t: np.testing.assert_allclose(g[t], w_, rtol=1e-10, atol=1e-14),
+            lambda g, w_, t=t: chex.assert_trees_all_close(g[t], w_, rtol=1e-10, atol=1e-14),
             grads,
             want,
         )
         if t < T:
             s, y = cell.step(p, s, xs[:, t])
             prefix.append(y)
-    np.testing.assert_allclose(loss, loss_of_state(s), rtol=1e-12)
+    chex.assert_trees_all_close(loss, loss_of_state(s), rtol=1e-12)
 
 
 def test_loss_args_change_the_loss_without_a_new_loss_function():
@@ -176,10 +177,10 @@ def test_loss_args_change_the_loss_without_a_new_loss_function():
     w1, w2 = _xs(25, (3,)), _xs(26, (3,))
     l1, g1 = dg.state_gradients(cell, p, xs, readout, loss_args=(w1,))
     l2, g2 = dg.state_gradients(cell, p, xs, readout, loss_args=(w2,))
-    np.testing.assert_allclose(g1[-1], jnp.broadcast_to(w1, (2, 3)), rtol=1e-12)
-    np.testing.assert_allclose(g2[-1], jnp.broadcast_to(w2, (2, 3)), rtol=1e-12)
+    chex.assert_trees_all_close(g1[-1], jnp.broadcast_to(w1, (2, 3)), rtol=1e-12)
+    chex.assert_trees_all_close(g2[-1], jnp.broadcast_to(w2, (2, 3)), rtol=1e-12)
     final, _ = gr.scan(cell, p, xs)
-    np.testing.assert_allclose(l2, jnp.sum(final @ w2), rtol=1e-12)
+    chex.assert_trees_all_close(l2, jnp.sum(final @ w2), rtol=1e-12)
     with pytest.raises(TypeError, match="loss_args must be a tuple"):
         dg.state_gradients(cell, p, xs, readout, loss_args=w1)
 
@@ -192,11 +193,11 @@ def test_lstm_norms_report_h_and_c_apart_and_per_example():
     assert isinstance(norms, gr.LSTMState)
     assert norms.h.shape == norms.c.shape == (11,)
     per = dg.state_gradient_norms(cell, p, xs, _sum_last, per_example=True)
-    assert per.h.shape == (11, 3)
-    np.testing.assert_allclose(jnp.linalg.norm(per.c, axis=1), norms.c, rtol=1e-12)
+    chex.assert_shape(per.h, (11, 3))
+    chex.assert_trees_all_close(jnp.linalg.norm(per.c, axis=1), norms.c, rtol=1e-12)
     # Time-major input gives the same numbers.
     tm = dg.state_gradient_norms(cell, p, jnp.swapaxes(xs, 0, 1), _sum_last, time_major=True)
-    np.testing.assert_allclose(tm.h, norms.h, rtol=1e-12)
+    chex.assert_trees_all_close(tm.h, norms.h, rtol=1e-12)
 
 
 # ------------------------------------------------------------------ gate statistics
@@ -210,24 +211,23 @@ def test_gate_statistics_match_gates_computed_by_hand():
     xs = _xs(18, (4, 8, I))
     st = dg.gate_statistics(cell, p, xs, saturation=0.05)
     f = jax.nn.sigmoid(xs @ p.w_x[:, H : 2 * H] + p.b[H : 2 * H])
-    np.testing.assert_allclose(st["forget"], jnp.mean(f, axis=(0, 2)), rtol=1e-12)
-    np.testing.assert_allclose(
+    chex.assert_trees_all_close(st["forget"], jnp.mean(f, axis=(0, 2)), rtol=1e-12)
+    chex.assert_trees_all_close(
         st["forget_saturated_high"], jnp.mean((f > 0.95).astype(F64), axis=(0, 2)), rtol=1e-12
     )
-    assert st["saturated"].shape == (8,)
-
+    chex.assert_shape(st["saturated"], (8,))
     g = gr.gru(H)
     pg = g.init(jax.random.PRNGKey(19), I, dtype=F64)
     pg = pg._replace(w_h=jnp.zeros_like(pg.w_h))
     sg = dg.gate_statistics(g, pg, xs)
     z = jax.nn.sigmoid(xs @ pg.w_x[:, H : 2 * H] + pg.b_x[H : 2 * H] + pg.b_h[H : 2 * H])
-    np.testing.assert_allclose(sg["update"], jnp.mean(z, axis=(0, 2)), rtol=1e-12)
+    chex.assert_trees_all_close(sg["update"], jnp.mean(z, axis=(0, 2)), rtol=1e-12)
 
     v = gr.vanilla(H)
     pv = v.init(jax.random.PRNGKey(20), I, dtype=F64)
     sv = dg.gate_statistics(v, pv, 10 * xs)  # large inputs saturate tanh
     hs = dg.state_trajectory(v, pv, 10 * xs)[1:]
-    np.testing.assert_allclose(
+    chex.assert_trees_all_close(
         sv["saturated"], jnp.mean((jnp.abs(hs) > 0.95).astype(F64), axis=(1, 2))
     )
     assert float(jnp.mean(sv["saturated"])) > 0.5
@@ -239,9 +239,9 @@ def test_state_trajectory_ends_at_the_final_state_of_scan():
     xs = _xs(22, (2, 5, 2))
     traj = dg.state_trajectory(cell, p, xs)
     final, ys = gr.scan(cell, p, xs)
-    np.testing.assert_allclose(traj.c[-1], final.c)
-    np.testing.assert_allclose(traj.h[1:], jnp.swapaxes(ys, 0, 1))
-    np.testing.assert_allclose(traj.h[0], 0.0)
+    chex.assert_trees_all_close(traj.c[-1], final.c)
+    chex.assert_trees_all_close(traj.h[1:], jnp.swapaxes(ys, 0, 1))
+    chex.assert_trees_all_close(traj.h[0], 0.0)
 
 
 def test_norms_of_tiny_float32_gradients_do_not_underflow():
@@ -256,9 +256,9 @@ def test_norms_of_tiny_float32_gradients_do_not_underflow():
         norms = dg.state_gradient_norms(cell, p, xs, lambda final, ys: jnp.sum(final))
         assert norms.dtype == jnp.float32
         want = 0.01 ** (T - np.arange(T + 1.0)) * np.sqrt(3 * H)
-        np.testing.assert_allclose(norms, want, rtol=1e-5)
+        chex.assert_trees_all_close(norms, want, rtol=1e-5)
         power = dg.jacobian_norms(cell, p, xs, num_iters=2)
-        np.testing.assert_allclose(power[:, 0], want / np.sqrt(3 * H), rtol=1e-5)
+        chex.assert_trees_all_close(power[:, 0], want / np.sqrt(3 * H), rtol=1e-5)
 
 
 # ---------------------------------------------------------------------- summaries
@@ -323,6 +323,6 @@ def test_readme_diagnostics_example_runs():
         scope: dict = {}
         exec(readme_block("diagnostics"), scope)
     assert scope["norms"].h.shape == scope["norms"].c.shape == (101,)
-    assert scope["jac"].shape == (21, 4)
+    chex.assert_shape(scope["jac"], (21, 4))
     assert 0 < scope["gamma"] < 1.5
-    assert scope["gates"]["forget"].shape == (100,)
+    chex.assert_shape(scope["gates"]["forget"], (100,))

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 
+import chex
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -38,7 +39,7 @@ def test_same_key_same_batch_and_jit_matches_eager(make) -> None:
     b = jax.jit(task.sample, static_argnums=1)(KEY, 4)
     c = task.sample(jax.random.PRNGKey(1), 4)
     for x, y in zip(a, b):
-        np.testing.assert_array_equal(x, y)
+        chex.assert_trees_all_equal(x, y)
     assert not np.array_equal(a.inputs, c.inputs)
 
 
@@ -53,8 +54,8 @@ def test_adding_marks_one_per_half_and_target_is_marked_sum() -> None:
     for i in range(200):  # python-loop oracle
         marked = [x[i, t, 0] for t in range(T) if x[i, t, 1] == 1.0]
         assert y[i, -1] == pytest.approx(sum(marked), abs=1e-6)
-    np.testing.assert_array_equal(m[:, :-1], 0)
-    np.testing.assert_array_equal(m[:, -1], 1)
+    chex.assert_trees_all_equal(m[:, :-1], 0)
+    chex.assert_trees_all_equal(m[:, -1], 1)
 
 
 def test_adding_baseline_predicting_the_mean_is_one_sixth_from_data() -> None:
@@ -79,8 +80,8 @@ def test_copy_layout_and_targets() -> None:
     assert np.all(tok[:, 10 : 10 + gap - 1] == 0)
     assert np.all(tok[:, 10 + gap - 1] == 9)
     assert np.all(tok[:, 10 + gap :] == 0)
-    np.testing.assert_array_equal(y[:, : T - 10], 0)
-    np.testing.assert_array_equal(y[:, T - 10 :], tok[:, :10])
+    chex.assert_trees_all_equal(y[:, : T - 10], 0)
+    chex.assert_trees_all_equal(y[:, T - 10 :], tok[:, :10])
 
 
 def test_copy_memoryless_baseline_from_data() -> None:
@@ -108,7 +109,7 @@ def test_recall_key_early_query_last_target_is_key() -> None:
     assert pos.max() < 6 and len(set(pos.tolist())) > 1
     assert np.all(tok[:, -1] == nk + nd)
     assert np.all(tok[:, :-1] < nk + nd)
-    np.testing.assert_array_equal(np.asarray(b.targets)[:, -1], tok[np.arange(300), pos])
+    chex.assert_trees_all_equal(np.asarray(b.targets)[:, -1], tok[np.arange(300), pos])
     assert task.baseline == pytest.approx(math.log(nk))
 
 
@@ -123,9 +124,9 @@ def test_echo_targets_are_inputs_delay_steps_back() -> None:
     b = tasks.echo(T, d, vocab=3).sample(KEY, 10)
     tok = np.asarray(jnp.argmax(b.inputs, -1))
     y, m = np.asarray(b.targets), np.asarray(b.mask)
-    np.testing.assert_array_equal(y[:, d:], tok[:, : T - d])
-    np.testing.assert_array_equal(m[:, :d], 0)
-    np.testing.assert_array_equal(m[:, d:], 1)
+    chex.assert_trees_all_equal(y[:, d:], tok[:, : T - d])
+    chex.assert_trees_all_equal(m[:, :d], 0)
+    chex.assert_trees_all_equal(m[:, d:], 1)
 
 
 def test_perfect_predictions_score_zero_and_count_as_solved() -> None:
