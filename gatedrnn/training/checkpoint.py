@@ -564,7 +564,10 @@ class FolderLock:
                 f"{holder.get('host', '?')}, since {holder.get('since', '?')}); wait for it "
                 f"to finish or choose another folder (if no such run exists, delete {self.path})"
             )
-        raise FolderInUseError(f"{self.what}: cannot take {self.path} (it keeps changing)")
+        raise FolderInUseError(
+            f"{self.what} is in use by another run (its lock file {self.path} is empty or "
+            "unreadable; if no such run exists, delete it)"
+        )
 
     def _create(self, mine: dict[str, Any]) -> bool:
         try:
