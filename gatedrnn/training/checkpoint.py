@@ -57,7 +57,7 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -676,7 +676,7 @@ def _set_aside(path: Path) -> Path:
 
 def restore_latest(
     root: str | Path,
-    like: PyTree,
+    like: PyTree | Callable[[dict[str, Any]], PyTree],
     *,
     expect_meta: dict[str, Any] | None = None,
     set_aside: bool = False,
@@ -687,7 +687,9 @@ def restore_latest(
 
     Args:
       root: a run's checkpoint folder.
-      like, expect_meta: as for :func:`restore_checkpoint`.
+      like, expect_meta: as for :func:`restore_checkpoint`; ``like`` may also be a function
+        of a checkpoint's JSON part (:func:`load_meta`) that returns the template (when
+        the template depends on the saved config).
       set_aside: rename skipped checkpoints to ``step_<n>.corrupt`` (a resuming run does,
         so that it overwrites nothing and never meets them again).
 
@@ -705,7 +707,8 @@ def restore_latest(
     faults: list[tuple[Path, CorruptCheckpointError]] = []
     for _, path in reversed(found):
         try:
-            state, info = restore_checkpoint(path, like, expect_meta=expect_meta)
+            target = like(load_meta(path)) if callable(like) else like
+            state, info = restore_checkpoint(path, target, expect_meta=expect_meta)
         except CorruptCheckpointError as e:
             faults.append((path, e))
             continue
