@@ -223,7 +223,7 @@ def _short_reason(e: BaseException) -> str:
     else:
         kind = f"{type(e).__name__}: {' '.join(text.split())[:80]}"
     m = _FILE_IN_MESSAGE.search(text)
-    return f"{kind} ({Path(m.group(1)).name})" if m else kind
+    return f"{kind} ({Path(m.group(1)).name})" if m and not m.group(1).endswith("/") else kind
 
 
 _NOISE_LOCK = threading.Lock()
