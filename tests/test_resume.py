@@ -307,3 +307,37 @@ def test_resume_drops_log_lines_written_after_the_checkpoint(tmp_path):
     log.write_text("".join(json.dumps(r) + "\n" for r in rows) + '{"step": 4')  # cut by a kill
     checkpoint._trim_log(log, 20)
     assert [json.loads(line)["step"] for line in log.read_text().splitlines()] == [10, 20]
+
+
+def _flip_array_data(step: Path) -> None:
+    """Sixteen bytes flipped in the middle of the largest array data file (size unchanged)."""
+    data = max(
+        (p for p in (step / "state").rglob("*") if p.is_file()), key=lambda p: p.stat().st_size
+    )
+    raw = bytearray(data.read_bytes())
+    mid = len(raw) // 2
+    raw[mid : mid + 16] = bytes(b ^ 0xFF for b in raw[mid : mid + 16])
+    data.write_bytes(bytes(raw))
+
+
+def test_cli_resume_skips_flipped_bytes_and_stops_in_one_line_when_nothing_is_intact(
+    child, uninterrupted, tmp_path
+):
+    out = tmp_path / "run"
+    shutil.copytree(uninterrupted / "ckpt", out / "ckpt")
+    _flip_array_data(out / "ckpt" / "step_00000040")
+    resumed = finish(launch(child, "--out", str(out), "--resume"))
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    err = resumed.stderr.strip().splitlines()
+    assert len(err) == 1 and "skipped checkpoint step_00000040" in err[0], err
+    assert "using step_00000030" in err[0] and "step_00000040.corrupt" in err[0]
+    for got, want in zip(load(out)[0], load(uninterrupted)[0]):
+        np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-7)
+
+    for _, step in checkpoint.list_checkpoints(out / "ckpt"):
+        _flip_array_data(step)
+    failed = finish(launch(child, "--out", str(out), "--resume"))
+    assert failed.returncode == 2
+    err = failed.stderr.strip().splitlines()
+    assert len(err) == 1 and "Traceback" not in failed.stderr, failed.stderr[-3000:]
+    assert "error: cannot resume: no intact checkpoint in" in err[0] and len(err[0]) < 400
