@@ -248,19 +248,29 @@ def load_model(path: str | Path) -> tuple[clm.CharLMParams, clm.CharLMConfig, Vo
     """Params, config and vocabulary from a checkpoint directory (or the newest checkpoint
     in a run's checkpoint folder)."""
     path = Path(path)
-    if not path.name.startswith("step_"):
-        latest = checkpoint.latest_checkpoint(path)
-        if latest is None:
-            raise checkpoint.CheckpointError(f"no checkpoint found in {path}")
-        path = latest
-    meta = checkpoint.load_meta(path)["meta"]
-    try:
-        config = clm.CharLMConfig(**meta["model"])
-        cfg = TrainConfig(**meta["train"])
-        vocab = Vocab.from_json(meta["vocab"])
-    except (KeyError, TypeError) as e:
-        raise checkpoint.CheckpointError(f"{path} is not a char LM checkpoint: {e}") from None
-    state, info = checkpoint.restore_checkpoint(path, initial_state(config, cfg))
+
+    def parse(info: dict) -> tuple[clm.CharLMConfig, TrainConfig, Vocab]:
+        meta = info["meta"]
+        try:
+            return (
+                clm.CharLMConfig(**meta["model"]),
+                TrainConfig(**meta["train"]),
+                Vocab.from_json(meta["vocab"]),
+            )
+        except (KeyError, TypeError) as e:
+            raise checkpoint.CheckpointError(f"{path} is not a char LM checkpoint: {e}") from None
+
+    def template(info: dict) -> Any:
+        config, cfg, _ = parse(info)
+        return initial_state(config, cfg)
+
+    if path.name.startswith("step_"):
+        state, info = checkpoint.restore_checkpoint(path, template(checkpoint.load_meta(path)))
+    elif not checkpoint.list_checkpoints(path):
+        raise checkpoint.CheckpointError(f"no checkpoint found in {path}")
+    else:  # the newest intact one; corrupt newer ones are reported and skipped
+        state, info, _ = checkpoint.restore_latest(path, template)
+    config, _, vocab = parse(info)
     return state.params, config, vocab, info
 
 

@@ -20,6 +20,12 @@ Scripts import it as ``from experiments import cli`` (run from the repo root,
   failed run never leaves a truncated file that looks finished; JSON never holds a bare
   NaN (:func:`to_jsonable`).
 * :func:`parser`: the options every study has (``--quick``, ``--seed``, ``--out``).
+* One writer per output: when :class:`ArgumentParser` has parsed the command line, the
+  run claims every :func:`output_dir` option's folder (and every :func:`output_file`
+  option's file) with a lock file holding its pid (:func:`claim_output`); a second run
+  into the same folder exits 2 naming the folder and the holder's pid. The claims end
+  when :func:`run` returns or the process exits; a claim left by a dead process is taken
+  over with a one-line notice.
 """
 
 from __future__ import annotations
@@ -36,7 +42,7 @@ from typing import Any, NoReturn
 
 import numpy as np
 
-from gatedrnn.training.checkpoint import atomic_path, write_text
+from gatedrnn.training.checkpoint import LOCK_NAME, FolderLock, atomic_path, write_text
 from gatedrnn.training.checkpoint import jsonable as to_jsonable
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -58,6 +64,19 @@ class ArgumentParser(argparse.ArgumentParser):
     def error(self, message: str) -> NoReturn:
         """Raise :class:`UsageError` with argparse's message (plus a pointer to ``--help``)."""
         raise UsageError(f"{message} (see {self.prog} --help)")
+
+    def parse_known_args(  # type: ignore[override]
+        self, args: Sequence[str] | None = None, namespace: argparse.Namespace | None = None
+    ) -> tuple[argparse.Namespace, list[str]]:
+        """Parse, then claim the folders of :func:`output_dir` options and the files of
+        :func:`output_file` options (defaults included) for this run (:func:`claim_output`).
+        """
+        ns, rest = super().parse_known_args(args, namespace)
+        for action in self._actions:
+            value = getattr(ns, action.dest, None)
+            if value is not None and action.type in (output_dir, output_file):
+                claim_output(value, file=action.type is output_file)
+        return ns, rest
 
 
 def _number(kind: type, text: str, what: str) -> Any:
@@ -190,6 +209,35 @@ def check_output_dir(path: str | Path) -> Path:
 
 # ------------------------------------------------------------------------------ outputs
 
+_CLAIMS: list[FolderLock] = []
+
+
+def claim_output(path: str | Path, *, file: bool = False) -> FolderLock:
+    """Claim an output folder (or, with ``file=True``, one output file) for this run.
+
+    The claim is a lock file (``<folder>/.gatedrnn.lock``, or ``<folder>/.<name>.lock``
+    for a file) holding this process's pid and host (see
+    :class:`gatedrnn.training.checkpoint.FolderLock`); it ends when :func:`run` returns or
+    the process exits. Claiming again what this process holds is a no-op.
+
+    Raises:
+      gatedrnn.training.checkpoint.FolderInUseError: another live run holds it (exit
+        status 2 through :func:`run`), naming the folder and the holder's pid.
+    """
+    path = Path(path)
+    if file:
+        lock = FolderLock(path.parent, name=f".{path.name}.lock", what=f"output file {path}")
+    else:
+        lock = FolderLock(path, name=LOCK_NAME, what=f"output folder {path}")
+    _CLAIMS.append(lock.acquire())
+    return lock
+
+
+def release_outputs() -> None:
+    """End every claim :func:`claim_output` made in this process (newest first)."""
+    while _CLAIMS:
+        _CLAIMS.pop().release()
+
 
 def write_json(path: str | Path, obj: Any, *, indent: int = 2) -> Path:
     """Write ``obj`` as JSON to ``path`` atomically; NaN/inf become strings
@@ -220,8 +268,9 @@ def run(main: Callable[[Sequence[str] | None], Any], argv: Sequence[str] | None 
 
     Exit status: 0 on success (or ``main``'s int return value); 2 with one line
     ``prog: error: message`` on stderr for a user error (:class:`UsageError`, any
-    ``ValueError`` such as the library's input checks or a checkpoint mismatch, a missing
-    or unreadable file); 1 with one line for a non-finite training loss; 130 on Ctrl-C.
+    ``ValueError`` such as the library's input checks or a checkpoint mismatch, an output
+    folder another run holds, a missing or unreadable file); 1 with one line for a
+    non-finite training loss; 130 on Ctrl-C. The run's output claims end here.
     Other exceptions are bugs and keep their traceback. ``GATEDRNN_DEBUG=1`` re-raises
     everything.
 
@@ -233,7 +282,10 @@ def run(main: Callable[[Sequence[str] | None], Any], argv: Sequence[str] | None 
     prog = Path(sys.argv[0]).name or "gatedrnn"
     debug = os.environ.get(DEBUG_ENV, "") not in ("", "0")
     try:
-        status = main(argv)
+        try:
+            status = main(argv)
+        finally:
+            release_outputs()
     except KeyboardInterrupt:
         if debug:
             raise
@@ -348,6 +400,7 @@ __all__ = [
     "atomic_path",
     "check_output_dir",
     "check_text_file",
+    "claim_output",
     "finite_float",
     "fraction",
     "geomean",
@@ -360,6 +413,7 @@ __all__ = [
     "positive_float",
     "positive_int",
     "pyplot",
+    "release_outputs",
     "run",
     "setup_jax",
     "table",

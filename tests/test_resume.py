@@ -15,6 +15,7 @@ import textwrap
 import time
 from pathlib import Path
 
+import jax
 import numpy as np
 import pytest
 
@@ -234,25 +235,49 @@ def test_state_of_other_shapes_is_refused_even_with_matching_config(uninterrupte
         )
 
 
-def _break_latest(ckpt: Path, how: str) -> None:
-    latest = checkpoint.latest_checkpoint(ckpt)
-    files = sorted((p for p in latest.rglob("*") if p.is_file()), key=lambda p: p.stat().st_size)
+def _break(ckpt: Path, how: str) -> None:
     if how == "truncate_arrays":
-        victims = [p for p in files if "state" in p.relative_to(latest).parts]
+        victims = [p for p in (ckpt / "state").rglob("*") if p.is_file()]
         for p in victims:
             p.write_bytes(p.read_bytes()[: p.stat().st_size // 2])
     elif how == "delete_meta":
-        shutil.rmtree(latest / "meta")
+        shutil.rmtree(ckpt / "meta")
+    elif how == "empty":
+        shutil.rmtree(ckpt)
+        ckpt.mkdir()
 
 
-@pytest.mark.parametrize("how", ["truncate_arrays", "delete_meta"])
-def test_truncated_checkpoint_is_an_error_not_a_fresh_start(uninterrupted, tmp_path, how):
+@pytest.mark.parametrize("how", ["truncate_arrays", "delete_meta", "empty"])
+def test_broken_latest_checkpoint_falls_back_to_the_older_intact_one(
+    uninterrupted, tmp_path, how, capsys
+):
     ckpt = copy_run(uninterrupted, tmp_path)
-    _break_latest(ckpt, how)
-    with pytest.raises(checkpoint.CheckpointError, match="truncated or corrupt"):
+    _break(ckpt / "step_00000040", how)
+    _, result = training.fit(
+        tasks.adding(10), gr.gru(8), num_steps=STEPS, checkpoint_dir=ckpt, resume=True, **FIT
+    )
+    notice = capsys.readouterr().err.strip().splitlines()
+    assert len(notice) == 1 and "skipped checkpoint step_00000040" in notice[0], notice
+    assert "using step_00000030" in notice[0] and "step_00000040.corrupt" in notice[0]
+    assert (ckpt / "step_00000040.corrupt").is_dir()  # kept for inspection, never resumed
+    # resumed from step 30, so it ends where the uninterrupted run ended
+    want, _ = load(uninterrupted)
+    got = [np.asarray(x) for x in jax.tree_util.tree_leaves(result.state.params)]
+    for g, w in zip(got, want):
+        np.testing.assert_allclose(g, w, rtol=1e-6, atol=1e-7)
+    assert [h["step"] for h in result.history] == [10, 20, 30, 40]
+
+
+@pytest.mark.parametrize("how", ["truncate_arrays", "delete_meta", "empty"])
+def test_no_intact_checkpoint_is_a_one_line_error_not_a_fresh_start(uninterrupted, tmp_path, how):
+    ckpt = copy_run(uninterrupted, tmp_path)
+    for _, path in checkpoint.list_checkpoints(ckpt):
+        _break(path, how)
+    with pytest.raises(checkpoint.CheckpointError, match="no intact checkpoint") as err:
         training.fit(
             tasks.adding(10), gr.gru(8), num_steps=STEPS, checkpoint_dir=ckpt, resume=True, **FIT
         )
+    assert "\n" not in str(err.value) and len(str(err.value)) < 300, str(err.value)
 
 
 def test_unfinished_checkpoint_folder_is_ignored(uninterrupted, tmp_path):
@@ -282,3 +307,37 @@ def test_resume_drops_log_lines_written_after_the_checkpoint(tmp_path):
     log.write_text("".join(json.dumps(r) + "\n" for r in rows) + '{"step": 4')  # cut by a kill
     checkpoint._trim_log(log, 20)
     assert [json.loads(line)["step"] for line in log.read_text().splitlines()] == [10, 20]
+
+
+def _flip_array_data(step: Path) -> None:
+    """Sixteen bytes flipped in the middle of the largest array data file (size unchanged)."""
+    data = max(
+        (p for p in (step / "state").rglob("*") if p.is_file()), key=lambda p: p.stat().st_size
+    )
+    raw = bytearray(data.read_bytes())
+    mid = len(raw) // 2
+    raw[mid : mid + 16] = bytes(b ^ 0xFF for b in raw[mid : mid + 16])
+    data.write_bytes(bytes(raw))
+
+
+def test_cli_resume_skips_flipped_bytes_and_stops_in_one_line_when_nothing_is_intact(
+    child, uninterrupted, tmp_path
+):
+    out = tmp_path / "run"
+    shutil.copytree(uninterrupted / "ckpt", out / "ckpt")
+    _flip_array_data(out / "ckpt" / "step_00000040")
+    resumed = finish(launch(child, "--out", str(out), "--resume"))
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    err = resumed.stderr.strip().splitlines()
+    assert len(err) == 1 and "skipped checkpoint step_00000040" in err[0], err
+    assert "using step_00000030" in err[0] and "step_00000040.corrupt" in err[0]
+    for got, want in zip(load(out)[0], load(uninterrupted)[0]):
+        np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-7)
+
+    for _, step in checkpoint.list_checkpoints(out / "ckpt"):
+        _flip_array_data(step)
+    failed = finish(launch(child, "--out", str(out), "--resume"))
+    assert failed.returncode == 2
+    err = failed.stderr.strip().splitlines()
+    assert len(err) == 1 and "Traceback" not in failed.stderr, failed.stderr[-3000:]
+    assert "error: cannot resume: no intact checkpoint in" in err[0] and len(err[0]) < 400

@@ -5,14 +5,19 @@ A checkpoint is a directory ``<root>/step_<8 digits>`` holding two orbax items:
 * ``state``: any pytree of arrays (the loop's whole
   :class:`~gatedrnn.training.loop.TrainState`: params, optimizer state, step, batch key,
   carry);
-* ``meta``: JSON: the step, the caller's metadata (config, vocabulary, history, ...) and
-  the *signature* of the state (every leaf's path, shape and dtype).
+* ``meta``: JSON: the step, the caller's metadata (config, vocabulary, history, ...), the
+  *signature* of the state (every leaf's path, shape and dtype), the *digests* of the
+  state (sha256 of every leaf's dtype, shape and bytes) and a digest of this JSON itself.
 
 Orbax writes into a temporary directory and renames it when complete, so a run killed
 while saving leaves no ``step_*`` directory behind, only a temporary one that
 :func:`latest_checkpoint` ignores. :func:`restore_checkpoint` compares the saved signature
 and metadata with what the caller expects first and raises :class:`CheckpointError`
-naming the mismatch, rather than an orbax or tensorstore traceback.
+naming the mismatch, rather than an orbax or tensorstore traceback; after reading the
+arrays it recomputes their digests, so flipped bytes in a data file are caught rather
+than loaded. A checkpoint that cannot prove its integrity (digest mismatch, missing,
+truncated or garbage file, empty ``step_*`` folder, no digests at all) raises
+:class:`CorruptCheckpointError`, one short line.
 
 Resuming a run (:func:`start`, :func:`save`): batches are a pure function of ``(key,
 step)``, so the resumed run draws the same batches as an uninterrupted one and ends with
@@ -20,8 +25,18 @@ the same params and metrics. No silent fresh start, ever:
 
 * ``resume=False`` and the folder already holds checkpoints: :class:`CheckpointError`;
 * ``resume=True`` and no checkpoint: :class:`CheckpointError`;
-* a truncated, unreadable or incompatible checkpoint (other cell, other sizes, other
-  config): :class:`CheckpointError` naming the mismatch.
+* the newest checkpoint is corrupt: it is moved aside (``step_<n>.corrupt``), one line
+  on stderr says so and why, and the run resumes from the newest intact one; if none is
+  intact, :class:`CheckpointError` (one line);
+* an incompatible checkpoint (other cell, other sizes, other config):
+  :class:`CheckpointError` naming the mismatch.
+
+One writer per folder (:class:`FolderLock`): a run holds ``<folder>/.gatedrnn.lock``
+(created with ``O_CREAT | O_EXCL``, holding the owner's pid and host) while it writes
+there; :func:`~gatedrnn.training.train` takes its ``checkpoint_dir`` this way, the
+experiment scripts their ``--out``. A second writer gets :class:`FolderInUseError`
+naming the folder and the holder; a lock left by a dead process is taken over with a
+one-line notice.
 
 This is the only module that imports orbax. It also holds the atomic file writing the
 library needs (:func:`atomic_path`, :func:`write_text`).
@@ -29,14 +44,20 @@ library needs (:func:`atomic_path`, :func:`write_text`).
 
 from __future__ import annotations
 
+import atexit
 import contextlib
+import hashlib
 import json
 import math
 import os
 import re
 import shutil
+import socket
+import sys
 import tempfile
-from collections.abc import Iterator, Mapping
+import threading
+import time
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -53,6 +74,45 @@ KEEP = 2  # checkpoints a run keeps on disk: the newest and the one before it
 
 class CheckpointError(ValueError):
     """A checkpoint is missing, unreadable, or does not fit what the caller expects."""
+
+
+class CorruptCheckpointError(CheckpointError):
+    """A checkpoint cannot prove its integrity: a file is missing, truncated or damaged, or
+    its arrays or metadata do not match the digests written when it was saved.
+
+    Attributes:
+      reason: the fault in a few words (the message without the checkpoint's path).
+    """
+
+    reason: str = ""
+
+
+class FolderInUseError(CheckpointError):
+    """Another live process holds the folder's lock (see :class:`FolderLock`)."""
+
+
+def _notice(message: str) -> None:
+    """One line on stderr: something was wrong and was handled (not silent, not an error)."""
+    print(f"gatedrnn: {message}", file=sys.stderr, flush=True)
+
+
+def _host_array(leaf: Any) -> np.ndarray:
+    if hasattr(leaf, "dtype") and jax.dtypes.issubdtype(leaf.dtype, jax.dtypes.prng_key):
+        leaf = jax.random.key_data(leaf)
+    return np.asarray(jax.device_get(leaf))
+
+
+def leaf_digest(leaf: Any) -> str:
+    """sha256 (hex) of an array's dtype, shape and bytes (C order)."""
+    a = np.ascontiguousarray(_host_array(leaf))
+    h = hashlib.sha256(f"{a.dtype}{list(a.shape)}".encode())
+    h.update(a.reshape(-1).view(np.uint8).data)
+    return h.hexdigest()
+
+
+def _json_digest(info: Mapping[str, Any]) -> str:
+    body = jsonable({k: v for k, v in info.items() if k != "digest"})
+    return hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()
 
 
 def tree_signature(tree: PyTree) -> list[list[Any]]:
@@ -120,7 +180,13 @@ def save_checkpoint(
         raise ValueError(f"keep must be None or >= 1, got {keep}")
     path = step_dir(root, step)
     path.parent.mkdir(parents=True, exist_ok=True)
-    info = {"step": int(step), "meta": meta or {}, "signature": tree_signature(state)}
+    info = {
+        "step": int(step),
+        "meta": meta or {},
+        "signature": tree_signature(state),
+        "digests": [leaf_digest(x) for x in jax.tree_util.tree_leaves(state)],
+    }
+    info["digest"] = _json_digest(info)
     with _checkpointer() as ckptr:
         ckptr.save(
             path,
@@ -135,25 +201,99 @@ def save_checkpoint(
     return path
 
 
+_FILE_IN_MESSAGE = re.compile(r"""(?:local file|File|named) "?([^"\s]+?)"?[\s.:]""")
+
+
+def _short_reason(e: BaseException) -> str:
+    """A few words for why orbax/tensorstore could not read a checkpoint (their own
+    messages run to thousands of characters)."""
+    text = str(e)
+    low = text.lower()
+    if (
+        isinstance(e, FileNotFoundError)
+        or "not_found" in low
+        or "not found" in low
+        or ("does not exist" in low)
+    ):
+        kind = "a file is missing"
+    elif isinstance(e, (UnicodeError, json.JSONDecodeError)) or any(
+        k in low for k in ("invalid json", "data_loss", "out_of_range", "decod", "corrupt")
+    ):
+        kind = "a file is damaged"
+    else:
+        kind = f"{type(e).__name__}: {' '.join(text.split())[:80]}"
+    m = _FILE_IN_MESSAGE.search(text)
+    return f"{kind} ({Path(m.group(1)).name})" if m and not m.group(1).endswith("/") else kind
+
+
+_NOISE_LOCK = threading.Lock()
+_noise_silenced = False
+
+
+def _orbax_noise(unraisable: Any) -> bool:
+    """Whether an unraisable exception is the echo of a failed orbax read: tensorstore's
+    callbacks finding the event loop closed, or orbax's abandoned read coroutines."""
+    exc, obj = unraisable.exc_value, unraisable.object
+    if isinstance(exc, RuntimeError) and str(exc) == "Event loop is closed":
+        return True
+    code = getattr(obj, "cr_code", None)
+    return code is not None and f"{os.sep}orbax{os.sep}" in code.co_filename
+
+
+def _silence_orbax_noise() -> None:
+    """Drop the tracebacks ("Event loop is closed", "Exception ignored in <coroutine ...>")
+    that orbax and tensorstore print through ``sys.unraisablehook`` after a read of a
+    damaged checkpoint failed (the failure itself is raised as one line); any other
+    unraisable exception still reaches the previous hook. Installed once."""
+    global _noise_silenced
+    with _NOISE_LOCK:
+        if _noise_silenced:
+            return
+        previous = sys.unraisablehook
+
+        def hook(unraisable: Any) -> None:
+            if not _orbax_noise(unraisable):
+                previous(unraisable)
+
+        sys.unraisablehook = hook
+        _noise_silenced = True
+
+
+def _corrupt(path: Path, why: str) -> CorruptCheckpointError:
+    e = CorruptCheckpointError(f"checkpoint {path} is truncated or corrupt: {why}")
+    e.reason = why
+    return e
+
+
 def load_meta(path: str | Path) -> dict[str, Any]:
-    """The JSON part of a checkpoint: ``{"step", "meta", "signature"}``.
+    """The JSON part of a checkpoint: ``{"step", "meta", "signature", "digests", "digest"}``,
+    checked against its own digest.
 
     Raises:
-      CheckpointError: no checkpoint at ``path``, or its metadata is unreadable.
+      CheckpointError: no checkpoint at ``path``.
+      CorruptCheckpointError: its metadata is unreadable, damaged or has no digests.
     """
     path = Path(path).absolute()
     if not path.is_dir():
         raise CheckpointError(f"no checkpoint at {path}")
+    if not any(path.iterdir()):
+        raise _corrupt(path, "the folder is empty")
+    _silence_orbax_noise()
     try:
         with _checkpointer() as ckptr:
             out = ckptr.restore(path, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))
         info = out["meta"]
     except Exception as e:
-        raise CheckpointError(
-            f"checkpoint {path} is truncated or corrupt: cannot read its metadata ({e})"
-        ) from None
+        raise _corrupt(path, f"cannot read its metadata, {_short_reason(e)}") from None
     if not isinstance(info, dict) or not {"step", "meta", "signature"} <= set(info):
-        raise CheckpointError(f"checkpoint {path} was not written by gatedrnn.training.checkpoint")
+        raise _corrupt(path, "its metadata was not written by gatedrnn.training.checkpoint")
+    if "digests" not in info or "digest" not in info:
+        raise _corrupt(
+            path, "it has no integrity digests (written by an older gatedrnn), so it cannot "
+            "be verified"
+        )  # fmt: skip
+    if info["digest"] != _json_digest(info) or len(info["digests"]) != len(info["signature"]):
+        raise _corrupt(path, "its metadata does not match its digest")
     return info
 
 
@@ -205,7 +345,9 @@ def restore_checkpoint(
       structured like ``like``) and ``{"step", "meta", "signature"}``.
 
     Raises:
-      CheckpointError: missing, truncated or incompatible checkpoint.
+      CheckpointError: missing or incompatible checkpoint.
+      CorruptCheckpointError: a file of it is missing, truncated or damaged, or its arrays
+        or metadata differ from what was saved (checked against the saved digests).
     """
     path = Path(path).absolute()
     info = load_meta(path)
@@ -220,24 +362,46 @@ def restore_checkpoint(
         ),
         like,
     )
+    _silence_orbax_noise()
     try:
         with _checkpointer() as ckptr:
             out = ckptr.restore(
                 path, args=ocp.args.Composite(state=ocp.args.StandardRestore(target))
             )
     except Exception as e:
-        raise CheckpointError(
-            f"checkpoint {path} is truncated or corrupt: cannot read its arrays ({e})"
-        ) from None
+        raise _corrupt(path, f"cannot read its arrays, {_short_reason(e)}") from None
+    arrays = [_host_array(x) for x in jax.tree_util.tree_leaves(out["state"])]
+    bad = [
+        sig[0]
+        for sig, want, a in zip(info["signature"], info["digests"], arrays)
+        if leaf_digest(a) != want
+    ]
+    if len(arrays) != len(info["digests"]) or bad:
+        raise _corrupt(path, f"array data does not match its digest ({', '.join(bad[:3])})")
     # Fresh, uncommitted arrays on the default device: orbax returns device-committed
     # arrays, and jitted functions compiled for freshly initialised state would compile
     # again for those.
-    leaves = [jnp.asarray(np.asarray(x)) for x in jax.tree_util.tree_leaves(out["state"])]
+    leaves = [jnp.asarray(a) for a in arrays]
     state = jax.tree_util.tree_unflatten(jax.tree_util.tree_structure(like), leaves)
     return state, info
 
 
 # ------------------------------------------------------------------------ atomic files
+
+
+_UMASK_LOCK = threading.Lock()
+
+
+def _umask() -> int:
+    """The process's umask (read without changing it where Linux allows)."""
+    with contextlib.suppress(OSError, ValueError):
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    with _UMASK_LOCK:
+        mask = os.umask(0o022)
+        os.umask(mask)
+    return mask
 
 
 @contextlib.contextmanager
@@ -246,7 +410,8 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
 
     The temporary name keeps the suffix (``.curve.1234.tmp.png``) so that writers that
     look at the extension (matplotlib) still work. On an exception it is deleted and
-    ``path`` is left as it was.
+    ``path`` is left as it was. The file gets the mode a plainly created file would
+    (``0o666`` less the umask), not the ``0o600`` of a temporary file.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -257,6 +422,7 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
     tmp = Path(tmp_name)
     try:
         yield tmp
+        os.chmod(tmp, 0o666 & ~_umask())
         os.replace(tmp, path)
     except BaseException:
         tmp.unlink(missing_ok=True)
@@ -271,6 +437,193 @@ def write_text(path: str | Path, text: str) -> Path:
             f.flush()
             os.fsync(f.fileno())
     return Path(path)
+
+
+# ------------------------------------------------------------------------ one writer
+
+LOCK_NAME = ".gatedrnn.lock"
+_HELD: dict[str, list[Any]] = {}  # lock file -> [pid, token, depth] held by this process
+_HELD_LOCK = threading.Lock()
+
+
+def _proc_stat(pid: int) -> list[str] | None:
+    """Fields of ``/proc/<pid>/stat`` after the command name (Linux), or None."""
+    try:
+        text = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    return text[text.rfind(")") + 2 :].split()
+
+
+def _pid_alive(pid: int, started: str | None) -> bool:
+    """Whether process ``pid`` (started at clock tick ``started``, if known) still runs."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # exists, belongs to someone else
+    stat = _proc_stat(pid)
+    if stat is None:
+        return True
+    if stat[0] in ("Z", "X"):  # exited, not yet reaped
+        return False
+    return started is None or stat[19] == started  # else the pid was reused
+
+
+def _read_lock(path: Path) -> dict[str, Any] | None:
+    """The holder recorded in a lock file; None if it is gone, empty or half-written."""
+    try:
+        info = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    return info if isinstance(info, dict) and isinstance(info.get("pid"), int) else None
+
+
+@contextlib.contextmanager
+def _guard(folder: Path) -> Iterator[None]:
+    """Serialise stale-lock takeovers in ``folder`` (an advisory lock on the folder itself,
+    released by the kernel if its holder dies)."""
+    try:
+        import fcntl
+    except ImportError:  # not POSIX: takeovers are not serialised
+        yield
+        return
+    fd = os.open(folder, os.O_RDONLY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)
+
+
+class FolderLock:
+    """Exclusive claim of a folder by one process: ``<folder>/.gatedrnn.lock``.
+
+    The lock file is created atomically (``O_CREAT | O_EXCL``) and holds the owner's pid,
+    host and start time. It is released when the ``with`` block ends, on :meth:`release`,
+    or at interpreter exit. A lock whose process is gone (same host, pid not alive, or the
+    pid now belongs to another process) is stale: it is taken over with a one-line notice.
+    The same process may take a lock it holds again (nested; released by the outermost).
+
+    Args:
+      folder: the folder to claim (created if needed).
+      name: the lock file's name in ``folder``.
+      what: how messages name the thing claimed (e.g. ``"output file x.json"``).
+
+    Raises (on acquiring):
+      FolderInUseError: a live process holds the lock; names the folder and the holder.
+    """
+
+    def __init__(self, folder: str | Path, name: str = LOCK_NAME, what: str | None = None):
+        self.folder = Path(folder).absolute()
+        self.path = self.folder / name
+        self.what = what or f"folder {self.folder}"
+
+    def __enter__(self) -> FolderLock:
+        return self.acquire()
+
+    def __exit__(self, *exc: object) -> None:
+        self.release()
+
+    def acquire(self) -> FolderLock:
+        """Take the lock (see the class docstring); returns ``self``."""
+        key = str(self.path)
+        with _HELD_LOCK:
+            held = _HELD.get(key)
+            if held is not None and held[0] == os.getpid():
+                held[2] += 1
+                return self
+        self.folder.mkdir(parents=True, exist_ok=True)
+        token = os.urandom(8).hex()
+        stat = _proc_stat(os.getpid())
+        mine = {
+            "pid": os.getpid(), "host": socket.gethostname(), "token": token,
+            "started": stat[19] if stat else None,
+            "since": time.strftime("%Y-%m-%d %H:%M:%S"), "argv": sys.argv[:4],
+        }  # fmt: skip
+        for _ in range(50):
+            if self._create(mine):
+                with _HELD_LOCK:
+                    _HELD[key] = [os.getpid(), token, 1]
+                return self
+            holder = _read_lock(self.path)
+            if holder is None:
+                if self._abandoned():
+                    self._take_over(None)
+                else:
+                    time.sleep(0.02)  # being written by its creator, or just released
+                continue
+            if holder.get("host") == mine["host"] and not _pid_alive(
+                holder["pid"], holder.get("started")
+            ):
+                self._take_over(holder)
+                continue
+            raise FolderInUseError(
+                f"{self.what} is in use by another run (pid {holder['pid']} on "
+                f"{holder.get('host', '?')}, since {holder.get('since', '?')}); wait for it "
+                f"to finish or choose another folder (if no such run exists, delete {self.path})"
+            )
+        raise FolderInUseError(
+            f"{self.what} is in use by another run (its lock file {self.path} is empty or "
+            "unreadable; if no such run exists, delete it)"
+        )
+
+    def _create(self, mine: dict[str, Any]) -> bool:
+        try:
+            fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o666)
+        except FileExistsError:
+            return False
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(json.dumps(mine) + "\n")
+            f.flush()
+            os.fsync(f.fileno())
+        return True
+
+    def _abandoned(self) -> bool:
+        """An unreadable lock file older than a few seconds: its writer died mid-write."""
+        try:
+            return time.time() - self.path.stat().st_mtime > 5.0
+        except OSError:
+            return False
+
+    def _take_over(self, stale: dict[str, Any] | None) -> None:
+        """Remove a stale lock file, if it is still the same one, under :func:`_guard`."""
+        with _guard(self.folder):
+            if _read_lock(self.path) != stale:
+                return  # someone else took it over (or released it) first
+            with contextlib.suppress(FileNotFoundError):
+                self.path.unlink()
+        who = "an unknown process" if stale is None else f"pid {stale['pid']}"
+        _notice(f"took over the stale lock of {self.what} ({who} is gone)")
+
+    def release(self) -> None:
+        """Give the lock up (if this process holds it; the outermost of nested takes)."""
+        key = str(self.path)
+        with _HELD_LOCK:
+            held = _HELD.get(key)
+            if held is None or held[0] != os.getpid():
+                return
+            held[2] -= 1
+            if held[2] > 0:
+                return
+            del _HELD[key]
+        holder = _read_lock(self.path)
+        if holder is not None and holder.get("token") == held[1]:
+            with contextlib.suppress(FileNotFoundError):
+                self.path.unlink()
+
+
+@atexit.register
+def _release_all() -> None:
+    """Remove the lock files this process still holds (interpreter exit)."""
+    for key, (pid, token, _) in list(_HELD.items()):
+        if pid == os.getpid():
+            holder = _read_lock(Path(key))
+            if holder is not None and holder.get("token") == token:
+                with contextlib.suppress(OSError):
+                    Path(key).unlink()
+    _HELD.clear()
 
 
 # ------------------------------------------------------------------------------ resume
@@ -311,6 +664,66 @@ def _trim_log(log_path: str | Path, step: int) -> None:
     write_text(path, "".join(f"{line}\n" for line in kept))
 
 
+def _set_aside(path: Path) -> Path:
+    """Rename a corrupt checkpoint out of the way (kept for inspection, never resumed)."""
+    for i in range(1000):
+        dst = path.with_name(f"{path.name}.corrupt" + (f"-{i}" if i else ""))
+        if not dst.exists():
+            path.rename(dst)
+            return dst
+    raise CheckpointError(f"cannot move the corrupt checkpoint {path} aside")
+
+
+def restore_latest(
+    root: str | Path,
+    like: PyTree | Callable[[dict[str, Any]], PyTree],
+    *,
+    expect_meta: dict[str, Any] | None = None,
+    set_aside: bool = False,
+) -> tuple[PyTree, dict[str, Any], Path]:
+    """Restore the newest intact checkpoint under ``root``, skipping corrupt newer ones.
+
+    Every skipped checkpoint is reported in one line on stderr (which, and why).
+
+    Args:
+      root: a run's checkpoint folder.
+      like, expect_meta: as for :func:`restore_checkpoint`; ``like`` may also be a function
+        of a checkpoint's JSON part (:func:`load_meta`) that returns the template (when
+        the template depends on the saved config).
+      set_aside: rename skipped checkpoints to ``step_<n>.corrupt`` (a resuming run does,
+        so that it overwrites nothing and never meets them again).
+
+    Returns:
+      ``(state, info, path)``: as :func:`restore_checkpoint`, and the checkpoint used.
+
+    Raises:
+      CheckpointError: no checkpoint, none intact (one line naming the newest's fault), or
+        the newest intact one does not fit ``like`` / ``expect_meta``.
+    """
+    root = Path(root).absolute()
+    found = list_checkpoints(root)
+    if not found:
+        raise CheckpointError(f"cannot resume: no checkpoint in {root}")
+    faults: list[tuple[Path, CorruptCheckpointError]] = []
+    for _, path in reversed(found):
+        try:
+            target = like(load_meta(path)) if callable(like) else like
+            state, info = restore_checkpoint(path, target, expect_meta=expect_meta)
+        except CorruptCheckpointError as e:
+            faults.append((path, e))
+            continue
+        for bad, e in faults:
+            moved = f", moved it to {_set_aside(bad).name}" if set_aside else ""
+            why = e.reason
+            _notice(f"skipped checkpoint {bad.name} in {root}: {why}{moved}; using {path.name}")
+        return state, info, path
+    why = faults[0][1].reason
+    raise CheckpointError(
+        f"cannot resume: no intact checkpoint in {root} ({len(found)} found; the newest, "
+        f"{found[-1][1].name}: {why})"
+    )
+
+
 def start(
     state: PyTree,
     checkpoint_dir: str | Path,
@@ -347,9 +760,7 @@ def start(
                 "that run, or give an empty folder to start a new one"
             )
         return state, [], [None] * members
-    if latest is None:
-        raise CheckpointError(f"cannot resume: no checkpoint in {root.absolute()}")
-    restored, info = restore_checkpoint(latest, state, expect_meta=_config(meta))
+    restored, info, _ = restore_latest(root, state, expect_meta=_config(meta), set_aside=True)
     history = list(info["meta"].get("history", []))
     solved_at = list(info["meta"].get("solved_at", [None] * members))
     if log_path is not None:
@@ -376,13 +787,19 @@ def save(
 
 __all__ = [
     "KEEP",
+    "LOCK_NAME",
     "CheckpointError",
+    "CorruptCheckpointError",
+    "FolderInUseError",
+    "FolderLock",
     "atomic_path",
     "jsonable",
     "latest_checkpoint",
+    "leaf_digest",
     "list_checkpoints",
     "load_meta",
     "restore_checkpoint",
+    "restore_latest",
     "save",
     "save_checkpoint",
     "start",

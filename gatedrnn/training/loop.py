@@ -564,9 +564,11 @@ def train(
         ``batch_data`` are replicated, XLA reduces the gradients. Not with ``ensemble``.
       checkpoint_dir: save the whole state (and history) here atomically
         (:mod:`gatedrnn.training.checkpoint`); the folder must hold no checkpoint unless
-        ``resume``. Nothing non-finite is ever saved.
-      resume: continue from the newest checkpoint in ``checkpoint_dir``; the run then ends
-        with the same params and history as one that never stopped.
+        ``resume``. Nothing non-finite is ever saved. The run holds the folder's lock
+        (:class:`~gatedrnn.training.checkpoint.FolderLock`) until it returns.
+      resume: continue from the newest intact checkpoint in ``checkpoint_dir`` (corrupt
+        newer ones are reported and moved aside); the run then ends with the same params
+        and history as one that never stopped.
       checkpoint_meta: the run's config, saved with each checkpoint; resuming with a
         different config is refused, naming the key.
       checkpoint_every: updates between checkpoints (default ``eval_every``); the last
@@ -583,12 +585,15 @@ def train(
       NonFiniteLossError: a training loss was NaN/inf (``on_nonfinite="raise"``); names the
         first such update, 0-based (= the updates done before it); the last checkpoint is
         the last one whose losses and params were all finite.
-      gatedrnn.training.CheckpointError: nothing to resume, or a checkpoint that is
-        truncated or does not fit this run.
+      gatedrnn.training.CheckpointError: nothing (intact) to resume, a checkpoint that
+        does not fit this run, or another live process holds ``checkpoint_dir``.
     """
     opts = _Options(**{k: v for k, v in locals().items() if k in _Options._fields})
     _check_train_args(state, opts)
-    return _run(loss_fn, optimizer, batch_fn, _setup(loss_fn, state, opts), opts)
+    if checkpoint_dir is None:
+        return _run(loss_fn, optimizer, batch_fn, _setup(loss_fn, state, opts), opts)
+    with checkpoints.FolderLock(checkpoint_dir, what=f"checkpoint folder {checkpoint_dir}"):
+        return _run(loss_fn, optimizer, batch_fn, _setup(loss_fn, state, opts), opts)
 
 
 def _record(
