@@ -8,7 +8,8 @@ time (``jax.lax.scan``) for cells whose recurrent part is a :class:`gatedrnn.Spl
 * the primal loop, keeping each step's previous state ``s_{t-1}`` and its ``a_t``;
 * the weight-tangent term of every step at once, before the loop: ONE ``jax.jvp`` of
   ``hidden`` with respect to the params over all ``T * batch`` rows, i.e. one
-  ``(T*B, H) @ (H, G*H)`` product ``H_prev @ dW_h``;
+  ``(T*B, H) @ (H, G*H)`` product ``H_prev @ dW_h`` (plus the tangent of the optional
+  per-step ``offsets`` added to ``a``, see :func:`scan_split`);
 * a tangent loop carrying only the state tangent ``ds``: per step
   ``da = dA_w[t] + jvp(hidden wrt state)(ds)``, then ``jax.jvp`` of ``pointwise`` with
   respect to ``(state, x_t, a)``, under ``jax.checkpoint`` so that reverse mode
@@ -72,9 +73,10 @@ def scan_split(
     xs: PyTree,
     *,
     length: int,
+    offsets: PyTree | None = None,
     unroll: int | bool = 1,
 ) -> tuple[PyTree, Any]:
-    """The loop ``s, y = pointwise(s, x_t, hidden(params, s))`` with the tangent rule above.
+    """The loop ``s, y = pointwise(s, x_t, hidden(params, s) + offsets_t)`` with the rule above.
 
     Args:
       hidden: ``hidden(params, state) -> a``, applied row by row over the batch axes (so
@@ -85,48 +87,56 @@ def scan_split(
       state0: the initial state, leaves ``(*batch, H)``.
       xs: per-step inputs, leaves with a leading time axis ``length``.
       length: number of steps ``T``.
+      offsets: optional per-step terms added to ``a``, like ``a`` with a leading time axis
+        (the input projection of a cell whose ``pointwise`` only uses ``xp + a``): their
+        tangent joins the weight-tangent term before the loop, so the backward loop emits
+        one gradient for both.
       unroll: as in ``jax.lax.scan`` (used by both loops).
 
     Returns:
       ``(final_state, ys)`` exactly as ``jax.lax.scan`` returns them.
     """
-    return _split(hidden, pointwise, length, unroll, params, state0, xs)
+    return _split(hidden, pointwise, length, unroll, params, state0, xs, offsets)
 
 
-def _primal_loop(hidden, pointwise, length, unroll, params, state0, xs):
-    def body(s: PyTree, x: PyTree) -> tuple[PyTree, Any]:
-        return pointwise(s, x, hidden(params, s))
-
-    return jax.lax.scan(body, state0, xs, length=length, unroll=unroll)
+def _hidden_plus(hidden: Callable, params: PyTree, s: PyTree, offset: Any) -> Any:
+    """``hidden(params, s)``, plus the step's ``offset`` where there is one."""
+    a = hidden(params, s)
+    return a if offset is None else jax.tree_util.tree_map(jnp.add, a, offset)
 
 
 @partial(jax.custom_jvp, nondiff_argnums=(0, 1, 2, 3))
 def _split(
-    hidden: Callable, pointwise: Callable, length: int, unroll: Any, params, state0, xs
+    hidden: Callable, pointwise: Callable, length: int, unroll: Any, params, state0, xs, offsets
 ) -> tuple[PyTree, Any]:
-    return _primal_loop(hidden, pointwise, length, unroll, params, state0, xs)
+    def body(s: PyTree, inputs: tuple) -> tuple[PyTree, Any]:
+        x, offset = inputs
+        return pointwise(s, x, _hidden_plus(hidden, params, s, offset))
+
+    return jax.lax.scan(body, state0, (xs, offsets), length=length, unroll=unroll)
 
 
 def _split_jvp(
     hidden: Callable, pointwise: Callable, length: int, unroll: Any, primals, tangents
 ) -> tuple:
-    params, state0, xs = primals
-    d_params, d_state0, d_xs = tangents
+    params, state0, xs, offsets = primals
+    d_params, d_state0, d_xs, d_offsets = tangents
 
     # The primal loop; it keeps each step's previous state and ``a``.
-    def primal(s: PyTree, x: PyTree) -> tuple[PyTree, tuple]:
-        a = hidden(params, s)
+    def primal(s: PyTree, inputs: tuple) -> tuple[PyTree, tuple]:
+        x, offset = inputs
+        a = _hidden_plus(hidden, params, s, offset)
         new, y = pointwise(s, x, a)
         return new, (y, s, a)
 
-    final, (ys, prev, A) = jax.lax.scan(primal, state0, xs, length=length, unroll=unroll)
-    dA_w = _weight_tangent(hidden, params, d_params, prev)
+    final, (ys, prev, A) = jax.lax.scan(primal, state0, (xs, offsets), length=length, unroll=unroll)
+    dA_w = _add_tangents(_weight_tangent(hidden, params, d_params, prev), offsets, d_offsets)
     x_live, x_dead, dx_live, join = _split_inputs(xs, d_xs)
 
     # The tangent loop: it carries the state tangent only. The pointwise jvp is
     # rematerialized, so that its transpose (the backward loop) recomputes the elementwise
     # values from the saved state and ``a`` rather than storing them for every step.
-    @jax.checkpoint
+    @partial(jax.checkpoint, prevent_cse=False)
     def pointwise_jvp(s, xl, xd, a, ds, dxl, da):
         f = lambda s, xl, a: pointwise(s, join(xl, xd), a)  # noqa: E731
         return jax.jvp(f, (s, xl, a), (ds, dxl, da))[1]
@@ -146,6 +156,17 @@ def _split_jvp(
         unroll=unroll,
     )
     return (final, ys), (d_final, d_ys)
+
+
+def _add_tangents(dA_w: Any, offsets: PyTree | None, d_offsets: PyTree) -> Any:
+    """``dA_w + d_offsets`` where each may be absent (None) or a symbolic zero."""
+    if offsets is None:
+        return dA_w
+    leaves = jax.tree_util.tree_leaves(d_offsets, is_leaf=_is_zero)
+    if not any(_has_tangent(o, t) for o, t in zip(jax.tree_util.tree_leaves(offsets), leaves)):
+        return dA_w
+    d_off = _materialize(offsets, d_offsets)
+    return d_off if dA_w is None else jax.tree_util.tree_map(jnp.add, dA_w, d_off)
 
 
 def _weight_tangent(hidden: Callable, params: PyTree, d_params: PyTree, prev: PyTree) -> Any:

@@ -404,13 +404,21 @@ def _split_loop(
 
     def pointwise(state: PyTree, inputs: tuple, a: Array) -> tuple[PyTree, Array]:
         xp_t, valid_t = inputs
+        if split.additive:  # ``a`` already holds ``xp_t + a``
+            xp_t = jnp.zeros((), a.dtype)
         new_state, y = split.pointwise(state, xp_t, a)
         if valid_t is not None:
             new_state = _where(valid_t, new_state, state)
             y = jnp.where(valid_t[..., None], y, jnp.zeros_like(y))
         return new_state, y
 
-    return scan_split(split.hidden, pointwise, params, state0, (xp, valid), length=T, unroll=unroll)
+    if split.additive:
+        xs, offsets = (None, valid), xp
+    else:
+        xs, offsets = (xp, valid), None
+    return scan_split(
+        split.hidden, pointwise, params, state0, xs, length=T, offsets=offsets, unroll=unroll
+    )
 
 
 def remat_chunk(remat: Any, T: int) -> int | None:

@@ -49,12 +49,16 @@ class Split(NamedTuple):
       hidden: ``hidden(params, state) -> a (*batch, gates * hidden_size)``, the recurrent
         matrix product, applied row by row over the batch axes.
       pointwise: ``pointwise(state, xp, a) -> (state, y)``, elementwise, no params.
+      additive: True if ``pointwise`` uses ``xp`` and ``a`` only through their sum
+        ``xp + a`` (vanilla, LSTM): the fused loop then adds the projection to ``a`` once
+        per step and its backward pass emits one gradient for both.
 
     Calling it is the recurrent part itself: ``split(params, state, xp)``.
     """
 
     hidden: Callable[[PyTree, PyTree], Array]
     pointwise: Callable[[PyTree, PyTree, Array], tuple[PyTree, Array]]
+    additive: bool = False
 
     def __call__(self, params: PyTree, state: PyTree, xp: PyTree) -> tuple[PyTree, Array]:
         """``pointwise(state, xp, hidden(params, state)) -> (state', y)``."""

@@ -163,7 +163,7 @@ def lstm(
         init=init,
         initial_state=initial_state,
         project=project,
-        recur=Split(lstm_hidden, lstm_pointwise),
+        recur=Split(lstm_hidden, lstm_pointwise, additive=True),
         output=lstm_output,
         hidden_size=H,
         name="lstm",

@@ -124,7 +124,7 @@ def vanilla(
         init=init,
         initial_state=initial_state,
         project=project,
-        recur=Split(hidden, pointwise),
+        recur=Split(hidden, pointwise, additive=True),
         output=_identity,
         hidden_size=H,
         name="vanilla",
