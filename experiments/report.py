@@ -542,6 +542,11 @@ def perf_speed_1core() -> str:
     return include(f"{BENCH}/speed_1core/rnn_speed.md")
 
 
+@block("perf_revisions", f"{BENCH}/revisions/compare_revisions.md")
+def perf_revisions() -> str:
+    return include(f"{BENCH}/revisions/compare_revisions.md")
+
+
 @block("perf_other", f"{BENCH}/other/rnn_speed.md")
 def perf_other() -> str:
     return include(f"{BENCH}/other/rnn_speed.md")

@@ -56,3 +56,18 @@ def test_profile_step_lists_the_loop_ops(capsys, monkeypatch):
     # the loop body's ops run once per time step
     assert any(runs == 6 for _, _, runs in rows)
     assert "training step" in capsys.readouterr().out
+
+
+def test_compare_revisions_quick_runs_two_versions_side_by_side(tmp_path):
+    spec = importlib.util.spec_from_file_location(
+        "compare_revisions", ROOT / "benchmarks" / "compare_revisions.py"
+    )
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    results = module.main(["--ref", "HEAD", "--quick", "--out", str(tmp_path)])
+    assert {r["cell"] for r in results["rows"]} == {"vanilla", "lstm", "gru"}
+    for row in results["rows"]:
+        assert row["revision_vs_this"] > 0 and row["ms"]["revision"] > 0
+    saved = json.loads((tmp_path / "compare_revisions.json").read_text())
+    assert saved["ref"] == "HEAD"
+    assert "| lstm |" in (tmp_path / "compare_revisions.md").read_text()
