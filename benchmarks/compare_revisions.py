@@ -25,7 +25,6 @@ import subprocess
 import sys
 import tarfile
 import tempfile
-import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -37,6 +36,9 @@ import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 
 import gatedrnn  # noqa: E402
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from rnn_speed import interleaved_times  # noqa: E402
 
 SHAPES = [(32, 128, 256, 256), (1, 1000, 128, 128)]
 QUICK_SHAPES = [(2, 6, 3, 4)]
@@ -78,20 +80,6 @@ def train_step(module: Any, kind: str, shape: tuple, **scan_kwargs: Any) -> Call
     return lambda: jax.block_until_ready(step(params, xs))
 
 
-def interleaved(fns: dict[str, Callable[[], Any]], rounds: int) -> dict[str, list[float]]:
-    """Seconds per call of each function, round by round, after two warm-up calls each."""
-    for fn in fns.values():
-        fn()
-        fn()
-    times: dict[str, list[float]] = {k: [] for k in fns}
-    for _ in range(rounds):
-        for name, fn in fns.items():
-            t0 = time.perf_counter()
-            fn()
-            times[name].append(time.perf_counter() - t0)
-    return times
-
-
 def compare(rev: Any, shapes: list[tuple], rounds: int) -> list[dict[str, Any]]:
     """One row per cell and shape: median ms of each version, and ratios with their spread."""
     rows = []
@@ -102,7 +90,9 @@ def compare(rev: Any, shapes: list[tuple], rounds: int) -> list[dict[str, Any]]:
                 "this": train_step(gatedrnn, kind, shape),
                 "this_autodiff": train_step(gatedrnn, kind, shape, fused=False),
             }
-            t = interleaved(fns, rounds)
+            for fn in fns.values():  # a second warm-up call: the first may still allocate
+                fn()
+            t = interleaved_times(fns, rounds)
             per_round = [a / b for a, b in zip(t["revision"], t["this"], strict=True)]
             med = {k: statistics.median(v) for k, v in t.items()}
             rows.append(

@@ -54,8 +54,8 @@ def _block(out: Any) -> Any:
     return jax.block_until_ready(out)
 
 
-def interleaved_medians(fns: dict[str, Callable[[], Any]], rounds: int) -> dict[str, float]:
-    """Median seconds per call of each function, timed round-robin after one warm-up.
+def interleaved_times(fns: dict[str, Callable[[], Any]], rounds: int) -> dict[str, list[float]]:
+    """Seconds per call of each function, round by round, after one warm-up call each.
 
     Each round calls every function once, so a change of machine load during the run hits
     all of them alike. Functions must block until their result is ready.
@@ -68,7 +68,12 @@ def interleaved_medians(fns: dict[str, Callable[[], Any]], rounds: int) -> dict[
             t0 = time.perf_counter()
             fn()
             times[name].append(time.perf_counter() - t0)
-    return {k: statistics.median(v) for k, v in times.items()}
+    return times
+
+
+def interleaved_medians(fns: dict[str, Callable[[], Any]], rounds: int) -> dict[str, float]:
+    """Median seconds per call of each function (:func:`interleaved_times`)."""
+    return {k: statistics.median(v) for k, v in interleaved_times(fns, rounds).items()}
 
 
 def rnn_flops(kind: str, B: int, T: int, I: int, H: int) -> float:
