@@ -55,7 +55,7 @@ def test_longest_solved_needs_half_the_seeds():
 def test_correlations_rank_ties_and_log_scale():
     np.testing.assert_array_equal(MOD._ranks(np.array([3.0, 1.0, 3.0, 2.0])), [3.5, 1, 3.5, 2])
     c = MOD.correlations([10, 20, 40, 1000], [0, 30, 100, 1000])
-    assert c["spearman"] == pytest.approx(1.0) and 0.9 < c["pearson_log10"] <= 1.0
+    assert c["spearman"] == pytest.approx(1.0) and 0.8 < c["pearson_log10"] < 1.0
     assert MOD.correlations([10, 20, 40], [0, 0, 0])["spearman"] is None  # constant: undefined
 
 
