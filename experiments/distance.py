@@ -293,20 +293,15 @@ def plot(results: dict, args: argparse.Namespace):
     plt = cli.pyplot()
     fig, (ax, bx) = plt.subplots(1, 2, figsize=(12, 4.5))
     floor = min(args.distances) / 2  # where "nothing learned" is drawn
-    for name, c in results["cells"].items():
+    n = len(results["cells"])
+    for k, (name, c) in enumerate(results["cells"].items()):
         color = COLORS[name]
+        lift = 0.015 * (k - (n - 1) / 2)  # so that equal curves do not hide each other
         ds = [r["distance"] for r in c["runs"]]
-        fr = [r["solved_fraction"] for r in c["runs"]]
+        fr = [r["solved_fraction"] + lift for r in c["runs"]]
         ax.plot(ds, fr, color=color, lw=1.2, label=CELLS[name])
-        for r in c["runs"]:
-            ax.plot(
-                r["distance"],
-                r["solved_fraction"],
-                "o",
-                color=color,
-                mfc=color if r["run"] else "none",
-                ms=6,
-            )
+        for r, y in zip(c["runs"], fr):
+            ax.plot(r["distance"], y, "o", color=color, mfc=color if r["run"] else "none", ms=6)
         y = c["longest_solved"] or floor
         bx.plot(
             c["decay_distance"],
@@ -316,9 +311,11 @@ def plot(results: dict, args: argparse.Namespace):
             ms=9,
             label=CELLS[name],
         )
-        bx.annotate(name, (c["decay_distance"], y), fontsize=7, xytext=(5, 4),
-                    textcoords="offset points")  # fmt: skip
+        bx.annotate(name, (c["decay_distance"], y), fontsize=7, xytext=(6, 9 * k - 20),
+                    textcoords="offset points", color=color)  # fmt: skip
     ax.set_xscale("log")
+    ax.set_xticks(args.distances, [str(d) for d in args.distances])
+    ax.minorticks_off()
     ax.set(
         xlabel="distance (steps between key and query)",
         ylabel=f"fraction of {args.seeds} seeds solved",

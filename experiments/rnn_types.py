@@ -329,7 +329,9 @@ def plot_examples(rows: list[dict[str, Any]]) -> Any:
             f"accuracy {r['accuracy']:.3f}, chance {r['chance']:.3f})",
             fontsize=9,
         )
-        ax.set_xlabel("step")
+        lo, hi = ax.get_ylim()
+        ax.set_ylim(min(lo, 0.0) - 0.6, hi + 0.6)  # markers at 0 and at the top stay whole
+        ax.set_xlabel("step" if kind != "many-to-one" else "step (output 1: the sum is > 0)")
         ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.0, 1.0))
     fig.tight_layout()
     return fig
