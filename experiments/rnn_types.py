@@ -14,6 +14,8 @@ The models are Flax Linen modules built on :class:`gatedrnn.linen.RNN` (which cr
 cell's params with ``cell.init`` and runs them with ``gr.stack``/``gr.scan``); no cell math
 is written here. Accuracy is measured on 2000 fresh examples; chance is the accuracy of always
 answering the most frequent label (1/10 for a digit, 1/2 for the sign, 1/3 mod 3).
+``rnn_types.png`` shows one held-out example per task: its input, and the model's output
+beside the target.
 
     python experiments/rnn_types.py            # all four, full size (a few minutes)
     python experiments/rnn_types.py --quick    # small versions (the tests run these)
@@ -280,7 +282,59 @@ def run_task(task: Task, seed: int, batch_size: int = 64) -> dict[str, Any]:
     }
     if correct.ndim == 2:  # sequence outputs: also whole-sequence accuracy
         out["sequence_accuracy"] = float(correct.all(1).mean())
+    out["example"] = example(task, inputs, pred, np.asarray(y))
     return out
+
+
+def example(task: Task, inputs: tuple, pred: np.ndarray, y: np.ndarray, i: int = 0) -> dict:
+    """Held-out example ``i``: its input, the model's output and the target, as lists.
+
+    ``input`` is the digit (one-to-many), the ``length`` valid numbers (many-to-one) or the
+    token sequence (the others); ``output`` and ``target`` are a label or a sequence.
+    """
+    x = np.asarray(inputs[0][i])
+    if task.kind == "many-to-one":
+        x = x[: int(inputs[1][i]), 0]
+    return {"input": x.tolist(), "output": pred[i].tolist(), "target": y[i].tolist()}
+
+
+def plot_examples(rows: list[dict[str, Any]]) -> Any:
+    """One panel per task: the example's input, and the model's output beside the target."""
+    plt = cli.pyplot()
+    fig, axes = plt.subplots(len(rows), 1, figsize=(7.5, 2.3 * len(rows)), squeeze=False)
+    for ax, r in zip(axes[:, 0], rows):
+        ex = r["example"]
+        x, out, tgt = ex["input"], np.atleast_1d(ex["output"]), np.atleast_1d(ex["target"])
+        kind = r["kind"]
+        if kind == "one-to-many":  # one digit in, a sequence out
+            t_in, t_out = np.array([0]), np.arange(1, len(out) + 1)
+            ax.bar(t_in, [x], color="0.75", label="input")
+        elif kind == "many-to-one":  # a sequence in, one label out after it
+            t_in, t_out = np.arange(len(x)), np.array([len(x) + 1])
+            ax.bar(t_in, x, color="0.75", label="input")
+            ax.plot(t_in, np.cumsum(x), color="0.4", lw=1, label="running sum")
+        elif kind.endswith("(aligned)"):  # one label per input step
+            t_in = t_out = np.arange(len(x))
+            ax.bar(t_in, x, color="0.75", label="input")
+        else:  # encoder-decoder: the whole input, then the whole output
+            t_in, t_out = np.arange(len(x)), np.arange(len(x), len(x) + len(out))
+            ax.bar(t_in, x, color="0.75", label="input")
+        ax.plot(t_out, tgt, "o", ms=10, mfc="none", mec="tab:green", mew=1.5, label="target")
+        ax.plot(t_out, out, "x", ms=8, color="tab:red", mew=1.5, label="model output")
+        if kind != "one-to-many" and not kind.endswith("(aligned)"):
+            ax.axvline(t_out[0] - 0.5, color="k", lw=0.6, ls=":")
+        right = int((np.atleast_1d(out) == np.atleast_1d(tgt)).sum())
+        ax.set_title(
+            f"{kind}: {r['task']} (this example {right}/{len(tgt)} right; "
+            f"accuracy {r['accuracy']:.3f}, chance {r['chance']:.3f})",
+            fontsize=9,
+        )
+        lo, hi = ax.get_ylim()
+        ax.set_ylim(min(lo, 0.0) - 0.6, hi + 0.6)  # markers at 0 and at the top stay whole
+        ax.set_xlabel("step" if kind != "many-to-one" else "step (output 1: the sum is > 0)")
+        ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.0, 1.0))
+    fig.tight_layout()
+    return fig
 
 
 def _fmt(x: float | None) -> str:
@@ -288,7 +342,9 @@ def _fmt(x: float | None) -> str:
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
-    """Run the tasks and write ``rnn_types.json`` (and a markdown table)."""
+    """Run the tasks; write ``rnn_types.json`` (with a markdown table) and ``rnn_types.png``
+    (one held-out example per task: input, output, target); ``rnn_types_quick.*`` with
+    ``--quick``."""
     p = cli.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
@@ -319,12 +375,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         ["kind", "task", "accuracy", "chance", "whole-sequence accuracy", "steps"],
     )  # fmt: skip
     result = {"quick": args.quick, "seed": args.seed, "results": rows, "table_md": md}
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
     name = "rnn_types_quick" if args.quick else "rnn_types"
-    cli.write_json(out / f"{name}.json", result, indent=1)
     print(result["table_md"])
-    print(f"wrote {out / (name + '.json')}")
+    cli.write_results(Path(args.out), name, result, plot_examples(rows))
     return result
 
 

@@ -6,7 +6,8 @@ Both ``RNN`` modules take the same options with the same defaults (a test compar
 signatures): ``cell`` (a name of :data:`gatedrnn.cells.CELLS` or a :class:`gatedrnn.Cell`),
 ``hidden_size``, ``num_layers``, ``bidirectional``, ``dropout``, ``deterministic``,
 ``time_major``, ``unroll``, ``param_dtype``, the cell options ``activation``,
-``forget_bias``, ``reset_after``, and the initializers ``kernel_init``,
+``forget_bias``, ``reset_after``, ``update_bias``, ``t_max`` (``"chrono"`` gate biases,
+Tallec & Ollivier 2018), and the initializers ``kernel_init``,
 ``recurrent_init``, ``bias_init``. Cell options and initializers default to None: the pure
 cell's own default.
 """

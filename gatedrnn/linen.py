@@ -172,15 +172,19 @@ class LSTMCell(_CellBase):
     Attributes:
       hidden_size: ``H``; params ``w_x (I, 4H)``, ``w_h (H, 4H)``, ``b (4H,)``, gate
         blocks i, f, g, o.
-      forget_bias: added to the forget gate's bias at init.
+      forget_bias: added to the forget gate's bias at init; or ``"chrono"`` with
+        ``t_max`` (Tallec & Ollivier 2018: ``log U(1, t_max - 1)`` per unit, the input
+        gate's bias its negative).
+      t_max: the longest dependency in steps, for ``forget_bias="chrono"`` only.
     """
 
-    forget_bias: float = 1.0
+    forget_bias: float | str = 1.0
+    t_max: int | None = None
     _kind = "lstm"
 
     @nn.nowrap
     def _options(self) -> dict[str, Any]:
-        return {"forget_bias": self.forget_bias}
+        return {"forget_bias": self.forget_bias, "t_max": self.t_max}
 
 
 class GRUCell(_CellBase):
@@ -190,14 +194,23 @@ class GRUCell(_CellBase):
       hidden_size: ``H``; params ``w_x (I, 3H)``, ``w_h (H, 3H)``, ``b_x (3H,)``,
         ``b_h (3H,)``, gate blocks r, z, n.
       reset_after: True (PyTorch, Flax) or False (Cho et al. 2014).
+      update_bias: added to the update gate's input bias at init; or ``"chrono"`` with
+        ``t_max`` (``log U(1, t_max - 1)`` per unit, Tallec & Ollivier 2018).
+      t_max: the longest dependency in steps, for ``update_bias="chrono"`` only.
     """
 
     reset_after: bool = True
+    update_bias: float | str = 0.0
+    t_max: int | None = None
     _kind = "gru"
 
     @nn.nowrap
     def _options(self) -> dict[str, Any]:
-        return {"reset_after": self.reset_after}
+        return {
+            "reset_after": self.reset_after,
+            "update_bias": self.update_bias,
+            "t_max": self.t_max,
+        }
 
 
 class _LayerParams(nn.Module):
@@ -229,8 +242,10 @@ class RNN(nn.Module):
       time_major: inputs and outputs are ``(T, *batch, ...)``.
       unroll: steps per ``lax.scan`` iteration.
       param_dtype: dtype of the params (and of the inputs).
-      activation, forget_bias, reset_after: options of the named cell (vanilla, LSTM,
-        GRU); None: the cell's default.
+      activation, forget_bias, reset_after, update_bias, t_max: options of the named cell
+        (vanilla: ``activation``; LSTM: ``forget_bias``, a number or ``"chrono"`` with
+        ``t_max``; GRU: ``reset_after``, ``update_bias``, a number or ``"chrono"`` with
+        ``t_max``); None: the cell's default.
       kernel_init, recurrent_init, bias_init: initializers of the named cell; None: its
         defaults.
 
@@ -249,8 +264,10 @@ class RNN(nn.Module):
     unroll: int = 1
     param_dtype: Any = jnp.float32
     activation: str | None = None
-    forget_bias: float | None = None
+    forget_bias: float | str | None = None
     reset_after: bool | None = None
+    update_bias: float | str | None = None
+    t_max: int | None = None
     kernel_init: Initializer | None = None
     recurrent_init: Initializer | None = None
     bias_init: Initializer | None = None
@@ -262,6 +279,8 @@ class RNN(nn.Module):
             activation=self.activation,
             forget_bias=self.forget_bias,
             reset_after=self.reset_after,
+            update_bias=self.update_bias,
+            t_max=self.t_max,
             kernel_init=self.kernel_init,
             recurrent_init=self.recurrent_init,
             bias_init=self.bias_init,

@@ -166,7 +166,8 @@ class LSTMCell(_CellModule):
         in_features: int,
         hidden_size: int,
         *,
-        forget_bias: float = 1.0,
+        forget_bias: float | str = 1.0,
+        t_max: int | None = None,
         kernel_init: Initializer | None = None,
         recurrent_init: Initializer | None = None,
         bias_init: Initializer | None = None,
@@ -174,7 +175,7 @@ class LSTMCell(_CellModule):
         rngs: nnx.Rngs,
     ) -> None:
         inits = dict(kernel_init=kernel_init, recurrent_init=recurrent_init, bias_init=bias_init)
-        cell = _named_cell("lstm", hidden_size, forget_bias=forget_bias, **inits)
+        cell = _named_cell("lstm", hidden_size, forget_bias=forget_bias, t_max=t_max, **inits)
         super().__init__(cell, in_features, param_dtype=param_dtype, rngs=rngs)
 
 
@@ -188,6 +189,8 @@ class GRUCell(_CellModule):
         hidden_size: int,
         *,
         reset_after: bool = True,
+        update_bias: float | str = 0.0,
+        t_max: int | None = None,
         kernel_init: Initializer | None = None,
         recurrent_init: Initializer | None = None,
         bias_init: Initializer | None = None,
@@ -195,7 +198,14 @@ class GRUCell(_CellModule):
         rngs: nnx.Rngs,
     ) -> None:
         inits = dict(kernel_init=kernel_init, recurrent_init=recurrent_init, bias_init=bias_init)
-        cell = _named_cell("gru", hidden_size, reset_after=reset_after, **inits)
+        cell = _named_cell(
+            "gru",
+            hidden_size,
+            reset_after=reset_after,
+            update_bias=update_bias,
+            t_max=t_max,
+            **inits,
+        )
         super().__init__(cell, in_features, param_dtype=param_dtype, rngs=rngs)
 
 
@@ -222,8 +232,10 @@ class RNN(nnx.Module):
       time_major: inputs and outputs ``(T, *batch, ...)``.
       unroll: steps per ``lax.scan`` iteration.
       param_dtype: dtype of params and inputs.
-      activation, forget_bias, reset_after: options of the named cell (vanilla, LSTM,
-        GRU); None: the cell's default.
+      activation, forget_bias, reset_after, update_bias, t_max: options of the named cell
+        (vanilla: ``activation``; LSTM: ``forget_bias``, a number or ``"chrono"`` with
+        ``t_max``; GRU: ``reset_after``, ``update_bias``, a number or ``"chrono"`` with
+        ``t_max``); None: the cell's default.
       kernel_init, recurrent_init, bias_init: initializers of the named cell; None: its
         defaults.
       rngs: ``nnx.Rngs`` for the params (``params`` stream) and dropout (``dropout``).
@@ -246,8 +258,10 @@ class RNN(nnx.Module):
         unroll: int = 1,
         param_dtype: Any = jnp.float32,
         activation: str | None = None,
-        forget_bias: float | None = None,
+        forget_bias: float | str | None = None,
         reset_after: bool | None = None,
+        update_bias: float | str | None = None,
+        t_max: int | None = None,
         kernel_init: Initializer | None = None,
         recurrent_init: Initializer | None = None,
         bias_init: Initializer | None = None,
@@ -257,6 +271,8 @@ class RNN(nnx.Module):
             activation=activation,
             forget_bias=forget_bias,
             reset_after=reset_after,
+            update_bias=update_bias,
+            t_max=t_max,
             kernel_init=kernel_init,
             recurrent_init=recurrent_init,
             bias_init=bias_init,

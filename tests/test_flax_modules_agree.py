@@ -10,6 +10,7 @@ import chex
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import numpy as np
 import pytest
 from flax import nnx
 
@@ -149,6 +150,10 @@ def test_dropout_is_off_by_default_in_both_and_on_when_asked():
         ((gr.lstm(5), None), dict(forget_bias=2.0), "ready-made Cell"),
         (("gru", 5), dict(forget_bias=2.0), "takes no \\['forget_bias'\\]"),
         (("min_gru", 5), dict(recurrent_init=jax.nn.initializers.zeros), "recurrent_init"),
+        (("lstm", 5), dict(update_bias=1.0), "takes no \\['update_bias'\\]"),
+        (("vanilla", 5), dict(t_max=10), "takes no \\['t_max'\\]"),
+        (("lstm", 5), dict(forget_bias="chrono"), "needs t_max"),
+        (("gru", 5), dict(t_max=10), "only used with"),
     ],
     ids=[
         "unknown-name",
@@ -157,6 +162,10 @@ def test_dropout_is_off_by_default_in_both_and_on_when_asked():
         "options-with-Cell",
         "gru-forget-bias",
         "min-gru-recurrent-init",
+        "lstm-update-bias",
+        "vanilla-t-max",
+        "chrono-without-t-max",
+        "t-max-without-chrono",
     ],
 )
 def test_both_refuse_the_same_bad_options_with_the_same_message(args, kwargs, match):
@@ -178,3 +187,69 @@ def test_forward_mode_through_both_modules_equals_the_pure_stack():
     _, lin = jax.jvp(lambda x: layer.apply(variables, x)[1], (X,), (tangent,))
     _, nnx_ = jax.jvp(lambda x: model(x)[1], (X,), (tangent,))
     chex.assert_trees_all_close((lin, nnx_), (want, want), atol=1e-5, rtol=1e-5)
+
+
+# --------------------------------------------------------- chrono gate-bias initialization
+
+H_CHRONO, T_MAX = 64, 100
+
+
+def _times(params) -> np.ndarray:
+    """Characteristic times ``1 / (1 - gate) = 1 + exp(b)`` of the gate that keeps the state
+    (LSTM forget gate, GRU update gate), one per unit, at init (zero recurrent input)."""
+    if isinstance(params, gr.LSTMParams):
+        b_i, b_f = np.split(np.asarray(params.b, np.float64), 4)[:2]
+        np.testing.assert_allclose(b_i, -b_f)  # chrono: the input gate's bias is -b_f
+        b = b_f
+    else:
+        b = np.asarray(params.b_x, np.float64)[H_CHRONO : 2 * H_CHRONO]
+    return 1.0 + np.exp(b)
+
+
+def _check_spread(times: np.ndarray) -> None:
+    """``1 + U(1, t_max - 1)``: inside ``[2, t_max]`` and spread over it."""
+    assert times.min() >= 2.0 - 1e-4 and times.max() <= T_MAX + 1e-3
+    assert times.min() < 0.1 * T_MAX and times.max() > 0.8 * T_MAX
+
+
+CHRONO = {
+    "lstm": (
+        gr.lstm(H_CHRONO, forget_bias="chrono", t_max=T_MAX),
+        dict(forget_bias="chrono", t_max=T_MAX),
+    ),
+    "gru": (
+        gr.gru(H_CHRONO, update_bias="chrono", t_max=T_MAX),
+        dict(update_bias="chrono", t_max=T_MAX),
+    ),
+}
+
+
+@pytest.mark.parametrize("kind", list(CHRONO))
+def test_chrono_init_through_linen_and_nnx_modules_spans_the_pure_cells_range(kind):
+    """Cells and RNN modules, Linen and NNX, built with chrono options run the same pure
+    cell, and their params at init have the characteristic times the pure cell draws."""
+    pure, options = CHRONO[kind]
+    _check_spread(_times(pure.init(jax.random.key(0), 4)))
+    name = {"lstm": "LSTMCell", "gru": "GRUCell"}[kind]
+    lin_cell = getattr(grl, name)(H_CHRONO, **options)
+    assert lin_cell.make_cell() == pure
+    variables = nn.RNN(lin_cell).init(jax.random.key(1), X)
+    _check_spread(_times(lin_cell.to_pure(variables["params"]["cell"])))
+    nnx_cell = getattr(grx, name)(4, H_CHRONO, **options, rngs=nnx.Rngs(1))
+    assert nnx_cell.cell == pure
+    _check_spread(_times(nnx_cell.pure_params()))
+    layer = grl.RNN(kind, H_CHRONO, num_layers=2, **options)
+    assert layer.make_stack().cell == pure
+    for p in layer.to_pure(layer.init(jax.random.key(2), X)):
+        _check_spread(_times(p))
+    model = grx.RNN(kind, 4, H_CHRONO, num_layers=2, **options, rngs=nnx.Rngs(2))
+    assert model.cell == pure
+    for p in model.pure_params():
+        _check_spread(_times(p))
+    # and they run it: the NNX module's weights through Linen give the pure stack's numbers
+    params = model.pure_params()
+    _, ys = model.stack.apply(params, X)
+    chex.assert_trees_all_close(model(X)[1], ys, atol=1e-6, rtol=1e-6)
+    chex.assert_trees_all_close(
+        layer.apply(layer.from_pure(params), X)[1], ys, atol=1e-6, rtol=1e-6
+    )

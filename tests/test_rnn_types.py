@@ -40,6 +40,10 @@ def test_quick_task_reaches_its_stated_accuracy(name: str, tmp_path: Path):
     assert r["accuracy"] >= task.target > task.chance + 0.3, r
     saved = json.loads((tmp_path / "rnn_types_quick.json").read_text())
     assert saved["results"][0]["accuracy"] == r["accuracy"]
+    # the figure: one held-out example's input, output and target, saved beside the JSON
+    ex = saved["results"][0]["example"]
+    assert np.shape(ex["output"]) == np.shape(ex["target"])
+    assert (tmp_path / "rnn_types_quick.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
 def test_batches_have_the_stated_labels():
@@ -56,3 +60,20 @@ def test_batches_have_the_stated_labels():
     (x, _), y = TASKS["reverse"].batch(jax.random.fold_in(rng, 3), 5)
     np.testing.assert_array_equal(y, x[:, ::-1])
     assert jnp.asarray(y).shape == x.shape
+
+
+def test_the_figure_has_one_panel_per_kind_with_input_output_and_target():
+    """plot_examples draws each kind's example (here with output = target, no training)."""
+    rows = []
+    for i, task in enumerate(TASKS.values()):
+        inputs, y = task.batch(jax.random.PRNGKey(i), 3)
+        y = np.asarray(y)
+        ex = MOD.example(task, inputs, y, y)
+        assert ex["output"] == ex["target"]
+        rows.append({"task": task.name, "kind": task.kind, "accuracy": 1.0, "chance": 0.1,
+                     "example": ex})  # fmt: skip
+    fig = MOD.plot_examples(rows)
+    assert len(fig.axes) == 4
+    for ax in fig.axes:
+        labels = ax.get_legend_handles_labels()[1]
+        assert {"input", "target", "model output"} <= set(labels)

@@ -138,6 +138,12 @@ def gru(
         reset_after=True:  n = tanh(x w_xn + b_xn + r * (h w_hn + b_hn))
         reset_after=False: n = tanh(x w_xn + b_xn + (r * h) w_hn + b_hn)
         h' = (1 - z) * n + z * h,   y = h'
+
+    Init of the update gate's bias (on top of ``bias_init``)::
+
+        number:   b_xz += update_bias
+        "chrono": b_xz += log(u),  u ~ U(1, t_max - 1) per unit
+                  (characteristic time 1 / (1 - sigmoid(b_xz)) = 1 + u in [2, t_max])
     """
     hidden_size = check_hidden_size(hidden_size)
     check_initializers(kernel_init=kernel_init, recurrent_init=recurrent_init, bias_init=bias_init)

@@ -123,6 +123,12 @@ def lstm(
         i = sigmoid(z_i), f = sigmoid(z_f), g = tanh(z_g), o = sigmoid(z_o)
         c' = f * c + i * g
         h' = o * tanh(c'),   y = h'
+
+    Init of the gate biases (on top of ``bias_init``)::
+
+        number:   b_f += forget_bias
+        "chrono": b_f += log(u), b_i -= log(u),  u ~ U(1, t_max - 1) per unit
+                  (characteristic time 1 / (1 - sigmoid(b_f)) = 1 + u in [2, t_max])
     """
     hidden_size = check_hidden_size(hidden_size)
     check_initializers(kernel_init=kernel_init, recurrent_init=recurrent_init, bias_init=bias_init)

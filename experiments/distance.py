@@ -1,0 +1,393 @@
+"""The distance curve: how far back each cell learns to reach, and whether gradient decay at
+initialization predicts it.
+
+Delayed recall ("I grew up in France ... I speak ___"): a key token at step 0, distractors,
+and a query at the last step that asks for the key (``training.tasks.delayed_recall`` with
+``key_window=1``, so the distance is exactly ``T - 1``). The distance is swept over a
+log-spaced range for six cells of the same hidden size:
+
+* ``vanilla``: tanh RNN, orthogonal recurrent weights;
+* ``gru``: GRU, update-gate bias 0 (``z = 0.5`` at init);
+* ``lstm``: LSTM, forget bias 1 (Jozefowicz et al. 2015);
+* ``chrono_lstm``, ``chrono_gru``: forget / update bias drawn as ``log U(1, t_max - 1)``
+  (Tallec & Ollivier 2018), ``t_max`` the longest distance of the sweep;
+* ``min_gru``: minGRU (Feng et al. 2024), gate from the input only.
+
+Each (cell, distance) trains a cell plus a linear readout with clipped Adam
+(``training.fit``) for one fixed update budget, all seeds at once (``jax.vmap``), stopping
+early once every seed reaches query accuracy >= 0.95 on a held-out set. A seed *solves* a
+distance if it passes that test within the budget. The longest distance a cell learned is
+the longest distance of the sweep solved by at least half of its seeds. Unless
+``--all-distances``, a cell that solves no seed at one distance is not run at longer ones
+(counted as unsolved there, drawn hollow in the figure).
+
+Beside it, each cell's gradient-decay distance at init, with the same cell and the same
+initial params as each training seed: one backward pass gives ``||dL/ds_t||`` for a loss on
+the last output over a delayed-recall sequence as long as the longest distance
+(``gatedrnn.diagnostics.state_gradient_norms``), and ``vanishing_distance`` is the first
+distance at which it falls below ``--ratio`` of its value at the last state (censored at the
+sequence length when it never does); ``decay_factor`` is the fitted per-step factor. The
+script states the Spearman rank correlation between the decay distance (median over seeds)
+and the longest distance learned, and the Pearson correlation of their logarithms, whatever
+they are (six points: read them as a description, not a test).
+
+Outputs in ``--out``: ``distance.json`` (config, per cell: decay measurements, per distance
+the seeds' results, the longest distance learned; the correlations; a Markdown table) and
+``distance.png`` (left: solved fraction against distance per cell; right: decay distance at
+init against the longest distance learned).
+
+The default sweep (6 cells x distances 10, 30, 100, 300, 1000 x 2 seeds at once, at most
+500 updates each, H=32, batch 32) is sized to fit in about 10 minutes on 2 CPU cores; a
+configuration's cost grows with ``distance x updates run``, so most of the time goes to the
+distance-1000 runs of the cells that get that far. ``distance.json`` records the seconds of
+every configuration and of the whole run.
+
+    python experiments/distance.py            # the default sweep (for a quiet machine)
+    python experiments/distance.py --quick    # a smoke run (seconds)
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+import numpy as np  # noqa: E402
+
+from experiments import cli  # noqa: E402
+
+CELLS: dict[str, str] = {
+    "vanilla": "tanh RNN",
+    "gru": "GRU (update bias 0)",
+    "lstm": "LSTM (forget bias 1)",
+    "chrono_lstm": "LSTM (chrono init)",
+    "chrono_gru": "GRU (chrono init)",
+    "min_gru": "minGRU",
+}
+COLORS = {
+    "vanilla": "tab:red",
+    "gru": "tab:green",
+    "lstm": "tab:blue",
+    "chrono_lstm": "tab:purple",
+    "chrono_gru": "tab:olive",
+    "min_gru": "tab:orange",
+}
+SOLVED = "query accuracy >= 0.95 on the held-out set within the budget"
+
+
+def make_cell(name: str, hidden: int, t_max: int):
+    """The cell called ``name`` (a key of :data:`CELLS`) with ``hidden`` units."""
+    import gatedrnn as gr
+
+    factories: dict[str, Callable[[], gr.Cell]] = {
+        "vanilla": lambda: gr.vanilla(hidden),
+        "gru": lambda: gr.gru(hidden),
+        "lstm": lambda: gr.lstm(hidden, forget_bias=1.0),
+        "chrono_lstm": lambda: gr.lstm(hidden, forget_bias="chrono", t_max=t_max),
+        "chrono_gru": lambda: gr.gru(hidden, update_bias="chrono", t_max=t_max),
+        "min_gru": lambda: gr.min_gru(hidden),
+    }
+    return factories[name]()
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = cli.parser(__doc__.split("\n\n")[0])
+    p.add_argument("--cells", nargs="+", default=list(CELLS), choices=list(CELLS))
+    p.add_argument(
+        "--distances",
+        nargs="+",
+        type=cli.positive_int,
+        default=None,
+        help="distances (steps between key and query); default 10 30 100 300 1000",
+    )
+    p.add_argument("--seeds", type=cli.positive_int, default=None, help="seeds per configuration")
+    p.add_argument("--steps", type=cli.positive_int, default=None, help="update budget per run")
+    p.add_argument("--hidden", type=cli.positive_int, default=None, help="hidden units")
+    p.add_argument("--batch-size", type=cli.positive_int, default=32)
+    p.add_argument(
+        "--learning-rate", "--lr", type=cli.positive_float, default=3e-3, help="Adam learning rate"
+    )
+    p.add_argument("--clip-norm", type=cli.positive_float, default=1.0, help="global-norm clip")
+    p.add_argument("--eval-every", type=cli.positive_int, default=None)
+    p.add_argument("--eval-batch-size", type=cli.positive_int, default=None)
+    p.add_argument(
+        "--chrono-t-max",
+        type=cli.positive_int,
+        default=None,
+        help="t_max of the chrono cells (default: the longest distance)",
+    )
+    p.add_argument(
+        "--ratio", type=cli.positive_float, default=1e-6, help="vanishing threshold at init"
+    )
+    p.add_argument(
+        "--decay-batch", type=cli.positive_int, default=8, help="sequences per decay measurement"
+    )
+    p.add_argument(
+        "--all-distances",
+        action="store_true",
+        help="run every distance, also past a cell's first distance with no seed solved",
+    )
+    p.add_argument("--no-progress", action="store_true", help="no tqdm bars")
+    a = p.parse_args(argv)
+    q = a.quick
+    a.distances = sorted(set(a.distances or ([4, 8] if q else [10, 30, 100, 300, 1000])))
+    a.seeds = a.seeds or (1 if q else 2)
+    a.steps = a.steps or (20 if q else 500)
+    a.hidden = a.hidden or (8 if q else 32)
+    a.eval_every = a.eval_every or (10 if q else 50)
+    a.eval_batch_size = a.eval_batch_size or (32 if q else 256)
+    a.chrono_t_max = a.chrono_t_max or max(2, max(a.distances))
+    if not 0.0 < a.ratio < 1.0:
+        raise cli.UsageError(f"--ratio must lie in (0, 1), got {a.ratio}")
+    return a
+
+
+# ------------------------------------------------------------------------- measurements
+
+
+def decay_at_init(cell, args: argparse.Namespace, seed: int) -> dict:
+    """Gradient decay at init of ``cell`` with the params training seed ``seed`` starts from.
+
+    The loss reads the last output (:func:`experiments.cli.loss_last_output`) of a batch of
+    delayed-recall sequences with the longest distance of the sweep.
+    """
+    import jax
+
+    from gatedrnn import diagnostics as dg
+    from gatedrnn import training
+    from gatedrnn.training import tasks
+
+    T = max(args.distances) + 1
+    task = tasks.delayed_recall(T, key_window=1)
+    params = training.task_model(cell, task).init(training.param_key(seed)).cell
+    xs = task.sample(jax.random.PRNGKey(10_000 + seed), args.decay_batch).inputs
+    norms = dg.state_gradient_norms(cell, params, xs, cli.loss_last_output)
+    total = cli.whole_state(norms)
+    dist = dg.vanishing_distance(total, args.ratio)
+    return {
+        "seed": seed,
+        "vanish_distance": dist,
+        "censored": dist is None,  # never fell below the ratio within the sequence
+        "decay_factor": dg.decay_factor(total),
+        "relative_norm_at_longest": float(total[0] / total[-1]),
+    }
+
+
+def train_distance(cell, args: argparse.Namespace, distance: int) -> dict:
+    """Train every seed of one (cell, distance) within the budget; summarise per seed."""
+    from gatedrnn import training
+    from gatedrnn.training import tasks
+
+    task = tasks.delayed_recall(distance + 1, key_window=1)
+    seeds = list(range(args.seed, args.seed + args.seeds))
+    t0 = time.perf_counter()
+    _, res = training.fit(
+        task,
+        cell,
+        num_steps=args.steps,
+        batch_size=args.batch_size,
+        learning_rate=args.learning_rate,
+        clip_norm=args.clip_norm,
+        seed=seeds,
+        eval_every=args.eval_every,
+        eval_batch_size=args.eval_batch_size,
+        progress=not args.no_progress,
+        desc=f"{cell.name} d={distance}",
+    )
+    seconds = time.perf_counter() - t0
+    last = res.history[-1]
+    runs = [
+        {
+            "seed": s,
+            "solved": res.solved_step[i] is not None,
+            "updates_to_solve": res.solved_step[i],
+            "final_accuracy": float(last["eval_accuracy"][i]),
+            "final_loss": float(last["eval_loss"][i]),
+        }
+        for i, s in enumerate(seeds)
+    ]
+    return {
+        "distance": distance,
+        "T": distance + 1,
+        "run": True,
+        "solved_fraction": float(np.mean([r["solved"] for r in runs])),
+        "updates_run": int(last["step"]),
+        "seconds": seconds,
+        "seeds": runs,
+    }
+
+
+def longest_solved(rows: list[dict]) -> int:
+    """The longest distance solved by at least half of the seeds (0: none)."""
+    return max((r["distance"] for r in rows if r["solved_fraction"] >= 0.5), default=0)
+
+
+def _ranks(a: np.ndarray) -> np.ndarray:
+    """Ranks 1..n, ties given their average rank."""
+    order = np.argsort(a, kind="stable")
+    ranks = np.empty(len(a), np.float64)
+    ranks[order] = np.arange(1, len(a) + 1)
+    for v in np.unique(a):
+        tie = a == v
+        ranks[tie] = ranks[tie].mean()
+    return ranks
+
+
+def _pearson(x: np.ndarray, y: np.ndarray) -> float | None:
+    if len(x) < 3 or np.std(x) == 0 or np.std(y) == 0:
+        return None  # undefined: fewer than 3 points or a constant
+    return float(np.corrcoef(x, y)[0, 1])
+
+
+def correlations(decay: list[float], learned: list[int]) -> dict:
+    """Spearman (ranks, ties averaged) and Pearson of log10; a cell that solved nothing
+    counts as distance 1 (below every distance of the sweep)."""
+    x = np.asarray(decay, np.float64)
+    y = np.maximum(np.asarray(learned, np.float64), 1.0)
+    return {
+        "spearman": _pearson(_ranks(x), _ranks(y)),
+        "pearson_log10": _pearson(np.log10(x), np.log10(y)),
+        "n_cells": len(x),
+        "note": "decay distance at init (median over seeds, censored ones at the sequence "
+        "length) vs the longest distance solved by >= half the seeds (none: 1)",
+    }
+
+
+# --------------------------------------------------------------------------- outputs
+
+
+def table(results: dict, args: argparse.Namespace) -> str:
+    """Markdown table: per cell, the decay at init and the solved fraction per distance."""
+    header = ["cell", f"decay distance at init (to {args.ratio:g})", "decay factor / step"]
+    header += [f"d={d}" for d in args.distances] + ["longest learned"]
+    rows = []
+    for name, c in results["cells"].items():
+        dd = c["decay_distance"]
+        by_d = {r["distance"]: r for r in c["runs"]}
+        cells = [
+            "-"
+            if d not in by_d
+            else (f"{by_d[d]['solved_fraction']:.2f}" if by_d[d]["run"] else "(0, skipped)")
+            for d in args.distances
+        ]
+        rows.append(
+            [
+                CELLS[name],
+                f"> {dd:.0f}" if c["decay_censored"] else f"{dd:.0f}",
+                f"{c['decay_factor']:.4f}",
+                *cells,
+                str(c["longest_solved"]) if c["longest_solved"] else "none",
+            ]
+        )
+    return cli.table(rows, header)
+
+
+def plot(results: dict, args: argparse.Namespace):
+    """Left: solved fraction vs distance per cell; right: decay distance vs longest learned."""
+    plt = cli.pyplot()
+    fig, (ax, bx) = plt.subplots(1, 2, figsize=(12, 4.5))
+    floor = min(args.distances) / 2  # where "nothing learned" is drawn
+    n = len(results["cells"])
+    for k, (name, c) in enumerate(results["cells"].items()):
+        color = COLORS[name]
+        lift = 0.015 * (k - (n - 1) / 2)  # so that equal curves do not hide each other
+        ds = [r["distance"] for r in c["runs"]]
+        fr = [r["solved_fraction"] + lift for r in c["runs"]]
+        ax.plot(ds, fr, color=color, lw=1.2, label=CELLS[name])
+        for r, y in zip(c["runs"], fr):
+            ax.plot(r["distance"], y, "o", color=color, mfc=color if r["run"] else "none", ms=6)
+        y = c["longest_solved"] or floor
+        bx.plot(
+            c["decay_distance"],
+            y,
+            ">" if c["decay_censored"] else "o",
+            color=color,
+            ms=9,
+            label=CELLS[name],
+        )
+        bx.annotate(name, (c["decay_distance"], y), fontsize=7, xytext=(6, 9 * k - 20),
+                    textcoords="offset points", color=color)  # fmt: skip
+    ax.set_xscale("log")
+    ax.set_xticks(args.distances, [str(d) for d in args.distances])
+    ax.minorticks_off()
+    ax.set(
+        xlabel="distance (steps between key and query)",
+        ylabel=f"fraction of {args.seeds} seeds solved",
+        title=f"Delayed recall, {args.steps} updates, H={args.hidden} (hollow: not run)",
+        ylim=(-0.05, 1.05),
+    )
+    ax.legend(fontsize=8)
+    corr = results["correlation"]
+    sp, pe = corr["spearman"], corr["pearson_log10"]
+    fmt = lambda v: "undefined" if v is None else f"{v:+.2f}"  # noqa: E731
+    bx.set_xscale("log")
+    bx.set_yscale("log")
+    bx.axhline(floor, color="0.6", lw=0.6, ls=":")
+    bx.set(
+        xlabel=f"gradient-decay distance at init (to {args.ratio:g}; '>' : not reached)",
+        ylabel="longest distance learned (dotted: none)",
+        title=f"Spearman {fmt(sp)}, Pearson (log-log) {fmt(pe)}",
+    )
+    fig.tight_layout()
+    return fig
+
+
+def main(argv: list[str] | None = None) -> dict:
+    args = parse_args(argv)
+    t_start = time.perf_counter()
+    config = {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()}
+    results: dict = {"config": config, "success_test": SOLVED, "cells": {}}
+    for name in args.cells:
+        cell = make_cell(name, args.hidden, args.chrono_t_max)
+        seeds = range(args.seed, args.seed + args.seeds)
+        decay = [decay_at_init(cell, args, s) for s in seeds]
+        T_decay = max(args.distances) + 1
+        dists = [T_decay if d["censored"] else d["vanish_distance"] for d in decay]
+        runs: list[dict] = []
+        failed = False
+        for distance in args.distances:
+            if failed and not args.all_distances:
+                runs.append({"distance": distance, "T": distance + 1, "run": False,
+                             "solved_fraction": 0.0})  # fmt: skip
+                continue
+            r = train_distance(cell, args, distance)
+            runs.append(r)
+            failed = r["solved_fraction"] == 0.0
+            print(
+                f"{name:12s} d={distance:<5d} solved {r['solved_fraction']:.2f} after "
+                f"{[s['updates_to_solve'] for s in r['seeds']]} "
+                f"(accuracy {[round(s['final_accuracy'], 3) for s in r['seeds']]}, "
+                f"{r['seconds']:.1f}s)",
+                flush=True,
+            )
+        results["cells"][name] = {
+            "description": CELLS[name],
+            "options": dict(cell.options),
+            "decay": decay,
+            "decay_distance": float(np.median(dists)),
+            "decay_censored": bool(np.median(dists) >= T_decay),
+            "decay_factor": float(np.median([d["decay_factor"] for d in decay])),
+            "runs": runs,
+            "longest_solved": longest_solved(runs),
+        }
+    cells = results["cells"].values()
+    results["correlation"] = correlations(
+        [c["decay_distance"] for c in cells], [c["longest_solved"] for c in cells]
+    )
+    results["seconds"] = time.perf_counter() - t_start
+    results["table"] = table(results, args)
+    print(results["table"])
+    corr = results["correlation"]
+    print(f"Spearman {corr['spearman']}, Pearson of log10 {corr['pearson_log10']}")
+    cli.write_results(args.out, "distance", results, plot(results, args))
+    return results
+
+
+if __name__ == "__main__":
+    cli.run(main)

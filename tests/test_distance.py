@@ -1,0 +1,70 @@
+"""experiments/distance.py: the distance curve runs end to end in --quick form and writes its
+JSON and figure; its summaries (longest distance learned, correlations) are what they say."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+from experiments import distance as MOD  # noqa: E402
+
+
+def test_quick_run_writes_json_and_png(tmp_path: Path):
+    res = MOD.main(["--quick", "--no-progress", "--out", str(tmp_path)])
+    data = json.loads((tmp_path / "distance.json").read_text())
+    assert (tmp_path / "distance.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert set(data) >= {"config", "success_test", "cells", "correlation", "seconds", "table"}
+    assert list(data["cells"]) == list(MOD.CELLS)  # all six cells by default
+    distances = data["config"]["distances"]
+    assert distances == [4, 8]
+    for c in data["cells"].values():
+        assert [r["distance"] for r in c["runs"]] == distances
+        assert len(c["decay"]) == data["config"]["seeds"] == 1
+        assert c["decay_distance"] >= 1 and 0 < c["decay_factor"]
+        assert c["longest_solved"] == MOD.longest_solved(c["runs"])
+        for r in c["runs"]:
+            assert 0.0 <= r["solved_fraction"] <= 1.0
+            if r["run"]:
+                assert r["T"] == r["distance"] + 1 and 0 < r["updates_run"] <= 20
+                assert len(r["seeds"]) == 1
+    # the chrono cells take t_max from the longest distance of the sweep
+    assert data["cells"]["chrono_lstm"]["options"]["t_max"] == max(distances)
+    assert data["cells"]["chrono_gru"]["options"]["update_bias"] == "chrono"
+    assert data["correlation"]["n_cells"] == 6
+    assert res["table"] == data["table"] and "longest learned" in data["table"]
+
+
+def test_longest_solved_needs_half_the_seeds():
+    rows = [
+        {"distance": 10, "solved_fraction": 1.0},
+        {"distance": 30, "solved_fraction": 0.5},
+        {"distance": 100, "solved_fraction": 0.0},
+    ]
+    assert MOD.longest_solved(rows) == 30
+    assert MOD.longest_solved([{"distance": 10, "solved_fraction": 0.25}]) == 0
+
+
+def test_correlations_rank_ties_and_log_scale():
+    np.testing.assert_array_equal(MOD._ranks(np.array([3.0, 1.0, 3.0, 2.0])), [3.5, 1, 3.5, 2])
+    c = MOD.correlations([10, 20, 40, 1000], [0, 30, 100, 1000])
+    assert c["spearman"] == pytest.approx(1.0) and 0.8 < c["pearson_log10"] < 1.0
+    assert MOD.correlations([10, 20, 40], [0, 0, 0])["spearman"] is None  # constant: undefined
+
+
+def test_help_and_bad_ratio(capsys, tmp_path: Path):
+    with pytest.raises(SystemExit) as e:
+        MOD.main(["--help"])
+    assert e.value.code == 0 and "--distances" in capsys.readouterr().out
+    try:
+        with pytest.raises(MOD.cli.UsageError, match="ratio"):
+            MOD.parse_args(["--quick", "--ratio", "2", "--out", str(tmp_path)])
+    finally:
+        MOD.cli.release_outputs()
