@@ -332,6 +332,32 @@ def long_range_summary() -> str:
     return "Seeds solved within the budget, per length:\n\n" + md_table(["task", *cells], rows)
 
 
+@block("distance", f"{EXP}/distance.json")
+def distance() -> str:
+    d = load(f"{EXP}/distance.json")
+    cfg = d["config"]
+    header = ["cell", f"decay distance at init (to {cfg['ratio']:g})", "decay factor / step"]
+    header += [f"d={x}" for x in cfg["distances"]] + ["longest learned"]
+    rows = []
+    for c in d["cells"].values():
+        dist = ("> " if c["decay_censored"] else "") + f"{c['decay_distance']:g}"
+        solved = [f(r["solved_fraction"], ".2f") if r["run"] else "(skipped)" for r in c["runs"]]
+        longest = c["longest_solved"] or "none"
+        rows.append([c["description"], dist, f(c["decay_factor"], ".4f"), *solved, longest])
+    corr = d["correlation"]
+    return (
+        md_table(header, rows)
+        + f"\n\nSpearman rank correlation between decay distance and longest distance learned "
+        f"over {corr['n_cells']} cells: {f(corr['spearman'], '.2f')}; Pearson of their "
+        f"log10: {f(corr['pearson_log10'], '.2f')}."
+    )
+
+
+@block("distance_config", f"{EXP}/distance.json")
+def distance_config() -> str:
+    return config_line(f"{EXP}/distance.json", skip=("cells", "all_distances"))
+
+
 @block("long_range_config", f"{EXP}/long_range_adding.json")
 def long_range_config() -> str:
     return config_line(f"{EXP}/long_range_adding.json", skip=("tasks",))

@@ -27,6 +27,7 @@ STUDIES = (
     "forget_bias",
     "after_training",
     "long_range",
+    "distance",
     "truncation",
     "char_lm",
     "rnn_types",
