@@ -367,3 +367,54 @@ def test_bidirectional_wrong_params_or_state(setup):
         gr.bidirectional_scan(cell, gr.Bidir(params, params), xs, reverse=True)
     _, ys = gr.bidirectional_scan(cell, gr.Bidir(params, params), xs_of(B, 0, I))
     assert ys.shape == (B, 0, 2 * H)
+
+
+# ---------------------------------------------------- numpy float64 and huge seq_lengths
+
+
+def test_float64_numpy_input_is_treated_alike_in_every_layout_and_under_jit(setup):
+    """A float64 numpy input follows JAX's own rule (as ``jax.jit`` applies it): float32
+    without x64, the same batch-major, time-major, in ``step`` and under ``jit``; with x64
+    on it is float64 and refused against float32 params in every layout."""
+    _, cell, params = setup
+    xs64 = np.random.default_rng(0).normal(size=(B, T, I))
+    want = gr.scan(cell, params, xs64.astype(np.float32))
+    for got in (
+        gr.scan(cell, params, xs64),
+        jax.jit(lambda x: gr.scan(cell, params, x))(xs64),
+    ):
+        jax.tree_util.tree_map(np.testing.assert_array_equal, got, want)
+    final_tm, ys_tm = gr.scan(cell, params, xs64.transpose(1, 0, 2), time_major=True)
+    jax.tree_util.tree_map(np.testing.assert_array_equal, final_tm, want[0])
+    np.testing.assert_array_equal(ys_tm, np.asarray(want[1]).transpose(1, 0, 2))
+    state0 = cell.initial_state(params, (B,))
+    jax.tree_util.tree_map(
+        np.testing.assert_array_equal,
+        cell.step(params, state0, xs64[:, 0]),
+        cell.step(params, state0, xs64[:, 0].astype(np.float32)),
+    )
+    with jax.enable_x64(True):
+        for x, kw in [(xs64, {}), (xs64.transpose(1, 0, 2), {"time_major": True})]:
+            with pytest.raises(TypeError, match="float64 but the params are float32"):
+                gr.scan(cell, params, x, **kw)
+
+
+@pytest.mark.parametrize(
+    "lengths",
+    [np.array([2**32 + 3, 2], np.int64), [2**32 + 3, 2], np.array([2**64 - 1, 2], np.uint64)],
+    ids=["int64", "list", "uint64"],
+)
+def test_lengths_beyond_int32_are_refused_before_any_cast(setup, lengths):
+    _, cell, params = setup
+    with pytest.raises(ValueError, match=r"\[0, T=5\], got values from 2 to 1844|from 2 to 4294"):
+        gr.scan(cell, params, xs_of(B, T, I), seq_lengths=lengths)
+
+
+def test_traced_int64_lengths_beyond_int32_are_clipped_not_wrapped(setup):
+    _, cell, params = setup
+    xs = jax.random.normal(KEY, (B, T, I))
+    with jax.enable_x64(True):
+        run = jax.jit(lambda n: gr.scan(cell, params, xs, seq_lengths=n))
+        got = run(jnp.array([2**32 + 3, 2], jnp.int64))  # 3 after a cast to int32
+        want = run(jnp.array([T, 2], jnp.int64))
+    jax.tree_util.tree_map(np.testing.assert_array_equal, got, want)
