@@ -418,3 +418,14 @@ def test_traced_int64_lengths_beyond_int32_are_clipped_not_wrapped(setup):
         got = run(jnp.array([2**32 + 3, 2], jnp.int64))  # 3 after a cast to int32
         want = run(jnp.array([T, 2], jnp.int64))
     jax.tree_util.tree_map(np.testing.assert_array_equal, got, want)
+
+
+def test_int64_lengths_passed_into_jit_wrap_before_gatedrnn_sees_them(setup):
+    """Outside gatedrnn's reach (docs/bad_input.md): without x64, ``jax.jit`` turns an int64
+    argument into int32 at its boundary, wrapping silently; closed over (or outside
+    ``jit``) the same lengths are refused."""
+    _, cell, params = setup
+    lengths = np.array([2**32 + 3, 2], np.int64)
+    assert np.asarray(jax.jit(lambda n: n)(lengths)).tolist() == [3, 2]  # JAX, not gatedrnn
+    with pytest.raises(ValueError, match="got values from 2 to 4294967299"):
+        jax.jit(lambda x: gr.scan(cell, params, x, seq_lengths=lengths))(xs_of(B, T, I))
