@@ -72,7 +72,7 @@ def batch_size_advice(size: int, devices: int) -> str:
     """What to do about a batch of ``size`` rows that ``devices`` devices cannot split evenly.
 
     Returns:
-      e.g. ``"use a batch size of 8 or 16, or a mesh of 4 devices"`` for 12 rows on 8
+      e.g. ``"use a batch size of 8 or 16, or a mesh of 6 devices (...)"`` for 12 rows on 8
       devices: the nearest multiples of ``devices`` below (if any) and above ``size``, and
       the largest device count below ``devices`` that divides ``size`` (if more than 1).
     """
