@@ -76,10 +76,9 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--learning-rate", "--lr", type=cli.positive_float, default=3e-3)
     p.add_argument("--measure-batch", type=cli.positive_int, default=32)
     p.add_argument("--ratio", type=cli.positive_float, default=1e-6)
-    args = p.parse_args(argv)
-    if args.quick:
-        args.hidden, args.T_train, args.T_measure, args.steps = 8, 10, 30, 30
-        args.measure_batch = 4
+    args = p.honour_quick(
+        p.parse_args(argv), hidden=8, T_train=10, T_measure=30, steps=30, measure_batch=4
+    )
     setup_jax(x64=False)  # train in float32 as usual; measure in float64 afterwards
     import jax
     import numpy as np
@@ -141,6 +140,9 @@ def main(argv: list[str] | None = None) -> dict:
             "eval_accuracy": float(last["eval_accuracy"]),
             "eval_loss": float(last["eval_loss"]),
             "baseline_loss": task.baseline,
+            "diverged": training.diverged_finitely(
+                last["eval_loss"], task.baseline, float(np.asarray(res.per_step["loss"])[0])
+            ),
             "history": res.history,
             "train_seconds": secs,
         }
@@ -181,6 +183,9 @@ def main(argv: list[str] | None = None) -> dict:
     )
     print(text)
     results["table"] = text
+    results["diverged_runs"] = [k for k, c in results["cells"].items() if c["diverged"]]
+    for label in results["diverged_runs"]:
+        print(f"warning: {label} diverged (ended far above baseline and first loss)")
 
     plt = pyplot()
     fig, axes = plt.subplots(1, 3, figsize=(17, 4.5))

@@ -322,6 +322,13 @@ def _corpus(args: argparse.Namespace) -> tuple[str, str, str]:
     return text, corpus.name, corpus.sha256
 
 
+def _diverged(res: dict) -> bool:
+    """A finite divergence: validation bits/char far above both the unigram baseline and
+    log2(V), where an untrained model starts."""
+    start = float(np.log2(len(res["vocab"])))
+    return training.diverged_finitely(res["val_bpc"], res["unigram_bpc"], start)
+
+
 def _plot(curves: dict[str, list[dict]], baseline: float, path: Path, title: str) -> None:
     plt = pyplot()
     fig, ax = plt.subplots(figsize=(6.4, 4.2))
@@ -395,6 +402,7 @@ def cmd_train(args: argparse.Namespace) -> dict[str, Any]:
         "train_time_s": res["train_time"],
         "val_bpc": res["val_bpc"],
         "unigram_bpc": res["unigram_bpc"],
+        "diverged": _diverged(res),
         "history": res["history"],
         "python": sys.version.split()[0],
         "jax": jax.__version__,
@@ -411,6 +419,8 @@ def cmd_train(args: argparse.Namespace) -> dict[str, Any]:
         f"validation {res['val_bpc']:.3f} bits/char vs unigram baseline "
         f"{res['unigram_bpc']:.3f}; {res['steps_done']} steps in {res['train_time']:.0f}s"
     )
+    if summary["diverged"]:
+        print("warning: the run diverged (validation bpc far above the unigram baseline)")
     print(
         f"wrote {out / 'train.json'}, {out / 'samples.txt'}, checkpoints in {out / 'checkpoints'}"
     )
@@ -514,6 +524,7 @@ def cmd_compare(args: argparse.Namespace) -> dict[str, Any]:
                 "num_params": res["num_params"],
                 "val_bpc": res["val_bpc"],
                 "unigram_bpc": res["unigram_bpc"],
+                "diverged": _diverged(res),
                 "train_time_s": res["train_time"],
                 "wall_time_s": wall,
                 "history": res["history"],
@@ -638,7 +649,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     c = sub.add_parser("compare", help="vanilla / LSTM / GRU at equal parameter counts")
     common(c, RESULTS)
-    c.add_argument("--cells", nargs="+", default=["vanilla", "lstm", "gru"])
+    c.add_argument("--cells", nargs="+", default=["vanilla", "lstm", "gru"], choices=sorted(CELLS))
     c.add_argument(
         "--budget", type=cli.positive_int, default=None, help="params per model (default 200k)"
     )

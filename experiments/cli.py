@@ -20,6 +20,10 @@ Scripts import it as ``from experiments import cli`` (run from the repo root,
   failed run never leaves a truncated file that looks finished; JSON never holds a bare
   NaN (:func:`to_jsonable`).
 * :func:`parser`: the options every study has (``--quick``, ``--seed``, ``--out``).
+* One ``--quick`` rule (:meth:`ArgumentParser.honour_quick`): ``--quick`` gives small
+  values to the options it shrinks, except those given on the command line, which win
+  (``--quick --steps 100`` runs 100 steps). Options checked against each other
+  (:meth:`ArgumentParser.refuse`) and names that match nothing are one-line errors.
 * One writer per output: when :class:`ArgumentParser` has parsed the command line, the
   run claims every :func:`output_dir` option's folder (and every :func:`output_file`
   option's file) with a lock file holding its pid (:func:`claim_output`); a second run
@@ -65,18 +69,64 @@ class ArgumentParser(argparse.ArgumentParser):
         """Raise :class:`UsageError` with argparse's message (plus a pointer to ``--help``)."""
         raise UsageError(f"{message} (see {self.prog} --help)")
 
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.given: frozenset[str] = frozenset()  # dests the last parse found on the line
+        self.quick_values: dict[str, Any] = {}  # what honour_quick was asked to set
+
     def parse_known_args(  # type: ignore[override]
         self, args: Sequence[str] | None = None, namespace: argparse.Namespace | None = None
     ) -> tuple[argparse.Namespace, list[str]]:
-        """Parse, then claim the folders of :func:`output_dir` options and the files of
-        :func:`output_file` options (defaults included) for this run (:func:`claim_output`).
+        """Parse, note which options were given (:attr:`given`), then claim the folders of
+        :func:`output_dir` options and the files of :func:`output_file` options (defaults
+        included) for this run (:func:`claim_output`).
         """
         ns, rest = super().parse_known_args(args, namespace)
+        self.given = self._given_options(args)
         for action in self._actions:
             value = getattr(ns, action.dest, None)
             if value is not None and action.type in (output_dir, output_file):
                 claim_output(value, file=action.type is output_file)
         return ns, rest
+
+    def _given_options(self, args: Sequence[str] | None) -> frozenset[str]:
+        """The dests set from the command line: the same parse with every default hidden
+        (subcommands' too)."""
+        saved = [(a, a.default) for a in _all_actions(self)]
+        try:
+            for action, _ in saved:
+                action.default = argparse.SUPPRESS
+            ns, _ = super().parse_known_args(args, None)
+        finally:
+            for action, default in saved:
+                action.default = default
+        return frozenset(vars(ns))
+
+    def honour_quick(self, args: argparse.Namespace, **small: Any) -> argparse.Namespace:
+        """The one ``--quick`` rule: with ``--quick``, every option in ``small`` takes its
+        small value unless it was given on the command line (explicit options win)."""
+        self.quick_values = dict(small)
+        if getattr(args, "quick", False):
+            for dest, value in small.items():
+                if dest not in self.given:
+                    setattr(args, dest, value)
+        return args
+
+    def refuse(self, condition: bool, message: str) -> None:
+        """A check between options: if ``condition`` holds, a one-line usage error."""
+        if condition:
+            self.error(message)
+
+
+def _all_actions(parser: argparse.ArgumentParser) -> list[argparse.Action]:
+    """The parser's actions and those of its subcommands' parsers, recursively."""
+    actions = []
+    for action in parser._actions:
+        actions.append(action)
+        if isinstance(action, argparse._SubParsersAction):
+            for sub in dict.fromkeys(action.choices.values()):
+                actions += _all_actions(sub)
+    return actions
 
 
 def _number(kind: type, text: str, what: str) -> Any:

@@ -155,8 +155,14 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "accuracy_by_length": by_length,
         "train_seconds": round(train_seconds, 2),
         "curve": curve,
+        # ln 2: the loss of always answering one half; a finite divergence ends far above it
+        "diverged": training.diverged_finitely(
+            curve[-1]["loss"], float(np.log(2)), float(np.asarray(res.per_step["loss"])[0])
+        ),
         "jax_version": jax.__version__,
     }
+    if results["diverged"]:
+        print("warning: the run diverged (final loss far above ln 2 and the first loss)")
     print(
         f"test accuracy {results['test_accuracy']:.4f} (chance 0.5, majority class "
         f"{majority:.4f}) on {args.test_size} sequences of length 1..{args.max_len}"
@@ -181,11 +187,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--learning-rate", "--lr", type=cli.positive_float, default=3e-3)
     p.add_argument("--test-size", type=cli.positive_int, default=4000)
     p.add_argument("--log-every", type=cli.positive_int, default=250)
-    args = p.parse_args(argv)
+    args = p.honour_quick(
+        p.parse_args(argv), steps=20, test_size=128, log_every=10, hidden=8, max_len=5
+    )
     args.argv = list(sys.argv[1:] if argv is None else argv)
-    if args.quick:
-        args.steps, args.test_size, args.log_every = 20, 128, 10
-        args.hidden, args.max_len = 8, 5
     return args
 
 

@@ -39,10 +39,7 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--seeds", type=cli.positive_int, default=5)
     p.add_argument("--batch", type=cli.positive_int, default=16)
     p.add_argument("--ratio", type=cli.positive_float, default=1e-6)
-    args = p.parse_args(argv)
-    if args.quick:
-        args.hidden, args.T, args.seeds, args.batch = 16, 60, 2, 4
-        args.biases = [0.0, 3.0]
+    args = p.honour_quick(p.parse_args(argv), hidden=16, T=60, seeds=2, batch=4, biases=[0.0, 3.0])
     setup_jax(x64=True)
     import jax
     import jax.numpy as jnp

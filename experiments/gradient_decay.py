@@ -86,11 +86,13 @@ def main(argv: list[str] | None = None) -> dict:
     )
     p.add_argument("--iters", type=cli.positive_int, default=30, help="power iterations")
     p.add_argument("--ratio", type=cli.positive_float, default=1e-6, help="the vanishing threshold")
-    args = p.parse_args(argv)
-    if args.quick:
-        args.hidden, args.T, args.seeds, args.batch = 16, 60, 2, 4
-        args.T_jac, args.iters = 20, 10
-    args.T_jac = min(args.T_jac, args.T)
+    args = p.honour_quick(p.parse_args(argv), hidden=16, T=60, seeds=2, batch=4, T_jac=20, iters=10)
+    if "T_jac" not in p.given:  # the default horizon shrinks with a short --T
+        args.T_jac = min(args.T_jac, args.T)
+    p.refuse(args.T_jac > args.T, f"--T-jac {args.T_jac} must be <= --T {args.T}")
+    p.refuse(
+        args.jac_batch > args.batch, f"--jac-batch {args.jac_batch} must be <= --batch {args.batch}"
+    )
     setup_jax(x64=True)
     import numpy as np
 

@@ -50,12 +50,16 @@ TASK_FACTORIES = {
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = parser(__doc__.split("\n\n")[0])
-    p.add_argument("--tasks", nargs="+", default=None, choices=sorted(TASK_FACTORIES))
-    p.add_argument("--lengths", nargs="+", type=cli.positive_int, default=None, help="values of T")
-    p.add_argument("--cells", nargs="+", default=None, choices=sorted(CELLS))
-    p.add_argument("--seeds", type=cli.positive_int, default=None, help="seeds per configuration")
-    p.add_argument("--steps", type=cli.positive_int, default=None, help="update budget per run")
-    p.add_argument("--hidden", type=cli.positive_int, default=None, help="hidden units")
+    p.add_argument(
+        "--tasks", nargs="+", default=list(TASK_FACTORIES), choices=sorted(TASK_FACTORIES)
+    )
+    p.add_argument(
+        "--lengths", nargs="+", type=cli.positive_int, default=[50, 100, 200], help="values of T"
+    )
+    p.add_argument("--cells", nargs="+", default=["vanilla", "lstm", "gru"], choices=sorted(CELLS))
+    p.add_argument("--seeds", type=cli.positive_int, default=2, help="seeds per configuration")
+    p.add_argument("--steps", type=cli.positive_int, default=2000, help="update budget per run")
+    p.add_argument("--hidden", type=cli.positive_int, default=32, help="hidden units")
     p.add_argument("--batch-size", type=cli.positive_int, default=32)
     p.add_argument(
         "--learning-rate", "--lr", type=cli.positive_float, default=2e-3, help="Adam learning rate"
@@ -67,24 +71,21 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         default=1.0,
         help="global-norm gradient clip",
     )
-    p.add_argument("--eval-every", type=cli.positive_int, default=None)
+    p.add_argument("--eval-every", type=cli.positive_int, default=100)
     p.add_argument("--eval-batch-size", type=cli.positive_int, default=512)
     p.add_argument("--no-progress", action="store_true", help="no tqdm bars")
     p.add_argument(
         "--replot", action="store_true", help="redraw the PNGs from --out's JSON (no training)"
     )
-    a = p.parse_args(argv)
-    quick = a.quick
-    a.tasks = a.tasks or list(TASK_FACTORIES)
-    a.lengths = a.lengths or ([10] if quick else [50, 100, 200])
-    a.cells = a.cells or ["vanilla", "lstm", "gru"]
-    a.seeds = a.seeds or (1 if quick else 2)
-    a.steps = a.steps or (20 if quick else 2000)
-    a.hidden = a.hidden or (8 if quick else 32)
-    a.eval_every = a.eval_every or (20 if quick else 100)
-    if quick:
-        a.eval_batch_size = min(a.eval_batch_size, 32)
-    return a
+    return p.honour_quick(
+        p.parse_args(argv),
+        lengths=[10],
+        seeds=1,
+        steps=20,
+        hidden=8,
+        eval_every=20,
+        eval_batch_size=32,
+    )
 
 
 def run_config(args: argparse.Namespace, task_name: str, T: int, cell_name: str, log: Path) -> dict:
@@ -110,6 +111,7 @@ def run_config(args: argparse.Namespace, task_name: str, T: int, cell_name: str,
     seconds = time.perf_counter() - t0
     steps = [h["step"] for h in res.history]
     curves = np.asarray([h["eval_loss"] for h in res.history])  # (evals, seeds)
+    first = np.asarray(res.per_step["loss"])[0]  # (seeds,): each member's first update
     runs = []
     for i, s in enumerate(seeds):
         final = float(curves[-1, i])
@@ -118,6 +120,7 @@ def run_config(args: argparse.Namespace, task_name: str, T: int, cell_name: str,
             {
                 "seed": s,
                 "final_loss": final,
+                "diverged": training.diverged_finitely(final, task.baseline, float(first[i])),
                 "fraction_of_baseline": training.fraction_of_baseline(final, task),
                 "best_fraction_of_baseline": float(curves[:, i].min()) / task.baseline,
                 "solved": solved_at is not None,
@@ -195,7 +198,8 @@ def plot(results: list[dict], out: Path, budget: int) -> list[Path]:
         axes[0][0].legend(fontsize=8)
         fig.tight_layout()
         path = out / f"long_range_{task_name}.png"
-        fig.savefig(path, dpi=110)
+        with cli.atomic_path(path) as tmp:
+            fig.savefig(tmp, dpi=110)
         plt.close(fig)
         paths.append(path)
     return paths
@@ -212,10 +216,21 @@ def write_task(args: argparse.Namespace, task_name: str, results: list[dict], t0
         "success_test": SUCCESS[task_name],
         "seconds": time.perf_counter() - t0,
         "results": results,
+        "diverged_runs": diverged_runs(results),
     }
-    (args.out / f"long_range_{task_name}.json").write_text(json.dumps(summary, indent=1))
-    (args.out / f"long_range_{task_name}.md").write_text(table(results, args.steps) + "\n")
+    cli.write_json(args.out / f"long_range_{task_name}.json", summary, indent=1)
+    cli.write_text(args.out / f"long_range_{task_name}.md", table(results, args.steps) + "\n")
     plot(results, args.out, args.steps)
+
+
+def diverged_runs(results: list[dict]) -> list[dict]:
+    """The runs that ended far above their baseline and first loss (finite divergences)."""
+    return [
+        {"task": r["task"], "T": r["T"], "cell": r["cell"], "seed": x["seed"]}
+        for r in results
+        for x in r["runs"]
+        if x["diverged"]
+    ]
 
 
 def main(argv: list[str] | None = None) -> dict[str, list[dict]]:
@@ -249,6 +264,8 @@ def main(argv: list[str] | None = None) -> dict[str, list[dict]]:
                     flush=True,
                 )
         print(table(results, args.steps))
+        for d in diverged_runs(results):
+            print(f"warning: diverged (ended far above baseline and first loss): {d}")
         print(f"{task_name}: {time.perf_counter() - t0:.0f}s")
     return everything
 

@@ -280,6 +280,10 @@ def run_task(task: Task, seed: int, batch_size: int = 64) -> dict[str, Any]:
         "train_time_s": res.history[-1]["time"],
         "final_loss": float(np.mean(res.per_step["loss"][-20:])),
     }
+    # -ln(chance): the loss of guessing uniformly, where a model that learned nothing sits
+    out["diverged"] = training.diverged_finitely(
+        out["final_loss"], -float(np.log(task.chance)), float(res.per_step["loss"][0])
+    )
     if correct.ndim == 2:  # sequence outputs: also whole-sequence accuracy
         out["sequence_accuracy"] = float(correct.all(1).mean())
     out["example"] = example(task, inputs, pred, np.asarray(y))
@@ -375,6 +379,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         ["kind", "task", "accuracy", "chance", "whole-sequence accuracy", "steps"],
     )  # fmt: skip
     result = {"quick": args.quick, "seed": args.seed, "results": rows, "table_md": md}
+    result["diverged_runs"] = [r["task"] for r in rows if r["diverged"]]
+    for name in result["diverged_runs"]:
+        print(f"warning: {name} diverged (final loss far above -ln(chance) and the first loss)")
     name = "rnn_types_quick" if args.quick else "rnn_types"
     print(result["table_md"])
     cli.write_results(Path(args.out), name, result, plot_examples(rows))

@@ -47,37 +47,42 @@ from gatedrnn.training import tasks  # noqa: E402
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = parser(__doc__.split("\n\n")[0])
-    p.add_argument("--delays", nargs="+", type=cli.positive_int, default=None, help="distances d")
     p.add_argument(
-        "--windows", nargs="+", type=cli.positive_int, default=None, help="TBPTT windows k"
+        "--delays", nargs="+", type=cli.positive_int, default=[2, 6, 10], help="distances d"
     )
     p.add_argument(
-        "--seq-len", type=cli.positive_int, default=None, help="T (a multiple of every k)"
+        "--windows", nargs="+", type=cli.positive_int, default=[4, 8], help="TBPTT windows k"
     )
+    p.add_argument("--seq-len", type=cli.positive_int, default=40, help="T (a multiple of every k)")
     p.add_argument("--cell", default="gru", choices=sorted(CELLS))
     p.add_argument("--vocab", type=cli.positive_int, default=2, help="echo alphabet size")
-    p.add_argument("--seeds", type=cli.positive_int, default=None)
-    p.add_argument("--steps", type=cli.positive_int, default=None, help="update budget per run")
-    p.add_argument("--hidden", type=cli.positive_int, default=None)
+    p.add_argument("--seeds", type=cli.positive_int, default=2)
+    p.add_argument("--steps", type=cli.positive_int, default=1500, help="update budget per run")
+    p.add_argument("--hidden", type=cli.positive_int, default=32)
     p.add_argument("--batch-size", type=cli.positive_int, default=32)
     p.add_argument("--learning-rate", "--lr", type=cli.positive_float, default=3e-3)
-    p.add_argument("--eval-every", type=cli.positive_int, default=None)
+    p.add_argument("--eval-every", type=cli.positive_int, default=100)
     p.add_argument("--no-progress", action="store_true")
     p.add_argument("--replot", action="store_true", help="redraw the PNG from --out's JSON")
-    a = p.parse_args(argv)
-    q = a.quick
-    a.delays = a.delays or ([1, 3] if q else [2, 6, 10])
-    a.windows = a.windows or ([2] if q else [4, 8])
-    a.seq_len = a.seq_len or (8 if q else 40)
-    a.seeds = a.seeds or (1 if q else 2)
-    a.steps = a.steps or (20 if q else 1500)
-    a.hidden = a.hidden or (8 if q else 32)
-    a.eval_every = a.eval_every or (20 if q else 100)
+    a = p.honour_quick(
+        p.parse_args(argv),
+        delays=[1, 3],
+        windows=[2],
+        seq_len=8,
+        seeds=1,
+        steps=20,
+        hidden=8,
+        eval_every=20,
+    )
     for k in a.windows:
-        if a.seq_len % k:
-            p.error(f"--seq-len {a.seq_len} must be a multiple of every window, not of {k}")
-    if max(a.delays) >= a.seq_len:
-        p.error("every delay must be < --seq-len")
+        p.refuse(
+            a.seq_len % k != 0,
+            f"--seq-len {a.seq_len} must be a multiple of every window, not of {k}",
+        )
+    p.refuse(
+        max(a.delays) >= a.seq_len,
+        f"every delay must be < --seq-len {a.seq_len}, got {max(a.delays)}",
+    )
     return a
 
 
@@ -101,6 +106,7 @@ def run_config(args: argparse.Namespace, d: int, form: str, k: int | None) -> di
     )
     curves_acc = np.asarray([h["eval_accuracy"] for h in res.history])
     curves_loss = np.asarray([h["eval_loss"] for h in res.history])
+    first = np.asarray(res.per_step["loss"])[0]  # (seeds,)
     return {
         "d": d,
         "form": form,
@@ -112,6 +118,10 @@ def run_config(args: argparse.Namespace, d: int, form: str, k: int | None) -> di
         "fraction_of_baseline": (curves_loss[-1] / task.baseline).tolist(),
         "solved": [s is not None for s in res.solved_step],
         "updates_to_solve": res.solved_step,
+        "diverged": [
+            training.diverged_finitely(loss, task.baseline, float(f))
+            for loss, f in zip(curves_loss[-1], first)
+        ],
         "accuracy_curve": curves_acc.T.tolist(),
         "seconds": time.perf_counter() - t0,
     }
@@ -163,7 +173,8 @@ def plot(results: list[dict], args: argparse.Namespace, path: Path) -> None:
     axes[0].set_ylabel("held-out accuracy")
     axes[0].legend(fontsize=7)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    with cli.atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=110)
     plt.close(fig)
 
 
@@ -193,12 +204,25 @@ def main(argv: list[str] | None = None) -> dict:
     config = {
         k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items() if k != "out"
     }
-    summary = {"config": config, "total_seconds": time.perf_counter() - t0, "results": results}
-    (args.out / "truncation.json").write_text(json.dumps(summary, indent=1))
+    diverged = [
+        {"d": r["d"], "form": r["form"], "k": r["k"], "seed": args.seed + i}
+        for r in results
+        for i, bad in enumerate(r["diverged"])
+        if bad
+    ]
+    summary = {
+        "config": config,
+        "total_seconds": time.perf_counter() - t0,
+        "results": results,
+        "diverged_runs": diverged,
+    }
+    cli.write_json(args.out / "truncation.json", summary, indent=1)
     md = table(results, args)
-    (args.out / "truncation.md").write_text(md + "\n")
+    cli.write_text(args.out / "truncation.md", md + "\n")
     plot(results, args, args.out / "truncation.png")
     print(md)
+    for d in diverged:
+        print(f"warning: diverged (ended far above baseline and first loss): {d}")
     print(f"total {summary['total_seconds']:.0f}s")
     return summary
 

@@ -166,11 +166,19 @@ def main(argv: list[str] | None = None) -> dict:
         default=1.0,
         help="global-norm clipping threshold",
     )
-    args = p.parse_args(argv)
-    if args.quick:
-        args.scales = [0.9, 1.0, 1.5]
-        args.hidden, args.T, args.batch = 16, 80, 4
-        args.train_hidden, args.train_steps = 16, 40
+    args = p.honour_quick(
+        p.parse_args(argv),
+        scales=[0.9, 1.0, 1.5],
+        hidden=16,
+        T=80,
+        batch=4,
+        train_hidden=16,
+        train_steps=40,
+    )
+    p.refuse(
+        args.lag >= args.train_T,
+        f"--lag {args.lag} must be < --train-T {args.train_T} (the input it recalls)",
+    )
     setup_jax(x64=False)
     import jax
     import jax.numpy as jnp

@@ -41,10 +41,13 @@ def _is_concrete(x: Any) -> bool:
 
 
 def _as_array(x: Any, what: str) -> Array:
-    if not hasattr(x, "shape") or not hasattr(x, "dtype"):
+    """``x`` as a JAX array: numpy arrays, lists and scalars go through ``jnp.asarray``
+    (JAX's own dtype rules, so a float64 numpy input is float32 unless x64 is on, in every
+    layout and with or without ``jit``); JAX arrays and tracers pass unchanged."""
+    if isinstance(x, np.ndarray) or not hasattr(x, "shape") or not hasattr(x, "dtype"):
         try:
             x = jnp.asarray(x)
-        except (TypeError, ValueError) as e:
+        except (TypeError, ValueError, OverflowError) as e:
             raise TypeError(f"{what} must be an array, got {type(x).__name__}") from e
     return x
 
@@ -278,13 +281,26 @@ def _initial_state(
 def _check_lengths(seq_lengths: Any, batch_shape: tuple[int, ...], T: int) -> Array | None:
     """``seq_lengths (*batch,)`` as int32 clipped to ``[0, T]``, or None.
 
-    Concrete values outside ``[0, T]`` raise ValueError; traced ones cannot be checked and
-    are clipped so that out-of-range lengths act as 0 or T (without it, ``reverse=True``
-    would gather out of bounds and give NaN).
+    Concrete values (numpy, lists, concrete JAX arrays) are checked in their own integer
+    type before any cast: outside ``[0, T]`` raises ValueError (so ``2**32 + 3`` is an
+    error, never a wrapped-around 3). Traced ones cannot be checked and are clipped to
+    ``[0, T]``, also before the cast to int32, so that out-of-range lengths act as 0 or T
+    (without it, ``reverse=True`` would gather out of bounds and give NaN).
     """
     if seq_lengths is None:
         return None
-    lengths = _as_array(seq_lengths, "seq_lengths")
+    if not isinstance(seq_lengths, jax.Array):  # numpy, lists: check before JAX casts
+        values = np.asarray(seq_lengths)
+        if values.dtype == object:
+            raise TypeError(f"seq_lengths must be an array of integers, got {values.dtype}")
+        _check_length_values(values, batch_shape, T)
+        return jnp.asarray(values.astype(np.int64).clip(0, T), jnp.int32)
+    _check_length_values(seq_lengths, batch_shape, T)
+    return jnp.clip(seq_lengths, 0, T).astype(jnp.int32)
+
+
+def _check_length_values(lengths: Any, batch_shape: tuple[int, ...], T: int) -> None:
+    """Shape and integer dtype of ``seq_lengths``; its range too where values are concrete."""
     if tuple(lengths.shape) != batch_shape:
         raise ValueError(
             f"seq_lengths must have shape (*batch,) = {batch_shape}, got {tuple(lengths.shape)}"
@@ -297,7 +313,6 @@ def _check_lengths(seq_lengths: Any, batch_shape: tuple[int, ...], T: int) -> Ar
         lo, hi = int(values.min()), int(values.max())
         if lo < 0 or hi > T:
             raise ValueError(f"seq_lengths must lie in [0, T={T}], got values from {lo} to {hi}")
-    return jnp.clip(lengths.astype(jnp.int32), 0, T)
 
 
 def _check_resets(

@@ -367,3 +367,65 @@ def test_bidirectional_wrong_params_or_state(setup):
         gr.bidirectional_scan(cell, gr.Bidir(params, params), xs, reverse=True)
     _, ys = gr.bidirectional_scan(cell, gr.Bidir(params, params), xs_of(B, 0, I))
     assert ys.shape == (B, 0, 2 * H)
+
+
+# ---------------------------------------------------- numpy float64 and huge seq_lengths
+
+
+def test_float64_numpy_input_is_treated_alike_in_every_layout_and_under_jit(setup):
+    """A float64 numpy input follows JAX's own rule (as ``jax.jit`` applies it): float32
+    without x64, the same batch-major, time-major, in ``step`` and under ``jit``; with x64
+    on it is float64 and refused against float32 params in every layout."""
+    _, cell, params = setup
+    xs64 = np.random.default_rng(0).normal(size=(B, T, I))
+    xs32 = xs64.astype(np.float32)
+    want = gr.scan(cell, params, xs32)
+    jax.tree_util.tree_map(np.testing.assert_array_equal, gr.scan(cell, params, xs64), want)
+    jitted = jax.jit(lambda x: gr.scan(cell, params, x))
+    jax.tree_util.tree_map(np.testing.assert_array_equal, jitted(xs64), jitted(xs32))
+    final_tm, ys_tm = gr.scan(cell, params, xs64.transpose(1, 0, 2), time_major=True)
+    close = functools.partial(np.testing.assert_allclose, rtol=1e-6, atol=1e-6)
+    jax.tree_util.tree_map(close, final_tm, want[0])
+    close(ys_tm, np.asarray(want[1]).transpose(1, 0, 2))
+    state0 = cell.initial_state(params, (B,))
+    jax.tree_util.tree_map(
+        np.testing.assert_array_equal,
+        cell.step(params, state0, xs64[:, 0]),
+        cell.step(params, state0, xs64[:, 0].astype(np.float32)),
+    )
+    with jax.enable_x64(True):
+        for x, kw in [(xs64, {}), (xs64.transpose(1, 0, 2), {"time_major": True})]:
+            with pytest.raises(TypeError, match="float64 but the params are float32"):
+                gr.scan(cell, params, x, **kw)
+
+
+@pytest.mark.parametrize(
+    "lengths",
+    [np.array([2**32 + 3, 2], np.int64), [2**32 + 3, 2], np.array([2**64 - 1, 2], np.uint64)],
+    ids=["int64", "list", "uint64"],
+)
+def test_lengths_beyond_int32_are_refused_before_any_cast(setup, lengths):
+    _, cell, params = setup
+    with pytest.raises(ValueError, match=r"\[0, T=5\], got values from 2 to 1844|from 2 to 4294"):
+        gr.scan(cell, params, xs_of(B, T, I), seq_lengths=lengths)
+
+
+def test_traced_int64_lengths_beyond_int32_are_clipped_not_wrapped(setup):
+    _, cell, params = setup
+    xs = jax.random.normal(KEY, (B, T, I))
+    with jax.enable_x64(True):
+        run = jax.jit(lambda n: gr.scan(cell, params, xs, seq_lengths=n))
+        got = run(jnp.array([2**32 + 3, 2], jnp.int64))  # 3 after a cast to int32
+        want = run(jnp.array([T, 2], jnp.int64))
+    jax.tree_util.tree_map(np.testing.assert_array_equal, got, want)
+
+
+def test_int64_lengths_passed_into_jit_wrap_before_gatedrnn_sees_them(setup):
+    """Outside gatedrnn's reach (docs/bad_input.md): without x64, ``jax.jit`` turns an int64
+    argument into int32 at its boundary, wrapping silently; closed over (or outside
+    ``jit``) the same lengths are refused."""
+    _, cell, params = setup
+    lengths = np.array([2**32 + 3, 2], np.int64)
+    assert np.asarray(jax.jit(lambda n: n)(lengths)).tolist() == [3, 2]  # JAX, not gatedrnn
+    with pytest.raises(ValueError, match="got values from 2 to 4294967299"):
+        jax.jit(lambda x: gr.scan(cell, params, x, seq_lengths=lengths))(xs_of(B, T, I))

@@ -316,3 +316,126 @@ def test_experiment_nonsense_numbers_files_and_unwritable_out(path, tmp_path, mo
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted(
         p.name for p in (blocker, tmp_path / "empty.txt", tmp_path / "latin.txt") if p.exists()
     )
+
+
+# ------------------------------------------------- options against each other, --quick
+
+
+class _Stop(Exception):
+    """Raised at the script's first random key: by then its options have been acted on."""
+
+
+def _read_options(path: Path, argv: list[str], monkeypatch) -> argparse.Namespace:
+    """Run an experiment's main on ``argv`` up to its first PRNG key and return the parsed
+    options as the script left them. The namespace refuses (AssertionError) any change
+    the script makes to an option given on the command line."""
+    module = load_experiment(path)
+    seen: list[argparse.Namespace] = []
+    parse = cli.ArgumentParser.parse_known_args
+
+    def guarded_parse(self, args=None, namespace=None):
+        ns, rest = parse(self, args, namespace)
+        given = self.given
+
+        class Guarded(argparse.Namespace):
+            def __setattr__(self, key, value):
+                old = self.__dict__.get(key, value)
+                assert key not in given or old == value, (
+                    f"{path.name} changed --{key} from {old!r} (given) to {value!r}"
+                )
+                object.__setattr__(self, key, value)
+
+        ns.__class__ = Guarded
+        seen.append(ns)
+        return ns, rest
+
+    def stop(*args, **kwargs):
+        raise _Stop
+
+    import jax
+
+    monkeypatch.setattr(cli.ArgumentParser, "parse_known_args", guarded_parse)
+    monkeypatch.setattr(jax.random, "PRNGKey", stop)
+    monkeypatch.setattr(jax.random, "key", stop)
+    monkeypatch.setattr(module, "setup_jax", lambda *a, **k: None, raising=False)
+    try:
+        getattr(module, "cli_main", module.main)(argv)
+    except _Stop:
+        pass
+    finally:
+        cli.release_outputs()
+    return seen[-1]
+
+
+def _doubled(value):
+    """Every number in an option's value doubled (keeps the options consistent)."""
+    if isinstance(value, list):
+        return [_doubled(v) for v in value]
+    return 2 * value
+
+
+def _explicit_numbers(path: Path, options: argparse.Namespace) -> tuple[dict, list[str]]:
+    """Every numeric option of the script with a value: ``{dest: twice the value}`` and the
+    command-line arguments that give those values."""
+    source = path.read_text()
+    explicit, argv = {}, []
+    for dest, value in vars(options).items():
+        names = (dest.replace("_", "-"), dest)
+        flag = next((f"--{n}" for n in names if f'"--{n}"' in source), None)
+        items = value if isinstance(value, list) else [value]
+        numbers = bool(items) and all(
+            isinstance(v, (int, float)) and not isinstance(v, bool) for v in items
+        )
+        if flag is None or not numbers:
+            continue
+        explicit[dest] = _doubled(value)
+        shown = explicit[dest] if isinstance(value, list) else [explicit[dest]]
+        argv += [flag, *map(str, shown)]
+    return explicit, argv
+
+
+@pytest.mark.parametrize("path", EXPERIMENTS, ids=lambda p: p.name)
+def test_quick_honours_every_explicit_number_option(path, tmp_path, monkeypatch):
+    """The one --quick rule: explicit options win over --quick's small values. Every
+    numeric option, given explicitly (twice its --quick value) together with --quick, is
+    what the script runs with, and no script changes an option it was given."""
+    out = ["--out", str(tmp_path / ("x.json" if path.name == "flax_model.py" else "a"))]
+    quick = _read_options(path, [*prefix(path), "--quick", *out], monkeypatch)
+    explicit, argv = _explicit_numbers(path, quick)
+    assert explicit, f"{path.name}: no numeric option found"
+    got = _read_options(path, [*prefix(path), "--quick", *out, *argv], monkeypatch)
+    for dest, want in explicit.items():
+        assert getattr(got, dest) == want, (path.name, dest, getattr(got, dest), want)
+
+
+@pytest.mark.parametrize(
+    ("script", "args", "needle"),
+    [
+        ("gradient_decay.py", ["--T", "10", "--T-jac", "20"], "--T-jac 20 must be <= --T 10"),
+        ("gradient_decay.py", ["--batch", "2", "--jac-batch", "3"], "--jac-batch 3 must be <="),
+        ("weight_scale.py", ["--train-T", "5", "--lag", "5"], "--lag 5 must be < --train-T 5"),
+        ("truncation.py", ["--seq-len", "8", "--delays", "8"], "every delay must be < --seq-len"),
+        ("truncation.py", ["--seq-len", "8", "--windows", "16"], "multiple of every window"),
+        ("long_range.py", ["--tasks", "adding", "nope"], "invalid choice: 'nope'"),
+        ("long_range.py", ["--cells", "lstmm"], "invalid choice: 'lstmm'"),
+        ("rnn_types.py", ["--tasks", "nope"], "invalid choice: 'nope'"),
+        ("flax_model.py", ["--task", "nope"], "invalid choice: 'nope'"),
+        ("char_lm.py", ["compare", "--cells", "lstmm"], "invalid choice: 'lstmm'"),
+        ("char_lm.py", ["sample", "--temperature", "inf"], "argument --temperature"),
+    ],
+)
+def test_options_that_contradict_or_match_nothing_are_one_line_exit_2(
+    script, args, needle, tmp_path, monkeypatch, capsys
+):
+    path = ROOT / "experiments" / script
+    module = load_experiment(path)
+    monkeypatch.setattr(sys, "argv", [script])
+    monkeypatch.delenv(cli.DEBUG_ENV, raising=False)
+    out = str(tmp_path / ("x.json" if script == "flax_model.py" else "out"))
+    argv = [*args, "--quick"] if script == "char_lm.py" else ["--quick", *args, "--out", out]
+    with pytest.raises(SystemExit) as exit_info:
+        cli.run(getattr(module, "cli_main", module.main), argv)
+    err = capsys.readouterr().err
+    assert exit_info.value.code == 2, err
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and needle in lines[0], err

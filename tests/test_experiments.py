@@ -57,6 +57,7 @@ def test_weight_scale_quick_linear_law_and_clipping(tmp_path):
         plain["final_loss"] > 1e6 * plain["initial_loss"]
     )
     assert clipped["first_nonfinite_step"] is None
+    assert plain["diverged"] and not clipped["diverged"]  # flagged in the summary
     assert clipped["final_loss"] < clipped["initial_loss"]
 
 

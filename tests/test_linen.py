@@ -203,3 +203,21 @@ def test_flax_model_experiment_quick_run_writes_results(tmp_path):
     assert saved["test_accuracy"] == results["test_accuracy"]
     assert 0.0 <= saved["test_accuracy"] <= 1.0 and saved["chance_accuracy"] == 0.5
     assert saved["curve"][-1]["step"] == saved["config"]["steps"]
+
+
+def test_flax_model_experiment_divergence_raises_and_writes_nothing(tmp_path):
+    """A learning rate that blows up: the one loop stops at the first non-finite loss
+    (exit status 1 through cli.run) and no JSON is written."""
+    import importlib.util
+    import sys
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "experiments" / "flax_model.py"
+    spec = importlib.util.spec_from_file_location("flax_model_experiment", path)
+    mod = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = mod
+    spec.loader.exec_module(mod)
+    out = tmp_path / "flax_model.json"
+    with pytest.raises(FloatingPointError, match="non-finite"):
+        mod.main(["--quick", "--lr", "1e38", "--out", str(out)])
+    assert not out.exists()

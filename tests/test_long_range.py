@@ -29,6 +29,8 @@ def test_quick_mode_writes_results(tmp_path) -> None:
         run = r["runs"][0]
         assert run["fraction_of_baseline"] == pytest.approx(run["final_loss"] * 6)
         assert len(run["curve"]) == len(r["steps"])
+        assert run["diverged"] is False
+    assert data["diverged_runs"] == []
     md = (tmp_path / "long_range_adding.md").read_text()
     assert md.count("| adding | 10 | gru |") == 1
     assert (tmp_path / "long_range_adding.png").stat().st_size > 1000

@@ -66,6 +66,13 @@ CHILD = textwrap.dedent(
         out["indivisible"] = None
     except ValueError as e:
         out["indivisible"] = str(e)
+    # ... naming the batch that does not split: the training batch before the held-out ones
+    for name, extra in [("eval", {"eval_batch_size": 12}), ("small", {"batch_size": 3})]:
+        try:
+            training.fit(task, gr.gru(16), **{**kw, **extra}, mesh=mesh)
+            out[f"indivisible_{name}"] = None
+        except ValueError as e:
+            out[f"indivisible_{name}"] = str(e)
 
     # --- the char model (stateful TBPTT on the same loop): 1 device vs the 8-device mesh
     from experiments import char_lm as lm
@@ -138,6 +145,25 @@ def test_indivisible_batch_is_a_clear_error(result):
     msg = result["indivisible"]
     assert msg is not None
     assert "multiple of the 8 devices" in msg and "(12, 12, 2)" in msg and "16" in msg
+    assert msg.startswith("the training batch has 12 rows")
+    eval_msg = result["indivisible_eval"]
+    assert eval_msg is not None and eval_msg.startswith("the evaluation batch 0 has 12 rows")
+    small = result["indivisible_small"]
+    assert small is not None and "training batch has 3 rows" in small
+    assert "use a batch size of 8," in small and "8 or 8" not in small
+
+
+def test_batch_size_advice_names_the_nearest_valid_sizes():
+    from gatedrnn.training.mesh import batch_size_advice
+
+    assert batch_size_advice(12, 8).startswith("use a batch size of 8 or 16, or a mesh of 6 ")
+    assert batch_size_advice(3, 8) == (
+        "use a batch size of 8, or a mesh of 3 devices (data_mesh(jax.devices()[:3]))"
+    )
+    assert batch_size_advice(7, 8) == "use a batch size of 8, or a mesh of 7 devices" + (
+        " (data_mesh(jax.devices()[:7]))"
+    )
+    assert batch_size_advice(17, 4) == "use a batch size of 16 or 20"
 
 
 def test_readme_example_runs_on_eight_devices_and_checkpoints(result):

@@ -271,3 +271,14 @@ def test_params_that_overflow_with_a_finite_loss_are_never_saved(tmp_path) -> No
     )
     assert res.diverged_step == 4 and res.history == [] and int(res.state.step) == 0
     assert checkpoint.list_checkpoints(tmp_path / "b") == []
+
+
+def test_a_finite_divergence_is_flagged_against_the_baseline_and_the_first_loss() -> None:
+    """Loss far above both where a run starts and the memoryless baseline: flagged, as
+    are non-finite losses; a run that only failed to learn is not."""
+    flag = training.diverged_finitely
+    assert flag(float("nan"), 1.0) and flag(float("inf"), 1.0, 1.0)
+    assert flag(11.0, 1.0) and not flag(9.0, 1.0)
+    assert not flag(2.3, 0.1, initial=2.3)  # stuck near the start: not a divergence
+    assert flag(30.0, 0.1, initial=2.3) and not flag(20.0, 0.1, initial=2.3)
+    assert flag(5.0, 0.1, initial=2.3, factor=2.0)

@@ -30,6 +30,8 @@ def test_quick_mode_writes_results(tmp_path) -> None:
     assert forms == [("full", None, True), ("scan", 2, True), ("stateful", 2, True)]
     for r in data["results"]:
         assert r["steps"][-1] == 20 and 0.0 <= r["accuracy"][0] <= 1.0
+        assert r["diverged"] == [False]
+    assert data["diverged_runs"] == []
     assert "stateful k=2" in (tmp_path / "truncation.md").read_text()
     assert (tmp_path / "truncation.png").stat().st_size > 1000
 

@@ -199,11 +199,15 @@ def check_input_size(input_size: Any) -> int:
 def check_input(x: Any, w_x: Array, what: str = "x") -> Array:
     """Check an input's trailing size and dtype against the input weight ``w_x (I, G*H)``.
 
+    A numpy array (or list) is first made a JAX array with JAX's own dtype rules, as
+    ``jax.jit`` would: a float64 numpy input is float32 unless x64 is on, the same in
+    ``step`` and in every layout of :func:`gatedrnn.scan`.
+
     Raises:
       ValueError: ``x`` has rank 0 or its last axis is not ``I``.
       TypeError: ``x`` is not floating point, or its dtype differs from the params'.
     """
-    x = jnp.asarray(x) if not hasattr(x, "shape") else x
+    x = jnp.asarray(x) if isinstance(x, np.ndarray) or not hasattr(x, "shape") else x
     input_size = w_x.shape[0]
     if x.ndim < 1:
         raise ValueError(f"{what} must have shape (..., input_size={input_size}), got a scalar")

@@ -469,8 +469,9 @@ class _Setup(NamedTuple):
     batch_data: tuple
 
 
-def _setup(loss_fn: Callable, state: TrainState, o: _Options) -> _Setup:
-    """Resume from a checkpoint if asked, place everything on the mesh, build the evaluator."""
+def _setup(loss_fn: Callable, batch_fn: BatchFn, state: TrainState, o: _Options) -> _Setup:
+    """Resume from a checkpoint if asked, place everything on the mesh (after checking that
+    the training batch, then every evaluation batch, splits over it), build the evaluator."""
     eval_fn = o.eval_fn
     if eval_fn is None and not o.stateful:
         eval_fn = loss_metrics(loss_fn)
@@ -490,6 +491,11 @@ def _setup(loss_fn: Callable, state: TrainState, o: _Options) -> _Setup:
     eval_batches = list(o.eval_batches)
     if o.mesh is not None:
         parallel.check_mesh(o.mesh)
+        # the training batch first, so that an error names the batch the user chose
+        shapes = jax.eval_shape(batch_fn, state.rng, state.step, *data)
+        parallel.check_batch_divides(shapes, o.mesh, "training batch")
+        for i, b in enumerate(eval_batches):
+            parallel.check_batch_divides(b, o.mesh, f"evaluation batch {i}")
         state, data = parallel.replicate((state, data), o.mesh)
         eval_batches = [parallel.shard_batch(b, o.mesh) for b in eval_batches]
     evaluator = _Evaluator(eval_fn, eval_batches, o.evaluate, o.ensemble, members)
@@ -591,9 +597,9 @@ def train(
     opts = _Options(**{k: v for k, v in locals().items() if k in _Options._fields})
     _check_train_args(state, opts)
     if checkpoint_dir is None:
-        return _run(loss_fn, optimizer, batch_fn, _setup(loss_fn, state, opts), opts)
+        return _run(loss_fn, optimizer, batch_fn, _setup(loss_fn, batch_fn, state, opts), opts)
     with checkpoints.FolderLock(checkpoint_dir, what=f"checkpoint folder {checkpoint_dir}"):
-        return _run(loss_fn, optimizer, batch_fn, _setup(loss_fn, state, opts), opts)
+        return _run(loss_fn, optimizer, batch_fn, _setup(loss_fn, batch_fn, state, opts), opts)
 
 
 def _record(

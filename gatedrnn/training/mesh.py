@@ -68,18 +68,42 @@ def replicate(tree: PyTree, mesh: Mesh) -> PyTree:
     return jax.device_put(tree, replicated(mesh))
 
 
+def batch_size_advice(size: int, devices: int) -> str:
+    """What to do about a batch of ``size`` rows that ``devices`` devices cannot split evenly.
+
+    Returns:
+      e.g. ``"use a batch size of 8 or 16, or a mesh of 6 devices (...)"`` for 12 rows on 8
+      devices: the nearest multiples of ``devices`` below (if any) and above ``size``, and
+      the largest device count below ``devices`` that divides ``size`` (if more than 1).
+    """
+    below, above = devices * (size // devices), devices * (size // devices + 1)
+    sizes = f"{below} or {above}" if below > 0 else f"{above}"
+    fewer = max((d for d in range(2, devices) if size % d == 0), default=None)
+    mesh = f", or a mesh of {fewer} devices (data_mesh(jax.devices()[:{fewer}]))" if fewer else ""
+    return f"use a batch size of {sizes}{mesh}"
+
+
+def check_batch_divides(batch: PyTree, mesh: Mesh, what: str = "batch") -> None:
+    """Raise ValueError, naming ``what``, unless every leaf of ``batch`` with an axis has a
+    leading size that is a multiple of the devices of ``mesh``'s ``"data"`` axis.
+
+    ``batch`` may hold arrays or ``jax.ShapeDtypeStruct`` (from ``jax.eval_shape``).
+    """
+    n = mesh.shape[DATA_AXIS]
+    for leaf in jax.tree_util.tree_leaves(batch):
+        shape = tuple(np.shape(leaf))
+        if shape and shape[0] % n:
+            raise ValueError(
+                f"the {what} has {shape[0]} rows (a leaf of shape {shape}), not a multiple of "
+                f"the {n} devices of the data mesh; {batch_size_advice(shape[0], n)}"
+            )
+
+
 def _leaf_sharding(leaf: Any, mesh: Mesh) -> NamedSharding:
     """Batch-split a leaf with a leading axis, replicate a scalar; check divisibility."""
-    shape = np.shape(leaf)
-    if not shape:
+    if not np.shape(leaf):
         return replicated(mesh)
-    n = mesh.shape[DATA_AXIS]
-    if shape[0] % n:
-        raise ValueError(
-            f"the batch size must be a multiple of the {n} devices of the data mesh, got a "
-            f"batch leaf of shape {tuple(shape)}; use a batch size of {n * max(1, shape[0] // n)}"
-            f" or {n * (shape[0] // n + 1)}"
-        )
+    check_batch_divides(leaf, mesh)
     return batch_sharding(mesh)
 
 
@@ -110,6 +134,8 @@ def sharded_batch_fn(batch_fn: Callable[..., PyTree], mesh: Mesh) -> Callable[..
 __all__ = [
     "DATA_AXIS",
     "batch_sharding",
+    "batch_size_advice",
+    "check_batch_divides",
     "check_mesh",
     "data_mesh",
     "replicate",

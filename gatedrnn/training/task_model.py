@@ -325,3 +325,33 @@ def fit(
 def fraction_of_baseline(loss: float, task: Task) -> float:
     """``loss / task.baseline`` (1 = no better than the memoryless predictor; nan if undefined)."""
     return float(loss) / task.baseline if task.baseline > 0 else math.nan
+
+
+DIVERGENCE_FACTOR = 10.0
+
+
+def diverged_finitely(
+    loss: float,
+    baseline: float,
+    initial: float | None = None,
+    factor: float = DIVERGENCE_FACTOR,
+) -> bool:
+    """Whether a run ended far above where it could have stood without learning anything:
+    a divergence with finite numbers, which the NaN checks of the loop cannot see.
+
+    Args:
+      loss: the run's final held-out (or training) loss.
+      baseline: the loss of the memoryless predictor (``task.baseline``; for a text model
+        the unigram entropy); a run that learned nothing ends near it.
+      initial: the loss at the start of the run (the first update's), if known; a run
+        too short to reach the baseline stays near it.
+      factor: how far above ``max(baseline, initial)`` counts as diverged (default 10).
+
+    Returns:
+      True if ``loss`` is not finite, or above ``factor * max(baseline, initial)``.
+    """
+    loss = float(loss)
+    if not math.isfinite(loss):
+        return True
+    ref = max(float(baseline), float(initial) if initial is not None else -math.inf)
+    return math.isfinite(ref) and ref > 0 and loss > factor * ref

@@ -1,0 +1,113 @@
+"""NaN or Inf at padded steps never changes anything; NaN in valid input stays in its own
+sequence's outputs but poisons the batch's parameter gradient (docs/bad_input.md).
+
+The property test (hypothesis) draws random ``seq_lengths``, random input values and random
+NaN/+Inf/-Inf/huge values at every padded step, for vanilla, LSTM and both GRU variants, on
+the default (fused where the cell has a split) and ``fused=False`` paths, forwards and in
+reverse, and checks that the outputs, the final state and the gradients with respect to
+the params and the inputs are exactly those of the same inputs with finite padding.
+
+Shapes are fixed so that each (cell, path, direction) compiles once; hypothesis varies
+only values and lengths.
+"""
+
+from __future__ import annotations
+
+import functools
+
+import chex
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+import gatedrnn as gr
+
+B, T, I, H = 3, 6, 2, 3
+CELLS = {
+    "vanilla": lambda: gr.vanilla(H),
+    "lstm": lambda: gr.lstm(H),
+    "gru": lambda: gr.gru(H),
+    "gru_reset_before": lambda: gr.gru(H, reset_after=False),
+}
+# What a padded step may hold: NaN, +-inf, a float32 overflow risk, or an ordinary number.
+POISON = np.array([np.nan, np.inf, -np.inf, 3e38, -1.0], np.float32)
+PROPERTY = settings(max_examples=12, deadline=None, derandomize=True, print_blob=True)
+
+
+@functools.cache
+def params_of(name: str):
+    cell = CELLS[name]()
+    params = cell.init(jax.random.PRNGKey(7), I)
+    # non-zero biases, so every term of the equations is exercised
+    params = jax.tree_util.tree_map(lambda a: a + 0.1 if a.ndim == 1 else a, params)
+    return cell, params
+
+
+@functools.partial(jax.jit, static_argnames=("cell", "fused", "reverse"))
+def run(cell, params, xs, lengths, *, fused, reverse):
+    """Outputs, final state and d(loss)/d(params, xs), all at once (one compile per path)."""
+
+    def loss(p, x):
+        final, ys = gr.scan(cell, p, x, seq_lengths=lengths, reverse=reverse, fused=fused)
+        w = jnp.sin(jnp.arange(ys.size, dtype=ys.dtype)).reshape(ys.shape)
+        tail = sum(jnp.sum(s * s) for s in jax.tree_util.tree_leaves(final))
+        return jnp.sum(w * ys) + tail, (final, ys)
+
+    (_, (final, ys)), grads = jax.value_and_grad(loss, argnums=(0, 1), has_aux=True)(params, xs)
+    return final, ys, grads
+
+
+@st.composite
+def padded_batches(draw):
+    """Random lengths in [0, T], finite inputs, and poison values for the padded steps."""
+    lengths = np.asarray(draw(st.lists(st.integers(0, T), min_size=B, max_size=B)), np.int32)
+    rng = np.random.default_rng(draw(st.integers(0, 2**32 - 1)))
+    xs = rng.normal(size=(B, T, I)).astype(np.float32)
+    poison = POISON[rng.integers(0, len(POISON), size=(B, T, I))]
+    padded = np.arange(T)[None, :, None] >= lengths[:, None, None]
+    return lengths, xs, np.where(padded, poison, xs), padded
+
+
+@pytest.mark.parametrize("name", sorted(CELLS))
+@PROPERTY
+@given(padded_batches(), st.sampled_from([None, False]), st.booleans())
+def test_random_poison_in_padding_never_changes_values_or_gradients(name, batch, fused, reverse):
+    cell, params = params_of(name)
+    lengths, clean, dirty, padded = batch
+    want = run(cell, params, clean, lengths, fused=fused, reverse=reverse)
+    got = run(cell, params, dirty, lengths, fused=fused, reverse=reverse)
+    chex.assert_tree_all_finite(got)
+    chex.assert_trees_all_equal(got[:2], want[:2])  # outputs, final state: bit for bit
+    g_params, g_xs = got[2]
+    chex.assert_trees_all_equal(g_params, want[2][0])
+    # the inputs' gradient: the same at valid steps, exactly zero at padded ones
+    np.testing.assert_array_equal(np.where(padded, 0.0, g_xs), np.where(padded, 0.0, want[2][1]))
+    assert not np.any(np.where(padded, np.asarray(g_xs), 0.0))
+
+
+@pytest.mark.parametrize("fused", [None, False])
+@pytest.mark.parametrize("name", sorted(CELLS))
+def test_nan_in_valid_input_stays_in_its_sequence_but_poisons_the_param_gradient(name, fused):
+    """A NaN at valid step 2 of sequence 0: that sequence's outputs from step 2 on and its
+    final state are NaN; the other sequences' outputs, states and input gradients are
+    unchanged; the params' gradient (a sum over the batch) is NaN."""
+    cell, params = params_of(name)
+    lengths = np.array([5, 6, 4], np.int32)
+    xs = np.random.default_rng(0).normal(size=(B, T, I)).astype(np.float32)
+    bad = xs.copy()
+    bad[0, 2, 0] = np.nan
+    f_clean, y_clean, (_, gx_clean) = run(cell, params, xs, lengths, fused=fused, reverse=False)
+    f_bad, y_bad, (gp_bad, gx_bad) = run(cell, params, bad, lengths, fused=fused, reverse=False)
+    y_bad, y_clean = np.asarray(y_bad), np.asarray(y_clean)
+    np.testing.assert_array_equal(y_bad[1:], y_clean[1:])  # other sequences untouched
+    np.testing.assert_array_equal(y_bad[0, :2], y_clean[0, :2])  # before the NaN: untouched
+    assert np.isnan(y_bad[0, 2:5]).all()  # from the NaN to the sequence's end
+    assert (y_bad[0, 5:] == 0).all()  # padding stays zero
+    for s_bad, s_clean in zip(jax.tree_util.tree_leaves(f_bad), jax.tree_util.tree_leaves(f_clean)):
+        assert np.isnan(np.asarray(s_bad)[0]).all()
+        np.testing.assert_array_equal(np.asarray(s_bad)[1:], np.asarray(s_clean)[1:])
+    np.testing.assert_array_equal(np.asarray(gx_bad)[1:], np.asarray(gx_clean)[1:])
+    assert all(np.isnan(np.asarray(g)).any() for g in jax.tree_util.tree_leaves(gp_bad))
