@@ -167,9 +167,9 @@ def weight_scale_clipping() -> str:
         rows.append(
             [
                 f"{name} SGD",
-                "-" if r["clip"] is None else f"global norm {r['clip']:g}",
+                "-" if r["clip_norm"] is None else f"global norm {r['clip_norm']:g}",
                 f"{r['initial_loss']:.3f}",
-                final if isinstance(final, str) else f"{final:.3f}",
+                final if isinstance(final, str) else f"{final:.3g}",
                 f(r["first_nonfinite_step"], "d"),
                 f"{r['max_grad_norm']:.3g}",
             ]
@@ -184,7 +184,8 @@ def weight_scale_clipping() -> str:
     ]
     task = (
         f"Lag-{cfg['lag']} recall, T={cfg['train_T']}, tanh RNN with s={cfg['train_scale']:g}, "
-        f"H={cfg['train_hidden']}, SGD lr={cfg['lr']:g}, {cfg['train_steps']} steps:"
+        f"H={cfg['train_hidden']}, SGD learning rate {cfg['learning_rate']:g}, "
+        f"{cfg['train_steps']} steps:"
     )
     return task + "\n\n" + md_table(header, rows)
 
