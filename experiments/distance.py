@@ -136,7 +136,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--no-progress", action="store_true", help="no tqdm bars")
     a = p.parse_args(argv)
     q = a.quick
-    a.distances = sorted(set(a.distances or ([4, 8] if q else [10, 30, 100, 300, 1000])))
+    a.distances = sorted(set(a.distances or ([6] if q else [10, 30, 100, 300, 1000])))
     a.seeds = a.seeds or (1 if q else 2)
     a.steps = a.steps or (20 if q else 500)
     a.hidden = a.hidden or (8 if q else 32)

@@ -24,7 +24,7 @@ def test_quick_run_writes_json_and_png(tmp_path: Path):
     assert set(data) >= {"config", "success_test", "cells", "correlation", "seconds", "table"}
     assert list(data["cells"]) == list(MOD.CELLS)  # all six cells by default
     distances = data["config"]["distances"]
-    assert distances == [4, 8]
+    assert distances == [6]
     for c in data["cells"].values():
         assert [r["distance"] for r in c["runs"]] == distances
         assert len(c["decay"]) == data["config"]["seeds"] == 1
