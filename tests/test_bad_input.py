@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import functools
 
+import chex
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -183,10 +184,10 @@ def test_zero_steps_returns_initial_state_and_empty_outputs(setup):
     for fn in (lambda p, xs, s: gr.scan(cell, p, xs, s), jitted):
         final, ys = fn(params, xs_of(B, 0, I), s0)
         assert ys.shape == (B, 0, H)
-        jax.tree_util.tree_map(np.testing.assert_array_equal, final, s0)
+        chex.assert_trees_all_equal(final, s0)
     final, ys = gr.scan(cell, params, xs_of(0, B, I), s0, time_major=True, reverse=True)
     assert ys.shape == (0, B, H)
-    jax.tree_util.tree_map(np.testing.assert_array_equal, final, s0)
+    chex.assert_trees_all_equal(final, s0)
     final, ys = gr.scan(cell, params, xs_of(B, 0, I), seq_lengths=jnp.zeros(B, jnp.int32))
     assert ys.shape == (B, 0, H)
 
@@ -243,7 +244,7 @@ def test_traced_out_of_range_lengths_are_clipped_not_nan(setup, reverse):
     got = run(jnp.array([T + 3, -2]))
     want = run(jnp.array([T, 0]))
     assert all(bool(jnp.all(jnp.isfinite(a))) for a in jax.tree_util.tree_leaves(got))
-    jax.tree_util.tree_map(np.testing.assert_array_equal, got, want)
+    chex.assert_trees_all_equal(got, want)
 
 
 def test_concrete_lengths_closed_over_under_jit_are_checked_not_traced(setup):
@@ -380,16 +381,15 @@ def test_float64_numpy_input_is_treated_alike_in_every_layout_and_under_jit(setu
     xs64 = np.random.default_rng(0).normal(size=(B, T, I))
     xs32 = xs64.astype(np.float32)
     want = gr.scan(cell, params, xs32)
-    jax.tree_util.tree_map(np.testing.assert_array_equal, gr.scan(cell, params, xs64), want)
+    chex.assert_trees_all_equal(gr.scan(cell, params, xs64), want)
     jitted = jax.jit(lambda x: gr.scan(cell, params, x))
-    jax.tree_util.tree_map(np.testing.assert_array_equal, jitted(xs64), jitted(xs32))
+    chex.assert_trees_all_equal(jitted(xs64), jitted(xs32))
     final_tm, ys_tm = gr.scan(cell, params, xs64.transpose(1, 0, 2), time_major=True)
     close = functools.partial(np.testing.assert_allclose, rtol=1e-6, atol=1e-6)
     jax.tree_util.tree_map(close, final_tm, want[0])
     close(ys_tm, np.asarray(want[1]).transpose(1, 0, 2))
     state0 = cell.initial_state(params, (B,))
-    jax.tree_util.tree_map(
-        np.testing.assert_array_equal,
+    chex.assert_trees_all_equal(
         cell.step(params, state0, xs64[:, 0]),
         cell.step(params, state0, xs64[:, 0].astype(np.float32)),
     )
@@ -417,7 +417,7 @@ def test_traced_int64_lengths_beyond_int32_are_clipped_not_wrapped(setup):
         run = jax.jit(lambda n: gr.scan(cell, params, xs, seq_lengths=n))
         got = run(jnp.array([2**32 + 3, 2], jnp.int64))  # 3 after a cast to int32
         want = run(jnp.array([T, 2], jnp.int64))
-    jax.tree_util.tree_map(np.testing.assert_array_equal, got, want)
+    chex.assert_trees_all_equal(got, want)
 
 
 def test_int64_lengths_passed_into_jit_wrap_before_gatedrnn_sees_them(setup):

@@ -5,9 +5,9 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
+import chex
 import jax
 import jax.numpy as jnp
-import numpy as np
 import optax
 import pytest
 
@@ -32,7 +32,7 @@ def test_round_trip_is_exact_and_keeps_structure(tmp_path: Path):
     assert info["step"] == 7 and info["meta"] == {"cell": "lstm"}
     assert jax.tree_util.tree_structure(out) == jax.tree_util.tree_structure(st)
     for a, b in zip(jax.tree_util.tree_leaves(out), jax.tree_util.tree_leaves(st)):
-        np.testing.assert_array_equal(a, b)
+        chex.assert_trees_all_equal(a, b)
         assert a.dtype == b.dtype
 
 

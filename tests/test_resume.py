@@ -15,6 +15,7 @@ import textwrap
 import time
 from pathlib import Path
 
+import chex
 import jax
 import numpy as np
 import pytest
@@ -169,7 +170,7 @@ def test_sigkill_mid_run_then_resume_matches_the_uninterrupted_run(child, uninte
     want_params, want_history = load(uninterrupted)
     assert len(params) == len(want_params)
     for got, want in zip(params, want_params):
-        np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-7)
+        chex.assert_trees_all_close(got, want, rtol=1e-6, atol=1e-7)
     assert [h["step"] for h in history] == [10, 20, 30, 40]
     for got, want in zip(history, want_history):
         for key in ("train_loss", "grad_norm", "eval_loss"):
@@ -264,7 +265,7 @@ def test_broken_latest_checkpoint_falls_back_to_the_older_intact_one(
     want, _ = load(uninterrupted)
     got = [np.asarray(x) for x in jax.tree_util.tree_leaves(result.state.params)]
     for g, w in zip(got, want):
-        np.testing.assert_allclose(g, w, rtol=1e-6, atol=1e-7)
+        chex.assert_trees_all_close(g, w, rtol=1e-6, atol=1e-7)
     assert [h["step"] for h in result.history] == [10, 20, 30, 40]
 
 
@@ -332,7 +333,7 @@ def test_cli_resume_skips_flipped_bytes_and_stops_in_one_line_when_nothing_is_in
     assert len(err) == 1 and "skipped checkpoint step_00000040" in err[0], err
     assert "using step_00000030" in err[0] and "step_00000040.corrupt" in err[0]
     for got, want in zip(load(out)[0], load(uninterrupted)[0]):
-        np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-7)
+        chex.assert_trees_all_close(got, want, rtol=1e-6, atol=1e-7)
 
     for _, step in checkpoint.list_checkpoints(out / "ckpt"):
         _flip_array_data(step)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
+import chex
 import jax.numpy as jnp
 import numpy as np
 import pytest
@@ -49,17 +50,15 @@ def test_chunk_batches_continue_each_row_across_batches():
     row_len = 1000 // B
     for i, (x, y) in enumerate(batches):
         assert x.shape == y.shape == (B, L)
-        np.testing.assert_array_equal(y, x + 1)  # targets are the next characters
+        chex.assert_trees_all_equal(y, x + 1)  # targets are the next characters
         for b in range(B):
-            np.testing.assert_array_equal(
-                x[b], ids[b * row_len + i * L : b * row_len + (i + 1) * L]
-            )
+            chex.assert_trees_all_equal(x[b], ids[b * row_len + i * L : b * row_len + (i + 1) * L])
         if i:
             # row b of batch i starts right where row b of batch i-1 stopped
-            np.testing.assert_array_equal(x[:, 0], batches[i - 1][0][:, -1] + 1)
+            chex.assert_trees_all_equal(x[:, 0], batches[i - 1][0][:, -1] + 1)
     # concatenating a row over all batches gives one contiguous stretch of text
     row0 = np.concatenate([x[0] for x, _ in batches])
-    np.testing.assert_array_equal(row0, np.arange(len(row0)))
+    chex.assert_trees_all_equal(row0, np.arange(len(row0)))
 
 
 def test_chunking_errors_are_clear():
@@ -73,7 +72,7 @@ def test_chunking_errors_are_clear():
 
 def test_split_train_val_is_contiguous():
     tr, va = T.split_train_val(np.arange(100), 0.1)
-    np.testing.assert_array_equal(np.concatenate([tr, va]), np.arange(100))
+    chex.assert_trees_all_equal(np.concatenate([tr, va]), np.arange(100))
     assert len(va) == 10
     s_tr, s_va = T.split_train_val("abcdefghij" * 10, 0.2)
     assert s_tr + s_va == "abcdefghij" * 10 and len(s_va) == 20

@@ -80,7 +80,7 @@ def test_same_seed_same_numbers_and_an_ensemble_run_matches_single_runs() -> Non
     assert ens.history[-1]["eval_loss"] == pytest.approx(
         [a.history[-1]["eval_loss"], c.history[-1]["eval_loss"]], rel=1e-4
     )
-    np.testing.assert_allclose(
+    chex.assert_trees_all_close(
         ens.state.params.w_out[1], c.state.params.w_out, rtol=1e-3, atol=1e-5
     )
 
@@ -96,7 +96,7 @@ def test_resuming_from_a_state_continues_the_same_run() -> None:
     straight = training.train(loss, st, opt, batches, num_steps=60, **kw)
     half = training.train(loss, st, opt, batches, num_steps=30, **kw)
     resumed = training.train(loss, half.state, opt, batches, num_steps=60, **kw)
-    np.testing.assert_allclose(
+    chex.assert_trees_all_close(
         jax.tree_util.tree_leaves(straight.state.params)[0],
         jax.tree_util.tree_leaves(resumed.state.params)[0],
         rtol=1e-6,
@@ -136,8 +136,8 @@ def test_sequence_model_is_scan_plus_readout() -> None:
     xs = jax.random.normal(KEY, (4, 9, 3))
     final, out = model.apply(p, xs)
     ref_final, hs = gr.scan(cell, p.cell, xs)
-    np.testing.assert_allclose(out, hs @ p.w_out + p.b_out, rtol=1e-6)
-    np.testing.assert_allclose(final, ref_final)
+    chex.assert_trees_all_close(out, hs @ p.w_out + p.b_out, rtol=1e-6)
+    chex.assert_trees_all_close(final, ref_final)
     assert out.shape == (4, 9, 2)
     with pytest.raises(TypeError, match="Cell"):
         training.sequence_model("lstm", 3, 2)
@@ -148,7 +148,7 @@ def test_stream_chunks_tile_the_stream_and_reset_at_its_start() -> None:
     fn = training.stream_batches(task, 3, 4)
     full = task.sample(jax.random.fold_in(KEY, 1), 3)  # stream 1 = steps 3, 4, 5
     chunks = [fn(KEY, jnp.int32(s)) for s in (3, 4, 5)]
-    np.testing.assert_array_equal(jnp.concatenate([c.batch.inputs for c in chunks], 1), full.inputs)
+    chex.assert_trees_all_equal(jnp.concatenate([c.batch.inputs for c in chunks], 1), full.inputs)
     assert [bool(c.first) for c in chunks] == [True, False, False]
     with pytest.raises(ValueError, match="divide"):
         training.stream_batches(task, 3, 5)
@@ -176,7 +176,7 @@ def test_stateful_step_gradient_equals_truncated_scan_gradient() -> None:
 
     g_full = jax.grad(full_loss)(p)
     for a, b in zip(jax.tree_util.tree_leaves(g_state), jax.tree_util.tree_leaves(g_full)):
-        np.testing.assert_allclose(a, b, rtol=2e-4, atol=1e-6)
+        chex.assert_trees_all_close(a, b, rtol=2e-4, atol=1e-6)
     # and the stateful loop trains through it with the carry threaded
     opt = training.make_optimizer(1e-2)
     st = training.init_state(p, opt, 0, carry=zero)
