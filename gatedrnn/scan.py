@@ -32,7 +32,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from gatedrnn._fused import scan_split
-from gatedrnn.cells.base import Array, Cell, PyTree, Split
+from gatedrnn.cells.base import Array, Cell, PyTree, Split, check_fits_in_memory
 
 
 def _is_concrete(x: Any) -> bool:
@@ -206,6 +206,8 @@ def scan(
         t = jnp.arange(T).reshape((T,) + (1,) * len(batch_shape))
         xs_tm = jnp.where((t < lengths)[..., None], xs_tm, jnp.zeros_like(xs_tm))
     # With chunked remat each chunk projects its own inputs inside the loop.
+    if chunk is None:
+        _check_projection_memory(cell, params, xs_tm)
     xp = cell.project(params, xs_tm) if chunk is None else xs_tm
     rs = _check_resets(resets, T, batch_shape, time_major)
     perts = _check_perturbations(state_perturbations, state0, T, cell.hidden_size)
@@ -230,6 +232,16 @@ def scan(
 
 
 # --------------------------------------------------------------------------- checks
+
+
+def _check_projection_memory(cell: Cell, params: PyTree, xs_tm: Array) -> None:
+    """Refuse, with the size it needs, an input projection larger than the devices' memory."""
+    out = jax.eval_shape(cell.project, params, xs_tm)
+    nbytes = sum(leaf.size * leaf.dtype.itemsize for leaf in jax.tree_util.tree_leaves(out))
+    check_fits_in_memory(
+        nbytes,
+        f"the input projection of xs {tuple(xs_tm.shape)} (time-major) by a {cell.name} cell",
+    )
 
 
 def _check_options(reverse: Any, time_major: Any, unroll: Any, truncate: Any, fused: Any) -> None:

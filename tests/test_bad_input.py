@@ -429,3 +429,18 @@ def test_int64_lengths_passed_into_jit_wrap_before_gatedrnn_sees_them(setup):
     assert np.asarray(jax.jit(lambda n: n)(lengths)).tolist() == [3, 2]  # JAX, not gatedrnn
     with pytest.raises(ValueError, match="got values from 2 to 4294967299"):
         jax.jit(lambda x: gr.scan(cell, params, x, seq_lengths=lengths))(xs_of(B, T, I))
+
+
+def test_a_size_too_large_for_memory_fails_at_init_with_the_size_it_needs():
+    with pytest.raises(ValueError, match=r"params of a lstm cell .* would take [\d,.]+ GiB"):
+        gr.lstm(10**6).init(jax.random.PRNGKey(0), 10**6)
+    with pytest.raises(ValueError, match=r"MinGRUParams .* would take [\d,.]+ GiB"):
+        gr.min_gru(10**6).init(jax.random.PRNGKey(0), 10**6)
+
+
+def test_an_input_projection_too_large_for_memory_fails_before_xla_allocates():
+    cell = gr.gru(1024)
+    params = cell.init(jax.random.PRNGKey(0), 8)
+    huge = jax.ShapeDtypeStruct((10**5, 10**4, 8), jnp.float32)  # never allocated
+    with pytest.raises(ValueError, match=r"input projection of xs .* would take [\d,.]+ GiB"):
+        jax.eval_shape(lambda xs: gr.scan(cell, params, xs), huge)

@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import functools
 import inspect
+import os
 from collections.abc import Callable
 from typing import Any, NamedTuple
 
@@ -346,6 +347,61 @@ def check_dtype(dtype: Any) -> jnp.dtype:
     if not jnp.issubdtype(dt, jnp.floating):
         raise TypeError(f"params dtype must be floating point, got {dt}")
     return dt
+
+
+@functools.lru_cache(maxsize=1)
+def memory_limit() -> int | None:
+    """Bytes of memory all of JAX's devices have together, or None if unknown.
+
+    Accelerators report their own limit (``memory_stats()["bytes_limit"]``); CPU devices
+    share the host's physical memory, counted once.
+    """
+    total, host = 0, False
+    for device in jax.devices():
+        try:
+            stats = device.memory_stats()
+        except Exception:  # backends without memory stats
+            stats = None
+        if stats and stats.get("bytes_limit"):
+            total += int(stats["bytes_limit"])
+        else:
+            host = True
+    if host:
+        try:
+            total += os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+        except (ValueError, OSError, AttributeError):
+            return None
+    return total or None
+
+
+def check_fits_in_memory(nbytes: int, what: str) -> None:
+    """Raise ValueError, with the size needed, if ``nbytes`` exceed :func:`memory_limit`.
+
+    Called before an array is made (params at ``init``, the input projection in
+    :func:`gatedrnn.scan`), so a size that cannot fit fails with what it would need rather
+    than with an allocation error from XLA.
+    """
+    limit = memory_limit()
+    if limit is not None and nbytes > limit:
+        gib = 2.0**30
+        raise ValueError(
+            f"{what} would take {nbytes / gib:,.1f} GiB, more than the {limit / gib:,.1f} GiB of "
+            "memory the devices have together; use smaller sizes (or more devices)"
+        )
+
+
+def check_param_memory(
+    name: str, input_size: int, hidden_size: int, gates: int, dtype: Any, recurrent: bool = True
+) -> None:
+    """:func:`check_fits_in_memory` for a cell's params: ``w_x (I, G*H)``, ``w_h (H, G*H)``
+    (if ``recurrent``) and biases."""
+    rows = input_size + (hidden_size if recurrent else 0) + 2
+    nbytes = rows * gates * hidden_size * jnp.dtype(dtype).itemsize
+    check_fits_in_memory(
+        nbytes,
+        f"the params of a {name} cell with input_size={input_size}, "
+        f"hidden_size={hidden_size} ({jnp.dtype(dtype).name})",
+    )
 
 
 # ------------------------------------------------------------------------ initializers

@@ -20,6 +20,7 @@ from gatedrnn.cells.base import (
     check_initializers,
     check_input,
     check_input_size,
+    check_param_memory,
     check_params,
     chrono_bias,
     fan_in_normal,
@@ -157,6 +158,7 @@ def gru(
         (plus ``update_bias`` on the z block of ``b_x``)."""
         input_size = check_input_size(input_size)
         dtype = check_dtype(dtype)
+        check_param_memory("gru", input_size, H, 3, dtype)
         kx, kh, kbx, kbh = jax.random.split(key, 4)
         b_x = bias_init(kbx, (3 * H,), dtype)
         if update_bias == "chrono":

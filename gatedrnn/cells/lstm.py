@@ -20,6 +20,7 @@ from gatedrnn.cells.base import (
     check_initializers,
     check_input,
     check_input_size,
+    check_param_memory,
     check_params,
     chrono_bias,
     fan_in_normal,
@@ -140,6 +141,7 @@ def lstm(
         plus ``forget_bias`` on the f block (chrono: also its negative on the i block)."""
         input_size = check_input_size(input_size)
         dtype = check_dtype(dtype)
+        check_param_memory("lstm", input_size, H, 4, dtype)
         kx, kh, kb = jax.random.split(key, 3)
         b = bias_init(kb, (4 * H,), dtype)
         if forget_bias == "chrono":

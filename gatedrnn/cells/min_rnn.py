@@ -29,6 +29,7 @@ from gatedrnn.cells.base import (
     check_hidden_size,
     check_input,
     check_input_size,
+    check_param_memory,
     fan_in_normal,
     make_config,
     make_state_zeros,
@@ -126,6 +127,7 @@ def _min_cell(
         """Draw params: ``w_x`` fan-in normal, ``b`` zeros (plus the block offsets)."""
         input_size = check_input_size(input_size)
         dtype = check_dtype(dtype)
+        check_param_memory(params_type.__name__, input_size, H, num_blocks, dtype, False)
         kx, kb = jax.random.split(key)
         b = bias_init(kb, (num_blocks * H,), dtype)
         for block, offset in bias_offsets.items():

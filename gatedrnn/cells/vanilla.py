@@ -20,6 +20,7 @@ from gatedrnn.cells.base import (
     check_initializers,
     check_input,
     check_input_size,
+    check_param_memory,
     check_params,
     fan_in_normal,
     make_config,
@@ -88,6 +89,7 @@ def vanilla(
         """Draw params: ``w_x`` fan-in normal, ``w_h`` orthogonal, ``b`` zeros."""
         input_size = check_input_size(input_size)
         dtype = check_dtype(dtype)
+        check_param_memory("vanilla", input_size, H, 1, dtype)
         kx, kh, kb = jax.random.split(key, 3)
         return VanillaParams(
             w_x=kernel_init(kx, (input_size, H), dtype),
