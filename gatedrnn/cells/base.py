@@ -471,15 +471,21 @@ def check_gate_bias(value: Any, name: str, t_max: Any) -> float | str:
     return float(value)
 
 
-def chrono_bias(key: Array, size: int, t_max: int, dtype: Any) -> Array:
-    """Chrono initialization (Tallec & Ollivier 2018): ``log U(1, t_max - 1)`` per unit.
+def gate_bias(key: Array, value: float | str, size: int, t_max: int | None, dtype: Any) -> Array:
+    """A gate's init bias ``(size,)``: ``value`` everywhere, or chrono initialization.
 
-    A gate ``sigmoid(b)`` that keeps the state then has characteristic time
+    ``value="chrono"`` (Tallec & Ollivier 2018) draws ``log U(1, t_max - 1)`` per unit: a
+    gate ``sigmoid(b)`` that keeps the state then has characteristic time
     ``1 / (1 - sigmoid(b)) = 1 + exp(b)`` in ``[2, t_max]``, spread over the range of
-    dependencies the task needs.
+    dependencies the task needs. ``value`` is checked by :func:`check_gate_bias`. Used as::
+
+        LSTM: b_f += gate_bias; with "chrono" also b_i -= b_f's draw
+        GRU:  b_xz += gate_bias
     """
-    u = jax.random.uniform(key, (size,), jnp.float32, minval=1.0, maxval=float(t_max - 1))
-    return jnp.log(u).astype(dtype)
+    if value == "chrono":
+        u = jax.random.uniform(key, (size,), jnp.float32, minval=1.0, maxval=float(t_max - 1))
+        return jnp.log(u).astype(dtype)
+    return jnp.full((size,), value, dtype)
 
 
 def make_state_zeros(hidden_size: int, dtype: Any, batch_shape: Any) -> Array:

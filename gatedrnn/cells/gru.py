@@ -22,8 +22,8 @@ from gatedrnn.cells.base import (
     check_input_size,
     check_param_memory,
     check_params,
-    chrono_bias,
     fan_in_normal,
+    gate_bias,
     make_config,
     make_state_zeros,
     orthogonal,
@@ -140,11 +140,7 @@ def gru(
         reset_after=False: n = tanh(x w_xn + b_xn + (r * h) w_hn + b_hn)
         h' = (1 - z) * n + z * h,   y = h'
 
-    Init of the update gate's bias (on top of ``bias_init``)::
-
-        number:   b_xz += update_bias
-        "chrono": b_xz += log(u),  u ~ U(1, t_max - 1) per unit
-                  (characteristic time 1 / (1 - sigmoid(b_xz)) = 1 + u in [2, t_max])
+    Gate-bias init (on top of ``bias_init``): :func:`gatedrnn.cells.base.gate_bias`.
     """
     hidden_size = check_hidden_size(hidden_size)
     check_initializers(kernel_init=kernel_init, recurrent_init=recurrent_init, bias_init=bias_init)
@@ -161,10 +157,8 @@ def gru(
         check_param_memory("gru", input_size, H, 3, dtype)
         kx, kh, kbx, kbh = jax.random.split(key, 4)
         b_x = bias_init(kbx, (3 * H,), dtype)
-        if update_bias == "chrono":
-            b_x = b_x.at[H : 2 * H].add(chrono_bias(jax.random.fold_in(key, 4), H, t_max, dtype))
-        elif update_bias != 0.0:
-            b_x = b_x.at[H : 2 * H].add(jnp.asarray(update_bias, dtype))
+        b_z = gate_bias(jax.random.fold_in(key, 4), update_bias, H, t_max, dtype)
+        b_x = b_x.at[H : 2 * H].add(b_z)
         return GRUParams(
             w_x=kernel_init(kx, (input_size, 3 * H), dtype),
             w_h=blockwise(recurrent_init, 3)(kh, (H, 3 * H), dtype),
@@ -185,21 +179,11 @@ def gru(
         xp = x @ params.w_x + params.b_x
         return GRUInput(r=xp[..., :H], z=xp[..., H : 2 * H], n=xp[..., 2 * H :])
 
-    def recur_before(params: GRUParams, h: Array, xp: GRUInput) -> tuple[Array, Array]:
-        """``reset_after=False``: ``h (*batch, H), xp -> (h', h')``.
-
-        Two matrix products in sequence (``(r * h) w_hn`` needs ``r``), so this form has
-        no ``hidden``/``pointwise`` split.
-        """
-        _, z, n = gru_gates(params, h, xp, reset_after)
-        h = (1.0 - z) * n + z * h
-        return h, h
-
     return Cell(
         init=init,
         initial_state=initial_state,
         project=project,
-        recur=Split(gru_hidden, gru_pointwise) if reset_after else recur_before,
+        recur=Split(gru_hidden, gru_pointwise) if reset_after else gru_recur_before,
         output=_identity,
         hidden_size=H,
         name="gru",
@@ -211,6 +195,17 @@ def gru(
             **({} if t_max is None else {"t_max": int(t_max)}),
         ),
     )
+
+
+def gru_recur_before(params: GRUParams, h: Array, xp: GRUInput) -> tuple[Array, Array]:
+    """The recurrent part of a ``reset_after=False`` GRU: ``h (*batch, H), xp -> (h', h')``.
+
+    Two matrix products in sequence (``(r * h) w_hn`` needs ``r``), so this form has no
+    :class:`~gatedrnn.Split`.
+    """
+    _, z, n = gru_gates(params, h, xp, False)
+    h = (1.0 - z) * n + z * h
+    return h, h
 
 
 def _identity(h: Array) -> Array:

@@ -22,8 +22,8 @@ from gatedrnn.cells.base import (
     check_input_size,
     check_param_memory,
     check_params,
-    chrono_bias,
     fan_in_normal,
+    gate_bias,
     make_config,
     make_state_zeros,
     orthogonal,
@@ -125,11 +125,7 @@ def lstm(
         c' = f * c + i * g
         h' = o * tanh(c'),   y = h'
 
-    Init of the gate biases (on top of ``bias_init``)::
-
-        number:   b_f += forget_bias
-        "chrono": b_f += log(u), b_i -= log(u),  u ~ U(1, t_max - 1) per unit
-                  (characteristic time 1 / (1 - sigmoid(b_f)) = 1 + u in [2, t_max])
+    Gate-bias init (on top of ``bias_init``): :func:`gatedrnn.cells.base.gate_bias`.
     """
     hidden_size = check_hidden_size(hidden_size)
     check_initializers(kernel_init=kernel_init, recurrent_init=recurrent_init, bias_init=bias_init)
@@ -144,11 +140,10 @@ def lstm(
         check_param_memory("lstm", input_size, H, 4, dtype)
         kx, kh, kb = jax.random.split(key, 3)
         b = bias_init(kb, (4 * H,), dtype)
+        b_f = gate_bias(jax.random.fold_in(key, 3), forget_bias, H, t_max, dtype)
+        b = b.at[H : 2 * H].add(b_f)
         if forget_bias == "chrono":
-            b_f = chrono_bias(jax.random.fold_in(key, 3), H, t_max, dtype)
-            b = b.at[:H].add(-b_f).at[H : 2 * H].add(b_f)
-        else:
-            b = b.at[H : 2 * H].add(jnp.asarray(forget_bias, dtype))
+            b = b.at[:H].add(-b_f)
         return LSTMParams(
             w_x=kernel_init(kx, (input_size, 4 * H), dtype),
             w_h=blockwise(recurrent_init, 4)(kh, (H, 4 * H), dtype),
