@@ -30,6 +30,7 @@ import json
 import os
 import platform
 import statistics
+import subprocess
 import sys
 import time
 from collections.abc import Callable
@@ -52,6 +53,26 @@ MATMUL_N, QUICK_MATMUL_N = 2048, 128
 
 def _block(out: Any) -> Any:
     return jax.block_until_ready(out)
+
+
+def torch_device() -> str:
+    """``"cuda"`` where PyTorch sees a GPU, else ``"cpu"``: PyTorch runs where JAX can."""
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def _torch_sync() -> None:
+    """Wait for PyTorch's queued GPU work (a no-op on the CPU)."""
+    import torch
+
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+
+
+def spread(values: list[float]) -> dict[str, float]:
+    """``{"min", "median", "max"}`` of ``values``."""
+    return {"min": min(values), "median": statistics.median(values), "max": max(values)}
 
 
 def interleaved_times(fns: dict[str, Callable[[], Any]], rounds: int) -> dict[str, list[float]]:
@@ -120,19 +141,22 @@ def torch_fns(kind: str, B: int, T: int, I: int, H: int, seed: int):
     import torch
 
     torch.manual_seed(seed)
+    device = torch_device()
     module = {"vanilla": torch.nn.RNN, "lstm": torch.nn.LSTM, "gru": torch.nn.GRU}[kind]
-    model = module(I, H, batch_first=True)
-    xs = torch.randn(B, T, I, requires_grad=True)
+    model = module(I, H, batch_first=True).to(device)
+    xs = torch.randn(B, T, I, device=device, requires_grad=True)
 
     def fwd() -> None:
         with torch.no_grad():
             model(xs)
+        _torch_sync()
 
     def step() -> None:
         model.zero_grad(set_to_none=True)
         xs.grad = None
         ys, _ = model(xs)
         ys.sum().backward()
+        _torch_sync()
 
     return fwd, step
 
@@ -143,11 +167,65 @@ def matmul_fns(n: int, seed: int):
 
     a = jax.random.normal(jax.random.PRNGKey(seed), (n, n))
     mm = jax.jit(jnp.dot)
-    ta, tb = torch.randn(n, n), torch.randn(n, n)
-    return (lambda: _block(mm(a, a))), (lambda: ta @ tb)
+    ta, tb = torch.randn(n, n, device=torch_device()), torch.randn(n, n, device=torch_device())
+
+    def torch_mm() -> None:
+        ta @ tb
+        _torch_sync()
+
+    return (lambda: _block(mm(a, a))), torch_mm
+
+
+def cudnn_lstm_fns(B: int, T: int, I: int, H: int, seed: int):
+    """``jax.experimental.rnn.lstm`` (cuDNN's LSTM, GPU only): forward and training step."""
+    from jax.experimental import rnn
+
+    w = rnn.init_lstm_weight(jax.random.PRNGKey(seed), I, H, 1, False)
+    xs = jax.random.normal(jax.random.PRNGKey(seed + 1), (B, T, I))
+    zeros = jnp.zeros((1, B, H))
+    lengths = jnp.full((B,), T, jnp.int32)
+
+    def run(w: jax.Array, x: jax.Array) -> jax.Array:
+        return rnn.lstm(x, zeros, zeros, w, lengths, I, H, 1, 0.0, False)[0]
+
+    fwd = jax.jit(run)
+    step = jax.jit(jax.grad(lambda w, x: jnp.sum(run(w, x)), argnums=(0, 1)))
+    return (lambda: _block(fwd(w, xs))), (lambda: _block(step(w, xs)))
 
 
 # ------------------------------------------------------------------------------ sections
+
+
+def speed_row(kind: str, shape: tuple, times: dict[str, list[float]], n: int) -> dict:
+    """One row of the speed table from the rounds' times: per implementation min / median /
+    max seconds; per pair the ratio of medians and its range over the rounds (each round
+    timed every implementation once, so a round's ratio saw one machine load)."""
+    B, T, I, H = shape
+    med = {k: statistics.median(v) for k, v in times.items()}
+    mm_gflops = 2.0 * n**3 / med["matmul_jax"] / 1e9
+    fl = rnn_flops(kind, B, T, I, H)
+    row: dict[str, Any] = {
+        "cell": kind,
+        "shape": {"batch": B, "time": T, "input": I, "hidden": H},
+        "seconds": med,
+        "seconds_spread": {k: spread(v) for k, v in times.items()},
+        "matmul_gflops_jax": mm_gflops,
+        "matmul_gflops_torch": 2.0 * n**3 / med["matmul_torch"] / 1e9,
+    }
+
+    def ratio(other: str, ours: str) -> tuple[float, list[float]]:
+        per_round = [o / g for o, g in zip(times[other], times[ours], strict=True)]
+        return med[other] / med[ours], [min(per_round), max(per_round)]
+
+    for phase, mult in (("forward", 1.0), ("train", 3.0)):
+        g = mult * fl / med[f"gatedrnn_{phase}"] / 1e9
+        row[phase] = {"gflops": g, "fraction_of_matmul": g / mm_gflops}
+        for other in ("torch", "flax", "cudnn"):
+            if f"{other}_{phase}" in med:
+                r, rng = ratio(f"{other}_{phase}", f"gatedrnn_{phase}")
+                row[phase][f"vs_{other}"], row[phase][f"vs_{other}_rounds"] = r, rng
+    row["train"]["fused_vs_autodiff"] = med["gatedrnn_autodiff_train"] / med["gatedrnn_train"]
+    return row
 
 
 def bench_speed(args: argparse.Namespace) -> list[dict]:
@@ -156,50 +234,41 @@ def bench_speed(args: argparse.Namespace) -> list[dict]:
         shapes = [shapes[int(i)] for i in args.shapes.split(",")]
     n = QUICK_MATMUL_N if args.quick else MATMUL_N
     jax_mm, torch_mm = matmul_fns(n, args.seed)
+    on_gpu = jax.default_backend() == "gpu"
     rows = []
     for B, T, I, H in shapes:
         for kind in ("vanilla", "lstm", "gru"):
             fns: dict[str, Callable[[], Any]] = {"matmul_jax": jax_mm, "matmul_torch": torch_mm}
-            for name, builder, kwargs in (
+            builders = [
                 ("gatedrnn", gatedrnn_fns, {}),
                 ("gatedrnn_autodiff", gatedrnn_fns, {"fused": False}),
                 ("torch", torch_fns, {}),
                 ("flax", flax_fns, {}),
-            ):
+            ]
+            for name, builder, kwargs in builders:
                 fwd, step = builder(kind, B, T, I, H, args.seed, **kwargs)
                 if name != "gatedrnn_autodiff":
                     fns[f"{name}_forward"] = fwd
                 fns[f"{name}_train"] = step
-            med = interleaved_medians(fns, args.rounds)
-            mm_gflops = 2.0 * n**3 / med["matmul_jax"] / 1e9
-            fl = rnn_flops(kind, B, T, I, H)
-            row: dict[str, Any] = {
-                "cell": kind,
-                "shape": {"batch": B, "time": T, "input": I, "hidden": H},
-                "seconds": med,
-                "matmul_gflops_jax": mm_gflops,
-                "matmul_gflops_torch": 2.0 * n**3 / med["matmul_torch"] / 1e9,
-            }
-            for phase, mult in (("forward", 1.0), ("train", 3.0)):
-                g = mult * fl / med[f"gatedrnn_{phase}"] / 1e9
-                row[phase] = {
-                    "vs_torch": med[f"torch_{phase}"] / med[f"gatedrnn_{phase}"],
-                    "vs_flax": med[f"flax_{phase}"] / med[f"gatedrnn_{phase}"],
-                    "gflops": g,
-                    "fraction_of_matmul": g / mm_gflops,
-                }
-            row["train"]["fused_vs_autodiff"] = (
-                med["gatedrnn_autodiff_train"] / med["gatedrnn_train"]
-            )
+            if on_gpu and kind == "lstm":
+                try:
+                    fwd, step = cudnn_lstm_fns(B, T, I, H, args.seed)
+                    fwd(), step()
+                    fns["cudnn_forward"], fns["cudnn_train"] = fwd, step
+                except Exception as e:  # an API change must not cost the other rows
+                    print(f"cuDNN LSTM (jax.experimental.rnn) failed: {e!r}", flush=True)
+            row = speed_row(kind, (B, T, I, H), interleaved_times(fns, args.rounds), n)
+            row["unroll"] = gr.default_unroll(T, B)
             rows.append(row)
             if args.save is not None:
                 args.save("speed", rows)
+            f, t = row["forward"], row["train"]
             print(
-                f"{kind:8s} {(B, T, I, H)!s:22s} fwd x{row['forward']['vs_torch']:.2f} torch "
-                f"x{row['forward']['vs_flax']:.2f} flax | train x{row['train']['vs_torch']:.2f} "
-                f"torch x{row['train']['vs_flax']:.2f} flax, fused x"
-                f"{row['train']['fused_vs_autodiff']:.2f} | {row['train']['gflops']:.1f} GFLOP/s ="
-                f" {100 * row['train']['fraction_of_matmul']:.0f}% of matmul {mm_gflops:.0f}",
+                f"{kind:8s} {(B, T, I, H)!s:22s} fwd x{f['vs_torch']:.2f} torch "
+                f"x{f['vs_flax']:.2f} flax | train x{t['vs_torch']:.2f} "
+                f"torch x{t['vs_flax']:.2f} flax, fused x{t['fused_vs_autodiff']:.2f} | "
+                f"{t['gflops']:.1f} GFLOP/s = {100 * t['fraction_of_matmul']:.0f}% of matmul "
+                f"{row['matmul_gflops_jax']:.0f}",
                 flush=True,
             )
     return rows
@@ -271,18 +340,18 @@ def bench_min(args: argparse.Namespace) -> dict:
     B, T, I, H = (2, 64, 8, 16) if args.quick else (16, 4096, 256, 256)
     xs = jax.random.normal(jax.random.PRNGKey(args.seed + 1), (B, T, I))
     fns = {}
-    for name, make in (
-        ("gru", gr.gru),
-        ("min_gru", gr.min_gru),
-        ("min_lstm", gr.min_lstm),
-        # The same minGRU run step by step (no parallel form): what the parallel scan buys.
-        ("min_gru_sequential", lambda h: gr.min_gru(h)._replace(parallel=None)),
+    for name, make, kwargs in (
+        ("gru", gr.gru, {}),
+        ("min_gru", gr.min_gru, {}),
+        ("min_lstm", gr.min_lstm, {}),
+        # minGRU in its parallel form (gr.scan picks a form by the measured crossover).
+        ("min_gru_parallel", gr.min_gru, {"parallel": True}),
     ):
         cell = make(H)
         params = cell.init(jax.random.PRNGKey(args.seed), I)
 
-        def loss(params, xs, cell=cell):
-            return jnp.sum(gr.scan(cell, params, xs)[1])
+        def loss(params, xs, cell=cell, kwargs=kwargs):
+            return jnp.sum(gr.scan(cell, params, xs, **kwargs)[1])
 
         step = jax.jit(jax.grad(loss, argnums=(0, 1)))
         fns[name] = lambda step=step, params=params: _block(step(params, xs))
@@ -295,6 +364,138 @@ def bench_min(args: argparse.Namespace) -> dict:
     }
     print(f"min cells {out}", flush=True)
     return out
+
+
+UNROLLS = (1, 2, 4, 8)
+
+
+def bench_unroll(args: argparse.Namespace) -> list[dict]:
+    """Forward and training step per ``unroll`` of ``gr.scan``, every cell and shape: what
+    ``gr.default_unroll`` is chosen from."""
+    shapes = QUICK_SHAPES if args.quick else SHAPES
+    if args.shapes:
+        shapes = [shapes[int(i)] for i in args.shapes.split(",")]
+    rows = []
+    for B, T, I, H in shapes:
+        for kind in ("vanilla", "lstm", "gru"):
+            fns = {}
+            for u in UNROLLS:
+                fwd, step = gatedrnn_fns(kind, B, T, I, H, args.seed, unroll=u)
+                fns[f"{u}_forward"], fns[f"{u}_train"] = fwd, step
+            times = interleaved_times(fns, args.rounds)
+            med = {k: statistics.median(v) for k, v in times.items()}
+            row = {
+                "cell": kind,
+                "shape": [B, T, I, H],
+                "seconds": med,
+                "default": gr.default_unroll(T, B),
+                "speedup_vs_1": {k: med[f"1_{k.split('_')[1]}"] / v for k, v in med.items()},
+            }
+            rows.append(row)
+            if args.save is not None:
+                args.save("unroll", rows)
+            print(f"unroll {kind} {(B, T, I, H)} {row['speedup_vs_1']}", flush=True)
+    return rows
+
+
+CROSSOVER_T = (16, 64, 256, 1024, 4096, 16384)
+
+
+def bench_crossover(args: argparse.Namespace) -> dict:
+    """minGRU's training step and forward pass, parallel form (``jax.lax.associative_scan``)
+    against the same cell step by step, over T: where the parallel form starts to win."""
+    B, I, H = (2, 8, 16) if args.quick else (16, 128, 128)
+    lengths = (8, 32) if args.quick else CROSSOVER_T
+    rows = []
+    for T in lengths:
+        xs = jax.random.normal(jax.random.PRNGKey(args.seed + 1), (B, T, I))
+        fns = {}
+        for name, parallel in (("parallel", True), ("sequential", False)):
+            cell = gr.min_gru(H)
+            params = cell.init(jax.random.PRNGKey(args.seed), I)
+            f = partial(gr.scan, cell, parallel=parallel)
+            fwd = jax.jit(lambda p, x, f=f: f(p, x)[1])
+            step = jax.jit(jax.grad(lambda p, x, f=f: jnp.sum(f(p, x)[1]), argnums=(0, 1)))
+            fns[f"{name}_forward"] = lambda fwd=fwd, p=params, x=xs: _block(fwd(p, x))
+            fns[f"{name}_train"] = lambda step=step, p=params, x=xs: _block(step(p, x))
+        med = interleaved_medians(fns, args.rounds)
+        rows.append({"T": T, "seconds": med})
+        print(f"crossover T={T} {med}", flush=True)
+
+    def crossover(phase: str) -> int | None:
+        """The smallest measured T from which on the parallel form is faster at every T."""
+        sec = [r["seconds"] for r in rows]
+        wins = [t[f"sequential_{phase}"] > t[f"parallel_{phase}"] for t in sec]
+        for i in range(len(rows)):
+            if all(wins[i:]):
+                return rows[i]["T"]
+        return None
+
+    return {
+        "shape": {"batch": B, "input": I, "hidden": H},
+        "rows": rows,
+        "crossover_train": crossover("train"),
+        "crossover_forward": crossover("forward"),
+        "library_picks_parallel_from": gr.parallel_crossover(),
+    }
+
+
+def bench_shard(args: argparse.Namespace) -> list[dict]:
+    """One loop per core: the training step with the batch split over host CPU devices
+    (``XLA_FLAGS=--xla_force_host_platform_device_count=N``, a fresh process) against the
+    same step on one device, in that process."""
+    if jax.default_backend() != "cpu":
+        print("shard: CPU only (one loop per core)", flush=True)
+        return []
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    flag = f"--xla_force_host_platform_device_count={cores}"
+    env = {**os.environ, "XLA_FLAGS": f"{os.environ.get('XLA_FLAGS', '')} {flag}".strip()}
+    cmd = [sys.executable, __file__, "--sections", "shard_worker", "--rounds", str(args.rounds)]
+    cmd += ["--out", str(Path(args.out) / "shard_worker"), "--seed", str(args.seed)]
+    cmd += ["--quick"] if args.quick else []
+    cmd += ["--shapes", args.shapes] if args.shapes else []
+    subprocess.run(cmd, env=env, check=True)
+    results = json.loads((Path(args.out) / "shard_worker" / "rnn_speed.json").read_text())
+    return results["shard_worker"]
+
+
+def bench_shard_worker(args: argparse.Namespace) -> list[dict]:
+    """The worker of :func:`bench_shard`, run in a process with several host devices."""
+    from gatedrnn.training import mesh as meshes
+
+    devices = jax.devices()
+    shapes = QUICK_SHAPES[:1] if args.quick else SHAPES
+    if args.shapes:
+        shapes = [(QUICK_SHAPES if args.quick else SHAPES)[int(i)] for i in args.shapes.split(",")]
+    mesh = meshes.data_mesh()
+    rows = []
+    for B, T, I, H in shapes:
+        if B % len(devices):
+            continue
+        for kind in ("vanilla", "lstm", "gru"):
+            cell = {"vanilla": gr.vanilla, "lstm": gr.lstm, "gru": gr.gru}[kind](H)
+            params = cell.init(jax.random.PRNGKey(args.seed), I)
+            xs = jax.random.normal(jax.random.PRNGKey(args.seed + 1), (B, T, I))
+            grad = jax.grad(lambda p, x, c=cell: jnp.sum(gr.scan(c, p, x)[1]), argnums=(0, 1))
+            one, split = jax.jit(grad), jax.jit(grad)
+            p_r, x_s = meshes.replicate(params, mesh), meshes.shard_batch(xs, mesh)
+            med = interleaved_medians(
+                {
+                    "one_device": lambda p=params, x=xs, f=one: _block(f(p, x)),
+                    "sharded": lambda p=p_r, x=x_s, f=split: _block(f(p, x)),
+                },
+                args.rounds,
+            )
+            row = {
+                "cell": kind,
+                "shape": [B, T, I, H],
+                "devices": len(devices),
+                "seconds": med,
+                "speedup": med["one_device"] / med["sharded"],
+            }
+            rows.append(row)
+            print(f"shard {kind} {(B, T, I, H)} x{row['speedup']:.2f}", flush=True)
+    return rows
 
 
 def _transposed_dot_fns(B: int, T: int, H: int, seed: int) -> dict[str, Callable[[], Any]]:
@@ -467,29 +668,51 @@ def cpu_model() -> str:
     return platform.processor() or platform.machine()
 
 
+def ratio_text(phase: dict, key: str) -> str:
+    """``"1.12x (1.05-1.20)"``: the ratio with its range over repeats (``--repeat``) or,
+    for one run, over its rounds; ``-`` where the pair was not timed."""
+    if key not in phase:
+        return "-"
+    lo, hi = phase.get(f"{key}_repeats", phase.get(f"{key}_rounds", [phase[key]] * 2))
+    return f"{phase[key]:.2f}x ({lo:.2f}-{hi:.2f})"
+
+
+def speed_table(rows: list[dict], repeat: int) -> list[str]:
+    """The speed table's lines: ratios (other's time / ours) with their spread."""
+    if not rows:
+        return []
+    pairs = [("forward", "torch"), ("forward", "flax"), ("train", "torch"), ("train", "flax")]
+    if any("vs_cudnn" in r["train"] for r in rows):
+        pairs += [("forward", "cudnn"), ("train", "cudnn")]
+    over = f"min-max over {repeat} runs" if repeat > 1 else "min-max over the rounds"
+    head = " | ".join(f"{ph} vs {other}" for ph, other in pairs)
+    lines = [
+        "",
+        f"Ratios: time of the other / time of gatedrnn (> 1: gatedrnn faster), median ({over}).",
+        "",
+        f"| cell | (B, T, I, H) | {head} | train GFLOP/s | % of matmul | fused bwd vs autodiff |",
+        "|---|---|" + "---|" * len(pairs) + "---|---|---|",
+    ]
+    for r in rows:
+        s, t = r["shape"], r["train"]
+        ratios = " | ".join(ratio_text(r[ph], f"vs_{other}") for ph, other in pairs)
+        lines.append(
+            f"| {r['cell']} | ({s['batch']}, {s['time']}, {s['input']}, {s['hidden']}) "
+            f"| {ratios} | {t['gflops']:.1f} | {100 * t['fraction_of_matmul']:.0f}% "
+            f"| {t['fused_vs_autodiff']:.2f}x |"
+        )
+    return lines
+
+
 def markdown(results: dict) -> str:
     """The README's tables from the JSON results."""
     cpu = f" ({results['cpu']}, {results['cores']} cores)" if "cpu" in results else ""
     lines = [
         f"Device: {results['device']}{cpu}; {results['threads']} threads for XLA and "
-        f"PyTorch; medians of {results['rounds']} interleaved rounds.",
+        f"PyTorch ({results.get('torch_device', 'cpu')}); medians of {results['rounds']} "
+        "interleaved rounds.",
     ]
-    if "speed" in results:
-        lines += [
-            "",
-            "| cell | (B, T, I, H) | fwd vs torch | fwd vs flax | train vs torch | "
-            "train vs flax | train GFLOP/s | % of matmul | fused bwd vs autodiff |",
-            "|---|---|---|---|---|---|---|---|---|",
-        ]
-    for r in results.get("speed", []):
-        s = r["shape"]
-        f, t = r["forward"], r["train"]
-        lines.append(
-            f"| {r['cell']} | ({s['batch']}, {s['time']}, {s['input']}, {s['hidden']}) "
-            f"| {f['vs_torch']:.2f}x | {f['vs_flax']:.2f}x | {t['vs_torch']:.2f}x "
-            f"| {t['vs_flax']:.2f}x | {t['gflops']:.1f} | {100 * t['fraction_of_matmul']:.0f}% "
-            f"| {t['fused_vs_autodiff']:.2f}x |"
-        )
+    lines += speed_table(results.get("speed", []), results.get("repeat", 1))
     if "speed" in results:
         mm = [r["matmul_gflops_jax"] for r in results["speed"]]
         mt = [r["matmul_gflops_torch"] for r in results["speed"]]
@@ -497,6 +720,35 @@ def markdown(results: dict) -> str:
             "",
             f"Large matmul ({results['matmul_n']}^2, float32): JAX median over shapes "
             f"{statistics.median(mm):.0f} GFLOP/s, PyTorch {statistics.median(mt):.0f} GFLOP/s.",
+        ]
+    for row in results.get("unroll", []):
+        sp = row["speedup_vs_1"]
+        cells = ", ".join(
+            f"{u}: {sp[f'{u}_train']:.2f}x / {sp[f'{u}_forward']:.2f}x" for u in UNROLLS
+        )
+        lines += [
+            "",
+            f"unroll, {row['cell']} {tuple(row['shape'])}, speed-up over unroll=1 "
+            f"(train / forward): {cells}; default {row['default']}.",
+        ]
+    if "crossover" in results:
+        c = results["crossover"]
+        per_t = ", ".join(
+            f"T={r['T']}: {r['seconds']['sequential_train'] / r['seconds']['parallel_train']:.2f}x"
+            for r in c["rows"]
+        )
+        lines += [
+            "",
+            f"minGRU parallel form vs step by step, training step (B={c['shape']['batch']}, "
+            f"H={c['shape']['hidden']}; > 1: parallel faster): {per_t}. Crossover: "
+            f"{c['crossover_train']} (train), {c['crossover_forward']} (forward); "
+            f"gr.scan uses the parallel form from T={c['library_picks_parallel_from']}.",
+        ]
+    for row in results.get("shard", []):
+        lines += [
+            "",
+            f"Batch split over {row['devices']} host devices, {row['cell']} "
+            f"{tuple(row['shape'])} training step: {row['speedup']:.2f}x one device.",
         ]
     if "compile" in results:
         c = results["compile"]
@@ -529,8 +781,8 @@ def markdown(results: dict) -> str:
             f"{m['seconds']['min_gru']:.4f} s ({m['min_gru_speedup_vs_gru']:.1f}x), minLSTM "
             f"{m['seconds']['min_lstm']:.4f} s ({m['min_lstm_speedup_vs_gru']:.1f}x)"
             + (
-                f"; minGRU step by step {m['seconds']['min_gru_sequential']:.4f} s."
-                if "min_gru_sequential" in m["seconds"]
+                f"; minGRU parallel form {m['seconds']['min_gru_parallel']:.4f} s."
+                if "min_gru_parallel" in m["seconds"]
                 else "."
             ),
         ]
@@ -558,6 +810,53 @@ README_PARTS = (
 )
 
 
+REPEATED = ("vs_torch", "vs_flax", "vs_cudnn", "gflops", "fraction_of_matmul")
+
+
+def _without(argv: list[str], option: str) -> list[str]:
+    """``argv`` without ``option VALUE`` / ``option=VALUE``."""
+    out, skip = [], False
+    for a in argv:
+        if skip:
+            skip = False
+        elif a == option:
+            skip = True
+        elif not a.startswith(option + "="):
+            out.append(a)
+    return out
+
+
+def combine_runs(runs: list[dict]) -> dict:
+    """One result from several runs of the same command: the first run's, with every speed
+    ratio replaced by its median over the runs and its min-max (``*_repeats``)."""
+    out = json.loads(json.dumps(runs[0]))
+    out["repeat"] = len(runs)
+    for i, row in enumerate(out.get("speed", [])):
+        for phase in ("forward", "train"):
+            for key in REPEATED:
+                values = [r["speed"][i][phase][key] for r in runs if key in r["speed"][i][phase]]
+                if len(values) == len(runs):
+                    row[phase][key] = statistics.median(values)
+                    row[phase][f"{key}_repeats"] = [min(values), max(values)]
+    return out
+
+
+def repeat_runs(args: argparse.Namespace, argv: list[str]) -> dict:
+    """``--repeat N``: the same command N times in fresh processes, then combined."""
+    out = Path(args.out)
+    base = _without(_without(argv, "--repeat"), "--out")
+    runs = []
+    for i in range(args.repeat):
+        run_out = out / f"run{i}"
+        subprocess.run([sys.executable, __file__, *base, "--out", str(run_out)], check=True)
+        runs.append(json.loads((run_out / "rnn_speed.json").read_text()))
+    results = combine_runs(runs)
+    (out / "rnn_speed.json").write_text(json.dumps(results, indent=2))
+    (out / "rnn_speed.md").write_text(markdown(results))
+    print(markdown(results))
+    return results
+
+
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="tiny shapes (for the tests)")
@@ -582,7 +881,16 @@ def main(argv: list[str] | None = None) -> dict:
         help="PyTorch threads (default: the cores this process may use, as XLA does; "
         "run under `taskset -c 0` for one core each)",
     )
+    parser.add_argument(
+        "--repeat",
+        type=int,
+        default=1,
+        help="run the whole comparison N times, each in a fresh process, and report each "
+        "ratio's median and min-max over the N runs",
+    )
     args = parser.parse_args(argv)
+    if args.repeat > 1:
+        return repeat_runs(args, sys.argv[1:] if argv is None else list(argv))
     args.save = None
     args.rounds = args.rounds or (3 if args.quick else 7)
     import torch
@@ -596,6 +904,7 @@ def main(argv: list[str] | None = None) -> dict:
         "cpu": cpu_model(),
         "cores": os.cpu_count(),
         "threads": torch.get_num_threads(),
+        "torch_device": torch_device(),
         "rounds": args.rounds,
         "matmul_n": QUICK_MATMUL_N if args.quick else MATMUL_N,
         "quick": args.quick,
@@ -610,6 +919,10 @@ def main(argv: list[str] | None = None) -> dict:
         "min": bench_min,
         "generate": bench_generate,
         "levers": bench_levers,
+        "unroll": bench_unroll,
+        "crossover": bench_crossover,
+        "shard": bench_shard,
+        "shard_worker": bench_shard_worker,
     }
     names = args.sections.split(",")
     for name in names:

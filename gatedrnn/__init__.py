@@ -21,7 +21,7 @@ from gatedrnn.cells import (
     vanilla,
 )
 from gatedrnn.layers import Bidir, Stack, bidirectional_scan, stack
-from gatedrnn.scan import scan
+from gatedrnn.scan import default_unroll, parallel_crossover, scan
 
 __version__ = "0.1.0"
 
@@ -39,10 +39,12 @@ __all__ = [
     "VanillaParams",
     "__version__",
     "bidirectional_scan",
+    "default_unroll",
     "gru",
     "lstm",
     "min_gru",
     "min_lstm",
+    "parallel_crossover",
     "scan",
     "stack",
     "vanilla",

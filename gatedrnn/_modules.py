@@ -91,7 +91,7 @@ def run_stack(
     seq_lengths: Array | None,
     reverse: bool,
     time_major: bool,
-    unroll: int,
+    unroll: int | None,
     dropout_key: Array | None,
 ) -> tuple[tuple, Array]:
     """``st.apply`` with a ``reverse`` option for unidirectional stacks.

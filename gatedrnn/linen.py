@@ -240,7 +240,7 @@ class RNN(nn.Module):
       deterministic: the default of the call's ``deterministic``; None (and True) means no
         dropout.
       time_major: inputs and outputs are ``(T, *batch, ...)``.
-      unroll: steps per ``lax.scan`` iteration.
+      unroll: steps per ``lax.scan`` iteration; None: ``gr.default_unroll``.
       param_dtype: dtype of the params (and of the inputs).
       activation, forget_bias, reset_after, update_bias, t_max: options of the named cell
         (vanilla: ``activation``; LSTM: ``forget_bias``, a number or ``"chrono"`` with
@@ -261,7 +261,7 @@ class RNN(nn.Module):
     dropout: float = 0.0
     deterministic: bool | None = None
     time_major: bool = False
-    unroll: int = 1
+    unroll: int | None = None
     param_dtype: Any = jnp.float32
     activation: str | None = None
     forget_bias: float | str | None = None

@@ -230,7 +230,7 @@ class RNN(nnx.Module):
       deterministic: None or True: no dropout; False: dropout (``model.train()`` sets it
         False, ``model.eval()`` True; a call's ``deterministic`` overrides it).
       time_major: inputs and outputs ``(T, *batch, ...)``.
-      unroll: steps per ``lax.scan`` iteration.
+      unroll: steps per ``lax.scan`` iteration; None: ``gr.default_unroll``.
       param_dtype: dtype of params and inputs.
       activation, forget_bias, reset_after, update_bias, t_max: options of the named cell
         (vanilla: ``activation``; LSTM: ``forget_bias``, a number or ``"chrono"`` with
@@ -255,7 +255,7 @@ class RNN(nnx.Module):
         dropout: float = 0.0,
         deterministic: bool | None = None,
         time_major: bool = False,
-        unroll: int = 1,
+        unroll: int | None = None,
         param_dtype: Any = jnp.float32,
         activation: str | None = None,
         forget_bias: float | str | None = None,

@@ -16,8 +16,9 @@ them to one of four loops, all with the same values:
   works as well; values and derivatives are those of ``jax.lax.scan``'s own autodiff
   (tested to 1e-10 in float64);
 * the parallel form (:func:`_parallel_scan`) of cells that have one (``gr.min_gru``,
-  ``gr.min_lstm``): all steps at once with ``jax.lax.associative_scan``, unless
-  ``resets``, ``truncate``, ``state_perturbations`` or chunked ``remat`` is given;
+  ``gr.min_lstm``): all steps at once with ``jax.lax.associative_scan``, where it is the
+  faster of the two on the backend (:func:`parallel_crossover`) and no ``resets``,
+  ``truncate``, ``state_perturbations`` or chunked ``remat`` is given;
 * chunked rematerialization (:func:`_chunked_scan`) for ``remat="sqrt"`` or an int;
 * otherwise the plain loop of :func:`_step` (checkpointed per step with ``remat=True``).
 """
@@ -33,6 +34,52 @@ import numpy as np
 
 from gatedrnn._fused import scan_split
 from gatedrnn.cells.base import Array, Cell, PyTree, Split, check_fits_in_memory
+
+# Steps per loop iteration that ``unroll=None`` picks, per backend: measured by
+# ``python benchmarks/rnn_speed.py --sections unroll`` (table: docs/performance.md).
+_UNROLL = {"cpu": 4, "gpu": 4}
+# The sequence length from which the parallel form of a linear cell (minGRU, minLSTM) is
+# faster than its step-by-step loop, per backend (None: never on the lengths measured);
+# measured by ``python benchmarks/rnn_speed.py --sections crossover``.
+_PARALLEL_FROM: dict[str, int | None] = {"cpu": None, "gpu": 64}
+
+
+def _backend(backend: str | None) -> str:
+    return jax.default_backend() if backend is None else backend
+
+
+def default_unroll(T: int, batch_size: int, backend: str | None = None) -> int:
+    """The ``unroll`` that :func:`scan` uses when none is given.
+
+    Args:
+      T: sequence length.
+      batch_size: sequences per call (the product of the batch axes).
+      backend: ``"cpu"``, ``"gpu"``, ``"tpu"``; JAX's default backend if None.
+
+    Returns:
+      Steps per loop iteration, at least 1 and at most ``T``: the value that was fastest
+      for the training step on that backend in ``benchmarks/rnn_speed.py --sections
+      unroll`` (4 on the CPU; docs/performance.md has the table).
+    """
+    del batch_size  # the measured best did not depend on it
+    return max(1, min(_UNROLL.get(_backend(backend), 1), T))
+
+
+def parallel_crossover(backend: str | None = None) -> int | None:
+    """The sequence length from which :func:`scan` runs a cell's parallel form.
+
+    Cells whose recurrence is linear (``gr.min_gru``, ``gr.min_lstm``) have a parallel
+    form (``jax.lax.associative_scan``) and a step-by-step one; with ``parallel=None``,
+    :func:`scan` uses the parallel form for ``T`` at or above this length.
+
+    Args:
+      backend: ``"cpu"``, ``"gpu"``, ``"tpu"``; JAX's default backend if None.
+
+    Returns:
+      The measured crossover length (``benchmarks/rnn_speed.py --sections crossover``),
+      or None where the step-by-step loop was faster at every length measured (the CPU).
+    """
+    return _PARALLEL_FROM.get(_backend(backend), _PARALLEL_FROM["gpu"])
 
 
 def _is_concrete(x: Any) -> bool:
@@ -137,11 +184,12 @@ def scan(
     resets: Array | None = None,
     reverse: bool = False,
     time_major: bool = False,
-    unroll: int | bool = 1,
+    unroll: int | bool | None = None,
     truncate: int | None = None,
     remat: bool | str | int = False,
     state_perturbations: PyTree | None = None,
     fused: bool | None = None,
+    parallel: bool | None = None,
 ) -> tuple[PyTree, Array]:
     """Run ``cell`` over the time axis of ``xs`` with ``jax.lax.scan``.
 
@@ -164,7 +212,8 @@ def scan(
         returned in the original time order. With ``resets``, each segment is run
         backwards, as if the pieces were scanned in reverse one by one.
       time_major: ``xs`` (and ``ys``, ``resets``) have time on axis 0.
-      unroll: passed to ``jax.lax.scan`` (steps unrolled per loop iteration).
+      unroll: passed to ``jax.lax.scan`` (steps unrolled per loop iteration); None (the
+        default): :func:`default_unroll` for the backend (4 on the CPU).
       truncate: truncated BPTT window ``k``: the gradient through the state is stopped
         before every step whose index (in processing order) is a positive multiple of
         ``k``; the forward pass is unchanged.
@@ -176,6 +225,10 @@ def scan(
       fused: None (default): the fused loop (see the module docstring) wherever it can
         run; True: insist on it (ValueError where it cannot); False: the plain loop and
         ``jax.lax.scan``'s own autodiff.
+      parallel: for cells with a parallel form (``gr.min_gru``, ``gr.min_lstm``). None
+        (default): the parallel form where ``T >= parallel_crossover()`` (where it measured
+        faster on this backend), else the step-by-step loop; True: insist on it
+        (ValueError where an option rules it out); False: step by step.
       state_perturbations: for diagnostics; like the state with a leading time axis,
         leaves ``(T, *batch, H)`` (always time-major, original time order), added to the
         state right after each step. The gradient with respect to zeros here is
@@ -191,12 +244,15 @@ def scan(
       TypeError: on integer inputs or a dtype that differs from the params'.
     """
     xs = check_cell_and_xs(cell, xs, time_major)
-    _check_options(reverse, time_major, unroll, truncate, fused)
+    _check_options(reverse, time_major, unroll, truncate, fused, parallel)
     xs_tm = xs if time_major else jnp.moveaxis(xs, -2, 0)
     T, batch_shape = xs_tm.shape[0], tuple(xs_tm.shape[1:-1])
+    if unroll is None:
+        unroll = default_unroll(T, int(np.prod(batch_shape)))
     chunk = remat_chunk(remat, T)
     loop_only = dict(resets=resets, truncate=truncate, state_perturbations=state_perturbations)
     use_split = _use_split(cell, fused, {**loop_only, "remat": remat})
+    use_parallel = _use_parallel(cell, parallel, T, {**loop_only, "remat": chunk})
 
     jax.eval_shape(cell.project, params, xs_tm)  # the cell checks features and dtype
     state0 = _initial_state(cell, params, initial_state, batch_shape)
@@ -216,7 +272,7 @@ def scan(
 
     if use_split:
         final_state, ys = _split_loop(cell.recur, params, xp, state0, lengths, unroll)
-    elif cell.parallel is not None and all(v is None for v in (rs, truncate, perts, chunk)):
+    elif use_parallel:
         final_state, ys = _parallel_scan(cell, params, xp, state0, lengths)
     else:
         body = partial(_step, cell, truncate, (params, state0, lengths))
@@ -244,21 +300,43 @@ def _check_projection_memory(cell: Cell, params: PyTree, xs_tm: Array) -> None:
     )
 
 
-def _check_options(reverse: Any, time_major: Any, unroll: Any, truncate: Any, fused: Any) -> None:
+def _check_options(
+    reverse: Any, time_major: Any, unroll: Any, truncate: Any, fused: Any, parallel: Any
+) -> None:
     """Raise TypeError/ValueError for flags and loop options of the wrong type or range."""
     for flag, value in (("reverse", reverse), ("time_major", time_major)):
         if not isinstance(value, (bool, np.bool_)):
             raise TypeError(f"{flag} must be True or False, got {value!r}")
-    if not isinstance(unroll, (bool, int, np.integer)) or (
-        not isinstance(unroll, bool) and unroll < 1
+    if unroll is not None and (
+        not isinstance(unroll, (bool, int, np.integer))
+        or (not isinstance(unroll, bool) and unroll < 1)
     ):
-        raise ValueError(f"unroll must be an int >= 1 or a bool, got {unroll!r}")
+        raise ValueError(f"unroll must be None, an int >= 1 or a bool, got {unroll!r}")
     if truncate is not None and (
         isinstance(truncate, bool) or not isinstance(truncate, (int, np.integer)) or truncate < 1
     ):
         raise ValueError(f"truncate must be None or an int >= 1, got {truncate!r}")
-    if fused not in (None, True, False):
-        raise ValueError(f"fused must be None, True or False, got {fused!r}")
+    for name, value in (("fused", fused), ("parallel", parallel)):
+        if value is not None and not isinstance(value, (bool, np.bool_)):
+            raise ValueError(f"{name} must be None, True or False, got {value!r}")
+
+
+def _use_parallel(cell: Cell, parallel: bool | None, T: int, loop_only: dict[str, Any]) -> bool:
+    """Whether to run the cell's parallel form: it has one, no loop-only option is set, and
+    ``parallel`` asks for it or (None) ``T`` is at or past the backend's crossover."""
+    given = sorted(k for k, v in loop_only.items() if v is not None and v is not False)
+    if parallel:
+        if cell.parallel is None or given:
+            raise ValueError(
+                f"parallel=True needs a cell with a parallel form (gr.min_gru, gr.min_lstm; "
+                f"got {cell.name!r}{'' if cell.parallel is not None else ' without one'}) and "
+                f"no resets, truncate, state_perturbations or chunked remat (got {given})"
+            )
+        return True
+    if parallel is False or cell.parallel is None or given:
+        return False
+    start = parallel_crossover()
+    return start is not None and T >= start
 
 
 def _use_split(cell: Cell, fused: bool | None, loop_only: dict[str, Any]) -> bool:

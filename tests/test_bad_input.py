@@ -275,7 +275,7 @@ def test_resets_wrong_shape_or_dtype(setup):
         ({"reverse": "yes"}, TypeError, "reverse must be True or False, got 'yes'"),
         ({"time_major": 1}, TypeError, "time_major must be True or False, got 1"),
         ({"remat": None}, ValueError, 'remat must be a bool, "sqrt" or an int >= 1, got None'),
-        ({"unroll": 0}, ValueError, "unroll must be an int >= 1 or a bool, got 0"),
+        ({"unroll": 0}, ValueError, "unroll must be None, an int >= 1 or a bool, got 0"),
         ({"truncate": 0}, ValueError, "truncate must be None or an int >= 1, got 0"),
         ({"truncate": 2.5}, ValueError, "truncate must be None or an int >= 1, got 2.5"),
     ],

@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+import importlib
+
 import chex
 import jax
 import jax.numpy as jnp
@@ -11,6 +13,9 @@ import pytest
 
 import gatedrnn as gr
 from gatedrnn.cells import linear_recurrence
+
+# the module, not the function gr.scan
+scan_module = importlib.import_module("gatedrnn.scan")
 
 B, T, I, H = 3, 9, 4, 5
 
@@ -43,8 +48,8 @@ def test_step_form_matches_the_papers_equations(make_cell):
         xs = np.asarray(jax.random.normal(jax.random.PRNGKey(1), (B, T, I), jnp.float64))
         h0 = 0.5 * np.ones((B, H))
         want_h, want_ys = _numpy_loop(cell.name, params, xs, h0)
-        for c in (cell, cell._replace(parallel=None)):
-            h, ys = gr.scan(c, params, xs, h0)
+        for parallel in (True, False):
+            h, ys = gr.scan(cell, params, xs, h0, parallel=parallel)
             chex.assert_trees_all_close(ys, want_ys, rtol=1e-12, atol=1e-12)
             chex.assert_trees_all_close(h, want_h, rtol=1e-12, atol=1e-12)
 
@@ -63,22 +68,21 @@ def test_step_form_matches_the_papers_equations(make_cell):
 def test_parallel_equals_sequential_values_and_grads_float64(make_cell, options):
     with jax.enable_x64(True):
         cell = make_cell(H)
-        sequential = cell._replace(parallel=None)
         params = cell.init(jax.random.PRNGKey(0), I, dtype=jnp.float64)
         shape = (T, B, I) if options.get("time_major") else (B, T, I)
         xs = jax.random.normal(jax.random.PRNGKey(1), shape, jnp.float64)
         h0 = 0.1 * jnp.arange(B * H, dtype=jnp.float64).reshape(B, H)
 
-        def run(c):
+        def run(parallel):
             def loss(params, xs, h0):
-                final, ys = gr.scan(c, params, xs, h0, **options)
+                final, ys = gr.scan(cell, params, xs, h0, parallel=parallel, **options)
                 return jnp.sum(jnp.sin(ys)) + jnp.sum(final**2), (final, ys)
 
             return jax.jit(jax.value_and_grad(loss, argnums=(0, 1, 2), has_aux=True))(
                 params, xs, h0
             )
 
-        got, want = run(cell), run(sequential)
+        got, want = run(True), run(False)
         chex.assert_trees_all_close(got, want, rtol=1e-10, atol=1e-12)
 
 
@@ -86,7 +90,8 @@ def test_parallel_form_has_no_time_loop_and_options_fall_back_to_the_loop():
     cell = gr.min_gru(H)
     params = cell.init(jax.random.PRNGKey(0), I)
     xs = jnp.ones((B, T, I))
-    assert "scan[" not in str(jax.make_jaxpr(lambda x: gr.scan(cell, params, x))(xs))
+    jaxpr = jax.make_jaxpr(lambda x: gr.scan(cell, params, x, parallel=True))(xs)
+    assert "scan[" not in str(jaxpr)
     resets = np.eye(B, T, 3, dtype=bool)
     loop = jax.make_jaxpr(lambda x: gr.scan(cell, params, x, resets=resets))(xs)
     assert "scan[" in str(loop)
@@ -94,6 +99,21 @@ def test_parallel_form_has_no_time_loop_and_options_fall_back_to_the_loop():
     _, ys = gr.scan(cell, params, xs, resets=resets)
     _, want = gr.scan(cell._replace(parallel=None), params, xs, resets=resets)
     chex.assert_trees_all_close(ys, want, rtol=1e-6)
+    with pytest.raises(ValueError, match="parallel=True needs .* no resets"):
+        gr.scan(cell, params, xs, resets=resets, parallel=True)
+    with pytest.raises(ValueError, match="parallel=True needs a cell with a parallel form"):
+        gr.scan(gr.gru(H), gr.gru(H).init(jax.random.PRNGKey(0), I), xs, parallel=True)
+
+
+@pytest.mark.parametrize("start, loops", [(None, True), (T + 1, True), (T, False), (1, False)])
+def test_default_picks_the_parallel_form_from_the_measured_crossover(monkeypatch, start, loops):
+    """parallel=None: the parallel form from the backend's crossover length on."""
+    monkeypatch.setitem(scan_module._PARALLEL_FROM, jax.default_backend(), start)
+    assert gr.parallel_crossover() == start
+    cell = gr.min_gru(H)
+    params = cell.init(jax.random.PRNGKey(0), I)
+    jaxpr = str(jax.make_jaxpr(lambda x: gr.scan(cell, params, x))(jnp.ones((B, T, I))))
+    assert ("scan[" in jaxpr) == loops
 
 
 def test_linear_recurrence_is_the_loop_and_handles_empty_time():

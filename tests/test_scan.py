@@ -271,7 +271,7 @@ def test_zero_length_sequence_returns_initial_state():
         (dict(resets=jnp.zeros((2, 5), bool)), ValueError, r"resets must have shape"),
         (dict(resets=jnp.zeros((2, 4))), TypeError, "resets must be booleans"),
         (dict(truncate=0), ValueError, "truncate must be None or an int >= 1"),
-        (dict(unroll=0), ValueError, "unroll must be an int >= 1"),
+        (dict(unroll=0), ValueError, "unroll must be None, an int >= 1"),
         (dict(initial_state=jnp.zeros((3, 5))), ValueError, r"initial_state.*\(2, 5\)"),
     ],
 )
