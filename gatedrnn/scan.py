@@ -277,7 +277,14 @@ def scan(
     else:
         body = partial(_step, cell, truncate, (params, state0, lengths))
         inputs = (jnp.arange(T), xp, rs, perts)
-        if chunk is not None:
+        if chunk is not None and not time_major and not reverse and 0 < chunk <= T:
+            # Chunks read the batch-major xs in place: no time-major copy of it.
+            xs_bm = jnp.moveaxis(xp, 0, -2)
+            inputs = (inputs[0], None, rs, perts)
+            final_state, ys = _chunked_scan(
+                cell, params, body, state0, inputs, chunk, unroll, xs_batch_major=xs_bm
+            )
+        elif chunk is not None:
             final_state, ys = _chunked_scan(cell, params, body, state0, inputs, chunk, unroll)
         else:
             body = jax.checkpoint(body) if remat else body
@@ -550,16 +557,23 @@ def _chunked_scan(
     inputs: tuple,
     chunk: int,
     unroll: int | bool,
+    xs_batch_major: Array | None = None,
 ) -> tuple[PyTree, Array]:
     """The loop as nested scans over chunks of ``chunk`` steps, each chunk checkpointed.
 
     ``inputs`` are time-major ``(t, xs, resets, perturbations)`` with the raw inputs ``xs``:
     each chunk projects its own inputs, so neither the projection nor the steps' internals
-    are stored for more than one chunk at a time.
+    are stored for more than one chunk at a time. With ``xs_batch_major`` (``(*batch, T,
+    I)``, in processing order; ``xs`` in ``inputs`` is then None) each chunk reads its
+    steps from it in place, so no time-major copy of ``xs`` (or of its gradient) exists.
     """
 
     def run_chunk(state: PyTree, chunk_inputs: tuple) -> tuple[PyTree, Array]:
         t, x, r, p = chunk_inputs
+        if x is None:  # this chunk's steps of the batch-major input, time-major
+            size = t.shape[0]
+            x = jax.lax.dynamic_slice_in_dim(xs_batch_major, t[0], size, axis=-2)
+            x = jnp.moveaxis(x, -2, 0)
         return jax.lax.scan(body, state, (t, cell.project(params, x), r, p), unroll=unroll)
 
     run_chunk = jax.checkpoint(run_chunk)
