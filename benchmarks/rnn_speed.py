@@ -258,7 +258,7 @@ def bench_speed(args: argparse.Namespace) -> list[dict]:
                 except Exception as e:  # an API change must not cost the other rows
                     print(f"cuDNN LSTM (jax.experimental.rnn) failed: {e!r}", flush=True)
             row = speed_row(kind, (B, T, I, H), interleaved_times(fns, args.rounds), n)
-            row["unroll"] = gr.default_unroll(T, B)
+            row["unroll"] = gr.default_unroll(T)
             rows.append(row)
             if args.save is not None:
                 args.save("speed", rows)
@@ -388,7 +388,7 @@ def bench_unroll(args: argparse.Namespace) -> list[dict]:
                 "cell": kind,
                 "shape": [B, T, I, H],
                 "seconds": med,
-                "default": gr.default_unroll(T, B),
+                "default": gr.default_unroll(T),
                 "speedup_vs_1": {k: med[f"1_{k.split('_')[1]}"] / v for k, v in med.items()},
             }
             rows.append(row)

@@ -37,7 +37,9 @@ from gatedrnn.cells.base import Array, Cell, PyTree, Split, check_fits_in_memory
 
 # Steps per loop iteration that ``unroll=None`` picks, per backend: measured by
 # ``python benchmarks/rnn_speed.py --sections unroll`` (table: docs/performance.md).
-_UNROLL = {"cpu": 4, "gpu": 4}
+# On the CPU every unroll > 1 was slower or level (LSTM: 0.64x at 4); not yet measured on a
+# GPU or TPU, where it stays 1 until it is.
+_UNROLL = {"cpu": 1}
 # The sequence length from which the parallel form of a linear cell (minGRU, minLSTM) is
 # faster than its step-by-step loop, per backend (None: never on the lengths measured);
 # measured by ``python benchmarks/rnn_speed.py --sections crossover``.
@@ -48,20 +50,19 @@ def _backend(backend: str | None) -> str:
     return jax.default_backend() if backend is None else backend
 
 
-def default_unroll(T: int, batch_size: int, backend: str | None = None) -> int:
+def default_unroll(T: int, backend: str | None = None) -> int:
     """The ``unroll`` that :func:`scan` uses when none is given.
 
     Args:
       T: sequence length.
-      batch_size: sequences per call (the product of the batch axes).
       backend: ``"cpu"``, ``"gpu"``, ``"tpu"``; JAX's default backend if None.
 
     Returns:
       Steps per loop iteration, at least 1 and at most ``T``: the value that was fastest
       for the training step on that backend in ``benchmarks/rnn_speed.py --sections
-      unroll`` (4 on the CPU; docs/performance.md has the table).
+      unroll`` (docs/performance.md has the table); 1 on the CPU, where every larger
+      unroll measured slower or level, and 1 on a backend not yet measured.
     """
-    del batch_size  # the measured best did not depend on it
     return max(1, min(_UNROLL.get(_backend(backend), 1), T))
 
 
@@ -213,7 +214,7 @@ def scan(
         backwards, as if the pieces were scanned in reverse one by one.
       time_major: ``xs`` (and ``ys``, ``resets``) have time on axis 0.
       unroll: passed to ``jax.lax.scan`` (steps unrolled per loop iteration); None (the
-        default): :func:`default_unroll` for the backend (4 on the CPU).
+        default): :func:`default_unroll` for the backend (1 on the CPU, measured).
       truncate: truncated BPTT window ``k``: the gradient through the state is stopped
         before every step whose index (in processing order) is a positive multiple of
         ``k``; the forward pass is unchanged.
@@ -248,7 +249,7 @@ def scan(
     xs_tm = xs if time_major else jnp.moveaxis(xs, -2, 0)
     T, batch_shape = xs_tm.shape[0], tuple(xs_tm.shape[1:-1])
     if unroll is None:
-        unroll = default_unroll(T, int(np.prod(batch_shape)))
+        unroll = default_unroll(T)
     chunk = remat_chunk(remat, T)
     loop_only = dict(resets=resets, truncate=truncate, state_perturbations=state_perturbations)
     use_split = _use_split(cell, fused, {**loop_only, "remat": remat})
