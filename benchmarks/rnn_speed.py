@@ -498,6 +498,38 @@ def bench_shard_worker(args: argparse.Namespace) -> list[dict]:
     return rows
 
 
+def bench_bf16(args: argparse.Namespace) -> dict:
+    """bfloat16 against float32 on this backend: a large matmul and each cell's training
+    step (params, inputs and state in the dtype; the loss summed in float32)."""
+    B, T, I, H = (2, 8, 4, 8) if args.quick else SHAPES[0]
+    n = QUICK_MATMUL_N if args.quick else MATMUL_N
+    fns = {}
+    mm = jax.jit(jnp.dot)
+    for dt in (jnp.float32, jnp.bfloat16):
+        a = jnp.ones((n, n), dt)
+        fns[f"matmul_{dt.__name__}"] = lambda a=a: _block(mm(a, a))
+        for kind, make in (("vanilla", gr.vanilla), ("lstm", gr.lstm), ("gru", gr.gru)):
+            cell = make(H)
+            params = cell.init(jax.random.PRNGKey(args.seed), I, dtype=dt)
+            xs = jax.random.normal(jax.random.PRNGKey(args.seed + 1), (B, T, I), dt)
+
+            def loss(p, x, cell=cell):
+                return jnp.sum(gr.scan(cell, p, x)[1].astype(jnp.float32))
+
+            step = jax.jit(jax.grad(loss, argnums=(0, 1)))
+            fns[f"{kind}_{dt.__name__}"] = lambda s=step, p=params, x=xs: _block(s(p, x))
+    med = interleaved_medians(fns, args.rounds)
+    names = ["matmul", "vanilla", "lstm", "gru"]
+    out = {
+        "shape": [B, T, I, H],
+        "matmul_n": n,
+        "seconds": med,
+        "bf16_speedup": {k: med[f"{k}_float32"] / med[f"{k}_bfloat16"] for k in names},
+    }
+    print(f"bf16 {out['bf16_speedup']}", flush=True)
+    return out
+
+
 def _transposed_dot_fns(B: int, T: int, H: int, seed: int) -> dict[str, Callable[[], Any]]:
     """The backward loop's product ``da @ w_h^T`` alone, ``T`` steps of ``(B, 4H) @ (4H, H)``:
     ``dot_wT_in_loop`` transposes ``w_h (H, 4H)`` inside the loop (what autodiff gives),
@@ -744,6 +776,14 @@ def markdown(results: dict) -> str:
             f"{c['crossover_train']} (train), {c['crossover_forward']} (forward); "
             f"gr.scan uses the parallel form from T={c['library_picks_parallel_from']}.",
         ]
+    if "bf16" in results:
+        b = results["bf16"]
+        sp = ", ".join(f"{k} {v:.2f}x" for k, v in b["bf16_speedup"].items())
+        lines += [
+            "",
+            f"bfloat16 vs float32 (speed-up, > 1: bfloat16 faster), matmul {b['matmul_n']}^2 and "
+            f"training step at {tuple(b['shape'])}: {sp}.",
+        ]
     for row in results.get("shard", []):
         lines += [
             "",
@@ -866,7 +906,8 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument(
         "--sections",
         default="speed,compile,remat,min,generate",
-        help="comma-separated subset of speed,compile,remat,min,generate,levers",
+        help="comma-separated subset of speed,compile,remat,min,generate,levers,unroll,"
+        "crossover,shard,bf16",
     )
     parser.add_argument(
         "--memory-only", action="store_true", help="remat section: memory analysis, no timing"
@@ -923,6 +964,7 @@ def main(argv: list[str] | None = None) -> dict:
         "crossover": bench_crossover,
         "shard": bench_shard,
         "shard_worker": bench_shard_worker,
+        "bf16": bench_bf16,
     }
     names = args.sections.split(",")
     for name in names:

@@ -579,41 +579,58 @@ def perf_other() -> str:
     return include(f"{BENCH}/other/rnn_speed.md")
 
 
+def _ratio(phase: dict, key: str) -> str:
+    """A speed ratio with its spread (min-max over ``--repeat`` runs, else over rounds)."""
+    lo, hi = phase.get(f"{key}_repeats", phase.get(f"{key}_rounds", [phase[key]] * 2))
+    return f"{phase[key]:.2f} ({lo:.2f}-{hi:.2f})"
+
+
+def _spread_note(d: dict) -> str:
+    runs = d.get("repeat", 1)
+    over = f"min-max over {runs} runs in fresh processes" if runs > 1 else "min-max over rounds"
+    return (
+        f"median ({over}); {d['cpu']}, {d['threads']} threads, {d['rounds']} interleaved "
+        "rounds per run"
+    )
+
+
 @block("perf_summary", f"{BENCH}/speed/rnn_speed.json")
 def perf_summary() -> str:
     d = load(f"{BENCH}/speed/rnn_speed.json")
     cells = list(dict.fromkeys(r["cell"] for r in d["speed"]))
 
-    def span(cell: str, phase: str, other: str) -> str:
-        v = [r[phase][f"vs_{other}"] for r in d["speed"] if r["cell"] == cell]
-        return f"{min(v):.2f}-{max(v):.2f}x"
+    def per_shape(cell: str, phase: str, other: str) -> str:
+        rows = [r for r in d["speed"] if r["cell"] == cell]
+        return "; ".join(_ratio(r[phase], f"vs_{other}") for r in rows)
 
-    rows = [
-        [c, *(span(c, p, o) for p in ("train", "forward") for o in ("torch", "flax"))]
-        for c in cells
-    ]
-    header = [
-        "cell",
-        "training step vs PyTorch",
-        "training step vs Flax",
-        "forward vs PyTorch",
-        "forward vs Flax",
-    ]
+    rows = [[c, *(per_shape(c, "train", o) for o in ("torch", "flax"))] for c in cells]
     shapes = ", ".join(dict.fromkeys(shape(r["shape"]) for r in d["speed"]))
     note = (
-        f"Speed ratios (time of the other / time of gatedrnn, > 1: gatedrnn faster), range "
-        f"over the shapes (B, T, I, H) = {shapes}; {d['cpu']}, {d['threads']} threads, "
-        f"medians of {d['rounds']} rounds."
+        "Training step, time of the other / time of gatedrnn (> 1: gatedrnn faster), per "
+        f"shape (B, T, I, H) = {shapes}: " + _spread_note(d) + "."
     )
-    return note + "\n\n" + md_table(header, rows)
+    return note + "\n\n" + md_table(["cell", "vs PyTorch", "vs Flax"], rows)
 
 
-# The speed targets the project set itself (issue thresholds), judged on the 2-thread table.
+# The speed targets of the performance issue: (label, phase, key, bar per cell).
 SPEED_TARGETS = (
-    ("training step >= 1.25x PyTorch", "train", "vs_torch", 1.25),
-    ("training step >= 1.5x Flax", "train", "vs_flax", 1.5),
-    ("forward >= PyTorch", "forward", "vs_torch", 1.0),
+    ("training step vs PyTorch (LSTM >= 1.0x, others >= 1.25x)", "train", "vs_torch"),
+    ("forward vs PyTorch (LSTM >= 1.0x, others >= 1.25x)", "forward", "vs_torch"),
+    ("training step >= 1.5x Flax", "train", "vs_flax"),
+    ("forward >= 1.5x Flax", "forward", "vs_flax"),
 )
+
+
+def _bar(key: str, cell: str) -> float:
+    if key == "vs_flax":
+        return 1.5
+    return 1.0 if cell == "lstm" else 1.25
+
+
+def _verdict(value: float, bar: float, fmt: str) -> str:
+    if value >= bar:
+        return f"{format(value, fmt)} met"
+    return f"{format(value, fmt)} **missed** (needs {bar / value:.2f}x)"
 
 
 @block("perf_targets", f"{BENCH}/speed/rnn_speed.json")
@@ -621,18 +638,26 @@ def perf_targets() -> str:
     d = load(f"{BENCH}/speed/rnn_speed.json")
     cells = list(dict.fromkeys(r["cell"] for r in d["speed"]))
     rows = []
-    for label, phase, key, bar in SPEED_TARGETS:
+    for label, phase, key in SPEED_TARGETS:
         row = [label]
         for c in cells:
             vals = [r[phase][key] for r in d["speed"] if r["cell"] == c]
-            row.append(", ".join(f"{v:.2f}x {'met' if v >= bar else '**not met**'}" for v in vals))
+            row.append(", ".join(_verdict(v, _bar(key, c), ".2f") for v in vals))
         rows.append(row)
-    big = max(d["speed"], key=lambda r: r["shape"]["batch"] * r["shape"]["hidden"])["shape"]
-    row = [f"train >= 65% of matmul GFLOP/s at {shape(big)}"]
+    sizes = sorted(
+        dict.fromkeys(
+            (r["shape"]["batch"] * r["shape"]["hidden"], shape(r["shape"])) for r in d["speed"]
+        )
+    )
+    larger = [name for _, name in sizes[-2:]]
+    row = [f"train >= 65% of matmul GFLOP/s at {' and '.join(larger)}"]
     for c in cells:
-        (r,) = [r for r in d["speed"] if r["cell"] == c and r["shape"] == big]
-        v = r["train"]["fraction_of_matmul"]
-        row.append(f"{100 * v:.0f}% {'met' if v >= 0.65 else '**not met**'}")
+        vals = [
+            r["train"]["fraction_of_matmul"]
+            for r in d["speed"]
+            if r["cell"] == c and shape(r["shape"]) in larger
+        ]
+        row.append(", ".join(_verdict(100 * v, 65, ".0f") for v in vals))
     rows.append(row)
     shapes = ", ".join(dict.fromkeys(shape(r["shape"]) for r in d["speed"]))
     return f"Per shape, in the order {shapes}:\n\n" + md_table(["target", *cells], rows)
@@ -645,7 +670,7 @@ def perf_other_targets() -> str:
 
     def remat(name: str) -> list[str]:
         v = rm[name]
-        ok = v["temp_vs_none"] <= 1 / 8 and v["time_vs_none"] <= 1.5
+        ok = v["temp_vs_none"] <= 1 / 8 and v["time_vs_none"] <= 1.2
         return [
             f"1/{1 / v['temp_vs_none']:.1f} of the temp memory at {v['time_vs_none']:.2f}x "
             f"the time",
@@ -653,8 +678,11 @@ def perf_other_targets() -> str:
         ]
 
     rows = [
-        ["remat `sqrt` <= 1/8 memory at <= 1.5x time, batch-major", *remat("sqrt")],
-        ["remat `sqrt` <= 1/8 memory at <= 1.5x time, time-major", *remat("sqrt_time_major")],
+        ["remat `sqrt` <= 1/8 temp memory at <= 1.2x time, batch-major", *remat("sqrt")],
+        [
+            "remat `sqrt` <= 1/8 temp memory at <= 1.2x time, time-major",
+            *remat("sqrt_time_major"),
+        ],
         [
             f"minGRU >= 10x the GRU at T={mn['shape']['time']}",
             f"{mn['min_gru_speedup_vs_gru']:.1f}x (minLSTM {mn['min_lstm_speedup_vs_gru']:.1f}x)",
@@ -704,6 +732,70 @@ def perf_levers() -> str:
     right = "".join(str(2 + i) for i in range(len(shapes)))
     note = f"{d['cpu']}, {d['threads']} threads, medians of {d['rounds']} rounds."
     return note + "\n\n" + md_table(header, rows, right=right)
+
+
+@block("perf_tuning", f"{BENCH}/tuning/rnn_speed.json")
+def perf_tuning() -> str:
+    """The unroll sweep, the minGRU crossover, one loop per core and bfloat16."""
+    d = load(f"{BENCH}/tuning/rnn_speed.json")
+    out = [f"{d['cpu']}, {d['threads']} threads, medians of {d['rounds']} interleaved rounds."]
+    if d.get("unroll"):
+        us = [k.split("_")[0] for k in d["unroll"][0]["speedup_vs_1"] if k.endswith("_train")]
+        rows = [
+            [
+                r["cell"],
+                str(tuple(r["shape"])),
+                *(
+                    f"{sp[f'{u}_train']:.2f} / {sp[f'{u}_forward']:.2f}"
+                    for sp in [r["speedup_vs_1"]]
+                    for u in us[1:]
+                ),
+                r["default"],
+            ]
+            for r in d["unroll"]
+        ]
+        header = ["cell", "(B, T, I, H)", *(f"unroll={u}" for u in us[1:]), "default"]
+        out += [
+            "**unroll**: speed-up over `unroll=1`, training step / forward (> 1: faster).",
+            md_table(header, rows),
+        ]
+    if d.get("crossover"):
+        c = d["crossover"]
+        rows = [
+            [
+                r["T"],
+                f"{r['seconds']['sequential_train'] / r['seconds']['parallel_train']:.2f}",
+                f"{r['seconds']['sequential_forward'] / r['seconds']['parallel_forward']:.2f}",
+            ]
+            for r in c["rows"]
+        ]
+        sh = c["shape"]
+        out += [
+            f"**minGRU, parallel form vs step by step** (B={sh['batch']}, I={sh['input']}, "
+            f"H={sh['hidden']}; time step by step / time parallel, > 1: parallel faster). "
+            f"Crossover: {c['crossover_train']} (training step), {c['crossover_forward']} "
+            f"(forward); `gr.parallel_crossover()` here: {c['library_picks_parallel_from']}.",
+            md_table(["T", "training step", "forward"], rows, right="012"),
+        ]
+    if d.get("shard"):
+        rows = [
+            [r["cell"], str(tuple(r["shape"])), r["devices"], f"{r['speedup']:.2f}"]
+            for r in d["shard"]
+        ]
+        out += [
+            "**One loop per core**: the training step with the batch split over host devices "
+            "(`XLA_FLAGS=--xla_force_host_platform_device_count=N`, a data mesh) against one "
+            "device, same process (> 1: split faster).",
+            md_table(["cell", "(B, T, I, H)", "devices", "speed-up"], rows, right="23"),
+        ]
+    if d.get("bf16"):
+        b = d["bf16"]
+        sp = ", ".join(f"{k} {v:.2f}x" for k, v in b["bf16_speedup"].items())
+        out.append(
+            f"**bfloat16** against float32 (speed-up, > 1: bfloat16 faster), a {b['matmul_n']}^2 "
+            f"matmul and the training step at {tuple(b['shape'])}: {sp}."
+        )
+    return "\n\n".join(out)
 
 
 # --------------------------------------------------------------------------- driver

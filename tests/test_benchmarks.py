@@ -71,3 +71,48 @@ def test_compare_revisions_quick_runs_two_versions_side_by_side(tmp_path):
     saved = json.loads((tmp_path / "compare_revisions.json").read_text())
     assert saved["ref"] == "HEAD"
     assert "| lstm |" in (tmp_path / "compare_revisions.md").read_text()
+
+
+def test_rnn_speed_tuning_sections_quick(tmp_path):
+    """unroll sweep, minGRU crossover, one loop per core (a fresh process with two host
+    devices) and bfloat16 run in --quick mode and land in the JSON and the table."""
+    bench = _load_benchmark()
+    bench.main(
+        [
+            "--quick",
+            "--out",
+            str(tmp_path),
+            "--rounds",
+            "1",
+            "--shapes",
+            "0",
+            "--sections",
+            "unroll,crossover,shard,bf16",
+        ]
+    )
+    results = json.loads((tmp_path / "rnn_speed.json").read_text())
+    assert {r["cell"] for r in results["unroll"]} == {"vanilla", "lstm", "gru"}
+    for row in results["unroll"]:
+        assert row["speedup_vs_1"]["1_train"] == 1.0 and row["default"] >= 1
+    assert [r["T"] for r in results["crossover"]["rows"]] == [8, 32]
+    assert results["shard"] and all(
+        r["devices"] >= 2 and r["speedup"] > 0 for r in results["shard"]
+    )
+    assert results["bf16"]["bf16_speedup"]["lstm"] > 0
+    table = (tmp_path / "rnn_speed.md").read_text()
+    assert "unroll, lstm" in table and "bfloat16" in table and "host devices" in table
+
+
+def test_repeated_runs_combine_into_medians_and_ranges():
+    bench = _load_benchmark()
+    runs = []
+    for v in (1.0, 3.0, 2.0):
+        phase = {"vs_torch": v, "vs_flax": 2 * v, "gflops": 10 * v, "fraction_of_matmul": v / 10}
+        runs.append({"speed": [{"forward": dict(phase), "train": dict(phase)}]})
+    out = bench.combine_runs(runs)
+    assert out["repeat"] == 3
+    train = out["speed"][0]["train"]
+    assert train["vs_torch"] == 2.0 and train["vs_torch_repeats"] == [1.0, 3.0]
+    assert train["vs_flax"] == 4.0 and "vs_cudnn" not in train
+    assert bench.ratio_text(train, "vs_torch") == "2.00x (1.00-3.00)"
+    assert bench._without(["--repeat", "3", "--quick", "--repeat=2"], "--repeat") == ["--quick"]
