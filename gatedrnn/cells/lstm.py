@@ -27,6 +27,7 @@ from gatedrnn.cells.base import (
     make_config,
     make_state_zeros,
     orthogonal,
+    recurrent_weight,
     sigmoid_tanh_blocks,
     zeros,
 )
@@ -166,7 +167,7 @@ def lstm(
         init=init,
         initial_state=initial_state,
         project=project,
-        recur=Split(lstm_hidden, lstm_pointwise, additive=True),
+        recur=Split(lstm_hidden, lstm_pointwise, additive=True, weight=recurrent_weight),
         output=lstm_output,
         hidden_size=H,
         name="lstm",

@@ -26,6 +26,7 @@ from gatedrnn.cells.base import (
     make_config,
     make_state_zeros,
     orthogonal,
+    recurrent_weight,
     zeros,
 )
 
@@ -126,7 +127,7 @@ def vanilla(
         init=init,
         initial_state=initial_state,
         project=project,
-        recur=Split(hidden, pointwise, additive=True),
+        recur=Split(hidden, pointwise, additive=True, weight=recurrent_weight),
         output=_identity,
         hidden_size=H,
         name="vanilla",
