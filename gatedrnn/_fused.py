@@ -75,8 +75,6 @@ def scan_split(
     length: int,
     offsets: PyTree | None = None,
     unroll: int | bool = 1,
-    weight: Callable[[PyTree], Any] | None = None,
-    rows: Callable[[PyTree], Any] | None = None,
 ) -> tuple[PyTree, Any]:
     """The loop ``s, y = pointwise(s, x_t, hidden(params, s) + offsets_t)`` with the rule above.
 
@@ -94,17 +92,11 @@ def scan_split(
         tangent joins the weight-tangent term before the loop, so the backward loop emits
         one gradient for both.
       unroll: as in ``jax.lax.scan`` (used by both loops).
-      weight, rows: optional, together: ``hidden(params, s) == rows(s) @ weight(params)``
-        plus terms without ``s`` (``weight(params)`` is ``(H, G*H)``, ``rows(s)`` is
-        ``(*batch, H)``). The tangent loop then multiplies ``rows(ds)`` by ``weight^T``
-        made once before the loop, so that its transpose (the backward loop) multiplies by
-        that copy, not by ``weight`` transposed inside every step.
 
     Returns:
       ``(final_state, ys)`` exactly as ``jax.lax.scan`` returns them.
     """
-    linear = None if weight is None else (weight, rows)
-    return _split(hidden, pointwise, length, unroll, linear, params, state0, xs, offsets)
+    return _split(hidden, pointwise, length, unroll, params, state0, xs, offsets)
 
 
 def _hidden_plus(hidden: Callable, params: PyTree, s: PyTree, offset: Any) -> Any:
@@ -113,17 +105,9 @@ def _hidden_plus(hidden: Callable, params: PyTree, s: PyTree, offset: Any) -> An
     return a if offset is None else jax.tree_util.tree_map(jnp.add, a, offset)
 
 
-@partial(jax.custom_jvp, nondiff_argnums=(0, 1, 2, 3, 4))
+@partial(jax.custom_jvp, nondiff_argnums=(0, 1, 2, 3))
 def _split(
-    hidden: Callable,
-    pointwise: Callable,
-    length: int,
-    unroll: Any,
-    linear: tuple[Callable, Callable] | None,
-    params,
-    state0,
-    xs,
-    offsets,
+    hidden: Callable, pointwise: Callable, length: int, unroll: Any, params, state0, xs, offsets
 ) -> tuple[PyTree, Any]:
     def body(s: PyTree, inputs: tuple) -> tuple[PyTree, Any]:
         x, offset = inputs
@@ -133,13 +117,7 @@ def _split(
 
 
 def _split_jvp(
-    hidden: Callable,
-    pointwise: Callable,
-    length: int,
-    unroll: Any,
-    linear: tuple[Callable, Callable] | None,
-    primals,
-    tangents,
+    hidden: Callable, pointwise: Callable, length: int, unroll: Any, primals, tangents
 ) -> tuple:
     params, state0, xs, offsets = primals
     d_params, d_state0, d_xs, d_offsets = tangents
@@ -163,17 +141,9 @@ def _split_jvp(
         f = lambda s, xl, a: pointwise(s, join(xl, xd), a)  # noqa: E731
         return jax.jvp(f, (s, xl, a), (ds, dxl, da))[1]
 
-    if linear is not None:
-        weight, rows = linear
-        w_t = jnp.transpose(weight(params))  # (G*H, H), once
-
     def tangent(ds: PyTree, inputs: tuple) -> tuple[PyTree, Any]:
         s, a, xl, xd, dxl, daw = inputs
-        if linear is None:
-            _, da = jax.jvp(lambda s: hidden(params, s), (s,), (ds,))
-        else:  # rows(ds) @ w; transposed, this is ct @ w_t: no transpose in the loop
-            r = rows(ds)
-            da = jax.lax.dot_general(r, w_t, (((r.ndim - 1,), (1,)), ((), ())))
+        _, da = jax.jvp(lambda s: hidden(params, s), (s,), (ds,))
         if daw is not None:
             da = jax.tree_util.tree_map(jnp.add, da, daw)
         return pointwise_jvp(s, xl, xd, a, ds, dxl, da)

@@ -272,7 +272,7 @@ def scan(
         xp, rs, perts = _to_processing_order(xp, rs, perts, lengths)
 
     if use_split:
-        final_state, ys = _split_loop(cell, params, xp, state0, lengths, unroll)
+        final_state, ys = _split_loop(cell.recur, params, xp, state0, lengths, unroll)
     elif use_parallel:
         final_state, ys = _parallel_scan(cell, params, xp, state0, lengths)
     else:
@@ -501,7 +501,7 @@ def _step(
 
 
 def _split_loop(
-    cell: Cell,
+    split: Split,
     params: PyTree,
     xp: PyTree,
     state0: PyTree,
@@ -510,7 +510,6 @@ def _split_loop(
 ) -> tuple[PyTree, Array]:
     """The fused loop (:func:`gatedrnn._fused.scan_split`) of a :class:`Split` cell, with
     steps at or past a sequence's length keeping the state and giving zeros."""
-    split = cell.recur
     T = jax.tree_util.tree_leaves(xp)[0].shape[0]
     valid = None
     if lengths is not None:
@@ -531,16 +530,7 @@ def _split_loop(
     else:
         xs, offsets = (xp, valid), None
     return scan_split(
-        split.hidden,
-        pointwise,
-        params,
-        state0,
-        xs,
-        length=T,
-        offsets=offsets,
-        unroll=unroll,
-        weight=split.weight,
-        rows=cell.output,
+        split.hidden, pointwise, params, state0, xs, length=T, offsets=offsets, unroll=unroll
     )
 
 

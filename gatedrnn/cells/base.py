@@ -53,10 +53,6 @@ class Split(NamedTuple):
       additive: True if ``pointwise`` uses ``xp`` and ``a`` only through their sum
         ``xp + a`` (vanilla, LSTM): the fused loop then adds the projection to ``a`` once
         per step and its backward pass emits one gradient for both.
-      weight: optional ``weight(params) -> w_h (H, gates * H)``, given when ``hidden`` is
-        ``cell.output(state) @ w_h`` plus terms that do not depend on the state (all three
-        built-in cells): the fused backward loop then multiplies by a copy of ``w_h^T``
-        made once before the loop, not by ``w_h`` transposed inside every step.
 
     Calling it is the recurrent part itself: ``split(params, state, xp)``.
     """
@@ -64,16 +60,10 @@ class Split(NamedTuple):
     hidden: Callable[[PyTree, PyTree], Array]
     pointwise: Callable[[PyTree, PyTree, Array], tuple[PyTree, Array]]
     additive: bool = False
-    weight: Callable[[PyTree], Array] | None = None
 
     def __call__(self, params: PyTree, state: PyTree, xp: PyTree) -> tuple[PyTree, Array]:
         """``pointwise(state, xp, hidden(params, state)) -> (state', y)``."""
         return self.pointwise(state, xp, self.hidden(params, state))
-
-
-def recurrent_weight(params: Any) -> Array:
-    """``params.w_h``: the recurrent matrix ``(H, gates * H)`` of the built-in cells."""
-    return params.w_h
 
 
 class Cell(NamedTuple):

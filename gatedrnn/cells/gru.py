@@ -27,7 +27,6 @@ from gatedrnn.cells.base import (
     make_config,
     make_state_zeros,
     orthogonal,
-    recurrent_weight,
     zeros,
 )
 
@@ -184,9 +183,7 @@ def gru(
         init=init,
         initial_state=initial_state,
         project=project,
-        recur=Split(gru_hidden, gru_pointwise, weight=recurrent_weight)
-        if reset_after
-        else gru_recur_before,
+        recur=Split(gru_hidden, gru_pointwise) if reset_after else gru_recur_before,
         output=_identity,
         hidden_size=H,
         name="gru",

@@ -27,7 +27,6 @@ from gatedrnn.cells.base import (
     make_config,
     make_state_zeros,
     orthogonal,
-    recurrent_weight,
     sigmoid_tanh_blocks,
     zeros,
 )
@@ -167,7 +166,7 @@ def lstm(
         init=init,
         initial_state=initial_state,
         project=project,
-        recur=Split(lstm_hidden, lstm_pointwise, additive=True, weight=recurrent_weight),
+        recur=Split(lstm_hidden, lstm_pointwise, additive=True),
         output=lstm_output,
         hidden_size=H,
         name="lstm",

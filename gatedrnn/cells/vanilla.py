@@ -26,7 +26,6 @@ from gatedrnn.cells.base import (
     make_config,
     make_state_zeros,
     orthogonal,
-    recurrent_weight,
     zeros,
 )
 
@@ -127,7 +126,7 @@ def vanilla(
         init=init,
         initial_state=initial_state,
         project=project,
-        recur=Split(hidden, pointwise, additive=True, weight=recurrent_weight),
+        recur=Split(hidden, pointwise, additive=True),
         output=_identity,
         hidden_size=H,
         name="vanilla",
