@@ -564,9 +564,9 @@ def perf_speed() -> str:
     return include(f"{BENCH}/speed/rnn_speed.md")
 
 
-@block("perf_speed_1core", f"{BENCH}/speed_1core/rnn_speed.md")
-def perf_speed_1core() -> str:
-    return include(f"{BENCH}/speed_1core/rnn_speed.md")
+@block("perf_pretranspose", f"{BENCH}/pretranspose/compare_revisions.md")
+def perf_pretranspose() -> str:
+    return include(f"{BENCH}/pretranspose/compare_revisions.md")
 
 
 @block("perf_revisions", f"{BENCH}/revisions/compare_revisions.md")

@@ -42,8 +42,9 @@ from gatedrnn.cells.base import Array, Cell, PyTree, Split, check_fits_in_memory
 _UNROLL = {"cpu": 1}
 # The sequence length from which the parallel form of a linear cell (minGRU, minLSTM) is
 # faster than its step-by-step loop, per backend (None: never on the lengths measured);
-# measured by ``python benchmarks/rnn_speed.py --sections crossover``.
-_PARALLEL_FROM: dict[str, int | None] = {"cpu": None, "gpu": 64}
+# measured by ``python benchmarks/rnn_speed.py --sections crossover``. A backend not yet
+# measured (GPU, TPU) keeps the parallel form at every length (1), as it was before.
+_PARALLEL_FROM: dict[str, int | None] = {"cpu": None}
 
 
 def _backend(backend: str | None) -> str:
@@ -78,9 +79,10 @@ def parallel_crossover(backend: str | None = None) -> int | None:
 
     Returns:
       The measured crossover length (``benchmarks/rnn_speed.py --sections crossover``),
-      or None where the step-by-step loop was faster at every length measured (the CPU).
+      None where the step-by-step loop was faster at every length measured (the CPU), 1
+      (always parallel) on a backend not yet measured.
     """
-    return _PARALLEL_FROM.get(_backend(backend), _PARALLEL_FROM["gpu"])
+    return _PARALLEL_FROM.get(_backend(backend), 1)
 
 
 def _is_concrete(x: Any) -> bool:
