@@ -359,6 +359,49 @@ def distance_config() -> str:
     return config_line(f"{EXP}/distance.json", skip=("cells", "all_distances"))
 
 
+@block("copy_task", f"{EXP}/copy_task.json")
+def copy_task() -> str:
+    d = load(f"{EXP}/copy_task.json")
+    budget = d["config"]["steps"]
+    rows = []
+    for c in d["cells"].values():
+        for r in c["runs"]:
+            if not r["run"]:
+                rows.append(
+                    [c["description"], r["T"], "skipped (failed a shorter T)", "-", "-", "-"]
+                )
+                continue
+            seeds = r["seeds"]
+            rows.append(
+                [
+                    c["description"],
+                    r["T"],
+                    ", ".join(f(s["updates_to_solve"], "d", f"not within {budget}") for s in seeds),
+                    ", ".join(f"{s['final_accuracy']:.3f}" for s in seeds),
+                    ", ".join(f"{s['fraction_of_baseline']:.3f}" for s in seeds),
+                    f"{r['seconds']:.0f}",
+                ]
+            )
+    header = [
+        "cell",
+        "T",
+        "updates to solve",
+        "recalled-symbol accuracy at the end",
+        "held-out loss / baseline",
+        "seconds",
+    ]
+    return (
+        f"Success test: {d['success_test']}.\n\n"
+        + md_table(header, rows, right="15")
+        + f"\n\nWall time of the whole run: {d['seconds']:.0f} s."
+    )
+
+
+@block("copy_task_config", f"{EXP}/copy_task.json")
+def copy_task_config() -> str:
+    return config_line(f"{EXP}/copy_task.json", skip=("all_lengths",))
+
+
 @block("long_range_config", f"{EXP}/long_range_adding.json")
 def long_range_config() -> str:
     return config_line(f"{EXP}/long_range_adding.json", skip=("tasks",))
