@@ -149,7 +149,8 @@ def plot(results: dict, args: argparse.Namespace):
             xlabel="updates",
             title=f"copy, T={T} (dashed: solved, dotted: chance)",
         )
-        ax.legend(fontsize=8, loc="upper left")
+        if ax.get_legend_handles_labels()[1]:  # no legend on a panel where nothing ran
+            ax.legend(fontsize=8, loc="upper left")
     axes[0][0].set_ylabel("held-out recalled-symbol accuracy")
     fig.suptitle(
         f"H={args.hidden}, batch {args.batch_size}, Adam lr {args.learning_rate:g}, "
