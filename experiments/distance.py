@@ -179,12 +179,18 @@ def decay_at_init(cell, args: argparse.Namespace, seed: int) -> dict:
     }
 
 
-def train_distance(cell, args: argparse.Namespace, distance: int) -> dict:
-    """Train every seed of one (cell, distance) within the budget; summarise per seed."""
-    from gatedrnn import training
-    from gatedrnn.training import tasks
+def train_seeds(task, cell, args: argparse.Namespace, desc: str, metric: str = "accuracy") -> dict:
+    """Train every seed of one (task, cell) within ``args.steps`` updates (``training.fit``,
+    all seeds at once) and summarise per seed; ``metric`` names the held-out accuracy that
+    the task's success test reads (``"recall_accuracy"`` for copy).
 
-    task = tasks.delayed_recall(distance + 1, key_window=1)
+    Returns:
+      ``run``, ``solved_fraction``, ``updates_run``, ``seconds``, ``seeds`` (per seed:
+      ``solved``, ``updates_to_solve``, ``final_accuracy``, ``final_loss``), ``steps``
+      (evaluation points) and ``accuracy_curve`` ``(evaluations, seeds)``.
+    """
+    from gatedrnn import training
+
     seeds = list(range(args.seed, args.seed + args.seeds))
     t0 = time.perf_counter()
     _, res = training.fit(
@@ -198,7 +204,7 @@ def train_distance(cell, args: argparse.Namespace, distance: int) -> dict:
         eval_every=args.eval_every,
         eval_batch_size=args.eval_batch_size,
         progress=not args.no_progress,
-        desc=f"{cell.name} d={distance}",
+        desc=desc,
     )
     seconds = time.perf_counter() - t0
     last = res.history[-1]
@@ -207,20 +213,29 @@ def train_distance(cell, args: argparse.Namespace, distance: int) -> dict:
             "seed": s,
             "solved": res.solved_step[i] is not None,
             "updates_to_solve": res.solved_step[i],
-            "final_accuracy": float(last["eval_accuracy"][i]),
+            "final_accuracy": float(last[f"eval_{metric}"][i]),
             "final_loss": float(last["eval_loss"][i]),
         }
         for i, s in enumerate(seeds)
     ]
     return {
-        "distance": distance,
-        "T": distance + 1,
         "run": True,
         "solved_fraction": float(np.mean([r["solved"] for r in runs])),
         "updates_run": int(last["step"]),
         "seconds": seconds,
         "seeds": runs,
+        "steps": [int(h["step"]) for h in res.history],
+        "accuracy_curve": [[float(a) for a in h[f"eval_{metric}"]] for h in res.history],
     }
+
+
+def train_distance(cell, args: argparse.Namespace, distance: int) -> dict:
+    """Train every seed of one (cell, distance) within the budget; summarise per seed."""
+    from gatedrnn.training import tasks
+
+    task = tasks.delayed_recall(distance + 1, key_window=1)
+    r = train_seeds(task, cell, args, f"{cell.name} d={distance}")
+    return {"distance": distance, "T": distance + 1, **r}
 
 
 def longest_solved(rows: list[dict]) -> int:

@@ -19,6 +19,7 @@ Markdown. The prose around the blocks carries no measured numbers.
 from __future__ import annotations
 
 import json
+import math
 import re
 import sys
 from collections.abc import Callable
@@ -359,6 +360,49 @@ def distance_config() -> str:
     return config_line(f"{EXP}/distance.json", skip=("cells", "all_distances"))
 
 
+@block("copy_task", f"{EXP}/copy_task.json")
+def copy_task() -> str:
+    d = load(f"{EXP}/copy_task.json")
+    budget = d["config"]["steps"]
+    rows = []
+    for c in d["cells"].values():
+        for r in c["runs"]:
+            if not r["run"]:
+                rows.append(
+                    [c["description"], r["T"], "skipped (failed a shorter T)", "-", "-", "-"]
+                )
+                continue
+            seeds = r["seeds"]
+            rows.append(
+                [
+                    c["description"],
+                    r["T"],
+                    ", ".join(f(s["updates_to_solve"], "d", f"not within {budget}") for s in seeds),
+                    ", ".join(f"{s['final_accuracy']:.3f}" for s in seeds),
+                    ", ".join(f"{s['fraction_of_baseline']:.3f}" for s in seeds),
+                    f"{r['seconds']:.0f}",
+                ]
+            )
+    header = [
+        "cell",
+        "T",
+        "updates to solve",
+        "recalled-symbol accuracy at the end",
+        "held-out loss / baseline",
+        "seconds",
+    ]
+    return (
+        f"Success test: {d['success_test']}.\n\n"
+        + md_table(header, rows, right="15")
+        + f"\n\nWall time of the whole run: {d['seconds']:.0f} s."
+    )
+
+
+@block("copy_task_config", f"{EXP}/copy_task.json")
+def copy_task_config() -> str:
+    return config_line(f"{EXP}/copy_task.json", skip=("all_lengths",))
+
+
 @block("long_range_config", f"{EXP}/long_range_adding.json")
 def long_range_config() -> str:
     return config_line(f"{EXP}/long_range_adding.json", skip=("tasks",))
@@ -372,6 +416,171 @@ def long_range_seconds() -> str:
     secs = {t: load(f"{EXP}/long_range_{t}.json")["seconds"] for t in ("adding", "recall", "copy")}
     parts = ", ".join(f"{t} {s:.0f} s" for t, s in secs.items())
     return f"Wall time of the recorded runs: {parts} (total {sum(secs.values()):.0f} s)."
+
+
+# --------------------------------------------------------------------------- literature
+
+# Numbers the papers report (typed from the papers, not measured here).
+HS97_ADDING_SEQUENCES = {100: 74_000, 500: 209_000, 1000: 853_000}  # their LSTM, Table 7
+
+
+@block("literature_adding", f"{EXP}/long_range_adding_hs97.json")
+def literature_adding() -> str:
+    d = load(f"{EXP}/long_range_adding_hs97.json")
+    cfg = d["config"]
+    batch, budget = cfg["batch_size"], cfg["steps"]
+    ours: dict[int, list[str]] = {}
+    for r in d["results"]:
+        seqs = ", ".join(
+            f"{x['updates_to_solve'] * batch:,}"
+            if x["solved"]
+            else f"not within {budget * batch:,} ({x['within_tolerance_curve'][-1]:.1%} of "
+            "held-out within 0.04 at the end)"
+            for x in r["runs"]
+        )
+        ours.setdefault(r["T"], []).append(f"{r['cell']}: {seqs}")
+    rows = [
+        [
+            T,
+            f(HS97_ADDING_SEQUENCES.get(T), ",d", "not reported"),
+            "; ".join(ours[T]) if T in ours else "not run",
+        ]
+        for T in sorted({*HS97_ADDING_SEQUENCES, *ours})
+    ]
+    header = [
+        "T",
+        "Hochreiter & Schmidhuber 1997, LSTM: training sequences",
+        f"ours, per seed: training sequences (updates x batch {batch})",
+    ]
+    return (
+        md_table(header, rows, right="01")
+        + f"\n\nOurs: H={cfg['hidden']}, Adam learning rate {cfg['learning_rate']:g}, "
+        f"global-norm clip {cfg['clip_norm']:g}, batch {batch}, at most {budget} updates, "
+        f"evaluated every {cfg['eval_every']} updates on {cfg['eval_batch_size']} held-out "
+        f"sequences; success test: {d['success_test']}."
+    )
+
+
+def _copy_runs() -> tuple[dict, dict[tuple[str, int], dict]]:
+    d = load(f"{EXP}/copy_task.json")
+    return d, {(n, r["T"]): r for n, c in d["cells"].items() for r in c["runs"]}
+
+
+@block("literature_copy", f"{EXP}/copy_task.json")
+def literature_copy() -> str:
+    d, runs = _copy_runs()
+    cfg = d["config"]
+    rows = []
+    for T in cfg["lengths"]:
+        base = 10 * math.log(8) / (T + 20)
+        solved = [
+            (n, s)
+            for n in d["cells"]
+            for r in [runs[(n, T)]]
+            if r["run"]
+            for s in r["seeds"]
+            if s["solved"]
+        ]
+        best = min(solved, key=lambda x: x[1]["updates_to_solve"], default=None)
+        if best is None:
+            rows.append([T, f"{base:.4f}", "none", "-", "-", "-"])
+            continue
+        name, s = best
+        rows.append(
+            [
+                T,
+                f"{base:.4f}",
+                d["cells"][name]["description"],
+                f"{s['updates_to_solve']:,} ({s['updates_to_solve'] * cfg['batch_size']:,})",
+                f"{s['final_loss']:.4f} ({s['fraction_of_baseline']:.3f})",
+                f"{s['final_accuracy']:.3f}",
+            ]
+        )
+    header = [
+        "T",
+        "baseline 10 ln 8 / (T+20) (nats/step)",
+        "fastest cell to solve",
+        "updates (sequences)",
+        "held-out loss (/ baseline)",
+        "recalled-symbol accuracy",
+    ]
+    return md_table(header, rows, right="01")
+
+
+@block("literature_chrono", f"{EXP}/distance.json", f"{EXP}/copy_task.json")
+def literature_chrono() -> str:
+    dist = load(f"{EXP}/distance.json")
+    copy, runs = _copy_runs()
+    pairs = [("lstm", "chrono_lstm"), ("gru", "chrono_gru")]
+    budget = copy["config"]["steps"]
+    rows = []
+    for std, chrono in pairs:
+        for name in (std, chrono):
+            c = dist["cells"].get(name)
+            longest = "-" if c is None else (c["longest_solved"] or "none")
+            per_T = []
+            for T in copy["config"]["lengths"]:
+                r = runs.get((name, T))
+                if r is None:
+                    per_T.append("-")
+                elif not r["run"]:
+                    per_T.append("skipped")
+                else:
+                    per_T.append(
+                        ", ".join(
+                            f(
+                                s["updates_to_solve"],
+                                ",d",
+                                f"not within {budget:,} (accuracy {s['final_accuracy']:.2f})",
+                            )
+                            for s in r["seeds"]
+                        )
+                    )
+            desc = (c or copy["cells"].get(name, {})).get("description", name)
+            rows.append([desc, longest, *per_T])
+    dcfg, ccfg = dist["config"], copy["config"]
+    header = [
+        "cell",
+        f"delayed recall: longest distance learned (H={dcfg['hidden']}, "
+        f"{dcfg['steps']} updates, chrono t_max {dcfg['chrono_t_max']})",
+        *(
+            f"copy T={T}: updates to solve (H={ccfg['hidden']}, chrono t_max "
+            f"{ccfg['chrono_t_max'] or T})"
+            for T in ccfg["lengths"]
+        ),
+    ]
+    return md_table(header, rows)
+
+
+@block("literature_clipping", f"{EXP}/weight_scale.json")
+def literature_clipping() -> str:
+    d = load(f"{EXP}/weight_scale.json")
+    tanh = d["tanh"]
+    below = [r["s"] for r in tanh if r["s"] > 1 and r["decay_factor"] < 1]
+    above = [r["s"] for r in tanh if r["decay_factor"] > 1]
+    plain, clipped = d["training"]["plain"], d["training"]["clipped"]
+    cfg = d["config"]
+    rows = [
+        [
+            "when the gradient vanishes or explodes",
+            "with tanh' at most 1: a largest singular value of W_h below 1 is sufficient for the "
+            "gradient to vanish; above 1 is necessary for it to explode, not sufficient",
+            f"linear RNN, W_h = s Q: the factor per step is s; tanh RNN: it stays below 1 up "
+            f"to s = {max(below, default=1):g} and exceeds 1 from s = "
+            f"{f(min(above, default=None), 'g')} (T={cfg['T']}, H={cfg['hidden']})",
+        ],
+        [
+            "gradient clipping by norm",
+            "rescaling the gradient when its norm exceeds a threshold avoids the jumps an "
+            "exploding gradient causes, with plain SGD",
+            f"tanh RNN with s={cfg['train_scale']:g}, SGD lr {cfg['learning_rate']:g}: unclipped "
+            f"loss Inf/NaN at step {f(plain['first_nonfinite_step'], 'd', 'never')}, max gradient "
+            f"norm {plain['max_grad_norm']:.2g}; clipped to global norm {cfg['clip_norm']:g}: "
+            f"loss {clipped['initial_loss']:.3f} -> {clipped['final_loss']:.3f}, "
+            f"NaN/Inf {f(clipped['first_nonfinite_step'], 'd', 'never')}",
+        ],
+    ]
+    return md_table(["claim", "Pascanu et al. 2013", "ours (weight_scale.json)"], rows)
 
 
 # --------------------------------------------------------------------------- truncation

@@ -28,6 +28,8 @@ STUDIES = (
     "after_training",
     "long_range",
     "distance",
+    "copy_task",
+    "literature",
     "truncation",
     "char_lm",
     "rnn_types",

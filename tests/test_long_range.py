@@ -48,3 +48,18 @@ def test_help_lists_the_options(capsys) -> None:
     out = capsys.readouterr().out
     for opt in ("--quick", "--seed", "--out", "--lengths", "--steps"):
         assert opt in out
+
+
+def test_quick_adding_by_hochreiter_schmidhuber_criterion(tmp_path) -> None:
+    """--tasks adding_hs97: its own files, their success test, the within-0.04 curve."""
+    lr = _load("long_range")
+    argv = ["--quick", "--tasks", "adding_hs97", "--cells", "gru", "--no-progress"]
+    lr.main([*argv, "--out", str(tmp_path)])
+    data = json.loads((tmp_path / "long_range_adding_hs97.json").read_text())
+    assert "0.04" in data["success_test"] and data["task"] == "adding_hs97"
+    (r,) = data["results"]
+    (run,) = r["runs"]
+    assert len(run["within_tolerance_curve"]) == len(r["steps"])
+    assert all(0.0 <= w <= 1.0 for w in run["within_tolerance_curve"])
+    assert run["solved"] == (run["within_tolerance_curve"][-1] == 1.0)
+    assert not (tmp_path / "long_range_adding.json").exists()

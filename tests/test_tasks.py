@@ -160,3 +160,24 @@ def test_bad_arguments_raise_clear_errors() -> None:
 
 def test_masked_mean_of_empty_mask_is_zero() -> None:
     assert float(tasks.masked_mean(jnp.ones((2, 3)), jnp.zeros((2, 3)))) == 0.0
+
+
+def test_adding_within_tolerance_counts_sequences_and_can_be_the_success_test() -> None:
+    """Hochreiter & Schmidhuber's (1997) criterion: a sequence is correct when its absolute
+    error at the end is below 0.04; ``solved_within`` makes the fraction correct the test."""
+    task = tasks.adding(10)
+    b = task.sample(KEY, 8)
+    shift = jnp.array([0.0, 0.01, -0.039, 0.039, 0.041, -0.05, 0.5, -1.0])  # 4 of 8 within
+    outputs = (b.targets + shift[:, None])[..., None]
+    _, metrics = task.loss_fn(outputs, b)
+    chex.assert_trees_all_close(metrics["within_tolerance"], jnp.float32(0.5))
+    assert task.solved({"loss": 0.0, "within_tolerance": 0.5})  # default: the MSE test
+    strict = tasks.adding(10, solved_within=1.0)
+    assert not strict.solved({"loss": 0.0, "within_tolerance": 0.99})
+    assert strict.solved({"loss": 1.0, "within_tolerance": 1.0})
+    _, wide = tasks.adding(10, tolerance=0.6).loss_fn(outputs, b)
+    chex.assert_trees_all_close(wide["within_tolerance"], jnp.float32(7 / 8))
+    with pytest.raises(ValueError, match="solved_within"):
+        tasks.adding(10, solved_within=0.0)
+    with pytest.raises(ValueError, match="tolerance"):
+        tasks.adding(10, tolerance=0.0)

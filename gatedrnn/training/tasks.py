@@ -183,7 +183,13 @@ def _last_step_mask(batch_size: int, seq_len: int) -> Array:
 # ---------------------------------------------------------------------------- adding
 
 
-def adding(seq_len: int, *, solved_mse: float = 0.01) -> Task:
+def adding(
+    seq_len: int,
+    *,
+    solved_mse: float = 0.01,
+    tolerance: float = 0.04,
+    solved_within: float | None = None,
+) -> Task:
     """The adding problem in the form of Le et al. (2015).
 
     Each step has two channels: a value drawn from U[0, 1] and a marker that is 1 at
@@ -196,11 +202,22 @@ def adding(seq_len: int, *, solved_mse: float = 0.01) -> Task:
       seq_len: ``T >= 2``.
       solved_mse: the task counts as solved when the evaluation MSE is below this
         (default 0.01, 6% of the baseline).
+      tolerance: a sequence counts as correct when its absolute error is below this
+        (Hochreiter & Schmidhuber 1997 used 0.04); metric ``within_tolerance``.
+      solved_within: if given, the task counts as solved when ``within_tolerance``
+        reaches this fraction (e.g. 1.0: every held-out sequence correct) instead of the
+        MSE test.
 
     Returns:
-      a :class:`Task` with ``input_size=2``, ``output_size=1``, loss MSE at the last step.
+      a :class:`Task` with ``input_size=2``, ``output_size=1``, loss MSE at the last step;
+      metrics ``loss`` and ``within_tolerance`` (the fraction of sequences whose absolute
+      error at the last step is below ``tolerance``).
     """
     T = _check_int(seq_len, "seq_len", 2)
+    if not tolerance > 0:
+        raise ValueError(f"tolerance must be > 0, got {tolerance!r}")
+    if solved_within is not None and not 0.0 < solved_within <= 1.0:
+        raise ValueError(f"solved_within must lie in (0, 1], got {solved_within!r}")
     half = T // 2
 
     def sample(key: Array, batch_size: int) -> Batch:
@@ -218,9 +235,16 @@ def adding(seq_len: int, *, solved_mse: float = 0.01) -> Task:
 
     def loss_fn(outputs: Array, batch: Batch) -> tuple[Array, Metrics]:
         _check_outputs(outputs, batch, 1)
-        return masked_mse(outputs, batch.targets, batch.mask)
+        loss, metrics = masked_mse(outputs, batch.targets, batch.mask)
+        err = jnp.abs(outputs[:, -1, 0] - batch.targets[:, -1])  # (B,): the scored step
+        metrics["within_tolerance"] = jnp.mean((err < tolerance).astype(jnp.float32))
+        return loss, metrics
 
-    return Task("adding", T, 2, 1, sample, loss_fn, 1.0 / 6.0, loss_below(solved_mse))
+    if solved_within is None:
+        solved = loss_below(solved_mse)
+    else:
+        solved = accuracy_at_least(solved_within, "within_tolerance")
+    return Task("adding", T, 2, 1, sample, loss_fn, 1.0 / 6.0, solved)
 
 
 # ----------------------------------------------------------------------- copy memory
