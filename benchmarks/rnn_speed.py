@@ -258,7 +258,7 @@ def bench_speed(args: argparse.Namespace) -> list[dict]:
                 except Exception as e:  # an API change must not cost the other rows
                     print(f"cuDNN LSTM (jax.experimental.rnn) failed: {e!r}", flush=True)
             row = speed_row(kind, (B, T, I, H), interleaved_times(fns, args.rounds), n)
-            row["unroll"] = gr.default_unroll(T)
+            row["unroll"] = gr.default_unroll(T, kind)
             rows.append(row)
             if args.save is not None:
                 args.save("speed", rows)
@@ -388,7 +388,7 @@ def bench_unroll(args: argparse.Namespace) -> list[dict]:
                 "cell": kind,
                 "shape": [B, T, I, H],
                 "seconds": med,
-                "default": gr.default_unroll(T),
+                "default": gr.default_unroll(T, kind),
                 "speedup_vs_1": {k: med[f"1_{k.split('_')[1]}"] / v for k, v in med.items()},
             }
             rows.append(row)
@@ -581,7 +581,8 @@ def _gru_input_fns(B: int, T: int, I: int, H: int, seed: int) -> dict[str, Calla
 def bench_levers(args: argparse.Namespace) -> list[dict]:
     """LSTM forward and training step under each loop variant, interleaved per shape.
 
-    ``hoisted``: ``gr.scan`` (input projection for all steps before the loop);
+    All with ``unroll=1`` unless named. ``hoisted``: ``gr.scan`` (input projection for all
+    steps before the loop);
     ``in_loop``: ``jax.lax.scan`` over ``cell.step`` (projection inside the loop, as Flax);
     ``autodiff``: ``gr.scan(fused=False)`` (the default is the fused backward);
     ``unroll4``: ``gr.scan(unroll=4)``;
@@ -608,10 +609,10 @@ def bench_levers(args: argparse.Namespace) -> list[dict]:
             recur=gr.Split(hidden, cell.pointwise),
         )
         variants = {
-            "hoisted": lambda p, x, cell=cell: gr.scan(cell, p, x)[1],
-            "bias_in_project": lambda p, x, c=bias_in_project: gr.scan(c, p, x)[1],
+            "hoisted": lambda p, x, cell=cell: gr.scan(cell, p, x, unroll=1)[1],
+            "bias_in_project": lambda p, x, c=bias_in_project: gr.scan(c, p, x, unroll=1)[1],
             "in_loop": in_loop,
-            "autodiff": lambda p, x, cell=cell: gr.scan(cell, p, x, fused=False)[1],
+            "autodiff": lambda p, x, cell=cell: gr.scan(cell, p, x, fused=False, unroll=1)[1],
             "unroll4": lambda p, x, cell=cell: gr.scan(cell, p, x, unroll=4)[1],
         }
         fns = {}

@@ -959,11 +959,10 @@ def perf_tuning() -> str:
                     for sp in [r["speedup_vs_1"]]
                     for u in us[1:]
                 ),
-                r["default"],
             ]
             for r in d["unroll"]
         ]
-        header = ["cell", "(B, T, I, H)", *(f"unroll={u}" for u in us[1:]), "default"]
+        header = ["cell", "(B, T, I, H)", *(f"unroll={u}" for u in us[1:])]
         out += [
             "**unroll**: speed-up over `unroll=1`, training step / forward (> 1: faster).",
             md_table(header, rows),

@@ -35,11 +35,12 @@ import numpy as np
 from gatedrnn._fused import scan_split
 from gatedrnn.cells.base import Array, Cell, PyTree, Split, check_fits_in_memory
 
-# Steps per loop iteration that ``unroll=None`` picks, per backend: measured by
-# ``python benchmarks/rnn_speed.py --sections unroll`` (table: docs/performance.md).
-# On the CPU every unroll > 1 was slower or level (LSTM: 0.64x at 4); not yet measured on a
-# GPU or TPU, where it stays 1 until it is.
-_UNROLL = {"cpu": 1}
+# Steps per loop iteration that ``unroll=None`` picks, per (backend, cell name); 1 where
+# absent. Measured by ``python benchmarks/rnn_speed.py --sections unroll`` (table:
+# docs/performance.md): on the CPU unroll=4 made the LSTM's training step 1.01-1.06x and its
+# forward pass up to 1.44x faster, while no unroll above 1 helped the vanilla RNN or the
+# GRU at every shape. Not yet measured on a GPU or TPU, where it stays 1 until it is.
+_UNROLL = {("cpu", "lstm"): 4}
 # The sequence length from which the parallel form of a linear cell (minGRU, minLSTM) is
 # faster than its step-by-step loop, per backend (None: never on the lengths measured);
 # measured by ``python benchmarks/rnn_speed.py --sections crossover``. A backend not yet
@@ -51,20 +52,21 @@ def _backend(backend: str | None) -> str:
     return jax.default_backend() if backend is None else backend
 
 
-def default_unroll(T: int, backend: str | None = None) -> int:
+def default_unroll(T: int, cell: str = "", backend: str | None = None) -> int:
     """The ``unroll`` that :func:`scan` uses when none is given.
 
     Args:
       T: sequence length.
+      cell: the cell's name (``Cell.name``: ``"lstm"``, ``"gru"``, ...).
       backend: ``"cpu"``, ``"gpu"``, ``"tpu"``; JAX's default backend if None.
 
     Returns:
       Steps per loop iteration, at least 1 and at most ``T``: the value that was fastest
-      for the training step on that backend in ``benchmarks/rnn_speed.py --sections
-      unroll`` (docs/performance.md has the table); 1 on the CPU, where every larger
-      unroll measured slower or level, and 1 on a backend not yet measured.
+      for that cell's training step on that backend in ``benchmarks/rnn_speed.py
+      --sections unroll`` (docs/performance.md has the table): 4 for the LSTM on the CPU,
+      else 1 (also on a backend not yet measured).
     """
-    return max(1, min(_UNROLL.get(_backend(backend), 1), T))
+    return max(1, min(_UNROLL.get((_backend(backend), cell), 1), T))
 
 
 def parallel_crossover(backend: str | None = None) -> int | None:
@@ -216,7 +218,8 @@ def scan(
         backwards, as if the pieces were scanned in reverse one by one.
       time_major: ``xs`` (and ``ys``, ``resets``) have time on axis 0.
       unroll: passed to ``jax.lax.scan`` (steps unrolled per loop iteration); None (the
-        default): :func:`default_unroll` for the backend (1 on the CPU, measured).
+        default): :func:`default_unroll` for the cell and backend on the fused loop, where
+        it was measured; 1 on the other loops (with ``remat``, unroll 4 measured slower).
       truncate: truncated BPTT window ``k``: the gradient through the state is stopped
         before every step whose index (in processing order) is a positive multiple of
         ``k``; the forward pass is unchanged.
@@ -250,11 +253,11 @@ def scan(
     _check_options(reverse, time_major, unroll, truncate, fused, parallel)
     xs_tm = xs if time_major else jnp.moveaxis(xs, -2, 0)
     T, batch_shape = xs_tm.shape[0], tuple(xs_tm.shape[1:-1])
-    if unroll is None:
-        unroll = default_unroll(T)
     chunk = remat_chunk(remat, T)
     loop_only = dict(resets=resets, truncate=truncate, state_perturbations=state_perturbations)
     use_split = _use_split(cell, fused, {**loop_only, "remat": remat})
+    if unroll is None:  # measured on the fused loop; the other loops keep 1
+        unroll = default_unroll(T, cell.name) if use_split else 1
     use_parallel = _use_parallel(cell, parallel, T, {**loop_only, "remat": chunk})
 
     jax.eval_shape(cell.project, params, xs_tm)  # the cell checks features and dtype

@@ -323,3 +323,21 @@ def test_nan_padding_does_not_poison_values_or_gradients(name, path):
     dirty = jax.value_and_grad(loss, argnums=(0, 1))(p, xs + pad)
     chex.assert_tree_all_finite(dirty)
     assert_trees_close(dirty, clean)
+
+
+def test_default_unroll_is_the_measured_table_and_changes_no_value():
+    """unroll=None takes gr.default_unroll(T, cell.name): 4 for the LSTM on the CPU (the
+    unroll sweep's best), 1 elsewhere and on backends not measured, never more than T."""
+    assert gr.default_unroll(100, "lstm", "cpu") == 4
+    assert gr.default_unroll(3, "lstm", "cpu") == 3 and gr.default_unroll(0, "lstm", "cpu") == 1
+    assert gr.default_unroll(100, "gru", "cpu") == gr.default_unroll(100, "vanilla", "cpu") == 1
+    assert gr.default_unroll(100, "lstm", "gpu") == 1
+    cell = gr.lstm(5)
+    params = cell.init(jax.random.PRNGKey(0), 3)
+    xs = jax.random.normal(jax.random.PRNGKey(1), (2, 9, 3))
+    jaxpr = str(jax.make_jaxpr(lambda x: gr.scan(cell, params, x))(xs))
+    want = gr.default_unroll(9, "lstm")
+    assert f"unroll={want}" in jaxpr
+    chex.assert_trees_all_close(
+        gr.scan(cell, params, xs), gr.scan(cell, params, xs, unroll=1), rtol=1e-6, atol=1e-6
+    )
