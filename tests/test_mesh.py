@@ -5,6 +5,7 @@ with the batch really split and the parameters really replicated."""
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import subprocess
@@ -104,9 +105,7 @@ CHILD = textwrap.dedent(
 )
 
 
-@pytest.fixture(scope="module")
-def result(tmp_path_factory) -> dict:
-    cwd = tmp_path_factory.mktemp("parallel")
+def _run_child(cwd: Path) -> dict:
     env = {
         **os.environ,
         "PYTHONPATH": str(ROOT),
@@ -123,6 +122,24 @@ def result(tmp_path_factory) -> dict:
     assert proc.returncode == 0, proc.stderr[-4000:]
     line = next(ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT "))
     return json.loads(line[len("RESULT ") :])
+
+
+@pytest.fixture(scope="module")
+def result(tmp_path_factory) -> dict:
+    """The 8-device child's results, computed once per test session: under pytest-xdist
+    the first worker runs the child and the others read its JSON (a file lock in the
+    session's shared temp folder), so the ~35 s subprocess does not start once per worker."""
+    if "PYTEST_XDIST_WORKER" not in os.environ:
+        return _run_child(tmp_path_factory.mktemp("parallel"))
+    shared = tmp_path_factory.getbasetemp().parent  # one folder per session, all workers
+    done = shared / "mesh_result.json"
+    with open(shared / "mesh_result.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if not done.exists():
+            cwd = shared / "mesh_parallel"
+            cwd.mkdir(exist_ok=True)
+            done.write_text(json.dumps(_run_child(cwd)))
+    return json.loads(done.read_text())
 
 
 def test_eight_devices_with_a_resume_follow_one_device_on_the_adding_task(result):
