@@ -196,6 +196,12 @@ def cudnn_lstm_fns(B: int, T: int, I: int, H: int, seed: int):
 # ------------------------------------------------------------------------------ sections
 
 
+def selected_shapes(args: argparse.Namespace) -> list[tuple[int, int, int, int]]:
+    """The ``(B, T, I, H)`` shapes of a run: all (quick or full), or those ``--shapes`` names."""
+    shapes = QUICK_SHAPES if args.quick else SHAPES
+    return [shapes[int(i)] for i in args.shapes.split(",")] if args.shapes else shapes
+
+
 def speed_row(kind: str, shape: tuple, times: dict[str, list[float]], n: int) -> dict:
     """One row of the speed table from the rounds' times: per implementation min / median /
     max seconds; per pair the ratio of medians and its range over the rounds (each round
@@ -229,9 +235,7 @@ def speed_row(kind: str, shape: tuple, times: dict[str, list[float]], n: int) ->
 
 
 def bench_speed(args: argparse.Namespace) -> list[dict]:
-    shapes = QUICK_SHAPES if args.quick else SHAPES
-    if args.shapes:
-        shapes = [shapes[int(i)] for i in args.shapes.split(",")]
+    shapes = selected_shapes(args)
     n = QUICK_MATMUL_N if args.quick else MATMUL_N
     jax_mm, torch_mm = matmul_fns(n, args.seed)
     on_gpu = jax.default_backend() == "gpu"
@@ -372,9 +376,7 @@ UNROLLS = (1, 2, 4, 8)
 def bench_unroll(args: argparse.Namespace) -> list[dict]:
     """Forward and training step per ``unroll`` of ``gr.scan``, every cell and shape: what
     ``gr.default_unroll`` is chosen from."""
-    shapes = QUICK_SHAPES if args.quick else SHAPES
-    if args.shapes:
-        shapes = [shapes[int(i)] for i in args.shapes.split(",")]
+    shapes = selected_shapes(args)
     rows = []
     for B, T, I, H in shapes:
         for kind in ("vanilla", "lstm", "gru"):
@@ -464,9 +466,7 @@ def bench_shard_worker(args: argparse.Namespace) -> list[dict]:
     from gatedrnn.training import mesh as meshes
 
     devices = jax.devices()
-    shapes = QUICK_SHAPES[:1] if args.quick else SHAPES
-    if args.shapes:
-        shapes = [(QUICK_SHAPES if args.quick else SHAPES)[int(i)] for i in args.shapes.split(",")]
+    shapes = selected_shapes(args)
     mesh = meshes.data_mesh()
     rows = []
     for B, T, I, H in shapes:

@@ -283,15 +283,11 @@ def scan(
     else:
         body = partial(_step, cell, truncate, (params, state0, lengths))
         inputs = (jnp.arange(T), xp, rs, perts)
-        if chunk is not None and not time_major and not reverse and 0 < chunk <= T:
-            # Chunks read the batch-major xs in place: no time-major copy of it.
-            xs_bm = jnp.moveaxis(xp, 0, -2)
-            inputs = (inputs[0], None, rs, perts)
+        if chunk is not None:
+            in_place = not time_major and not reverse  # xs is batch-major as given
             final_state, ys = _chunked_scan(
-                cell, params, body, state0, inputs, chunk, unroll, xs_batch_major=xs_bm
+                cell, params, body, state0, inputs, chunk, unroll, in_place
             )
-        elif chunk is not None:
-            final_state, ys = _chunked_scan(cell, params, body, state0, inputs, chunk, unroll)
         else:
             body = jax.checkpoint(body) if remat else body
             final_state, ys = jax.lax.scan(body, state0, inputs, length=T, unroll=unroll)
@@ -563,16 +559,21 @@ def _chunked_scan(
     inputs: tuple,
     chunk: int,
     unroll: int | bool,
-    xs_batch_major: Array | None = None,
+    in_place: bool = False,
 ) -> tuple[PyTree, Array]:
     """The loop as nested scans over chunks of ``chunk`` steps, each chunk checkpointed.
 
     ``inputs`` are time-major ``(t, xs, resets, perturbations)`` with the raw inputs ``xs``:
     each chunk projects its own inputs, so neither the projection nor the steps' internals
-    are stored for more than one chunk at a time. With ``xs_batch_major`` (``(*batch, T,
-    I)``, in processing order; ``xs`` in ``inputs`` is then None) each chunk reads its
-    steps from it in place, so no time-major copy of ``xs`` (or of its gradient) exists.
+    are stored for more than one chunk at a time. With ``in_place`` (``xs`` came
+    batch-major, in processing order) each chunk reads its steps from the batch-major
+    array with a dynamic slice, so no time-major copy of ``xs`` (or of its gradient) exists.
     """
+    T = inputs[0].shape[0]
+    xs_batch_major = None
+    if in_place and 0 < chunk <= T:  # moveaxis back: XLA cancels the pair of transposes
+        xs_batch_major = jnp.moveaxis(inputs[1], 0, -2)
+        inputs = (inputs[0], None, *inputs[2:])
 
     def run_chunk(state: PyTree, chunk_inputs: tuple) -> tuple[PyTree, Array]:
         t, x, r, p = chunk_inputs
@@ -583,7 +584,6 @@ def _chunked_scan(
         return jax.lax.scan(body, state, (t, cell.project(params, x), r, p), unroll=unroll)
 
     run_chunk = jax.checkpoint(run_chunk)
-    T = inputs[0].shape[0]
     n = T // chunk
     head = jax.tree_util.tree_map(
         lambda a: a[: n * chunk].reshape((n, chunk, *a.shape[1:])), inputs
