@@ -1,8 +1,7 @@
 """Gradient and Jacobian measurements: how gradients vanish or explode through time.
 
-Everything here runs the cells through :func:`gatedrnn.scan` and reads the gates with
-:func:`~gatedrnn.cells.lstm_gates` / :func:`~gatedrnn.cells.gru_gates`; no cell math is
-restated.
+Everything here runs the cells through :func:`gatedrnn.scan` and reads the gates each cell
+reports (``Cell.gates``); no cell math is restated and nothing depends on a cell's name.
 
 States are numbered ``s_0`` (the initial state, before the first step) to ``s_T`` (the
 state after the last step), so every per-step result has a leading axis of size ``T + 1``
@@ -27,8 +26,6 @@ import jax.numpy as jnp
 import numpy as np
 
 from gatedrnn.cells.base import Array, Cell, PyTree, check_positive_int
-from gatedrnn.cells.gru import gru_gates
-from gatedrnn.cells.lstm import lstm_gates
 from gatedrnn.scan import _broadcast_state, check_cell_and_xs, scan
 
 __all__ = [
@@ -403,7 +400,7 @@ def _trajectory(cell: Cell, params: PyTree, xs_tm: Array, state0: PyTree) -> PyT
         new, _ = cell.recur(p, s, xp)
         return new, new
 
-    emitting = cell._replace(recur=recur, output=lambda s: s)
+    emitting = cell._replace(recur=recur, output=lambda p, s, xp: s, parallel=None)
     _, states = scan(emitting, params, xs_tm, state0, time_major=True)
     return jax.tree_util.tree_map(lambda s0, s: jnp.concatenate([s0[None], s]), state0, states)
 
@@ -419,33 +416,28 @@ def gate_statistics(
 ) -> dict[str, Array]:
     """Mean gate values and the fraction of saturated units at each step ``t = 1 .. T``.
 
-    A sigmoid gate unit is saturated when its value is within ``saturation`` of 0 or 1; a
-    tanh unit when ``|value| > 1 - saturation``.
+    Reads the gates every cell reports (``Cell.gates``), so it works for any cell. A gate
+    unit in ``[0, 1]`` is saturated when its value is within ``saturation`` of 0 or 1; a
+    unit of a tanh activation (``Cell.tanh_gates``) when ``|value| > 1 - saturation``.
 
     Args:
-      cell: an LSTM, GRU or vanilla cell.
+      cell: any :class:`~gatedrnn.Cell`.
       params, xs, initial_state, time_major: as in :func:`state_gradients`.
       saturation: the margin ``eps`` in ``(0, 0.5)``.
 
     Returns:
       A dict of ``(T,)`` arrays (averaged over batch and units), entry ``t - 1`` for step
-      ``t``:
-
-      * LSTM: ``input``, ``forget``, ``output`` (mean gates), ``forget_saturated_low``
-        (``f < eps``), ``forget_saturated_high`` (``f > 1 - eps``), ``saturated`` (any of
-        the four gates, i.e. the fraction of all ``4H`` gate units saturated).
-      * GRU: ``reset``, ``update`` (mean ``r``, ``z``), ``update_saturated_low``,
-        ``update_saturated_high`` and ``saturated`` (over ``r, z, n``).
-      * vanilla: ``saturated`` (for tanh: ``|h| > 1 - eps``; relu: ``h == 0``; linear:
-        never).
+      ``t``: for each gate ``g`` the cell reports (LSTM: ``input``, ``forget``,
+      ``candidate``, ``output``; GRU: ``reset``, ``update``, ``candidate``; a tanh RNN:
+      ``state``; ...), its mean ``g`` and, for gates in ``[0, 1]``,
+      ``g_saturated_low`` (``< eps``) and ``g_saturated_high`` (``> 1 - eps``); and
+      ``saturated``, the fraction of all gate units saturated (zeros for a cell that
+      reports no gates, such as a relu or linear RNN).
     """
     if not 0.0 < float(saturation) < 0.5:
         raise ValueError(f"saturation must lie in (0, 0.5), got {saturation!r}")
-    if not isinstance(cell, Cell) or cell.name not in ("lstm", "gru", "vanilla"):
-        raise ValueError(
-            "gate_statistics expects an lstm, gru or vanilla Cell, got "
-            + (repr(cell.name) if isinstance(cell, Cell) else type(cell).__name__)
-        )
+    if not isinstance(cell, Cell):
+        raise ValueError(f"gate_statistics expects a gatedrnn Cell, got {type(cell).__name__}")
     xs_tm, state0, _ = _prepare(cell, params, xs, initial_state, time_major)
     return _gate_statistics(cell, float(saturation), params, xs_tm, state0)
 
@@ -454,51 +446,30 @@ def gate_statistics(
 def _gate_statistics(
     cell: Cell, eps: float, params: PyTree, xs_tm: Array, state0: PyTree
 ) -> dict[str, Array]:
+    T = xs_tm.shape[0]
+    if cell.gates is None:
+        return {"saturated": jnp.zeros((T,), xs_tm.dtype)}
     states = _trajectory(cell, params, xs_tm, state0)
     prev = jax.tree_util.tree_map(lambda s: s[:-1], states)  # state before each step
-    xp = cell.project(params, xs_tm)
-
-    def sig_sat(g: Array) -> Array:
-        return (g < eps) | (g > 1 - eps)
-
-    def tanh_sat(g: Array) -> Array:
-        return jnp.abs(g) > 1 - eps
-
-    dtype = jax.tree_util.tree_leaves(xp)[0].dtype
+    gates = cell.gates(params, prev, cell.project(params, xs_tm))
 
     def mean(a: Array) -> Array:  # over everything but time
-        return jnp.mean(a.astype(dtype).reshape(a.shape[0], -1), axis=1)
+        return jnp.mean(a.astype(xs_tm.dtype).reshape(T, -1), axis=1)
 
-    if cell.name == "lstm":
-        i, f, g, o = lstm_gates(params, prev.h, xp)
-        sat = jnp.concatenate([sig_sat(i), sig_sat(f), tanh_sat(g), sig_sat(o)], axis=-1)
-        return {
-            "input": mean(i),
-            "forget": mean(f),
-            "output": mean(o),
-            "forget_saturated_low": mean(f < eps),
-            "forget_saturated_high": mean(f > 1 - eps),
-            "saturated": mean(sat),
-        }
-    if cell.name == "gru":
-        r, z, n = gru_gates(params, prev, xp, cell.options["reset_after"])
-        sat = jnp.concatenate([sig_sat(r), sig_sat(z), tanh_sat(n)], axis=-1)
-        return {
-            "reset": mean(r),
-            "update": mean(z),
-            "update_saturated_low": mean(z < eps),
-            "update_saturated_high": mean(z > 1 - eps),
-            "saturated": mean(sat),
-        }
-    h = states[1:]
-    activation = cell.options.get("activation", "tanh")
-    if activation == "tanh":
-        sat = tanh_sat(h)
-    elif activation == "relu":
-        sat = h == 0
-    else:
-        sat = jnp.zeros(h.shape, bool)
-    return {"saturated": mean(sat)}
+    out: dict[str, Array] = {}
+    saturated = []
+    for name, g in gates.items():
+        out[name] = mean(g)
+        if name in cell.tanh_gates:
+            saturated.append(jnp.abs(g) > 1 - eps)
+        else:
+            low, high = g < eps, g > 1 - eps
+            out[f"{name}_saturated_low"] = mean(low)
+            out[f"{name}_saturated_high"] = mean(high)
+            saturated.append(low | high)
+    flat = [s.reshape(T, -1) for s in saturated]
+    out["saturated"] = mean(jnp.concatenate(flat, axis=1)) if flat else jnp.zeros((T,))
+    return out
 
 
 # ------------------------------------------------------------------- curve summaries

@@ -493,7 +493,7 @@ def _step(
     new_state, y = cell.recur(params, state, xp_t)
     if p_t is not None:
         new_state = jax.tree_util.tree_map(jnp.add, new_state, p_t)
-        y = cell.output(new_state)
+        y = cell.output(params, new_state, xp_t)
     if lengths is not None:
         valid = t < lengths
         new_state = _where(valid, new_state, state)
@@ -600,32 +600,21 @@ def _chunked_scan(
 def _parallel_scan(
     cell: Cell,
     params: PyTree,
-    xp: Array,
+    xp: PyTree,
     state0: PyTree,
     lengths: Array | None,
 ) -> tuple[PyTree, Array]:
-    """The loop for a cell with a ``parallel`` form: all states at once, then the options.
+    """The loop for a cell with a ``parallel`` form: all steps at once.
 
     ``xp`` is time-major and already in processing order (reversed if ``reverse``); so
-    are the outputs ``(T, *batch, H)``.
-    Steps past a sequence's length do not affect earlier ones, so the states are computed
-    for all ``T`` steps and the lengths applied afterwards.
+    are the outputs ``(T, *batch, H)``. The cell keeps the state at steps past a
+    sequence's length (``valid`` False); their outputs are zeroed here.
     """
-    T = xp.shape[0]
-    states = cell.parallel(params, xp, state0)
-    ys = cell.output(states)
-    if lengths is None:
-        final_state = jax.tree_util.tree_map(lambda s, s0: s[-1] if T else s0, states, state0)
-    else:
-        t = jnp.arange(T).reshape((T,) + (1,) * lengths.ndim)
-        ys = jnp.where((t < lengths)[..., None], ys, jnp.zeros_like(ys))
-        last = jnp.clip(lengths - 1, 0, max(T - 1, 0))
-
-        def pick(s: Array, s0: Array) -> Array:
-            if T == 0:
-                return s0
-            idx = jnp.broadcast_to(last[None, ..., None], (1, *s.shape[1:]))
-            return _where(lengths > 0, jnp.take_along_axis(s, idx, axis=0)[0], s0)
-
-        final_state = jax.tree_util.tree_map(pick, states, state0)
+    T = jax.tree_util.tree_leaves(xp)[0].shape[0]
+    valid = None
+    if lengths is not None:
+        valid = jnp.arange(T).reshape((T,) + (1,) * lengths.ndim) < lengths
+    final_state, ys = cell.parallel(params, xp, state0, valid)
+    if valid is not None:
+        ys = jnp.where(valid[..., None], ys, jnp.zeros_like(ys))
     return final_state, ys

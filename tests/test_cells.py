@@ -296,7 +296,7 @@ def test_a_custom_cell_from_a_split():
             hidden=lambda p, h: h @ p.w_h + p.b,
             pointwise=lambda h, xp, a: (0.5 * h + 0.5 * jnp.tanh(xp + a),) * 2,
         ),
-        output=lambda h: h,
+        output=lambda p, h, xp: h,
         hidden_size=H,
         name="leaky",
         config=(("hidden_size", H),),

@@ -151,7 +151,7 @@ def test_state_gradients_match_a_python_loop_oracle(cell):
         def loss_of_state(s_t, t=t, prefix=tuple(prefix)):
             # The output of step t is read from s_t, so it moves with s_t too.
             final, rest = run_from(t, s_t)
-            now = [cell.output(s_t)] if t > 0 else []
+            now = [cell.output(p, s_t, None)] if t > 0 else []
             return loss_fn(final, jnp.stack([*prefix[: t - 1], *now, *rest]))
 
         want = jax.grad(loss_of_state)(s)

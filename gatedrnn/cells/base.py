@@ -80,32 +80,54 @@ class Cell(NamedTuple):
       recur: ``recur(params, state, xp) -> (state, y)``: the recurrent part of a step; a
         plain function, or a :class:`Split` (matrix product + elementwise) that
         :func:`gatedrnn.scan` runs on its fast path.
-      output: ``output(state) -> y``: what a step emits from the state it reached.
-      hidden_size: number of hidden units ``H``.
+      output: ``output(params, state, xp) -> y (*batch, H)``: what a step emits from the
+        state it reached (and the step's projected input, for cells with a skip
+        connection such as the LRU's ``D x``); :func:`gatedrnn.scan` calls it when it
+        changes a state after ``recur`` (``state_perturbations``).
+      hidden_size: number of hidden units ``H``: the size of every output ``y``. State
+        leaves are ``(*batch, n)`` with ``n`` the cell's own (``H`` for the classical
+        cells; matrix or complex states are stored flattened / as real and imaginary
+        parts, so every leaf has one feature axis).
       name: ``"vanilla"``, ``"lstm"``, ``"gru"``, ...
       config: the factory's keyword arguments as sorted ``(name, value)`` pairs (hashable);
         :attr:`options` gives them as a dict.
-      parallel: optional ``parallel(params, xp, h0) -> hs`` for cells whose recurrence is
-        linear in the state (evaluated over the whole time axis at once), or None.
+      parallel: optional ``parallel(params, xp, state0, valid) -> (final_state, ys)``: the
+        whole time axis at once (``xp`` time-major ``(T, *batch, ...)``, ``ys (T, *batch,
+        H)``), for cells whose recurrence allows it (linear in the state: minGRU, LRU,
+        RG-LRU, mLSTM). ``valid`` is None or ``(T, *batch)`` bools: at a step where it is
+        False the state must stay unchanged (the final state is the state after the last
+        valid step); those steps' outputs are zeroed by :func:`gatedrnn.scan`. None: no
+        parallel form.
+      gates: optional ``gates(params, state, xp) -> dict[str, Array]``: the activations of
+        one step's gates by name (``"forget"``, ``"update"``, ...), each ``(*batch, n)``,
+        given the state before the step; values in ``[0, 1]`` except the entries named in
+        ``tanh_gates`` (in ``[-1, 1]``). :func:`gatedrnn.diagnostics.gate_statistics`
+        reads it. None: the cell reports no gates.
+      tanh_gates: names of ``gates`` entries whose range is ``[-1, 1]`` (tanh candidates, a
+        tanh RNN's state): a unit of such an entry is saturated when ``|g| > 1 - eps``,
+        any other when ``g < eps`` or ``g > 1 - eps``.
 
     Derived: :meth:`step` (``recur(params, state, project(params, x))``), :attr:`options`,
     :attr:`hidden` and :attr:`pointwise` (the split's halves, or None).
 
-    A custom cell::
+    A custom cell (docs/adding_a_cell.md walks through one)::
 
         Cell(init, initial_state, project, Split(hidden, pointwise) or recur, output,
-             hidden_size=H, name="mine", config=make_config(hidden_size=H))
+             hidden_size=H, name="mine", config=make_config(hidden_size=H),
+             parallel=None, gates=None)
     """
 
     init: Callable[..., PyTree]
     initial_state: Callable[..., PyTree]
     project: Callable[[PyTree, Array], PyTree]
     recur: Callable[[PyTree, PyTree, PyTree], tuple[PyTree, Array]]
-    output: Callable[[PyTree], Array]
+    output: Callable[[PyTree, PyTree, PyTree], Array]
     hidden_size: int
     name: str
     config: tuple[tuple[str, Any], ...] = ()
-    parallel: Callable[..., Array] | None = None
+    parallel: Callable[..., tuple[PyTree, Array]] | None = None
+    gates: Callable[[PyTree, PyTree, PyTree], dict[str, Array]] | None = None
+    tanh_gates: tuple[str, ...] = ()
 
     @property
     def options(self) -> dict[str, Any]:
@@ -491,6 +513,28 @@ def gate_bias(key: Array, value: float | str, size: int, t_max: int | None, dtyp
 def make_state_zeros(hidden_size: int, dtype: Any, batch_shape: Any) -> Array:
     """Zeros of shape ``(*batch_shape, hidden_size)``."""
     return jnp.zeros((*check_batch_shape(batch_shape), hidden_size), dtype)
+
+
+def state_output(params: Any, state: Array, xp: Any) -> Array:
+    """``output`` of a cell that emits its state: ``y = h`` (params and input unused)."""
+    del params, xp
+    return state
+
+
+def mask_steps(valid: Array | None, a: Array, b: Array) -> tuple[Array, Array]:
+    """Coefficients of ``h' = a h + b`` that keep the state at steps where ``valid`` is False.
+
+    Args:
+      valid: None or ``(T, *batch)`` bools.
+      a, b: ``(T, *batch, n)``.
+
+    Returns:
+      ``(a, b)`` with ``a = 1, b = 0`` at invalid steps (the identity step).
+    """
+    if valid is None:
+        return a, b
+    v = valid[..., None]
+    return jnp.where(v, a, jnp.ones_like(a)), jnp.where(v, b, jnp.zeros_like(b))
 
 
 def split_gates(z: Array, num: int) -> list[Array]:

@@ -27,6 +27,7 @@ from gatedrnn.cells.base import (
     make_config,
     make_state_zeros,
     orthogonal,
+    state_output,
     zeros,
 )
 
@@ -184,7 +185,7 @@ def gru(
         initial_state=initial_state,
         project=project,
         recur=Split(gru_hidden, gru_pointwise) if reset_after else gru_recur_before,
-        output=_identity,
+        output=state_output,
         hidden_size=H,
         name="gru",
         config=make_config(
@@ -194,7 +195,23 @@ def gru(
             **({} if update_bias == 0.0 else {"update_bias": update_bias}),
             **({} if t_max is None else {"t_max": int(t_max)}),
         ),
+        gates=_gru_gates_after if reset_after else _gru_gates_before,
+        tanh_gates=("candidate",),
     )
+
+
+def _gates_dict(r: Array, z: Array, n: Array) -> dict[str, Array]:
+    return {"reset": r, "update": z, "candidate": n}
+
+
+def _gru_gates_after(params: GRUParams, h: Array, xp: GRUInput) -> dict[str, Array]:
+    """The step's gates by name (``Cell.gates``), ``reset_after=True``."""
+    return _gates_dict(*gru_gates(params, h, xp, True))
+
+
+def _gru_gates_before(params: GRUParams, h: Array, xp: GRUInput) -> dict[str, Array]:
+    """The step's gates by name (``Cell.gates``), ``reset_after=False``."""
+    return _gates_dict(*gru_gates(params, h, xp, False))
 
 
 def gru_recur_before(params: GRUParams, h: Array, xp: GRUInput) -> tuple[Array, Array]:
@@ -206,7 +223,3 @@ def gru_recur_before(params: GRUParams, h: Array, xp: GRUInput) -> tuple[Array, 
     _, z, n = gru_gates(params, h, xp, False)
     h = (1.0 - z) * n + z * h
     return h, h
-
-
-def _identity(h: Array) -> Array:
-    return h

@@ -175,9 +175,18 @@ def lstm(
             forget_bias=forget_bias,
             **({} if t_max is None else {"t_max": int(t_max)}),
         ),
+        gates=lstm_gate_dict,
+        tanh_gates=("candidate",),
     )
 
 
-def lstm_output(state: LSTMState) -> Array:
+def lstm_output(params: LSTMParams, state: LSTMState, xp: Array) -> Array:
     """What an LSTM step emits: ``h (*batch, H)``."""
+    del params, xp
     return state.h
+
+
+def lstm_gate_dict(params: LSTMParams, state: LSTMState, xp: Array) -> dict[str, Array]:
+    """The step's gates by name (``Cell.gates``): input, forget, candidate (tanh), output."""
+    i, f, g, o = lstm_gates(params, state.h, xp)
+    return {"input": i, "forget": f, "candidate": g, "output": o}

@@ -33,7 +33,9 @@ from gatedrnn.cells.base import (
     fan_in_normal,
     make_config,
     make_state_zeros,
+    mask_steps,
     split_gates,
+    state_output,
     zeros,
 )
 
@@ -85,6 +87,12 @@ def min_lstm_coefficients(xp: Array) -> tuple[Array, Array]:
     return f / s, (i / s) * c
 
 
+def _min_lstm_gates(xp: Array) -> dict[str, Array]:
+    """minLSTM's normalised gates: ``forget = f / (f + i)`` (the decay), ``input = i / (f + i)``."""
+    a, _ = min_lstm_coefficients(xp)
+    return {"forget": a, "input": 1.0 - a}
+
+
 def linear_recurrence(a: Array, b: Array, h0: Array) -> Array:
     """All states of ``h_t = a_t * h_{t-1} + b_t`` at once, time on axis 0.
 
@@ -114,6 +122,7 @@ def _min_cell(
     hidden_size: int,
     num_blocks: int,
     coefficients: Callable[[Array], tuple[Array, Array]],
+    gate_values: Callable[[Array], dict[str, Array]],
     params_type: type,
     kernel_init: Initializer,
     bias_init: Initializer,
@@ -150,27 +159,31 @@ def _min_cell(
         h = a * h + b
         return h, h
 
-    def parallel(params: Any, xp: Array, h0: Array) -> Array:
-        """``xp (T, *batch, blocks * H), h0 (*batch, H) -> hs (T, *batch, H)``, all states."""
+    def parallel(params: Any, xp: Array, h0: Array, valid: Array | None) -> tuple[Array, Array]:
+        """``xp (T, *batch, blocks * H), h0 (*batch, H) -> (h_T, hs (T, *batch, H))``; the
+        state is kept at steps where ``valid (T, *batch)`` is False."""
         del params
-        a, b = coefficients(xp)
-        return linear_recurrence(a, b, h0)
+        a, b = mask_steps(valid, *coefficients(xp))
+        hs = linear_recurrence(a, b, h0)
+        return (hs[-1] if hs.shape[0] else h0), hs
+
+    def gates(params: Any, h: Array, xp: Array) -> dict[str, Array]:
+        """The step's gates by name (``Cell.gates``), from the input only."""
+        del params, h
+        return gate_values(xp)
 
     return Cell(
         init=init,
         initial_state=initial_state,
         project=project,
         recur=recur,
-        output=_identity,
+        output=state_output,
         hidden_size=H,
         name=name,
         config=make_config(**options),
         parallel=parallel,
+        gates=gates,
     )
-
-
-def _identity(h: Array) -> Array:
-    return h
 
 
 @cached_factory
@@ -201,6 +214,7 @@ def min_gru(
         hidden_size,
         2,
         min_gru_coefficients,
+        lambda xp: {"update": jax.nn.sigmoid(split_gates(xp, 2)[0])},
         MinGRUParams,
         kernel_init,
         bias_init,
@@ -240,6 +254,7 @@ def min_lstm(
         hidden_size,
         3,
         min_lstm_coefficients,
+        _min_lstm_gates,
         MinLSTMParams,
         kernel_init,
         bias_init,

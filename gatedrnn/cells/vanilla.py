@@ -26,6 +26,7 @@ from gatedrnn.cells.base import (
     make_config,
     make_state_zeros,
     orthogonal,
+    state_output,
     zeros,
 )
 
@@ -127,12 +128,15 @@ def vanilla(
         initial_state=initial_state,
         project=project,
         recur=Split(hidden, pointwise, additive=True),
-        output=_identity,
+        output=state_output,
         hidden_size=H,
         name="vanilla",
         config=make_config(hidden_size=H, activation=activation),
+        gates=_tanh_state if activation == "tanh" else None,
+        tanh_gates=("state",) if activation == "tanh" else (),
     )
 
 
-def _identity(h: Array) -> Array:
-    return h
+def _tanh_state(params: VanillaParams, h: Array, xp: Array) -> dict[str, Array]:
+    """A tanh RNN's only saturating activation: the new state ``tanh(xp + h w_h + b)``."""
+    return {"state": jnp.tanh(xp + h @ params.w_h + params.b)}
