@@ -29,7 +29,7 @@ def _make(dtype=F64, seed=0, H=H, NH=NH, I=I, scale=0.5, **options):
     cell = mlstm(H, NH, **options)
     rng = np.random.default_rng(seed)
     shapes = jax.eval_shape(lambda k: cell.init(k, I), jax.random.PRNGKey(0))
-    p = MLSTMParams(*[jnp.asarray(scale * rng.normal(size=a.shape), dtype) for a in shapes])
+    p = MLSTMParams(*[(scale * rng.normal(size=a.shape)).astype(dtype) for a in shapes])
     return cell, p._replace(b_f=p.b_f + 3.0)  # forget gates near the init's
 
 
@@ -37,11 +37,11 @@ def _state(cell, p, batch, seed=5, dtype=F64):
     """A random nonzero state (the stabilizer m included)."""
     rng = np.random.default_rng(seed)
     shapes = jax.eval_shape(lambda p: cell.initial_state(p, batch), p)
-    return MLSTMState(*[jnp.asarray(rng.normal(size=a.shape), dtype) for a in shapes])
+    return MLSTMState(*[rng.normal(size=a.shape).astype(dtype) for a in shapes])
 
 
 def _xs(seed, shape, dtype=F64):
-    return jnp.asarray(np.random.default_rng(seed).normal(size=shape), dtype)
+    return np.random.default_rng(seed).normal(size=shape).astype(dtype)
 
 
 # gr.scan compiled once per cell, shapes and options (eager calls compile every op)
@@ -115,7 +115,7 @@ def test_step_form_is_the_papers_equations_and_the_stabilizer_changes_nothing():
         # With eps = 0 the stabilized state is the plain one scaled by exp(-m): the same
         # outputs as the unstabilized equations from a zero state (m = 0).
         cell0 = mlstm(H, NH, eps=0.0)
-        zero = MLSTMState(*(jnp.zeros_like(a) for a in s0))
+        zero = MLSTMState(*(np.zeros(a.shape) for a in s0))
         _, want_ys = _numpy_scan(p, xs, zero, eps=0.0, stabilized=False)
         _, ys = _scan(cell0, p, xs, zero, time_major=True)
         chex.assert_trees_all_close(ys, want_ys, rtol=1e-10, atol=1e-12)
@@ -143,10 +143,10 @@ def test_both_forms_take_any_batch_axes_and_layout(batch, time_major):
         xs_tm = _xs(1, (T, *batch, I))
         s0 = _state(cell, p, batch)
         want_s, want_ys = _numpy_scan(p, xs_tm, s0)
-        xs = xs_tm if time_major else jnp.moveaxis(xs_tm, 0, -2)
+        xs = xs_tm if time_major else np.moveaxis(xs_tm, 0, -2)
         for parallel in (False, True):
             s, ys = _scan(cell, p, xs, s0, time_major=time_major, parallel=parallel)
-            ys = ys if time_major else jnp.moveaxis(ys, -2, 0)
+            ys = ys if time_major else np.moveaxis(ys, -2, 0)
             chex.assert_trees_all_close(ys, want_ys, rtol=1e-11, atol=1e-12)
             chex.assert_trees_all_close(tuple(s), want_s, rtol=1e-11, atol=1e-12)
 
@@ -159,7 +159,7 @@ def test_parallel_equals_step_form_with_lengths_and_grads_match_finite_differenc
         xs = _xs(1, (B, T, I))
         lengths = np.array([T, 3, 0])
         pad = np.arange(T)[None, :, None] >= lengths[:, None, None]
-        xs = jnp.where(pad, jnp.nan, xs)
+        xs = np.where(pad, np.nan, xs)
         s0 = _state(cell, p, (B,))
 
         def loss(parallel, p, xs, s0):
@@ -184,28 +184,19 @@ def test_parallel_equals_step_form_with_lengths_and_grads_match_finite_differenc
             )
         # gradients: finite (NaN padding never reaches them), zero at the padding, and the
         # directional derivative along a random direction equals central differences
-        dx = np.where(pad, 0.0, np.random.default_rng(7).normal(size=xs.shape))
-        x0 = jnp.where(pad, 0.0, xs)
-        direction = (
-            jax.tree_util.tree_map(
-                lambda a: jnp.asarray(np.random.default_rng(8).normal(size=a.shape)), p
-            ),
-            jnp.asarray(dx),
-            jax.tree_util.tree_map(
-                lambda a: jnp.asarray(np.random.default_rng(9).normal(size=a.shape)), s0
-            ),
-        )
-        assert all(np.all(np.isfinite(g)) for g in jax.tree_util.tree_leaves(g_step))
+        rng = np.random.default_rng(7)
+        leaves = jax.tree_util.tree_leaves
+        point = jax.tree_util.tree_map(np.asarray, (p, np.where(pad, 0.0, xs), s0))
+        direction = jax.tree_util.tree_map(lambda a: rng.normal(size=a.shape), point)
+        direction[1][np.broadcast_to(pad, xs.shape)] = 0.0
+        assert all(np.all(np.isfinite(g)) for g in leaves(g_step))
         np.testing.assert_array_equal(np.where(pad, g_step[1], 0.0), 0.0)
 
         def dot(a, b):
-            return sum(
-                jnp.vdot(u, v)
-                for u, v in zip(jax.tree_util.tree_leaves(a), jax.tree_util.tree_leaves(b))
-            )
+            return sum(np.vdot(u, v) for u, v in zip(leaves(a), leaves(b)))
 
         def shifted(h):
-            return jax.tree_util.tree_map(lambda a, d: a + h * d, (p, x0, s0), direction)
+            return jax.tree_util.tree_map(lambda a, d: a + h * d, point, direction)
 
         for parallel in (False, True):
             f, (_, grads) = runs[parallel]
@@ -214,7 +205,7 @@ def test_parallel_equals_step_form_with_lengths_and_grads_match_finite_differenc
             np.testing.assert_allclose(dot(grads, direction), fd, rtol=1e-7)
         # forward mode: jax.jvp of the step form is the same directional derivative
         _, tangent = jax.jit(lambda args, d: jax.jvp(lambda *a: loss(False, *a)[0], args, d))(
-            (p, x0, s0), direction
+            point, direction
         )
         np.testing.assert_allclose(tangent, dot(g_step, direction), rtol=1e-10)
 
@@ -225,7 +216,7 @@ def test_parallel_form_has_no_loop_and_no_per_step_matrix_memory():
     cell, p = _make(jnp.float32, H=Hn, NH=2)
     xs = _xs(1, (Tn, B, I), jnp.float32)
     s0 = jax.eval_shape(lambda p: cell.initial_state(p, (B,)), p)
-    valid = jnp.ones((Tn, B), bool)
+    valid = np.ones((Tn, B), bool)
     jaxpr = jax.make_jaxpr(lambda x, s: cell.parallel(p, cell.project(p, x), s, valid))(xs, s0)
     jaxpr = jaxpr.jaxpr
     assert "scan" not in str(jaxpr) and "while" not in str(jaxpr)
@@ -462,7 +453,7 @@ def test_matches_the_xlstm_backends(dtype):
         xs = _xs(2, (Bn, Tn, In), dt)
         y_par, y_rec, final = _reference(p, xs, NHn)
         zero = cell.initial_state(p, (Bn,))
-        no_init = zero._replace(m=jnp.full_like(zero.m, -jnp.inf))
+        no_init = zero._replace(m=np.full(zero.m.shape, -np.inf, dt))
         tol = {"float32": 1e-4, "float64": 1e-10}[dtype]
         scale = np.abs(y_rec).max()
         for parallel in (False, True):
