@@ -15,6 +15,7 @@ from gatedrnn.cells.gru import gru
 from gatedrnn.cells.lstm import lstm
 from gatedrnn.cells.min_rnn import min_gru, min_lstm
 from gatedrnn.cells.slstm import slstm
+from gatedrnn.cells.mlstm import mlstm
 from gatedrnn.cells.vanilla import vanilla
 
 CELLS: Mapping[str, Callable[..., Cell]] = MappingProxyType(
@@ -25,6 +26,7 @@ CELLS: Mapping[str, Callable[..., Cell]] = MappingProxyType(
         "min_gru": min_gru,
         "min_lstm": min_lstm,
         "slstm": slstm,
+        "mlstm": mlstm,
     }
 )
 """Cell factories by name, read-only: ``CELLS["lstm"](64)`` is ``gr.lstm(64)``."""
