@@ -14,8 +14,8 @@ from gatedrnn.cells.base import Cell
 from gatedrnn.cells.gru import gru
 from gatedrnn.cells.lstm import lstm
 from gatedrnn.cells.min_rnn import min_gru, min_lstm
-from gatedrnn.cells.slstm import slstm
 from gatedrnn.cells.mlstm import mlstm
+from gatedrnn.cells.slstm import slstm
 from gatedrnn.cells.vanilla import vanilla
 
 CELLS: Mapping[str, Callable[..., Cell]] = MappingProxyType(
