@@ -38,6 +38,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 import gatedrnn as gr
 from gatedrnn.cells import make_cell
@@ -62,7 +63,8 @@ def memax_apply(hidden_size: int) -> Callable[[LRUParams, jax.Array, LRUState], 
     from memax.equinox.semigroups.lru import LRU
 
     H = hidden_size
-    template = LRU(recurrent_size=H, hidden_size=H, key=jax.random.PRNGKey(0))
+    # Shapes only (every array is replaced below): no random draws, nothing to compile.
+    template = eqx.filter_eval_shape(LRU, recurrent_size=H, hidden_size=H, key=jax.random.key(0))
 
     def fields(m: Any) -> tuple:
         return (m.nu_log, m.theta_log, m.gamma_log, m.B_re, m.B_im, m.C_re, m.C_im, m.D)
@@ -101,11 +103,11 @@ def _inputs(shape: tuple[int, int, int], dtype: Any, seed: int = 0) -> tuple:
     """Params, inputs ``(B, T, H)`` and a random initial state, all of ``dtype``."""
     B, T, H = shape
     cell = make_cell("lru", H)
-    k_p, k_x, k_h = jax.random.split(jax.random.PRNGKey(seed), 3)
-    params = cell.init(k_p, H, dtype)
-    # Drawn in float32: memax casts its input to complex64, exactly so for these values.
-    xs = jax.random.normal(k_x, (B, T, H), jnp.float32).astype(dtype)
-    re, im = 0.5 * jax.random.normal(k_h, (2, B, H), jnp.float32).astype(dtype)
+    params = cell.init(jax.random.PRNGKey(seed), H, dtype)
+    rng = np.random.default_rng(seed)
+    # Float32 values: memax casts its input to complex64, exactly so for these.
+    xs = jnp.asarray(rng.standard_normal((B, T, H), np.float32), dtype)
+    re, im = jnp.asarray(0.5 * rng.standard_normal((2, B, H), np.float32), dtype)
     return cell, params, xs, LRUState(re=re, im=im)
 
 

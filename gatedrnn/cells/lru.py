@@ -135,10 +135,8 @@ def ring_init(
     ``1 - |lambda|^2`` is kept at or above it, so that no log is ever taken of 0 (which
     would give an infinite parameter).
     """
-    k1, k2 = jax.random.split(key)
     tiny = float(jnp.finfo(dtype).tiny)
-    u1 = jax.random.uniform(k1, (size,), dtype, minval=tiny)
-    u2 = jax.random.uniform(k2, (size,), dtype, minval=tiny)
+    u1, u2 = jax.random.uniform(key, (2, size), dtype, minval=tiny)
     nu_log = jnp.log(-0.5 * jnp.log(u1 * (r_max**2 - r_min**2) + r_min**2))
     theta_log = jnp.log(max_phase * u2)
     modulus = jnp.exp(-jnp.exp(nu_log))
@@ -257,24 +255,15 @@ def lru(
             f"the params of an lru cell with input_size={I}, hidden_size={H}, "
             f"state_size={N} ({dtype.name})",
         )
-        k_ring, k_bre, k_bim, k_cre, k_cim, k_d = jax.random.split(key, 6)
+        k_ring, k_b, k_c, k_d = jax.random.split(key, 4)
         nu_log, theta_log, gamma_log = ring_init(k_ring, N, r_min, r_max, max_phase, dtype)
-        b_scale = 1.0 / math.sqrt(2 * I)
-        c_scale = 1.0 / math.sqrt(N)
+        b_re, b_im = jax.random.normal(k_b, (2, I, N), dtype) / math.sqrt(2 * I)
+        c_re, c_im = jax.random.normal(k_c, (2, N, H), dtype) / math.sqrt(N)
         if I == H:
             d = jax.random.normal(k_d, (H,), dtype)
         else:
             d = jax.random.normal(k_d, (I, H), dtype) / math.sqrt(I)
-        return LRUParams(
-            nu_log=nu_log,
-            theta_log=theta_log,
-            gamma_log=gamma_log,
-            b_re=jax.random.normal(k_bre, (I, N), dtype) * b_scale,
-            b_im=jax.random.normal(k_bim, (I, N), dtype) * b_scale,
-            c_re=jax.random.normal(k_cre, (N, H), dtype) * c_scale,
-            c_im=jax.random.normal(k_cim, (N, H), dtype) * c_scale,
-            d=d,
-        )
+        return LRUParams(nu_log, theta_log, gamma_log, b_re, b_im, c_re, c_im, d)
 
     def initial_state(params: LRUParams, batch_shape: Any = ()) -> LRUState:
         """Zeros ``re, im (*batch_shape, N)``."""
