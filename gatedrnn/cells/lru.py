@@ -18,8 +18,9 @@ Initialization (the paper's Appendix A, ``init_lru_parameters``):
 * ring init: ``|lambda|^2 ~ U[r_min^2, r_max^2]`` (uniform on the ring's area) and
   ``arg(lambda) ~ U[0, max_phase]``, stored as ``nu_log = log(-log|lambda|)`` and
   ``theta_log = log(arg lambda)``; the paper's defaults ``r_min = 0``, ``r_max = 1``,
-  ``max_phase = 2 pi`` (its long-range experiments use e.g. ``r_min = 0.9``,
-  ``r_max = 0.999``, ``max_phase = pi / 10``: pass them as options);
+  ``max_phase = 2 pi`` (its Long Range Arena runs use larger radii, e.g.
+  ``[0.9, 0.999]`` on sCIFAR and ``[0.999, 0.9999]`` with ``max_phase = pi / 10`` on
+  PathX: pass them as options);
 * the normalization ``gamma_log = log(sqrt(1 - |lambda|^2))`` (trained afterwards), so
   that a white-noise input gives a state of the input's variance at init;
 * ``B`` real and imaginary parts normal with variance ``1 / (2 I)``, ``C`` parts normal
@@ -227,9 +228,9 @@ def lru(
       state_size: number of complex state units ``N`` (default ``H``).
       r_min, r_max: the ring init's radii: ``|lambda|^2 ~ U[r_min^2, r_max^2]``;
         ``0 <= r_min <= r_max <= 1``, ``r_min < 1``. The paper's defaults ``0`` and ``1``;
-        for long-range tasks it uses e.g. ``0.9`` and ``0.999``.
-      max_phase: ``arg(lambda) ~ U[0, max_phase]``, ``> 0`` (default ``2 pi``; the paper's
-        long-range runs use ``pi / 10``).
+        on long-range tasks it uses larger radii, e.g. ``0.9`` and ``0.999``.
+      max_phase: ``arg(lambda) ~ U[0, max_phase]``, ``> 0`` (default ``2 pi``, the
+        paper's; ``pi / 10`` on its longest task, PathX).
 
     Returns:
       A :class:`Cell` with :class:`LRUParams`, state :class:`LRUState` ``(re, im)`` each
