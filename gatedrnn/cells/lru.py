@@ -22,7 +22,8 @@ Initialization (the paper's Appendix A, ``init_lru_parameters``):
   ``[0.9, 0.999]`` on sCIFAR and ``[0.999, 0.9999]`` with ``max_phase = pi / 10`` on
   PathX: pass them as options);
 * the normalization ``gamma_log = log(sqrt(1 - |lambda|^2))`` (trained afterwards), so
-  that a white-noise input gives a state of the input's variance at init;
+  that for white-noise input each unit's state has the variance of its input ``x B`` at
+  init, however close ``|lambda|`` is to 1;
 * ``B`` real and imaginary parts normal with variance ``1 / (2 I)``, ``C`` parts normal
   with variance ``1 / N``.
 
