@@ -111,7 +111,7 @@ class LRUInput(NamedTuple):
 
 def lru_lambda(params: LRUParams) -> tuple[Array, Array]:
     """Real and imaginary parts of ``lambda = exp(-exp(nu_log) + i exp(theta_log))``, ``(N,)``."""
-    modulus = jnp.exp(-jnp.exp(params.nu_log))
+    modulus = lru_decay(params)
     phase = jnp.exp(params.theta_log)
     return modulus * jnp.cos(phase), modulus * jnp.sin(phase)
 
@@ -132,7 +132,7 @@ def ring_init(
     """``(nu_log, theta_log, gamma_log)``, each ``(size,)``, of the paper's ring init.
 
     ``|lambda|^2 ~ U[r_min^2, r_max^2]``, ``arg lambda ~ U[0, max_phase]``,
-    ``gamma = sqrt(1 - |lambda|^2)`` (Orvieto et al. 2023, Lemma 3.2 and Appendix A). The
+    ``gamma = sqrt(1 - |lambda|^2)`` (Orvieto et al. 2023, Section 3 and Appendix A). The
     uniform draws start at the dtype's smallest normal number rather than 0, and
     ``1 - |lambda|^2`` is kept at or above it, so that no log is ever taken of 0 (which
     would give an infinite parameter).
