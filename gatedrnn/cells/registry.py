@@ -12,6 +12,7 @@ from typing import Any
 
 from gatedrnn.cells.base import Cell
 from gatedrnn.cells.gru import gru
+from gatedrnn.cells.lru import lru
 from gatedrnn.cells.lstm import lstm
 from gatedrnn.cells.min_rnn import min_gru, min_lstm
 from gatedrnn.cells.mlstm import mlstm
@@ -27,6 +28,7 @@ CELLS: Mapping[str, Callable[..., Cell]] = MappingProxyType(
         "min_lstm": min_lstm,
         "slstm": slstm,
         "mlstm": mlstm,
+        "lru": lru,
     }
 )
 """Cell factories by name, read-only: ``CELLS["lstm"](64)`` is ``gr.lstm(64)``."""
