@@ -14,10 +14,18 @@ from gatedrnn.cells.base import Cell
 from gatedrnn.cells.gru import gru
 from gatedrnn.cells.lstm import lstm
 from gatedrnn.cells.min_rnn import min_gru, min_lstm
+from gatedrnn.cells.rglru import rglru
 from gatedrnn.cells.vanilla import vanilla
 
 CELLS: Mapping[str, Callable[..., Cell]] = MappingProxyType(
-    {"vanilla": vanilla, "lstm": lstm, "gru": gru, "min_gru": min_gru, "min_lstm": min_lstm}
+    {
+        "vanilla": vanilla,
+        "lstm": lstm,
+        "gru": gru,
+        "min_gru": min_gru,
+        "min_lstm": min_lstm,
+        "rglru": rglru,
+    }
 )
 """Cell factories by name, read-only: ``CELLS["lstm"](64)`` is ``gr.lstm(64)``."""
 
