@@ -10,7 +10,7 @@ outputs and final state.
 recurrentgemma's layer accumulates its scan in float32 whatever the input dtype
 (``scan.linear_scan(acc_float_dtype=float32)``, not exposed by the layer). The float64
 reference therefore runs with that accumulation switched to float64
-(:func:`float64_accumulation`); the difference with the layer as shipped is reported too
+(:func:`patched_scan`); the difference with the layer as shipped is reported too
 (``details.float64.as_shipped``).
 
 Speed (``--speed`` only; run it on a quiet machine): forward pass and forward + gradient
@@ -51,16 +51,26 @@ SPEED_SHAPES = ((16, 1024, 256), (1, 4096, 256))
 DEFAULT_OUT = Path(__file__).resolve().parent / "results" / "parity" / "rglru.json"
 
 
-def parity_params(H: int, num_heads: int, dtype: Any, seed: int = 0) -> RGLRUParams:
-    """Our params for a parity run: ``w_in = I``, ``b_in = 0``, gate biases made non-zero."""
-    params = rglru(H, num_heads).init(jax.random.PRNGKey(seed), H, dtype)
-    ka, kx = jax.random.split(jax.random.PRNGKey(seed + 1))
-    return params._replace(
+@functools.partial(jax.jit, static_argnums=(1, 2, 3, 4, 5))
+def parity_problem(
+    key: jax.Array, B: int, T: int, H: int, num_heads: int, dtype: Any
+) -> tuple[RGLRUParams, jax.Array, jax.Array]:
+    """``(params, xs (B, T, H), h0 (B, H))`` for a parity run, drawn in one compiled call.
+
+    Params as ``rglru(H, num_heads).init`` draws them, then ``w_in = I`` and ``b_in = 0``
+    (the layer has no input projection) and non-zero gate biases.
+    """
+    k_init, ka, kx, kxs, kh = jax.random.split(key, 5)
+    params = rglru(H, num_heads).init(k_init, H, dtype)
+    params = params._replace(
         w_in=jnp.eye(H, dtype=dtype),
         b_in=jnp.zeros((H,), dtype),
         b_a=0.5 * jax.random.normal(ka, (H,), dtype),
         b_x=0.5 * jax.random.normal(kx, (H,), dtype),
     )
+    xs = jax.random.normal(kxs, (B, T, H), dtype)
+    h0 = 0.5 * jax.random.normal(kh, (B, H), dtype)
+    return params, xs, h0
 
 
 def reference_variables(params: RGLRUParams) -> dict:
@@ -99,12 +109,21 @@ def reference_apply(
 
 
 @contextlib.contextmanager
-def float64_accumulation() -> Iterator[None]:
-    """Make recurrentgemma's ``linear_scan`` accumulate in float64 inside the block."""
+def patched_scan(**overrides: Any) -> Iterator[None]:
+    """Inside the block, recurrentgemma's ``scan.linear_scan`` runs with ``overrides``.
+
+    ``acc_float_dtype=jnp.float64``: accumulate in float64 (the layer always asks for
+    float32); ``unroll=1``: compile in a second instead of unrolling 128 steps (the tests;
+    the same arithmetic in the same order).
+    """
     from recurrentgemma.jax import scan
 
     original = scan.linear_scan
-    scan.linear_scan = functools.partial(original, acc_float_dtype=jnp.float64)
+
+    def linear_scan(*args: Any, **kwargs: Any) -> Any:
+        return original(*args, **{**kwargs, **overrides})
+
+    scan.linear_scan = linear_scan
     try:
         yield
     finally:
@@ -116,9 +135,20 @@ def _max_diff(a: Any, b: Any) -> float:
 
 
 def parity(
-    B: int, T: int, H: int, num_heads: int, dtype: Any, seed: int = 0, patch64: bool = True
+    B: int,
+    T: int,
+    H: int,
+    num_heads: int,
+    dtype: Any,
+    seed: int = 0,
+    patch64: bool = True,
+    unroll: int | None = None,
+    forms: tuple[str, ...] = ("step", "parallel"),
 ) -> dict[str, Any]:
     """Largest absolute differences, ours vs the layer, for one shape and dtype.
+
+    ``patch64``: in float64, the layer accumulates in float64 (:func:`patched_scan`);
+    ``unroll``: the layer's scan unroll (None: as shipped, 128); ``forms``: ours to compare.
 
     Returns:
       ``{"step": {"ys", "final_state"}, "parallel": {...}, "max_abs_diff",
@@ -126,10 +156,7 @@ def parity(
     """
     dtype = jnp.dtype(dtype)
     cell = rglru(H, num_heads)
-    params = parity_params(H, num_heads, dtype, seed)
-    kx, kh = jax.random.split(jax.random.PRNGKey(seed + 2))
-    xs = jax.random.normal(kx, (B, T, H), dtype)
-    h0 = 0.5 * jax.random.normal(kh, (B, H), dtype)
+    params, xs, h0 = parity_problem(jax.random.PRNGKey(seed), B, T, H, num_heads, dtype)
 
     layer = reference_layer(H, num_heads, dtype)
     variables = reference_variables(params)
@@ -142,16 +169,20 @@ def parity(
     # As shipped the layer wants its cache in float32 (its accumulation dtype).
     ref_h0 = h0 if use64 or dtype == jnp.float32 else h0.astype(jnp.float32)
     h0 = ref_h0.astype(dtype)
-    with float64_accumulation() if use64 else contextlib.nullcontext():
+    overrides: dict[str, Any] = {"acc_float_dtype": jnp.float64} if use64 else {}
+    if unroll is not None:
+        overrides["unroll"] = unroll
+    with patched_scan(**overrides):
         ref_h, ref_ys = jax.jit(functools.partial(reference_apply, layer))(variables, xs, ref_h0)
 
     out: dict[str, Any] = {}
-    for form, flag in (("step", False), ("parallel", True)):
+    for form in forms:
+        flag = {"step": False, "parallel": True}[form]
         h, ys = jax.jit(lambda p, x, s, flag=flag: gr.scan(cell, p, x, s, parallel=flag))(
             params, xs, h0
         )
         out[form] = {"ys": _max_diff(ys, ref_ys), "final_state": _max_diff(h, ref_h)}
-    out["max_abs_diff"] = max(v for form in ("step", "parallel") for v in out[form].values())
+    out["max_abs_diff"] = max(v for form in forms for v in out[form].values())
     out["max_abs_output"] = float(jnp.max(jnp.abs(ref_ys)))
     return out
 
@@ -201,9 +232,8 @@ def _version(package: str) -> str | None:
 def speed_fns(B: int, T: int, H: int, num_heads: int, seed: int = 0) -> dict[str, Any]:
     """Blocking zero-argument functions ``{"forward"|"train": {impl: fn}}`` for one shape."""
     cell = rglru(H, num_heads)
-    params = parity_params(H, num_heads, jnp.float32, seed)
-    xs = jax.random.normal(jax.random.PRNGKey(seed + 2), (B, T, H), jnp.float32)
-    h0 = jnp.zeros((B, H), jnp.float32)
+    params, xs, h0 = parity_problem(jax.random.PRNGKey(seed), B, T, H, num_heads, jnp.float32)
+    h0 = jnp.zeros_like(h0)
     layer = reference_layer(H, num_heads, jnp.float32)
     variables = reference_variables(params)
     fns: dict[str, dict[str, Any]] = {"forward": {}, "train": {}}
