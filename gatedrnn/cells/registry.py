@@ -16,6 +16,7 @@ from gatedrnn.cells.lru import lru
 from gatedrnn.cells.lstm import lstm
 from gatedrnn.cells.min_rnn import min_gru, min_lstm
 from gatedrnn.cells.mlstm import mlstm
+from gatedrnn.cells.rglru import rglru
 from gatedrnn.cells.slstm import slstm
 from gatedrnn.cells.vanilla import vanilla
 
@@ -29,6 +30,7 @@ CELLS: Mapping[str, Callable[..., Cell]] = MappingProxyType(
         "slstm": slstm,
         "mlstm": mlstm,
         "lru": lru,
+        "rglru": rglru,
     }
 )
 """Cell factories by name, read-only: ``CELLS["lstm"](64)`` is ``gr.lstm(64)``."""
