@@ -47,7 +47,7 @@ def test_cells_in_flax_rnn_with_seq_lengths_equal_gr_scan(name):
     )
     params = module.to_pure(variables["params"]["cell"])
     cell = module.make_cell()
-    for reverse in (False, True) if name == "lstm" else (False,):
+    for reverse in (False, True):
         rnn = nn.RNN(module, return_carry=True, reverse=reverse, keep_order=True)
         carry, ys = rnn.apply(variables, X, seq_lengths=LENGTHS)
         state, ys_gr = gr.scan(cell, params, X, seq_lengths=LENGTHS, reverse=reverse)
