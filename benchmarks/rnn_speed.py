@@ -10,6 +10,9 @@ Sections (``--sections``, all by default):
   interleaved round by round (every implementation once per round), so a change of
   machine load hits all of them alike; medians are reported, with ratios per pair,
   achieved GFLOP/s and its fraction of a large matmul's GFLOP/s timed in the same rounds.
+  ``--cells`` picks the cells (any registered cell; default vanilla, LSTM, GRU) of this
+  section and of ``unroll``, ``shard`` and ``bf16``; a cell without a PyTorch or Flax
+  counterpart (:data:`TORCH_MODULES`, :data:`FLAX_CELLS`) is timed on its own.
 * ``compile``: compile time of an LSTM training step at T=100 vs T=10000.
 * ``remat``: XLA's compiled memory analysis and time of the LSTM training step at
   T=8192, batch 16, hidden 256, for ``remat=False / True / "sqrt"`` (and time-major input).
@@ -27,6 +30,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import platform
 import statistics
@@ -44,10 +48,15 @@ import jax
 import jax.numpy as jnp
 
 import gatedrnn as gr
+from gatedrnn.cells import CELLS, make_cell
 
 SHAPES = [(32, 128, 256, 256), (64, 256, 512, 512), (1, 1000, 128, 128)]
 QUICK_SHAPES = [(2, 8, 4, 8), (1, 12, 4, 8)]
-GATES = {"vanilla": 1, "lstm": 4, "gru": 3}
+DEFAULT_CELLS = ("vanilla", "lstm", "gru")
+TORCH_MODULES = {"vanilla": "RNN", "lstm": "LSTM", "gru": "GRU"}
+"""The PyTorch module each cell is timed against (cells without one: gatedrnn alone)."""
+FLAX_CELLS = {"vanilla": "SimpleCell", "lstm": "OptimizedLSTMCell", "gru": "GRUCell"}
+"""The Flax cell each cell is timed against under ``nn.RNN``."""
 MATMUL_N, QUICK_MATMUL_N = 2048, 128
 
 
@@ -98,8 +107,13 @@ def interleaved_medians(fns: dict[str, Callable[[], Any]], rounds: int) -> dict[
 
 
 def rnn_flops(kind: str, B: int, T: int, I: int, H: int) -> float:
-    """Matrix-product FLOPs of one forward pass: ``2 B T (I + H) G H`` (G gate blocks)."""
-    return 2.0 * B * T * (I + H) * GATES[kind] * H
+    """Matrix-product FLOPs of one forward pass: ``2 B T`` times the size of the cell's
+    weight matrices (its params leaves of rank >= 2), ``2 B T (I + H) G H`` for a cell with
+    ``w_x (I, G H)`` and ``w_h (H, G H)``."""
+    cell = make_cell(kind, H)
+    shapes = jax.eval_shape(lambda k: cell.init(k, I), jax.random.PRNGKey(0))
+    weights = sum(math.prod(a.shape) for a in jax.tree_util.tree_leaves(shapes) if a.ndim >= 2)
+    return 2.0 * B * T * weights
 
 
 # ------------------------------------------------------------------------------ builders
@@ -107,7 +121,7 @@ def rnn_flops(kind: str, B: int, T: int, I: int, H: int) -> float:
 
 def gatedrnn_fns(kind: str, B: int, T: int, I: int, H: int, seed: int, **scan_kwargs: Any):
     """Jitted forward and training step of ``gr.scan`` (loss = sum of outputs)."""
-    cell = {"vanilla": gr.vanilla, "lstm": gr.lstm, "gru": gr.gru}[kind](H)
+    cell = make_cell(kind, H)
     params = cell.init(jax.random.PRNGKey(seed), I)
     xs = jax.random.normal(jax.random.PRNGKey(seed + 1), (B, T, I))
 
@@ -123,7 +137,7 @@ def flax_fns(kind: str, B: int, T: int, I: int, H: int, seed: int):
     """Jitted forward and training step of Flax ``nn.RNN`` over its own cell."""
     import flax.linen as nn
 
-    cell = {"vanilla": nn.SimpleCell, "lstm": nn.OptimizedLSTMCell, "gru": nn.GRUCell}[kind]
+    cell = getattr(nn, FLAX_CELLS[kind])
     model = nn.RNN(cell(features=H))
     xs = jax.random.normal(jax.random.PRNGKey(seed + 1), (B, T, I))
     variables = model.init(jax.random.PRNGKey(seed), xs)
@@ -142,7 +156,7 @@ def torch_fns(kind: str, B: int, T: int, I: int, H: int, seed: int):
 
     torch.manual_seed(seed)
     device = torch_device()
-    module = {"vanilla": torch.nn.RNN, "lstm": torch.nn.LSTM, "gru": torch.nn.GRU}[kind]
+    module = getattr(torch.nn, TORCH_MODULES[kind])
     model = module(I, H, batch_first=True).to(device)
     xs = torch.randn(B, T, I, device=device, requires_grad=True)
 
@@ -196,10 +210,22 @@ def cudnn_lstm_fns(B: int, T: int, I: int, H: int, seed: int):
 # ------------------------------------------------------------------------------ sections
 
 
+CUDNN = {"lstm": cudnn_lstm_fns}
+"""Cells with a cuDNN reference timed too on a GPU."""
+
+
 def selected_shapes(args: argparse.Namespace) -> list[tuple[int, int, int, int]]:
     """The ``(B, T, I, H)`` shapes of a run: all (quick or full), or those ``--shapes`` names."""
     shapes = QUICK_SHAPES if args.quick else SHAPES
     return [shapes[int(i)] for i in args.shapes.split(",")] if args.shapes else shapes
+
+
+def quick_cells(args: argparse.Namespace) -> list[str]:
+    """The cells of a section that ``--quick`` runs for one cell only: ``--cells`` if
+    given, else the LSTM with ``--quick`` and the default cells without."""
+    if args.quick and args.cells_given is None:
+        return ["lstm"]
+    return list(args.cells)
 
 
 def speed_row(kind: str, shape: tuple, times: dict[str, list[float]], n: int) -> dict:
@@ -241,22 +267,24 @@ def bench_speed(args: argparse.Namespace) -> list[dict]:
     on_gpu = jax.default_backend() == "gpu"
     rows = []
     for B, T, I, H in shapes:
-        for kind in ("vanilla", "lstm", "gru"):
+        for kind in args.cells:
             fns: dict[str, Callable[[], Any]] = {"matmul_jax": jax_mm, "matmul_torch": torch_mm}
             builders = [
                 ("gatedrnn", gatedrnn_fns, {}),
                 ("gatedrnn_autodiff", gatedrnn_fns, {"fused": False}),
-                ("torch", torch_fns, {}),
-                ("flax", flax_fns, {}),
             ]
+            if kind in TORCH_MODULES:
+                builders.append(("torch", torch_fns, {}))
+            if kind in FLAX_CELLS:
+                builders.append(("flax", flax_fns, {}))
             for name, builder, kwargs in builders:
                 fwd, step = builder(kind, B, T, I, H, args.seed, **kwargs)
                 if name != "gatedrnn_autodiff":
                     fns[f"{name}_forward"] = fwd
                 fns[f"{name}_train"] = step
-            if on_gpu and kind == "lstm":
+            if on_gpu and kind in CUDNN:
                 try:
-                    fwd, step = cudnn_lstm_fns(B, T, I, H, args.seed)
+                    fwd, step = CUDNN[kind](B, T, I, H, args.seed)
                     fwd(), step()
                     fns["cudnn_forward"], fns["cudnn_train"] = fwd, step
                 except Exception as e:  # an API change must not cost the other rows
@@ -267,10 +295,14 @@ def bench_speed(args: argparse.Namespace) -> list[dict]:
             if args.save is not None:
                 args.save("speed", rows)
             f, t = row["forward"], row["train"]
+            vs = " ".join(
+                f"{phase} x{d[f'vs_{o}']:.2f} {o}"
+                for phase, d in (("fwd", f), ("train", t))
+                for o in ("torch", "flax")
+                if f"vs_{o}" in d
+            )
             print(
-                f"{kind:8s} {(B, T, I, H)!s:22s} fwd x{f['vs_torch']:.2f} torch "
-                f"x{f['vs_flax']:.2f} flax | train x{t['vs_torch']:.2f} "
-                f"torch x{t['vs_flax']:.2f} flax, fused x{t['fused_vs_autodiff']:.2f} | "
+                f"{kind:8s} {(B, T, I, H)!s:22s} {vs}, fused x{t['fused_vs_autodiff']:.2f} | "
                 f"{t['gflops']:.1f} GFLOP/s = {100 * t['fraction_of_matmul']:.0f}% of matmul "
                 f"{row['matmul_gflops_jax']:.0f}",
                 flush=True,
@@ -379,7 +411,7 @@ def bench_unroll(args: argparse.Namespace) -> list[dict]:
     shapes = selected_shapes(args)
     rows = []
     for B, T, I, H in shapes:
-        for kind in ("vanilla", "lstm", "gru"):
+        for kind in args.cells:
             fns = {}
             for u in UNROLLS[:2] if args.quick else UNROLLS:
                 fwd, step = gatedrnn_fns(kind, B, T, I, H, args.seed, unroll=u)
@@ -472,8 +504,8 @@ def bench_shard_worker(args: argparse.Namespace) -> list[dict]:
     for B, T, I, H in shapes:
         if B % len(devices):
             continue
-        for kind in ("lstm",) if args.quick else ("vanilla", "lstm", "gru"):
-            cell = {"vanilla": gr.vanilla, "lstm": gr.lstm, "gru": gr.gru}[kind](H)
+        for kind in quick_cells(args):
+            cell = make_cell(kind, H)
             params = cell.init(jax.random.PRNGKey(args.seed), I)
             xs = jax.random.normal(jax.random.PRNGKey(args.seed + 1), (B, T, I))
             grad = jax.grad(lambda p, x, c=cell: jnp.sum(gr.scan(c, p, x)[1]), argnums=(0, 1))
@@ -508,10 +540,8 @@ def bench_bf16(args: argparse.Namespace) -> dict:
     for dt in (jnp.float32, jnp.bfloat16):
         a = jnp.ones((n, n), dt)
         fns[f"matmul_{dt.__name__}"] = lambda a=a: _block(mm(a, a))
-        for kind, make in (("vanilla", gr.vanilla), ("lstm", gr.lstm), ("gru", gr.gru)):
-            if args.quick and kind != "lstm":
-                continue
-            cell = make(H)
+        for kind in quick_cells(args):
+            cell = make_cell(kind, H)
             params = cell.init(jax.random.PRNGKey(args.seed), I, dtype=dt)
             xs = jax.random.normal(jax.random.PRNGKey(args.seed + 1), (B, T, I), dt)
 
@@ -521,7 +551,7 @@ def bench_bf16(args: argparse.Namespace) -> dict:
             step = jax.jit(jax.grad(loss, argnums=(0, 1)))
             fns[f"{kind}_{dt.__name__}"] = lambda s=step, p=params, x=xs: _block(s(p, x))
     med = interleaved_medians(fns, args.rounds)
-    names = [k for k in ("matmul", "vanilla", "lstm", "gru") if f"{k}_float32" in med]
+    names = [k for k in ("matmul", *args.cells) if f"{k}_float32" in med]
     out = {
         "shape": [B, T, I, H],
         "matmul_n": n,
@@ -915,6 +945,15 @@ def main(argv: list[str] | None = None) -> dict:
         "crossover,shard,bf16",
     )
     parser.add_argument(
+        "--cells",
+        nargs="+",
+        default=None,
+        choices=sorted(CELLS),
+        metavar="CELL",
+        help="cells of the speed, unroll, shard and bf16 sections, any of: "
+        f"{' '.join(sorted(CELLS))} (default: {' '.join(DEFAULT_CELLS)})",
+    )
+    parser.add_argument(
         "--memory-only", action="store_true", help="remat section: memory analysis, no timing"
     )
     parser.add_argument(
@@ -935,6 +974,7 @@ def main(argv: list[str] | None = None) -> dict:
         "ratio's median and min-max over the N runs",
     )
     args = parser.parse_args(argv)
+    args.cells_given, args.cells = args.cells, args.cells or list(DEFAULT_CELLS)
     if args.repeat > 1:
         return repeat_runs(args, sys.argv[1:] if argv is None else list(argv))
     args.save = None

@@ -431,6 +431,27 @@ def loss_last_output(final: Any, ys: Any) -> Any:
     return jnp.sum(ys[-1]) / jnp.sqrt(ys.shape[-1])
 
 
+def add_cells_option(p: ArgumentParser, default: Sequence[str], extra: Sequence[str] = ()) -> None:
+    """Add ``--cells NAME ...``: any registered cell (``gatedrnn.cells.CELLS``), or one of
+    the script's own ``extra`` variants (e.g. ``chrono_lstm``); ``default`` when not given."""
+    from gatedrnn.cells import CELLS
+
+    choices = [*sorted(CELLS), *extra]
+    p.add_argument(
+        "--cells",
+        nargs="+",
+        default=list(default),
+        choices=choices,
+        metavar="CELL",
+        help=f"cells to run, any of: {' '.join(choices)}",
+    )
+
+
+def label(name: str, labels: dict[str, str]) -> str:
+    """A cell's display label: ``labels[name]``, else the registry name itself."""
+    return labels.get(name, name)
+
+
 def whole_state(norms: Any) -> np.ndarray:
     """Norms of the gradient with respect to the whole state from per-part norms
     (``sqrt(|g_h|^2 + |g_c|^2)`` for LSTM; the norms themselves for one-part states)."""
@@ -447,6 +468,7 @@ def geomean(a: Any, axis: int = 0) -> np.ndarray:
 __all__ = [
     "ArgumentParser",
     "UsageError",
+    "add_cells_option",
     "atomic_path",
     "check_output_dir",
     "check_text_file",
@@ -454,6 +476,7 @@ __all__ = [
     "finite_float",
     "fraction",
     "geomean",
+    "label",
     "loss_last_output",
     "nonneg_float",
     "nonneg_int",

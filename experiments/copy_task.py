@@ -42,7 +42,7 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 from experiments import cli  # noqa: E402
-from experiments.distance import CELLS, COLORS, make_cell, train_seeds  # noqa: E402
+from experiments.distance import LABELS, VARIANTS, cell_color, make_cell, train_seeds  # noqa: E402
 
 DEFAULT_CELLS = ["chrono_gru", "chrono_lstm", "gru", "lstm"]
 SOLVED = "accuracy on the 10 recalled symbols >= 0.95 on the held-out set within the budget"
@@ -51,7 +51,7 @@ METRIC = "recall_accuracy"
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = cli.parser(__doc__.split("\n\n")[0])
-    p.add_argument("--cells", nargs="+", default=DEFAULT_CELLS, choices=list(CELLS))
+    cli.add_cells_option(p, default=DEFAULT_CELLS, extra=list(VARIANTS))
     p.add_argument(
         "--lengths", nargs="+", type=cli.positive_int, default=[100, 200], help="values of T"
     )
@@ -109,14 +109,14 @@ def table(results: dict, args: argparse.Namespace) -> str:
     for name, c in results["cells"].items():
         for r in c["runs"]:
             if not r["run"]:
-                rows.append([CELLS[name], r["T"], "skipped", "-", "-", "-"])
+                rows.append([cli.label(name, LABELS), r["T"], "skipped", "-", "-", "-"])
                 continue
             ups = ", ".join(
                 str(s["updates_to_solve"]) if s["solved"] else f">{args.steps}" for s in r["seeds"]
             )
             acc = ", ".join(f"{s['final_accuracy']:.3f}" for s in r["seeds"])
             frac = ", ".join(f"{s['fraction_of_baseline']:.3f}" for s in r["seeds"])
-            rows.append([CELLS[name], r["T"], ups, acc, frac, f"{r['seconds']:.0f}"])
+            rows.append([cli.label(name, LABELS), r["T"], ups, acc, frac, f"{r['seconds']:.0f}"])
     header = ["cell", "T", "updates to solve", "recalled-symbol accuracy", "loss / baseline", "s"]
     return cli.table(rows, header)
 
@@ -127,7 +127,7 @@ def plot(results: dict, args: argparse.Namespace):
     Ts = args.lengths
     fig, axes = plt.subplots(1, len(Ts), figsize=(5 * len(Ts), 3.8), squeeze=False)
     for ax, T in zip(axes[0], Ts):
-        for name, c in results["cells"].items():
+        for k, (name, c) in enumerate(results["cells"].items()):
             for r in c["runs"]:
                 if r["T"] != T or not r["run"]:
                     continue
@@ -135,11 +135,11 @@ def plot(results: dict, args: argparse.Namespace):
                     ax.plot(
                         r["steps"],
                         [a[j] for a in r["accuracy_curve"]],
-                        color=COLORS[name],
+                        color=cell_color(name, k),
                         marker=".",
                         ms=4,
                         lw=1.2,
-                        label=CELLS[name] if j == 0 else None,
+                        label=cli.label(name, LABELS) if j == 0 else None,
                     )
         ax.axhline(0.95, color="0.4", ls="--", lw=0.8)
         ax.axhline(1 / 8, color="0.6", ls=":", lw=0.8)
@@ -183,7 +183,7 @@ def main(argv: list[str] | None = None) -> dict:
                 f"{r['seconds']:.1f}s)",
                 flush=True,
             )
-        results["cells"][name] = {"description": CELLS[name], "runs": runs}
+        results["cells"][name] = {"description": cli.label(name, LABELS), "runs": runs}
     results["seconds"] = time.perf_counter() - t_start
     results["table"] = table(results, args)
     print(results["table"])

@@ -13,6 +13,9 @@ log-spaced range for six cells of the same hidden size:
   (Tallec & Ollivier 2018), ``t_max`` the longest distance of the sweep;
 * ``min_gru``: minGRU (Feng et al. 2024), gate from the input only.
 
+``--cells`` takes any registered cell (``gatedrnn.cells.CELLS``, default options) besides
+these; the two chrono variants are this script's own (:data:`VARIANTS`).
+
 Each (cell, distance) trains a cell plus a linear readout with clipped Adam
 (``training.fit``) for one fixed update budget, all seeds at once (``jax.vmap``), stopping
 early once every seed reaches query accuracy >= 0.95 on a held-out set. A seed *solves* a
@@ -51,7 +54,6 @@ from __future__ import annotations
 import argparse
 import sys
 import time
-from collections.abc import Callable
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -62,7 +64,8 @@ import numpy as np  # noqa: E402
 
 from experiments import cli  # noqa: E402
 
-CELLS: dict[str, str] = {
+DEFAULT_CELLS = ["vanilla", "gru", "lstm", "chrono_lstm", "chrono_gru", "min_gru"]
+LABELS: dict[str, str] = {
     "vanilla": "tanh RNN",
     "gru": "GRU (update bias 0)",
     "lstm": "LSTM (forget bias 1)",
@@ -70,6 +73,12 @@ CELLS: dict[str, str] = {
     "chrono_gru": "GRU (chrono init)",
     "min_gru": "minGRU",
 }
+"""Display labels; any other registered cell shows its registry name."""
+VARIANTS: dict[str, tuple[str, str]] = {
+    "chrono_lstm": ("lstm", "forget_bias"),
+    "chrono_gru": ("gru", "update_bias"),
+}
+"""The chrono variants: (registered cell, the gate-bias option set to ``"chrono"``)."""
 COLORS = {
     "vanilla": "tab:red",
     "gru": "tab:green",
@@ -78,27 +87,31 @@ COLORS = {
     "chrono_gru": "tab:olive",
     "min_gru": "tab:orange",
 }
+OTHER_COLORS = ["tab:brown", "tab:pink", "tab:gray", "tab:cyan", "black", "gold"]
+
+
+def cell_color(name: str, k: int) -> str:
+    """The plot color of cell ``name``, the ``k``-th cell drawn."""
+    return COLORS.get(name, OTHER_COLORS[k % len(OTHER_COLORS)])
+
+
 SOLVED = "query accuracy >= 0.95 on the held-out set within the budget"
 
 
 def make_cell(name: str, hidden: int, t_max: int):
-    """The cell called ``name`` (a key of :data:`CELLS`) with ``hidden`` units."""
-    import gatedrnn as gr
+    """The cell called ``name`` with ``hidden`` units: a registered cell (default options)
+    or a chrono variant of :data:`VARIANTS` (gate bias drawn with ``t_max``)."""
+    from gatedrnn.cells import make_cell as registered
 
-    factories: dict[str, Callable[[], gr.Cell]] = {
-        "vanilla": lambda: gr.vanilla(hidden),
-        "gru": lambda: gr.gru(hidden),
-        "lstm": lambda: gr.lstm(hidden, forget_bias=1.0),
-        "chrono_lstm": lambda: gr.lstm(hidden, forget_bias="chrono", t_max=t_max),
-        "chrono_gru": lambda: gr.gru(hidden, update_bias="chrono", t_max=t_max),
-        "min_gru": lambda: gr.min_gru(hidden),
-    }
-    return factories[name]()
+    if name in VARIANTS:
+        base, option = VARIANTS[name]
+        return registered(base, hidden, **{option: "chrono", "t_max": t_max})
+    return registered(name, hidden)
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = cli.parser(__doc__.split("\n\n")[0])
-    p.add_argument("--cells", nargs="+", default=list(CELLS), choices=list(CELLS))
+    cli.add_cells_option(p, default=DEFAULT_CELLS, extra=list(VARIANTS))
     p.add_argument(
         "--distances",
         nargs="+",
@@ -293,7 +306,7 @@ def table(results: dict, args: argparse.Namespace) -> str:
         ]
         rows.append(
             [
-                CELLS[name],
+                cli.label(name, LABELS),
                 f"> {dd:.0f}" if c["decay_censored"] else f"{dd:.0f}",
                 f"{c['decay_factor']:.4f}",
                 *cells,
@@ -310,11 +323,11 @@ def plot(results: dict, args: argparse.Namespace):
     floor = min(args.distances) / 2  # where "nothing learned" is drawn
     n = len(results["cells"])
     for k, (name, c) in enumerate(results["cells"].items()):
-        color = COLORS[name]
+        color = cell_color(name, k)
         lift = 0.015 * (k - (n - 1) / 2)  # so that equal curves do not hide each other
         ds = [r["distance"] for r in c["runs"]]
         fr = [r["solved_fraction"] + lift for r in c["runs"]]
-        ax.plot(ds, fr, color=color, lw=1.2, label=CELLS[name])
+        ax.plot(ds, fr, color=color, lw=1.2, label=cli.label(name, LABELS))
         for r, y in zip(c["runs"], fr):
             ax.plot(r["distance"], y, "o", color=color, mfc=color if r["run"] else "none", ms=6)
         y = c["longest_solved"] or floor
@@ -324,7 +337,7 @@ def plot(results: dict, args: argparse.Namespace):
             ">" if c["decay_censored"] else "o",
             color=color,
             ms=9,
-            label=CELLS[name],
+            label=cli.label(name, LABELS),
         )
         bx.annotate(name, (c["decay_distance"], y), fontsize=7, xytext=(6, 9 * k - 20),
                     textcoords="offset points", color=color)  # fmt: skip
@@ -382,7 +395,7 @@ def main(argv: list[str] | None = None) -> dict:
                 flush=True,
             )
         results["cells"][name] = {
-            "description": CELLS[name],
+            "description": cli.label(name, LABELS),
             "options": dict(cell.options),
             "decay": decay,
             "decay_distance": float(np.median(dists)),

@@ -32,12 +32,25 @@ from experiments.cli import (
     write_results,
 )
 
+LABELS = {"vanilla": "vanilla (tanh)", "lstm": "LSTM (forget bias 1)", "gru": "GRU"}
+"""Display labels of the cells (default options); other cells show their registry name."""
+COLORS = ["C3", "C0", "C2", "C1", "C4", "C5", "C6", "C7", "C8", "C9"]
+
+
+def state_parts(norms) -> dict:
+    """Per-field gradient norms ``{field: (T,)}`` of a state with several fields (the LSTM's
+    ``h`` and ``c``, any cell's NamedTuple state), each field's leaves combined; ``{}`` for a
+    state of one array."""
+    fields = getattr(norms, "_fields", ())
+    if len(fields) < 2:
+        return {}
+    return {f: whole_state(getattr(norms, f)) for f in fields}
+
 
 def measure(cell, args, seed: int) -> dict:
     """One seed of one cell: gradient norms, fits, Jacobian norms, gate statistics."""
     import jax
     import jax.numpy as jnp
-    import numpy as np
 
     from gatedrnn import diagnostics as dg
 
@@ -53,9 +66,7 @@ def measure(cell, args, seed: int) -> dict:
         "vanish_distance": dg.vanishing_distance(total, args.ratio),
         "min_relative_norm": float(rel.min()),
     }
-    if cell.name == "lstm":
-        out["grad_norm_h"] = np.asarray(norms.h)
-        out["grad_norm_c"] = np.asarray(norms.c)
+    out["state_parts"] = state_parts(norms)
     stats = dg.gate_statistics(cell, params, xs[:, : args.T_jac])
     out["saturated"] = float(jnp.mean(stats["saturated"]))
     for gate in ("forget", "update"):
@@ -86,6 +97,7 @@ def main(argv: list[str] | None = None) -> dict:
     )
     p.add_argument("--iters", type=cli.positive_int, default=30, help="power iterations")
     p.add_argument("--ratio", type=cli.positive_float, default=1e-6, help="the vanishing threshold")
+    cli.add_cells_option(p, default=("vanilla", "lstm", "gru"))
     args = p.honour_quick(p.parse_args(argv), hidden=16, T=60, seeds=2, batch=4, T_jac=20, iters=10)
     if "T_jac" not in p.given:  # the default horizon shrinks with a short --T
         args.T_jac = min(args.T_jac, args.T)
@@ -96,13 +108,9 @@ def main(argv: list[str] | None = None) -> dict:
     setup_jax(x64=True)
     import numpy as np
 
-    import gatedrnn as gr
+    from gatedrnn.cells import make_cell
 
-    cells = {
-        "vanilla (tanh)": gr.vanilla(args.hidden, activation="tanh"),
-        "LSTM (forget bias 1)": gr.lstm(args.hidden),
-        "GRU": gr.gru(args.hidden),
-    }
+    cells = {cli.label(n, LABELS): make_cell(n, args.hidden) for n in args.cells}
     results: dict = {"config": {k: v for k, v in vars(args).items() if k != "out"}, "cells": {}}
     results["config"]["out"] = str(args.out)
     rows = []
@@ -132,13 +140,12 @@ def main(argv: list[str] | None = None) -> dict:
         for key in ("mean_forget_gate", "mean_update_gate"):
             if key in runs[0]:
                 summary[key] = float(np.mean([r[key] for r in runs]))
-        if cell.name == "lstm":
-            for part in ("h", "c"):
-                c = (
-                    np.stack([r[f"grad_norm_{part}"] for r in runs])
-                    / np.stack([r["grad_norm"][-1] for r in runs])[:, None]
-                )
-                summary[f"relative_grad_norm_{part}_geomean"] = geomean(c)
+        for part in runs[0]["state_parts"]:  # states with several fields (LSTM: h, c)
+            c = (
+                np.stack([r["state_parts"][part] for r in runs])
+                / np.stack([r["grad_norm"][-1] for r in runs])[:, None]
+            )
+            summary[f"relative_grad_norm_{part}_geomean"] = geomean(c)
         results["cells"][label] = summary
         never = sum(d is None for d in dists)
         found = [d for d in dists if d is not None]
@@ -177,7 +184,8 @@ def main(argv: list[str] | None = None) -> dict:
     plt = pyplot()
     fig, (ax, bx) = plt.subplots(1, 2, figsize=(12, 4.5))
     dist = np.arange(args.T, -1, -1)
-    for (label, s), color in zip(results["cells"].items(), ["C3", "C0", "C2"]):
+    for k, (label, s) in enumerate(results["cells"].items()):
+        color = COLORS[k % len(COLORS)]
         ax.semilogy(dist, s["relative_grad_norm_geomean"], color=color, label=label)
         ax.fill_between(
             dist,

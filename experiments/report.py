@@ -789,7 +789,10 @@ def perf_other() -> str:
 
 
 def _ratio(phase: dict, key: str) -> str:
-    """A speed ratio with its spread (min-max over ``--repeat`` runs, else over rounds)."""
+    """A speed ratio with its spread (min-max over ``--repeat`` runs, else over rounds);
+    ``-`` for a cell timed without that reference (no PyTorch or Flax counterpart)."""
+    if key not in phase:
+        return "-"
     lo, hi = phase.get(f"{key}_repeats", phase.get(f"{key}_rounds", [phase[key]] * 2))
     return f"{phase[key]:.2f} ({lo:.2f}-{hi:.2f})"
 
@@ -830,10 +833,14 @@ SPEED_TARGETS = (
 )
 
 
+TORCH_BARS = {"lstm": 1.0}
+"""The bar vs PyTorch per cell where it is not the default 1.25 (oneDNN's fused LSTM)."""
+
+
 def _bar(key: str, cell: str) -> float:
     if key == "vs_flax":
         return 1.5
-    return 1.0 if cell == "lstm" else 1.25
+    return TORCH_BARS.get(cell, 1.25)
 
 
 def _verdict(value: float, bar: float, fmt: str) -> str:
@@ -850,8 +857,8 @@ def perf_targets() -> str:
     for label, phase, key in SPEED_TARGETS:
         row = [label]
         for c in cells:
-            vals = [r[phase][key] for r in d["speed"] if r["cell"] == c]
-            row.append(", ".join(_verdict(v, _bar(key, c), ".2f") for v in vals))
+            vals = [r[phase][key] for r in d["speed"] if r["cell"] == c and key in r[phase]]
+            row.append(", ".join(_verdict(v, _bar(key, c), ".2f") for v in vals) or "-")
         rows.append(row)
     sizes = sorted(
         dict.fromkeys(

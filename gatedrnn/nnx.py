@@ -1,11 +1,18 @@
 """Flax NNX modules: ``nnx.Param`` fields holding the pure params, steps by the pure cells.
 
-* :class:`VanillaCell`, :class:`LSTMCell`, :class:`GRUCell` subclass
-  ``flax.nnx.RNNCellBase`` (``__call__(carry, x) -> (carry, y)``, ``initialize_carry``),
-  so they run under ``flax.nnx.RNN`` and ``flax.nnx.Bidirectional``. Each field of the
-  pure params (``w_x``, ``w_h``, ``b`` or ``b_x``, ``b_h``) is an ``nnx.Param`` of that
-  name, drawn by the pure ``cell.init``; :meth:`~VanillaCell.pure_params` returns the
-  NamedTuple and :meth:`~VanillaCell.load_pure` writes one in.
+Generic over the registered cells (nothing here branches on a cell's name):
+
+* :class:`Cell`: any cell, ``Cell("lstm", 32, 64, rngs=...)`` (in 32, hidden 64),
+  ``Cell("gru", 32, 64, cell_options={"reset_after": False}, rngs=...)`` or
+  ``Cell(gr.min_gru(64), 32, rngs=...)``, a subclass of ``flax.nnx.RNNCellBase``
+  (``__call__(carry, x) -> (carry, y)``, ``initialize_carry``), so it runs under
+  ``flax.nnx.RNN`` and ``flax.nnx.Bidirectional``. Each leaf of the pure params is an
+  ``nnx.Param`` named by its path (``w_x``, ``w_h``, ``b``, ...; ``field.sub`` in nested
+  params, see :func:`gatedrnn._modules.flatten_params`), drawn by one call of the pure
+  ``cell.init``; :meth:`~Cell.pure_params` returns the pure pytree and
+  :meth:`~Cell.load_pure` writes one in. :class:`VanillaCell`, :class:`LSTMCell`,
+  :class:`GRUCell` are the same module with the cell fixed and its options as keywords
+  (the spellings of earlier releases).
 * :class:`RNN`: several layers, optionally bidirectional, on the fast path
   (:func:`gatedrnn.stack` over :func:`gatedrnn.scan`) with ``seq_lengths``, ``reverse`` and
   dropout between layers.
@@ -26,22 +33,34 @@ Example::
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
+import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from gatedrnn._modules import cell_options, is_deterministic, resolve_cell, run_stack, uses_dropout
-from gatedrnn.cells.base import Array, Cell, Initializer, PyTree, check_input_size
+from gatedrnn._modules import (
+    check_cell_options,
+    flatten_params,
+    given_options,
+    is_deterministic,
+    resolve_cell,
+    run_stack,
+    uses_dropout,
+)
+from gatedrnn.cells.base import Array, Initializer, PyTree, check_input_size
+from gatedrnn.cells.base import Cell as PureCell
 from gatedrnn.layers import Bidir, Stack, stack
 
 
 class _Static:
     """A value kept in an NNX graphdef as static metadata, compared by identity.
 
-    A :class:`gatedrnn.Cell` holds a dict (``options``), so it cannot be hashed as NNX
-    requires of static attributes; this wrapper hashes by ``id`` (by value once the value
-    is hashable), so any cell, registered or custom, can sit in a module.
+    A :class:`gatedrnn.Cell` may hold an unhashable option (e.g. an array), so it cannot
+    always be hashed as NNX requires of static attributes; this wrapper hashes by ``id``
+    (by value once the value is hashable), so any cell, registered or custom, can sit in a
+    module.
     """
 
     __slots__ = ("value",)
@@ -67,48 +86,70 @@ class _Static:
         return a[1] is not None and b[1] is not None and a[1] == b[1]
 
 
-class _CellModule(nnx.RNNCellBase):
-    """A pure cell's params as ``nnx.Param`` fields; a step is the pure step.
+class Cell(nnx.RNNCellBase):
+    """Any gatedrnn cell as an NNX ``RNNCellBase``: its params as ``nnx.Param`` fields.
 
     Args:
-      cell: the pure cell.
+      cell: a name of :data:`gatedrnn.cells.CELLS` (``"lstm"``, ``"min_gru"``, ...) or a
+        pure :class:`gatedrnn.Cell` (then ``cell_options`` stays None).
       in_features: ``I``.
+      hidden_size: ``H``; required with a cell name, optional (must match) with a Cell.
+      cell_options: keyword arguments of the named cell's factory (e.g.
+        ``{"forget_bias": 2.0}``); None: its defaults.
       param_dtype: dtype of the params (and of the inputs).
-      rngs: ``nnx.Rngs``; the ``params`` stream draws ``cell.init``.
+      rngs: ``nnx.Rngs``; the ``params`` stream draws ``cell.init`` (once).
     """
 
     def __init__(
-        self, cell: Cell, in_features: int, *, param_dtype: Any = jnp.float32, rngs: nnx.Rngs
+        self,
+        cell: str | PureCell,
+        in_features: int,
+        hidden_size: int | None = None,
+        *,
+        cell_options: Mapping[str, Any] | None = None,
+        param_dtype: Any = jnp.float32,
+        rngs: nnx.Rngs,
     ) -> None:
-        self._cell = _Static(cell)
+        pure = resolve_cell(cell, hidden_size, check_cell_options(cell_options))
+        self._cell = _Static(pure)
         self.in_features = check_input_size(in_features)
-        self.hidden_size = cell.hidden_size
-        params = cell.init(rngs.params(), self.in_features, param_dtype)
-        self._fields = tuple(params._fields)
-        self._ptype = type(params)
-        for name, value in params._asdict().items():
+        self.hidden_size = pure.hidden_size
+        params = pure.init(rngs.params(), self.in_features, param_dtype)
+        flat = flatten_params(params)
+        self._treedef = _Static(jax.tree_util.tree_structure(params))
+        self._names = tuple(flat)
+        for name, value in flat.items():
+            if hasattr(self, name):
+                raise ValueError(f"a params leaf is named {name!r}, an attribute of the module")
             setattr(self, name, nnx.Param(value))
 
     @property
-    def cell(self) -> Cell:
+    def cell(self) -> PureCell:
         """The pure gatedrnn cell this module wraps."""
         return self._cell.value
 
     def pure_params(self) -> PyTree:
-        """The params as the pure NamedTuple (e.g. ``LSTMParams(w_x, w_h, b)``)."""
-        return self._ptype(**{f: getattr(self, f)[...] for f in self._fields})
+        """The params as the pure pytree (e.g. ``LSTMParams(w_x, w_h, b)``)."""
+        leaves = [getattr(self, n)[...] for n in self._names]
+        return jax.tree_util.tree_unflatten(self._treedef.value, leaves)
 
     def load_pure(self, params: PyTree) -> None:
-        """Overwrite the params with a pure NamedTuple of the same type and shapes."""
-        if type(params) is not self._ptype:
-            raise TypeError(f"expected {self._ptype.__name__}, got {type(params).__name__}")
-        for f in self._fields:
-            old, new = getattr(self, f)[...], getattr(params, f)
+        """Overwrite the params with a pure pytree of the same structure and shapes."""
+        treedef = jax.tree_util.tree_structure(params)
+        if treedef != self._treedef.value:
+            want = type(jax.tree_util.tree_unflatten(self._treedef.value, self._names))
+            raise TypeError(
+                f"expected {want.__name__} params with leaves {self._names}, got "
+                f"{type(params).__name__} of structure {treedef}"
+            )
+        for name, new in flatten_params(params).items():
+            old = getattr(self, name)[...]
             if tuple(new.shape) != tuple(old.shape) or new.dtype != old.dtype:
                 raise ValueError(
-                    f"{f} must be {old.dtype}{tuple(old.shape)}, got {new.dtype}{tuple(new.shape)}"
+                    f"{name} must be {old.dtype}{tuple(old.shape)}, "
+                    f"got {new.dtype}{tuple(new.shape)}"
                 )
-            getattr(self, f)[...] = new
+            getattr(self, name)[...] = new
 
     def __call__(self, carry: PyTree, inputs: Array) -> tuple[PyTree, Array]:  # type: ignore[override]
         """One step: ``(carry, x (*batch, I)) -> (carry', y (*batch, H))`` (the pure step)."""
@@ -120,7 +161,7 @@ class _CellModule(nnx.RNNCellBase):
         rngs: Any = None,
         carry_init: Any = None,
     ) -> PyTree:
-        """Zeros state, leaves ``(*batch, H)``, for inputs ``(*batch, I)``."""
+        """Zeros state (leaves ``(*batch, n)``, any structure) for inputs ``(*batch, I)``."""
         if carry_init is not None:
             raise ValueError("gatedrnn cells start from zeros; pass initial_carry instead")
         del rngs
@@ -132,13 +173,10 @@ class _CellModule(nnx.RNNCellBase):
         return 1
 
 
-def _named_cell(kind: str, hidden_size: int, **options: Any) -> Cell:
-    return resolve_cell(kind, hidden_size, cell_options(**options))
-
-
-class VanillaCell(_CellModule):
-    """Vanilla RNN cell (see :func:`gatedrnn.vanilla`); params ``w_x (I, H)``,
-    ``w_h (H, H)``, ``b (H,)``. Options as :class:`gatedrnn.linen.VanillaCell`."""
+class VanillaCell(Cell):
+    """``Cell("vanilla", I, H, cell_options={"activation": ...})`` under its earlier name;
+    params ``w_x (I, H)``, ``w_h (H, H)``, ``b (H,)``. Options as
+    :class:`gatedrnn.linen.VanillaCell`."""
 
     def __init__(
         self,
@@ -152,14 +190,26 @@ class VanillaCell(_CellModule):
         param_dtype: Any = jnp.float32,
         rngs: nnx.Rngs,
     ) -> None:
-        inits = dict(kernel_init=kernel_init, recurrent_init=recurrent_init, bias_init=bias_init)
-        cell = _named_cell("vanilla", hidden_size, activation=activation, **inits)
-        super().__init__(cell, in_features, param_dtype=param_dtype, rngs=rngs)
+        options = given_options(
+            activation=activation,
+            kernel_init=kernel_init,
+            recurrent_init=recurrent_init,
+            bias_init=bias_init,
+        )
+        super().__init__(
+            "vanilla",
+            in_features,
+            hidden_size,
+            cell_options=options,
+            param_dtype=param_dtype,
+            rngs=rngs,
+        )
 
 
-class LSTMCell(_CellModule):
-    """LSTM cell (see :func:`gatedrnn.lstm`); params ``w_x (I, 4H)``, ``w_h (H, 4H)``,
-    ``b (4H,)``; carry ``LSTMState(h, c)``. Options as :class:`gatedrnn.linen.LSTMCell`."""
+class LSTMCell(Cell):
+    """``Cell("lstm", I, H, ...)`` under its earlier name; params ``w_x (I, 4H)``,
+    ``w_h (H, 4H)``, ``b (4H,)``; carry ``LSTMState(h, c)``. Options as
+    :class:`gatedrnn.linen.LSTMCell`."""
 
     def __init__(
         self,
@@ -174,14 +224,27 @@ class LSTMCell(_CellModule):
         param_dtype: Any = jnp.float32,
         rngs: nnx.Rngs,
     ) -> None:
-        inits = dict(kernel_init=kernel_init, recurrent_init=recurrent_init, bias_init=bias_init)
-        cell = _named_cell("lstm", hidden_size, forget_bias=forget_bias, t_max=t_max, **inits)
-        super().__init__(cell, in_features, param_dtype=param_dtype, rngs=rngs)
+        options = given_options(
+            forget_bias=forget_bias,
+            t_max=t_max,
+            kernel_init=kernel_init,
+            recurrent_init=recurrent_init,
+            bias_init=bias_init,
+        )
+        super().__init__(
+            "lstm",
+            in_features,
+            hidden_size,
+            cell_options=options,
+            param_dtype=param_dtype,
+            rngs=rngs,
+        )
 
 
-class GRUCell(_CellModule):
-    """GRU cell (see :func:`gatedrnn.gru`); params ``w_x (I, 3H)``, ``w_h (H, 3H)``,
-    ``b_x (3H,)``, ``b_h (3H,)``. Options as :class:`gatedrnn.linen.GRUCell`."""
+class GRUCell(Cell):
+    """``Cell("gru", I, H, ...)`` under its earlier name; params ``w_x (I, 3H)``,
+    ``w_h (H, 3H)``, ``b_x (3H,)``, ``b_h (3H,)``. Options as
+    :class:`gatedrnn.linen.GRUCell`."""
 
     def __init__(
         self,
@@ -197,22 +260,28 @@ class GRUCell(_CellModule):
         param_dtype: Any = jnp.float32,
         rngs: nnx.Rngs,
     ) -> None:
-        inits = dict(kernel_init=kernel_init, recurrent_init=recurrent_init, bias_init=bias_init)
-        cell = _named_cell(
-            "gru",
-            hidden_size,
+        options = given_options(
             reset_after=reset_after,
             update_bias=update_bias,
             t_max=t_max,
-            **inits,
+            kernel_init=kernel_init,
+            recurrent_init=recurrent_init,
+            bias_init=bias_init,
         )
-        super().__init__(cell, in_features, param_dtype=param_dtype, rngs=rngs)
+        super().__init__(
+            "gru",
+            in_features,
+            hidden_size,
+            cell_options=options,
+            param_dtype=param_dtype,
+            rngs=rngs,
+        )
 
 
 class _BidirLayer(nnx.Module):
     """Forward and backward cell params of one bidirectional layer."""
 
-    def __init__(self, fw: _CellModule, bw: _CellModule) -> None:
+    def __init__(self, fw: Cell, bw: Cell) -> None:
         self.fw, self.bw = fw, bw
 
 
@@ -221,7 +290,8 @@ class RNN(nnx.Module):
 
     Args:
       cell: a name of :data:`gatedrnn.cells.CELLS` (``"vanilla"``, ``"lstm"``, ``"gru"``,
-        ...) or a pure :class:`gatedrnn.Cell` (then the cell options below stay None).
+        ``"min_gru"``, ...) or a pure :class:`gatedrnn.Cell` (then ``cell_options`` stays
+        None).
       in_features: ``I``, the input size.
       hidden_size: ``H``; required with a cell name, optional (must match) with a Cell.
       num_layers: stacked layers; layer ``k > 0`` takes ``D * H`` features.
@@ -232,21 +302,18 @@ class RNN(nnx.Module):
       time_major: inputs and outputs ``(T, *batch, ...)``.
       unroll: steps per ``lax.scan`` iteration; None: ``gr.default_unroll``.
       param_dtype: dtype of params and inputs.
-      activation, forget_bias, reset_after, update_bias, t_max: options of the named cell
-        (vanilla: ``activation``; LSTM: ``forget_bias``, a number or ``"chrono"`` with
-        ``t_max``; GRU: ``reset_after``, ``update_bias``, a number or ``"chrono"`` with
-        ``t_max``); None: the cell's default.
-      kernel_init, recurrent_init, bias_init: initializers of the named cell; None: its
-        defaults.
+      cell_options: keyword arguments of the named cell's factory (e.g.
+        ``{"forget_bias": "chrono", "t_max": 1000}``); None: its defaults.
       rngs: ``nnx.Rngs`` for the params (``params`` stream) and dropout (``dropout``).
 
     Attributes:
-      layers: an ``nnx.List`` of cell modules (``fw``/``bw`` pairs when bidirectional).
+      layers: an ``nnx.List`` of :class:`Cell` modules (``fw``/``bw`` pairs when
+        bidirectional).
     """
 
     def __init__(
         self,
-        cell: str | Cell,
+        cell: str | PureCell,
         in_features: int,
         hidden_size: int | None = None,
         *,
@@ -257,32 +324,15 @@ class RNN(nnx.Module):
         time_major: bool = False,
         unroll: int | None = None,
         param_dtype: Any = jnp.float32,
-        activation: str | None = None,
-        forget_bias: float | str | None = None,
-        reset_after: bool | None = None,
-        update_bias: float | str | None = None,
-        t_max: int | None = None,
-        kernel_init: Initializer | None = None,
-        recurrent_init: Initializer | None = None,
-        bias_init: Initializer | None = None,
+        cell_options: Mapping[str, Any] | None = None,
         rngs: nnx.Rngs,
     ) -> None:
-        options = cell_options(
-            activation=activation,
-            forget_bias=forget_bias,
-            reset_after=reset_after,
-            update_bias=update_bias,
-            t_max=t_max,
-            kernel_init=kernel_init,
-            recurrent_init=recurrent_init,
-            bias_init=bias_init,
-        )
-        pure = resolve_cell(cell, hidden_size, options)
+        pure = resolve_cell(cell, hidden_size, check_cell_options(cell_options))
         st = stack(pure, num_layers, bidirectional=bidirectional, dropout=dropout)
         self._stack = _Static(st)
         self.in_features = check_input_size(in_features)
         D = 2 if bidirectional else 1
-        make = lambda size: _CellModule(pure, size, param_dtype=param_dtype, rngs=rngs)  # noqa: E731
+        make = lambda size: Cell(pure, size, param_dtype=param_dtype, rngs=rngs)  # noqa: E731
         layers = []
         for layer in range(st.num_layers):
             size = self.in_features if layer == 0 else D * pure.hidden_size
@@ -361,4 +411,4 @@ class RNN(nnx.Module):
         )
 
 
-__all__ = ["RNN", "GRUCell", "LSTMCell", "VanillaCell"]
+__all__ = ["RNN", "Cell", "GRUCell", "LSTMCell", "VanillaCell"]

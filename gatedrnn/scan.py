@@ -57,7 +57,7 @@ def default_unroll(T: int, cell: str = "", backend: str | None = None) -> int:
 
     Args:
       T: sequence length.
-      cell: the cell's name (``Cell.name``: ``"lstm"``, ``"gru"``, ...).
+      cell: the cell's name (``Cell.name``), the key of the measured table.
       backend: ``"cpu"``, ``"gpu"``, ``"tpu"``; JAX's default backend if None.
 
     Returns:
@@ -72,7 +72,8 @@ def default_unroll(T: int, cell: str = "", backend: str | None = None) -> int:
 def parallel_crossover(backend: str | None = None) -> int | None:
     """The sequence length from which :func:`scan` runs a cell's parallel form.
 
-    Cells whose recurrence is linear (``gr.min_gru``, ``gr.min_lstm``) have a parallel
+    Cells whose recurrence is linear in the state (``Cell.parallel`` is not None:
+    ``gr.min_gru``, ``gr.min_lstm``, ...) have a parallel
     form (``jax.lax.associative_scan``) and a step-by-step one; with ``parallel=None``,
     :func:`scan` uses the parallel form for ``T`` at or above this length.
 
@@ -231,7 +232,7 @@ def scan(
       fused: None (default): the fused loop (see the module docstring) wherever it can
         run; True: insist on it (ValueError where it cannot); False: the plain loop and
         ``jax.lax.scan``'s own autodiff.
-      parallel: for cells with a parallel form (``gr.min_gru``, ``gr.min_lstm``). None
+      parallel: for cells with a parallel form (``Cell.parallel`` is not None). None
         (default): the parallel form where ``T >= parallel_crossover()`` (where it measured
         faster on this backend), else the step-by-step loop; True: insist on it
         (ValueError where an option rules it out); False: step by step.
@@ -337,8 +338,8 @@ def _use_parallel(cell: Cell, parallel: bool | None, T: int, loop_only: dict[str
     if parallel:
         if cell.parallel is None or given:
             raise ValueError(
-                f"parallel=True needs a cell with a parallel form (gr.min_gru, gr.min_lstm; "
-                f"got {cell.name!r}{'' if cell.parallel is not None else ' without one'}) and "
+                f"parallel=True needs a cell with a parallel form (Cell.parallel; got "
+                f"{cell.name!r}{'' if cell.parallel is not None else ' without one'}) and "
                 f"no resets, truncate, state_perturbations or chunked remat (got {given})"
             )
         return True
@@ -360,8 +361,8 @@ def _use_split(cell: Cell, fused: bool | None, loop_only: dict[str, Any]) -> boo
             for k, v in given.items()
         )
         raise ValueError(
-            "fused=True needs a cell with a hidden/pointwise split (gr.vanilla, gr.lstm, "
-            f"gr.gru with reset_after=True; got {cell.name!r}"
+            "fused=True needs a cell whose recur is a hidden/pointwise Split (Cell.split; "
+            f"got {cell.name!r}"
             + ("" if has_split else " without one")
             + f") and no resets, truncate, state_perturbations or remat (got {shown})"
         )

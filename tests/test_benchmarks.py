@@ -41,6 +41,19 @@ def test_rnn_speed_quick_writes_json_and_table(tmp_path):
 def test_flops_count():
     bench = _load_benchmark()
     assert bench.rnn_flops("lstm", 2, 3, 5, 7) == 2 * 2 * 3 * (5 + 7) * 4 * 7
+    assert bench.rnn_flops("min_gru", 2, 3, 5, 7) == 2 * 2 * 3 * 5 * 2 * 7  # no w_h
+
+
+def test_rnn_speed_takes_any_registered_cell(tmp_path):
+    """--cells: a cell without a PyTorch or Flax counterpart is timed on its own ("-" in
+    the table where a reference is missing)."""
+    bench = _load_benchmark()
+    argv = ["--quick", "--sections", "speed", "--cells", "min_gru", "--rounds", "1"]
+    bench.main([*argv, "--shapes", "1", "--threads", "1", "--out", str(tmp_path)])
+    (row,) = json.loads((tmp_path / "rnn_speed.json").read_text())["speed"]
+    assert row["cell"] == "min_gru" and row["train"]["gflops"] > 0
+    assert "vs_torch" not in row["train"] and "vs_flax" not in row["forward"]
+    assert "| min_gru |" in (tmp_path / "rnn_speed.md").read_text()
 
 
 def test_profile_step_lists_the_loop_ops(capsys, monkeypatch):

@@ -23,7 +23,7 @@ def test_vanilla_step_matches_numpy_equation():
         ("linear", lambda z: z),
     ]:
         cell, p, k = make(
-            {"tanh": "vanilla_tanh", "relu": "vanilla_relu", "linear": "vanilla_linear"}[act]
+            {"tanh": "vanilla", "relu": "vanilla_relu", "linear": "vanilla_linear"}[act]
         )
         x = np.asarray(jax.random.normal(k, (4, 3)))
         h = np.asarray(jax.random.normal(jax.random.PRNGKey(9), (4, 5)))

@@ -418,6 +418,8 @@ def test_quick_honours_every_explicit_number_option(path, tmp_path, monkeypatch)
         ("truncation.py", ["--seq-len", "8", "--windows", "16"], "multiple of every window"),
         ("long_range.py", ["--tasks", "adding", "nope"], "invalid choice: 'nope'"),
         ("long_range.py", ["--cells", "lstmm"], "invalid choice: 'lstmm'"),
+        ("gradient_decay.py", ["--cells", "lstmm"], "invalid choice: 'lstmm'"),
+        ("distance.py", ["--cells", "chrono_min_gru"], "invalid choice: 'chrono_min_gru'"),
         ("rnn_types.py", ["--tasks", "nope"], "invalid choice: 'nope'"),
         ("flax_model.py", ["--task", "nope"], "invalid choice: 'nope'"),
         ("char_lm.py", ["compare", "--cells", "lstmm"], "invalid choice: 'lstmm'"),

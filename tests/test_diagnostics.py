@@ -10,6 +10,7 @@ import pytest
 
 import gatedrnn as gr
 from gatedrnn import diagnostics as dg
+from gatedrnn.cells import CELLS, make_cell
 
 F64 = jnp.float64
 
@@ -124,7 +125,9 @@ def test_dense_jacobian_matches_finite_differences():
 # --------------------------------------------------------------- state gradients
 
 
-@pytest.mark.parametrize("cell", [gr.vanilla(4), gr.lstm(4), gr.gru(4)], ids=lambda c: c.name)
+@pytest.mark.parametrize(
+    "cell", [make_cell(name, 4) for name in sorted(CELLS)], ids=lambda c: c.name
+)
 def test_state_gradients_match_a_python_loop_oracle(cell):
     T = 5
     p = cell.init(jax.random.PRNGKey(12), 3, dtype=F64)
@@ -231,6 +234,37 @@ def test_gate_statistics_match_gates_computed_by_hand():
         sv["saturated"], jnp.mean((jnp.abs(hs) > 0.95).astype(F64), axis=(1, 2))
     )
     assert float(jnp.mean(sv["saturated"])) > 0.5
+
+
+GATED = [c for c in (make_cell(n, 3) for n in sorted(CELLS)) if c.gates is not None]
+
+
+@pytest.mark.parametrize("cell", GATED, ids=lambda c: c.name)
+def test_gate_statistics_of_every_gated_cell_equal_a_loop_of_its_gates(cell):
+    """For every registered cell that reports gates (Cell.gates): the means and saturated
+    fractions are those of cell.gates evaluated step by step along a Python loop of
+    cell.step, and each gate lies in its range ([0, 1], or [-1, 1] for tanh_gates)."""
+    eps = 0.05
+    p = cell.init(jax.random.PRNGKey(23), 2, dtype=F64)
+    xs = 3.0 * _xs(24, (2, 5, 2))
+    st = dg.gate_statistics(cell, p, xs, saturation=eps)
+    s = cell.initial_state(p, (2,))
+    per_step = []
+    for t in range(xs.shape[1]):
+        xp = cell.project(p, xs[:, t])
+        per_step.append(cell.gates(p, s, xp))
+        s, _ = cell.recur(p, s, xp)
+    names = sorted(per_step[0])
+    assert names and set(cell.tanh_gates) <= set(names)
+    sat = []
+    for name in names:
+        g = jnp.stack([gates[name] for gates in per_step])  # (T, batch, n)
+        lo = -1.0 if name in cell.tanh_gates else 0.0
+        assert float(g.min()) >= lo - 1e-12 and float(g.max()) <= 1.0 + 1e-12, name
+        chex.assert_trees_all_close(st[name], jnp.mean(g, axis=(1, 2)), rtol=1e-10)
+        sat.append(jnp.abs(g) > 1 - eps if name in cell.tanh_gates else (g < eps) | (g > 1 - eps))
+    want = jnp.mean(jnp.concatenate(sat, axis=-1).astype(F64), axis=(1, 2))
+    chex.assert_trees_all_close(st["saturated"], want, rtol=1e-10)
 
 
 def test_state_trajectory_ends_at_the_final_state_of_scan():

@@ -22,7 +22,7 @@ def test_quick_run_writes_json_and_png(tmp_path: Path):
     data = json.loads((tmp_path / "distance.json").read_text())
     assert (tmp_path / "distance.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert set(data) >= {"config", "success_test", "cells", "correlation", "seconds", "table"}
-    assert list(data["cells"]) == list(MOD.CELLS)  # all six cells by default
+    assert list(data["cells"]) == MOD.DEFAULT_CELLS  # the six cells by default
     distances = data["config"]["distances"]
     assert distances == [6]
     for c in data["cells"].values():

@@ -42,6 +42,19 @@ def test_gradient_decay_quick_orders_the_cells(tmp_path):
     assert factors["LSTM (forget bias 1)"] > factors["vanilla (tanh)"] + 0.05
     assert len(cells["GRU"]["relative_grad_norm_geomean"]) == res["config"]["T"] + 1
     assert "decay factor / step" in res["table"]
+    # per-field curves for states with several fields (the LSTM's h and c), none for one
+    assert "relative_grad_norm_c_geomean" in cells["LSTM (forget bias 1)"]
+    assert not any(k.startswith("relative_grad_norm_h") for k in cells["GRU"])
+
+
+def test_gradient_decay_takes_any_registered_cell(tmp_path):
+    """--cells: any cell of the registry, labelled by its name where no label is set."""
+    argv = ["--quick", "--cells", "min_lstm", "--T", "12", "--seeds", "1", "--iters", "2"]
+    gradient_decay.main([*argv, "--out", str(tmp_path)])
+    res = _outputs(tmp_path, "gradient_decay")
+    ((name, cell),) = res["cells"].items()
+    assert name == "min_lstm" and 0 < cell["decay_factor_mean"] < 1
+    assert 0.0 < cell["mean_forget_gate"] < 1.0  # read from the cell's own gates
 
 
 def test_weight_scale_quick_linear_law_and_clipping(tmp_path):

@@ -40,7 +40,7 @@ def test_rnn_modules_take_the_same_options_with_the_same_defaults():
     assert defaults["cell"] is inspect.Parameter.empty and defaults["hidden_size"] is None
 
 
-@pytest.mark.parametrize("name", ["VanillaCell", "LSTMCell", "GRUCell"])
+@pytest.mark.parametrize("name", ["Cell", "VanillaCell", "LSTMCell", "GRUCell"])
 def test_cell_modules_take_the_same_options_with_the_same_defaults(name):
     linen = dict(_signature(getattr(grl, name), LINEN_ONLY))
     nnx_ = dict(_signature(getattr(grx, name), NNX_ONLY))
@@ -56,9 +56,15 @@ def _randomize(tree, key):
 
 
 RNN_CASES = {
-    "vanilla-relu-2-layers": (("vanilla", 5), dict(num_layers=2, activation="relu")),
-    "lstm-bidir-forget-bias": (("lstm", 5), dict(bidirectional=True, forget_bias=2.0)),
-    "gru-reset-before-reverse": (("gru", 5), dict(reset_after=False)),
+    "vanilla-relu-2-layers": (
+        ("vanilla", 5),
+        dict(num_layers=2, cell_options={"activation": "relu"}),
+    ),
+    "lstm-bidir-forget-bias": (
+        ("lstm", 5),
+        dict(bidirectional=True, cell_options={"forget_bias": 2.0}),
+    ),
+    "gru-reset-before-reverse": (("gru", 5), dict(cell_options={"reset_after": False})),
     "a-gr-Cell-min-gru": ((gr.min_gru(5), None), dict(num_layers=2)),
     "a-gr-Cell-lstm-time-major": ((gr.lstm(5), 5), dict(time_major=True, unroll=2)),
 }
@@ -147,13 +153,17 @@ def test_dropout_is_off_by_default_in_both_and_on_when_asked():
         (("transformer", 5), {}, "one of"),
         (("lstm", None), {}, "needs hidden_size"),
         ((gr.lstm(3), 4), {}, "hidden size 3"),
-        ((gr.lstm(5), None), dict(forget_bias=2.0), "ready-made Cell"),
-        (("gru", 5), dict(forget_bias=2.0), "takes no \\['forget_bias'\\]"),
-        (("min_gru", 5), dict(recurrent_init=jax.nn.initializers.zeros), "recurrent_init"),
-        (("lstm", 5), dict(update_bias=1.0), "takes no \\['update_bias'\\]"),
-        (("vanilla", 5), dict(t_max=10), "takes no \\['t_max'\\]"),
-        (("lstm", 5), dict(forget_bias="chrono"), "needs t_max"),
-        (("gru", 5), dict(t_max=10), "only used with"),
+        ((gr.lstm(5), None), dict(cell_options={"forget_bias": 2.0}), "ready-made Cell"),
+        (("gru", 5), dict(cell_options={"forget_bias": 2.0}), "takes no \\['forget_bias'\\]"),
+        (
+            ("min_gru", 5),
+            dict(cell_options={"recurrent_init": jax.nn.initializers.zeros}),
+            "recurrent_init",
+        ),
+        (("lstm", 5), dict(cell_options={"update_bias": 1.0}), "takes no \\['update_bias'\\]"),
+        (("vanilla", 5), dict(cell_options={"t_max": 10}), "takes no \\['t_max'\\]"),
+        (("lstm", 5), dict(cell_options={"forget_bias": "chrono"}), "needs t_max"),
+        (("gru", 5), dict(cell_options={"t_max": 10}), "only used with"),
     ],
     ids=[
         "unknown-name",
@@ -238,11 +248,11 @@ def test_chrono_init_through_linen_and_nnx_modules_spans_the_pure_cells_range(ki
     nnx_cell = getattr(grx, name)(4, H_CHRONO, **options, rngs=nnx.Rngs(1))
     assert nnx_cell.cell == pure
     _check_spread(_times(nnx_cell.pure_params()))
-    layer = grl.RNN(kind, H_CHRONO, num_layers=2, **options)
+    layer = grl.RNN(kind, H_CHRONO, num_layers=2, cell_options=options)
     assert layer.make_stack().cell == pure
     for p in layer.to_pure(layer.init(jax.random.key(2), X)):
         _check_spread(_times(p))
-    model = grx.RNN(kind, 4, H_CHRONO, num_layers=2, **options, rngs=nnx.Rngs(2))
+    model = grx.RNN(kind, 4, H_CHRONO, num_layers=2, cell_options=options, rngs=nnx.Rngs(2))
     assert model.cell == pure
     for p in model.pure_params():
         _check_spread(_times(p))

@@ -13,9 +13,13 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 from _readme import readme_block
+from conftest import NestedParams, nested_cell
 
 import gatedrnn as gr
 import gatedrnn.linen as grl
+from gatedrnn._modules import flatten_params
+from gatedrnn.cells import CELLS as REGISTRY
+from gatedrnn.cells import make_cell
 
 X = jax.random.normal(jax.random.key(0), (3, 6, 4))
 LENGTHS = jnp.array([6, 2, 4])  # Flax's nn.RNN picks carry[len - 1]: lengths >= 1 here
@@ -43,12 +47,69 @@ def test_cells_in_flax_rnn_with_seq_lengths_equal_gr_scan(name):
     )
     params = module.to_pure(variables["params"]["cell"])
     cell = module.make_cell()
-    for reverse in (False, True) if name == "lstm" else (False,):
+    for reverse in (False, True):
         rnn = nn.RNN(module, return_carry=True, reverse=reverse, keep_order=True)
         carry, ys = rnn.apply(variables, X, seq_lengths=LENGTHS)
         state, ys_gr = gr.scan(cell, params, X, seq_lengths=LENGTHS, reverse=reverse)
         _close(jnp.where(MASK, ys, 0.0), ys_gr)
         _close(carry, state)
+
+
+@pytest.mark.parametrize("name", sorted(REGISTRY))
+def test_every_registered_cell_runs_as_linen_cell_and_rnn_with_the_pure_numbers(name):
+    """grl.Cell(name, H) under Flax's nn.RNN, and grl.RNN(name, H), equal gr.scan with the
+    same params, for every cell of the registry (no per-cell code in gatedrnn.linen)."""
+    module = grl.Cell(name, 3)
+    rnn = nn.RNN(module, return_carry=True)
+    variables = rnn.init(jax.random.key(1), X, seq_lengths=LENGTHS)
+    cell = module.make_cell()
+    assert cell == make_cell(name, 3)
+    params = module.to_pure(variables["params"]["cell"])
+    shapes = jax.eval_shape(lambda k: cell.init(k, 4), jax.random.key(0))
+    assert jax.tree.structure(params) == jax.tree.structure(shapes)
+    assert set(variables["params"]["cell"]) == set(flatten_params(shapes))
+    carry, ys = rnn.apply(variables, X, seq_lengths=LENGTHS)
+    state, ys_gr = gr.scan(cell, params, X, seq_lengths=LENGTHS)
+    _close(jnp.where(MASK, ys, 0.0), ys_gr)
+    _close(carry, state)
+    layer = grl.RNN(name, 3)
+    final, ys_layer = layer.apply(layer.from_pure((params,)), X, seq_lengths=LENGTHS)
+    _close((final[0], ys_layer), (state, ys_gr))
+
+
+def test_nested_params_are_named_by_path_and_drawn_by_one_init_call():
+    """A custom cell with nested params (a NamedTuple field, a tuple field) tied at init:
+    one Flax param per leaf named by its path, all from one call of the pure init."""
+    cell = nested_cell(3)
+    module = grl.Cell(cell)
+    variables = nn.RNN(module).init(jax.random.key(1), X)
+    flat = variables["params"]["cell"]
+    assert set(flat) == {"inp.w", "inp.b", "decay.0"}
+    p = module.to_pure(flat)
+    assert isinstance(p, NestedParams) and isinstance(p.decay, tuple)
+    _close(p.inp.b, -p.inp.w.sum(0), 1e-6)  # tied leaves come from one init call
+    _close(nn.RNN(module).apply(variables, X), gr.scan(cell, p, X)[1])
+    assert module.from_pure(p) == {"params": dict(flat)}
+    layer = grl.RNN(cell, num_layers=2)
+    v = layer.init(jax.random.key(2), X)
+    params = layer.to_pure(v)
+    for q in params:
+        _close(q.inp.b, -q.inp.w.sum(0), 1e-6)
+    _close(layer.apply(v, X), layer.make_stack().apply(params, X), 0.0)
+    with pytest.raises(ValueError, match="must have params"):
+        module.to_pure({"inp.w": p.inp.w})
+
+
+def test_cell_options_are_frozen_so_modules_stay_hashable():
+    a = grl.Cell("gru", 5, cell_options={"reset_after": False})
+    b = grl.Cell("gru", 5, cell_options={"reset_after": False})
+    assert a == b and hash(a) == hash(b)
+    assert a.make_cell() == gr.gru(5, reset_after=False)
+    assert hash(grl.RNN("lstm", 5, cell_options={"forget_bias": 2.0}))
+    with pytest.raises(TypeError, match="cell_options must be a mapping"):
+        grl.Cell("gru", 5, cell_options=[("reset_after", False)]).make_cell()
+    with pytest.raises(ValueError, match="not in cell_options"):
+        grl.Cell("gru", cell_options={"hidden_size": 5}).make_cell()
 
 
 def test_cell_gradients_equal_pure_gradients():
@@ -156,7 +217,7 @@ def test_bad_configurations_raise_clear_errors():
     with pytest.raises(ValueError, match="needs hidden_size"):
         grl.RNN("lstm").init(jax.random.key(0), X)
     with pytest.raises(ValueError, match=r"takes no \['activation'\]"):
-        grl.RNN("lstm", 4, activation="relu").init(jax.random.key(0), X)
+        grl.RNN("lstm", 4, cell_options={"activation": "relu"}).init(jax.random.key(0), X)
     with pytest.raises(ValueError, match="shape"):
         grl.RNN("lstm", 4).init(jax.random.key(0), X[0, 0])
     with pytest.raises(ValueError, match="one of"):

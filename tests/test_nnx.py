@@ -7,10 +7,14 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from conftest import NestedParams, nested_cell
 from flax import nnx
 
 import gatedrnn as gr
 import gatedrnn.nnx as grx
+from gatedrnn._modules import flatten_params
+from gatedrnn.cells import CELLS as REGISTRY
+from gatedrnn.cells import make_cell
 
 X = jax.random.normal(jax.random.key(0), (3, 6, 4))
 LENGTHS = jnp.array([6, 2, 4])  # nnx.RNN picks carry[len - 1]: lengths >= 1 here
@@ -40,6 +44,43 @@ def test_cells_in_nnx_rnn_with_seq_lengths_equal_gr_scan(make):
     state, ys_gr = gr.scan(module.cell, params, X, seq_lengths=LENGTHS)
     _close(jnp.where(MASK, ys, 0.0), ys_gr)
     _close(carry, state)
+
+
+@pytest.mark.parametrize("name", sorted(REGISTRY))
+def test_every_registered_cell_runs_as_nnx_cell_with_the_pure_numbers(name):
+    """grx.Cell(name, I, H) under nnx.RNN equals gr.scan, for every cell of the registry."""
+    module = grx.Cell(name, 4, 3, rngs=nnx.Rngs(0))
+    assert module.cell == make_cell(name, 3)
+    params = module.pure_params()
+    assert _tree_shapes(params) == _tree_shapes(module.cell.init(jax.random.key(0), 4))
+    assert set(nnx.state(module, nnx.Param)) == set(flatten_params(params))
+    carry, ys = nnx.RNN(module, return_carry=True)(X, seq_lengths=LENGTHS)
+    state, ys_gr = gr.scan(module.cell, params, X, seq_lengths=LENGTHS)
+    _close(jnp.where(MASK, ys, 0.0), ys_gr)
+    _close(carry, state)
+
+
+def test_nested_params_as_nnx_params_with_grads_and_load_pure():
+    """A custom cell with nested, tied params: one nnx.Param per leaf named by its path,
+    drawn by one init call; gradients land there; load_pure checks structure and shapes."""
+    cell = nested_cell(3)
+    module = grx.Cell(cell, 4, rngs=nnx.Rngs(0))
+    assert set(nnx.state(module, nnx.Param)) == {"inp.w", "inp.b", "decay.0"}
+    p = module.pure_params()
+    assert isinstance(p, NestedParams)
+    _close(p.inp.b, -p.inp.w.sum(0), 1e-6)
+    _close(nnx.RNN(module)(X), gr.scan(cell, p, X)[1])
+    g = nnx.grad(lambda m: jnp.sum(jnp.sin(nnx.RNN(m)(X))))(module)
+    g_pure = jax.grad(lambda q: jnp.sum(jnp.sin(gr.scan(cell, q, X)[1])))(p)
+    _close({k: v[...] for k, v in g.items()}, flatten_params(g_pure))
+    module.load_pure(jax.tree.map(lambda a: a + 1.0, p))
+    _close(module.pure_params(), jax.tree.map(lambda a: a + 1.0, p), 0.0)
+    with pytest.raises(TypeError, match="NestedParams"):
+        module.load_pure(p._replace(decay=p.decay[0]))
+    with pytest.raises(ValueError, match="inp.w"):
+        module.load_pure(p._replace(inp=p.inp._replace(w=p.inp.w[:2])))
+    model = grx.RNN(cell, 4, num_layers=2, rngs=nnx.Rngs(1))
+    _close(model(X)[1], model.stack.apply(model.pure_params(), X)[1], 0.0)
 
 
 def _tree_shapes(tree):
@@ -84,7 +125,15 @@ def test_rnn_module_equals_stack_with_grads_under_nnx_transforms():
 
 
 def test_rnn_module_load_pure_round_trip_reverse_and_dropout():
-    model = grx.RNN("vanilla", 4, 5, num_layers=3, dropout=0.5, activation="relu", rngs=nnx.Rngs(0))
+    model = grx.RNN(
+        "vanilla",
+        4,
+        5,
+        num_layers=3,
+        dropout=0.5,
+        cell_options={"activation": "relu"},
+        rngs=nnx.Rngs(0),
+    )
     fresh = model.stack.init(jax.random.key(9), 4)
     model.load_pure(fresh)
     chex.assert_trees_all_equal(model.pure_params(), fresh, strict=True)

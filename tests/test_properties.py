@@ -10,6 +10,7 @@ import chex
 import jax
 import jax.numpy as jnp
 import numpy as np
+from conftest import CELL_FACTORIES
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -18,13 +19,7 @@ import gatedrnn as gr
 # Few examples (each new shape compiles a scan), reproducible in CI.
 FAST = settings(max_examples=8, deadline=None, derandomize=True, print_blob=True)
 
-CELLS = {
-    "vanilla-tanh": lambda h: gr.vanilla(h),
-    "vanilla-relu": lambda h: gr.vanilla(h, activation="relu"),
-    "lstm": lambda h: gr.lstm(h),
-    "gru": lambda h: gr.gru(h),
-    "gru-reset-before": lambda h: gr.gru(h, reset_after=False),
-}
+CELLS = CELL_FACTORIES  # every registered cell and the option variants (conftest)
 TOL = {"rtol": 2e-5, "atol": 2e-5}
 
 

@@ -10,6 +10,7 @@ import pytest
 from conftest import CELL_FACTORIES, loop_scan, make
 
 import gatedrnn as gr
+from gatedrnn.cells import CELLS
 
 T = 6
 
@@ -77,8 +78,7 @@ def test_gradients_match_finite_differences_float64(cell_name):
     with jax.enable_x64(True):
         cell, p, k = make(cell_name, hidden=3, inp=2, dtype=jnp.float64)
         xs = jax.random.normal(k, (2, 5, 2), jnp.float64)
-        if cell_name == "vanilla_relu":
-            xs = xs + 0.5  # keep pre-activations away from relu's kink
+        xs = xs + 0.5  # keep pre-activations away from kinks (relu's at 0)
 
         def loss(p, xs):
             s, ys = gr.scan(cell, p, xs)
@@ -151,7 +151,7 @@ def test_reverse_without_lengths_time_major():
 
 
 def test_seq_lengths_traced_under_jit():
-    cell, p, k = make("vanilla_tanh")
+    cell, p, k = make("vanilla")
     xs = jax.random.normal(k, (2, T, 3))
     lengths = jnp.array([3, 5])
     a = jax.jit(lambda xs, n: gr.scan(cell, p, xs, seq_lengths=n))(xs, lengths)
@@ -196,7 +196,7 @@ def test_reset_with_seq_lengths_reverse():
 # ----------------------------------------------------------------------------- truncation
 
 
-@pytest.mark.parametrize("name", ["vanilla_tanh", "lstm", "gru"])
+@pytest.mark.parametrize("name", ["vanilla", "lstm", "gru"])
 def test_truncate_zero_gradient_beyond_window_exact_within(name):
     cell, p, k = make(name)
     Tn, win = 12, 4
@@ -295,18 +295,14 @@ PADDING_PATHS = {
     "remat_chunks": {"remat": 2},
     "remat_steps_reverse": {"remat": True, "reverse": True},
 }
-PADDING_CELLS = ["vanilla_tanh", "lstm", "gru", "gru_reset_before", "min_gru", "min_lstm"]
+PADDING_CELLS = [*sorted(CELLS), "gru_reset_before"]  # every registered cell
 
 
 @pytest.mark.parametrize("path", sorted(PADDING_PATHS))
 @pytest.mark.parametrize("name", PADDING_CELLS)
 def test_nan_padding_does_not_poison_values_or_gradients(name, path):
     """Inputs at t >= seq_lengths never reach the math: NaN/inf there change nothing."""
-    if name.startswith("min_"):
-        cell = getattr(gr, name)(4)
-        p, k = cell.init(jax.random.PRNGKey(0), 3), jax.random.PRNGKey(1)
-    else:
-        cell, p, k = make(name)
+    cell, p, k = make(name, hidden=4)
     xs = jax.random.normal(k, (3, T, 3))
     lengths = jnp.array([T, 2, 0])
     t = jnp.arange(T)[None, :, None]
