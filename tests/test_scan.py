@@ -1,4 +1,4 @@
-"""gr.scan is the Python loop of cell.step, and its options do what DESIGN.md says."""
+"""gr.scan is the Python loop of cell.step, and its options do what docs/api.md says."""
 
 from __future__ import annotations
 
