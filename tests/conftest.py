@@ -59,16 +59,17 @@ def loop_scan(cell, params, xs_tm, state):
 # so a failure reproduces. Tests take max_examples from the profile, never their own.
 _HYPOTHESIS = {"deadline": None, "derandomize": True, "print_blob": True}
 settings.register_profile("dev", max_examples=5, **_HYPOTHESIS)
-settings.register_profile("ci", max_examples=25, **_HYPOTHESIS)
+settings.register_profile("ci", max_examples=15, **_HYPOTHESIS)
 settings.load_profile("ci" if os.environ.get("CI", "").lower() in ("1", "true", "yes") else "dev")
 
 
 # ---------------------------------------------------------------- the slow marker
-# ``slow`` (declared in pyproject.toml): the test runs a script (its ``main``), a subprocess,
-# or several devices or processes (always in a subprocess). Applied here, from what a test
-# calls, so a new test is marked without anyone remembering to: the names its code
-# references (and, one module deep, the helpers and fixtures it uses) are searched for
-# a script's entry point or a child process. ``pytest -m "not slow"`` is the inner loop.
+# ``slow`` (declared in pyproject.toml): the test runs a script (its ``main``, or a section
+# ``bench_*`` of the benchmark), a subprocess, or several devices or processes (always in a
+# subprocess). Applied here, from what a test calls, so a new test is marked without anyone
+# remembering to: the names its code refers to (and, one module deep, those of the helpers
+# and fixtures it uses) are searched for a script's entry point or a child process.
+# ``pytest -m "not slow"`` is the inner loop.
 _SLOW_NAMES = frozenset({"main", "subprocess", "Popen"})
 _TESTS = os.path.dirname(os.path.abspath(__file__))
 
@@ -91,8 +92,8 @@ def _calls_slow(fn: object, seen: set[int]) -> bool:
         return False  # pytest's own fixtures (tmp_path, monkeypatch...) are not searched
     seen.add(id(code))
     names = _code_names(code)
-    if names & _SLOW_NAMES:
-        return True
+    if names & _SLOW_NAMES or any(n.startswith("bench_") for n in names):
+        return True  # a script's entry point, a child process, a benchmark's section
     module_globals = getattr(fn, "__globals__", {})
     return any(
         _calls_slow(module_globals[n], seen)
