@@ -54,6 +54,17 @@ def loop_scan(cell, params, xs_tm, state):
     return state, jnp.zeros((0, *xs_tm.shape[1:-1], cell.hidden_size), xs_tm.dtype)
 
 
+@pytest.fixture
+def fast_compile():
+    """XLA without most of its optimizations for one test (compiles take about half as
+    long): for tests that compare runs of one program with each other (resume, ensembles,
+    devices), never for speed, memory or exact numbers against an optimized program."""
+    before = jax.config.read("jax_disable_most_optimizations")
+    jax.config.update("jax_disable_most_optimizations", True)
+    yield
+    jax.config.update("jax_disable_most_optimizations", before)
+
+
 # --------------------------------------------------------------- hypothesis profiles
 # Few examples on a developer's machine, more in CI (.ci/run sets CI=true); derandomized,
 # so a failure reproduces. Tests take max_examples from the profile, never their own.

@@ -11,6 +11,10 @@ from conftest import CELL_FACTORIES, loop_scan, make
 
 import gatedrnn as gr
 
+# Values against a Python loop and finite differences, not speed or memory: compiled without
+# most XLA optimizations (tests/conftest.py::fast_compile).
+pytestmark = pytest.mark.usefixtures("fast_compile")
+
 T = 6
 
 
