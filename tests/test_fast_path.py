@@ -20,6 +20,10 @@ import pytest
 
 import gatedrnn as gr
 
+# Values and derivatives against the generic loop, not speed or memory: compiled without
+# most XLA optimizations (tests/conftest.py::fast_compile; all pass either way).
+pytestmark = pytest.mark.usefixtures("fast_compile")
+
 B, T, I, H = 3, 7, 4, 5
 
 CELLS = {
