@@ -11,6 +11,9 @@ import pytest
 import gatedrnn as gr
 from gatedrnn import diagnostics as dg
 
+# Values against loops and closed forms, not speed or memory: compiled without most XLA
+# optimizations (tests/conftest.py::fast_compile; all pass either way).
+pytestmark = pytest.mark.usefixtures("fast_compile")
 F64 = jnp.float64
 
 

@@ -32,6 +32,9 @@ CELLS = {
     "gru": lambda: gr.gru(H),
     "gru_reset_before": lambda: gr.gru(H, reset_after=False),
 }
+# Values against loops and closed forms, not speed or memory: compiled without most XLA
+# optimizations (tests/conftest.py::fast_compile; all pass either way).
+pytestmark = pytest.mark.usefixtures("fast_compile")
 # What a padded step may hold: NaN, +-inf, a float32 overflow risk, or an ordinary number.
 POISON = np.array([np.nan, np.inf, -np.inf, 3e38, -1.0], np.float32)
 

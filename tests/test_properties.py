@@ -10,10 +10,15 @@ import chex
 import jax
 import jax.numpy as jnp
 import numpy as np
+import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
 import gatedrnn as gr
+
+# Values against loops and closed forms, not speed or memory: compiled without most XLA
+# optimizations (tests/conftest.py::fast_compile; all pass either way).
+pytestmark = pytest.mark.usefixtures("fast_compile")
 
 # Examples per test: the hypothesis profile (tests/conftest.py: few here, more in CI); each new
 # shape compiles a scan.
