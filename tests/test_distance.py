@@ -7,6 +7,7 @@ import json
 import sys
 from pathlib import Path
 
+import jax
 import numpy as np
 import pytest
 
@@ -24,6 +25,9 @@ def test_quick_defaults_run_every_cell_at_one_distance(tmp_path: Path):
         MOD.cli.release_outputs()
     assert a.cells == list(MOD.CELLS)  # every cell by default
     assert a.distances == [6] and a.seeds == 1 and a.steps == 20
+    for name in MOD.CELLS:  # each builds (the end-to-end run below trains two of them)
+        cell = MOD.make_cell(name, 4, t_max=6)
+        assert cell.hidden_size == 4 and cell.init(jax.random.PRNGKey(0), 3) is not None
 
 
 def test_quick_run_writes_json_and_png(tmp_path: Path):
