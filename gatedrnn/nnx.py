@@ -57,10 +57,9 @@ from gatedrnn.layers import Bidir, Stack, stack
 class _Static:
     """A value kept in an NNX graphdef as static metadata, compared by identity.
 
-    A :class:`gatedrnn.Cell` may hold an unhashable option (e.g. an array), so it cannot
-    always be hashed as NNX requires of static attributes; this wrapper hashes by ``id``
-    (by value once the value is hashable), so any cell, registered or custom, can sit in a
-    module.
+    NNX requires static attributes to be hashable; a :class:`gatedrnn.Cell` is, but a custom
+    value may not be: this wrapper hashes by value where it can and by ``id`` otherwise, so
+    any cell, registered or custom, can sit in a module.
     """
 
     __slots__ = ("value",)

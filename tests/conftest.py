@@ -9,11 +9,14 @@ that only make sense for some cells select them by capability (``cell.split``,
 
 from __future__ import annotations
 
+import os
+import types
 from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
 import pytest
+from hypothesis import settings
 
 import gatedrnn as gr
 from gatedrnn.cells import CELLS
@@ -108,3 +111,73 @@ def nested_cell(hidden_size: int) -> Cell:
         name="nested",
         config=make_config(hidden_size=H),
     )
+
+
+@pytest.fixture
+def fast_compile():
+    """XLA without most of its optimizations for one test (compiles take about half as
+    long): for tests that compare runs of one program with each other (resume, ensembles,
+    devices), never for speed, memory or exact numbers against an optimized program."""
+    before = jax.config.read("jax_disable_most_optimizations")
+    jax.config.update("jax_disable_most_optimizations", True)
+    yield
+    jax.config.update("jax_disable_most_optimizations", before)
+
+
+# --------------------------------------------------------------- hypothesis profiles
+# Few examples on a developer's machine, more in CI (.ci/run sets CI=true); derandomized,
+# so a failure reproduces. Tests take max_examples from the profile, never their own.
+_HYPOTHESIS = {"deadline": None, "derandomize": True, "print_blob": True}
+settings.register_profile("dev", max_examples=5, **_HYPOTHESIS)
+settings.register_profile("ci", max_examples=15, **_HYPOTHESIS)
+settings.load_profile("ci" if os.environ.get("CI", "").lower() in ("1", "true", "yes") else "dev")
+
+
+# ---------------------------------------------------------------- the slow marker
+# ``slow`` (declared in pyproject.toml): the test runs a script (its ``main``, or a section
+# ``bench_*`` of the benchmark), a subprocess, or several devices or processes (always in a
+# subprocess). Applied here, from what a test calls, so a new test is marked without anyone
+# remembering to: the names its code refers to (and, one module deep, those of the helpers
+# and fixtures it uses) are searched for a script's entry point or a child process.
+# ``pytest -m "not slow"`` is the inner loop.
+_SLOW_NAMES = frozenset({"main", "subprocess", "Popen"})
+_TESTS = os.path.dirname(os.path.abspath(__file__))
+
+
+def _code_names(code: types.CodeType) -> set[str]:
+    """Global and attribute names ``code`` and the functions nested in it refer to."""
+    names = set(code.co_names)
+    for const in code.co_consts:
+        if isinstance(const, types.CodeType):
+            names |= _code_names(const)
+    return names
+
+
+def _calls_slow(fn: object, seen: set[int]) -> bool:
+    """Whether ``fn`` refers to a slow name, itself or through functions of its module."""
+    fn = getattr(fn, "__func__", fn)  # bound methods
+    fn = getattr(fn, "__wrapped__", fn)  # functools.wraps (hypothesis' given keeps it)
+    code = getattr(fn, "__code__", None)
+    if code is None or id(code) in seen or not code.co_filename.startswith(_TESTS):
+        return False  # pytest's own fixtures (tmp_path, monkeypatch...) are not searched
+    seen.add(id(code))
+    names = _code_names(code)
+    if names & _SLOW_NAMES or any(n.startswith("bench_") for n in names):
+        return True  # a script's entry point, a child process, a benchmark's section
+    module_globals = getattr(fn, "__globals__", {})
+    return any(
+        _calls_slow(module_globals[n], seen)
+        for n in names
+        if isinstance(module_globals.get(n), types.FunctionType)
+        and module_globals[n].__module__ == fn.__module__
+    )
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    for item in items:
+        fixtures = getattr(getattr(item, "_fixtureinfo", None), "name2fixturedefs", {})
+        funcs = [getattr(item, "function", None)]
+        funcs += [defs[-1].func for defs in fixtures.values() if defs]
+        seen: set[int] = set()
+        if any(_calls_slow(f, seen) for f in funcs if f is not None):
+            item.add_marker(pytest.mark.slow)

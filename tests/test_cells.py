@@ -1,4 +1,4 @@
-"""The cells compute exactly the equations DESIGN.md fixes, with the fixed layouts."""
+"""The cells compute exactly the equations docs/api.md fixes, with the fixed layouts."""
 
 from __future__ import annotations
 

@@ -37,7 +37,7 @@ def _leaves_equal(a, b) -> None:
         chex.assert_trees_all_equal(np.asarray(x), np.asarray(y))
 
 
-def test_interrupted_and_resumed_run_ends_with_the_same_params(tmp_path: Path):
+def test_interrupted_and_resumed_run_ends_with_the_same_params(tmp_path: Path, fast_compile):
     # 540 train chars in 4 rows of 135: 8 chunks per pass, so the run wraps around once.
     full = SCRIPT.train(TEXT, MODEL, TRAIN)
     part = SCRIPT.train(TEXT, MODEL, TRAIN, checkpoint_dir=tmp_path, stop_at=7)

@@ -12,6 +12,9 @@ import gatedrnn as gr
 from gatedrnn import diagnostics as dg
 from gatedrnn.cells import CELLS, make_cell
 
+# Values against loops and closed forms, not speed or memory: compiled without most XLA
+# optimizations (tests/conftest.py::fast_compile; all pass either way).
+pytestmark = pytest.mark.usefixtures("fast_compile")
 F64 = jnp.float64
 
 

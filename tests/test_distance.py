@@ -7,6 +7,7 @@ import json
 import sys
 from pathlib import Path
 
+import jax
 import numpy as np
 import pytest
 
@@ -17,12 +18,26 @@ if str(ROOT) not in sys.path:
 from experiments import distance as MOD  # noqa: E402
 
 
+def test_quick_defaults_run_every_cell_at_one_distance(tmp_path: Path):
+    try:
+        a = MOD.parse_args(["--quick", "--out", str(tmp_path)])
+    finally:
+        MOD.cli.release_outputs()
+    assert a.cells == MOD.DEFAULT_CELLS  # the six cells by default
+    assert a.distances == [6] and a.seeds == 1 and a.steps == 20
+    for name in MOD.DEFAULT_CELLS:  # each builds (the end-to-end run below trains two of them)
+        cell = MOD.make_cell(name, 4, t_max=6)
+        assert cell.hidden_size == 4 and cell.init(jax.random.PRNGKey(0), 3) is not None
+
+
 def test_quick_run_writes_json_and_png(tmp_path: Path):
-    res = MOD.main(["--quick", "--no-progress", "--out", str(tmp_path)])
+    """The one end-to-end run, on the two chrono cells (the ones with options to check)."""
+    cells = ["chrono_lstm", "chrono_gru"]
+    res = MOD.main(["--quick", "--no-progress", "--out", str(tmp_path), "--cells", *cells])
     data = json.loads((tmp_path / "distance.json").read_text())
     assert (tmp_path / "distance.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert set(data) >= {"config", "success_test", "cells", "correlation", "seconds", "table"}
-    assert list(data["cells"]) == MOD.DEFAULT_CELLS  # the six cells by default
+    assert list(data["cells"]) == cells
     distances = data["config"]["distances"]
     assert distances == [6]
     for c in data["cells"].values():
@@ -38,7 +53,7 @@ def test_quick_run_writes_json_and_png(tmp_path: Path):
     # the chrono cells take t_max from the longest distance of the sweep
     assert data["cells"]["chrono_lstm"]["options"]["t_max"] == max(distances)
     assert data["cells"]["chrono_gru"]["options"]["update_bias"] == "chrono"
-    assert data["correlation"]["n_cells"] == 6
+    assert data["correlation"]["n_cells"] == len(cells)
     assert res["table"] == data["table"] and "longest learned" in data["table"]
 
 

@@ -84,7 +84,8 @@ def test_forget_bias_quick_decay_grows_with_the_bias(tmp_path):
 
 
 def test_after_training_quick_measures_before_and_after(tmp_path):
-    after_training.main(["--quick", "--out", str(tmp_path)])
+    # smaller than --quick: the assertions need a trained model and one measurement each
+    after_training.main(["--quick", "--steps", "10", "--T-measure", "12", "--out", str(tmp_path)])
     res = _outputs(tmp_path, "after_training")
     for c in res["cells"].values():
         for when in ("before", "after"):

@@ -20,6 +20,10 @@ import pytest
 
 import gatedrnn as gr
 
+# Values and derivatives against the generic loop, not speed or memory: compiled without
+# most XLA optimizations (tests/conftest.py::fast_compile; all pass either way).
+pytestmark = pytest.mark.usefixtures("fast_compile")
+
 B, T, I, H = 3, 7, 4, 5
 
 CELLS = {
@@ -303,20 +307,28 @@ def test_a_replaced_recur_turns_the_fused_path_off(monkeypatch):
 
 def test_second_order_through_the_default_loop_float64():
     """Hessian-vector products (forward over reverse, reverse over forward) equal the
-    plain loop's: the tangent rule is itself differentiable."""
+    plain loop's: the tangent rule is itself differentiable. One jitted computation (a
+    compile, not hundreds of eager second-order ops), on the smallest LSTM that has a
+    padded step and a sequence shorter than the loop."""
     with jax.enable_x64(True):
-        cell, (params, xs, _) = _problem("lstm")
-        lengths = np.array([7, 2, 5])
+        cell = gr.lstm(2)
+        params = cell.init(jax.random.PRNGKey(0), 2, dtype=jnp.float64)
+        xs = jax.random.normal(jax.random.PRNGKey(1), (2, 4, 2), jnp.float64)
+        lengths = np.array([4, 2])
 
         def f(p, fused):
             return jnp.sum(jnp.sin(gr.scan(cell, p, xs, seq_lengths=lengths, fused=fused)[1]))
 
-        v = _tangents(params)
-        for fused in (None, False):
-            fwd_rev = jax.jvp(lambda p, fused=fused: jax.grad(f)(p, fused), (params,), (v,))[1]
-            rev_fwd = jax.grad(
-                lambda p, fused=fused: jax.jvp(lambda q: f(q, fused), (p,), (v,))[1]
-            )(params)
-            if fused is None:
-                got = (fwd_rev, rev_fwd)
-        chex.assert_trees_all_close(got, (fwd_rev, rev_fwd), rtol=1e-10, atol=1e-12)
+        @jax.jit
+        def hvps(p, v):
+            out = []
+            for fused in (None, False):
+                fwd_rev = jax.jvp(lambda p, fused=fused: jax.grad(f)(p, fused), (p,), (v,))[1]
+                rev_fwd = jax.grad(
+                    lambda p, fused=fused: jax.jvp(lambda q: f(q, fused), (p,), (v,))[1]
+                )(p)
+                out.append((fwd_rev, rev_fwd))
+            return out
+
+        got, want = hvps(params, _tangents(params))
+        chex.assert_trees_all_close(got, want, rtol=1e-10, atol=1e-12)

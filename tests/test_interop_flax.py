@@ -205,6 +205,10 @@ def test_flax_nnx_cells_match_and_round_trip(name):
     chex.assert_shape(ys_g, (3, 6, 5))
     _close(ys_f, ys_g)
     _close(interop.carry_from_flax(cell, carry), state)
+    # and back: the gatedrnn state as the Flax carry, same structure (LSTM (c, h))
+    chex.assert_trees_all_equal(
+        interop.carry_to_flax(cell, interop.carry_from_flax(cell, carry)), carry
+    )
     back = interop.to_flax_nnx(cell, params, optimized=name == "OptimizedLSTMCell")
     assert type(back) is type(module)
     chex.assert_trees_all_equal(

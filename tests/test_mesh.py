@@ -23,6 +23,9 @@ CHILD = textwrap.dedent(
     import chex
     chex.set_n_cpu_devices(8)  # before anything asks JAX for its devices
     import jax, jax.numpy as jnp, numpy as np
+    # What is checked here is how work is split over devices and resumed, not XLA's
+    # optimizations: compile without most of them (about half the compile time).
+    jax.config.update("jax_disable_most_optimizations", True)
     import gatedrnn as gr
     from gatedrnn.training import tasks
     from gatedrnn import training

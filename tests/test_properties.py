@@ -10,14 +10,19 @@ import chex
 import jax
 import jax.numpy as jnp
 import numpy as np
+import pytest
 from conftest import CELL_FACTORIES
-from hypothesis import given, settings
+from hypothesis import given
 from hypothesis import strategies as st
 
 import gatedrnn as gr
 
-# Few examples (each new shape compiles a scan), reproducible in CI.
-FAST = settings(max_examples=8, deadline=None, derandomize=True, print_blob=True)
+# Values against loops and closed forms, not speed or memory: compiled without most XLA
+# optimizations (tests/conftest.py::fast_compile; all pass either way).
+pytestmark = pytest.mark.usefixtures("fast_compile")
+
+# Examples per test: the hypothesis profile (tests/conftest.py: few here, more in CI); each new
+# shape compiles a scan.
 
 CELLS = CELL_FACTORIES  # every registered cell and the option variants (conftest)
 TOL = {"rtol": 2e-5, "atol": 2e-5}
@@ -51,7 +56,6 @@ def close(a, b) -> None:
     chex.assert_trees_all_close(a, b, **TOL)
 
 
-@FAST
 @given(problems(), st.booleans())
 def test_scan_equals_a_loop_of_steps(problem, time_major):
     cell, params, xs, _ = problem
@@ -71,7 +75,6 @@ def test_scan_equals_a_loop_of_steps(problem, time_major):
     close(jnp.moveaxis(ys, 0, -2) if time_major else ys, want)
 
 
-@FAST
 @given(problems(max_batch_dims=1), st.booleans())
 def test_lengths_mask_equals_scanning_each_valid_prefix(problem, reverse):
     cell, params, xs, lengths = problem
@@ -93,7 +96,6 @@ def test_lengths_mask_equals_scanning_each_valid_prefix(problem, reverse):
         close(flat_y[b, :n], y_b)
 
 
-@settings(FAST, max_examples=5)
 @given(problems(max_batch_dims=1), st.booleans(), st.sampled_from([None, 1, 3]))
 def test_gradients_are_finite(problem, reverse, truncate):
     cell, params, xs, lengths = problem

@@ -51,7 +51,7 @@ def test_early_stop_records_the_solving_step() -> None:
     assert task.solved({k[5:]: v for k, v in res.history[-1].items() if k.startswith("eval_")})
 
 
-def test_same_seed_same_numbers_and_an_ensemble_run_matches_single_runs() -> None:
+def test_same_seed_same_numbers_and_an_ensemble_run_matches_single_runs(fast_compile) -> None:
     task = tasks.adding(12)
     model = training.task_model(gr.lstm(6), task)
     opt = training.make_optimizer(1e-2)

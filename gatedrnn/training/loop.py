@@ -257,7 +257,7 @@ def make_train_step(
     return train_step
 
 
-def make_multi_step(
+def _make_multi_step(
     train_step: Callable[[TrainState, Any], tuple[TrainState, Metrics]],
     batch_fn: BatchFn,
     num_steps: int,
@@ -310,8 +310,8 @@ def _compiled_block(
     if mesh is not None:
         rep = parallel.replicated(mesh)
         batch_fn = parallel.sharded_batch_fn(batch_fn, mesh)
-        return jax.jit(make_multi_step(step, batch_fn, num_steps), out_shardings=rep)
-    return jax.jit(make_multi_step(step, batch_fn, num_steps))
+        return jax.jit(_make_multi_step(step, batch_fn, num_steps), out_shardings=rep)
+    return jax.jit(_make_multi_step(step, batch_fn, num_steps))
 
 
 @functools.lru_cache(maxsize=64)
