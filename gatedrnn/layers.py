@@ -107,6 +107,10 @@ class Stack(NamedTuple):
       bidirectional: whether each layer runs both ways.
       dropout: dropout rate on every layer's output except the last (training only: it is
         applied when ``apply`` gets a ``dropout_key``).
+      origin: constructor options of the module this stack was converted from that its
+        math does not hold, as sorted ``(name, value)`` pairs (``from_torch``:
+        ``batch_first``, ``bias``), so that converting back rebuilds the same module;
+        ``()`` for a stack made by :func:`stack`. ``apply`` never reads it.
     """
 
     init: Callable[..., tuple]
@@ -116,6 +120,7 @@ class Stack(NamedTuple):
     num_layers: int
     bidirectional: bool
     dropout: float
+    origin: tuple[tuple[str, Any], ...] = ()
 
 
 def stack(
