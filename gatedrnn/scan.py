@@ -263,10 +263,15 @@ def scan(
     jax.eval_shape(cell.project, params, xs_tm)  # the cell checks features and dtype
     state0 = _initial_state(cell, params, initial_state, batch_shape)
     lengths = _check_lengths(seq_lengths, batch_shape, T)
+    state0_given = state0
     if lengths is not None:
         # Padding never reaches the math: NaN or inf there cannot poison gradients.
         t = jnp.arange(T).reshape((T,) + (1,) * len(batch_shape))
         xs_tm = jnp.where((t < lengths)[..., None], xs_tm, jnp.zeros_like(xs_tm))
+        # Nor does the state of a row of length 0 (double where: it is put back below);
+        # else a NaN/inf there, multiplied by its zero cotangent in the masked steps'
+        # matrix products, would make the params' gradient NaN.
+        state0 = _where(lengths > 0, state0, cell.initial_state(params, batch_shape))
     # With chunked remat each chunk projects its own inputs inside the loop.
     if chunk is None:
         _check_projection_memory(cell, params, xs_tm)
@@ -293,6 +298,8 @@ def scan(
             final_state, ys = jax.lax.scan(body, state0, inputs, length=T, unroll=unroll)
     if reverse:
         ys = reverse_valid(ys, lengths)
+    if lengths is not None:
+        final_state = _where(lengths > 0, final_state, state0_given)
     return final_state, ys if time_major else jnp.moveaxis(ys, 0, -2)
 
 
