@@ -12,7 +12,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from gatedrnn.cells.base import Array, Cell, check_input_size
+from gatedrnn.cells.base import Array, Cell, check_input_size, check_key
 from gatedrnn.scan import scan
 
 
@@ -144,6 +144,7 @@ def stack(
 
     def init(key: Array, input_size: int, dtype: Any = jnp.float32) -> tuple:
         """One params entry per layer; layer 0 takes ``input_size``, later ones ``D*H``."""
+        check_key(key)
         input_size = check_input_size(input_size)
         out = []
         for layer, k in enumerate(jax.random.split(key, num_layers)):

@@ -33,7 +33,14 @@ import jax.numpy as jnp
 import numpy as np
 
 from gatedrnn._fused import scan_split
-from gatedrnn.cells.base import Array, Cell, PyTree, Split, check_fits_in_memory
+from gatedrnn.cells.base import (
+    Array,
+    Cell,
+    PyTree,
+    Split,
+    check_fits_in_memory,
+    check_not_foreign_array,
+)
 
 # Steps per loop iteration that ``unroll=None`` picks, per (backend, cell name); 1 where
 # absent. Measured by ``python benchmarks/rnn_speed.py --sections unroll`` (table:
@@ -95,7 +102,9 @@ def _is_concrete(x: Any) -> bool:
 def _as_array(x: Any, what: str) -> Array:
     """``x`` as a JAX array: numpy arrays, lists and scalars go through ``jnp.asarray``
     (JAX's own dtype rules, so a float64 numpy input is float32 unless x64 is on, in every
-    layout and with or without ``jit``); JAX arrays and tracers pass unchanged."""
+    layout and with or without ``jit``); JAX arrays and tracers pass unchanged; a torch (or
+    other framework's) tensor is refused (:func:`check_not_foreign_array`)."""
+    check_not_foreign_array(x, what)
     if isinstance(x, np.ndarray) or not hasattr(x, "shape") or not hasattr(x, "dtype"):
         try:
             x = jnp.asarray(x)
@@ -260,6 +269,8 @@ def scan(
         unroll = default_unroll(T, cell.name) if use_split else 1
     use_parallel = _use_parallel(cell, parallel, T, {**loop_only, "remat": chunk})
 
+    for path, leaf in jax.tree_util.tree_leaves_with_path(params):
+        check_not_foreign_array(leaf, "params" + jax.tree_util.keystr(path))
     jax.eval_shape(cell.project, params, xs_tm)  # the cell checks features and dtype
     state0 = _initial_state(cell, params, initial_state, batch_shape)
     lengths = _check_lengths(seq_lengths, batch_shape, T)

@@ -32,7 +32,9 @@ from gatedrnn.cells.base import (
     check_hidden_size,
     check_input,
     check_input_size,
+    check_key,
     check_param_memory,
+    check_params_type,
     fan_in_normal,
     make_config,
     make_state_zeros,
@@ -153,6 +155,7 @@ def _min_cell(
         input_size = check_input_size(input_size)
         dtype = check_dtype(dtype)
         check_param_memory(params_type.__name__, input_size, H, num_blocks, dtype, False)
+        check_key(key)
         kx, kb = jax.random.split(key)
         b = bias_init(kb, (num_blocks * H,), dtype)
         for block, offset in bias_offsets.items():
@@ -165,6 +168,7 @@ def _min_cell(
 
     def project(params: Any, x: Array) -> Array:
         """``(..., I) -> (..., blocks * H)``: ``x w_x + b``."""
+        check_params_type(params, params_type, name)
         x = check_input(x, params.w_x)
         return x @ params.w_x + params.b
 
