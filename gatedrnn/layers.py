@@ -12,7 +12,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from gatedrnn.cells.base import Array, Cell, check_input_size
+from gatedrnn.cells.base import Array, Cell, check_input_size, check_key
 from gatedrnn.scan import scan
 
 
@@ -107,6 +107,10 @@ class Stack(NamedTuple):
       bidirectional: whether each layer runs both ways.
       dropout: dropout rate on every layer's output except the last (training only: it is
         applied when ``apply`` gets a ``dropout_key``).
+      origin: constructor options of the module this stack was converted from that its
+        math does not hold, as sorted ``(name, value)`` pairs (``from_torch``:
+        ``batch_first``, ``bias``), so that converting back rebuilds the same module;
+        ``()`` for a stack made by :func:`stack`. ``apply`` never reads it.
     """
 
     init: Callable[..., tuple]
@@ -116,6 +120,7 @@ class Stack(NamedTuple):
     num_layers: int
     bidirectional: bool
     dropout: float
+    origin: tuple[tuple[str, Any], ...] = ()
 
 
 def stack(
@@ -139,6 +144,7 @@ def stack(
 
     def init(key: Array, input_size: int, dtype: Any = jnp.float32) -> tuple:
         """One params entry per layer; layer 0 takes ``input_size``, later ones ``D*H``."""
+        check_key(key)
         input_size = check_input_size(input_size)
         out = []
         for layer, k in enumerate(jax.random.split(key, num_layers)):

@@ -33,7 +33,14 @@ import jax.numpy as jnp
 import numpy as np
 
 from gatedrnn._fused import scan_split
-from gatedrnn.cells.base import Array, Cell, PyTree, Split, check_fits_in_memory
+from gatedrnn.cells.base import (
+    Array,
+    Cell,
+    PyTree,
+    Split,
+    check_fits_in_memory,
+    check_not_foreign_array,
+)
 
 # Steps per loop iteration that ``unroll=None`` picks, per (backend, cell name); 1 where
 # absent. Measured by ``python benchmarks/rnn_speed.py --sections unroll`` (table:
@@ -96,7 +103,9 @@ def _is_concrete(x: Any) -> bool:
 def _as_array(x: Any, what: str) -> Array:
     """``x`` as a JAX array: numpy arrays, lists and scalars go through ``jnp.asarray``
     (JAX's own dtype rules, so a float64 numpy input is float32 unless x64 is on, in every
-    layout and with or without ``jit``); JAX arrays and tracers pass unchanged."""
+    layout and with or without ``jit``); JAX arrays and tracers pass unchanged; a torch (or
+    other framework's) tensor is refused (:func:`check_not_foreign_array`)."""
+    check_not_foreign_array(x, what)
     if isinstance(x, np.ndarray) or not hasattr(x, "shape") or not hasattr(x, "dtype"):
         try:
             x = jnp.asarray(x)
@@ -261,13 +270,20 @@ def scan(
         unroll = default_unroll(T, cell.name) if use_split else 1
     use_parallel = _use_parallel(cell, parallel, T, {**loop_only, "remat": chunk})
 
+    for path, leaf in jax.tree_util.tree_leaves_with_path(params):
+        check_not_foreign_array(leaf, "params" + jax.tree_util.keystr(path))
     jax.eval_shape(cell.project, params, xs_tm)  # the cell checks features and dtype
     state0 = _initial_state(cell, params, initial_state, batch_shape)
     lengths = _check_lengths(seq_lengths, batch_shape, T)
+    state0_given = state0
     if lengths is not None:
         # Padding never reaches the math: NaN or inf there cannot poison gradients.
         t = jnp.arange(T).reshape((T,) + (1,) * len(batch_shape))
         xs_tm = jnp.where((t < lengths)[..., None], xs_tm, jnp.zeros_like(xs_tm))
+        # Nor does the state of a row of length 0 (double where: it is put back below);
+        # else a NaN/inf there, multiplied by its zero cotangent in the masked steps'
+        # matrix products, would make the params' gradient NaN.
+        state0 = _where(lengths > 0, state0, cell.initial_state(params, batch_shape))
     # With chunked remat each chunk projects its own inputs inside the loop.
     if chunk is None:
         _check_projection_memory(cell, params, xs_tm)
@@ -294,6 +310,8 @@ def scan(
             final_state, ys = jax.lax.scan(body, state0, inputs, length=T, unroll=unroll)
     if reverse:
         ys = reverse_valid(ys, lengths)
+    if lengths is not None:
+        final_state = _where(lengths > 0, final_state, state0_given)
     return final_state, ys if time_major else jnp.moveaxis(ys, 0, -2)
 
 

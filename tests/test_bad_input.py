@@ -444,3 +444,62 @@ def test_an_input_projection_too_large_for_memory_fails_before_xla_allocates():
     huge = jax.ShapeDtypeStruct((10**5, 10**4, 8), jnp.float32)  # never allocated
     with pytest.raises(ValueError, match=r"input projection of xs .* would take [\d,.]+ GiB"):
         jax.eval_shape(lambda xs: gr.scan(cell, params, xs), huge)
+
+
+# --------------------------------------------------- params by type, foreign arrays, keys
+
+
+def test_params_of_another_type_with_the_same_fields_are_refused_naming_both_types():
+    """Params are checked by type, not field names: MinGRUParams(w_x, b) that fit a
+    min_lstm's sizes, or a user NamedTuple with LSTMParams' fields and shapes, are refused
+    with a TypeError naming both types; the cell's own NamedTuple (also rebuilt by a tree
+    map) is accepted."""
+    from typing import NamedTuple
+
+    xs = xs_of(B, T, I)
+    min_lstm, min_gru = gr.min_lstm(2), gr.min_gru(3)  # both w_x (I, 6), b (6,)
+    gru_params = min_gru.init(KEY, I)
+    with pytest.raises(
+        TypeError, match="min_lstm cell needs params of type MinLSTMParams, got MinGRUParams"
+    ):
+        gr.scan(min_lstm, gru_params, xs)
+    with pytest.raises(TypeError, match="MinLSTMParams, got MinGRUParams"):
+        min_lstm.step(gru_params, jnp.zeros((B, 2)), xs_of(B, I))
+
+    class Mine(NamedTuple):
+        w_x: jax.Array
+        w_h: jax.Array
+        b: jax.Array
+
+    lstm = gr.lstm(H)
+    params = lstm.init(KEY, I)
+    with pytest.raises(TypeError, match="lstm cell needs params of type LSTMParams, got Mine"):
+        gr.scan(lstm, Mine(*params), xs)
+    gr.scan(lstm, jax.tree_util.tree_map(lambda a: a * 2, params), xs)  # same type: fine
+    gr.scan(min_lstm, min_lstm.init(KEY, I), xs)
+
+
+def test_a_torch_tensor_is_refused_saying_how_to_convert_it(setup):
+    """A torch tensor as xs, initial state, step input or params leaf: one TypeError that
+    says to convert it (never torch's or JAX's own error from deep inside)."""
+    torch = pytest.importorskip("torch")
+    _, cell, params = setup
+    with pytest.raises(TypeError, match=r"xs is a torch\.Tensor.*\.numpy\(\).*jnp\.asarray"):
+        gr.scan(cell, params, torch.ones(B, T, I))
+    state = jax.tree_util.tree_map(lambda a: torch.zeros(a.shape), cell.initial_state(params, (B,)))
+    with pytest.raises(TypeError, match=r"initial_state is a torch\.Tensor"):
+        gr.scan(cell, params, xs_of(B, T, I), state)
+    with pytest.raises(TypeError, match=r"x is a torch\.Tensor"):
+        cell.step(params, cell.initial_state(params, (B,)), torch.ones(B, I))
+    with pytest.raises(TypeError, match=r"params\.w_x is a torch\.Tensor"):
+        gr.scan(cell, params._replace(w_x=torch.ones(I, 1)), xs_of(B, T, I))
+
+
+@pytest.mark.parametrize("key", [0, 7, 1.5, None, "seed", np.int64(3), jnp.zeros(2, jnp.int32)])
+def test_init_with_something_else_than_a_prng_key_says_how_to_make_one(key):
+    for init in (gr.lstm(H).init, gr.min_gru(H).init, gr.stack(gr.gru(H), 2).init):
+        with pytest.raises(TypeError, match=r"key must be a JAX PRNG key, e\.g\. jax\.random\.key"):
+            init(key, I)
+    gr.lstm(H).init(jax.random.key(0), I)  # typed and raw keys both work
+    gr.lstm(H).init(jax.random.PRNGKey(0), I)
+    gr.lstm(H).init(np.asarray(jax.random.PRNGKey(0)), I)

@@ -230,3 +230,24 @@ def test_flax_nnx_gru_without_b_hn_refuses_nonzero_b_hn():
     m = interop.to_flax_nnx(cell, ok)
     x, h = jnp.ones((2, 3)), jnp.full((2, 4), 0.5)
     _close(m(h, x)[0], cell.step(ok, h, x)[0], 1e-6)
+
+
+@pytest.mark.parametrize("name", ["SimpleCell-tanh", "LSTMCell", "GRUCell"])
+def test_flax_params_with_extra_or_missing_entries_are_refused_by_name(name):
+    """Params with entries the cell does not have (a Dense too many, a LayerNorm scale
+    beside a kernel) would be ignored: refused, naming them; a missing kernel is one
+    ValueError naming the entry, not a KeyError."""
+    module = FLAX_CELLS[name]()
+    cell = {"SimpleCell-tanh": gr.vanilla, "LSTMCell": gr.lstm, "GRUCell": gr.gru}[name](5)
+    _, variables = interop.to_flax(cell, cell.init(jax.random.key(0), 3))
+    p = variables["params"]
+    interop.from_flax(module, variables)  # exactly the cell's entries: fine
+    with pytest.raises(ValueError, match=r"unexpected entries \['extra'\]"):
+        interop.from_flax(module, {**p, "extra": {"kernel": jnp.ones((3, 5))}})
+    first = sorted(p)[0]
+    with pytest.raises(ValueError, match=rf"{first}.*unexpected entries \['scale'\]"):
+        interop.from_flax(module, {**p, first: {**p[first], "scale": jnp.ones(5)}})
+    with pytest.raises(ValueError, match=rf"{first}.*no 'kernel'"):
+        interop.from_flax(
+            module, {**p, first: {k: v for k, v in p[first].items() if k != "kernel"}}
+        )

@@ -324,3 +324,89 @@ def test_readme_bring_your_pytorch_lstm_runs():
     code = readme_block("pytorch-lstm")
     assert len(code.strip().splitlines()) <= 14
     exec(compile(code, "README.md:pytorch-lstm", "exec"), {})
+
+
+@pytest.mark.parametrize("kind", ["lstm", "gru", "rnn_relu"])
+@pytest.mark.parametrize("batch_first", [False, True])
+@pytest.mark.parametrize("bias", [True, False])
+def test_torch_round_trip_keeps_the_modules_layout_flags(kind, batch_first, bias):
+    """from_torch then to_torch builds the same module: batch_first and bias (which the
+    params cannot hold) come back from stack.origin, with every other constructor argument;
+    so the user's input, in the module's own layout, gives the same outputs."""
+    torch.manual_seed(7)
+    kw = dict(num_layers=2, bidirectional=True, batch_first=batch_first, bias=bias, dropout=0.5)
+    if kind.startswith("rnn_"):
+        module = torch.nn.RNN(3, 4, nonlinearity=kind[4:], **kw)
+    else:
+        module = {"lstm": torch.nn.LSTM, "gru": torch.nn.GRU}[kind](3, 4, **kw)
+    stack, params = interop.from_torch(module)
+    assert dict(stack.origin) == {"batch_first": batch_first, "bias": bias}
+    back = interop.to_torch(stack, params)
+    for flag in ("batch_first", "bias", "bidirectional", "num_layers", "dropout", "mode"):
+        assert getattr(back, flag) == getattr(module, flag), flag
+    assert getattr(back, "nonlinearity", None) == getattr(module, "nonlinearity", None)
+    assert sorted(dict(back.named_parameters())) == sorted(dict(module.named_parameters()))
+    x = torch.tensor(np.random.default_rng(7).normal(size=(5, 2, 3)).astype(np.float32))
+    torch.testing.assert_close(back.eval()(x)[0], module.eval()(x)[0], rtol=1e-6, atol=1e-6)
+    # an explicit layout wins over the recorded one
+    assert interop.to_torch(stack, params, batch_first=not batch_first).batch_first is (
+        not batch_first
+    )
+
+
+def test_torch_lstm_cell_bias_flag_is_a_to_torch_option():
+    """A single cell has nowhere to record bias=False: to_torch takes it as an option."""
+    module = torch.nn.LSTMCell(3, 4, bias=False)
+    cell, params = interop.from_torch(module)
+    back = interop.to_torch(cell, params, bias=False)
+    assert back.bias is False and sorted(dict(back.named_parameters())) == [
+        "weight_hh",
+        "weight_ih",
+    ]
+    assert interop.to_torch(cell, params).bias is True  # default: torch's own default
+
+
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16", "float16"])
+def test_torch_lstm_biases_are_summed_exactly_and_rounded_once(dtype):
+    """b = bias_ih + bias_hh is the correctly rounded sum in the weights' dtype: summed in
+    float64 on the host, never on the device where XLA flushes float32 and bfloat16
+    subnormals to zero (and the torch -> gatedrnn -> torch round trip keeps them)."""
+    tdtype = getattr(torch, dtype)
+    finfo = torch.finfo(tdtype)
+    module = torch.nn.LSTM(3, 2, dtype=tdtype)  # biases (8,)
+    b_ih = [finfo.smallest_normal / 4, 3 * finfo.smallest_normal / 8, 1000.0, 1.0, 0.1, -2.5]
+    b_hh = [finfo.smallest_normal / 8, 0.0, 0.1, finfo.eps / 4, 0.2, 2.5]
+    with torch.no_grad():
+        module.bias_ih_l0.copy_(torch.tensor([*b_ih, 1.0, 2.0], dtype=tdtype))
+        module.bias_hh_l0.copy_(torch.tensor([*b_hh, 0.0, 0.0], dtype=tdtype))
+    exact = module.bias_ih_l0.detach().double() + module.bias_hh_l0.detach().double()
+    want = exact.to(tdtype).float().numpy()
+    assert want[0] != 0 and want[1] != 0  # subnormal sums that must not be flushed
+    stack, params = interop.from_torch(module)
+    got = np.asarray(params[0].b.astype(jnp.float32))
+    np.testing.assert_array_equal(got, want)
+    back = interop.to_torch(stack, params)
+    np.testing.assert_array_equal(back.bias_ih_l0.detach().float().numpy(), want)
+
+
+def test_torch_modules_that_cannot_be_read_or_filled_are_one_line_errors():
+    """A meta-device module, a stack into an LSTMCell (and a cell into an LSTM), a module
+    missing a weight: one ValueError saying what is wrong, never an AttributeError or a
+    torch traceback, and a missing weight is not blamed on bias=False."""
+    cell = gr.lstm(4)
+    params = cell.init(jax.random.key(0), 3)
+    st = gr.stack(cell)
+    with pytest.raises(ValueError, match="meta device.*to_empty"):
+        interop.from_torch(torch.nn.LSTM(3, 4, device="meta"))
+    with pytest.raises(ValueError, match="meta device"):
+        interop.to_torch(st, (params,), torch.nn.LSTM(3, 4, device="meta"))
+    with pytest.raises(ValueError, match=r"LSTMCell, a single cell.*nn\.LSTM"):
+        interop.to_torch(st, (params,), torch.nn.LSTMCell(3, 4))
+    with pytest.raises(ValueError, match=r"single cell.*nn\.LSTMCell"):
+        interop.to_torch(cell, params, torch.nn.LSTM(3, 4))
+    interop.to_torch(cell, params, torch.nn.LSTMCell(3, 4))  # the right pairing works
+    broken = torch.nn.LSTM(3, 4)
+    del broken._parameters["weight_hh_l0"]
+    with pytest.raises(ValueError, match="no parameter 'weight_hh_l0'") as e:
+        interop.to_torch(st, (params,), broken)
+    assert "bias" not in str(e.value).split("(it has")[0]

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import importlib
+from functools import partial
 
 import chex
 import jax
@@ -16,6 +17,7 @@ from gatedrnn.cells import linear_recurrence
 
 # the module, not the function gr.scan
 scan_module = importlib.import_module("gatedrnn.scan")
+min_rnn = importlib.import_module("gatedrnn.cells.min_rnn")
 
 B, T, I, H = 3, 9, 4, 5
 
@@ -143,3 +145,76 @@ def test_min_cells_init_exports_and_errors():
     cell = gr.min_gru(H)
     with pytest.raises(ValueError, match="features"):
         gr.scan(cell, cell.init(jax.random.PRNGKey(0), I), jnp.ones((B, T, I + 1)))
+
+
+def _quotient_coefficients(xp):
+    """The quotient form ``a = f / (f + i)``, ``b = i / (f + i) * c`` (the old code)."""
+    xf, xi, c = jnp.split(xp, 3, axis=-1)
+    f, i = jax.nn.sigmoid(xf), jax.nn.sigmoid(xi)
+    return f / (f + i), i / (f + i) * c
+
+
+def _quotient_scan(xp, h0):
+    """The minLSTM recurrence from the quotient form, one step at a time (time axis 1)."""
+    a, b = _quotient_coefficients(xp)
+    h, ys = h0, []
+    for t in range(xp.shape[1]):
+        h = a[:, t] * h + b[:, t]
+        ys.append(h)
+    return jnp.stack(ys, axis=1)
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_min_lstm_log_space_equals_the_quotient_where_the_quotient_is_finite(dtype):
+    """The log-space coefficients are the quotient's, values and gradients, to within a few
+    units of rounding (absolute: a tiny ``f / (f + i)`` carries the rounding of
+    ``log f - log i`` relatively)."""
+    with jax.enable_x64(dtype == "float64"):
+        xp = 4.0 * jax.random.normal(jax.random.PRNGKey(3), (64, 3 * H), dtype)
+        eps = float(jnp.finfo(dtype).eps)
+        got, want = min_rnn.min_lstm_coefficients(xp), _quotient_coefficients(xp)
+        assert np.isfinite(np.asarray(want[1])).all()  # the range where the old form works
+        chex.assert_trees_all_close(got, want, rtol=4 * eps, atol=16 * eps)
+
+        def loss(fn, xp):
+            a, b = fn(xp)
+            return jnp.sum(jnp.sin(3.0 * a) + jnp.cos(b))
+
+        g_got = jax.grad(partial(loss, min_rnn.min_lstm_coefficients))(xp)
+        g_want = jax.grad(partial(loss, _quotient_coefficients))(xp)
+        chex.assert_trees_all_close(g_got, g_want, rtol=16 * eps, atol=64 * eps)
+
+
+@pytest.mark.parametrize(
+    "dtype, level, tol",
+    [("float32", -90.0, 1e-5), ("float32", -60.0, 1e-5), ("float16", -17.0, 2e-2)],
+)
+def test_min_lstm_is_finite_where_both_sigmoids_underflow(dtype, level, tol):
+    """Pre-activations where sigmoid(x_f) and sigmoid(x_i) underflow (float32 near -90,
+    float16 near -17; the quotient's gradient already at -60): values and gradients are
+    finite, in the parallel and the step form, and equal the float64 quotient."""
+    cell = gr.min_lstm(H)
+    params = gr.MinLSTMParams(w_x=jnp.eye(3 * H, dtype=dtype), b=jnp.zeros(3 * H, dtype))
+    rng = np.random.default_rng(4)
+    gates = level + rng.uniform(-3.0, 3.0, size=(B, T, 2 * H))
+    xs = np.concatenate([gates, rng.normal(size=(B, T, H))], axis=-1).astype(dtype)
+    h0 = rng.normal(size=(B, H)).astype(dtype)
+
+    with jax.enable_x64(True):
+        ref = jnp.asarray(xs, jnp.float64)
+        want_ys = _quotient_scan(ref, jnp.asarray(h0, jnp.float64))
+        want_g = jax.grad(lambda x: jnp.sum(jnp.sin(_quotient_scan(x, h0.astype(np.float64)))))(ref)
+    assert np.isfinite(np.asarray(want_g)).all()
+    for parallel in (True, False):
+
+        def loss(params, xs, parallel=parallel):
+            _, ys = gr.scan(cell, params, xs, jnp.asarray(h0), parallel=parallel)
+            return jnp.sum(jnp.sin(ys.astype(jnp.float32))), ys
+
+        (_, ys), (g_params, g_xs) = jax.value_and_grad(loss, argnums=(0, 1), has_aux=True)(
+            params, jnp.asarray(xs)
+        )
+        for leaf in (ys, g_xs, *jax.tree.leaves(g_params)):
+            assert np.isfinite(np.asarray(leaf, np.float64)).all(), parallel
+        np.testing.assert_allclose(np.asarray(ys, np.float64), want_ys, rtol=tol, atol=tol)
+        np.testing.assert_allclose(np.asarray(g_xs, np.float64), want_g, rtol=tol, atol=tol)

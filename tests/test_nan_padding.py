@@ -112,3 +112,56 @@ def test_nan_in_valid_input_stays_in_its_sequence_but_poisons_the_param_gradient
         np.testing.assert_array_equal(np.asarray(s_bad)[1:], np.asarray(s_clean)[1:])
     np.testing.assert_array_equal(np.asarray(gx_bad)[1:], np.asarray(gx_clean)[1:])
     assert all(np.isnan(np.asarray(g)).any() for g in jax.tree_util.tree_leaves(gp_bad))
+
+
+LOOPS = {
+    "fused": {},
+    "plain": {"fused": False},
+    "plain_reverse": {"fused": False, "reverse": True},
+    "resets": {"resets": np.eye(B, T, 2, dtype=bool)},
+    "remat_steps": {"remat": True},
+    "remat_chunks": {"remat": 4},
+    "parallel": {"parallel": True},
+}
+CASES = [(n, loop) for n in ("vanilla", "lstm", "gru") for loop in LOOPS if loop != "parallel"]
+CASES += [("min_lstm", loop) for loop in LOOPS if loop != "fused"] + [("min_gru", "parallel")]
+
+
+@pytest.mark.parametrize("name, loop", CASES)
+def test_nan_initial_state_of_a_length_0_row_reaches_no_gradient(name, loop):
+    """A row of length 0 runs no step: its NaN (or inf) initial state comes back as its
+    final state, its outputs are zero, and it reaches no other value and no gradient; the
+    params' gradient is bit for bit the one with a finite state in that row."""
+    cell = {"min_lstm": gr.min_lstm, "min_gru": gr.min_gru}.get(name, lambda h: CELLS[name]())(H)
+    params = cell.init(jax.random.PRNGKey(7), I)
+    params = jax.tree_util.tree_map(lambda a: a + 0.1 if a.ndim == 1 else a, params)
+    xs = np.random.default_rng(1).normal(size=(B, T, I)).astype(np.float32)
+    lengths = np.array([T, 0, 3], np.int32)
+
+    @jax.jit  # one compile for the three fills
+    def run(fill):
+        s0 = jax.tree_util.tree_map(lambda a: a.at[1].set(fill), cell.initial_state(params, (B,)))
+        s0 = jax.tree_util.tree_map(lambda a: a.at[0].set(0.5), s0)
+
+        def loss(p, s0):
+            final, ys = gr.scan(cell, p, xs, s0, seq_lengths=lengths, **LOOPS[loop])
+            w = jnp.sin(jnp.arange(ys.size, dtype=ys.dtype)).reshape(ys.shape)
+            tail = sum(jnp.sum(s[0] ** 2) for s in jax.tree_util.tree_leaves(final))
+            return jnp.sum(w * ys) + tail, (final, ys)
+
+        return jax.value_and_grad(loss, argnums=(0, 1), has_aux=True)(params, s0)
+
+    (_, (f_ok, y_ok)), (gp_ok, gs_ok) = run(np.float32(0.25))
+    for fill in (np.nan, np.inf):
+        (_, (final, ys)), (g_params, g_state) = run(np.float32(fill))
+        chex.assert_tree_all_finite((ys, g_params))
+        chex.assert_trees_all_equal((ys, g_params), (y_ok, gp_ok))
+        assert not np.asarray(ys)[1].any()
+        for leaf, ok in zip(jax.tree_util.tree_leaves(final), jax.tree_util.tree_leaves(f_ok)):
+            leaf = np.asarray(leaf)
+            assert np.isnan(leaf[1]).all() if np.isnan(fill) else np.isinf(leaf[1]).all()
+            np.testing.assert_array_equal(leaf[[0, 2]], np.asarray(ok)[[0, 2]])
+        chex.assert_trees_all_equal(
+            jax.tree_util.tree_map(lambda g: g[np.array([0, 2])], g_state),
+            jax.tree_util.tree_map(lambda g: g[np.array([0, 2])], gs_ok),
+        )

@@ -31,6 +31,7 @@ from __future__ import annotations
 import functools
 import inspect
 import os
+import reprlib
 from collections.abc import Callable
 from typing import Any, NamedTuple
 
@@ -219,6 +220,45 @@ def check_input_size(input_size: Any) -> int:
     return check_positive_int(input_size, "input_size")
 
 
+# Array libraries whose tensors JAX would not take as they are (or only by copying them
+# silently, cutting their autodiff): refused by name with how to convert.
+_FOREIGN_FRAMEWORKS = frozenset({"torch", "tensorflow", "paddle", "mxnet", "cupy"})
+
+
+def check_not_foreign_array(x: Any, what: str) -> None:
+    """Raise TypeError if ``x`` is an array of another framework (a torch or TensorFlow
+    tensor, ...): gatedrnn takes JAX and numpy arrays (and lists, scalars), and converting
+    one silently would hide that no gradient flows back to it."""
+    framework = type(x).__module__.split(".")[0]
+    if framework in _FOREIGN_FRAMEWORKS:
+        kind = f"{framework}.{type(x).__name__}"
+        raise TypeError(
+            f"{what} is a {kind}, not a JAX or numpy array; convert it with .numpy() (a torch "
+            f"tensor: {what}.detach().cpu().numpy()) or jnp.asarray({what})"
+        )
+
+
+def check_key(key: Any, what: str = "key") -> None:
+    """Raise TypeError unless ``key`` is a JAX PRNG key: a typed key (``jax.random.key``)
+    or a raw ``uint32`` key array (``jax.random.PRNGKey``), as ``jax.random`` takes them."""
+    if isinstance(key, jax.Array) and (
+        jax.dtypes.issubdtype(key.dtype, jax.dtypes.prng_key) or key.dtype == jnp.uint32
+    ):
+        return
+    if isinstance(key, np.ndarray) and key.dtype == np.uint32:
+        return
+    if isinstance(key, (jax.Array, np.ndarray)):
+        got = f"an array of dtype {key.dtype} and shape {tuple(key.shape)}"
+    else:
+        got = f"{type(key).__name__} {reprlib.repr(key)}"
+    is_int = isinstance(key, (int, np.integer)) and not isinstance(key, bool)
+    seed = int(key) if is_int and 0 <= key < 2**32 else 0
+    raise TypeError(
+        f"{what} must be a JAX PRNG key, e.g. jax.random.key({seed}) (or "
+        f"jax.random.PRNGKey({seed})), got {got}"
+    )
+
+
 def check_input(x: Any, w_x: Array, what: str = "x") -> Array:
     """Check an input's trailing size and dtype against the input weight ``w_x (I, G*H)``.
 
@@ -228,8 +268,10 @@ def check_input(x: Any, w_x: Array, what: str = "x") -> Array:
 
     Raises:
       ValueError: ``x`` has rank 0 or its last axis is not ``I``.
-      TypeError: ``x`` is not floating point, or its dtype differs from the params'.
+      TypeError: ``x`` is not floating point, its dtype differs from the params', or it is
+        an array of another framework (:func:`check_not_foreign_array`).
     """
+    check_not_foreign_array(x, what)
     x = jnp.asarray(x) if isinstance(x, np.ndarray) or not hasattr(x, "shape") else x
     input_size = w_x.shape[0]
     if x.ndim < 1:
@@ -267,17 +309,12 @@ def check_batch_shape(batch_shape: Any) -> tuple[int, ...]:
     return shape
 
 
-def check_params(params: Any, cls: type, name: str, hidden_size: int, gates: int) -> None:
-    """Check a cell's params against its layout before any math touches them.
-
-    ``params`` must have the fields of ``cls`` (e.g. ``LSTMParams(w_x, w_h, b)``), all
-    floating point arrays of one dtype, with ``w_x (I, G*H)``, ``w_h (H, G*H)`` and every
-    other field a bias ``(G*H,)``, where ``G = gates`` and ``H = hidden_size``.
-
-    Raises:
-      TypeError: a field is missing, is not an array, or the dtypes are not one float type.
-      ValueError: a field has the wrong shape (e.g. params of another hidden size or cell).
-    """
+def check_params_type(params: Any, cls: type, name: str) -> None:
+    """Raise TypeError unless ``params`` is a ``cls`` (an instance of the cell's own params
+    NamedTuple, e.g. ``LSTMParams``): checked by type, so the params of another cell whose
+    field names (and sizes) happen to coincide are refused, naming both types."""
+    if isinstance(params, cls):
+        return
     fields = cls._fields
     layout = f"{cls.__name__}({', '.join(fields)})"
     got = type(params).__name__
@@ -286,10 +323,34 @@ def check_params(params: Any, cls: type, name: str, hidden_size: int, gates: int
         raise TypeError(
             f"a {name} cell needs params {layout}, got {got} without {', '.join(missing)}"
         )
+    raise TypeError(
+        f"a {name} cell needs params of type {cls.__name__}, got {got} (the params of another "
+        f"cell, with the same field names?); convert them explicitly if you mean it, e.g. "
+        f"{cls.__name__}(*params)"
+    )
+
+
+def check_params(params: Any, cls: type, name: str, hidden_size: int, gates: int) -> None:
+    """Check a cell's params against its layout before any math touches them.
+
+    ``params`` must be a ``cls`` (e.g. ``LSTMParams(w_x, w_h, b)``; by type, see
+    :func:`check_params_type`), all floating point arrays of one dtype, with
+    ``w_x (I, G*H)``, ``w_h (H, G*H)`` and every other field a bias ``(G*H,)``, where
+    ``G = gates`` and ``H = hidden_size``.
+
+    Raises:
+      TypeError: params of another type (another cell's, even with the same fields), a
+        field that is not an array, or dtypes that are not one float type.
+      ValueError: a field has the wrong shape (e.g. params of another hidden size or cell).
+    """
+    check_params_type(params, cls, name)
+    fields = cls._fields
+    got = type(params).__name__
     leaves = {f: getattr(params, f) for f in fields}
     for f, a in leaves.items():
         if not hasattr(a, "shape") or not hasattr(a, "dtype"):
             raise TypeError(f"params.{f} must be an array, got {type(a).__name__}")
+        check_not_foreign_array(a, f"params.{f}")
     dtype = leaves["w_x"].dtype
     for f, a in leaves.items():
         if not jnp.issubdtype(a.dtype, jnp.floating) or a.dtype != dtype:

@@ -20,6 +20,7 @@ from gatedrnn.cells.base import (
     check_initializers,
     check_input,
     check_input_size,
+    check_key,
     check_param_memory,
     check_params,
     fan_in_normal,
@@ -156,6 +157,7 @@ def gru(
         input_size = check_input_size(input_size)
         dtype = check_dtype(dtype)
         check_param_memory("gru", input_size, H, 3, dtype)
+        check_key(key)
         kx, kh, kbx, kbh = jax.random.split(key, 4)
         b_x = bias_init(kbx, (3 * H,), dtype)
         b_z = gate_bias(jax.random.fold_in(key, 4), update_bias, H, t_max, dtype)

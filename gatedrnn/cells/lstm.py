@@ -20,6 +20,7 @@ from gatedrnn.cells.base import (
     check_initializers,
     check_input,
     check_input_size,
+    check_key,
     check_param_memory,
     check_params,
     fan_in_normal,
@@ -138,6 +139,7 @@ def lstm(
         input_size = check_input_size(input_size)
         dtype = check_dtype(dtype)
         check_param_memory("lstm", input_size, H, 4, dtype)
+        check_key(key)
         kx, kh, kb = jax.random.split(key, 3)
         b = bias_init(kb, (4 * H,), dtype)
         b_f = gate_bias(jax.random.fold_in(key, 3), forget_bias, H, t_max, dtype)

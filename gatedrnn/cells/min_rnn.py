@@ -9,7 +9,10 @@ function, so the two forms differ only in the order of the floating point operat
 
 The parallel form is the plain one (pairs ``(a, b)`` composed by
 ``(a1, b1) o (a2, b2) = (a1 a2, a2 b1 + b2)``): it never divides by a running product, so
-it needs no log-space trick to stay finite.
+it needs no log-space trick to stay finite. minLSTM's normalisation ``f / (f + i)`` is
+computed from log-sigmoids (as in the log-space form of Feng et al. 2024):
+``f / (f + i) = sigmoid(log f - log i)``, finite with finite gradients for every finite
+pre-activation, where the quotient is 0/0 once both sigmoids underflow.
 """
 
 from __future__ import annotations
@@ -29,7 +32,9 @@ from gatedrnn.cells.base import (
     check_hidden_size,
     check_input,
     check_input_size,
+    check_key,
     check_param_memory,
+    check_params_type,
     fan_in_normal,
     make_config,
     make_state_zeros,
@@ -74,23 +79,36 @@ def min_gru_coefficients(xp: Array) -> tuple[Array, Array]:
     return 1.0 - z, z * c
 
 
+def _min_lstm_mix(xp: Array) -> tuple[Array, Array, Array]:
+    """minLSTM's normalised gates and candidate from ``xp (..., 3H)``: ``(f', i', c)``,
+    each ``(..., H)``, with ``f' = f / (f + i)``, ``i' = i / (f + i)`` computed in log space.
+
+    ``d = log f - log i = log_sigmoid(xp_f) - log_sigmoid(xp_i)``, ``f' = sigmoid(d)``,
+    ``i' = sigmoid(-d)``: equal to the quotients where those are finite, and finite (values
+    and gradients) for any finite ``xp``, where ``f / (f + i)`` is 0/0 once both sigmoids
+    underflow (float32 near -90, float16 near -17; the gradient from about -60 in float32).
+    """
+    xf, xi, c = split_gates(xp, 3)
+    d = jax.nn.log_sigmoid(xf) - jax.nn.log_sigmoid(xi)
+    return jax.nn.sigmoid(d), jax.nn.sigmoid(-d), c
+
+
 def min_lstm_coefficients(xp: Array) -> tuple[Array, Array]:
     """``(a, b)`` of the minLSTM recurrence ``h' = a h + b`` from ``xp (..., 3H)``.
 
     ``f = sigmoid(xp_f)``, ``i = sigmoid(xp_i)``, ``a = f / (f + i)``,
-    ``b = i / (f + i) * xp_c`` (the normalised, time-independent form of the paper).
+    ``b = i / (f + i) * xp_c`` (the normalised, time-independent form of the paper),
+    computed in log space as ``a = sigmoid(log f - log i)``, ``i / (f + i) = sigmoid(log i
+    - log f)`` (see :func:`_min_lstm_mix`), so finite for any finite ``xp``.
     """
-    xf, xi, c = split_gates(xp, 3)
-    f = jax.nn.sigmoid(xf)
-    i = jax.nn.sigmoid(xi)
-    s = f + i
-    return f / s, (i / s) * c
+    a, a_in, c = _min_lstm_mix(xp)
+    return a, a_in * c
 
 
 def _min_lstm_gates(xp: Array) -> dict[str, Array]:
     """minLSTM's normalised gates: ``forget = f / (f + i)`` (the decay), ``input = i / (f + i)``."""
-    a, _ = min_lstm_coefficients(xp)
-    return {"forget": a, "input": 1.0 - a}
+    a, a_in, _ = _min_lstm_mix(xp)
+    return {"forget": a, "input": a_in}
 
 
 def linear_recurrence(a: Array, b: Array, h0: Array) -> Array:
@@ -137,6 +155,7 @@ def _min_cell(
         input_size = check_input_size(input_size)
         dtype = check_dtype(dtype)
         check_param_memory(params_type.__name__, input_size, H, num_blocks, dtype, False)
+        check_key(key)
         kx, kb = jax.random.split(key)
         b = bias_init(kb, (num_blocks * H,), dtype)
         for block, offset in bias_offsets.items():
@@ -149,6 +168,7 @@ def _min_cell(
 
     def project(params: Any, x: Array) -> Array:
         """``(..., I) -> (..., blocks * H)``: ``x w_x + b``."""
+        check_params_type(params, params_type, name)
         x = check_input(x, params.w_x)
         return x @ params.w_x + params.b
 

@@ -20,6 +20,7 @@ from gatedrnn.cells.base import (
     check_initializers,
     check_input,
     check_input_size,
+    check_key,
     check_param_memory,
     check_params,
     fan_in_normal,
@@ -91,6 +92,7 @@ def vanilla(
         input_size = check_input_size(input_size)
         dtype = check_dtype(dtype)
         check_param_memory("vanilla", input_size, H, 1, dtype)
+        check_key(key)
         kx, kh, kb = jax.random.split(key, 3)
         return VanillaParams(
             w_x=kernel_init(kx, (input_size, H), dtype),

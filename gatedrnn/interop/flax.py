@@ -126,14 +126,43 @@ def _unwrap_variables(params: Mapping[str, Any]) -> Mapping[str, Any]:
     return params
 
 
+def _check_linen_entries(params: Mapping[str, Any], kind: str) -> None:
+    """Raise ValueError unless ``params`` has exactly the ``Dense`` entries of a Linen
+    cell of ``kind`` (``i, h`` for SimpleCell; ``ii, if, ..., ho`` / ``ir, ..., hn``)."""
+    names = ["i", "h"] if kind == "vanilla" else [p + g for p in "ih" for g in GATES[kind]]
+    for name in names:
+        if name not in params:
+            raise ValueError(
+                f"Flax params have no {name!r} entry (keys: {sorted(params)}); pass the cell's "
+                "own params, e.g. variables['params'] or variables['params']['cell'] for nn.RNN"
+            )
+    extra = sorted(set(params) - set(names))
+    if extra:
+        raise ValueError(
+            f"Flax params have unexpected entries {extra} besides the cell's {names}; they "
+            "would be ignored, so these are not (only) this cell's params: pass the cell's "
+            "own params dict"
+        )
+
+
 def _linen_dense(params: Mapping[str, Any], name: str, bias: bool) -> tuple[Array, Array | None]:
     """``(kernel, bias or None)`` of the Linen cell's ``Dense`` called ``name``."""
-    if name not in params:
-        raise ValueError(
-            f"Flax params have no {name!r} entry (keys: {sorted(params)}); pass the cell's "
-            "own params, e.g. variables['params'] or variables['params']['cell'] for nn.RNN"
-        )
     d = params[name]
+    if not isinstance(d, Mapping):
+        raise TypeError(
+            f"Flax params {name!r} must be a dict with a 'kernel', got {type(d).__name__}"
+        )
+    if "kernel" not in d:
+        raise ValueError(
+            f"Flax params {name!r} have no 'kernel' (keys: {sorted(d)}); a Dense layer's "
+            "params are {'kernel': (in, out)} plus 'bias' where the cell has one"
+        )
+    extra = sorted(set(d) - {"kernel", "bias"})
+    if extra:
+        raise ValueError(
+            f"Flax params {name!r} have unexpected entries {extra} besides 'kernel' and "
+            "'bias'; they would be ignored"
+        )
     kernel = to_jax(d["kernel"], f"Flax {name}/kernel")
     if bias != ("bias" in d):
         raise ValueError(
@@ -145,6 +174,7 @@ def _linen_dense(params: Mapping[str, Any], name: str, bias: bool) -> tuple[Arra
 
 def _from_linen(kind: str, p: Mapping[str, Any]) -> PyTree:
     """gatedrnn params from a Linen cell's params dict (see :func:`from_flax`)."""
+    _check_linen_entries(p, kind)
     if kind == "vanilla":
         w_x, b = _linen_dense(p, "i", True)
         w_h, _ = _linen_dense(p, "h", False)
@@ -212,7 +242,8 @@ def from_flax(module: Any, params: Mapping[str, Any] | None = None) -> tuple[Cel
     Raises:
       ValueError: a cell with ``gate_fn``/``activation_fn`` other than sigmoid/tanh (tanh,
         relu or identity for SimpleCell), ``residual=True``, a compute ``dtype`` other than
-        the params', or params of the wrong layout.
+        the params', or params of the wrong layout: an entry or a kernel missing, or
+        entries the cell does not have (they would be ignored), named in the message.
     """
     kind, activation, is_nnx = _flax_kind(module)
     if is_nnx:

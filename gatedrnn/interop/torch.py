@@ -4,13 +4,17 @@ PyTorch keeps ``weight_ih (G*H, I)``, ``weight_hh (G*H, H)``, ``bias_ih``, ``bia
 the same gate order as gatedrnn (LSTM i, f, g, o; GRU r, z, n), so ``w_x = weight_ih.T``
 and ``w_h = weight_hh.T``. The biases:
 
-- vanilla and LSTM: ``b = bias_ih + bias_hh`` (both are added before the nonlinearity);
-  going back, ``bias_ih = b`` and ``bias_hh = 0``;
+- vanilla and LSTM: ``b = bias_ih + bias_hh`` (both are added before the nonlinearity),
+  summed exactly on the host in float64 and rounded once to the weights' dtype (so a
+  float16/bfloat16 sum is the correctly rounded one, and no subnormal is flushed to zero as
+  XLA's CPU arithmetic would); going back, ``bias_ih = b`` and ``bias_hh = 0``;
 - GRU: ``b_x = bias_ih`` and ``b_h = bias_hh`` (kept apart, as the reset gate multiplies
   ``h w_hn + b_hn``), both ways.
 
-A module's ``dropout`` (between layers, in training) becomes the stack's ``dropout`` and back.
-Weights keep their dtype (float32, float64, float16, bfloat16).
+A module's ``dropout`` (between layers, in training) becomes the stack's ``dropout`` and back;
+its ``batch_first`` and ``bias`` flags, which the params do not hold, are kept in the
+stack's ``origin`` so that :func:`to_torch` builds the same module back. Weights keep their
+dtype (float32, float64, float16, bfloat16).
 
 torch is an optional dependency: it is imported only inside these functions, so
 ``import gatedrnn.interop`` works without it.
@@ -33,6 +37,7 @@ from gatedrnn.interop._layout import (
     expect_shape,
     kind_of,
     to_jax,
+    torch_to_numpy,
 )
 from gatedrnn.layers import Bidir, Stack, stack
 
@@ -48,6 +53,16 @@ def _import_torch() -> Any:
             "(or the 'torch' extra: pip install 'gatedrnn[torch]')"
         ) from e
     return torch
+
+
+def _check_not_meta(module: Any, what: str) -> None:
+    """Raise ValueError if ``module``'s parameters are on torch's meta device (no values)."""
+    if any(p.is_meta for p in module.parameters()):
+        raise ValueError(
+            f"{what} {type(module).__name__} has its parameters on the meta device (shapes "
+            "only, no values); materialize them first, e.g. module.to_empty(device='cpu') "
+            "and then module.load_state_dict(...)"
+        )
 
 
 def _torch_kind(module: Any) -> tuple[str, str | None]:
@@ -72,18 +87,35 @@ def _torch_kind(module: Any) -> tuple[str, str | None]:
     )
 
 
+def _bias_sum(b_ih: Any, b_hh: Any, what: str) -> Any:
+    """``b_ih + b_hh`` (torch tensors) as a jax array of their dtype, rounded once.
+
+    Summed on the host in float64, which holds the exact sum of two float16 or bfloat16
+    numbers and rounds a float32 sum finely enough that the cast back is correctly
+    rounded; on the device XLA would flush subnormal float32/bfloat16 sums to zero.
+    """
+    b_ih, b_hh = torch_to_numpy(b_ih), torch_to_numpy(b_hh)
+    total = b_ih.astype(np.float64) + b_hh.astype(np.float64)
+    return to_jax(total.astype(b_ih.dtype), what)
+
+
 def _layer_from_torch(kind: str, weights: Mapping[str, Any], suffix: str, what: str) -> PyTree:
     """gatedrnn params of one torch layer/direction from its state-dict entries."""
     w_ih = to_jax(weights["weight_ih" + suffix], f"{what} weight_ih{suffix}")
     w_hh = to_jax(weights["weight_hh" + suffix], f"{what} weight_hh{suffix}")
-    zero = jnp.zeros(w_ih.shape[0], w_ih.dtype)
-    b_ih = weights.get("bias_ih" + suffix)
-    b_hh = weights.get("bias_hh" + suffix)
-    b_ih = zero if b_ih is None else to_jax(b_ih, f"{what} bias_ih{suffix}")
-    b_hh = zero if b_hh is None else to_jax(b_hh, f"{what} bias_hh{suffix}")
+    b_ih, b_hh = weights.get("bias_ih" + suffix), weights.get("bias_hh" + suffix)
+    if b_ih is None:  # bias=False (torch has both biases or neither)
+        zero = jnp.zeros(w_ih.shape[0], w_ih.dtype)
+        if kind == "gru":
+            return GRUParams(w_x=w_ih.T, w_h=w_hh.T, b_x=zero, b_h=zero)
+        return PARAMS_TYPES[kind](w_x=w_ih.T, w_h=w_hh.T, b=zero)
     if kind == "gru":
-        return GRUParams(w_x=w_ih.T, w_h=w_hh.T, b_x=b_ih, b_h=b_hh)
-    return PARAMS_TYPES[kind](w_x=w_ih.T, w_h=w_hh.T, b=b_ih + b_hh)
+        b_x = to_jax(b_ih, f"{what} bias_ih{suffix}")
+        return GRUParams(
+            w_x=w_ih.T, w_h=w_hh.T, b_x=b_x, b_h=to_jax(b_hh, f"{what} bias_hh{suffix}")
+        )
+    b = _bias_sum(b_ih, b_hh, f"{what} bias_ih{suffix} + bias_hh{suffix}")
+    return PARAMS_TYPES[kind](w_x=w_ih.T, w_h=w_hh.T, b=b)
 
 
 def _layer_to_torch(kind: str, params: PyTree) -> dict[str, Any]:
@@ -122,9 +154,10 @@ def from_torch(module: Any) -> tuple[Stack, tuple] | tuple[Cell, PyTree]:
 
     Args:
       module: a ``torch.nn.RNN`` (``nonlinearity`` ``"tanh"`` or ``"relu"``), ``nn.LSTM``
-        or ``nn.GRU`` with any ``num_layers``, ``bidirectional`` and ``dropout``; or a
-        single ``nn.RNNCell``, ``nn.LSTMCell`` or ``nn.GRUCell``. ``batch_first`` does not
-        matter (weights only); gatedrnn is batch-first unless ``time_major=True``.
+        or ``nn.GRU`` with any ``num_layers``, ``bidirectional``, ``dropout``, ``bias``
+        and ``batch_first``; or a single ``nn.RNNCell``, ``nn.LSTMCell`` or ``nn.GRUCell``.
+        ``stack.apply`` is batch-first unless called with ``time_major=True``, whatever
+        the module's ``batch_first``.
 
     Returns:
       For a sequence module, ``(stack, params)``: a :func:`gatedrnn.stack` of the matching
@@ -132,20 +165,26 @@ def from_torch(module: Any) -> tuple[Stack, tuple] | tuple[Cell, PyTree]:
       ``stack.apply`` gets a ``dropout_key``, as torch applies it only in ``train()``) and
       a tuple with one params entry per layer (a :class:`gatedrnn.Bidir` ``(fw, bw)`` per
       layer when bidirectional), so ``stack.apply(params, xs)`` computes what
-      ``module.eval()(xs)`` does. For a cell, ``(cell, params)``. Params keep the torch
-      dtype (bfloat16 included).
+      ``module.eval()(xs)`` does. The module's ``batch_first`` and ``bias`` are kept in
+      ``stack.origin`` (:func:`to_torch` builds the same module back). For a cell,
+      ``(cell, params)``. Params keep the torch dtype (bfloat16 included); a bias=False
+      module gives zero biases.
 
     Equations (per layer and direction; see the module docstring)::
 
         w_x = weight_ih.T (I, G*H),  w_h = weight_hh.T (H, G*H)
         vanilla, LSTM: b = bias_ih + bias_hh;   GRU: b_x = bias_ih, b_h = bias_hh
 
+    (the LSTM/vanilla sum exact in float64, then rounded once to the weights' dtype).
+
     Raises:
       ValueError: an LSTM with ``proj_size > 0`` (gatedrnn's LSTM has no projection of
-        ``h``), or float64 weights while JAX runs in float32.
+        ``h``), float64 weights while JAX runs in float32, or parameters on the meta
+        device (no values to convert).
       TypeError: not a torch recurrent module.
     """
     kind, activation = _torch_kind(module)
+    _check_not_meta(module, "cannot convert: the")
     weights = dict(module.named_parameters())
     name = type(module).__name__
     cell = cell_for(kind, module.hidden_size, activation)
@@ -169,7 +208,8 @@ def from_torch(module: Any) -> tuple[Stack, tuple] | tuple[Cell, PyTree]:
         bidirectional=module.bidirectional,
         dropout=float(module.dropout),
     )
-    return st, tuple(layers)
+    origin = (("batch_first", bool(module.batch_first)), ("bias", bool(module.bias)))
+    return st._replace(origin=origin), tuple(layers)
 
 
 def _layer_params_by_suffix(
@@ -201,18 +241,23 @@ def _new_torch_module(
     bidir: bool,
     dropout: float,
     batch_first: bool,
+    bias: bool,
 ) -> Any:
     """The ``nn.RNN/LSTM/GRU`` (or ``*Cell`` when ``num_layers`` is None) for these sizes."""
     nn = _import_torch().nn
     tdtype = _torch_dtype(dtype)
     if num_layers is None:
         if kind == "vanilla":
-            return nn.RNNCell(input_size, H, nonlinearity=activation or "tanh", dtype=tdtype)
-        return {"lstm": nn.LSTMCell, "gru": nn.GRUCell}[kind](input_size, H, dtype=tdtype)
+            return nn.RNNCell(
+                input_size, H, bias=bias, nonlinearity=activation or "tanh", dtype=tdtype
+            )
+        cls = {"lstm": nn.LSTMCell, "gru": nn.GRUCell}[kind]
+        return cls(input_size, H, bias=bias, dtype=tdtype)
     common = dict(
         num_layers=num_layers,
         bidirectional=bidir,
         batch_first=batch_first,
+        bias=bias,
         dropout=dropout,
         dtype=tdtype,
     )
@@ -226,6 +271,18 @@ def _check_torch_module(
 ) -> None:
     """Raise ValueError unless ``module`` has the type and sizes the params are for."""
     mkind, mact = _torch_kind(module)
+    is_cell = not hasattr(module, "num_layers")
+    if is_cell != (num_layers is None):
+        cls = type(module).__name__
+        raise ValueError(
+            f"module is a {cls}, a single cell, but the model is a stack of {num_layers} "
+            f"layer(s): load a stack into an nn.{cls.removesuffix('Cell')}, or pass the "
+            "stack's cell and one layer's params (model.cell, params[0]) to fill a cell"
+            if is_cell
+            else f"module is a sequence module ({cls}) but the model is a single cell: "
+            f"wrap it with gatedrnn.stack(cell) and params (params,), or pass an nn.{cls}Cell"
+        )
+    _check_not_meta(module, "cannot load into: the")
     if (mkind, mact) != (kind, activation) or module.hidden_size != H:
         raise ValueError(
             f"module is a {type(module).__name__} ({mkind}, {mact}, hidden_size="
@@ -252,12 +309,18 @@ def _load_into(module: Any, kind: str, layer_params: Mapping[str, PyTree]) -> No
     for suffix, p in layer_params.items():
         for key, value in _layer_to_torch(kind, p).items():
             name = key + suffix
-            if name not in named:
-                if key.startswith("bias") and not np.any(np.asarray(value)):
+            if name not in named and key.startswith("bias"):
+                if not np.any(np.asarray(value)):
                     continue  # bias=False module, zero bias: nothing lost
                 raise ValueError(
                     f"module has no parameter {name!r} (made with bias=False?) but the "
                     "params have a non-zero bias; it would be dropped"
+                )
+            if name not in named:
+                raise ValueError(
+                    f"module {type(module).__name__} has no parameter {name!r} (it has "
+                    f"{', '.join(sorted(named)) or 'none'}); it is not a complete torch "
+                    "module of this kind, so the params cannot be loaded into it"
                 )
             expect_shape(value, tuple(named[name].shape), f"torch {name}")
             new[name] = _to_tensor(value, named[name].dtype)
@@ -271,7 +334,8 @@ def to_torch(
     params: PyTree,
     module: Any = None,
     *,
-    batch_first: bool = True,
+    batch_first: bool | None = None,
+    bias: bool | None = None,
 ) -> Any:
     """Write gatedrnn params into a PyTorch module (made here unless one is given).
 
@@ -279,10 +343,14 @@ def to_torch(
       model: a :func:`gatedrnn.stack` (params: tuple per layer, :class:`gatedrnn.Bidir`
         per layer if bidirectional) or a single cell (params of that cell).
       params: the params, e.g. from ``model.init`` or :func:`from_torch`.
-      module: a torch module of the matching type and sizes to load into (its dtype and
-        ``dropout`` are kept); None to build ``nn.RNN/LSTM/GRU`` (or the ``*Cell`` for a
-        single cell) with the params' dtype and the stack's ``dropout``.
-      batch_first: for a module built here (gatedrnn's default layout is batch first).
+      module: a torch module of the matching type and sizes to load into (its dtype,
+        ``dropout``, ``bias`` and ``batch_first`` are kept); None to build
+        ``nn.RNN/LSTM/GRU`` (or the ``*Cell`` for a single cell) with the params' dtype and
+        the stack's ``dropout``.
+      batch_first: for a module built here; None: the one :func:`from_torch` recorded in
+        ``model.origin``, else True (gatedrnn's default layout is batch first).
+      bias: for a module built here; None: the one recorded in ``model.origin``, else
+        True. With ``bias=False`` the params' biases must be zero.
 
     Returns:
       The torch module, with weights such that ``module(xs)`` computes what
@@ -295,7 +363,9 @@ def to_torch(
     Raises:
       ValueError: a vanilla cell with ``activation="linear"`` (torch has only tanh and
         relu), a GRU with ``reset_after=False`` (torch is reset-after), a ``module`` whose
-        type or sizes differ, or non-zero biases into a module made with ``bias=False``.
+        type or sizes differ (a stack into a ``*Cell`` or a cell into a sequence module
+        included), a module with its parameters on the meta device or missing some, or
+        non-zero biases into a module made with ``bias=False``.
     """
     if isinstance(model, Stack):
         cell, num_layers, bidir = model.cell, model.num_layers, model.bidirectional
@@ -320,6 +390,9 @@ def to_torch(
     if module is None:
         first = next(iter(layer_params.values()))
         dropout = model.dropout if isinstance(model, Stack) else 0.0
+        origin = dict(model.origin) if isinstance(model, Stack) else {}
+        batch_first = origin.get("batch_first", True) if batch_first is None else batch_first
+        bias = origin.get("bias", True) if bias is None else bias
         module = _new_torch_module(
             kind,
             activation,
@@ -329,7 +402,8 @@ def to_torch(
             num_layers=num_layers,
             bidir=bidir,
             dropout=dropout,
-            batch_first=batch_first,
+            batch_first=bool(batch_first),
+            bias=bool(bias),
         )
     _check_torch_module(module, kind, activation, H, num_layers, bidir)
     _load_into(module, kind, layer_params)
