@@ -40,11 +40,14 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+from jax.experimental import multihost_utils
 from jax.sharding import Mesh
 
 from gatedrnn.cells.base import Array, PyTree
 from gatedrnn.training import checkpoint as checkpoints
 from gatedrnn.training import mesh as parallel
+from gatedrnn.training.checkpoint import CheckpointError
+from gatedrnn.training.io import FolderInUseError, FolderLock, jsonable
 
 Metrics = dict[str, Array]
 LossFn = Callable[[PyTree, Any], tuple[Array, Metrics]]
@@ -596,10 +599,34 @@ def train(
     """
     opts = _Options(**{k: v for k, v in locals().items() if k in _Options._fields})
     _check_train_args(state, opts)
+    with _run_lock(checkpoint_dir):
+        return _run(loss_fn, optimizer, batch_fn, _setup(loss_fn, batch_fn, state, opts), opts)
+
+
+@contextlib.contextmanager
+def _run_lock(checkpoint_dir: str | Path | None) -> Iterator[None]:
+    """Hold the checkpoint folder's lock for the run: one lock per run, taken by process 0;
+    in a run of several processes the others learn from process 0 whether it got it."""
     if checkpoint_dir is None:
-        return _run(loss_fn, optimizer, batch_fn, _setup(loss_fn, batch_fn, state, opts), opts)
-    with checkpoints.FolderLock(checkpoint_dir, what=f"checkpoint folder {checkpoint_dir}"):
-        return _run(loss_fn, optimizer, batch_fn, _setup(loss_fn, batch_fn, state, opts), opts)
+        yield
+        return
+    lock, error = FolderLock(checkpoint_dir, what=f"checkpoint folder {checkpoint_dir}"), None
+    if jax.process_index() == 0:
+        try:
+            lock.acquire()
+        except FolderInUseError as e:
+            error = e
+    if jax.process_count() > 1 and not multihost_utils.broadcast_one_to_all(error is None):
+        error = error or CheckpointError(
+            f"process 0 could not take the lock of checkpoint folder {checkpoint_dir} "
+            "(another run holds it)"
+        )
+    if error is not None:
+        raise error
+    try:
+        yield
+    finally:
+        lock.release()
 
 
 def _record(
@@ -656,9 +683,7 @@ def _run(
                 since_eval = []
                 finished = o.solved is not None and all(s is not None for s in solved_at)
                 if log is not None:
-                    log.write(
-                        json.dumps(checkpoints.jsonable({**(o.log_extra or {}), **row})) + "\n"
-                    )
+                    log.write(json.dumps(jsonable({**(o.log_extra or {}), **row})) + "\n")
                     log.flush()
                 if bar is not None:
                     shown = {"loss": f"{np.mean(row['train_loss']):.4g}", "steps/s": f"{rate:.0f}"}
