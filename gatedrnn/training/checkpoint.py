@@ -64,12 +64,8 @@ class CheckpointError(ValueError):
 
 
 class CorruptCheckpointError(CheckpointError):
-    """A checkpoint cannot prove its integrity: a file is missing, truncated or damaged, or
-    its arrays or metadata do not match the digests written when it was saved.
-
-    Attributes:
-      reason: the fault in a few words (the message without the checkpoint's path).
-    """
+    """A checkpoint cannot prove its integrity (a file missing, truncated or damaged, arrays
+    or metadata that differ from their digests); ``reason``: the fault in a few words."""
 
     reason: str = ""
 
@@ -159,10 +155,9 @@ def save_checkpoint(
 
 @contextlib.contextmanager
 def _quiet_orbax() -> Iterator[None]:
-    """While a damaged checkpoint is read (and its abandoned read coroutines are collected),
-    drop the echoes orbax and tensorstore print through ``sys.unraisablehook`` ("Event loop
-    is closed", "Exception ignored in <coroutine ...>"); the failure itself is raised as one
-    line. Any other unraisable exception reaches the previous hook; it is restored on exit."""
+    """While a checkpoint is read (and abandoned read coroutines are collected), drop the
+    echoes of a failed read that orbax and tensorstore print through ``sys.unraisablehook``
+    (the failure is raised as one line); the previous hook gets the rest and comes back."""
     previous = sys.unraisablehook
 
     def hook(u: Any) -> None:
