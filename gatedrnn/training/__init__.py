@@ -4,8 +4,9 @@
   :func:`train` (the one loop every script uses).
 * :mod:`gatedrnn.training.task_model`: :func:`fit` (a cell plus a readout on a
   :class:`~gatedrnn.training.tasks.Task`), stateful chunks of a task's streams.
-* :mod:`gatedrnn.training.checkpoint`: atomic checkpoints and exact resume (the one module
-  that reads and writes them).
+* :mod:`gatedrnn.training.checkpoint`: checkpoints on orbax's ``CheckpointManager`` and
+  exact resume (the one module that reads and writes them).
+* :mod:`gatedrnn.training.io`: atomic files, valid JSON, one writer per folder.
 * :mod:`gatedrnn.training.mesh`: data-parallel training on a ``jax.sharding.Mesh``.
 * :mod:`gatedrnn.training.tasks`, :mod:`gatedrnn.training.text`: synthetic long-range
   tasks; character vocabularies and corpora.
@@ -13,10 +14,11 @@
   readout) and its sampler; its trainer is ``experiments/char_lm.py``.
 """
 
-from gatedrnn.training import checkpoint, mesh, tasks, text
+from gatedrnn.training import checkpoint, io, mesh, tasks, text
 from gatedrnn.training.checkpoint import CheckpointError
 from gatedrnn.training.loop import (
     NonFiniteLossError,
+    PeerLostError,
     TrainResult,
     TrainState,
     init_ensemble,
@@ -49,6 +51,7 @@ __all__ = [
     "Chunk",
     "ModelParams",
     "NonFiniteLossError",
+    "PeerLostError",
     "SequenceModel",
     "TrainResult",
     "TrainState",
@@ -60,6 +63,7 @@ __all__ = [
     "fraction_of_baseline",
     "init_ensemble",
     "init_state",
+    "io",
     "make_multi_step",
     "make_optimizer",
     "make_train_step",

@@ -588,7 +588,12 @@ def train(
       checkpoint_dir: save the whole state (and history) here atomically
         (:mod:`gatedrnn.training.checkpoint`); the folder must hold no checkpoint unless
         ``resume``. Nothing non-finite is ever saved. The run holds the folder's lock
-        (:class:`~gatedrnn.training.checkpoint.FolderLock`) until it returns.
+        (:class:`~gatedrnn.training.io.FolderLock`) until it returns: one lock per run,
+        taken by process 0 of a multi-process run (``jax.distributed``), whose other
+        processes stop with one line if process 0 cannot take it. Every process saves
+        (orbax coordinates them) and, on resume, reads and verifies the same checkpoint;
+        the log and the bar come from process 0 only. A process of such a run that loses
+        the others raises :class:`PeerLostError` (one line).
       resume: continue from the newest intact checkpoint in ``checkpoint_dir`` (corrupt
         newer ones are reported and moved aside); the run then ends with the same params
         and history as one that never stopped.
