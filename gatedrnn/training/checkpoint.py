@@ -1,36 +1,29 @@
 """Checkpoints and resume for the training loop, on orbax's ``CheckpointManager``.
 
-Orbax does the storage: one folder per step (``<root>/step_<8 digits>``), written under a
+Orbax does the storage: one folder per step (``<root>/step_<8 digits>``) written under a
 temporary name and renamed when complete (a run killed while saving leaves no ``step_*``
-folder, and leftovers are cleaned up by the next save), keeping the newest :data:`KEEP`,
-and, in a run of several processes (``jax.distributed``), the barriers and the choice of
-the one process that writes the shared files. A checkpoint holds two orbax items:
-
-* ``state``: any pytree of arrays (the loop's whole
-  :class:`~gatedrnn.training.loop.TrainState`), saved from host copies;
-* ``meta``: JSON: the step, the caller's metadata (config, history, ...), the *signature*
-  of the state (every leaf's path, shape and dtype), the *digests* of the state (sha256 of
-  every leaf's dtype, shape and bytes) and a digest of this JSON itself.
+folder; the next save cleans up), the newest :data:`KEEP` kept, and in a run of several
+processes (``jax.distributed``) the barriers and the one writer of shared files. A
+checkpoint holds two items: ``state``, any pytree of arrays (the loop's whole
+:class:`~gatedrnn.training.loop.TrainState`, saved from host copies), and ``meta``, JSON:
+the step, the caller's metadata (config, history), the *signature* of the state (every
+leaf's path, shape and dtype), the *digests* of the state (sha256 of every leaf's dtype,
+shape and bytes) and a digest of this JSON itself.
 
 What this module adds: :func:`restore_checkpoint` compares the saved signature and metadata
-with what the caller expects and raises :class:`CheckpointError` naming the mismatch;
-after reading the arrays it recomputes their digests, so damaged bytes are caught rather
-than loaded (:class:`CorruptCheckpointError`, one short line). Every process of a run
-reads and verifies the same checkpoint.
+with what the caller expects (:class:`CheckpointError` naming the mismatch) and, after
+reading the arrays, their digests, so damaged bytes are caught rather than loaded
+(:class:`CorruptCheckpointError`, one line); every process of a run reads and verifies.
 
 Resuming (:func:`start`, :func:`save`) ends with the same params and metrics as an
 uninterrupted run (batches are a pure function of ``(key, step)``). No silent fresh start:
-
-* ``resume=False`` and the folder already holds checkpoints: :class:`CheckpointError`;
-* ``resume=True`` and no checkpoint: :class:`CheckpointError`;
-* the newest checkpoint is corrupt: it is moved aside (``step_<n>.corrupt``), one line
-  on stderr says so and why, and the run resumes from the newest intact one; if none is
-  intact, :class:`CheckpointError` (one line);
-* an incompatible checkpoint (other cell, sizes, task, evaluation set, ...):
-  :class:`CheckpointError` naming the field.
-
-One writer per run: :func:`~gatedrnn.training.train` holds the folder's
-:class:`~gatedrnn.training.io.FolderLock` in process 0 only (see there).
+``resume=False`` into a folder with checkpoints, or ``resume=True`` with none, is a
+:class:`CheckpointError`; a corrupt newest checkpoint is moved aside
+(``step_<n>.corrupt``) with one line on stderr saying why, and the run resumes from the
+newest intact one (none intact: :class:`CheckpointError`, one line); an incompatible one
+(other cell, sizes, task, evaluation set, ...) is a :class:`CheckpointError` naming the
+field. One writer per run: :func:`~gatedrnn.training.train` holds the folder's
+:class:`~gatedrnn.training.io.FolderLock` in process 0 only.
 """
 
 from __future__ import annotations
@@ -276,7 +269,8 @@ def restore_checkpoint(
         _compare_meta(path, info["meta"], expect_meta)
     _compare_signature(path, info["signature"], tree_signature(like))
     # ShapeDtypeStructs without a sharding: orbax reads plain numpy arrays, on every process
-    target = jax.tree_util.tree_map(lambda x: jax.ShapeDtypeStruct(*_host_spec(x)), like)
+    spec = lambda x: jax.ShapeDtypeStruct(np.shape(x), getattr(x, "dtype", np.asarray(x).dtype))  # noqa: E731
+    target = jax.tree_util.tree_map(spec, like)
     out = _read(path, "arrays", state=ocp.args.StandardRestore(target))["state"]
     arrays = [np.asarray(x) for x in jax.tree_util.tree_leaves(out)]
     bad = [sig[0] for sig, want, a in zip(info["signature"], info["digests"], arrays)
@@ -286,10 +280,6 @@ def restore_checkpoint(
     # fresh, uncommitted arrays: what jitted code compiled for fresh state expects
     leaves = [jnp.asarray(a) for a in arrays]
     return jax.tree_util.tree_unflatten(jax.tree_util.tree_structure(like), leaves), info
-
-
-def _host_spec(x: Any) -> tuple[tuple[int, ...], Any]:
-    return tuple(np.shape(x)), getattr(x, "dtype", np.asarray(x).dtype)
 
 
 def _set_aside(path: Path) -> Path:
