@@ -623,7 +623,7 @@ def train(
     """
     opts = _Options(**{k: v for k, v in locals().items() if k in _Options._fields})
     _check_train_args(state, opts)
-    with _run_lock(checkpoint_dir):
+    with _run_lock(checkpoint_dir), _peers_alive():
         return _run(loss_fn, optimizer, batch_fn, _setup(loss_fn, batch_fn, state, opts), opts)
 
 
@@ -695,9 +695,8 @@ def _run(
                 ),
             )
             t0 = time.perf_counter()
-            with _peers_alive(done):
-                new_state, metrics = block(setup.state, *setup.batch_data)
-                metrics = {k: np.asarray(v) for k, v in jax.device_get(metrics).items()}
+            new_state, metrics = block(setup.state, *setup.batch_data)
+            metrics = {k: np.asarray(v) for k, v in jax.device_get(metrics).items()}
             bad, value = _first_nonfinite(metrics["loss"], new_state.params, done)
             kept = n if bad < 0 else min(n, bad - done + 1)
             per_step[0].append(metrics["loss"][:kept])
@@ -741,19 +740,22 @@ class PeerLostError(RuntimeError):
     """A process of a multi-process run died or lost contact with the others."""
 
 
+_PEER_FAULTS = ("Gloo", "Connection", "DEADLINE_EXCEEDED", "UNAVAILABLE", "coordination")
+
+
 @contextlib.contextmanager
-def _peers_alive(step: int) -> Iterator[None]:
-    """In a run of several processes, turn the runtime error of a collective whose peer is
-    gone (JAX's own message runs to many lines) into one line."""
+def _peers_alive() -> Iterator[None]:
+    """In a run of several processes, turn the runtime error of a collective or barrier
+    whose peer is gone (JAX's own message runs to many lines) into one line."""
     try:
         yield
     except jax.errors.JaxRuntimeError as e:
-        if jax.process_count() == 1:
+        if jax.process_count() == 1 or not any(k in str(e) for k in _PEER_FAULTS):
             raise
         why = " ".join(str(e).split())[:160]
         raise PeerLostError(
             f"process {jax.process_index()} of {jax.process_count()} lost the other processes "
-            f"of the run after step {step} ({why}); restart every process with resume=True"
+            f"of the run ({why}); restart every process with resume=True"
         ) from None
 
 
