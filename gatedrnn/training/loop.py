@@ -607,7 +607,7 @@ def train(
         the last one whose block was all finite.
       cache_key: a hashable value that determines ``loss_fn``, ``optimizer``,
         ``batch_fn`` and ``eval_fn`` (e.g. :func:`~gatedrnn.training.fit` uses the cell,
-        the task's definition and the optimizer's settings), so that calls with freshly
+        the task and the optimizer's settings), so that calls with freshly
         built but equal functions share compiled code; calls with equal keys must compute
         the same thing. None: the functions' identities.
 

@@ -216,11 +216,13 @@ def _fit_state(
 
 
 def _task_key(task: Task) -> Any:
-    """What determines ``task``'s sampling and loss: its definition, or for a hand-made
-    task without ``config``, its functions themselves."""
-    if task.config:
-        return tuple(sorted(task.definition.items()))
-    return (task.name, task.seq_len, task.sample, task.loss_fn)
+    """What determines ``task``'s sampling and loss: the task itself (its factories return
+    one object for equal arguments; its functions compare by identity)."""
+    try:
+        hash(task)
+    except TypeError:  # a hand-made task with an unhashable field
+        return (task.sample, task.loss_fn)
+    return task
 
 
 def fit(
@@ -276,8 +278,9 @@ def fit(
         naming the field).
 
     Compilation is shared by calls with equal arguments (the compiled code is keyed on
-    the cell, the task's definition and the optimizer's settings, see :func:`train`'s
-    ``cache_key``), so a second ``fit`` of the same configuration does not trace again.
+    the cell, the task and the optimizer's settings, see :func:`train`'s ``cache_key``;
+    cell and task factories return one object for equal arguments), so a second ``fit``
+    of the same configuration does not trace again.
 
     Returns:
       ``(model, result)``; ``result.state.params`` are the trained params (with a leading

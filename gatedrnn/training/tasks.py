@@ -41,7 +41,7 @@ from typing import Any, NamedTuple
 import jax
 import jax.numpy as jnp
 
-from gatedrnn.cells.base import Array, make_config
+from gatedrnn.cells.base import Array, cached_factory, make_config
 
 Metrics = dict[str, Array]
 
@@ -77,7 +77,11 @@ class Task(NamedTuple):
       solved: ``solved(metrics) -> bool`` on evaluation metrics (Python floats).
       config: the factory's arguments as sorted ``(name, value)`` pairs (hashable), e.g.
         ``(("delay", 5), ("seq_len", 20), ...)`` for :func:`echo`; with ``name`` it
-        defines the task (:attr:`definition`). Empty for a hand-made task.
+        defines the task (:attr:`definition`, what a resumed run must match). Empty for a
+        hand-made task.
+
+    The factories below return the same :class:`Task` for equal arguments (as the cell
+    factories do), so code keyed on a task (compiled training steps) is reused.
     """
 
     name: str
@@ -195,6 +199,7 @@ def _last_step_mask(batch_size: int, seq_len: int) -> Array:
 # ---------------------------------------------------------------------------- adding
 
 
+@cached_factory
 def adding(
     seq_len: int,
     *,
@@ -268,6 +273,7 @@ COPY_NUM_SYMBOLS = 8
 COPY_LENGTH = 10
 
 
+@cached_factory
 def copy_memory(seq_len: int, *, solved_accuracy: float = 0.95) -> Task:
     """The copy memory task of Arjovsky et al. (2016).
 
@@ -317,6 +323,7 @@ def copy_memory(seq_len: int, *, solved_accuracy: float = 0.95) -> Task:
 # -------------------------------------------------------------------- delayed recall
 
 
+@cached_factory
 def delayed_recall(
     seq_len: int,
     *,
@@ -383,6 +390,7 @@ def delayed_recall(
 # ------------------------------------------------------------------------------ echo
 
 
+@cached_factory
 def echo(seq_len: int, delay: int, *, vocab: int = 4, solved_accuracy: float = 0.95) -> Task:
     """Echo: at every step ``t >= delay`` output the symbol that came in at ``t - delay``.
 
