@@ -14,7 +14,7 @@ Scripts import it as ``from experiments import cli`` (run from the repo root,
   :func:`nonneg_int`, :func:`positive_float`, :func:`finite_float`, :func:`fraction`,
   :func:`text_file`, :func:`output_dir`, :func:`output_file` check values when the command
   line is parsed.
-* :func:`atomic_path`, :func:`write_text` (from :mod:`gatedrnn.training.checkpoint`),
+* :func:`atomic_path`, :func:`write_text` (from :mod:`gatedrnn.training.io`),
   :func:`write_json`, :func:`write_results`: write an output under a temporary name in the
   same folder and rename it into place only when it is complete, so an interrupted or
   failed run never leaves a truncated file that looks finished; JSON never holds a bare
@@ -46,8 +46,8 @@ from typing import Any, NoReturn
 
 import numpy as np
 
-from gatedrnn.training.checkpoint import LOCK_NAME, FolderLock, atomic_path, write_text
-from gatedrnn.training.checkpoint import jsonable as to_jsonable
+from gatedrnn.training.io import LOCK_NAME, FolderLock, atomic_path, write_text
+from gatedrnn.training.io import jsonable as to_jsonable
 
 RESULTS = Path(__file__).resolve().parent / "results"
 
@@ -267,11 +267,11 @@ def claim_output(path: str | Path, *, file: bool = False) -> FolderLock:
 
     The claim is a lock file (``<folder>/.gatedrnn.lock``, or ``<folder>/.<name>.lock``
     for a file) holding this process's pid and host (see
-    :class:`gatedrnn.training.checkpoint.FolderLock`); it ends when :func:`run` returns or
+    :class:`gatedrnn.training.io.FolderLock`); it ends when :func:`run` returns or
     the process exits. Claiming again what this process holds is a no-op.
 
     Raises:
-      gatedrnn.training.checkpoint.FolderInUseError: another live run holds it (exit
+      gatedrnn.training.io.FolderInUseError: another live run holds it (exit
         status 2 through :func:`run`), naming the folder and the holder's pid.
     """
     path = Path(path)

@@ -69,3 +69,21 @@ def test_missing_truncated_and_incompatible_checkpoints_raise_clear_errors(tmp_p
     shutil.rmtree(path / "meta")
     with pytest.raises(ck.CheckpointError, match="truncated or corrupt"):
         ck.load_meta(path)
+
+
+def test_metadata_odd_values_and_long_step_numbers(tmp_path: Path):
+    """NaN and numpy scalars are stored as valid JSON; a tuple in expect_meta equals the
+    list it was saved as; a step past 8 digits is still found (issue 22, item 10)."""
+    import json
+
+    import numpy as np
+
+    st = _state()
+    meta = {"loss": float("nan"), "lr": np.float32(0.5), "sizes": (1, 2)}
+    path = ck.save_checkpoint(tmp_path, 123456789, st, meta)
+    assert ck.latest_checkpoint(tmp_path) == path and path.name == "step_123456789"
+    raw = (path / "meta" / "metadata").read_text()
+    json.loads(raw, parse_constant=lambda name: pytest.fail(f"bare {name}"))
+    _, info = ck.restore_checkpoint(path, st, expect_meta={"sizes": (1, 2), "lr": 0.5})
+    assert info["meta"] == {"loss": "nan", "lr": 0.5, "sizes": [1, 2]}
+    assert not [p for p in tmp_path.iterdir() if "tmp" in p.name]

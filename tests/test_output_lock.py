@@ -1,7 +1,7 @@
 """One writer per run folder: two real processes racing for one --out (exactly one wins,
-the other exits 2 naming the folder and the holder's pid); stale locks of dead processes
-are taken over; the training loop holds its checkpoint folder; written files follow the
-umask."""
+the other exits 2 naming the folder and the holder's pid); stale locks (no live flock
+holder) are taken over; the training loop holds its checkpoint folder; written files
+follow the umask."""
 
 from __future__ import annotations
 
@@ -18,6 +18,7 @@ import pytest
 
 from experiments import cli
 from gatedrnn.training import checkpoint as ck
+from gatedrnn.training import io as tio
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -82,14 +83,14 @@ def test_two_writers_into_one_folder_exactly_one_wins(tmp_path):
         assert loser.returncode == 2 and len(err) == 1, err
         assert f"output folder {out} is in use by another run (pid {winner.pid} on" in err[0]
         assert json.loads((out / "result.json").read_text()) == {"pid": winner.pid}
-        holder = json.loads((out / ck.LOCK_NAME).read_text())
+        holder = json.loads((out / tio.LOCK_NAME).read_text())
         assert holder["pid"] == winner.pid and holder["host"] == socket.gethostname()
     finally:
         (sync / "done").touch()
         for p in procs:
             p.communicate(timeout=30)
     assert winner.returncode == 0
-    assert not (out / ck.LOCK_NAME).exists()  # released on exit
+    assert not (out / tio.LOCK_NAME).exists()  # released on exit
 
 
 def _dead_pid() -> int:
@@ -100,50 +101,60 @@ def _dead_pid() -> int:
 
 def _write_lock(folder: Path, **holder) -> Path:
     folder.mkdir(parents=True, exist_ok=True)
-    path = folder / ck.LOCK_NAME
+    path = folder / tio.LOCK_NAME
     path.write_text(json.dumps({"host": socket.gethostname(), "since": "then", **holder}))
     return path
 
 
+def _held(path: Path):
+    """Hold ``path``'s flock from another open file (as another process's lock would)."""
+    import fcntl
+
+    fd = os.open(path, os.O_RDWR)
+    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    return fd
+
+
 def test_stale_lock_of_a_dead_process_is_taken_over_with_a_notice(tmp_path, capsys):
     path = _write_lock(tmp_path, pid=_dead_pid(), token="old")
-    with ck.FolderLock(tmp_path):
+    with tio.FolderLock(tmp_path):
         assert json.loads(path.read_text())["pid"] == os.getpid()
     assert not path.exists()
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "took over the stale lock of folder" in err[0], err
-    # a live pid whose start time differs: the pid was reused, the lock is stale too
-    _write_lock(tmp_path, pid=os.getppid(), started="1", token="old")
-    with ck.FolderLock(tmp_path):
+    # a live pid that holds no lock (the pid was reused): the lock is stale too
+    _write_lock(tmp_path, pid=os.getppid(), token="old")
+    with tio.FolderLock(tmp_path):
         pass
     assert "took over the stale lock" in capsys.readouterr().err
-    # a lock file left empty by a run killed while creating it, minutes ago
+    # a lock file left empty by a run killed while creating it
     path.write_text("")
-    os.utime(path, (time.time() - 600, time.time() - 600))
-    with ck.FolderLock(tmp_path):
-        pass
-    assert "unknown process" in capsys.readouterr().err
+    with tio.FolderLock(tmp_path):
+        assert json.loads(path.read_text())["pid"] == os.getpid()
 
 
-def test_live_or_unverifiable_holders_are_refused(tmp_path):
-    _write_lock(tmp_path, pid=os.getppid(), token="x")
-    with pytest.raises(ck.FolderInUseError, match=rf"pid {os.getppid()} on"):
-        ck.FolderLock(tmp_path).acquire()
-    # another host: its pid cannot be checked from here, so the lock stands
-    _write_lock(tmp_path, pid=_dead_pid(), host="elsewhere", token="x")
-    with pytest.raises(ck.FolderInUseError, match="on elsewhere"):
-        ck.FolderLock(tmp_path).acquire()
-    assert (tmp_path / ck.LOCK_NAME).exists()  # refusing never removes someone's lock
+def test_live_holders_are_refused_on_any_host(tmp_path):
+    fd = _held(_write_lock(tmp_path, pid=os.getppid(), token="x"))
+    try:
+        with pytest.raises(tio.FolderInUseError, match=rf"pid {os.getppid()} on"):
+            tio.FolderLock(tmp_path).acquire()
+        # another host (shared storage): the holder's flock is what counts
+        _write_lock(tmp_path, pid=_dead_pid(), host="elsewhere", token="x")
+        with pytest.raises(tio.FolderInUseError, match="on elsewhere"):
+            tio.FolderLock(tmp_path).acquire()
+    finally:
+        os.close(fd)
+    assert (tmp_path / tio.LOCK_NAME).exists()  # refusing never removes someone's lock
 
 
 def test_same_process_may_nest_and_release_keeps_foreign_locks(tmp_path):
-    lock = ck.FolderLock(tmp_path)
-    with lock, ck.FolderLock(tmp_path):
-        assert (tmp_path / ck.LOCK_NAME).exists()
-    assert not (tmp_path / ck.LOCK_NAME).exists()
-    with ck.FolderLock(tmp_path):
+    lock = tio.FolderLock(tmp_path)
+    with lock, tio.FolderLock(tmp_path):
+        assert (tmp_path / tio.LOCK_NAME).exists()
+    assert not (tmp_path / tio.LOCK_NAME).exists()
+    with tio.FolderLock(tmp_path):
         _write_lock(tmp_path, pid=os.getppid(), token="theirs")  # replaced under our feet
-    assert json.loads((tmp_path / ck.LOCK_NAME).read_text())["token"] == "theirs"
+    assert json.loads((tmp_path / tio.LOCK_NAME).read_text())["token"] == "theirs"
 
 
 def test_training_refuses_a_checkpoint_folder_another_run_holds(tmp_path):
@@ -151,12 +162,15 @@ def test_training_refuses_a_checkpoint_folder_another_run_holds(tmp_path):
     from gatedrnn import training
     from gatedrnn.training import tasks
 
-    _write_lock(tmp_path / "ckpt", pid=os.getppid(), token="x")
-    with pytest.raises(ck.FolderInUseError, match="checkpoint folder .*ckpt is in use"):
-        training.fit(
-            tasks.adding(5), gr.gru(4), num_steps=2, batch_size=2, checkpoint_dir=tmp_path / "ckpt",
-            progress=False,
-        )  # fmt: skip
+    fd = _held(_write_lock(tmp_path / "ckpt", pid=os.getppid(), token="x"))
+    try:
+        with pytest.raises(tio.FolderInUseError, match="checkpoint folder .*ckpt is in use"):
+            training.fit(
+                tasks.adding(5), gr.gru(4), num_steps=2, batch_size=2,
+                checkpoint_dir=tmp_path / "ckpt", progress=False,
+            )  # fmt: skip
+    finally:
+        os.close(fd)
     assert ck.latest_checkpoint(tmp_path / "ckpt") is None
 
 
@@ -166,11 +180,11 @@ def test_cli_claims_output_folders_and_files(tmp_path):
     p.add_argument("--json", type=cli.output_file)
     p.parse_args(["--out", str(tmp_path / "a"), "--json", str(tmp_path / "b" / "r.json")])
     try:
-        assert (tmp_path / "a" / ck.LOCK_NAME).exists()
+        assert (tmp_path / "a" / tio.LOCK_NAME).exists()
         assert (tmp_path / "b" / ".r.json.lock").exists()
     finally:
         cli.release_outputs()
-    assert not (tmp_path / "a" / ck.LOCK_NAME).exists()
+    assert not (tmp_path / "a" / tio.LOCK_NAME).exists()
     assert not (tmp_path / "b" / ".r.json.lock").exists()
 
 
@@ -178,7 +192,7 @@ def test_cli_claims_output_folders_and_files(tmp_path):
 def test_written_files_follow_the_umask(tmp_path, mask, mode):
     old = os.umask(mask)
     try:
-        path = ck.write_text(tmp_path / "x.json", "{}")
+        path = tio.write_text(tmp_path / "x.json", "{}")
         with cli.atomic_path(tmp_path / "y.txt") as tmp:
             tmp.write_text("y")
     finally:

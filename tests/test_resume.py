@@ -306,7 +306,7 @@ def test_resume_drops_log_lines_written_after_the_checkpoint(tmp_path):
     log = tmp_path / "log.jsonl"
     rows = [{"step": s, "train_loss": 1.0 / s} for s in (10, 20, 30)]
     log.write_text("".join(json.dumps(r) + "\n" for r in rows) + '{"step": 4')  # cut by a kill
-    checkpoint._trim_log(log, 20)
+    checkpoint.trim_log(log, 20)
     assert [json.loads(line)["step"] for line in log.read_text().splitlines()] == [10, 20]
 
 

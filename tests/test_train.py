@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 
 import chex
 import jax
@@ -282,3 +283,75 @@ def test_a_finite_divergence_is_flagged_against_the_baseline_and_the_first_loss(
     assert not flag(2.3, 0.1, initial=2.3)  # stuck near the start: not a divergence
     assert flag(30.0, 0.1, initial=2.3) and not flag(20.0, 0.1, initial=2.3)
     assert flag(5.0, 0.1, initial=2.3, factor=2.0)
+
+
+def _tiny_fit(task, **kw):
+    base = dict(num_steps=4, batch_size=4, eval_every=2, eval_batch_size=8, progress=False)
+    return training.fit(task, gr.gru(4), **{**base, "early_stop": False, "seed": 3, **kw})
+
+
+def test_a_second_equal_fit_does_not_trace_again() -> None:
+    task, traced = tasks.adding(6), []
+
+    def sample(key, batch_size):
+        traced.append(isinstance(key, jax.core.Tracer))
+        return task.sample(key, batch_size)
+
+    counted = task._replace(sample=sample)  # same definition, so the same compiled code
+    _, first = _tiny_fit(counted)
+    assert sum(traced) > 0
+    before = sum(traced)
+    _, second = _tiny_fit(counted)  # fresh closures inside fit: keyed on what they compute
+    assert sum(traced) == before
+    chex.assert_trees_all_equal(first.state.params, second.state.params)
+
+
+def test_train_reuses_compilation_for_an_equal_cache_key() -> None:
+    traces: list[int] = []
+
+    def make_loss():
+        def loss_fn(p, b):
+            traces.append(1)
+            return jnp.sum((p["w"] - b) ** 2), {}
+
+        return loss_fn
+
+    opt = training.make_optimizer(1e-2)
+    st = training.init_state({"w": jnp.ones(3)}, opt, 0)
+    kw = dict(num_steps=4, eval_every=2, progress=False)
+    counts = []
+    for key in ("quadratic", "quadratic", None, None):
+        training.train(make_loss(), st, opt, lambda r, s: jnp.zeros(3) + s, cache_key=key, **kw)
+        counts.append(len(traces))
+    assert counts[1] == counts[0] > 0  # equal key: no new trace
+    assert counts[3] > counts[2] > counts[1]  # no key: fresh functions are traced anew
+
+
+@pytest.mark.parametrize(
+    ("change", "needle"),
+    [
+        ({"task": tasks.echo(6, 3)}, "task_delay: checkpoint has 2, expected 3"),
+        ({"eval_seed": 7}, "eval_seed: checkpoint has 12345, expected 7"),
+        ({"eval_batch_size": 4}, "eval_batch_size: checkpoint has 8, expected 4"),
+        ({"num_eval_batches": 2}, "num_eval_batches: checkpoint has 1, expected 2"),
+    ],
+)
+def test_resume_refuses_another_task_definition_or_evaluation_set(tmp_path, change, needle):
+    ckpt = tmp_path / "ckpt"
+    _tiny_fit(tasks.echo(6, 2), num_steps=2, checkpoint_dir=ckpt)
+    kw = {"task": tasks.echo(6, 2), **change}
+    with pytest.raises(checkpoint.CheckpointError, match="incompatible") as err:
+        _tiny_fit(kw.pop("task"), checkpoint_dir=ckpt, resume=True, **kw)
+    msg = str(err.value)
+    assert needle in msg and "\n" not in msg, msg
+
+
+def test_resuming_one_run_keeps_the_other_runs_lines_of_a_shared_log(tmp_path):
+    log, task = tmp_path / "log.jsonl", tasks.adding(6)
+    _tiny_fit(task, checkpoint_dir=tmp_path / "a", log_path=log, log_extra={"run": "a"})
+    _tiny_fit(task, checkpoint_dir=tmp_path / "b", log_path=log, log_extra={"run": "b"})
+    shutil.rmtree(checkpoint.step_dir(tmp_path / "a", 4))  # run a was killed after step 2
+    _tiny_fit(task, checkpoint_dir=tmp_path / "a", log_path=log, log_extra={"run": "a"},
+              resume=True)  # fmt: skip
+    rows = [(r["run"], r["step"]) for r in _finite_json_lines(log)]
+    assert sorted(rows) == [("a", 2), ("a", 4), ("b", 2), ("b", 4)], rows

@@ -4,8 +4,9 @@
   :func:`train` (the one loop every script uses).
 * :mod:`gatedrnn.training.task_model`: :func:`fit` (a cell plus a readout on a
   :class:`~gatedrnn.training.tasks.Task`), stateful chunks of a task's streams.
-* :mod:`gatedrnn.training.checkpoint`: atomic checkpoints and exact resume (the one module
-  that reads and writes them).
+* :mod:`gatedrnn.training.checkpoint`: checkpoints on orbax's ``CheckpointManager`` and
+  exact resume (the one module that reads and writes them).
+* :mod:`gatedrnn.training.io`: atomic files, valid JSON, one writer per folder.
 * :mod:`gatedrnn.training.mesh`: data-parallel training on a ``jax.sharding.Mesh``.
 * :mod:`gatedrnn.training.tasks`, :mod:`gatedrnn.training.text`: synthetic long-range
   tasks; character vocabularies and corpora.
@@ -13,13 +14,13 @@
   readout) and its sampler; its trainer is ``experiments/char_lm.py``.
 """
 
-from gatedrnn.training import checkpoint, mesh, tasks, text
+from gatedrnn.training import checkpoint, io, mesh, tasks, text
 from gatedrnn.training.checkpoint import CheckpointError
 from gatedrnn.training.loop import (
     NonFiniteLossError,
+    PeerLostError,
     TrainResult,
     TrainState,
-    global_norm,
     init_ensemble,
     init_state,
     make_optimizer,
@@ -49,6 +50,7 @@ __all__ = [
     "Chunk",
     "ModelParams",
     "NonFiniteLossError",
+    "PeerLostError",
     "SequenceModel",
     "TrainResult",
     "TrainState",
@@ -58,9 +60,9 @@ __all__ = [
     "eval_batches_for",
     "fit",
     "fraction_of_baseline",
-    "global_norm",
     "init_ensemble",
     "init_state",
+    "io",
     "make_optimizer",
     "make_train_step",
     "mesh",

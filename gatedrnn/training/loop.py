@@ -27,12 +27,13 @@ new_carry))``; :mod:`gatedrnn.training.task_model` builds one for a task,
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import functools
 import json
 import math
 import time
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Hashable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -40,11 +41,14 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+from jax.experimental import multihost_utils
 from jax.sharding import Mesh
 
 from gatedrnn.cells.base import Array, PyTree
 from gatedrnn.training import checkpoint as checkpoints
 from gatedrnn.training import mesh as parallel
+from gatedrnn.training.checkpoint import CheckpointError
+from gatedrnn.training.io import FolderInUseError, FolderLock, jsonable
 
 Metrics = dict[str, Array]
 LossFn = Callable[[PyTree, Any], tuple[Array, Metrics]]
@@ -215,11 +219,6 @@ def make_optimizer(
 # ------------------------------------------------------------------------------- step
 
 
-def global_norm(tree: PyTree) -> Array:
-    """The L2 norm of all leaves of ``tree`` together (what global-norm clipping uses)."""
-    return jnp.sqrt(sum(jnp.sum(jnp.square(x)) for x in jax.tree_util.tree_leaves(tree)))
-
-
 def make_train_step(
     loss_fn: LossFn | StatefulLossFn,
     optimizer: optax.GradientTransformation,
@@ -251,7 +250,7 @@ def make_train_step(
             carry = state.carry
         updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
         params = optax.apply_updates(state.params, updates)
-        metrics = {**metrics, "loss": loss, "grad_norm": global_norm(grads)}
+        metrics = {**metrics, "loss": loss, "grad_norm": optax.tree.norm(grads)}
         return TrainState(params, opt_state, state.step + 1, state.rng, carry), metrics
 
     return train_step
@@ -286,20 +285,27 @@ def _make_multi_step(
 # ------------------------------------------------------------------------------- loop
 
 
-@functools.lru_cache(maxsize=64)
-def _compiled_block(
-    loss_fn: Callable,
-    optimizer: optax.GradientTransformation,
-    batch_fn: BatchFn,
-    num_steps: int,
-    stateful: bool,
-    ensemble: bool,
-    mesh: Mesh | None = None,
-) -> Callable[..., tuple[TrainState, Metrics]]:
-    """The jitted ``num_steps``-update block ``block(state, *batch_data)``, cached so
-    repeated runs with the same loss, optimizer and batches (other seeds, a resumed run)
-    reuse the compiled code. With a ``mesh``: batches split over its devices, state,
-    batch data and metrics replicated."""
+_COMPILED: collections.OrderedDict[Hashable, Callable] = collections.OrderedDict()
+
+
+def _compiled(key: Hashable, build: Callable[[], Callable]) -> Callable:
+    """The jitted function stored under ``key``, built on first use (the newest 64 kept).
+    A jitted function keeps its traces and executables, so equal keys never retrace."""
+    if key in _COMPILED:
+        _COMPILED.move_to_end(key)
+        return _COMPILED[key]
+    fn = _COMPILED[key] = build()
+    while len(_COMPILED) > 64:
+        _COMPILED.popitem(last=False)
+    return fn
+
+
+def _block(
+    loss_fn: Callable, optimizer: optax.GradientTransformation, batch_fn: BatchFn,
+    num_steps: int, stateful: bool, ensemble: bool, mesh: Mesh | None = None,
+) -> Callable[..., tuple[TrainState, Metrics]]:  # fmt: skip
+    """The jitted ``num_steps``-update block ``block(state, *batch_data)``. With a ``mesh``:
+    batches split over its devices, state, batch data and metrics replicated."""
     step = make_train_step(loss_fn, optimizer, stateful=stateful)
     if ensemble:
         step, member_batch = jax.vmap(step), batch_fn
@@ -312,11 +318,6 @@ def _compiled_block(
         batch_fn = parallel.sharded_batch_fn(batch_fn, mesh)
         return jax.jit(_make_multi_step(step, batch_fn, num_steps), out_shardings=rep)
     return jax.jit(_make_multi_step(step, batch_fn, num_steps))
-
-
-@functools.lru_cache(maxsize=64)
-def _compiled_eval(eval_fn: Callable, ensemble: bool) -> Callable:
-    return jax.jit(jax.vmap(eval_fn, in_axes=(0, None)) if ensemble else eval_fn)
 
 
 def _all_finite(tree: PyTree) -> bool:
@@ -359,13 +360,19 @@ class _Evaluator(NamedTuple):
     evaluate: Callable[[PyTree], Mapping[str, float]] | None
     ensemble: bool
     members: int
+    key: Hashable = None
 
     def __call__(self, params: PyTree) -> list[dict[str, float]]:
         if self.evaluate is not None:
             return [{k: float(v) for k, v in self.evaluate(params).items()}]
         if self.eval_fn is None or not self.batches:
             return []
-        fn = _compiled_eval(self.eval_fn, self.ensemble)
+        fn = _compiled(
+            ("eval", self.key, self.ensemble),
+            lambda: jax.jit(
+                jax.vmap(self.eval_fn, in_axes=(0, None)) if self.ensemble else self.eval_fn
+            ),
+        )
         runs = [jax.device_get(fn(params, b)) for b in self.batches]
         mean = {k: np.mean([np.asarray(r[k]) for r in runs], axis=0) for k in runs[0]}
         return [
@@ -435,6 +442,7 @@ class _Options(NamedTuple):
     checkpoint_every: int | None
     time_limit: float | None
     on_nonfinite: str
+    cache_key: Hashable
 
 
 def _check_train_args(state: Any, o: _Options) -> None:
@@ -486,6 +494,7 @@ def _setup(loss_fn: Callable, batch_fn: BatchFn, state: TrainState, o: _Options)
             meta=o.checkpoint_meta,
             members=members,
             log_path=o.log_path,
+            log_tag=o.log_extra,
         )
     data = () if o.batch_data is None else (o.batch_data,)
     eval_batches = list(o.eval_batches)
@@ -498,7 +507,8 @@ def _setup(loss_fn: Callable, batch_fn: BatchFn, state: TrainState, o: _Options)
             parallel.check_batch_divides(b, o.mesh, f"evaluation batch {i}")
         state, data = parallel.replicate((state, data), o.mesh)
         eval_batches = [parallel.shard_batch(b, o.mesh) for b in eval_batches]
-    evaluator = _Evaluator(eval_fn, eval_batches, o.evaluate, o.ensemble, members)
+    key = eval_fn if o.cache_key is None else o.cache_key
+    evaluator = _Evaluator(eval_fn, eval_batches, o.evaluate, o.ensemble, members, key)
     return _Setup(state, history, solved_at, evaluator, data)
 
 
@@ -528,12 +538,17 @@ def train(
     checkpoint_every: int | None = None,
     time_limit: float | None = None,
     on_nonfinite: str = "raise",
+    cache_key: Hashable = None,
 ) -> TrainResult:
     """Run updates from ``state.step`` up to ``num_steps``: the one training loop.
 
-    Updates run in blocks inside one jitted ``lax.scan`` (compiled once per
-    loss/optimizer/batch_fn/block size and reused by later calls with the same objects);
-    after each block the losses (and the params) are checked for NaN/inf; every
+    Updates run in blocks inside one jitted ``lax.scan``. Compilation is reused across
+    calls: the jitted block is stored under what determines it, ``cache_key`` (or, without
+    one, the identities of ``loss_fn``, ``optimizer`` and ``batch_fn``) with the block size,
+    ``stateful``, ``ensemble`` and ``mesh``; a later call with an equal key runs the stored
+    executable without tracing again (and the evaluation likewise).
+
+    After each block the losses (and the params) are checked for NaN/inf; every
     ``eval_every`` updates the model is evaluated, a history row and a log line are
     written, and the run stops early if ``solved(eval metrics)`` holds; every
     ``checkpoint_every`` updates (and at the end) the whole state is checkpointed.
@@ -564,14 +579,21 @@ def train(
       log_path: append one JSON object per history row to this file.
       progress: show a tqdm bar (loss, steps/s).
       desc: the bar's label.
-      log_extra: constant fields added to every log line (run name, config, ...).
+      log_extra: constant fields added to every log line (run name, config, ...); they
+        mark the run's lines in a log that several runs share, so that resuming drops
+        only this run's lines past its checkpoint.
       mesh: data-parallel training on a ``jax.sharding.Mesh`` with a ``"data"`` axis
         (:func:`gatedrnn.training.data_mesh`): each batch is split over it, state and
         ``batch_data`` are replicated, XLA reduces the gradients. Not with ``ensemble``.
       checkpoint_dir: save the whole state (and history) here atomically
         (:mod:`gatedrnn.training.checkpoint`); the folder must hold no checkpoint unless
         ``resume``. Nothing non-finite is ever saved. The run holds the folder's lock
-        (:class:`~gatedrnn.training.checkpoint.FolderLock`) until it returns.
+        (:class:`~gatedrnn.training.io.FolderLock`) until it returns: one lock per run,
+        taken by process 0 of a multi-process run (``jax.distributed``), whose other
+        processes stop with one line if process 0 cannot take it. Every process saves
+        (orbax coordinates them) and, on resume, reads and verifies the same checkpoint;
+        the log and the bar come from process 0 only. A process of such a run that loses
+        the others raises :class:`PeerLostError` (one line).
       resume: continue from the newest intact checkpoint in ``checkpoint_dir`` (corrupt
         newer ones are reported and moved aside); the run then ends with the same params
         and history as one that never stopped.
@@ -583,6 +605,11 @@ def train(
       on_nonfinite: ``"raise"``: a non-finite loss raises :class:`NonFiniteLossError`;
         ``"stop"``: the run stops and the result records it (``diverged_step``), its state
         the last one whose block was all finite.
+      cache_key: a hashable value that determines ``loss_fn``, ``optimizer``,
+        ``batch_fn`` and ``eval_fn`` (e.g. :func:`~gatedrnn.training.fit` uses the cell,
+        the task and the optimizer's settings), so that calls with freshly
+        built but equal functions share compiled code; calls with equal keys must compute
+        the same thing. None: the functions' identities.
 
     Returns:
       a :class:`TrainResult`.
@@ -596,10 +623,34 @@ def train(
     """
     opts = _Options(**{k: v for k, v in locals().items() if k in _Options._fields})
     _check_train_args(state, opts)
+    with _run_lock(checkpoint_dir), _peers_alive():
+        return _run(loss_fn, optimizer, batch_fn, _setup(loss_fn, batch_fn, state, opts), opts)
+
+
+@contextlib.contextmanager
+def _run_lock(checkpoint_dir: str | Path | None) -> Iterator[None]:
+    """Hold the checkpoint folder's lock for the run: one lock per run, taken by process 0;
+    in a run of several processes the others learn from process 0 whether it got it."""
     if checkpoint_dir is None:
-        return _run(loss_fn, optimizer, batch_fn, _setup(loss_fn, batch_fn, state, opts), opts)
-    with checkpoints.FolderLock(checkpoint_dir, what=f"checkpoint folder {checkpoint_dir}"):
-        return _run(loss_fn, optimizer, batch_fn, _setup(loss_fn, batch_fn, state, opts), opts)
+        yield
+        return
+    lock, error = FolderLock(checkpoint_dir, what=f"checkpoint folder {checkpoint_dir}"), None
+    if jax.process_index() == 0:
+        try:
+            lock.acquire()
+        except FolderInUseError as e:
+            error = e
+    if jax.process_count() > 1 and not multihost_utils.broadcast_one_to_all(error is None):
+        error = error or CheckpointError(
+            f"process 0 could not take the lock of checkpoint folder {checkpoint_dir} "
+            "(another run holds it)"
+        )
+    if error is not None:
+        raise error
+    try:
+        yield
+    finally:
+        lock.release()
 
 
 def _record(
@@ -631,10 +682,18 @@ def _run(
     since_eval: list[Metrics] = []
     per_step: tuple[list, list] = ([], [])
     diverged, finished = None, o.solved is not None and all(s is not None for s in solved_at)
-    with _progress_bar(o.progress, o.num_steps, done, o.desc) as bar, _log_file(o.log_path) as log:
+    first = jax.process_index() == 0  # logs and the bar come from process 0 only
+    bar_ctx = _progress_bar(o.progress and first, o.num_steps, done, o.desc)
+    with bar_ctx as bar, _log_file(o.log_path if first else None) as log:
         while done < o.num_steps and not finished:
             n = _next_stop(done, o.num_steps, (o.eval_every, every)) - done
-            block = _compiled_block(loss_fn, optimizer, batch_fn, n, o.stateful, o.ensemble, o.mesh)
+            what = (loss_fn, optimizer, batch_fn) if o.cache_key is None else o.cache_key
+            block = _compiled(
+                ("block", what, n, o.stateful, o.ensemble, o.mesh),
+                functools.partial(
+                    _block, loss_fn, optimizer, batch_fn, n, o.stateful, o.ensemble, o.mesh
+                ),
+            )
             t0 = time.perf_counter()
             new_state, metrics = block(setup.state, *setup.batch_data)
             metrics = {k: np.asarray(v) for k, v in jax.device_get(metrics).items()}
@@ -656,9 +715,7 @@ def _run(
                 since_eval = []
                 finished = o.solved is not None and all(s is not None for s in solved_at)
                 if log is not None:
-                    log.write(
-                        json.dumps(checkpoints.jsonable({**(o.log_extra or {}), **row})) + "\n"
-                    )
+                    log.write(json.dumps(jsonable({**(o.log_extra or {}), **row})) + "\n")
                     log.flush()
                 if bar is not None:
                     shown = {"loss": f"{np.mean(row['train_loss']):.4g}", "steps/s": f"{rate:.0f}"}
@@ -677,6 +734,29 @@ def _run(
     steps = {k: _concat(v) for k, v in zip(("loss", "grad_norm"), per_step)}
     solved_step = solved_at if o.ensemble else solved_at[0]
     return TrainResult(setup.state, history, solved_step, diverged, steps)
+
+
+class PeerLostError(RuntimeError):
+    """A process of a multi-process run died or lost contact with the others."""
+
+
+_PEER_FAULTS = ("Gloo", "Connection", "DEADLINE_EXCEEDED", "UNAVAILABLE", "coordination")
+
+
+@contextlib.contextmanager
+def _peers_alive() -> Iterator[None]:
+    """In a run of several processes, turn the runtime error of a collective or barrier
+    whose peer is gone (JAX's own message runs to many lines) into one line."""
+    try:
+        yield
+    except jax.errors.JaxRuntimeError as e:
+        if jax.process_count() == 1 or not any(k in str(e) for k in _PEER_FAULTS):
+            raise
+        why = " ".join(str(e).split())[:160]
+        raise PeerLostError(
+            f"process {jax.process_index()} of {jax.process_count()} lost the other processes "
+            f"of the run ({why}); restart every process with resume=True"
+        ) from None
 
 
 def _concat(blocks: list[np.ndarray]) -> np.ndarray:

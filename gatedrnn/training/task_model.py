@@ -215,6 +215,16 @@ def _fit_state(
     return init_ensemble(params, optimizer, seeds, carry)
 
 
+def _task_key(task: Task) -> Any:
+    """What determines ``task``'s sampling and loss: the task itself (its factories return
+    one object for equal arguments; its functions compare by identity)."""
+    try:
+        hash(task)
+    except TypeError:  # a hand-made task with an unhashable field
+        return (task.sample, task.loss_fn)
+    return task
+
+
 def fit(
     task: Task,
     cell: Cell,
@@ -262,8 +272,15 @@ def fit(
         (:func:`stateful_task_loss`); ``T / chunk`` updates per stream. Evaluation runs
         on whole sequences.
       log_path, progress, desc, log_extra, mesh, checkpoint_dir, resume: see
-        :func:`train`; the checkpoints record the task, cell and training config, and a
-        resumed run must match them.
+        :func:`train`; the checkpoints record everything that changes the numbers (the
+        task's whole definition, e.g. the echo delay, the cell, the training config and
+        the evaluation set), and a resumed run must match them (a mismatch is one line
+        naming the field).
+
+    Compilation is shared by calls with equal arguments (the compiled code is keyed on
+    the cell, the task and the optimizer's settings, see :func:`train`'s ``cache_key``;
+    cell and task factories return one object for equal arguments), so a second ``fit``
+    of the same configuration does not trace again.
 
     Returns:
       ``(model, result)``; ``result.state.params`` are the trained params (with a leading
@@ -286,6 +303,9 @@ def fit(
         batch_fn = task_batches(task, batch_size)
     ensemble = not isinstance(seed, (int, np.integer))
     state = _fit_state(model, optimizer, seed, carry)
+    lr_steps = None if schedule == "constant" else num_steps
+    key = ("fit", cell, _task_key(task), batch_size, learning_rate, clip_norm, schedule, lr_steps)
+    key += (truncate, chunk)
     result = train(
         loss_fn,
         state,
@@ -306,18 +326,23 @@ def fit(
         checkpoint_dir=checkpoint_dir,
         resume=resume,
         checkpoint_meta={
-            "task": task.name,
-            "seq_len": task.seq_len,
+            **{"task": task.name, "seq_len": task.seq_len},
+            **{f"task_{k}": v for k, v in task.definition.items() if k not in ("name", "seq_len")},
             "cell": cell.name,
             "cell_options": cell.options,
             "batch_size": batch_size,
             "learning_rate": learning_rate,
             "clip_norm": clip_norm,
             "schedule": schedule,
+            "schedule_steps": lr_steps,
             "seed": seed if ensemble else int(seed),
             "truncate": truncate,
             "chunk": chunk,
+            **{"eval_seed": eval_seed, "eval_batch_size": eval_batch_size},
+            **{"num_eval_batches": num_eval_batches, "eval_every": eval_every},
+            "early_stop": early_stop,
         },
+        cache_key=key,
     )
     return model, result
 

@@ -36,12 +36,12 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Mapping
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
 
-from gatedrnn.cells.base import Array
+from gatedrnn.cells.base import Array, cached_factory, make_config
 
 Metrics = dict[str, Array]
 
@@ -75,6 +75,13 @@ class Task(NamedTuple):
         scalar loss and a dict of scalar metrics that contains ``"loss"``.
       baseline: the loss of the trivial memoryless predictor (see each task).
       solved: ``solved(metrics) -> bool`` on evaluation metrics (Python floats).
+      config: the factory's arguments as sorted ``(name, value)`` pairs (hashable), e.g.
+        ``(("delay", 5), ("seq_len", 20), ...)`` for :func:`echo`; with ``name`` it
+        defines the task (:attr:`definition`, what a resumed run must match). Empty for a
+        hand-made task.
+
+    The factories below return the same :class:`Task` for equal arguments (as the cell
+    factories do), so code keyed on a task (compiled training steps) is reused.
     """
 
     name: str
@@ -85,6 +92,15 @@ class Task(NamedTuple):
     loss_fn: Callable[[Array, Batch], tuple[Array, Metrics]]
     baseline: float
     solved: Callable[[Mapping[str, float]], bool]
+    config: tuple[tuple[str, Any], ...] = ()
+
+    @property
+    def definition(self) -> dict[str, Any]:
+        """Everything that defines the task's numbers, as JSON-able fields: name, sizes and
+        the factory's arguments (a hand-made task without ``config`` is known by these
+        only; give it one to tell its variants apart)."""
+        sizes = {"seq_len": self.seq_len, "input_size": self.input_size}
+        return {"name": self.name, **sizes, "output_size": self.output_size, **dict(self.config)}
 
 
 # ----------------------------------------------------------------------- loss helpers
@@ -183,6 +199,7 @@ def _last_step_mask(batch_size: int, seq_len: int) -> Array:
 # ---------------------------------------------------------------------------- adding
 
 
+@cached_factory
 def adding(
     seq_len: int,
     *,
@@ -244,7 +261,10 @@ def adding(
         solved = loss_below(solved_mse)
     else:
         solved = accuracy_at_least(solved_within, "within_tolerance")
-    return Task("adding", T, 2, 1, sample, loss_fn, 1.0 / 6.0, solved)
+    config = make_config(
+        seq_len=T, solved_mse=solved_mse, tolerance=tolerance, solved_within=solved_within
+    )
+    return Task("adding", T, 2, 1, sample, loss_fn, 1.0 / 6.0, solved, config)
 
 
 # ----------------------------------------------------------------------- copy memory
@@ -253,6 +273,7 @@ COPY_NUM_SYMBOLS = 8
 COPY_LENGTH = 10
 
 
+@cached_factory
 def copy_memory(seq_len: int, *, solved_accuracy: float = 0.95) -> Task:
     """The copy memory task of Arjovsky et al. (2016).
 
@@ -295,12 +316,14 @@ def copy_memory(seq_len: int, *, solved_accuracy: float = 0.95) -> Task:
 
     baseline = n * math.log(K) / (gap + 2 * n)
     solved = accuracy_at_least(solved_accuracy, "recall_accuracy")
-    return Task("copy", T, vocab, vocab, sample, loss_fn, baseline, solved)
+    config = make_config(seq_len=T, solved_accuracy=solved_accuracy)
+    return Task("copy", T, vocab, vocab, sample, loss_fn, baseline, solved, config)
 
 
 # -------------------------------------------------------------------- delayed recall
 
 
+@cached_factory
 def delayed_recall(
     seq_len: int,
     *,
@@ -356,14 +379,18 @@ def delayed_recall(
         _check_outputs(outputs, batch, nk)
         return masked_cross_entropy(outputs, batch.targets, batch.mask)
 
-    return Task(
-        "recall", T, vocab, nk, sample, loss_fn, math.log(nk), accuracy_at_least(solved_accuracy)
-    )
+    config = make_config(
+        seq_len=T, num_keys=nk, num_distractors=nd, key_window=window,
+        solved_accuracy=solved_accuracy,
+    )  # fmt: skip
+    solved = accuracy_at_least(solved_accuracy)
+    return Task("recall", T, vocab, nk, sample, loss_fn, math.log(nk), solved, config)
 
 
 # ------------------------------------------------------------------------------ echo
 
 
+@cached_factory
 def echo(seq_len: int, delay: int, *, vocab: int = 4, solved_accuracy: float = 0.95) -> Task:
     """Echo: at every step ``t >= delay`` output the symbol that came in at ``t - delay``.
 
@@ -396,7 +423,9 @@ def echo(seq_len: int, delay: int, *, vocab: int = 4, solved_accuracy: float = 0
         _check_outputs(outputs, batch, V)
         return masked_cross_entropy(outputs, batch.targets, batch.mask)
 
-    return Task("echo", T, V, V, sample, loss_fn, math.log(V), accuracy_at_least(solved_accuracy))
+    config = make_config(seq_len=T, delay=d, vocab=V, solved_accuracy=solved_accuracy)
+    solved = accuracy_at_least(solved_accuracy)
+    return Task("echo", T, V, V, sample, loss_fn, math.log(V), solved, config)
 
 
 TASKS: dict[str, Callable[..., Task]] = {

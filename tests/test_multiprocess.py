@@ -1,0 +1,166 @@
+"""Training across real processes (JAX's multi-controller runtime on localhost, CPU
+collectives over gloo): 2 processes share one checkpoint folder, are SIGKILLed half-way,
+restart with resume=True and end with the params of a one-process run; only process 0
+logs; a process that dies stops the other with one line within seconds."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import chex
+import jax
+import numpy as np
+import pytest
+
+import gatedrnn as gr
+from gatedrnn import training
+from gatedrnn.training import checkpoint, tasks
+
+ROOT = Path(__file__).resolve().parents[1]
+STEPS, EVERY = 8, 2
+FIT = dict(num_steps=STEPS, batch_size=4, eval_every=EVERY, eval_batch_size=4, seed=1)
+FIT.update(early_stop=False, progress=False, learning_rate=1e-2)
+
+# The command docs/scaling.md documents, for process i of N (here N = 2).
+CHILD = textwrap.dedent(
+    f"""
+    import os, sys, time
+    import jax
+    jax.config.update("jax_cpu_collectives_implementation", "gloo")
+    port, i, ckpt, resume = sys.argv[1], int(sys.argv[2]), *sys.argv[3:5]
+    slow, hang_at = float(sys.argv[5]), int(sys.argv[6])
+    jax.distributed.initialize(coordinator_address=f"localhost:{{port}}", num_processes=2,
+                               process_id=i, heartbeat_timeout_seconds=60)
+    import numpy as np
+    import gatedrnn as gr
+    from gatedrnn import training
+    from gatedrnn.training import checkpoint, tasks
+
+    save = checkpoint.save
+    def hooked_save(directory, step, *a, **k):  # so that the test can kill the run mid-way
+        path = save(directory, step, *a, **k)
+        time.sleep(600 if step == hang_at else slow)
+        return path
+    checkpoint.save = hooked_save
+    try:
+        _, result = training.fit(tasks.adding(20), gr.lstm(8), mesh=training.data_mesh(),
+                                 checkpoint_dir=ckpt, resume=resume == "resume",
+                                 log_path=os.path.join(ckpt, "..", "log.jsonl"), **{FIT!r})
+    except Exception as e:  # one line, and no wait for a dead peer in JAX's shutdown
+        print(f"process {{i}}: error: {{e}}", file=sys.stderr, flush=True)
+        os._exit(1)
+    if i == 0:
+        leaves = [np.asarray(x) for x in jax.tree_util.tree_leaves(result.state.params)]
+        np.savez(os.path.join(ckpt, "..", "params.npz"), *leaves)
+    """
+)
+
+
+def _port() -> int:
+    with socket.socket() as s:
+        s.bind(("localhost", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def child(tmp_path_factory) -> dict:
+    base = tmp_path_factory.mktemp("multiprocess")
+    script = base / "child.py"
+    script.write_text(CHILD)
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "JAX_PLATFORMS": "cpu"}
+    env.update(
+        JAX_COMPILATION_CACHE_DIR=str(base / "xla-cache"),
+        JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0",
+        JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES="0",
+    )
+    for k in ("XLA_FLAGS", "GATEDRNN_DEBUG"):
+        env.pop(k, None)
+    return {"script": script, "env": env, "base": base}
+
+
+def _launch(
+    child: dict, ckpt: Path, resume: bool, slow: float = 0.0, hang_at: int = -1
+) -> list[subprocess.Popen]:
+    """Start the 2 processes; each sleeps ``slow`` s after every save, and for good after
+    the save at step ``hang_at``."""
+    port = _port()
+    args = [str(ckpt), "resume" if resume else "fresh", str(slow), str(hang_at)]
+    return [
+        subprocess.Popen(
+            [sys.executable, str(child["script"]), str(port), str(i), *args],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            env=child["env"],
+        )
+        for i in range(2)
+    ]
+
+
+def _finish(procs: list[subprocess.Popen], timeout: float = 300) -> list[tuple[int, str]]:
+    out = []
+    for p in procs:
+        try:
+            err = p.communicate(timeout=timeout)[1]
+        except subprocess.TimeoutExpired:
+            p.kill()
+            err = p.communicate()[1]
+        out.append((p.returncode, err))
+    return out
+
+
+def _wait_for(path: Path, procs: list[subprocess.Popen], timeout: float = 300) -> None:
+    deadline = time.monotonic() + timeout
+    while not path.exists():
+        dead = [p for p in procs if p.poll() is not None]
+        assert not dead, _finish(procs)
+        assert time.monotonic() < deadline, f"{path} never appeared"
+        time.sleep(0.05)
+
+
+def test_two_processes_killed_half_way_resume_to_the_one_process_params(child):
+    run = child["base"] / "run"
+    ckpt = run / "ckpt"
+    procs = _launch(child, ckpt, resume=False, hang_at=STEPS // 2)
+    _wait_for(checkpoint.step_dir(ckpt, STEPS // 2), procs)
+    for p in procs:
+        os.kill(p.pid, signal.SIGKILL)
+    assert [code for code, _ in _finish(procs)] == [-signal.SIGKILL] * 2
+    saved = [s for s, _ in checkpoint.list_checkpoints(ckpt)]
+    assert saved and max(saved) < STEPS and not (run / "params.npz").exists()
+
+    resumed = _finish(_launch(child, ckpt, resume=True))
+    assert [code for code, _ in resumed] == [0, 0], resumed
+    with np.load(run / "params.npz") as z:
+        got = [z[f"arr_{i}"] for i in range(len(z.files))]
+
+    _, one = training.fit(tasks.adding(20), gr.lstm(8), **FIT)  # one process, one device
+    want = [np.asarray(x) for x in jax.tree_util.tree_leaves(one.state.params)]
+    assert len(got) == len(want)
+    for g, w in zip(got, want):
+        chex.assert_trees_all_close(g, w, rtol=1e-5, atol=1e-6)
+    # the log comes from process 0 only: each evaluation once, the killed run's tail dropped
+    rows = [json.loads(line) for line in (run / "log.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows] == list(range(EVERY, STEPS + 1, EVERY))
+
+
+def test_a_dead_process_stops_the_other_with_one_line(child):
+    run = child["base"] / "dead"
+    procs = _launch(child, run / "ckpt", resume=False, slow=1.0)
+    _wait_for(checkpoint.step_dir(run / "ckpt", EVERY), procs)
+    killed = time.monotonic()
+    os.kill(procs[1].pid, signal.SIGKILL)
+    (code, err), _ = _finish(procs, timeout=60)
+    took = time.monotonic() - killed
+    lines = err.strip().splitlines()
+    assert code == 1 and took < 30, (code, took, err[-2000:])
+    assert len(lines) == 1 and "lost the other processes" in lines[0], err[-2000:]
+    assert "restart every process with resume=True" in lines[0]
