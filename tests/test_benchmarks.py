@@ -25,8 +25,21 @@ def _load_benchmark():
 def _quick_args(tmp_path: Path) -> argparse.Namespace:
     """What ``main(["--quick", "--rounds", "1", "--shapes", "0"])`` hands each section."""
     return argparse.Namespace(
-        quick=True, out=str(tmp_path), seed=0, rounds=1, memory_only=False, shapes="0", save=None
+        quick=True,
+        out=str(tmp_path),
+        seed=0,
+        rounds=1,
+        memory_only=False,
+        shapes="0",
+        save=None,
+        cells_given=None,
+        cells=list(_benchmark_default_cells()),
     )
+
+
+def _benchmark_default_cells() -> tuple[str, ...]:
+    """The benchmark's default cells (what ``main`` puts in ``args.cells``)."""
+    return tuple(_load_benchmark().DEFAULT_CELLS)
 
 
 def _table(bench, **sections) -> str:

@@ -129,7 +129,8 @@ def _heads(a: Array, num_heads: int) -> Array:
 
 def _flat(a: Array, axes: int) -> Array:
     """Merge the last ``axes`` axes into one feature axis."""
-    return a.reshape(*a.shape[: a.ndim - axes], -1)
+    lead, tail = a.shape[: a.ndim - axes], a.shape[a.ndim - axes :]
+    return a.reshape(*lead, math.prod(tail))  # not -1: a batch may be empty
 
 
 def _check_params(params: Any, H: int, num_heads: int) -> None:
