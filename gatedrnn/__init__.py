@@ -1,11 +1,14 @@
 """gatedrnn: vanilla RNN, LSTM and GRU cells as pure JAX functions.
 
 Every cell is a :class:`Cell` of pure functions; :func:`scan` runs any cell over a
-sequence with ``jax.lax.scan``; ``jax.grad`` through it is BPTT.
+sequence with ``jax.lax.scan``; ``jax.grad`` through it is BPTT. ``make_cell(name, H)``
+builds any registered cell (:data:`CELLS`: the classical ones and ``"lru"``, ``"rglru"``,
+``"slstm"``, ``"mlstm"``, ...).
 """
 
 from gatedrnn.cells import (
     ACTIVATIONS,
+    CELLS,
     Cell,
     GRUParams,
     LSTMParams,
@@ -16,6 +19,7 @@ from gatedrnn.cells import (
     VanillaParams,
     gru,
     lstm,
+    make_cell,
     min_gru,
     min_lstm,
     vanilla,
@@ -27,6 +31,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "ACTIVATIONS",
+    "CELLS",
     "Bidir",
     "Cell",
     "GRUParams",
@@ -42,6 +47,7 @@ __all__ = [
     "default_unroll",
     "gru",
     "lstm",
+    "make_cell",
     "min_gru",
     "min_lstm",
     "parallel_crossover",
