@@ -161,7 +161,7 @@ def make_optimizer(cfg: TrainConfig) -> optax.GradientTransformation:
 
 def initial_state(model_cfg: clm.CharLMConfig, cfg: TrainConfig) -> training.TrainState:
     """Step 0 of a run: params from ``fold_in(PRNGKey(seed), 0)``, zero carry."""
-    key = jax.random.PRNGKey(cfg.seed)
+    key = jax.random.PRNGKey(training.check_seed(cfg.seed))
     params = clm.init(jax.random.fold_in(key, 0), model_cfg)
     carry = clm.initial_carry(params, model_cfg, cfg.batch_size)
     return training.init_state(params, make_optimizer(cfg), key, carry)
@@ -576,7 +576,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     def common(q: argparse.ArgumentParser, out: Path) -> None:
         q.add_argument("--quick", action="store_true", help="tiny model, 60k characters, seconds")
-        q.add_argument("--seed", type=cli.nonneg_int, default=0, help="random seed (default 0)")
+        q.add_argument("--seed", type=cli.seed, default=0, help="random seed (default 0)")
         q.add_argument(
             "--out", type=cli.output_dir, default=out, help=f"output directory (default {out})"
         )
@@ -643,7 +643,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--top-k", type=cli.nonneg_int, default=0, help="sample among the k likeliest (0 = all)"
     )
     s.add_argument("--num", type=cli.positive_int, default=1, help="number of samples")
-    s.add_argument("--seed", type=cli.nonneg_int, default=0, help="random seed")
+    s.add_argument("--seed", type=cli.seed, default=0, help="random seed")
     s.add_argument("--out", default=None, help="write to this file (default stdout)")
     s.add_argument("--quick", action="store_true", help="(accepted for uniformity; no effect)")
 

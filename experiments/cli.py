@@ -11,14 +11,18 @@ Scripts import it as ``from experiments import cli`` (run from the repo root,
   step.
 * :class:`ArgumentParser`: ``argparse.ArgumentParser`` whose errors are one line (no usage
   dump) and go through :func:`run`; argument types :func:`positive_int`,
-  :func:`nonneg_int`, :func:`positive_float`, :func:`finite_float`, :func:`fraction`,
+  :func:`nonneg_int`, :func:`seed`, :func:`positive_float`, :func:`finite_float`, :func:`fraction`,
   :func:`text_file`, :func:`output_dir`, :func:`output_file` check values when the command
   line is parsed.
 * :func:`atomic_path`, :func:`write_text` (from :mod:`gatedrnn.training.io`),
   :func:`write_json`, :func:`write_results`: write an output under a temporary name in the
   same folder and rename it into place only when it is complete, so an interrupted or
   failed run never leaves a truncated file that looks finished; JSON never holds a bare
-  NaN (:func:`to_jsonable`).
+  NaN (:func:`to_jsonable`). A study that saves as it goes writes its results so far to
+  ``name.partial.json`` (``"complete": false``, :func:`write_partial_json`) and the
+  finished results once, at the end (:func:`write_final_json`), so an interrupted rerun
+  leaves the previous complete results in place. Logs are appended to, never deleted;
+  :data:`RUN_ID` tags a run's lines.
 * :func:`parser`: the options every study has (``--quick``, ``--seed``, ``--out``).
 * One ``--quick`` rule (:meth:`ArgumentParser.honour_quick`): ``--quick`` gives small
   values to the options it shrinks, except those given on the command line, which win
@@ -155,6 +159,19 @@ def nonneg_int(text: str) -> int:
     return value
 
 
+def seed(text: str) -> int:
+    """An argparse type: a random seed, an integer in ``[0, 2**32)``: the library's one
+    check (:func:`gatedrnn.training.check_seed`), so ``--seed 4294967296`` is refused
+    rather than training exactly as ``--seed 0``."""
+    from gatedrnn.training.loop import check_seed
+
+    value = _number(int, text, "an integer in [0, 2**32)")
+    try:
+        return check_seed(value, "the seed")
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+
+
 def positive_float(text: str) -> float:
     """An argparse type: a finite number > 0 (learning rates, clip norms, temperatures)."""
     value = _number(float, text, "a finite number > 0")
@@ -220,8 +237,17 @@ def check_text_file(path: str | Path, error: Callable[[str], Exception] = UsageE
         ) from None
 
 
+def _not_empty(text: str, what: str) -> None:
+    if not text.strip():
+        raise argparse.ArgumentTypeError(
+            f"expected {what}, got an empty name {text!r} (give a path; '.' for the current folder)"
+        )
+
+
 def output_dir(text: str) -> Path:
-    """An argparse type: a folder outputs can be written to (created if missing)."""
+    """An argparse type: a folder outputs can be written to (created if missing); an empty
+    name is refused (``Path("")`` is the current folder: ``--out ""`` is a slip)."""
+    _not_empty(text, "an output folder")
     path = Path(text)
     try:
         check_output_dir(path)
@@ -232,6 +258,7 @@ def output_dir(text: str) -> Path:
 
 def output_file(text: str) -> Path:
     """An argparse type: a file path whose folder can be written to (created if missing)."""
+    _not_empty(text, "an output file name")
     path = Path(text)
     if path.is_dir():
         raise argparse.ArgumentTypeError(f"{path} is a folder; expected a file name")
@@ -293,6 +320,31 @@ def write_json(path: str | Path, obj: Any, *, indent: int = 2) -> Path:
     """Write ``obj`` as JSON to ``path`` atomically; NaN/inf become strings
     (:func:`to_jsonable`), so the file is always valid JSON."""
     return write_text(path, json.dumps(to_jsonable(obj), indent=indent, allow_nan=False) + "\n")
+
+
+def partial_path(path: str | Path) -> Path:
+    """Where a run's unfinished results go: ``name.json`` -> ``name.partial.json``."""
+    path = Path(path)
+    return path.with_name(f"{path.stem}.partial{path.suffix}")
+
+
+def write_partial_json(path: str | Path, obj: dict[str, Any], *, indent: int = 2) -> Path:
+    """Write the results so far of a run that is not finished to ``partial_path(path)``,
+    with ``"complete": false``, atomically; ``path`` itself (the last complete results)
+    is left as it is, so an interrupted rerun never replaces finished results."""
+    return write_json(partial_path(path), {"complete": False, **obj}, indent=indent)
+
+
+def write_final_json(path: str | Path, obj: dict[str, Any], *, indent: int = 2) -> Path:
+    """Write a finished run's results to ``path`` once, atomically, with
+    ``"complete": true``, and remove its ``partial_path`` file."""
+    out = write_json(path, {"complete": True, **obj}, indent=indent)
+    partial_path(path).unlink(missing_ok=True)
+    return out
+
+
+RUN_ID = f"{time.strftime('%Y%m%dT%H%M%S')}-{os.getpid()}"
+"""This process's run id: tags its lines in a log that several runs append to."""
 
 
 # ---------------------------------------------------------------------------------- run
@@ -369,7 +421,7 @@ def parser(description: str) -> ArgumentParser:
     p.add_argument(
         "--quick", action="store_true", help="a small, fast run (for tests and smoke checks)"
     )
-    p.add_argument("--seed", type=nonneg_int, default=0, help="base random seed")
+    p.add_argument("--seed", type=seed, default=0, help="base random seed, in [0, 2**32)")
     p.add_argument(
         "--out", type=output_dir, default=RESULTS, help="directory for the JSON and PNG results"
     )
@@ -483,18 +535,22 @@ __all__ = [
     "output_dir",
     "output_file",
     "parser",
+    "partial_path",
     "positive_float",
     "positive_int",
     "pyplot",
     "release_outputs",
     "run",
+    "seed",
     "setup_jax",
     "table",
     "text_file",
     "timed",
     "to_jsonable",
     "whole_state",
+    "write_final_json",
     "write_json",
+    "write_partial_json",
     "write_results",
     "write_text",
 ]

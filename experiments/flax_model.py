@@ -175,7 +175,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = cli.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("--task", choices=sorted(VOCAB), default="parity")
     p.add_argument("--quick", action="store_true", help="tiny run (seconds) for tests")
-    p.add_argument("--seed", type=cli.nonneg_int, default=0)
+    p.add_argument("--seed", type=cli.seed, default=0)
     p.add_argument(
         "--out", type=cli.output_file, default=ROOT / "experiments/results/flax_model.json"
     )

@@ -9,10 +9,14 @@ baseline, whether it was solved and after how many updates.
 ``--tasks adding_hs97`` is the adding problem with Hochreiter & Schmidhuber's (1997)
 success test instead of the MSE one: every held-out sequence within absolute error 0.04.
 
-Outputs (in ``--out``), per task, rewritten after every configuration:
-``long_range_<task>.json`` (config, per-run results and learning curves),
-``long_range_<task>.md`` (the table), ``long_range_<task>.png`` (learning curves) and
-``long_range_<task>_log.jsonl`` (one line per evaluation of every run). Tasks are
+Outputs (in ``--out``), per task, written once when the task's grid is done:
+``long_range_<task>.json`` (config, per-run results and learning curves, ``"complete":
+true``), ``long_range_<task>.md`` (the table), ``long_range_<task>.png`` (learning
+curves). After every configuration the results so far go to
+``long_range_<task>.partial.json`` (``"complete": false``; removed when the task is done),
+so an interrupted rerun leaves the previous complete results in place.
+``long_range_<task>_log.jsonl`` gets one line per evaluation of every run, appended (a
+rerun never deletes earlier runs' lines; ``"run"`` tells runs apart). Tasks are
 independent, so ``--tasks`` can split the default run over processes.
 
     python experiments/long_range.py            # the default grid (< 30 min on 2 cores)
@@ -116,7 +120,7 @@ def run_config(args: argparse.Namespace, task_name: str, T: int, cell_name: str,
         log_path=log,
         progress=not args.no_progress,
         desc=f"{task_name} T={T} {cell_name}",
-        log_extra={"task": task_name, "T": T, "cell": cell_name},
+        log_extra={"run": cli.RUN_ID, "task": task_name, "T": T, "cell": cell_name},
     )
     seconds = time.perf_counter() - t0
     steps = [h["step"] for h in res.history]
@@ -218,8 +222,12 @@ def plot(results: list[dict], out: Path, budget: int) -> list[Path]:
     return paths
 
 
-def write_task(args: argparse.Namespace, task_name: str, results: list[dict], t0: float) -> None:
-    """Write one task's ``long_range_<task>.json``, ``.md`` and ``.png`` (after every run)."""
+def write_task(
+    args: argparse.Namespace, task_name: str, results: list[dict], t0: float, *, complete: bool
+) -> None:
+    """Write one task's results: after every configuration (``complete=False``) only
+    ``long_range_<task>.partial.json``; when the task is done, ``long_range_<task>.json``
+    (once, atomically), ``.md`` and ``.png``, and the partial file goes."""
     config = {
         k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items() if k != "out"
     }
@@ -231,9 +239,13 @@ def write_task(args: argparse.Namespace, task_name: str, results: list[dict], t0
         "results": results,
         "diverged_runs": diverged_runs(results),
     }
-    cli.write_json(args.out / f"long_range_{task_name}.json", summary, indent=1)
+    path = args.out / f"long_range_{task_name}.json"
+    if not complete:
+        cli.write_partial_json(path, summary, indent=1)
+        return
     cli.write_text(args.out / f"long_range_{task_name}.md", table(results, args.steps) + "\n")
     plot(results, args.out, args.steps)
+    cli.write_final_json(path, summary, indent=1)
 
 
 def diverged_runs(results: list[dict]) -> list[dict]:
@@ -251,24 +263,29 @@ def main(argv: list[str] | None = None) -> dict[str, list[dict]]:
     args.out.mkdir(parents=True, exist_ok=True)
     everything: dict[str, list[dict]] = {}
     if args.replot:
-        for task_name in args.tasks:
-            path = args.out / f"long_range_{task_name}.json"
+        paths = [args.out / f"long_range_{task_name}.json" for task_name in args.tasks]
+        if not any(path.exists() for path in paths):
+            raise cli.UsageError(
+                f"--replot: no results to redraw in {args.out} (expected "
+                f"{', '.join(p.name for p in paths)}); run without --replot first"
+            )
+        for task_name, path in zip(args.tasks, paths):
             if path.exists():
                 saved = json.loads(path.read_text())
                 everything[task_name] = saved["results"]
                 plot(saved["results"], args.out, saved["config"]["steps"])
+            else:
+                print(f"warning: --replot: no {path.name} in {args.out}; {task_name} skipped")
         return everything
     for task_name in args.tasks:
         log = args.out / f"long_range_{task_name}_log.jsonl"
-        if log.exists():
-            log.unlink()
         t0 = time.perf_counter()
         results = everything.setdefault(task_name, [])
         for T in args.lengths:
             for cell_name in args.cells:
                 r = run_config(args, task_name, T, cell_name, log)
                 results.append(r)
-                write_task(args, task_name, results, t0)
+                write_task(args, task_name, results, t0, complete=False)
                 fr = " ".join(f"{x['fraction_of_baseline']:.3f}" for x in r["runs"])
                 print(
                     f"{task_name:7s} T={T:<4d} {cell_name:8s} loss/baseline {fr}  solved "
@@ -276,6 +293,7 @@ def main(argv: list[str] | None = None) -> dict[str, list[dict]]:
                     f"after {[x['updates_to_solve'] for x in r['runs']]}  ({r['seconds']:.0f}s)",
                     flush=True,
                 )
+        write_task(args, task_name, results, t0, complete=True)
         print(table(results, args.steps))
         for d in diverged_runs(results):
             print(f"warning: diverged (ended far above baseline and first loss): {d}")

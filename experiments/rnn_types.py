@@ -353,7 +353,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     p.add_argument("--quick", action="store_true", help="small versions (seconds each)")
-    p.add_argument("--seed", type=cli.nonneg_int, default=0, help="random seed (default 0)")
+    p.add_argument("--seed", type=cli.seed, default=0, help="random seed (default 0)")
     p.add_argument(
         "--out", type=cli.output_dir, default=RESULTS, help=f"output directory (default {RESULTS})"
     )

@@ -63,3 +63,63 @@ def test_quick_adding_by_hochreiter_schmidhuber_criterion(tmp_path) -> None:
     assert all(0.0 <= w <= 1.0 for w in run["within_tolerance_curve"])
     assert run["solved"] == (run["within_tolerance_curve"][-1] == 1.0)
     assert not (tmp_path / "long_range_adding.json").exists()
+
+
+def _fake_config(calls: list, stop_after: int | None = None):
+    """A stand-in for ``run_config`` (no training): one tiny result per configuration;
+    Ctrl-C (KeyboardInterrupt) at call ``stop_after``."""
+
+    def run_config(args, task_name, T, cell_name, log):
+        if stop_after is not None and len(calls) == stop_after:
+            raise KeyboardInterrupt
+        calls.append((task_name, T, cell_name))
+        run = {"seed": 0, "final_loss": 0.1, "diverged": False, "fraction_of_baseline": 0.6,
+               "best_fraction_of_baseline": 0.6, "solved": False, "updates_to_solve": None,
+               "curve": [0.1]}  # fmt: skip
+        return {"task": task_name, "T": T, "cell": cell_name, "baseline": 1 / 6,
+                "steps": [20], "updates_run": 20, "seconds": 0.0, "runs": [run]}  # fmt: skip
+
+    return run_config
+
+
+def test_interrupted_rerun_keeps_the_previous_complete_results(tmp_path, monkeypatch) -> None:
+    """Issue 22: Ctrl-C after the first of 4 configurations used to leave 1 result in place
+    of 4 in long_range_adding.json, with nothing saying it was incomplete. Now the
+    finished results stay, the partial ones go to their own file marked incomplete, and
+    the log keeps every earlier line."""
+    lr = _load("long_range")
+    argv = ["--tasks", "adding", "--lengths", "10", "20", "--cells", "gru", "lstm",
+            "--out", str(tmp_path)]  # fmt: skip
+    calls: list = []
+    monkeypatch.setattr(lr, "run_config", _fake_config(calls))
+    lr.main(argv)
+    path = tmp_path / "long_range_adding.json"
+    done = json.loads(path.read_text())
+    assert done["complete"] is True and len(done["results"]) == 4
+    assert not (tmp_path / "long_range_adding.partial.json").exists()
+    log = tmp_path / "long_range_adding_log.jsonl"
+    log.write_text('{"run": "an earlier run", "step": 20}\n')
+
+    calls.clear()
+    monkeypatch.setattr(lr, "run_config", _fake_config(calls, stop_after=1))
+    with pytest.raises(KeyboardInterrupt):
+        lr.main(argv)
+    assert json.loads(path.read_text()) == done  # the complete results, untouched
+    partial = json.loads((tmp_path / "long_range_adding.partial.json").read_text())
+    assert partial["complete"] is False and len(partial["results"]) == 1
+    assert log.read_text() == '{"run": "an earlier run", "step": 20}\n'  # append-only
+
+    calls.clear()
+    monkeypatch.setattr(lr, "run_config", _fake_config(calls))
+    lr.main(argv)  # a finished rerun replaces the results and removes the partial file
+    assert json.loads(path.read_text())["complete"] is True
+    assert not (tmp_path / "long_range_adding.partial.json").exists()
+
+
+def test_replot_into_a_folder_without_results_is_an_error(tmp_path) -> None:
+    """Issue 22: --replot into an empty folder used to exit 0 without a word."""
+    from experiments import cli
+
+    lr = _load("long_range")
+    with pytest.raises(cli.UsageError, match=r"--replot: no results to redraw.*long_range_adding"):
+        lr.main(["--replot", "--tasks", "adding", "--out", str(tmp_path)])

@@ -1,7 +1,7 @@
 """The training side: the one optax loop, checkpoints and resume, the device mesh, tasks, text.
 
 * :mod:`gatedrnn.training.loop`: :class:`TrainState`, :func:`make_optimizer`,
-  :func:`train` (the one loop every script uses).
+  :func:`train` (the one loop every script uses), :func:`check_seed` (the one seed check).
 * :mod:`gatedrnn.training.task_model`: :func:`fit` (a cell plus a readout on a
   :class:`~gatedrnn.training.tasks.Task`), stateful chunks of a task's streams.
 * :mod:`gatedrnn.training.checkpoint`: checkpoints on orbax's ``CheckpointManager`` and
@@ -21,6 +21,7 @@ from gatedrnn.training.loop import (
     PeerLostError,
     TrainResult,
     TrainState,
+    check_seed,
     init_ensemble,
     init_state,
     make_optimizer,
@@ -54,6 +55,7 @@ __all__ = [
     "SequenceModel",
     "TrainResult",
     "TrainState",
+    "check_seed",
     "checkpoint",
     "data_mesh",
     "diverged_finitely",

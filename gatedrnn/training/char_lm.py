@@ -29,6 +29,7 @@ import numpy as np
 from gatedrnn.cells import make_cell
 from gatedrnn.cells.base import fan_in_normal
 from gatedrnn.layers import Stack, stack
+from gatedrnn.training.loop import check_seed
 from gatedrnn.training.text import (
     UNK_ID,
     bits_per_char,
@@ -237,7 +238,7 @@ def sample(
         config,
         prime,
         jnp.float32(temperature),
-        jax.random.PRNGKey(seed),
+        jax.random.PRNGKey(check_seed(seed)),
         int(length),
         int(top_k),
     )

@@ -115,6 +115,38 @@ class TrainResult(NamedTuple):
     per_step: dict[str, np.ndarray] | None = None
 
 
+SEED_LIMIT = 2**32  # jax.random.PRNGKey keeps 32 bits of a seed (without x64): larger ones alias
+
+
+def check_seed(seed: Any, what: str = "seed") -> int:
+    """Check a random seed and return it as an int: an integer in ``[0, 2**32)``.
+
+    ``jax.random.PRNGKey`` keeps only the low 32 bits of a seed (without x64), so
+    ``2**32`` would train exactly as ``0``, and a seed past ``2**63`` overflows inside JAX;
+    both are refused here, for every entry point (``fit``, ``init_state``, the scripts'
+    ``--seed``).
+
+    Args:
+      seed: an int (or numpy integer).
+      what: the name the message uses (``"seed"``, ``"eval_seed"``, ``"--seed"``).
+
+    Returns:
+      ``int(seed)``.
+
+    Raises:
+      TypeError: ``seed`` is not an integer (a bool, a float, a string).
+      ValueError: ``seed`` is outside ``[0, 2**32)``.
+    """
+    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)):
+        raise TypeError(f"{what} must be an integer in [0, 2**32), got {type(seed).__name__}")
+    if not 0 <= int(seed) < SEED_LIMIT:
+        raise ValueError(
+            f"{what} must be an integer in [0, 2**32) = [0, {SEED_LIMIT}) (larger seeds would "
+            f"alias smaller ones in jax.random.PRNGKey), got {int(seed)}"
+        )
+    return int(seed)
+
+
 def init_state(
     params: PyTree, optimizer: optax.GradientTransformation, seed: int | Array, carry: PyTree = None
 ) -> TrainState:
@@ -126,7 +158,10 @@ def init_state(
       seed: an int seed or a ``PRNGKey``; the run's batches derive from it.
       carry: initial carried state for a stateful loss, or None.
     """
-    rng = jax.random.PRNGKey(seed) if isinstance(seed, (int, np.integer)) else jnp.asarray(seed)
+    if isinstance(seed, (int, np.integer)):
+        rng = jax.random.PRNGKey(check_seed(seed))
+    else:
+        rng = jnp.asarray(seed)
     return TrainState(params, optimizer.init(params), jnp.zeros((), jnp.int32), rng, carry)
 
 
@@ -147,7 +182,7 @@ def init_ensemble(
       carry: initial carried state for a stateful loss, leaves with the member axis, or
         None.
     """
-    rng = jnp.stack([jax.random.PRNGKey(int(s)) for s in seeds])
+    rng = jnp.stack([jax.random.PRNGKey(check_seed(s, "each seed")) for s in seeds])
     step = jnp.zeros((len(seeds),), jnp.int32)
     return TrainState(params, jax.vmap(optimizer.init)(params), step, rng, carry)
 

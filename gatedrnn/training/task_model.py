@@ -31,6 +31,7 @@ from gatedrnn.training.loop import (
     StatefulLossFn,
     TrainResult,
     TrainState,
+    check_seed,
     init_ensemble,
     init_state,
     loss_metrics,
@@ -193,13 +194,13 @@ def eval_batches_for(
     task: Task, batch_size: int, num_batches: int, seed: int = 12345
 ) -> list[Batch]:
     """Held-out batches from ``PRNGKey(seed)`` split (training batches use ``fold_in``)."""
-    keys = jax.random.split(jax.random.PRNGKey(seed), num_batches)
+    keys = jax.random.split(jax.random.PRNGKey(check_seed(seed, "eval_seed")), num_batches)
     return [task.sample(k, batch_size) for k in keys]
 
 
 def param_key(seed: int) -> Array:
     """The key :func:`fit` draws a run's initial parameters from (batches use ``fold_in``)."""
-    return jax.random.split(jax.random.PRNGKey(seed))[1]
+    return jax.random.split(jax.random.PRNGKey(check_seed(seed)))[1]
 
 
 def _fit_state(
@@ -208,7 +209,7 @@ def _fit_state(
     """The first state of :func:`fit`: one run for an int seed, else one member per seed."""
     if isinstance(seed, (int, np.integer)):
         return init_state(model.init(param_key(int(seed))), optimizer, int(seed), carry)
-    seeds = [int(s) for s in seed]
+    seeds = [check_seed(s, "each seed") for s in seed]
     params = jax.vmap(model.init)(jnp.stack([param_key(s) for s in seeds]))
     if carry is not None:
         carry = jax.tree_util.tree_map(lambda c: jnp.stack([c] * len(seeds)), carry)
