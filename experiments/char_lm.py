@@ -167,6 +167,39 @@ def initial_state(model_cfg: clm.CharLMConfig, cfg: TrainConfig) -> training.Tra
     return training.init_state(params, make_optimizer(cfg), key, carry)
 
 
+def check_corpus_length(n_chars: int, cfg: TrainConfig) -> None:
+    """Refuse a text too short for the run, naming the option to change (``--text``,
+    ``--batch``, ``--seq-len``), not an internal batch size.
+
+    The validation part (the last ``val_fraction`` of the text, its first ``eval_chars``
+    for the curve) must fill :data:`gatedrnn.training.char_lm.EVAL_ROWS` rows of 2
+    characters; the training part ``--batch`` rows of ``--seq-len + 1``.
+
+    Raises:
+      ValueError: naming the option and the length needed.
+    """
+    need_val = 2 * clm.EVAL_ROWS
+    n_val = round(n_chars * cfg.val_fraction)  # as split_train_val splits
+    n_train = n_chars - n_val
+    if n_val < need_val:
+        raise ValueError(
+            f"the text (--text, {n_chars:,} characters) is too short: its validation part "
+            f"(the last {cfg.val_fraction:g} of it, {n_val} characters) needs at least "
+            f"{need_val} characters to evaluate; give a text of at least "
+            f"{math.ceil(need_val / cfg.val_fraction):,} characters"
+        )
+    if cfg.eval_chars < need_val:
+        raise ValueError(f"eval_chars must be >= {need_val}, got {cfg.eval_chars}")
+    need_train = cfg.batch_size * (cfg.seq_len + 1)
+    if n_train < need_train:
+        raise ValueError(
+            f"the text (--text, {n_chars:,} characters, {n_train:,} of them for "
+            f"training) is too short for --batch {cfg.batch_size} rows of --seq-len "
+            f"{cfg.seq_len} + 1 characters ({need_train:,} training characters); give a "
+            "longer text or a smaller --batch or --seq-len"
+        )
+
+
 def train(
     text: str,
     model_cfg: clm.CharLMConfig | dict[str, Any],
@@ -192,6 +225,7 @@ def train(
       "val_bpc", "time"}], "val_bpc", "unigram_bpc", "train_time", "steps_done",
       "num_params"}``.
     """
+    check_corpus_length(len(text), cfg)
     data = prepare_data(text, cfg.val_fraction)
     if isinstance(model_cfg, dict):
         model_cfg = clm.CharLMConfig(vocab_size=len(data.vocab), **model_cfg)
@@ -432,10 +466,14 @@ def cmd_sample(args: argparse.Namespace) -> str:
     """The ``sample`` subcommand."""
     params, config, vocab, info = load_model(args.checkpoint_dir)
     prime = args.prime.replace("\\n", "\n").replace("\\t", "\t")
+    try:
+        prime_ids = vocab.encode(prime, strict=True)
+    except ValueError as e:
+        raise cli.UsageError(f"--prime {args.prime!r}: {e}") from None
     ids = clm.sample(
         params,
         config,
-        vocab.encode(prime),
+        prime_ids,
         args.length,
         temperature=args.temperature,
         top_k=args.top_k,

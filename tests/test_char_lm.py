@@ -184,6 +184,60 @@ def test_quick_train_then_sample_from_the_command_line(tmp_path: Path):
     assert got.startswith("def ") and len(got) == 4 + 30 + 1
 
 
+def test_a_prime_outside_the_vocabulary_is_an_error_naming_the_characters(monkeypatch):
+    """Issue 22: ``sample --prime`` with characters the model never saw quietly became
+    unknown ids; now one error naming them (no checkpoint needed: load_model is faked)."""
+    from experiments import cli
+
+    cfg, params = _tiny()
+    vocab = SCRIPT.Vocab("abcdefghij")  # 10 characters + the unknown id = vocab_size 11
+    monkeypatch.setattr(SCRIPT, "load_model", lambda path: (params, cfg, vocab, {"step": 1}))
+    argv = ["sample", "--length", "3", "--temperature", "0"]
+    assert SCRIPT.main([*argv, "--prime", "abc"]).startswith("abc")
+    with pytest.raises(cli.UsageError, match=r"--prime 'aXbé'.*2 character.*'X', 'é'"):
+        SCRIPT.main([*argv, "--prime", "aXbé"])
+
+
+def test_seed_past_the_prngs_range_is_refused_by_both_subcommands():
+    """Issue 22: ``train --seed 4294967296`` trained exactly as ``--seed 0``; past 2**63 an
+    OverflowError traceback. The CLI's seed type is the library's one check."""
+    from experiments import cli
+
+    for cmd in ("train", "sample"):
+        for bad in (str(2**32), str(2**64)):
+            with pytest.raises(cli.UsageError, match=r"--seed.*\[0, 2\*\*32\)"):
+                SCRIPT.build_parser().parse_args([cmd, "--seed", bad])
+    with pytest.raises(ValueError, match=r"seed must be an integer in \[0, 2\*\*32\)"):
+        SCRIPT.initial_state(clm.CharLMConfig(5), SCRIPT.TrainConfig(seed=2**32))
+
+
+@pytest.mark.parametrize(
+    "n_chars, options, needles",
+    [
+        (400, [], ["--text", "400 characters", "validation part", "at least 640"]),
+        (2000, ["--batch", "64"], ["--batch 64", "--seq-len 32", "smaller --batch"]),
+    ],
+)
+def test_a_short_corpus_names_the_option_not_an_internal_batch_size(
+    tmp_path: Path, n_chars, options, needles
+):
+    """Issue 22: a short --text blamed batch_size=16, an internal evaluation batch size."""
+    from experiments import cli
+
+    text = tmp_path / "t.txt"
+    text.write_text(("abcdefghij" * 1000)[:n_chars], encoding="utf-8")
+    argv = ["train", "--quick", "--text", str(text), "--out", str(tmp_path / "run"),
+            "--no-progress", "--steps", "2", *options]  # fmt: skip
+    with pytest.raises(ValueError) as info:
+        try:
+            SCRIPT.main(argv)
+        finally:
+            cli.release_outputs()
+    assert "batch_size=16" not in str(info.value)
+    for needle in needles:
+        assert needle in str(info.value), str(info.value)
+
+
 def test_a_diverging_run_exits_1_in_one_line_and_saves_nothing(tmp_path: Path, capsys):
     from experiments import cli
 

@@ -214,6 +214,43 @@ def test_types_accept_good_values():
             fn(bad)
 
 
+def test_seeds_outside_the_prngs_range_are_one_clear_error_everywhere():
+    """Issue 22: ``--seed 4294967296`` trained exactly as ``--seed 0`` (PRNGKey keeps 32
+    bits) and seeds past 2**63 ended in an OverflowError traceback. One check
+    (``training.check_seed``) for the scripts' ``--seed`` and the library's seeds."""
+    import jax
+
+    from gatedrnn import gru, training
+    from gatedrnn.training import tasks
+
+    assert cli.seed("0") == 0 and cli.seed(str(2**32 - 1)) == 2**32 - 1
+    for bad in (str(2**32), str(2**64), "-1"):
+        with pytest.raises(argparse.ArgumentTypeError, match=r"\[0, 2\*\*32\)"):
+            cli.seed(bad)
+    p = cli.parser("demo")
+    with pytest.raises(cli.UsageError, match=r"--seed.*4294967296"):
+        p.parse_args(["--seed", "4294967296"])
+    # the library: fit's seeds (one, or one per member), its eval_seed, init_state
+    task, cell = tasks.adding(4), gru(2)
+    for kwargs in ({"seed": 2**32}, {"seed": [0, 2**64]}, {"eval_seed": -1}):
+        with pytest.raises(ValueError, match=r"seed must be an integer in \[0, 2\*\*32\)"):
+            training.fit(task, cell, num_steps=1, progress=False, **kwargs)
+    with pytest.raises(TypeError, match="seed must be an integer"):
+        training.fit(task, cell, num_steps=1, progress=False, seed=True)
+    with pytest.raises(ValueError, match="got 4294967296"):
+        training.init_state({"w": jax.numpy.zeros(2)}, training.make_optimizer(0.1), 2**32)
+
+
+def test_an_empty_output_name_is_an_error(demo, tmp_path, monkeypatch):
+    """Issue 22: ``--out ""`` exited 0 and wrote into the current folder."""
+    monkeypatch.chdir(tmp_path)
+    assert_user_error(demo("--out", ""), "--out", "empty name")
+    assert list(tmp_path.iterdir()) == []
+    for fn in (cli.output_dir, cli.output_file):
+        with pytest.raises(argparse.ArgumentTypeError, match="empty name"):
+            fn("")
+
+
 def test_atomic_path_keeps_old_file_on_failure(tmp_path):
     target = tmp_path / "r.json"
     cli.write_json(target, {"a": 1})

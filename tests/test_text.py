@@ -131,3 +131,12 @@ def test_load_text(tmp_path: Path):
     with pytest.raises(FileNotFoundError):
         T.load_text(tmp_path / "missing.txt")
     assert T.load_text(None).name == "stdlib"
+
+
+def test_strict_encode_names_the_characters_outside_the_vocabulary():
+    """Issue 22: a sampling prime with unknown characters quietly became unknown ids;
+    ``encode(strict=True)`` refuses them, naming each."""
+    v = T.Vocab.from_text("hello world\n")
+    assert (v.encode("hello", strict=True) == v.encode("hello")).all()
+    with pytest.raises(ValueError, match=r"2 character\(s\) not in the vocabulary.*'é', '☃'"):
+        v.encode("héllo☃", strict=True)

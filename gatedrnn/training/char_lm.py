@@ -136,12 +136,15 @@ def _eval_chunk(params, config, carry, x, y):
     return carry, bits_per_char(logits, y) * x.size
 
 
+EVAL_ROWS = 16  # rows :func:`evaluate` reads in parallel by default (each needs >= 2 ids)
+
+
 def evaluate(
     params: CharLMParams,
     config: CharLMConfig,
     ids: np.ndarray,
     *,
-    batch_size: int = 16,
+    batch_size: int = EVAL_ROWS,
     seq_len: int = 200,
     max_chars: int | None = None,
 ) -> float:
@@ -246,6 +249,7 @@ def sample(
 
 
 __all__ = [
+    "EVAL_ROWS",
     "CharLMConfig",
     "CharLMParams",
     "apply",

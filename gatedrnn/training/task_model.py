@@ -208,7 +208,8 @@ def _fit_state(
 ) -> TrainState:
     """The first state of :func:`fit`: one run for an int seed, else one member per seed."""
     if isinstance(seed, (int, np.integer)):
-        return init_state(model.init(param_key(int(seed))), optimizer, int(seed), carry)
+        seed = check_seed(seed)
+        return init_state(model.init(param_key(seed)), optimizer, seed, carry)
     seeds = [check_seed(s, "each seed") for s in seed]
     params = jax.vmap(model.init)(jnp.stack([param_key(s) for s in seeds]))
     if carry is not None:

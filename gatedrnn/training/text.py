@@ -123,10 +123,26 @@ class Vocab:
     def __repr__(self) -> str:
         return f"Vocab(size={len(self)})"
 
-    def encode(self, text: str) -> np.ndarray:
-        """``str -> (len(text),) int32`` ids; characters not in the vocabulary give ``0``."""
+    def encode(self, text: str, *, strict: bool = False) -> np.ndarray:
+        """``str -> (len(text),) int32`` ids; characters not in the vocabulary give ``0``.
+
+        Args:
+          text: the characters to encode.
+          strict: refuse characters outside the vocabulary (a ``ValueError`` naming them)
+            instead of giving them the unknown id (e.g. for a sampling prime, where an
+            unknown id would quietly change what the model reads).
+        """
         if not isinstance(text, str):
             raise TypeError(f"encode expects a str, got {type(text).__name__}")
+        if strict:
+            unknown = sorted(set(text) - set(self.chars))
+            if unknown:
+                shown = ", ".join(repr(c) for c in unknown[:20])
+                more = f" and {len(unknown) - 20} more" if len(unknown) > 20 else ""
+                raise ValueError(
+                    f"{len(unknown)} character(s) not in the vocabulary of {len(self)} ids: "
+                    f"{shown}{more}; use only characters the model was trained on"
+                )
         if not text:
             return np.zeros((0,), np.int32)
         codes = np.frombuffer(text.encode("utf-32-le", "surrogatepass"), dtype=np.uint32).astype(
