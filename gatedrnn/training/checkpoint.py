@@ -32,6 +32,7 @@ import contextlib
 import gc
 import hashlib
 import json
+import logging
 import re
 import sys
 from collections.abc import Callable, Iterator, Mapping
@@ -140,10 +141,30 @@ def save_checkpoint(
     }
     info["digest"] = _json_digest(info)
     root = Path(root).absolute()
-    with _manager(root, keep, write=True) as mngr:
-        args = ocp.args.Composite(state=ocp.args.StandardSave(host), meta=ocp.args.JsonSave(info))
-        mngr.save(int(step), args=args, force=True)
+    try:
+        with _manager(root, keep, write=True) as mngr:
+            args = ocp.args.Composite(
+                state=ocp.args.StandardSave(host), meta=ocp.args.JsonSave(info)
+            )
+            mngr.save(int(step), args=args, force=True)
+    except KeyboardInterrupt:
+        _silence_abandoned_save()
+        raise
     return step_dir(root, step)
+
+
+def _drop_orbax_records(record: logging.LogRecord) -> bool:
+    return "orbax" not in record.pathname
+
+
+def _silence_abandoned_save() -> None:
+    """After Ctrl-C during a save: the save is abandoned (its temporary folder is never a
+    checkpoint), but orbax's background threads go on and, once the interpreter shuts
+    down, log their failure with a traceback after the script's one line
+    "interrupted". Drop orbax's log records from here on (the process is ending)."""
+    logger = logging.getLogger("absl")
+    if _drop_orbax_records not in logger.filters:
+        logger.addFilter(_drop_orbax_records)
 
 
 @contextlib.contextmanager
