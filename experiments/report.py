@@ -1080,7 +1080,7 @@ def main(argv: list[str] | None = None) -> int:
         text = path.read_text()
         new = render(text)
         if new != text:
-            path.write_text(new)
+            cli.write_text(path, new)
             print(f"wrote {path.relative_to(ROOT)}")
     return 0
 
