@@ -950,6 +950,15 @@ def perf_levers() -> str:
     return note + "\n\n" + md_table(header, rows, right=right)
 
 
+def _form_ratio(row: dict, phase: str) -> str:
+    """Time step by step / time parallel at one T of a crossover sweep (> 1: parallel
+    faster); ``skipped`` where the parallel form did not fit in memory."""
+    if "seconds" not in row:
+        return "skipped"
+    sec = row["seconds"]
+    return f"{sec[f'sequential_{phase}'] / sec[f'parallel_{phase}']:.2f}"
+
+
 @block("perf_tuning", f"{BENCH}/tuning/rnn_speed.json")
 def perf_tuning() -> str:
     """The unroll sweep, the minGRU crossover, one loop per core and bfloat16."""
@@ -992,6 +1001,17 @@ def perf_tuning() -> str:
             f"(forward); `gr.parallel_crossover()` here: {c['library_picks_parallel_from']}.",
             md_table(["T", "training step", "forward"], rows, right="012"),
         ]
+        for cc in c.get("by_cell", []):
+            rows = [
+                [r["T"], *(_form_ratio(r, ph) for ph in ("train", "forward"))] for r in cc["rows"]
+            ]
+            out += [
+                f"**{cc['cell']}, parallel form vs step by step** (same shape). Crossover: "
+                f"{cc['crossover_train']} (training step), {cc['crossover_forward']} (forward); "
+                f"`gr.parallel_crossover({cc['cell']!r})` here: "
+                f"{cc['library_picks_parallel_from']}.",
+                md_table(["T", "training step", "forward"], rows, right="012"),
+            ]
     if d.get("shard"):
         rows = [
             [r["cell"], str(tuple(r["shape"])), r["devices"], f"{r['speedup']:.2f}"]
