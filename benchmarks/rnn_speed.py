@@ -11,7 +11,8 @@ Sections (``--sections``, all by default):
   machine load hits all of them alike; medians are reported, with ratios per pair,
   achieved GFLOP/s and its fraction of a large matmul's GFLOP/s timed in the same rounds.
   ``--cells`` picks the cells (any registered cell; default vanilla, LSTM, GRU) of this
-  section and of ``unroll``, ``shard`` and ``bf16``; a cell without a PyTorch or Flax
+  section and of ``unroll``, ``shard`` and ``bf16`` (``crossover`` times minGRU and,
+  of ``--cells``, the cells with a parallel form); a cell without a PyTorch or Flax
   counterpart (:data:`TORCH_MODULES`, :data:`FLAX_CELLS`) is timed on its own.
 * ``compile``: compile time of an LSTM training step at T=100 vs T=10000.
 * ``remat``: XLA's compiled memory analysis and time of the LSTM training step at
@@ -436,43 +437,73 @@ def bench_unroll(args: argparse.Namespace) -> list[dict]:
 CROSSOVER_T = (16, 64, 256, 1024, 4096, 16384)
 
 
-def bench_crossover(args: argparse.Namespace) -> dict:
-    """minGRU's training step and forward pass, parallel form (``jax.lax.associative_scan``)
-    against the same cell step by step, over T: where the parallel form starts to win."""
+def _crossover_of(args: argparse.Namespace, name: str) -> dict:
+    """One cell's training step and forward pass, parallel form against the same cell step
+    by step, over T: where the parallel form starts to win. A length whose parallel form
+    does not fit in memory (mLSTM's is quadratic in T) is recorded as skipped."""
     B, I, H = (2, 8, 16) if args.quick else (16, 128, 128)
     lengths = (8, 32) if args.quick else CROSSOVER_T
-    rows = []
+    cell = make_cell(name, H)
+    params = cell.init(jax.random.PRNGKey(args.seed), I)
+    rows: list[dict[str, Any]] = []
     for T in lengths:
         xs = jax.random.normal(jax.random.PRNGKey(args.seed + 1), (B, T, I))
         fns = {}
-        for name, parallel in (("parallel", True), ("sequential", False)):
-            cell = gr.min_gru(H)
-            params = cell.init(jax.random.PRNGKey(args.seed), I)
+        for form, parallel in (("parallel", True), ("sequential", False)):
             f = partial(gr.scan, cell, parallel=parallel)
             fwd = jax.jit(lambda p, x, f=f: f(p, x)[1])
             step = jax.jit(jax.grad(lambda p, x, f=f: jnp.sum(f(p, x)[1]), argnums=(0, 1)))
-            fns[f"{name}_forward"] = lambda fwd=fwd, p=params, x=xs: _block(fwd(p, x))
-            fns[f"{name}_train"] = lambda step=step, p=params, x=xs: _block(step(p, x))
+            fns[f"{form}_forward"] = lambda fwd=fwd, p=params, x=xs: _block(fwd(p, x))
+            fns[f"{form}_train"] = lambda step=step, p=params, x=xs: _block(step(p, x))
+        try:  # the library's memory checks run at trace time, before anything is allocated
+            jax.eval_shape(jax.grad(lambda p, x: jnp.sum(gr.scan(cell, p, x, parallel=True)[1])),
+                           params, xs)  # fmt: skip
+        except ValueError as e:
+            rows.append({"T": T, "skipped": str(e).split("\n")[0]})
+            print(f"crossover {name} T={T} skipped: {rows[-1]['skipped']}", flush=True)
+            continue
         med = interleaved_medians(fns, args.rounds)
         rows.append({"T": T, "seconds": med})
-        print(f"crossover T={T} {med}", flush=True)
+        print(f"crossover {name} T={T} {med}", flush=True)
 
     def crossover(phase: str) -> int | None:
-        """The smallest measured T from which on the parallel form is faster at every T."""
-        sec = [r["seconds"] for r in rows]
-        wins = [t[f"sequential_{phase}"] > t[f"parallel_{phase}"] for t in sec]
+        """The smallest measured T from which on the parallel form is faster at every T
+        (a skipped length counts as a win of the step-by-step loop)."""
+        wins = [
+            "seconds" in r
+            and r["seconds"][f"sequential_{phase}"] > r["seconds"][f"parallel_{phase}"]
+            for r in rows
+        ]
         for i in range(len(rows)):
             if all(wins[i:]):
                 return rows[i]["T"]
         return None
 
     return {
+        "cell": name,
         "shape": {"batch": B, "input": I, "hidden": H},
         "rows": rows,
         "crossover_train": crossover("train"),
         "crossover_forward": crossover("forward"),
-        "library_picks_parallel_from": gr.parallel_crossover(),
+        "library_picks_parallel_from": gr.parallel_crossover(name),
     }
+
+
+def bench_crossover(args: argparse.Namespace) -> dict:
+    """Where each cell's parallel form starts to beat its step-by-step loop: minGRU always
+    (its parallel form is ``jax.lax.associative_scan``), plus, under ``"by_cell"``, every
+    other cell with a parallel form named by ``--cells`` (LRU, RG-LRU: associative scans;
+    mLSTM: quadratic in T). ``gr.parallel_crossover(cell)`` reads the table these
+    measurements fill in ``gatedrnn/scan.py`` (``_PARALLEL_FROM``, per backend and cell)."""
+    out = _crossover_of(args, "min_gru")
+    others = [
+        n
+        for n in (args.cells_given or [])
+        if n != "min_gru" and make_cell(n, 4).parallel is not None
+    ]
+    if others:
+        out["by_cell"] = [_crossover_of(args, n) for n in others]
+    return out
 
 
 def bench_shard(args: argparse.Namespace) -> list[dict]:
@@ -800,18 +831,25 @@ def markdown(results: dict) -> str:
             f"(train / forward): {cells}; default {row['default']}.",
         ]
     if "crossover" in results:
-        c = results["crossover"]
-        per_t = ", ".join(
-            f"T={r['T']}: {r['seconds']['sequential_train'] / r['seconds']['parallel_train']:.2f}x"
-            for r in c["rows"]
-        )
-        lines += [
-            "",
-            f"minGRU parallel form vs step by step, training step (B={c['shape']['batch']}, "
-            f"H={c['shape']['hidden']}; > 1: parallel faster): {per_t}. Crossover: "
-            f"{c['crossover_train']} (train), {c['crossover_forward']} (forward); "
-            f"gr.scan uses the parallel form from T={c['library_picks_parallel_from']}.",
-        ]
+        first = results["crossover"]
+        for c in (first, *first.get("by_cell", [])):
+            per_t = ", ".join(
+                f"T={r['T']}: "
+                + (
+                    f"{r['seconds']['sequential_train'] / r['seconds']['parallel_train']:.2f}x"
+                    if "seconds" in r
+                    else "skipped (memory)"
+                )
+                for r in c["rows"]
+            )
+            lines += [
+                "",
+                f"{c.get('cell', 'min_gru')} parallel form vs step by step, training step "
+                f"(B={c['shape']['batch']}, H={c['shape']['hidden']}; > 1: parallel faster): "
+                f"{per_t}. Crossover: {c['crossover_train']} (train), "
+                f"{c['crossover_forward']} (forward); gr.scan uses the parallel form from "
+                f"T={c['library_picks_parallel_from']}.",
+            ]
     if "bf16" in results:
         b = results["bf16"]
         sp = ", ".join(f"{k} {v:.2f}x" for k, v in b["bf16_speedup"].items())
@@ -951,7 +989,8 @@ def main(argv: list[str] | None = None) -> dict:
         default=None,
         choices=sorted(CELLS),
         metavar="CELL",
-        help="cells of the speed, unroll, shard and bf16 sections, any of: "
+        help="cells of the speed, unroll, shard and bf16 sections (and of crossover, beside "
+        "minGRU, those with a parallel form), any of: "
         f"{' '.join(sorted(CELLS))} (default: {' '.join(DEFAULT_CELLS)})",
     )
     parser.add_argument(

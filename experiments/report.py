@@ -950,6 +950,15 @@ def perf_levers() -> str:
     return note + "\n\n" + md_table(header, rows, right=right)
 
 
+def _form_ratio(row: dict, phase: str) -> str:
+    """Time step by step / time parallel at one T of a crossover sweep (> 1: parallel
+    faster); ``skipped`` where the parallel form did not fit in memory."""
+    if "seconds" not in row:
+        return "skipped"
+    sec = row["seconds"]
+    return f"{sec[f'sequential_{phase}'] / sec[f'parallel_{phase}']:.2f}"
+
+
 @block("perf_tuning", f"{BENCH}/tuning/rnn_speed.json")
 def perf_tuning() -> str:
     """The unroll sweep, the minGRU crossover, one loop per core and bfloat16."""
@@ -992,6 +1001,17 @@ def perf_tuning() -> str:
             f"(forward); `gr.parallel_crossover()` here: {c['library_picks_parallel_from']}.",
             md_table(["T", "training step", "forward"], rows, right="012"),
         ]
+        for cc in c.get("by_cell", []):
+            rows = [
+                [r["T"], *(_form_ratio(r, ph) for ph in ("train", "forward"))] for r in cc["rows"]
+            ]
+            out += [
+                f"**{cc['cell']}, parallel form vs step by step** (same shape). Crossover: "
+                f"{cc['crossover_train']} (training step), {cc['crossover_forward']} (forward); "
+                f"`gr.parallel_crossover({cc['cell']!r})` here: "
+                f"{cc['library_picks_parallel_from']}.",
+                md_table(["T", "training step", "forward"], rows, right="012"),
+            ]
     if d.get("shard"):
         rows = [
             [r["cell"], str(tuple(r["shape"])), r["devices"], f"{r['speedup']:.2f}"]
@@ -1011,6 +1031,124 @@ def perf_tuning() -> str:
             f"matmul and the training step at {tuple(b['shape'])}: {sp}."
         )
     return "\n\n".join(out)
+
+
+# --------------------------------------------------------------------------- parity
+
+
+PARITY = f"{BENCH}/parity"
+PARITY_FILES = tuple(sorted(str(p.relative_to(ROOT)) for p in (ROOT / PARITY).glob("*.json")))
+
+
+def _parity_shape(d: dict) -> tuple[int, ...]:
+    """``(B, T, H)`` as a parity JSON records it (a list, or a dict with B, T, H)."""
+    s = d["shape"]
+    return tuple(s[k] for k in ("B", "T", "H")) if isinstance(s, dict) else tuple(s)
+
+
+def _reference(d: dict) -> tuple[str, str]:
+    """``(package, version)`` of the reference a parity JSON compared against: the package is
+    the first word of ``reference``; the version from ``reference_version``, ``versions``
+    or ``"<package> <version>"`` in the reference string."""
+    ref = d["reference"]
+    package = re.split(r"[\s.(]", ref, maxsplit=1)[0]
+    version = d.get("reference_version") or d.get("versions", {}).get(package)
+    if version is None:
+        m = re.search(rf"\b{re.escape(package)} (\d[\w.+]*)", ref)
+        version = m.group(1) if m else "?"
+    return package, version
+
+
+def _seconds(x: Any) -> float:
+    return float(x["median"]) if isinstance(x, dict) else float(x)
+
+
+def _speed_rows(d: dict) -> list[tuple[tuple[int, ...], dict[str, float]]]:
+    """``[(shape, {phase: reference seconds / ours seconds})]`` from a parity JSON's
+    ``"speed"`` entry (absent: ``[]``). Each parity script writes its own layout; every one
+    records median seconds per implementation and phase (``forward``, ``train``), keyed
+    ``ours_*`` / ``gatedrnn`` for ours and by the reference's name otherwise. The ratio
+    takes the faster of our forms (step, parallel) and of the reference's paths."""
+    speed = d.get("speed")
+    if not speed:
+        return []
+    rows = speed["rows"] if isinstance(speed, dict) else speed
+    out = []
+    for r in rows:
+        shape = tuple(r["shape"]) if "shape" in r else tuple(r[k] for k in ("B", "T", "H"))
+        ratios = {}
+        for phase in ("forward", "train"):
+            if phase in r:
+                times = r[phase].get("seconds", r[phase])
+            else:  # one flat mapping with the phase as suffix
+                end = f"_{phase}"
+                flat = r["seconds"]
+                times = {k[: -len(end)]: v for k, v in flat.items() if k.endswith(end)}
+            times = {
+                k: _seconds(v)
+                for k, v in times.items()
+                if "over" not in k and "speedup" not in k and isinstance(v, (int, float, dict))
+            }
+            ours = [v for k, v in times.items() if k.startswith(("ours", "gatedrnn"))]
+            ref = [v for k, v in times.items() if not k.startswith(("ours", "gatedrnn"))]
+            if ours and ref:
+                ratios[phase] = min(ref) / min(ours)
+        out.append((shape, ratios))
+    return out
+
+
+@block("cells_parity", *PARITY_FILES)
+def cells_parity() -> str:
+    """Largest absolute difference to the reference implementation per cell and dtype."""
+    rows = []
+    for rel in PARITY_FILES:
+        d = load(rel)
+        package, version = _reference(d)
+        rows.append(
+            [
+                f"`{d['cell']}`",
+                f"`{package}` {version}",
+                str(_parity_shape(d)),
+                f"{d['max_abs_diff_float32']:.1e}",
+                f"{d['max_abs_diff_float64']:.1e}",
+            ]
+        )
+    note = (
+        "Largest absolute difference of outputs and final states between `gr.scan` (every "
+        "form the cell has) and the reference, same params and inputs, shape (B, T, H); "
+        f"written by `benchmarks/parity_<cell>.py` into `{PARITY}/<cell>.json`."
+    )
+    header = ["cell", "reference", "(B, T, H)", "float32", "float64"]
+    return note + "\n\n" + md_table(header, rows, right="34")
+
+
+@block("cells_speed", *PARITY_FILES)
+def cells_speed() -> str:
+    """Time of the reference / time of ours per new cell, shape and phase."""
+    rows = []
+    for rel in PARITY_FILES:
+        d = load(rel)
+        package, _ = _reference(d)
+        measured = _speed_rows(d)
+        if not measured:
+            rows.append([f"`{d['cell']}`", f"`{package}`", "not measured yet", "-", "-"])
+        for shape, ratio in measured:
+            rows.append(
+                [
+                    f"`{d['cell']}`",
+                    f"`{package}`",
+                    str(shape),
+                    f(ratio.get("forward"), ".2f"),
+                    f(ratio.get("train"), ".2f"),
+                ]
+            )
+    note = (
+        "Time of the reference / time of gatedrnn (> 1: gatedrnn faster), float32, medians "
+        "of interleaved rounds in one process; the faster of our forms (step, parallel) and "
+        "of the reference's paths. Written by `benchmarks/parity_<cell>.py --speed`."
+    )
+    header = ["cell", "reference", "(B, T, H)", "forward", "training step"]
+    return note + "\n\n" + md_table(header, rows, right="34")
 
 
 # --------------------------------------------------------------------------- driver

@@ -16,8 +16,9 @@ them to one of four loops, all with the same values:
   works as well; values and derivatives are those of ``jax.lax.scan``'s own autodiff
   (tested to 1e-10 in float64);
 * the parallel form (:func:`_parallel_scan`) of cells that have one (``gr.min_gru``,
-  ``gr.min_lstm``): all steps at once with ``jax.lax.associative_scan``, where it is the
-  faster of the two on the backend (:func:`parallel_crossover`) and no ``resets``,
+  ``gr.min_lstm``, LRU, RG-LRU: ``jax.lax.associative_scan``; mLSTM: its quadratic form):
+  all steps at once, where it is the faster of the two for that cell on the backend
+  (:func:`parallel_crossover`) and no ``resets``,
   ``truncate``, ``state_perturbations`` or chunked ``remat`` is given;
 * chunked rematerialization (:func:`_chunked_scan`) for ``remat="sqrt"`` or an int;
 * otherwise the plain loop of :func:`_step` (checkpointed per step with ``remat=True``).
@@ -48,11 +49,18 @@ from gatedrnn.cells.base import (
 # forward pass up to 1.44x faster, while no unroll above 1 helped the vanilla RNN or the
 # GRU at every shape. Not yet measured on a GPU or TPU, where it stays 1 until it is.
 _UNROLL = {("cpu", "lstm"): 4}
-# The sequence length from which the parallel form of a linear cell (minGRU, minLSTM) is
-# faster than its step-by-step loop, per backend (None: never on the lengths measured);
-# measured by ``python benchmarks/rnn_speed.py --sections crossover``. A backend not yet
-# measured (GPU, TPU) keeps the parallel form at every length (1), as it was before.
-_PARALLEL_FROM: dict[str, int | None] = {"cpu": None}
+# The sequence length from which a cell's parallel form is faster than its step-by-step
+# loop, per (backend, cell name) (None: never on the lengths measured); measured by
+# ``python benchmarks/rnn_speed.py --sections crossover [--cells NAME ...]``. The forms
+# differ per cell (minGRU, minLSTM, LRU, RG-LRU: an associative scan, O(T log T) work;
+# mLSTM: a (T, T) decay matrix, quadratic in T), so each cell has its own entry once it is
+# measured; a pair absent here takes its backend's default below.
+_PARALLEL_FROM: dict[tuple[str, str], int | None] = {}
+# The per-backend fallback: on the CPU minGRU's parallel form was not faster at any length
+# measured (None: step by step), and no other cell has been measured there yet, so every
+# cell runs step by step on the CPU. A backend not yet measured (GPU, TPU) keeps the
+# parallel form at every length (1), as it was before.
+_PARALLEL_FROM_BACKEND: dict[str, int | None] = {"cpu": None}
 
 
 def _backend(backend: str | None) -> str:
@@ -76,23 +84,43 @@ def default_unroll(T: int, cell: str = "", backend: str | None = None) -> int:
     return max(1, min(_UNROLL.get((_backend(backend), cell), 1), T))
 
 
-def parallel_crossover(backend: str | None = None) -> int | None:
+def parallel_crossover(cell: Cell | str | None = None, backend: str | None = None) -> int | None:
     """The sequence length from which :func:`scan` runs a cell's parallel form.
 
-    Cells whose recurrence is linear in the state (``Cell.parallel`` is not None:
-    ``gr.min_gru``, ``gr.min_lstm``, ...) have a parallel
-    form (``jax.lax.associative_scan``) and a step-by-step one; with ``parallel=None``,
-    :func:`scan` uses the parallel form for ``T`` at or above this length.
+    Cells with a parallel form (``Cell.parallel`` is not None: ``gr.min_gru``,
+    ``gr.min_lstm``, the LRU, RG-LRU and mLSTM) can run all steps at once or step by step;
+    with ``parallel=None``, :func:`scan` uses the parallel form for ``T`` at or above this
+    length. The crossover is measured per (backend, cell): an associative scan (minGRU,
+    LRU, RG-LRU) and mLSTM's quadratic form do not break even at the same length.
 
     Args:
+      cell: a :class:`Cell` or its name (``Cell.name``), the key of the measured table;
+        None: the backend's default.
       backend: ``"cpu"``, ``"gpu"``, ``"tpu"``; JAX's default backend if None.
 
     Returns:
-      The measured crossover length (``benchmarks/rnn_speed.py --sections crossover``),
-      None where the step-by-step loop was faster at every length measured (the CPU), 1
-      (always parallel) on a backend not yet measured.
+      The measured crossover length for that cell on that backend
+      (``benchmarks/rnn_speed.py --sections crossover``), None where the step-by-step loop
+      was faster at every length measured; for a cell not measured on that backend, the
+      backend's default: None (step by step) on the CPU, 1 (always parallel) on a backend
+      not yet measured.
+
+    Raises:
+      TypeError: ``cell`` is not a Cell, a string or None.
+      ValueError: ``cell`` is a backend's name (the backend is the second argument).
     """
-    return _PARALLEL_FROM.get(_backend(backend), 1)
+    name = cell.name if isinstance(cell, Cell) else cell
+    if name is not None and not isinstance(name, str):
+        raise TypeError(f"cell must be a gr.Cell, a cell name or None, got {cell!r}")
+    if name in ("cpu", "gpu", "tpu", "cuda", "rocm"):
+        raise ValueError(
+            f"parallel_crossover's first argument is the cell, got the backend {name!r}; "
+            f"pass it as parallel_crossover(backend={name!r})"
+        )
+    backend = _backend(backend)
+    if name is not None and (backend, name) in _PARALLEL_FROM:
+        return _PARALLEL_FROM[(backend, name)]
+    return _PARALLEL_FROM_BACKEND.get(backend, 1)
 
 
 def _is_concrete(x: Any) -> bool:
@@ -242,9 +270,9 @@ def scan(
         run; True: insist on it (ValueError where it cannot); False: the plain loop and
         ``jax.lax.scan``'s own autodiff.
       parallel: for cells with a parallel form (``Cell.parallel`` is not None). None
-        (default): the parallel form where ``T >= parallel_crossover()`` (where it measured
-        faster on this backend), else the step-by-step loop; True: insist on it
-        (ValueError where an option rules it out); False: step by step.
+        (default): the parallel form where ``T >= parallel_crossover(cell)`` (where it
+        measured faster for this cell on this backend), else the step-by-step loop; True:
+        insist on it (ValueError where an option rules it out); False: step by step.
       state_perturbations: for diagnostics; like the state with a leading time axis,
         leaves ``(T, *batch, H)`` (always time-major, original time order), added to the
         state right after each step. The gradient with respect to zeros here is
@@ -363,7 +391,7 @@ def _use_parallel(cell: Cell, parallel: bool | None, T: int, loop_only: dict[str
         return True
     if parallel is False or cell.parallel is None or given:
         return False
-    start = parallel_crossover()
+    start = parallel_crossover(cell)
     return start is not None and T >= start
 
 

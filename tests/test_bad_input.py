@@ -503,3 +503,44 @@ def test_init_with_something_else_than_a_prng_key_says_how_to_make_one(key):
     gr.lstm(H).init(jax.random.key(0), I)  # typed and raw keys both work
     gr.lstm(H).init(jax.random.PRNGKey(0), I)
     gr.lstm(H).init(np.asarray(jax.random.PRNGKey(0)), I)
+
+
+# ------------------------------------------- every registered cell: the common checks
+
+
+@functools.cache
+def registered(name: str):
+    cell = gr.make_cell(name, H)
+    return cell, cell.init(KEY, I)
+
+
+@pytest.mark.parametrize("name", sorted(gr.CELLS))
+def test_every_registered_cell_gives_the_common_clear_errors(name):
+    """Every cell in the registry (today's and any future one) refuses, with one
+    TypeError/ValueError saying what it expected: an integer key, the params of another
+    registered cell, a NamedTuple impostor with its own params' fields and arrays, a wrong
+    input size, integer or other-float inputs, and a torch tensor as xs."""
+    from collections import namedtuple
+
+    cell, params = registered(name)
+    xs = xs_of(B, T, I)
+    with pytest.raises(TypeError, match=r"key must be a JAX PRNG key"):
+        cell.init(0, I)
+    other = next(n for n in sorted(gr.CELLS) if type(registered(n)[1]) is not type(params))
+    with pytest.raises(TypeError, match=rf"{name} cell needs params"):
+        gr.scan(cell, registered(other)[1], xs)
+    Impostor = namedtuple("Impostor", type(params)._fields)
+    with pytest.raises(TypeError, match=rf"of type {type(params).__name__}, got Impostor"):
+        gr.scan(cell, Impostor(*params), xs)
+    with pytest.raises(TypeError, match=rf"of type {type(params).__name__}, got Impostor"):
+        cell.initial_state(Impostor(*params), (B,))
+    with pytest.raises(ValueError, match=rf"4 features on its last axis.*input_size={I}"):
+        gr.scan(cell, params, xs_of(B, T, I + 1))
+    for dtype in (jnp.int32, jnp.float16):
+        with pytest.raises(TypeError, match=r"x must be floating point|dtype"):
+            gr.scan(cell, params, xs_of(B, T, I, dtype=dtype))
+    torch = pytest.importorskip("torch")
+    with pytest.raises(TypeError, match=r"xs is a torch\.Tensor.*\.numpy\(\)"):
+        gr.scan(cell, params, torch.ones(B, T, I))
+    ys = gr.scan(cell, params, xs)[1]  # and the good input still works
+    assert ys.shape == (B, T, cell.hidden_size)

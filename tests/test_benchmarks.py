@@ -187,3 +187,21 @@ def test_repeated_runs_combine_into_medians_and_ranges():
     assert train["vs_flax"] == 4.0 and "vs_cudnn" not in train
     assert bench.ratio_text(train, "vs_torch") == "2.00x (1.00-3.00)"
     assert bench._without(["--repeat", "3", "--quick", "--repeat=2"], "--repeat") == ["--quick"]
+
+
+def test_rnn_speed_crossover_per_cell_quick(tmp_path):
+    """--cells names cells with a parallel form: each gets its own crossover sweep (a cell
+    without one, the GRU, is left out), read by the table and the docs' renderer."""
+    bench = _load_benchmark()
+    args = _quick_args(tmp_path)
+    args.cells_given = args.cells = ["gru", "lru"]
+    crossover = bench.bench_crossover(args)
+    assert crossover["cell"] == "min_gru"
+    [lru] = crossover["by_cell"]
+    assert lru["cell"] == "lru" and [r["T"] for r in lru["rows"]] == [8, 32]
+    assert lru["library_picks_parallel_from"] == bench.gr.parallel_crossover("lru")
+    assert "lru parallel form vs step by step" in _table(bench, crossover=crossover)
+    from experiments import report
+
+    assert report._form_ratio(lru["rows"][0], "train") != "skipped"
+    assert report._form_ratio({"T": 8, "skipped": "too large"}, "train") == "skipped"

@@ -97,3 +97,47 @@ def test_a_stale_block_is_caught(tmp_path: Path):
     page = tmp_path / "page.md"
     page.write_text("![figure](missing.png) [ok](page.md) [web](https://example.org/x)")
     assert report.missing_links(page) == ["missing.png"]
+
+
+def test_parity_speed_rows_read_every_parity_scripts_layout():
+    """The speed table reads each parity script's own "speed" layout as reference / ours,
+    with the faster of our forms and of the reference's paths; no "speed": not measured."""
+    rg = {"B": 1, "T": 8, "H": 2, "forward": {"seconds": {"recurrentgemma": 6.0, "ours_step": 3.0,
+          "ours_parallel": 2.0}, "speedup_step": 2.0}, "train": {"seconds": {
+          "recurrentgemma": 4.0, "ours_step": 8.0, "ours_parallel": 9.0}}}  # fmt: skip
+    lru = {"shape": [1, 8, 2], "forward": {"ours_step": 1.0, "ours_parallel": 4.0, "memax": 3.0,
+           "memax_over_ours_best": 3.0}, "train": {"ours_step": 2.0, "ours_parallel": 1.0,
+           "memax": 1.0}}  # fmt: skip
+    sl = {"shape": [1, 8, 2], "forward": {"seconds": {"gatedrnn": {"median": 2.0, "min": 1.0},
+          "xlstm_vanilla": {"median": 5.0}}, "speedup_vs_xlstm": 2.5}, "train": {"seconds": {
+          "gatedrnn": {"median": 1.0}, "xlstm_vanilla": {"median": 3.0}}}}  # fmt: skip
+    ml = {
+        "shape": [1, 8, 2],
+        "seconds": {
+            "ours_step_forward": 2.0,
+            "ours_parallel_forward": 4.0,
+            "xlstm_recurrent_forward": 8.0,
+            "xlstm_parallel_forward": 6.0,
+            "ours_step_train": 1.0,
+            "ours_parallel_train": 1.0,
+            "xlstm_recurrent_train": 2.0,
+            "xlstm_parallel_train": 5.0,
+        },
+        "xlstm_over_ours": {"step_vs_recurrent_forward": 4.0},
+    }
+    cases = [
+        ({"speed": [rg]}, {"forward": 3.0, "train": 0.5}),
+        ({"speed": [lru]}, {"forward": 3.0, "train": 1.0}),
+        ({"speed": [sl]}, {"forward": 2.5, "train": 3.0}),
+        ({"speed": {"device": "cpu", "rows": [ml]}}, {"forward": 3.0, "train": 2.0}),
+    ]
+    for d, want in cases:
+        [(shape, got)] = report._speed_rows(d)
+        assert shape == (1, 8, 2) and got == pytest.approx(want), (d, got)
+    assert report._speed_rows({"cell": "x"}) == []
+    assert report._reference({"reference": "xlstm (PyTorch) x", "reference_version": "2"}) == (
+        "xlstm",
+        "2",
+    )
+    assert report._reference({"reference": "memax.lru.LRU (memax 0.1.1)"}) == ("memax", "0.1.1")
+    assert report._reference({"reference": "rg.RGLRU", "versions": {"rg": "1.0"}}) == ("rg", "1.0")

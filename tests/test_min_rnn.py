@@ -110,12 +110,53 @@ def test_parallel_form_has_no_time_loop_and_options_fall_back_to_the_loop():
 @pytest.mark.parametrize("start, loops", [(None, True), (T + 1, True), (T, False), (1, False)])
 def test_default_picks_the_parallel_form_from_the_measured_crossover(monkeypatch, start, loops):
     """parallel=None: the parallel form from the backend's crossover length on."""
-    monkeypatch.setitem(scan_module._PARALLEL_FROM, jax.default_backend(), start)
+    monkeypatch.setitem(scan_module._PARALLEL_FROM_BACKEND, jax.default_backend(), start)
     assert gr.parallel_crossover() == start
     cell = gr.min_gru(H)
     params = cell.init(jax.random.PRNGKey(0), I)
     jaxpr = str(jax.make_jaxpr(lambda x: gr.scan(cell, params, x))(jnp.ones((B, T, I))))
     assert ("scan[" in jaxpr) == loops
+
+
+def _loops(cell: gr.Cell) -> bool:
+    params = cell.init(jax.random.PRNGKey(0), I)
+    return "scan[" in str(jax.make_jaxpr(lambda x: gr.scan(cell, params, x))(jnp.ones((B, T, I))))
+
+
+def test_the_crossover_is_per_backend_and_cell_with_the_backend_default_as_fallback(
+    monkeypatch,
+):
+    """A (backend, cell name) entry decides for that cell only; other cells (and cell=None)
+    take the backend's default; an unmeasured backend defaults to 1 (always parallel)."""
+    backend = jax.default_backend()
+    monkeypatch.setitem(scan_module._PARALLEL_FROM_BACKEND, backend, None)
+    monkeypatch.setitem(scan_module._PARALLEL_FROM, (backend, "min_lstm"), T)
+    monkeypatch.setitem(scan_module._PARALLEL_FROM, ("tpu", "min_gru"), 64)
+    gru, lstm = gr.min_gru(H), gr.min_lstm(H)
+    assert gr.parallel_crossover(lstm) == gr.parallel_crossover("min_lstm") == T
+    assert gr.parallel_crossover(gru) is None and gr.parallel_crossover() is None
+    assert gr.parallel_crossover("min_gru", backend="tpu") == 64
+    assert gr.parallel_crossover("min_lstm", backend="tpu") == 1
+    assert gr.parallel_crossover(backend="no_such_backend") == 1
+    assert _loops(gru) and not _loops(lstm)  # min_lstm: T >= its crossover; min_gru: steps
+    monkeypatch.setitem(scan_module._PARALLEL_FROM, (backend, "min_lstm"), None)
+    monkeypatch.setitem(scan_module._PARALLEL_FROM_BACKEND, backend, 1)
+    assert _loops(lstm) and not _loops(gru)  # a measured None beats the backend's default
+    with pytest.raises(ValueError, match=r"parallel_crossover\(backend='cpu'\)"):
+        gr.parallel_crossover("cpu")
+    with pytest.raises(TypeError, match="cell must be a gr.Cell, a cell name or None"):
+        gr.parallel_crossover(3)
+
+
+def test_every_parallel_cell_runs_step_by_step_on_the_cpu_until_measured():
+    """Today's table: no (cpu, cell) entry, so every registered cell with a parallel form
+    (minGRU, minLSTM, LRU, RG-LRU, mLSTM) runs step by step on the CPU, as before."""
+    assert not [k for k in scan_module._PARALLEL_FROM if k[0] == "cpu"]
+    assert scan_module._PARALLEL_FROM_BACKEND["cpu"] is None
+    parallel = [n for n in sorted(gr.CELLS) if gr.make_cell(n, H).parallel is not None]
+    assert {"min_gru", "min_lstm", "lru", "rglru", "mlstm"} <= set(parallel)
+    for name in parallel:
+        assert gr.parallel_crossover(name, backend="cpu") is None
 
 
 def test_linear_recurrence_is_the_loop_and_handles_empty_time():

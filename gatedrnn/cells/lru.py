@@ -59,6 +59,8 @@ from gatedrnn.cells.base import (
     check_hidden_size,
     check_input,
     check_input_size,
+    check_key,
+    check_params_type,
     check_positive_int,
     make_config,
     make_state_zeros,
@@ -172,14 +174,9 @@ def _check_params(params: Any, H: int, N: int) -> None:
       TypeError: a field is missing or not an array, or the dtypes are not one float type.
       ValueError: a field has the wrong shape (params of another size or cell).
     """
-    fields = LRUParams._fields
+    check_params_type(params, LRUParams, "lru")
     got = type(params).__name__
-    missing = [f for f in fields if not hasattr(params, f)]
-    if missing:
-        raise TypeError(
-            f"an lru cell needs params LRUParams({', '.join(fields)}), got {got} without "
-            f"{', '.join(missing)}"
-        )
+    fields = LRUParams._fields
     leaves = {f: getattr(params, f) for f in fields}
     for f, a in leaves.items():
         if not hasattr(a, "shape") or not hasattr(a, "dtype"):
@@ -250,6 +247,7 @@ def lru(
         """Draw params: ring init of ``lambda`` and ``gamma``, Gaussian ``B``, ``C``, ``D``."""
         I = check_input_size(input_size)
         dtype = check_dtype(dtype)
+        check_key(key)
         d_size = H if I == H else I * H
         nbytes = (3 * N + 2 * I * N + 2 * N * H + d_size) * dtype.itemsize
         check_fits_in_memory(

@@ -164,6 +164,7 @@ def _min_cell(
 
     def initial_state(params: Any, batch_shape: Any = ()) -> Array:
         """Zeros ``(*batch_shape, H)``."""
+        check_params_type(params, params_type, name)
         return make_state_zeros(H, params.w_x.dtype, batch_shape)
 
     def project(params: Any, x: Array) -> Array:

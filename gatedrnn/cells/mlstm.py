@@ -55,6 +55,8 @@ from gatedrnn.cells.base import (
     check_initializers,
     check_input,
     check_input_size,
+    check_key,
+    check_params_type,
     check_positive_int,
     fan_in_normal,
     make_config,
@@ -140,13 +142,8 @@ def _check_params(params: Any, H: int, num_heads: int) -> None:
       TypeError: a field is missing or not an array, or the dtypes are not one float type.
       ValueError: a field has the wrong shape.
     """
+    check_params_type(params, MLSTMParams, "mlstm")
     fields = MLSTMParams._fields
-    missing = [f for f in fields if not hasattr(params, f)]
-    if missing:
-        raise TypeError(
-            f"an mlstm cell needs params MLSTMParams({', '.join(fields)}), got "
-            f"{type(params).__name__} without {', '.join(missing)}"
-        )
     leaves = {f: getattr(params, f) for f in fields}
     for f, a in leaves.items():
         if not hasattr(a, "shape") or not hasattr(a, "dtype"):
@@ -332,6 +329,7 @@ def mlstm(
         ``gate_kernel_init``, ``b_f = linspace(3, 6)``, ``b_i ~ N(0, 0.01)``, ``b_o = 0``."""
         I = check_input_size(input_size)
         dtype = check_dtype(dtype)
+        check_key(key)
         n = I * (4 * H + 2 * NH) + H + 2 * NH
         check_fits_in_memory(
             n * dtype.itemsize,

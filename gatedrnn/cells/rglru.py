@@ -61,6 +61,8 @@ from gatedrnn.cells.base import (
     check_hidden_size,
     check_input,
     check_input_size,
+    check_key,
+    check_params_type,
     check_positive_int,
     fan_in_normal,
     make_config,
@@ -160,13 +162,8 @@ def rglru_coefficients(params: RGLRUParams, x: Array) -> RGLRUInput:
 
 def _check_params(params: Any, H: int, heads: int) -> None:
     """Raise TypeError / ValueError unless ``params`` is an :class:`RGLRUParams` of this size."""
+    check_params_type(params, RGLRUParams, "rglru")
     fields = RGLRUParams._fields
-    missing = [f for f in fields if not hasattr(params, f)]
-    if missing:
-        raise TypeError(
-            f"an rglru cell needs params RGLRUParams({', '.join(fields)}), got "
-            f"{type(params).__name__} without {', '.join(missing)}"
-        )
     leaves = {f: getattr(params, f) for f in fields}
     for f, a in leaves.items():
         if not hasattr(a, "shape") or not hasattr(a, "dtype"):
@@ -249,6 +246,7 @@ def rglru(
         ``1 / (H / num_heads)``, biases zero, ``lam`` on the ring (see :func:`rglru`)."""
         input_size = check_input_size(input_size)
         dtype = check_dtype(dtype)
+        check_key(key)
         count = (input_size + 2 * size + 4) * H
         check_fits_in_memory(
             count * dtype.itemsize,

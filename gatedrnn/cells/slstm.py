@@ -61,6 +61,8 @@ from gatedrnn.cells.base import (
     check_initializers,
     check_input,
     check_input_size,
+    check_key,
+    check_params_type,
     check_positive_int,
     fan_in_normal,
     make_config,
@@ -210,13 +212,8 @@ def check_slstm_params(params: Any, hidden_size: int, num_heads: int) -> None:
       ValueError: ``w_x`` not ``(I, 4H)``, ``r`` not ``(heads, H/heads, 4H/heads)``, or
         ``b`` not ``(4H,)`` (params of another size, head count or cell).
     """
+    check_params_type(params, SLSTMParams, "slstm")
     got = type(params).__name__
-    missing = [f for f in SLSTMParams._fields if not hasattr(params, f)]
-    if missing:
-        raise TypeError(
-            f"an slstm cell needs params SLSTMParams(w_x, r, b), got {got} without "
-            f"{', '.join(missing)}"
-        )
     leaves = {f: getattr(params, f) for f in SLSTMParams._fields}
     for f, a in leaves.items():
         if not hasattr(a, "shape") or not hasattr(a, "dtype"):
@@ -317,6 +314,7 @@ def slstm(
         and gate block), ``b`` zeros plus the forget block's ``forget_bias``."""
         input_size = check_input_size(input_size)
         dtype = check_dtype(dtype)
+        check_key(key)
         count = (input_size + 1) * 4 * H + heads * dh * 4 * dh
         check_fits_in_memory(
             count * dtype.itemsize,
