@@ -4,7 +4,7 @@ initialization predicts it.
 Delayed recall ("I grew up in France ... I speak ___"): a key token at step 0, distractors,
 and a query at the last step that asks for the key (``training.tasks.delayed_recall`` with
 ``key_window=1``, so the distance is exactly ``T - 1``). The distance is swept over a
-log-spaced range for six cells of the same hidden size:
+log-spaced range for ten cells of the same hidden size:
 
 * ``vanilla``: tanh RNN, orthogonal recurrent weights;
 * ``gru``: GRU, update-gate bias 0 (``z = 0.5`` at init);
@@ -12,6 +12,9 @@ log-spaced range for six cells of the same hidden size:
 * ``chrono_lstm``, ``chrono_gru``: forget / update bias drawn as ``log U(1, t_max - 1)``
   (Tallec & Ollivier 2018), ``t_max`` the longest distance of the sweep;
 * ``min_gru``: minGRU (Feng et al. 2024), gate from the input only.
+* ``lru``, ``rglru``: the gated linear recurrences LRU (Orvieto et al. 2023) and RG-LRU
+  (De et al. 2024), default (paper) initializations;
+* ``slstm``, ``mlstm``: sLSTM and mLSTM of xLSTM (Beck et al. 2024), default options.
 
 ``--cells`` takes any registered cell (``gatedrnn.cells.CELLS``, default options) besides
 these; the two chrono variants are this script's own (:data:`VARIANTS`).
@@ -32,18 +35,18 @@ distance at which it falls below ``--ratio`` of its value at the last state (cen
 sequence length when it never does); ``decay_factor`` is the fitted per-step factor. The
 script states the Spearman rank correlation between the decay distance (median over seeds)
 and the longest distance learned, and the Pearson correlation of their logarithms, whatever
-they are (six points: read them as a description, not a test).
+they are (ten points: read them as a description, not a test).
 
 Outputs in ``--out``: ``distance.json`` (config, per cell: decay measurements, per distance
 the seeds' results, the longest distance learned; the correlations; a Markdown table) and
 ``distance.png`` (left: solved fraction against distance per cell; right: decay distance at
 init against the longest distance learned).
 
-The default sweep (6 cells x distances 10, 30, 100, 300, 1000 x 2 seeds at once, at most
-500 updates each, H=32, batch 32) is sized to fit in about 10 minutes on 2 CPU cores; a
-configuration's cost grows with ``distance x updates run``, so most of the time goes to the
-distance-1000 runs of the cells that get that far. ``distance.json`` records the seconds of
-every configuration and of the whole run.
+The default sweep (10 cells x distances 10, 30, 100, 300, 1000 x 2 seeds at once, at most
+500 updates each, H=32, batch 32) took about 5 minutes for the six classical cells on 2 idle
+CPU cores; a configuration's cost grows with ``distance x updates run``, so most of the time
+goes to the distance-1000 runs of the cells that get that far. ``distance.json`` records the
+seconds of every configuration and of the whole run.
 
     python experiments/distance.py            # the default sweep (for a quiet machine)
     python experiments/distance.py --quick    # a smoke run (seconds)
@@ -64,7 +67,10 @@ import numpy as np  # noqa: E402
 
 from experiments import cli  # noqa: E402
 
-DEFAULT_CELLS = ["vanilla", "gru", "lstm", "chrono_lstm", "chrono_gru", "min_gru"]
+DEFAULT_CELLS = [
+    "vanilla", "gru", "lstm", "chrono_lstm", "chrono_gru", "min_gru",
+    "lru", "rglru", "slstm", "mlstm",
+]  # fmt: skip
 LABELS: dict[str, str] = {
     "vanilla": "tanh RNN",
     "gru": "GRU (update bias 0)",
@@ -72,6 +78,10 @@ LABELS: dict[str, str] = {
     "chrono_lstm": "LSTM (chrono init)",
     "chrono_gru": "GRU (chrono init)",
     "min_gru": "minGRU",
+    "lru": "LRU",
+    "rglru": "RG-LRU",
+    "slstm": "sLSTM",
+    "mlstm": "mLSTM",
 }
 """Display labels; any other registered cell shows its registry name."""
 VARIANTS: dict[str, tuple[str, str]] = {
@@ -86,8 +96,12 @@ COLORS = {
     "chrono_lstm": "tab:purple",
     "chrono_gru": "tab:olive",
     "min_gru": "tab:orange",
+    "lru": "tab:brown",
+    "rglru": "tab:pink",
+    "slstm": "tab:cyan",
+    "mlstm": "black",
 }
-OTHER_COLORS = ["tab:brown", "tab:pink", "tab:gray", "tab:cyan", "black", "gold"]
+OTHER_COLORS = ["tab:gray", "gold", "navy", "lime", "teal", "maroon"]
 
 
 def cell_color(name: str, k: int) -> str:

@@ -32,8 +32,18 @@ from experiments.cli import (
     write_results,
 )
 
-LABELS = {"vanilla": "vanilla (tanh)", "lstm": "LSTM (forget bias 1)", "gru": "GRU"}
+LABELS = {
+    "vanilla": "vanilla (tanh)",
+    "lstm": "LSTM (forget bias 1)",
+    "gru": "GRU",
+    "lru": "LRU",
+    "rglru": "RG-LRU",
+    "slstm": "sLSTM",
+    "mlstm": "mLSTM",
+}
 """Display labels of the cells (default options); other cells show their registry name."""
+DEFAULT_CELLS = ("vanilla", "lstm", "gru", "lru", "rglru", "slstm", "mlstm")
+"""The cells of the default run: the classical three and the modern recurrences."""
 COLORS = ["C3", "C0", "C2", "C1", "C4", "C5", "C6", "C7", "C8", "C9"]
 
 
@@ -97,7 +107,7 @@ def main(argv: list[str] | None = None) -> dict:
     )
     p.add_argument("--iters", type=cli.positive_int, default=30, help="power iterations")
     p.add_argument("--ratio", type=cli.positive_float, default=1e-6, help="the vanishing threshold")
-    cli.add_cells_option(p, default=("vanilla", "lstm", "gru"))
+    cli.add_cells_option(p, default=DEFAULT_CELLS)
     args = p.honour_quick(p.parse_args(argv), hidden=16, T=60, seeds=2, batch=4, T_jac=20, iters=10)
     if "T_jac" not in p.given:  # the default horizon shrinks with a short --T
         args.T_jac = min(args.T_jac, args.T)

@@ -334,9 +334,8 @@ def long_range_summary() -> str:
     return "Seeds solved within the budget, per length:\n\n" + md_table(["task", *cells], rows)
 
 
-@block("distance", f"{EXP}/distance.json")
-def distance() -> str:
-    d = load(f"{EXP}/distance.json")
+def distance_table(d: dict) -> str:
+    """The distance study's table (one row per cell) from a ``distance.json``."""
     cfg = d["config"]
     header = ["cell", f"decay distance at init (to {cfg['ratio']:g})", "decay factor / step"]
     header += [f"d={x}" for x in cfg["distances"]] + ["longest learned"]
@@ -346,12 +345,45 @@ def distance() -> str:
         solved = [f(r["solved_fraction"], ".2f") if r["run"] else "(skipped)" for r in c["runs"]]
         longest = c["longest_solved"] or "none"
         rows.append([c["description"], dist, f(c["decay_factor"], ".4f"), *solved, longest])
-    corr = d["correlation"]
+    return md_table(header, rows)
+
+
+def correlation_line(corr: dict, what: str) -> str:
     return (
-        md_table(header, rows)
-        + f"\n\nSpearman rank correlation between decay distance and longest distance learned "
-        f"over {corr['n_cells']} cells: {f(corr['spearman'], '.2f')}; Pearson of their "
+        f"Spearman rank correlation between decay distance and longest distance learned "
+        f"over {corr['n_cells']} {what}: {f(corr['spearman'], '.2f')}; Pearson of their "
         f"log10: {f(corr['pearson_log10'], '.2f')}."
+    )
+
+
+@block("distance", f"{EXP}/distance.json")
+def distance() -> str:
+    d = load(f"{EXP}/distance.json")
+    return distance_table(d) + "\n\n" + correlation_line(d["correlation"], "cells")
+
+
+DISTANCE_NEW = f"{EXP}/distance_new_cells/distance.json"
+
+
+@block("distance_new_cells", DISTANCE_NEW, f"{EXP}/distance.json")
+def distance_new_cells() -> str:
+    """The cells run on their own (``--cells ... --out .../distance_new_cells``), and the
+    correlation over these and the main run's cells together (same sweep settings only)."""
+    from experiments.distance import correlations
+
+    new, old = load(DISTANCE_NEW), load(f"{EXP}/distance.json")
+    differ = {"cells", "out", "chrono_t_max", "no_progress"}
+    same = {k: v for k, v in new["config"].items() if k not in differ}
+    if same != {k: v for k, v in old["config"].items() if k not in differ}:
+        raise ValueError(f"{DISTANCE_NEW} and {EXP}/distance.json ran different sweeps")
+    cells = [*old["cells"].values(), *new["cells"].values()]
+    both = correlations([c["decay_distance"] for c in cells], [c["longest_solved"] for c in cells])
+    return (
+        distance_table(new)
+        + "\n\n"
+        + correlation_line(new["correlation"], "cells of this table")
+        + "\n\n"
+        + correlation_line(both, "cells of both tables")
     )
 
 

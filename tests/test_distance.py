@@ -23,7 +23,7 @@ def test_quick_defaults_run_every_cell_at_one_distance(tmp_path: Path):
         a = MOD.parse_args(["--quick", "--out", str(tmp_path)])
     finally:
         MOD.cli.release_outputs()
-    assert a.cells == MOD.DEFAULT_CELLS  # the six cells by default
+    assert a.cells == MOD.DEFAULT_CELLS  # the ten cells by default
     assert a.distances == [6] and a.seeds == 1 and a.steps == 20
     for name in MOD.DEFAULT_CELLS:  # each builds (the end-to-end run below trains two of them)
         cell = MOD.make_cell(name, 4, t_max=6)
