@@ -206,12 +206,12 @@ def _from_vec(vec: Array, like: PyTree, leaf: str | None) -> PyTree:
     if leaf is not None:
         return like._replace(
             **{
-                name: (
+                field: (
                     vec
-                    if name == leaf
-                    else jnp.zeros((*lead, getattr(like, name).shape[-1]), vec.dtype)
+                    if field == leaf
+                    else jnp.zeros((*lead, getattr(like, field).shape[-1]), vec.dtype)
                 )
-                for name in like._fields
+                for field in like._fields
             }
         )
     leaves, treedef = jax.tree_util.tree_flatten(like)
