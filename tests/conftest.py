@@ -113,6 +113,26 @@ def nested_cell(hidden_size: int) -> Cell:
     )
 
 
+# Most of the suite compiles with XLA's optimizations off (compiles take about half as
+# long, and the numbers the tests compare are the same math): every test module except
+# those below, which check what the optimizer does (memory, remat, speed).
+# GATEDRNN_TEST_OPTIMIZE=1 runs every test on the optimized compiler (to compare).
+_OPTIMIZED_MODULES = frozenset({"test_remat", "test_benchmarks"})
+_ALL_OPTIMIZED = os.environ.get("GATEDRNN_TEST_OPTIMIZE", "").lower() in ("1", "true", "yes")
+
+
+@pytest.fixture(autouse=True)
+def _compile_fast_unless_optimizer_tested(request: pytest.FixtureRequest):
+    module = request.node.module.__name__.rpartition(".")[2] if request.node.module else ""
+    if _ALL_OPTIMIZED or module in _OPTIMIZED_MODULES:
+        yield
+        return
+    before = jax.config.read("jax_disable_most_optimizations")
+    jax.config.update("jax_disable_most_optimizations", True)
+    yield
+    jax.config.update("jax_disable_most_optimizations", before)
+
+
 @pytest.fixture
 def fast_compile():
     """XLA without most of its optimizations for one test (compiles take about half as
@@ -181,3 +201,15 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
         seen: set[int] = set()
         if any(_calls_slow(f, seen) for f in funcs if f is not None):
             item.add_marker(pytest.mark.slow)
+        module = item.nodeid.split("::")[0].rpartition("/")[2].removesuffix(".py")
+        if module in _ONE_WORKER_MODULES:
+            item.add_marker(pytest.mark.xdist_group(module))
+    # The slow tests first (stable: a module's tests stay together), so under pytest-xdist
+    # the long ones start at once and the short ones fill the workers' ends (the workers
+    # end together); pyproject's ``--dist loadgroup`` hands tests out one at a time.
+    items.sort(key=lambda item: item.get_closest_marker("slow") is None)
+
+
+# Modules whose module-scoped fixture runs subprocesses: all their tests on one xdist
+# worker, so the fixture runs once (the 8-device mesh shares its child's result itself).
+_ONE_WORKER_MODULES = frozenset({"test_multiprocess", "test_resume"})
