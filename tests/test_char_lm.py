@@ -101,7 +101,8 @@ def test_train_step_gradient_stops_at_the_chunk_boundary():
     from gatedrnn.training.text import bits_per_char
 
     assert float(bpc) == pytest.approx(float(bits_per_char(logits, x)), rel=1e-6)
-    _leaves_equal(carry2, want_carry)
+    # The jitted step and the eager apply are two programs: equal up to float rounding.
+    chex.assert_trees_all_close(carry2, want_carry, rtol=1e-6, atol=1e-7)
 
 
 def _greedy_oracle(params, cfg, prime, length):
