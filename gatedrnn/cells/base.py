@@ -330,6 +330,38 @@ def check_params_type(params: Any, cls: type, name: str) -> None:
     )
 
 
+def check_param_leaves(params: Any, cls: type, name: str, first: str) -> dict[str, Array]:
+    """What every cell's params check starts with: the type, then one floating dtype.
+
+    Args:
+      params: the params given.
+      cls: the cell's params NamedTuple (checked by type, :func:`check_params_type`).
+      name: the cell's name, for messages.
+      first: the field whose dtype the others must share (named in the message).
+
+    Returns:
+      The fields as ``{name: array}``.
+
+    Raises:
+      TypeError: another type, a field that is not an array (or another framework's
+        tensor), or dtypes that are not one float type.
+    """
+    check_params_type(params, cls, name)
+    leaves = {f: getattr(params, f) for f in cls._fields}
+    for f, a in leaves.items():
+        if not hasattr(a, "shape") or not hasattr(a, "dtype"):
+            raise TypeError(f"params.{f} must be an array, got {type(a).__name__}")
+        check_not_foreign_array(a, f"params.{f}")
+    dtype = leaves[first].dtype
+    for f, a in leaves.items():
+        if not jnp.issubdtype(a.dtype, jnp.floating) or a.dtype != dtype:
+            raise TypeError(
+                f"params must all share one floating dtype; params.{first} is {dtype}, "
+                f"params.{f} is {a.dtype}"
+            )
+    return leaves
+
+
 def check_params(params: Any, cls: type, name: str, hidden_size: int, gates: int) -> None:
     """Check a cell's params against its layout before any math touches them.
 
@@ -343,21 +375,9 @@ def check_params(params: Any, cls: type, name: str, hidden_size: int, gates: int
         field that is not an array, or dtypes that are not one float type.
       ValueError: a field has the wrong shape (e.g. params of another hidden size or cell).
     """
-    check_params_type(params, cls, name)
+    leaves = check_param_leaves(params, cls, name, "w_x")
     fields = cls._fields
     got = type(params).__name__
-    leaves = {f: getattr(params, f) for f in fields}
-    for f, a in leaves.items():
-        if not hasattr(a, "shape") or not hasattr(a, "dtype"):
-            raise TypeError(f"params.{f} must be an array, got {type(a).__name__}")
-        check_not_foreign_array(a, f"params.{f}")
-    dtype = leaves["w_x"].dtype
-    for f, a in leaves.items():
-        if not jnp.issubdtype(a.dtype, jnp.floating) or a.dtype != dtype:
-            raise TypeError(
-                f"params must all share one floating dtype; params.w_x is {dtype}, "
-                f"params.{f} is {a.dtype}"
-            )
     GH = gates * hidden_size
     g = "" if gates == 1 else str(gates)
     want = {f: (GH,) for f in fields}

@@ -60,7 +60,7 @@ from gatedrnn.cells.base import (
     check_input,
     check_input_size,
     check_key,
-    check_params_type,
+    check_param_leaves,
     check_positive_int,
     make_config,
     make_state_zeros,
@@ -174,20 +174,8 @@ def _check_params(params: Any, H: int, N: int) -> None:
       TypeError: a field is missing or not an array, or the dtypes are not one float type.
       ValueError: a field has the wrong shape (params of another size or cell).
     """
-    check_params_type(params, LRUParams, "lru")
     got = type(params).__name__
-    fields = LRUParams._fields
-    leaves = {f: getattr(params, f) for f in fields}
-    for f, a in leaves.items():
-        if not hasattr(a, "shape") or not hasattr(a, "dtype"):
-            raise TypeError(f"params.{f} must be an array, got {type(a).__name__}")
-    dtype = leaves["b_re"].dtype
-    for f, a in leaves.items():
-        if not jnp.issubdtype(a.dtype, jnp.floating) or a.dtype != dtype:
-            raise TypeError(
-                f"params must all share one floating dtype; params.b_re is {dtype}, "
-                f"params.{f} is {a.dtype}"
-            )
+    leaves = check_param_leaves(params, LRUParams, "lru", "b_re")
     b_shape = tuple(leaves["b_re"].shape)
     I = b_shape[0] if len(b_shape) == 2 else None
     want = {

@@ -56,7 +56,7 @@ from gatedrnn.cells.base import (
     check_input,
     check_input_size,
     check_key,
-    check_params_type,
+    check_param_leaves,
     check_positive_int,
     fan_in_normal,
     make_config,
@@ -142,19 +142,7 @@ def _check_params(params: Any, H: int, num_heads: int) -> None:
       TypeError: a field is missing or not an array, or the dtypes are not one float type.
       ValueError: a field has the wrong shape.
     """
-    check_params_type(params, MLSTMParams, "mlstm")
-    fields = MLSTMParams._fields
-    leaves = {f: getattr(params, f) for f in fields}
-    for f, a in leaves.items():
-        if not hasattr(a, "shape") or not hasattr(a, "dtype"):
-            raise TypeError(f"params.{f} must be an array, got {type(a).__name__}")
-    dtype = params.w_q.dtype
-    for f, a in leaves.items():
-        if not jnp.issubdtype(a.dtype, jnp.floating) or a.dtype != dtype:
-            raise TypeError(
-                f"params must all share one floating dtype; params.w_q is {dtype}, "
-                f"params.{f} is {a.dtype}"
-            )
+    leaves = check_param_leaves(params, MLSTMParams, "mlstm", "w_q")
     I = params.w_q.shape[0] if params.w_q.ndim == 2 else -1
     want = {"w_q": (I, H), "w_k": (I, H), "w_v": (I, H), "w_o": (I, H), "b_o": (H,)}
     want |= {"w_i": (I, num_heads), "w_f": (I, num_heads)}

@@ -62,7 +62,7 @@ from gatedrnn.cells.base import (
     check_input,
     check_input_size,
     check_key,
-    check_params_type,
+    check_param_leaves,
     check_positive_int,
     fan_in_normal,
     make_config,
@@ -162,19 +162,7 @@ def rglru_coefficients(params: RGLRUParams, x: Array) -> RGLRUInput:
 
 def _check_params(params: Any, H: int, heads: int) -> None:
     """Raise TypeError / ValueError unless ``params`` is an :class:`RGLRUParams` of this size."""
-    check_params_type(params, RGLRUParams, "rglru")
-    fields = RGLRUParams._fields
-    leaves = {f: getattr(params, f) for f in fields}
-    for f, a in leaves.items():
-        if not hasattr(a, "shape") or not hasattr(a, "dtype"):
-            raise TypeError(f"params.{f} must be an array, got {type(a).__name__}")
-    dtype = leaves["w_in"].dtype
-    for f, a in leaves.items():
-        if not jnp.issubdtype(a.dtype, jnp.floating) or a.dtype != dtype:
-            raise TypeError(
-                f"params must all share one floating dtype; params.w_in is {dtype}, "
-                f"params.{f} is {a.dtype}"
-            )
+    leaves = check_param_leaves(params, RGLRUParams, "rglru", "w_in")
     block = (heads, H // heads, H // heads)
     for f, a in leaves.items():
         shape = tuple(a.shape)

@@ -62,7 +62,7 @@ from gatedrnn.cells.base import (
     check_input,
     check_input_size,
     check_key,
-    check_params_type,
+    check_param_leaves,
     check_positive_int,
     fan_in_normal,
     make_config,
@@ -212,19 +212,8 @@ def check_slstm_params(params: Any, hidden_size: int, num_heads: int) -> None:
       ValueError: ``w_x`` not ``(I, 4H)``, ``r`` not ``(heads, H/heads, 4H/heads)``, or
         ``b`` not ``(4H,)`` (params of another size, head count or cell).
     """
-    check_params_type(params, SLSTMParams, "slstm")
     got = type(params).__name__
-    leaves = {f: getattr(params, f) for f in SLSTMParams._fields}
-    for f, a in leaves.items():
-        if not hasattr(a, "shape") or not hasattr(a, "dtype"):
-            raise TypeError(f"params.{f} must be an array, got {type(a).__name__}")
-    dtype = leaves["w_x"].dtype
-    for f, a in leaves.items():
-        if not jnp.issubdtype(a.dtype, jnp.floating) or a.dtype != dtype:
-            raise TypeError(
-                f"params must all share one floating dtype; params.w_x is {dtype}, "
-                f"params.{f} is {a.dtype}"
-            )
+    leaves = check_param_leaves(params, SLSTMParams, "slstm", "w_x")
     H, dh = hidden_size, hidden_size // num_heads
     want = {
         "w_x": f"(input_size, 4H) = (I, {4 * H})",
