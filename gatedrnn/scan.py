@@ -301,17 +301,9 @@ def scan(
     for path, leaf in jax.tree_util.tree_leaves_with_path(params):
         check_not_foreign_array(leaf, "params" + jax.tree_util.keystr(path))
     jax.eval_shape(cell.project, params, xs_tm)  # the cell checks features and dtype
-    state0 = _initial_state(cell, params, initial_state, batch_shape)
+    state0_given = _initial_state(cell, params, initial_state, batch_shape)
     lengths = _check_lengths(seq_lengths, batch_shape, T)
-    state0_given = state0
-    if lengths is not None:
-        # Padding never reaches the math: NaN or inf there cannot poison gradients.
-        t = jnp.arange(T).reshape((T,) + (1,) * len(batch_shape))
-        xs_tm = jnp.where((t < lengths)[..., None], xs_tm, jnp.zeros_like(xs_tm))
-        # Nor does the state of a row of length 0 (double where: it is put back below);
-        # else a NaN/inf there, multiplied by its zero cotangent in the masked steps'
-        # matrix products, would make the params' gradient NaN.
-        state0 = _where(lengths > 0, state0, cell.initial_state(params, batch_shape))
+    xs_tm, state0 = _mask_padding(cell, params, xs_tm, state0_given, lengths)
     # With chunked remat each chunk projects its own inputs inside the loop.
     if chunk is None:
         _check_projection_memory(cell, params, xs_tm)
@@ -546,6 +538,22 @@ def _step(
         new_state = _where(valid, new_state, state)
         y = jnp.where(valid[..., None], y, jnp.zeros_like(y))
     return new_state, y
+
+
+def _mask_padding(
+    cell: Cell, params: PyTree, xs_tm: Array, state0: PyTree, lengths: Array | None
+) -> tuple[Array, PyTree]:
+    """Keep padding out of the math: inputs at or past a sequence's length become zeros,
+    and a row of length 0 starts from the cell's zeros (double where: :func:`scan` puts the
+    given state back as its final state). Otherwise a NaN/inf there, multiplied by its zero
+    cotangent in the masked steps' matrix products, would make the params' gradient NaN."""
+    if lengths is None:
+        return xs_tm, state0
+    T, batch_shape = xs_tm.shape[0], tuple(xs_tm.shape[1:-1])
+    t = jnp.arange(T).reshape((T,) + (1,) * len(batch_shape))
+    xs_tm = jnp.where((t < lengths)[..., None], xs_tm, jnp.zeros_like(xs_tm))
+    zeros = cell.initial_state(params, batch_shape)
+    return xs_tm, _where(lengths > 0, state0, zeros)
 
 
 def _split_loop(
