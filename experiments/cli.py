@@ -87,6 +87,8 @@ class ArgumentParser(argparse.ArgumentParser):
         """
         ns, rest = super().parse_known_args(args, namespace)
         self.given = self._given_options(args)
+        if rest:  # parse_args is about to refuse them: claim nothing for a run that won't be
+            return ns, rest
         for action in self._actions:
             value = getattr(ns, action.dest, None)
             if value is not None and action.type in (output_dir, output_file):

@@ -781,10 +781,11 @@ _PEER_FAULTS = ("Gloo", "Connection", "DEADLINE_EXCEEDED", "UNAVAILABLE", "coord
 @contextlib.contextmanager
 def _peers_alive() -> Iterator[None]:
     """In a run of several processes, turn the runtime error of a collective or barrier
-    whose peer is gone (JAX's own message runs to many lines) into one line."""
+    whose peer is gone (JAX's own message runs to many lines) into one line. Any exception
+    type: orbax re-raises a failed collective of its save from its own thread."""
     try:
         yield
-    except jax.errors.JaxRuntimeError as e:
+    except Exception as e:
         if jax.process_count() == 1 or not any(k in str(e) for k in _PEER_FAULTS):
             raise
         why = " ".join(str(e).split())[:160]
