@@ -34,6 +34,10 @@ _ALL_OPTIMIZED = os.environ.get("GATEDRNN_TEST_OPTIMIZE", "").lower() in ("1", "
 _FAST_EMITTERS = "--xla_cpu_use_fusion_emitters=false"
 if not _ALL_OPTIMIZED and _FAST_EMITTERS not in os.environ.get("XLA_FLAGS", ""):
     os.environ["XLA_FLAGS"] = f"{os.environ.get('XLA_FLAGS', '')} {_FAST_EMITTERS}".strip()
+if not _ALL_OPTIMIZED:
+    # the scripts and children the tests start compile without most XLA optimizations
+    # too (this process reads it per test: _compile_fast_unless_optimizer_tested below)
+    os.environ.setdefault("JAX_DISABLE_MOST_OPTIMIZATIONS", "1")
 
 VARIANTS = {
     "vanilla_relu": lambda h: gr.vanilla(h, activation="relu"),
@@ -266,5 +270,5 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
 
 
 # Modules whose module-scoped fixture runs subprocesses: all their tests on one xdist
-# worker, so the fixture runs once (the 8-device mesh shares its child's result itself).
-_ONE_WORKER_MODULES = frozenset({"test_multiprocess", "test_resume"})
+# worker, so the fixture runs once and no worker waits for another one's child.
+_ONE_WORKER_MODULES = frozenset({"test_multiprocess", "test_resume", "test_mesh"})

@@ -81,8 +81,10 @@ def child(tmp_path_factory) -> dict:
         JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0",
         JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES="0",
     )
-    for k in ("XLA_FLAGS", "GATEDRNN_DEBUG"):
-        env.pop(k, None)
+    env.pop("GATEDRNN_DEBUG", None)
+    # one device per process: no --xla_force_host_platform_device_count of the parent's
+    flags = env.get("XLA_FLAGS", "").split()
+    env["XLA_FLAGS"] = " ".join(f for f in flags if "device_count" not in f)
     return {"script": script, "env": env, "base": base}
 
 

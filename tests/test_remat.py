@@ -33,6 +33,7 @@ def _value_and_grads(cell, params, xs, remat, **options):
     ids=["plain", "lengths_reverse", "lengths", "resets_truncate_time_major"],
 )
 @pytest.mark.parametrize("make_cell", [gr.lstm, gr.gru], ids=["lstm", "gru"])
+@pytest.mark.usefixtures("fast_compile")  # values, not memory: XLA's optimizations off
 def test_remat_equals_no_remat_float64(make_cell, options):
     """Per-step, sqrt, dividing (11 = 2*4 + 3 leaves a tail) and oversized chunks."""
     with jax.enable_x64(True):
