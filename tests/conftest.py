@@ -208,7 +208,7 @@ def _release_output_claims():
 # so a failure reproduces. Tests take max_examples from the profile, never their own.
 _HYPOTHESIS = {"deadline": None, "derandomize": True, "print_blob": True}
 settings.register_profile("dev", max_examples=5, **_HYPOTHESIS)
-settings.register_profile("ci", max_examples=15, **_HYPOTHESIS)
+settings.register_profile("ci", max_examples=10, **_HYPOTHESIS)
 settings.load_profile("ci" if os.environ.get("CI", "").lower() in ("1", "true", "yes") else "dev")
 
 

@@ -324,10 +324,25 @@ def prefix(path: Path) -> list[str]:
     return ["train"] if "add_subparsers" in path.read_text() else []
 
 
-@pytest.mark.parametrize("path", EXPERIMENTS, ids=lambda p: p.name)
-def test_experiment_unknown_option_is_one_line_exit_2(path):
-    proc = run(path, *prefix(path), "--quick", "--no-such-option")
+def test_experiment_unknown_option_is_one_line_exit_2_in_a_real_process():
+    path = ROOT / "experiments" / "after_training.py"
+    proc = run(path, "--quick", "--no-such-option")
     assert_user_error(proc, "--no-such-option", name=path.name)
+
+
+@pytest.mark.parametrize("path", EXPERIMENTS, ids=lambda p: p.name)
+def test_experiment_unknown_option_is_one_line_exit_2(path, monkeypatch, capsys):
+    """Every experiment, in this process (the real process: the test above)."""
+    module = load_experiment(path)
+    monkeypatch.setattr(sys, "argv", [path.name])
+    monkeypatch.delenv(cli.DEBUG_ENV, raising=False)
+    with pytest.raises(SystemExit) as exit_info:
+        cli.run(getattr(module, "cli_main", module.main), [*prefix(path), "--quick", "--x"])
+    err = capsys.readouterr()
+    lines = err.err.strip().splitlines()
+    assert exit_info.value.code == 2 and err.out == "", err
+    assert len(lines) == 1 and lines[0].startswith(f"{path.name}: error: "), lines
+    assert "unrecognized arguments: --x" in lines[0], lines
 
 
 def load_experiment(path: Path):

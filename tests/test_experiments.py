@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import math
-import subprocess
 import sys
 from pathlib import Path
 
@@ -96,12 +95,13 @@ def test_after_training_quick_measures_before_and_after(tmp_path):
         assert c["history"]
 
 
-def test_every_experiment_has_help():
-    for name in ("gradient_decay", "weight_scale", "forget_bias", "after_training"):
-        out = subprocess.run(
-            [sys.executable, str(ROOT / "experiments" / f"{name}.py"), "--help"],
-            capture_output=True,
-            text=True,
-            check=True,
-        ).stdout
+def test_every_experiment_has_help(capsys):
+    """In this process (the real-process path of cli.run is test_cli's)."""
+    from experiments import cli
+
+    for module in (gradient_decay, weight_scale, forget_bias, after_training):
+        with pytest.raises(SystemExit) as exit_info:
+            cli.run(getattr(module, "cli_main", module.main), ["--help"])
+        assert exit_info.value.code == 0
+        out = capsys.readouterr().out
         assert "--quick" in out and "--seed" in out and "--out" in out

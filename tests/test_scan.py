@@ -94,7 +94,7 @@ def test_gradients_match_finite_differences_float64(cell_name):
             s, ys = gr.scan(cell, p, xs)
             return jnp.sum(ys**2) + jnp.sum(jax.tree_util.tree_leaves(s)[0])
 
-        jax.test_util.check_grads(loss, (p, xs), order=1, modes=["rev"], eps=1e-6)
+        jax.test_util.check_grads(jax.jit(loss), (p, xs), order=1, modes=["rev"], eps=1e-6)
 
 
 def test_linear_rnn_bptt_gradient_is_exactly_s_to_the_k():
