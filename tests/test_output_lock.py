@@ -147,6 +147,25 @@ def test_live_holders_are_refused_on_any_host(tmp_path):
     assert (tmp_path / tio.LOCK_NAME).exists()  # refusing never removes someone's lock
 
 
+def test_a_folder_that_cannot_be_one_is_a_one_line_value_error(tmp_path):
+    """A dangling symbolic link (a checkpoint folder on a disk not mounted), a file, a
+    path under a file: ValueError naming the path and why, never an OSError traceback."""
+    (tmp_path / "ckpt").symlink_to(tmp_path / "gone")
+    (tmp_path / "a-file").write_text("x")
+    cases = [
+        ("ckpt", "is a symbolic link to", "which does not exist"),
+        ("a-file", "is a file, not a folder"),
+        ("a-file/sub", "cannot be created"),
+    ]
+    for name, *needles in cases:
+        with pytest.raises(ValueError) as err:
+            tio.FolderLock(tmp_path / name, what=f"checkpoint folder {tmp_path / name}").acquire()
+        msg = str(err.value)
+        assert "\n" not in msg and msg.startswith(f"checkpoint folder {tmp_path / name} "), msg
+        assert all(n in msg for n in needles), msg
+    assert not (tmp_path / "gone").exists()  # nothing created behind the link
+
+
 def test_same_process_may_nest_and_release_keeps_foreign_locks(tmp_path):
     lock = tio.FolderLock(tmp_path)
     with lock, tio.FolderLock(tmp_path):

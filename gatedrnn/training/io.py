@@ -121,6 +121,7 @@ class FolderLock:
 
     Raises (on acquiring):
       FolderInUseError: a live process holds the lock; names the folder and the holder.
+      ValueError: the folder cannot be created (a dangling symbolic link, a file).
     """
 
     def __init__(self, folder: str | Path, name: str = LOCK_NAME, what: str | None = None):
@@ -134,6 +135,23 @@ class FolderLock:
     def __exit__(self, *exc: object) -> None:
         self.release()
 
+    def _make_folder(self) -> None:
+        """Create the folder (and its parents); a path that cannot be one is a one-line
+        ValueError (a dangling symbolic link, a file, no permission), not an OSError."""
+        try:
+            self.folder.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            if self.folder.is_symlink() and not self.folder.exists():
+                target = os.readlink(self.folder)
+                why = f"is a symbolic link to {target}, which does not exist"
+                why += " (create it or remove the link)"
+            elif self.folder.exists() and not self.folder.is_dir():
+                why = "is a file, not a folder"
+            else:
+                why = f"cannot be created: {e.strerror or e}"
+            where = "" if str(self.folder) in self.what else f": {self.folder}"
+            raise ValueError(f"{self.what}{where} {why}") from None
+
     def acquire(self) -> FolderLock:
         """Take the lock (see the class docstring); returns ``self``."""
         import fcntl
@@ -143,7 +161,7 @@ class FolderLock:
             if key in _HELD:
                 _HELD[key][2] += 1
                 return self
-        self.folder.mkdir(parents=True, exist_ok=True)
+        self._make_folder()
         while True:
             fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o666)
             try:
