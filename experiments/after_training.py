@@ -25,7 +25,6 @@ from experiments.cli import (
     setup_jax,
     table,
     timed,
-    whole_state,
     write_results,
 )
 
@@ -40,15 +39,15 @@ def measure(model, params, batch, loss_fn, ratio: float) -> dict:
     p64 = jax.tree_util.tree_map(lambda a: jnp.asarray(a, jnp.float64), params)
     xs = jnp.asarray(batch.inputs, jnp.float64)
 
-    norms = dg.state_gradient_norms(
-        model.cell, p64.cell, xs, loss_fn, loss_args=(p64.w_out, p64.b_out, batch)
-    )
-    total = whole_state(norms)
+    decay = dg.decay_profile(
+        model.cell, p64.cell, xs, loss_fn, loss_args=(p64.w_out, p64.b_out, batch),
+        ratio=ratio, floor=1e-300,
+    )  # fmt: skip
     stats = dg.gate_statistics(model.cell, p64.cell, xs)
     out = {
-        "relative_grad_norm": total / total[-1],
-        "decay_factor": dg.decay_factor(total, floor=1e-300),
-        "vanish_distance": dg.vanishing_distance(total, ratio),
+        "relative_grad_norm": decay["relative"],
+        "decay_factor": decay["decay_factor"],
+        "vanish_distance": decay["vanish_distance"],
         "saturated": float(jnp.mean(stats["saturated"])),
     }
     for gate in ("forget", "update"):

@@ -475,16 +475,6 @@ def table(rows: list[list[Any]], header: list[str]) -> str:
     return "\n".join(lines)
 
 
-def loss_last_output(final: Any, ys: Any) -> Any:
-    """L = sum over the batch of the last output's units / sqrt(H): a fixed readout.
-
-    ``ys`` is time-major (as :func:`gatedrnn.diagnostics.state_gradients` passes it).
-    """
-    import jax.numpy as jnp
-
-    return jnp.sum(ys[-1]) / jnp.sqrt(ys.shape[-1])
-
-
 def add_cells_option(p: ArgumentParser, default: Sequence[str], extra: Sequence[str] = ()) -> None:
     """Add ``--cells NAME ...``: any registered cell (``gatedrnn.cells.CELLS``), or one of
     the script's own ``extra`` variants (e.g. ``chrono_lstm``); ``default`` when not given."""
@@ -506,14 +496,6 @@ def label(name: str, labels: dict[str, str]) -> str:
     return labels.get(name, name)
 
 
-def whole_state(norms: Any) -> np.ndarray:
-    """Norms of the gradient with respect to the whole state from per-part norms
-    (``sqrt(|g_h|^2 + |g_c|^2)`` for LSTM; the norms themselves for one-part states)."""
-    import jax
-
-    return np.sqrt(sum(np.asarray(n, np.float64) ** 2 for n in jax.tree_util.tree_leaves(norms)))
-
-
 def geomean(a: Any, axis: int = 0) -> np.ndarray:
     """Geometric mean along ``axis`` (zeros count as 1e-300)."""
     return np.exp(np.mean(np.log(np.maximum(np.asarray(a, np.float64), 1e-300)), axis=axis))
@@ -531,7 +513,6 @@ __all__ = [
     "fraction",
     "geomean",
     "label",
-    "loss_last_output",
     "nonneg_float",
     "nonneg_int",
     "output_dir",
@@ -549,7 +530,6 @@ __all__ = [
     "text_file",
     "timed",
     "to_jsonable",
-    "whole_state",
     "write_final_json",
     "write_json",
     "write_partial_json",

@@ -181,7 +181,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def decay_at_init(cell, args: argparse.Namespace, seed: int) -> dict:
     """Gradient decay at init of ``cell`` with the params training seed ``seed`` starts from.
 
-    The loss reads the last output (:func:`experiments.cli.loss_last_output`) of a batch of
+    The loss reads the last output (:func:`gatedrnn.diagnostics.last_output_loss`) of a batch of
     delayed-recall sequences with the longest distance of the sweep.
     """
     import jax
@@ -194,15 +194,13 @@ def decay_at_init(cell, args: argparse.Namespace, seed: int) -> dict:
     task = tasks.delayed_recall(T, key_window=1)
     params = training.task_model(cell, task).init(training.param_key(seed)).cell
     xs = task.sample(jax.random.PRNGKey(10_000 + seed), args.decay_batch).inputs
-    norms = dg.state_gradient_norms(cell, params, xs, cli.loss_last_output)
-    total = cli.whole_state(norms)
-    dist = dg.vanishing_distance(total, args.ratio)
+    decay = dg.decay_profile(cell, params, xs, ratio=args.ratio)
     return {
         "seed": seed,
-        "vanish_distance": dist,
-        "censored": dist is None,  # never fell below the ratio within the sequence
-        "decay_factor": dg.decay_factor(total),
-        "relative_norm_at_longest": float(total[0] / total[-1]),
+        "vanish_distance": decay["vanish_distance"],
+        "censored": decay["vanish_distance"] is None,  # never fell below the ratio
+        "decay_factor": decay["decay_factor"],
+        "relative_norm_at_longest": float(decay["relative"][0]),
     }
 
 

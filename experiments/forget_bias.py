@@ -19,13 +19,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from experiments import cli
 from experiments.cli import (
     geomean,
-    loss_last_output,
     parser,
     pyplot,
     setup_jax,
     table,
     timed,
-    whole_state,
     write_results,
 )
 
@@ -62,16 +60,15 @@ def main(argv: list[str] | None = None) -> dict:
                 kp, kx = jax.random.split(jax.random.PRNGKey(args.seed + s))
                 params = cell.init(kp, args.input_size, dtype=jnp.float64)
                 xs = jax.random.normal(kx, (args.batch, args.T, args.input_size), jnp.float64)
-                norms = dg.state_gradient_norms(cell, params, xs, loss_last_output)
-                total = whole_state(norms)
-                c = np.asarray(norms.c)
+                decay = dg.decay_profile(cell, params, xs, ratio=args.ratio, floor=1e-300)
+                c = decay["norms"].c
                 stats = dg.gate_statistics(cell, params, xs)
                 out.append(
                     {
-                        "relative": total / total[-1],
-                        "factor": dg.decay_factor(total, floor=1e-300),
+                        "relative": decay["relative"],
+                        "factor": decay["decay_factor"],
                         "factor_c": dg.decay_factor(c[:-1], floor=1e-300),
-                        "distance": dg.vanishing_distance(total, args.ratio),
+                        "distance": decay["vanish_distance"],
                         "mean_f": float(jnp.mean(stats["forget"])),
                     }
                 )

@@ -22,13 +22,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from experiments import cli
 from experiments.cli import (
     geomean,
-    loss_last_output,
     parser,
     pyplot,
     setup_jax,
     table,
     timed,
-    whole_state,
     write_results,
 )
 
@@ -54,7 +52,9 @@ def state_parts(norms) -> dict:
     fields = getattr(norms, "_fields", ())
     if len(fields) < 2:
         return {}
-    return {f: whole_state(getattr(norms, f)) for f in fields}
+    from gatedrnn import diagnostics as dg
+
+    return {f: dg.whole_state_norms(getattr(norms, f)) for f in fields}
 
 
 def measure(cell, args, seed: int) -> dict:
@@ -67,16 +67,14 @@ def measure(cell, args, seed: int) -> dict:
     kp, kx, kj = jax.random.split(jax.random.PRNGKey(seed), 3)
     params = cell.init(kp, args.input_size, dtype=jnp.float64)
     xs = jax.random.normal(kx, (args.batch, args.T, args.input_size), jnp.float64)
-    norms = dg.state_gradient_norms(cell, params, xs, loss_last_output)
-    total = whole_state(norms)
-    rel = total / total[-1]
+    decay = dg.decay_profile(cell, params, xs, ratio=args.ratio, floor=1e-300)
     out = {
-        "grad_norm": total,
-        "decay_factor": dg.decay_factor(total, floor=1e-300),
-        "vanish_distance": dg.vanishing_distance(total, args.ratio),
-        "min_relative_norm": float(rel.min()),
+        "grad_norm": decay["grad_norm"],
+        "decay_factor": decay["decay_factor"],
+        "vanish_distance": decay["vanish_distance"],
+        "min_relative_norm": float(decay["relative"].min()),
     }
-    out["state_parts"] = state_parts(norms)
+    out["state_parts"] = state_parts(decay["norms"])
     stats = dg.gate_statistics(cell, params, xs[:, : args.T_jac])
     out["saturated"] = float(jnp.mean(stats["saturated"]))
     for gate in ("forget", "update"):

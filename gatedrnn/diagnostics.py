@@ -30,13 +30,16 @@ from gatedrnn.scan import _broadcast_state, check_cell_and_xs, scan
 
 __all__ = [
     "decay_factor",
+    "decay_profile",
     "gate_statistics",
     "jacobian_norms",
     "jacobians",
+    "last_output_loss",
     "state_gradient_norms",
     "state_gradients",
     "state_trajectory",
     "vanishing_distance",
+    "whole_state_norms",
 ]
 
 
@@ -525,3 +528,67 @@ def vanishing_distance(norms: Any, ratio: float = 1e-6) -> int | None:
         raise ValueError(f"the nearest norm (distance 0) must be finite and > 0, got {a[0]}")
     below = np.nonzero(a < ratio * a[0])[0]
     return int(below[0]) if below.size else None
+
+
+# ------------------------------------------------------------- the decay measurement
+
+
+def last_output_loss(final: PyTree, ys: Array) -> Array:
+    """``L = sum(ys[-1]) / sqrt(H)``: a fixed readout of the last output, summed over the
+    batch; the loss the studies measure gradient decay with.
+
+    Args:
+      final: the final state (unused).
+      ys: time-major outputs ``(T, *batch, H)``, as :func:`state_gradients` passes them.
+    """
+    return jnp.sum(ys[-1]) / jnp.sqrt(ys.shape[-1])
+
+
+def whole_state_norms(norms: PyTree) -> np.ndarray:
+    """Norms with respect to the whole state from per-part norms: ``sqrt(sum_parts n^2)``
+    (``sqrt(|g_h|^2 + |g_c|^2)`` for the LSTM; the norms themselves for a one-array state).
+
+    Args:
+      norms: a pytree of ``(T + 1,)`` norms (:func:`state_gradient_norms`).
+
+    Returns:
+      ``(T + 1,)`` float64.
+    """
+    leaves = jax.tree_util.tree_leaves(norms)
+    return np.sqrt(sum(np.asarray(n, np.float64) ** 2 for n in leaves))
+
+
+def decay_profile(
+    cell: Cell,
+    params: PyTree,
+    xs: Array,
+    loss_fn: Callable[..., Array] = last_output_loss,
+    *,
+    loss_args: tuple = (),
+    ratio: float = 1e-6,
+    floor: float | None = None,
+) -> dict[str, Any]:
+    """How the gradient of ``loss_fn`` decays with distance back in time: the one chain
+    every study measures (:func:`state_gradient_norms` -> :func:`whole_state_norms` ->
+    :func:`decay_factor`, :func:`vanishing_distance`).
+
+    Args:
+      cell, params, xs, loss_fn, loss_args: as in :func:`state_gradients`; ``xs`` is
+        batch-major ``(*batch, T, I)``. Default loss: :func:`last_output_loss`.
+      ratio: the fraction of the nearest norm that counts as vanished.
+      floor: :func:`decay_factor`'s underflow floor (``1e-300`` for float64 runs).
+
+    Returns:
+      ``norms`` (per state part, leaves ``(T + 1,)``), ``grad_norm`` (whole state,
+      ``(T + 1,)`` float64), ``relative`` (``grad_norm / grad_norm[T]``), ``decay_factor``
+      (per step) and ``vanish_distance`` (None: never within the sequence).
+    """
+    norms = state_gradient_norms(cell, params, xs, loss_fn, loss_args=loss_args)
+    total = whole_state_norms(norms)
+    return {
+        "norms": jax.tree_util.tree_map(lambda n: np.asarray(n, np.float64), norms),
+        "grad_norm": total,
+        "relative": total / total[-1],
+        "decay_factor": decay_factor(total, floor=floor),
+        "vanish_distance": vanishing_distance(total, ratio),
+    }

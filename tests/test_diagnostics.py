@@ -363,3 +363,25 @@ def test_readme_diagnostics_example_runs():
     chex.assert_shape(scope["jac"], (21, 4))
     assert 0 < scope["gamma"] < 1.5
     chex.assert_shape(scope["gates"]["forget"], (100,))
+
+
+def test_decay_profile_is_the_closed_form_for_a_linear_rnn_and_the_chain_for_an_lstm():
+    """W_h = s I, linear: ||dL/dh_t|| = C s^(T - t), so the factor is s and the vanishing
+    distance the first d with s^d < ratio; an LSTM's whole-state norm is sqrt(h^2 + c^2)."""
+    with jax.enable_x64(True):
+        s, T = 0.5, 12
+        cell = gr.vanilla(4, activation="linear")
+        p = cell.init(jax.random.PRNGKey(0), 2, jnp.float64)._replace(w_h=s * jnp.eye(4))
+        xs = jax.random.normal(jax.random.PRNGKey(1), (3, T, 2), jnp.float64)
+        prof = dg.decay_profile(cell, p, xs, ratio=1e-3, floor=1e-300)
+        np.testing.assert_allclose(prof["relative"], s ** np.arange(T, -1, -1), rtol=1e-12)
+        assert abs(prof["decay_factor"] - s) < 1e-12 and prof["vanish_distance"] == 10
+        lstm = gr.lstm(4)
+        pl = lstm.init(jax.random.PRNGKey(2), 2, jnp.float64)
+        prof = dg.decay_profile(lstm, pl, xs)
+        norms = dg.state_gradient_norms(lstm, pl, xs, dg.last_output_loss)
+        total = np.sqrt(np.asarray(norms.h) ** 2 + np.asarray(norms.c) ** 2)
+        np.testing.assert_allclose(prof["grad_norm"], total, rtol=1e-12)
+        np.testing.assert_allclose(prof["norms"].c, norms.c, rtol=1e-12)
+        assert prof["decay_factor"] == dg.decay_factor(total)
+        assert prof["vanish_distance"] == dg.vanishing_distance(total, 1e-6)
