@@ -22,13 +22,13 @@ from experiments import cli
 from experiments.cli import (
     parser,
     pyplot,
-    setup_jax,
     table,
     timed,
     write_results,
 )
 
 
+@cli.in_float64  # trained in float32 as usual; measured in float64
 def measure(model, params, batch, loss_fn, ratio: float) -> dict:
     """Decay of the task loss's state gradients, and gate statistics, in float64."""
     import jax
@@ -78,7 +78,6 @@ def main(argv: list[str] | None = None) -> dict:
     args = p.honour_quick(
         p.parse_args(argv), hidden=8, T_train=10, T_measure=30, steps=30, measure_batch=4
     )
-    setup_jax(x64=False)  # train in float32 as usual; measure in float64 afterwards
     import jax
     import numpy as np
 
@@ -116,7 +115,6 @@ def main(argv: list[str] | None = None) -> dict:
         )
 
     batch = long_task.sample(jax.random.PRNGKey(args.seed + 99), args.measure_batch)
-    jax.config.update("jax_enable_x64", True)
 
     def loss_fn(final, ys, w_out, b_out, batch):  # ys (T, B, H), time-major
         """The task's loss through the model's readout, as a function of the states."""

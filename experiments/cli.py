@@ -39,6 +39,7 @@ Scripts import it as ``from experiments import cli`` (run from the repo root,
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import os
 import sys
@@ -430,11 +431,18 @@ def parser(description: str) -> ArgumentParser:
     return p
 
 
-def setup_jax(x64: bool = True) -> None:
-    """Float64 on request (so tiny gradients do not underflow to zero)."""
-    import jax
+def in_float64(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """``fn`` run with float64 on (``jax.enable_x64``, so tiny gradients do not underflow
+    to zero), the process-wide setting untouched outside the call."""
 
-    jax.config.update("jax_enable_x64", x64)
+    @functools.wraps(fn)
+    def wrapped(*args: Any, **kwargs: Any) -> Any:
+        import jax
+
+        with jax.enable_x64(True):
+            return fn(*args, **kwargs)
+
+    return wrapped
 
 
 def write_results(out: Path, name: str, results: dict[str, Any], fig: Any) -> tuple[Path, Path]:
@@ -512,6 +520,7 @@ __all__ = [
     "finite_float",
     "fraction",
     "geomean",
+    "in_float64",
     "label",
     "nonneg_float",
     "nonneg_int",
@@ -525,7 +534,6 @@ __all__ = [
     "release_outputs",
     "run",
     "seed",
-    "setup_jax",
     "table",
     "text_file",
     "timed",

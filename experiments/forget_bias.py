@@ -21,7 +21,6 @@ from experiments.cli import (
     geomean,
     parser,
     pyplot,
-    setup_jax,
     table,
     timed,
     write_results,
@@ -38,7 +37,6 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--batch", type=cli.positive_int, default=16)
     p.add_argument("--ratio", type=cli.positive_float, default=1e-6)
     args = p.honour_quick(p.parse_args(argv), hidden=16, T=60, seeds=2, batch=4, biases=[0.0, 3.0])
-    setup_jax(x64=True)
     import jax
     import jax.numpy as jnp
     import numpy as np
@@ -54,6 +52,7 @@ def main(argv: list[str] | None = None) -> dict:
     for b in args.biases:
         cell = gr.lstm(args.hidden, forget_bias=b)
 
+        @cli.in_float64
         def run(cell=cell):
             out = []
             for s in range(args.seeds):

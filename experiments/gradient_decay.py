@@ -24,7 +24,6 @@ from experiments.cli import (
     geomean,
     parser,
     pyplot,
-    setup_jax,
     table,
     timed,
     write_results,
@@ -57,6 +56,7 @@ def state_parts(norms) -> dict:
     return {f: dg.whole_state_norms(getattr(norms, f)) for f in fields}
 
 
+@cli.in_float64
 def measure(cell, args, seed: int) -> dict:
     """One seed of one cell: gradient norms, fits, Jacobian norms, gate statistics."""
     import jax
@@ -113,7 +113,6 @@ def main(argv: list[str] | None = None) -> dict:
     p.refuse(
         args.jac_batch > args.batch, f"--jac-batch {args.jac_batch} must be <= --batch {args.batch}"
     )
-    setup_jax(x64=True)
     import numpy as np
 
     from gatedrnn.cells import make_cell

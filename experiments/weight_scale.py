@@ -22,7 +22,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from experiments import cli
-from experiments.cli import parser, pyplot, setup_jax, table, timed, write_results
+from experiments.cli import parser, pyplot, table, timed, write_results
 
 
 def sweep_one(cell, params0, xs, s: float, loss_and_grad) -> dict:
@@ -179,7 +179,6 @@ def main(argv: list[str] | None = None) -> dict:
         args.lag >= args.train_T,
         f"--lag {args.lag} must be < --train-T {args.train_T} (the input it recalls)",
     )
-    setup_jax(x64=False)
     import jax
     import jax.numpy as jnp
     import numpy as np
