@@ -446,6 +446,23 @@ def test_an_input_projection_too_large_for_memory_fails_before_xla_allocates():
         jax.eval_shape(lambda xs: gr.scan(cell, params, xs), huge)
 
 
+def test_batches_too_large_for_memory_fail_before_anything_is_drawn():
+    """A training batch or an evaluation set that cannot fit: one ValueError with the size
+    it would take (from jax.eval_shape), not XLA's RESOURCE_EXHAUSTED."""
+    from gatedrnn import training
+    from gatedrnn.training import tasks
+
+    task = tasks.adding(1000)
+    with pytest.raises(ValueError, match=r"a training batch \(1,000,000,000 adding .* GiB"):
+        training.task_batches(task, 10**9)
+    match = r"the evaluation set \(4 x 100,000,000 adding sequences of length 1000\) would take"
+    with pytest.raises(ValueError, match=match):
+        training.eval_batches_for(task, 10**8, 4)
+    with pytest.raises(ValueError, match="the evaluation set"):
+        training.fit(task, gr.gru(4), num_steps=1, eval_batch_size=10**9, progress=False)
+    assert len(training.eval_batches_for(task, 4, 2)) == 2  # small sizes still work
+
+
 # --------------------------------------------------- params by type, foreign arrays, keys
 
 

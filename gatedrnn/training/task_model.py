@@ -22,7 +22,14 @@ import numpy as np
 import optax
 from jax.sharding import Mesh
 
-from gatedrnn.cells.base import Array, Cell, PyTree, check_input_size, fan_in_normal
+from gatedrnn.cells.base import (
+    Array,
+    Cell,
+    PyTree,
+    check_fits_in_memory,
+    check_input_size,
+    fan_in_normal,
+)
 from gatedrnn.scan import scan
 from gatedrnn.training.loop import (
     BatchFn,
@@ -123,8 +130,22 @@ def task_loss(model: SequenceModel, task: Task, **scan_kwargs: Any) -> LossFn:
     return loss_fn
 
 
+def check_batch_memory(
+    task: Task, batch_size: int, count: int = 1, what: str = "a training batch"
+) -> None:
+    """Raise ValueError, with the size needed, if ``count`` batches of ``batch_size`` samples
+    of ``task`` cannot fit in the devices' memory (sizes from ``jax.eval_shape``: nothing is
+    drawn), rather than an allocation error from XLA."""
+    shapes = jax.eval_shape(lambda key: task.sample(key, batch_size), jax.random.PRNGKey(0))
+    nbytes = sum(math.prod(x.shape) * x.dtype.itemsize for x in jax.tree_util.tree_leaves(shapes))
+    times = f"{count} x " if count > 1 else ""
+    sizes = f"{times}{batch_size:,} {task.name} sequences of length {task.seq_len}"
+    check_fits_in_memory(count * nbytes, f"{what} ({sizes})")
+
+
 def task_batches(task: Task, batch_size: int) -> BatchFn:
     """``batch_fn(rng, step) = task.sample(fold_in(rng, step), batch_size)``."""
+    check_batch_memory(task, batch_size)
 
     def batch_fn(rng: Array, step: Array) -> Batch:
         return task.sample(jax.random.fold_in(rng, step), batch_size)
@@ -195,6 +216,7 @@ def eval_batches_for(
 ) -> list[Batch]:
     """Held-out batches from ``PRNGKey(seed)`` split (training batches use ``fold_in``)."""
     keys = jax.random.split(jax.random.PRNGKey(check_seed(seed, "eval_seed")), num_batches)
+    check_batch_memory(task, batch_size, num_batches, "the evaluation set")
     return [task.sample(k, batch_size) for k in keys]
 
 
