@@ -18,6 +18,7 @@ and the *distance* of ``s_t`` from the end is ``T - t``.
 from __future__ import annotations
 
 import functools
+import math
 from collections.abc import Callable
 from typing import Any
 
@@ -25,7 +26,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from gatedrnn.cells.base import Array, Cell, PyTree, check_positive_int
+from gatedrnn.cells.base import Array, Cell, PyTree, check_fits_in_memory, check_positive_int
 from gatedrnn.scan import _broadcast_state, check_cell_and_xs, scan
 
 __all__ = [
@@ -59,6 +60,13 @@ def _prepare(
         state0 = cell.initial_state(params, batch_shape)
     else:
         state0 = _broadcast_state(cell, params, initial_state, batch_shape)
+    # every diagnostic keeps a value per step and state unit: (T + 1) states at least
+    leaves = jax.tree_util.tree_leaves(state0)
+    per_step = sum(math.prod(leaf.shape) * jnp.dtype(leaf.dtype).itemsize for leaf in leaves)
+    check_fits_in_memory(
+        (xs_tm.shape[0] + 1) * per_step,
+        f"the states of {math.prod(batch_shape):,} sequences x {xs_tm.shape[0] + 1:,} steps",
+    )
     return xs_tm, state0, batch_shape
 
 

@@ -463,6 +463,23 @@ def test_batches_too_large_for_memory_fail_before_anything_is_drawn():
     assert len(training.eval_batches_for(task, 4, 2)) == 2  # small sizes still work
 
 
+def test_diagnostics_too_large_for_memory_fail_before_xla_allocates():
+    """Every diagnostic keeps (T + 1) states per sequence: a size that cannot fit is one
+    ValueError with the GiB it would take (checked on shapes alone, nothing allocated)."""
+    from gatedrnn import diagnostics as dg
+
+    cell = gr.lstm(64)
+    params = cell.init(jax.random.PRNGKey(0), 4)
+    huge = jax.ShapeDtypeStruct((10**6, 10**4, 4), jnp.float32)
+    match = r"the states of 1,000,000 sequences x 10,001 steps would take [\d,.]+ GiB"
+    for run in (
+        lambda xs: dg.state_gradient_norms(cell, params, xs, dg.last_output_loss),
+        lambda xs: dg.gate_statistics(cell, params, xs),
+    ):
+        with pytest.raises(ValueError, match=match):
+            jax.eval_shape(run, huge)
+
+
 # --------------------------------------------------- params by type, foreign arrays, keys
 
 
