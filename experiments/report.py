@@ -362,31 +362,6 @@ def distance() -> str:
     return distance_table(d) + "\n\n" + correlation_line(d["correlation"], "cells")
 
 
-DISTANCE_NEW = f"{EXP}/distance_new_cells/distance.json"
-
-
-@block("distance_new_cells", DISTANCE_NEW, f"{EXP}/distance.json")
-def distance_new_cells() -> str:
-    """The cells run on their own (``--cells ... --out .../distance_new_cells``), and the
-    correlation over these and the main run's cells together (same sweep settings only)."""
-    from experiments.distance import correlations
-
-    new, old = load(DISTANCE_NEW), load(f"{EXP}/distance.json")
-    differ = {"cells", "out", "chrono_t_max", "no_progress"}
-    same = {k: v for k, v in new["config"].items() if k not in differ}
-    if same != {k: v for k, v in old["config"].items() if k not in differ}:
-        raise ValueError(f"{DISTANCE_NEW} and {EXP}/distance.json ran different sweeps")
-    cells = [*old["cells"].values(), *new["cells"].values()]
-    both = correlations([c["decay_distance"] for c in cells], [c["longest_solved"] for c in cells])
-    return (
-        distance_table(new)
-        + "\n\n"
-        + correlation_line(new["correlation"], "cells of this table")
-        + "\n\n"
-        + correlation_line(both, "cells of both tables")
-    )
-
-
 @block("distance_config", f"{EXP}/distance.json")
 def distance_config() -> str:
     return config_line(f"{EXP}/distance.json", skip=("cells", "all_distances"))
