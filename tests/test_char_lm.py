@@ -143,6 +143,10 @@ def test_temperature_zero_is_greedy_and_sampling_is_seeded():
         clm.sample(params, cfg, np.array([], np.int32), 5)
     with pytest.raises(ValueError, match=r"prime_ids must lie in \[0, vocab_size=11\)"):
         clm.sample(params, cfg, np.array([3, 11]), 5)
+    with pytest.raises(ValueError, match=r"1,000 samples of 10,000,000,000 ids would take"):
+        clm.sample(params, cfg, prime, 10**10, num_samples=1000)  # before XLA allocates
+    with pytest.raises(ValueError, match="num_samples must be >= 1"):
+        clm.sample(params, cfg, prime, 5, num_samples=0)
 
 
 def test_config_errors_are_clear():

@@ -27,7 +27,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from gatedrnn.cells import make_cell
-from gatedrnn.cells.base import fan_in_normal
+from gatedrnn.cells.base import check_fits_in_memory, fan_in_normal
 from gatedrnn.layers import Stack, stack
 from gatedrnn.training.loop import check_seed
 from gatedrnn.training.text import (
@@ -231,6 +231,11 @@ def sample(
         )
     if length < 1:
         raise ValueError(f"length must be >= 1, got {length}")
+    if num_samples < 1:
+        raise ValueError(f"num_samples must be >= 1, got {num_samples}")
+    check_fits_in_memory(  # the ids written, one int32 per step and sample
+        4 * int(num_samples) * int(length), f"{num_samples:,} samples of {length:,} ids"
+    )
     if temperature < 0:
         raise ValueError(f"temperature must be >= 0, got {temperature}")
     if not 0 <= top_k <= config.vocab_size:
