@@ -13,8 +13,10 @@ Writes experiments/results/after_training.{json,png}.
 
 from __future__ import annotations
 
+import argparse
 import sys
 from pathlib import Path
+from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
@@ -59,7 +61,9 @@ def measure(model, params, batch, loss_fn, ratio: float) -> dict:
     return out
 
 
-def main(argv: list[str] | None = None) -> dict:
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    """The command line: sizes, sequence lengths, training settings; ``--quick`` shrinks
+    them."""
     p = parser(__doc__.split("\n\n")[0])
     p.add_argument("--hidden", type=cli.positive_int, default=32)
     p.add_argument(
@@ -75,18 +79,20 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--learning-rate", "--lr", type=cli.positive_float, default=3e-3)
     p.add_argument("--measure-batch", type=cli.positive_int, default=32)
     p.add_argument("--ratio", type=cli.positive_float, default=1e-6)
-    args = p.honour_quick(
+    return p.honour_quick(
         p.parse_args(argv), hidden=8, T_train=10, T_measure=30, steps=30, measure_batch=4
     )
-    import jax
-    import numpy as np
 
+
+def train_all(args: argparse.Namespace, task) -> dict:
+    """Train each cell on ``task`` (printing a line per cell as it finishes).
+
+    Returns:
+      ``{label: (model, params before training, training result, seconds)}``.
+    """
     import gatedrnn as gr
     from gatedrnn import training
-    from gatedrnn.training import tasks
 
-    task = tasks.delayed_recall(args.T_train)
-    long_task = tasks.delayed_recall(args.T_measure)
     cells = {
         "vanilla (tanh)": gr.vanilla(args.hidden),
         "LSTM": gr.lstm(args.hidden),
@@ -113,7 +119,26 @@ def main(argv: list[str] | None = None) -> dict:
             f"{last['eval_accuracy']:.3f} (solved at {res.solved_step})",
             flush=True,
         )
+    return trained
 
+
+def run(args: argparse.Namespace) -> dict:
+    """Train every cell on delayed recall (``--T-train``), then measure the decay of its
+    task loss's state gradients on longer sequences (``--T-measure``) before and after.
+
+    Returns:
+      ``{"config", "cells": {label: {"before", "after" (:func:`measure`), training
+      summary, "history"}}, "diverged_runs": [labels]}``.
+    """
+    import jax
+    import numpy as np
+
+    from gatedrnn import training
+    from gatedrnn.training import tasks
+
+    task = tasks.delayed_recall(args.T_train)
+    long_task = tasks.delayed_recall(args.T_measure)
+    trained = train_all(args, task)
     batch = long_task.sample(jax.random.PRNGKey(args.seed + 99), args.measure_batch)
 
     def loss_fn(final, ys, w_out, b_out, batch):  # ys (T, B, H), time-major
@@ -124,14 +149,11 @@ def main(argv: list[str] | None = None) -> dict:
         "config": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
         "cells": {},
     }
-    rows = []
     for label, (model, before, res, secs) in trained.items():
-        m0 = measure(model, before, batch, loss_fn, args.ratio)
-        m1 = measure(model, res.state.params, batch, loss_fn, args.ratio)
         last = res.history[-1]
         results["cells"][label] = {
-            "before": m0,
-            "after": m1,
+            "before": measure(model, before, batch, loss_fn, args.ratio),
+            "after": measure(model, res.state.params, batch, loss_fn, args.ratio),
             "train_steps": int(last["step"]),
             "solved_step": res.solved_step,
             "eval_accuracy": float(last["eval_accuracy"]),
@@ -143,17 +165,34 @@ def main(argv: list[str] | None = None) -> dict:
             "history": res.history,
             "train_seconds": secs,
         }
+    results["diverged_runs"] = [k for k, c in results["cells"].items() if c["diverged"]]
+    return results
+
+
+def chance_accuracy(config: dict) -> float:
+    """Accuracy of guessing on the training task (``1 / output_size``)."""
+    from gatedrnn.training import tasks
+
+    return 1 / tasks.delayed_recall(config["T_train"]).output_size
+
+
+def cell_table(results: dict) -> str:
+    """The table of :func:`run`'s results: one row per cell, before -> after training."""
+    cfg = results["config"]
+
+    def dist(m):
+        return f"> {cfg['T_measure']}" if m["vanish_distance"] is None else m["vanish_distance"]
+
+    rows = []
+    for label, c in results["cells"].items():
+        m0, m1 = c["before"], c["after"]
         gate_key = "mean_forget_gate" if "mean_forget_gate" in m0 else "mean_update_gate"
         high = "forget_saturated_high" if "mean_forget_gate" in m0 else "update_saturated_high"
-
-        def dist(m):
-            return f"> {args.T_measure}" if m["vanish_distance"] is None else m["vanish_distance"]
-
         rows.append(
             [
                 label,
-                f"{last['eval_accuracy']:.3f}",
-                "-" if res.solved_step is None else res.solved_step,
+                f"{c['eval_accuracy']:.3f}",
+                "-" if c["solved_step"] is None else c["solved_step"],
                 f"{m0['decay_factor']:.4f} -> {m1['decay_factor']:.4f}",
                 f"{dist(m0)} -> {dist(m1)}",
                 f"{m0[gate_key]:.3f} -> {m1[gate_key]:.3f}" if gate_key in m0 else "-",
@@ -161,42 +200,46 @@ def main(argv: list[str] | None = None) -> dict:
                 f"{m0['saturated']:.3f} -> {m1['saturated']:.3f}",
             ]
         )
-    text = table(
-        rows,
-        [
-            "cell",
-            f"eval accuracy (T={args.T_train})",
-            "solved at step",
-            "decay factor before -> after",
-            f"distance to {args.ratio:g}",
-            "mean forget/update gate",
-            "fraction of gates > 0.95",
-            "saturated fraction",
-        ],
-    )
-    print(
-        f"\nDelayed recall, T={args.T_train} for training, T={args.T_measure} for measuring, "
-        f"H={args.hidden}; chance accuracy {1 / task.output_size:.3f}\n"
-    )
-    print(text)
-    results["table"] = text
-    results["diverged_runs"] = [k for k, c in results["cells"].items() if c["diverged"]]
-    for label in results["diverged_runs"]:
-        print(f"warning: {label} diverged (ended far above baseline and first loss)")
+    header = [
+        "cell",
+        f"eval accuracy (T={cfg['T_train']})",
+        "solved at step",
+        "decay factor before -> after",
+        f"distance to {cfg['ratio']:g}",
+        "mean forget/update gate",
+        "fraction of gates > 0.95",
+        "saturated fraction",
+    ]
+    return table(rows, header)
 
+
+def summarize(results: dict) -> str:
+    """The printed summary: a heading, :func:`cell_table`, a warning per diverged run."""
+    cfg = results["config"]
+    lines = [
+        f"\nDelayed recall, T={cfg['T_train']} for training, T={cfg['T_measure']} for "
+        f"measuring, H={cfg['hidden']}; chance accuracy {chance_accuracy(cfg):.3f}\n",
+        cell_table(results),
+    ]
+    for label in results["diverged_runs"]:
+        lines.append(f"warning: {label} diverged (ended far above baseline and first loss)")
+    return "\n".join(lines)
+
+
+def plot(results: dict) -> Any:
+    """Relative gradient norm vs distance per cell before and after training (two
+    panels), and held-out accuracy during training."""
+    import numpy as np
+
+    cfg = results["config"]
     plt = pyplot()
     fig, axes = plt.subplots(1, 3, figsize=(17, 4.5))
-    dist_axis = np.arange(args.T_measure, -1, -1)
-    lowest = min(
-        float(np.min(c[w]["relative_grad_norm"]))
-        for c in results["cells"].values()
-        for w in ("before", "after")
-    )
-    highest = max(
-        float(np.max(c[w]["relative_grad_norm"]))
-        for c in results["cells"].values()
-        for w in ("before", "after")
-    )
+    dist_axis = np.arange(cfg["T_measure"], -1, -1)
+    curves = [
+        c[w]["relative_grad_norm"] for c in results["cells"].values() for w in ("before", "after")
+    ]
+    lowest = min(float(np.min(r)) for r in curves)
+    highest = max(float(np.max(r)) for r in curves)
     for ax, when in zip(axes[:2], ("before", "after")):
         for (label, c), color in zip(results["cells"].items(), ["C3", "C0", "C2"]):
             ax.semilogy(
@@ -205,27 +248,37 @@ def main(argv: list[str] | None = None) -> dict:
                 color=color,
                 label=f"{label}: {c[when]['decay_factor']:.3f}/step",
             )
-        ax.axhline(args.ratio, color="k", lw=0.8, ls="--")
-        ax.axvline(args.T_train, color="grey", lw=0.8, ls=":")
+        ax.axhline(cfg["ratio"], color="k", lw=0.8, ls="--")
+        ax.axvline(cfg["T_train"], color="grey", lw=0.8, ls=":")
         ax.set_ylim(max(1e-300, lowest / 10), max(10.0, highest * 10))
         ax.set(
             xlabel="distance T - t (dotted: training length)",
             ylabel="||dL/ds_t|| / ||dL/ds_T||",
-            title=f"{when} training (delayed recall, T={args.T_measure})",
+            title=f"{when} training (delayed recall, T={cfg['T_measure']})",
         )
         ax.legend(fontsize=8)
     ax = axes[2]
     for (label, c), color in zip(results["cells"].items(), ["C3", "C0", "C2"]):
         steps = [h["step"] for h in c["history"]]
         ax.plot(steps, [h["eval_accuracy"] for h in c["history"]], "o-", color=color, label=label)
-    ax.axhline(1 / task.output_size, color="k", lw=0.8, ls="--", label="chance")
+    ax.axhline(chance_accuracy(cfg), color="k", lw=0.8, ls="--", label="chance")
     ax.set(
         xlabel="training step",
         ylabel="held-out accuracy",
-        title=f"training on delayed recall, T={args.T_train}",
+        title=f"training on delayed recall, T={cfg['T_train']}",
     )
     ax.legend(fontsize=8)
-    write_results(args.out, "after_training", results, fig)
+    return fig
+
+
+def main(argv: list[str] | None = None) -> dict:
+    """Parse, train and measure, print the table, write ``after_training.{json,png}``;
+    return the results."""
+    args = parse_args(argv)
+    results = run(args)
+    results["table"] = cell_table(results)
+    print(summarize(results))
+    write_results(args.out, "after_training", results, plot(results))
     return results
 
 

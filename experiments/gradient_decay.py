@@ -14,8 +14,10 @@ table and writes experiments/results/gradient_decay.{json,png}.
 
 from __future__ import annotations
 
+import argparse
 import sys
 from pathlib import Path
+from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
@@ -88,7 +90,13 @@ def measure(cell, args, seed: int) -> dict:
     return out
 
 
-def main(argv: list[str] | None = None) -> dict:
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    """The command line: sizes, seeds, horizons, cells; ``--quick`` shrinks them.
+
+    Raises:
+      cli.UsageError: an option is invalid or contradicts another (``--T-jac`` > ``--T``,
+        ``--jac-batch`` > ``--batch``).
+    """
     p = parser(__doc__.split("\n\n")[0])
     p.add_argument(
         "--hidden", type=cli.positive_int, default=64, help="hidden size H of every cell"
@@ -113,84 +121,117 @@ def main(argv: list[str] | None = None) -> dict:
     p.refuse(
         args.jac_batch > args.batch, f"--jac-batch {args.jac_batch} must be <= --batch {args.batch}"
     )
+    return args
+
+
+def summarize_cell(runs: list[dict], seconds: float) -> dict:
+    """One cell's seeds combined: relative gradient-norm curves ``(T + 1,)`` (geometric
+    mean, min, max), decay factors, vanishing distances, Jacobian norms, gate means."""
     import numpy as np
 
+    curves = np.stack([r["grad_norm"] / r["grad_norm"][-1] for r in runs])
+    factors = np.array([r["decay_factor"] for r in runs])
+    summary = {
+        "relative_grad_norm_geomean": geomean(curves),
+        "relative_grad_norm_min": curves.min(0),
+        "relative_grad_norm_max": curves.max(0),
+        "decay_factor_mean": float(factors.mean()),
+        "decay_factor_std": float(factors.std()),
+        "decay_factor_per_seed": factors,
+        "vanish_distance_per_seed": [r["vanish_distance"] for r in runs],
+        "jacobian_norm_geomean": geomean(np.stack([r["jacobian_norm"] for r in runs])),
+        "jacobian_decay_factor_mean": float(np.mean([r["jacobian_decay_factor"] for r in runs])),
+        "saturated_fraction": float(np.mean([r["saturated"] for r in runs])),
+        "seconds": seconds,
+        "relative_grad_norm_0_mean": float(curves[:, 0].mean()),
+    }
+    for key in ("mean_forget_gate", "mean_update_gate"):
+        if key in runs[0]:
+            summary[key] = float(np.mean([r[key] for r in runs]))
+    for part in runs[0]["state_parts"]:  # states with several fields (LSTM: h, c)
+        c = (
+            np.stack([r["state_parts"][part] for r in runs])
+            / np.stack([r["grad_norm"][-1] for r in runs])[:, None]
+        )
+        summary[f"relative_grad_norm_{part}_geomean"] = geomean(c)
+    return summary
+
+
+def run(args: argparse.Namespace) -> dict:
+    """Measure every cell over ``args.seeds`` seeds.
+
+    Returns:
+      ``{"config": the options, "cells": {label: summarize_cell(...)}}`` (arrays as numpy).
+    """
     from gatedrnn.cells import make_cell
 
-    cells = {cli.label(n, LABELS): make_cell(n, args.hidden) for n in args.cells}
     results: dict = {"config": {k: v for k, v in vars(args).items() if k != "out"}, "cells": {}}
     results["config"]["out"] = str(args.out)
-    rows = []
+    cells = {cli.label(n, LABELS): make_cell(n, args.hidden) for n in args.cells}
     for label, cell in cells.items():
         runs, secs = timed(
             lambda cell=cell: [measure(cell, args, args.seed + s) for s in range(args.seeds)]
         )
-        curves = np.stack([r["grad_norm"] / r["grad_norm"][-1] for r in runs])
-        factors = np.array([r["decay_factor"] for r in runs])
-        dists = [r["vanish_distance"] for r in runs]
-        jac = np.stack([r["jacobian_norm"] for r in runs])
-        summary = {
-            "relative_grad_norm_geomean": geomean(curves),
-            "relative_grad_norm_min": curves.min(0),
-            "relative_grad_norm_max": curves.max(0),
-            "decay_factor_mean": float(factors.mean()),
-            "decay_factor_std": float(factors.std()),
-            "decay_factor_per_seed": factors,
-            "vanish_distance_per_seed": dists,
-            "jacobian_norm_geomean": geomean(jac),
-            "jacobian_decay_factor_mean": float(
-                np.mean([r["jacobian_decay_factor"] for r in runs])
-            ),
-            "saturated_fraction": float(np.mean([r["saturated"] for r in runs])),
-            "seconds": secs,
-        }
-        for key in ("mean_forget_gate", "mean_update_gate"):
-            if key in runs[0]:
-                summary[key] = float(np.mean([r[key] for r in runs]))
-        for part in runs[0]["state_parts"]:  # states with several fields (LSTM: h, c)
-            c = (
-                np.stack([r["state_parts"][part] for r in runs])
-                / np.stack([r["grad_norm"][-1] for r in runs])[:, None]
-            )
-            summary[f"relative_grad_norm_{part}_geomean"] = geomean(c)
-        results["cells"][label] = summary
+        results["cells"][label] = summarize_cell(runs, secs)
+    return results
+
+
+def cell_table(results: dict) -> str:
+    """The table of :func:`run`'s results: one row per cell."""
+    import numpy as np
+
+    cfg = results["config"]
+    rows = []
+    for label, s in results["cells"].items():
+        dists = s["vanish_distance_per_seed"]
         never = sum(d is None for d in dists)
         found = [d for d in dists if d is not None]
         dist_txt = (
             f"{np.mean(found):.0f} (min {min(found)}, max {max(found)})" if found else ""
-        ) + (f"{'; ' if found else ''}> {args.T} in {never}/{len(dists)} seeds" if never else "")
-        gate = summary.get("mean_forget_gate", summary.get("mean_update_gate"))
+        ) + (f"{'; ' if found else ''}> {cfg['T']} in {never}/{len(dists)} seeds" if never else "")
+        gate = s.get("mean_forget_gate", s.get("mean_update_gate"))
+        first = s["relative_grad_norm_0_mean"]
         rows.append(
             [
                 label,
-                f"{factors.mean():.4f} ± {factors.std():.4f}",
+                f"{s['decay_factor_mean']:.4f} ± {s['decay_factor_std']:.4f}",
                 dist_txt,
-                f"{curves[:, 0].mean():.1e}" if curves[:, 0].min() > 0 else "0 (underflow)",
-                f"{summary['jacobian_decay_factor_mean']:.4f}",
+                f"{first:.1e}" if s["relative_grad_norm_min"][0] > 0 else "0 (underflow)",
+                f"{s['jacobian_decay_factor_mean']:.4f}",
                 "-" if gate is None else f"{gate:.3f}",
-                f"{secs:.1f}",
+                f"{s['seconds']:.1f}",
             ]
         )
     header = [
         "cell",
         "decay factor / step",
-        f"distance to {args.ratio:g}",
-        f"norm ratio g_0 / g_{args.T}",
-        f"Jacobian decay (T={args.T_jac})",
+        f"distance to {cfg['ratio']:g}",
+        f"norm ratio g_0 / g_{cfg['T']}",
+        f"Jacobian decay (T={cfg['T_jac']})",
         "mean forget/update gate",
         "seconds",
     ]
-    text = table(rows, header)
-    print(
-        f"\nGradient decay at init: H={args.hidden}, T={args.T}, {args.seeds} seeds x "
-        f"{args.batch} sequences, float64\n"
-    )
-    print(text)
-    results["table"] = text
+    return table(rows, header)
 
+
+def summarize(results: dict) -> str:
+    """The printed summary: a heading with the run's sizes, then :func:`cell_table`."""
+    cfg = results["config"]
+    return (
+        f"\nGradient decay at init: H={cfg['hidden']}, T={cfg['T']}, {cfg['seeds']} seeds x "
+        f"{cfg['batch']} sequences, float64\n\n{cell_table(results)}"
+    )
+
+
+def plot(results: dict) -> Any:
+    """Left: relative gradient norm vs distance per cell (band: min-max over seeds; the
+    LSTM's c alone dotted). Right: spectral norm of the state Jacobian vs distance."""
+    import numpy as np
+
+    cfg = results["config"]
     plt = pyplot()
     fig, (ax, bx) = plt.subplots(1, 2, figsize=(12, 4.5))
-    dist = np.arange(args.T, -1, -1)
+    dist = np.arange(cfg["T"], -1, -1)
     for k, (label, s) in enumerate(results["cells"].items()):
         color = COLORS[k % len(COLORS)]
         ax.semilogy(dist, s["relative_grad_norm_geomean"], color=color, label=label)
@@ -212,13 +253,13 @@ def main(argv: list[str] | None = None) -> dict:
                 label=f"{label}: c only",
             )
         bx.semilogy(
-            np.arange(args.T_jac, -1, -1), s["jacobian_norm_geomean"], color=color, label=label
+            np.arange(cfg["T_jac"], -1, -1), s["jacobian_norm_geomean"], color=color, label=label
         )
-    ax.axhline(args.ratio, color="k", lw=0.8, ls="--", label=f"{args.ratio:g}")
+    ax.axhline(cfg["ratio"], color="k", lw=0.8, ls="--", label=f"{cfg['ratio']:g}")
     ax.set(
         xlabel="distance T - t (steps back from the loss)",
         ylabel="||dL/ds_t|| / ||dL/ds_T||",
-        title=f"Gradient norm at init (H={args.hidden}, {args.seeds} seeds; band: min-max)",
+        title=f"Gradient norm at init (H={cfg['hidden']}, {cfg['seeds']} seeds; band: min-max)",
     )
     lowest = min(float(np.min(s["relative_grad_norm_geomean"])) for s in results["cells"].values())
     ax.set_ylim(max(1e-300, lowest / 10), 10)
@@ -229,7 +270,17 @@ def main(argv: list[str] | None = None) -> dict:
         title="Spectral norm of the state Jacobian",
     )
     bx.legend(fontsize=8)
-    write_results(args.out, "gradient_decay", results, fig)
+    return fig
+
+
+def main(argv: list[str] | None = None) -> dict:
+    """Parse, measure, print the table, write ``gradient_decay.{json,png}``; return the
+    results."""
+    args = parse_args(argv)
+    results = run(args)
+    results["table"] = cell_table(results)
+    print(summarize(results))
+    write_results(args.out, "gradient_decay", results, plot(results))
     return results
 
 

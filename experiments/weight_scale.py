@@ -16,8 +16,10 @@ Writes experiments/results/weight_scale.{json,png}.
 
 from __future__ import annotations
 
+import argparse
 import sys
 from pathlib import Path
+from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
@@ -134,7 +136,13 @@ def train(args, clip: float | None) -> dict:
     }
 
 
-def main(argv: list[str] | None = None) -> dict:
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    """The command line: the sweep's scales and sizes, the training run's settings;
+    ``--quick`` shrinks them.
+
+    Raises:
+      cli.UsageError: an option is invalid, or ``--lag`` >= ``--train-T``.
+    """
     p = parser(__doc__.split("\n\n")[0])
     p.add_argument(
         "--scales",
@@ -179,9 +187,19 @@ def main(argv: list[str] | None = None) -> dict:
         args.lag >= args.train_T,
         f"--lag {args.lag} must be < --train-T {args.train_T} (the input it recalls)",
     )
+    return args
+
+
+def run(args: argparse.Namespace) -> dict:
+    """The scale sweep (linear and tanh) and the two training runs (plain, clipped).
+
+    Returns:
+      ``{"config", "linear", "tanh"}`` (one :func:`sweep_one` dict per scale),
+      ``"{act}_seconds"``, ``"{act}_first_nonfinite_scale"`` (None: all finite) and
+      ``"training": {"plain", "clipped"}`` (:func:`train`).
+    """
     import jax
     import jax.numpy as jnp
-    import numpy as np
 
     import gatedrnn as gr
 
@@ -190,40 +208,49 @@ def main(argv: list[str] | None = None) -> dict:
     results: dict = {
         "config": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()}
     }
-    rows = []
     for act in ("linear", "tanh"):
         cell = gr.vanilla(args.hidden, activation=act)
         params0 = cell.init(kp, args.hidden)
         loss_and_grad = jax.jit(
             jax.value_and_grad(lambda p, xs, cell=cell: loss_fn(*gr.scan(cell, p, xs)))
         )
-        runs, secs = timed(
+        results[act], results[f"{act}_seconds"] = timed(
             lambda cell=cell, params0=params0, loss_and_grad=loss_and_grad: [
                 sweep_one(cell, params0, xs, s, loss_and_grad) for s in args.scales
             ]
         )
-        results[act] = runs
-        for r in runs:
-            rows.append(
-                [
-                    act,
-                    f"{r['s']:g}",
-                    f"{r['decay_factor']:.4f}" if np.isfinite(r["decay_factor"]) else "-",
-                    f"{r['max_rel_error_vs_s_power_k']:.1e}"
-                    if "max_rel_error_vs_s_power_k" in r
-                    else "-",
-                    "-"
-                    if r["state_nonfinite_from_step"] is None
-                    else r["state_nonfinite_from_step"],
-                    "yes" if r["loss_finite"] else "NO",
-                    "yes" if r["param_grad_finite"] else "NO",
-                    "-"
-                    if r["grad_nonfinite_from_distance"] is None
-                    else r["grad_nonfinite_from_distance"],
-                    "-" if r["grad_zero_from_distance"] is None else r["grad_zero_from_distance"],
-                ]
-            )
-        results[f"{act}_seconds"] = secs
+    for act in ("linear", "tanh"):
+        bad = [r["s"] for r in results[act] if not (r["loss_finite"] and r["param_grad_finite"])]
+        results[f"{act}_first_nonfinite_scale"] = min(bad) if bad else None
+    plain, _ = timed(train, args, None)
+    clipped, _ = timed(train, args, args.clip_norm)
+    results["training"] = {"plain": plain, "clipped": clipped}
+    return results
+
+
+def _dash(value: Any) -> Any:
+    return "-" if value is None else value
+
+
+def sweep_table(results: dict) -> str:
+    """The sweep's table: one row per activation and scale."""
+    import numpy as np
+
+    rows = [
+        [
+            act,
+            f"{r['s']:g}",
+            f"{r['decay_factor']:.4f}" if np.isfinite(r["decay_factor"]) else "-",
+            f"{r['max_rel_error_vs_s_power_k']:.1e}" if "max_rel_error_vs_s_power_k" in r else "-",
+            _dash(r["state_nonfinite_from_step"]),
+            "yes" if r["loss_finite"] else "NO",
+            "yes" if r["param_grad_finite"] else "NO",
+            _dash(r["grad_nonfinite_from_distance"]),
+            _dash(r["grad_zero_from_distance"]),
+        ]
+        for act in ("linear", "tanh")
+        for r in results[act]
+    ]
     header = [
         "activation",
         "s",
@@ -235,51 +262,58 @@ def main(argv: list[str] | None = None) -> dict:
         "dL/dh_t Inf/NaN from distance",
         "grad underflows to 0 from distance",
     ]
-    text = table(rows, header)
-    print(f"\nW_h = s * orthogonal, H={args.hidden}, T={args.T}, float32\n")
-    print(text)
-    results["table"] = text
-    for act in ("linear", "tanh"):
-        bad = [r["s"] for r in results[act] if not (r["loss_finite"] and r["param_grad_finite"])]
-        results[f"{act}_first_nonfinite_scale"] = min(bad) if bad else None
+    return table(rows, header)
 
-    plain, _ = timed(train, args, None)
-    clipped, _ = timed(train, args, args.clip_norm)
-    results["training"] = {"plain": plain, "clipped": clipped}
+
+def training_table(results: dict) -> str:
+    """The training runs' table: plain and clipped SGD."""
+    runs = results["training"]
     rows = [
         [
             name,
             "-" if r["clip_norm"] is None else f"global norm {r['clip_norm']:g}",
             f"{r['initial_loss']:.3f}",
             f"{r['final_loss']:.3f}",
-            "-" if r["first_nonfinite_step"] is None else r["first_nonfinite_step"],
+            _dash(r["first_nonfinite_step"]),
             f"{r['max_grad_norm']:.3g}",
         ]
-        for name, r in (("plain SGD", plain), ("clipped SGD", clipped))
+        for name, r in (("plain SGD", runs["plain"]), ("clipped SGD", runs["clipped"]))
     ]
-    text2 = table(
-        rows,
-        [
-            "run",
-            "clipping",
-            "initial loss",
-            "final loss (last 10%)",
-            "NaN/Inf at step",
-            "max finite grad norm",
-        ],
-    )
-    print(
-        f"\nTraining a tanh RNN with W_h = {args.train_scale:g} * orthogonal on lag-{args.lag} "
-        f"recall (T={args.train_T}), SGD lr={args.learning_rate:g}\n"
-    )
-    print(text2)
-    results["training_table"] = text2
+    header = [
+        "run",
+        "clipping",
+        "initial loss",
+        "final loss (last 10%)",
+        "NaN/Inf at step",
+        "max finite grad norm",
+    ]
+    return table(rows, header)
 
+
+def summarize(results: dict) -> str:
+    """The printed summary: :func:`sweep_table` and :func:`training_table`, each with a
+    heading."""
+    cfg = results["config"]
+    return (
+        f"\nW_h = s * orthogonal, H={cfg['hidden']}, T={cfg['T']}, float32\n\n"
+        f"{sweep_table(results)}\n"
+        f"\nTraining a tanh RNN with W_h = {cfg['train_scale']:g} * orthogonal on "
+        f"lag-{cfg['lag']} recall (T={cfg['train_T']}), SGD lr={cfg['learning_rate']:g}\n\n"
+        f"{training_table(results)}"
+    )
+
+
+def plot(results: dict) -> Any:
+    """Four panels: relative gradient norm vs distance per scale (linear, with s^k dotted;
+    tanh), the fitted per-step factor vs s, and the training losses (plain, clipped)."""
+    import numpy as np
+
+    cfg = results["config"]
     plt = pyplot()
     fig, axes = plt.subplots(1, 4, figsize=(20, 4.5))
     cmap = plt.get_cmap("coolwarm")
-    lo, hi = np.log(min(args.scales)), np.log(max(args.scales))
-    dist = np.arange(args.T, -1, -1)
+    lo, hi = np.log(min(cfg["scales"])), np.log(max(cfg["scales"]))
+    dist = np.arange(cfg["T"], -1, -1)
     for ax, act in zip(axes[:2], ("linear", "tanh")):
         for r in results[act]:
             color = cmap((np.log(r["s"]) - lo) / max(hi - lo, 1e-9))
@@ -302,7 +336,7 @@ def main(argv: list[str] | None = None) -> dict:
         )
         ax.legend(fontsize=7, ncol=2)
     ax = axes[2]
-    s_arr = np.array(args.scales)
+    s_arr = np.array(cfg["scales"])
     for act, marker in (("linear", "o"), ("tanh", "s")):
         ax.loglog(s_arr, [r["decay_factor"] for r in results[act]], marker=marker, label=act)
     ax.loglog(s_arr, s_arr, "k:", lw=0.8, label="s")
@@ -314,6 +348,7 @@ def main(argv: list[str] | None = None) -> dict:
     )
     ax.legend(fontsize=8)
     ax = axes[3]
+    plain, clipped = results["training"]["plain"], results["training"]["clipped"]
     for name, r, color in (("plain SGD", plain, "C3"), ("clipped SGD", clipped, "C0")):
         ax.plot(np.asarray(r["loss"], float), color=color, label=name)
         if r["first_nonfinite_step"] is not None:
@@ -328,11 +363,22 @@ def main(argv: list[str] | None = None) -> dict:
     ax.set(
         xlabel="SGD step",
         ylabel="training loss (MSE)",
-        title=f"tanh RNN, s={args.train_scale:g}, SGD lr={args.learning_rate:g}, "
-        f"lag-{args.lag} recall",
+        title=f"tanh RNN, s={cfg['train_scale']:g}, SGD lr={cfg['learning_rate']:g}, "
+        f"lag-{cfg['lag']} recall",
     )
     ax.legend(fontsize=8)
-    write_results(args.out, "weight_scale", results, fig)
+    return fig
+
+
+def main(argv: list[str] | None = None) -> dict:
+    """Parse, sweep and train, print both tables, write ``weight_scale.{json,png}``;
+    return the results."""
+    args = parse_args(argv)
+    results = run(args)
+    results["table"] = sweep_table(results)
+    results["training_table"] = training_table(results)
+    print(summarize(results))
+    write_results(args.out, "weight_scale", results, plot(results))
     return results
 
 
