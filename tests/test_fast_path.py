@@ -45,10 +45,12 @@ OPTIONS = {
 }
 
 
-def _loss_and_grads(cell, params, xs, state0, perts, options):
-    """Value and gradients on the fused (default) and the generic loop: one compile."""
+def _loss_and_grads(cell, args_per_option):
+    """Value and gradients on the fused (default) and the generic loop, for every option
+    of :data:`OPTIONS` (``args_per_option[option] = (params, xs, state0, perts)``): one
+    compile for all."""
 
-    def loss(params, xs, state0, perts, fused):
+    def loss(params, xs, state0, perts, options, fused):
         kw = {k: v for k, v in options.items() if k != "perturb"}
         final, ys = gr.scan(
             cell,
@@ -63,27 +65,38 @@ def _loss_and_grads(cell, params, xs, state0, perts, options):
         return jnp.sum(jnp.sin(ys)) + sum(jnp.sum(s**2) for s in leaves)
 
     value_and_grad = jax.value_and_grad(loss, argnums=(0, 1, 2, 3))
-    both = jax.jit(lambda *args: [value_and_grad(*args, fused) for fused in (None, False)])
-    return both(params, xs, state0, perts)
+
+    @jax.jit
+    def run(args_per_option):
+        return {
+            option: [value_and_grad(*args, OPTIONS[option], fused) for fused in (None, False)]
+            for option, args in args_per_option.items()
+        }
+
+    return run(args_per_option)
 
 
-@pytest.mark.parametrize("option", sorted(OPTIONS))
 @pytest.mark.parametrize("name", sorted(CELLS))
-def test_fused_equals_generic_values_and_grads_float64(name, option):
-    options = OPTIONS[option]
+def test_fused_equals_generic_values_and_grads_float64(name):
+    """Every option of OPTIONS (one compile for the cell)."""
     with jax.enable_x64(True):
         cell = CELLS[name]()
         params = cell.init(jax.random.PRNGKey(0), I, dtype=jnp.float64)
-        shape = (T, B, I) if options.get("time_major") else (B, T, I)
-        xs = jax.random.normal(jax.random.PRNGKey(1), shape, jnp.float64)
         state0 = jax.tree_util.tree_map(
             lambda s: 0.3 * jnp.ones_like(s), cell.initial_state(params, (B,))
         )
         perts = jax.tree_util.tree_map(lambda s: 0.01 * jnp.ones((T, *s.shape), s.dtype), state0)
-        fast, generic = _loss_and_grads(cell, params, xs, state0, perts, options)
-        # Guard against a vacuous comparison: the gradients are not all zero.
-        assert float(jnp.max(jnp.abs(generic[1][0].w_h))) > 1e-3
-        chex.assert_trees_all_close(fast, generic, rtol=1e-10, atol=1e-12)
+        args = {}
+        for option, options in OPTIONS.items():
+            shape = (T, B, I) if options.get("time_major") else (B, T, I)
+            xs = jax.random.normal(jax.random.PRNGKey(1), shape, jnp.float64)
+            args[option] = (params, xs, state0, perts)
+        for option, (fast, generic) in _loss_and_grads(cell, args).items():
+            # Guard against a vacuous comparison: the gradients are not all zero.
+            assert float(jnp.max(jnp.abs(generic[1][0].w_h))) > 1e-3, option
+            chex.assert_trees_all_close(
+                fast, generic, rtol=1e-10, atol=1e-12, custom_message=option
+            )
 
 
 def _count_fused_calls(monkeypatch):
