@@ -45,8 +45,12 @@ OPTIONS = {
 }
 
 
-def _loss_and_grads(cell, params, xs, state0, perts, options, fused):
-    def loss(params, xs, state0, perts):
+def _loss_and_grads(cell, args_per_option):
+    """Value and gradients on the fused (default) and the generic loop, for every option
+    of :data:`OPTIONS` (``args_per_option[option] = (params, xs, state0, perts)``): one
+    compile for all."""
+
+    def loss(params, xs, state0, perts, options, fused):
         kw = {k: v for k, v in options.items() if k != "perturb"}
         final, ys = gr.scan(
             cell,
@@ -60,27 +64,39 @@ def _loss_and_grads(cell, params, xs, state0, perts, options, fused):
         leaves = jax.tree_util.tree_leaves(final)
         return jnp.sum(jnp.sin(ys)) + sum(jnp.sum(s**2) for s in leaves)
 
-    return jax.jit(jax.value_and_grad(loss, argnums=(0, 1, 2, 3)))(params, xs, state0, perts)
+    value_and_grad = jax.value_and_grad(loss, argnums=(0, 1, 2, 3))
+
+    @jax.jit
+    def run(args_per_option):
+        return {
+            option: [value_and_grad(*args, OPTIONS[option], fused) for fused in (None, False)]
+            for option, args in args_per_option.items()
+        }
+
+    return run(args_per_option)
 
 
-@pytest.mark.parametrize("option", sorted(OPTIONS))
 @pytest.mark.parametrize("name", sorted(CELLS))
-def test_fused_equals_generic_values_and_grads_float64(name, option):
-    options = OPTIONS[option]
+def test_fused_equals_generic_values_and_grads_float64(name):
+    """Every option of OPTIONS (one compile for the cell)."""
     with jax.enable_x64(True):
         cell = CELLS[name]()
         params = cell.init(jax.random.PRNGKey(0), I, dtype=jnp.float64)
-        shape = (T, B, I) if options.get("time_major") else (B, T, I)
-        xs = jax.random.normal(jax.random.PRNGKey(1), shape, jnp.float64)
         state0 = jax.tree_util.tree_map(
             lambda s: 0.3 * jnp.ones_like(s), cell.initial_state(params, (B,))
         )
         perts = jax.tree_util.tree_map(lambda s: 0.01 * jnp.ones((T, *s.shape), s.dtype), state0)
-        fast = _loss_and_grads(cell, params, xs, state0, perts, options, None)
-        generic = _loss_and_grads(cell, params, xs, state0, perts, options, False)
-        # Guard against a vacuous comparison: the gradients are not all zero.
-        assert float(jnp.max(jnp.abs(generic[1][0].w_h))) > 1e-3
-        chex.assert_trees_all_close(fast, generic, rtol=1e-10, atol=1e-12)
+        args = {}
+        for option, options in OPTIONS.items():
+            shape = (T, B, I) if options.get("time_major") else (B, T, I)
+            xs = jax.random.normal(jax.random.PRNGKey(1), shape, jnp.float64)
+            args[option] = (params, xs, state0, perts)
+        for option, (fast, generic) in _loss_and_grads(cell, args).items():
+            # Guard against a vacuous comparison: the gradients are not all zero.
+            assert float(jnp.max(jnp.abs(generic[1][0].w_h))) > 1e-3, option
+            chex.assert_trees_all_close(
+                fast, generic, rtol=1e-10, atol=1e-12, custom_message=option
+            )
 
 
 def _count_fused_calls(monkeypatch):
@@ -131,8 +147,9 @@ def test_fused_batch_shapes_and_lengths(batch, T_):
             final, ys = gr.scan(cell, params, xs, fused=fused)
             return jnp.sum(jnp.cos(ys)) + jnp.sum(final.c**2)
 
-        fast = jax.value_and_grad(loss, argnums=(0, 1))(params, xs, True)
-        generic = jax.value_and_grad(loss, argnums=(0, 1))(params, xs, False)
+        value_and_grad = jax.value_and_grad(loss, argnums=(0, 1))
+        both = jax.jit(lambda p, x: [value_and_grad(p, x, fused) for fused in (True, False)])
+        fast, generic = both(params, xs)  # one compile
         chex.assert_trees_all_close(fast, generic, rtol=1e-10, atol=1e-12)
         chex.assert_shape(fast[1][1], xs.shape)
 
@@ -181,22 +198,30 @@ def test_forward_mode_by_default_equals_generic_float64(name, option):
         cell, primals = _problem(name)
         tangents = _tangents(primals)
         fast, generic = _fn(cell, options, None), _fn(cell, options, False)
-        out, t_fast = jax.jit(lambda p, t: jax.jvp(fast, p, t))(primals, tangents)
-        ref, t_generic = jax.jvp(generic, primals, tangents)
+        plain = option == "plain"
+
+        @jax.jit  # one compile for every derivative below
+        def derivatives(primals, tangents):
+            out = {"fast": jax.jvp(fast, primals, tangents)}
+            out["generic"] = jax.jvp(generic, primals, tangents)
+            if plain:
+                out["linearize"] = jax.linearize(fast, *primals)[1](*tangents)
+                params, xs, state0 = primals
+                out["jacfwd"] = jax.jacfwd(lambda p: fast(p, xs, state0)[1])(params)
+                out["jacrev"] = jax.jacrev(lambda p: generic(p, xs, state0)[1])(params)
+            return out
+
+        got = derivatives(primals, tangents)
+        (out, t_fast), (ref, t_generic) = got["fast"], got["generic"]
         chex.assert_trees_all_close(out, ref, rtol=1e-10, atol=1e-12)
         chex.assert_trees_all_close(t_fast, t_generic, rtol=1e-10, atol=1e-12)
         # The tangent is not vacuous.
         assert float(jnp.max(jnp.abs(t_generic[1]))) > 1e-3
 
-        if option != "plain":
+        if not plain:
             return
-        _, lin = jax.linearize(fast, *primals)
-        chex.assert_trees_all_close(lin(*tangents), t_generic, rtol=1e-10, atol=1e-12)
-
-        params, xs, state0 = primals
-        jac = jax.jacfwd(lambda p: fast(p, xs, state0)[1])(params)
-        want = jax.jacrev(lambda p: generic(p, xs, state0)[1])(params)
-        chex.assert_trees_all_close(jac, want, rtol=1e-10, atol=1e-12)
+        chex.assert_trees_all_close(got["linearize"], t_generic, rtol=1e-10, atol=1e-12)
+        chex.assert_trees_all_close(got["jacfwd"], got["jacrev"], rtol=1e-10, atol=1e-12)
 
 
 @pytest.mark.parametrize("name", ["vanilla", "lstm", "gru_after"])
@@ -205,17 +230,27 @@ def test_forward_mode_wrt_inputs_or_params_only(name):
     with jax.enable_x64(True):
         cell, (params, xs, state0) = _problem(name)
         d = _tangents((params, xs, state0))
-        for argnum in range(3):
 
-            def f(arg, fused, argnum=argnum):
-                args = [params, xs, state0]
-                args[argnum] = arg
-                return gr.scan(cell, *args, fused=fused, seq_lengths=np.array([7, 3, 0]))
+        @jax.jit  # one compile for the three arguments and both loops
+        def tangents_out(primals, d):
+            out = []
+            for argnum in range(3):
 
-            primal = (params, xs, state0)[argnum]
-            _, got = jax.jvp(lambda a: f(a, None), (primal,), (d[argnum],))
-            _, want = jax.jvp(lambda a: f(a, False), (primal,), (d[argnum],))
-            chex.assert_trees_all_close(got, want, rtol=1e-10, atol=1e-12)
+                def f(arg, fused, argnum=argnum):
+                    args = list(primals)
+                    args[argnum] = arg
+                    return gr.scan(cell, *args, fused=fused, seq_lengths=np.array([7, 3, 0]))
+
+                primal = primals[argnum]
+                _, got = jax.jvp(lambda a, f=f: f(a, None), (primal,), (d[argnum],))
+                _, want = jax.jvp(lambda a, f=f: f(a, False), (primal,), (d[argnum],))
+                out.append((got, want))
+            return out
+
+        for argnum, (got, want) in enumerate(tangents_out((params, xs, state0), d)):
+            chex.assert_trees_all_close(
+                got, want, rtol=1e-10, atol=1e-12, custom_message=f"argnum {argnum}"
+            )
 
 
 @pytest.mark.parametrize("name", ["vanilla", "lstm", "gru_after"])
@@ -230,7 +265,7 @@ def test_default_derivatives_match_finite_differences_float64(name):
             )
 
         jax.test_util.check_grads(
-            loss, (params, xs, state0), order=1, modes=["fwd", "rev"], eps=1e-6
+            jax.jit(loss), (params, xs, state0), order=1, modes=["fwd", "rev"], eps=1e-6
         )
 
 
@@ -242,11 +277,11 @@ def test_forward_mode_min_cells(make):
         xs = jax.random.normal(jax.random.PRNGKey(1), (B, T, I), jnp.float64)
         f = lambda p, x: gr.scan(cell, p, x, seq_lengths=np.array([7, 3, 0]))[1]  # noqa: E731
         t = _tangents((params, xs))
-        _, got = jax.jvp(f, (params, xs), t)
         loop = cell._replace(parallel=None)
-        _, want = jax.jvp(
-            lambda p, x: gr.scan(loop, p, x, seq_lengths=np.array([7, 3, 0]))[1], (params, xs), t
-        )
+        g = lambda p, x: gr.scan(loop, p, x, seq_lengths=np.array([7, 3, 0]))[1]  # noqa: E731
+        got, want = jax.jit(  # one compile for both
+            lambda primals, t: [jax.jvp(h, primals, t)[1] for h in (f, g)]
+        )((params, xs), t)
         chex.assert_trees_all_close(got, want, rtol=1e-10, atol=1e-12)
 
 

@@ -23,12 +23,20 @@ def test_bidirectional_equals_forward_plus_flipped_backward(name):
     params = gr.Bidir(cell.init(kf, 3), cell.init(kb, 3))
     xs = jax.random.normal(kx, (3, 7, 3))
     lengths = jnp.array([7, 5, 2])
-    states, ys = gr.bidirectional_scan(cell, params, xs, seq_lengths=lengths)
+
+    @jax.jit  # one compile: the layer and its per-sequence references
+    def run(params, xs):
+        got = gr.bidirectional_scan(cell, params, xs, seq_lengths=lengths)
+        refs = [
+            (gr.scan(cell, params.fw, xs[b, :n]), gr.scan(cell, params.bw, jnp.flip(xs[b, :n], 0)))
+            for b, n in enumerate(lengths.tolist())
+        ]
+        return got, refs
+
+    (states, ys), refs = jax.device_get(run(params, xs))  # compared in numpy: no more compiles
     chex.assert_shape(ys, (3, 7, 8))
-    for b, n in enumerate(lengths.tolist()):
-        s_f, y_f = gr.scan(cell, params.fw, xs[b, :n])
-        s_b, y_b = gr.scan(cell, params.bw, jnp.flip(xs[b, :n], 0))
-        close(ys[b, :n], jnp.concatenate([y_f, jnp.flip(y_b, 0)], -1))
+    for b, (n, ((s_f, y_f), (s_b, y_b))) in enumerate(zip(lengths.tolist(), refs)):
+        close(ys[b, :n], np.concatenate([y_f, np.flip(y_b, 0)], -1))
         assert not np.any(ys[b, n:])
         close(jax.tree_util.tree_map(lambda a, b=b: a[b], states.fw), s_f)
         close(jax.tree_util.tree_map(lambda a, b=b: a[b], states.bw), s_b)
@@ -38,9 +46,15 @@ def test_bidirectional_with_different_backward_cell():
     fw, bw = gr.lstm(4), gr.gru(2)
     params = gr.Bidir(fw.init(jax.random.PRNGKey(0), 3), bw.init(jax.random.PRNGKey(1), 3))
     xs = jax.random.normal(jax.random.PRNGKey(2), (5, 3))
-    _, ys = gr.bidirectional_scan(fw, params, xs, cell_bw=bw)
+
+    @jax.jit  # one compile: the layer and its reference
+    def run(params, xs):
+        ys = gr.bidirectional_scan(fw, params, xs, cell_bw=bw)[1]
+        return ys, jnp.flip(gr.scan(bw, params.bw, jnp.flip(xs, 0))[1], 0)
+
+    ys, want_bw = run(params, xs)
     assert ys.shape == (5, 6)
-    close(ys[:, 4:], jnp.flip(gr.scan(bw, params.bw, jnp.flip(xs, 0))[1], 0))
+    close(ys[:, 4:], want_bw)
 
 
 @pytest.mark.parametrize("bidirectional", [False, True])
@@ -52,14 +66,21 @@ def test_stack_equals_layer_by_layer(name, bidirectional):
     assert len(params) == 2
     xs = jax.random.normal(jax.random.PRNGKey(1), (2, 6, 3))
     lengths = jnp.array([6, 3])
-    states, ys = st.apply(params, xs, seq_lengths=lengths)
-    h = xs
+
+    @jax.jit  # one compile: the stack and its layer-by-layer reference
+    def run(params, xs):
+        h, refs = xs, []
+        for layer in range(2):
+            if bidirectional:
+                s, h = gr.bidirectional_scan(cell, params[layer], h, seq_lengths=lengths)
+            else:
+                s, h = gr.scan(cell, params[layer], h, seq_lengths=lengths)
+            refs.append(s)
+        return st.apply(params, xs, seq_lengths=lengths), (refs, h)
+
+    (states, ys), (refs, h) = run(params, xs)
     for layer in range(2):
-        if bidirectional:
-            s, h = gr.bidirectional_scan(cell, params[layer], h, seq_lengths=lengths)
-        else:
-            s, h = gr.scan(cell, params[layer], h, seq_lengths=lengths)
-        close(states[layer], s)
+        close(states[layer], refs[layer])
     close(ys, h)
     assert ys.shape == (2, 6, 8 if bidirectional else 4)
     # Later layers take D*H features: their params are the cell's for input size D*H.
@@ -74,10 +95,15 @@ def test_stack_initial_state_is_used_and_time_major():
     params = st.init(jax.random.PRNGKey(0), 2)
     xs = jax.random.normal(jax.random.PRNGKey(1), (5, 4, 2))  # (T, B, I)
     s0 = tuple(jnp.full((4, 3), 0.5) for _ in range(2))
-    states, ys = st.apply(params, xs, s0, time_major=True)
-    s_a, h = gr.scan(cell, params[0], xs, s0[0], time_major=True)
-    s_b, h = gr.scan(cell, params[1], h, s0[1], time_major=True)
-    close(states, (s_a, s_b))
+
+    @jax.jit  # one compile: the stack and its layer-by-layer reference
+    def run(params, xs, s0):
+        s_a, h = gr.scan(cell, params[0], xs, s0[0], time_major=True)
+        s_b, h = gr.scan(cell, params[1], h, s0[1], time_major=True)
+        return st.apply(params, xs, s0, time_major=True), ((s_a, s_b), h)
+
+    (states, ys), (want_states, h) = run(params, xs, s0)
+    close(states, want_states)
     close(ys, h)
     zero = st.initial_state(params, (4,))
     assert len(zero) == 2 and zero[0].shape == (4, 3)
@@ -88,22 +114,31 @@ def test_stack_dropout_only_with_key_and_only_between_layers():
     st = gr.stack(cell, 2, dropout=0.5)
     params = st.init(jax.random.PRNGKey(0), 3)
     xs = jax.random.normal(jax.random.PRNGKey(1), (2, 5, 3))
-    _, plain = st.apply(params, xs)
-    _, again = st.apply(params, xs)
-    close(plain, again)
-    _, dropped = st.apply(params, xs, dropout_key=jax.random.PRNGKey(3))
-    assert float(jnp.max(jnp.abs(dropped - plain))) > 1e-3
-    # One layer: nothing to drop between.
     one = gr.stack(cell, 1, dropout=0.5)
     p1 = one.init(jax.random.PRNGKey(0), 3)
-    close(one.apply(p1, xs, dropout_key=jax.random.PRNGKey(3)), one.apply(p1, xs))
+
+    @jax.jit  # one compile for every run below
+    def run(params, p1, xs, key):
+        return (
+            st.apply(params, xs)[1],
+            st.apply(params, xs, dropout_key=key)[1],
+            one.apply(p1, xs, dropout_key=key),
+            one.apply(p1, xs),
+        )
+
+    plain, dropped, one_dropped, one_plain = run(params, p1, xs, jax.random.PRNGKey(3))
+    again = run(params, p1, xs, jax.random.PRNGKey(4))[0]  # no key: no randomness
+    close(plain, again)
+    assert float(jnp.max(jnp.abs(dropped - plain))) > 1e-3
+    # One layer: nothing to drop between.
+    close(one_dropped, one_plain)
 
 
 def test_stack_gradients_flow_to_every_layer():
     st = gr.stack(gr.lstm(4), 2, bidirectional=True)
     params = st.init(jax.random.PRNGKey(0), 3)
     xs = jax.random.normal(jax.random.PRNGKey(1), (2, 5, 3))
-    g = jax.grad(lambda p: jnp.sum(st.apply(p, xs)[1] ** 2))(params)
+    g = jax.jit(jax.grad(lambda p: jnp.sum(st.apply(p, xs)[1] ** 2)))(params)
     for leaf in jax.tree_util.tree_leaves(g):
         assert float(jnp.sum(jnp.abs(leaf))) > 0
 

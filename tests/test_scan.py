@@ -33,34 +33,43 @@ SCAN_CASES = [(name, (2, 3), False) for name in sorted(CELL_FACTORIES)] + [
 ]
 
 
-class ScanEqualsLoop(chex.TestCase):
-    @chex.variants(with_jit=True, without_jit=True)
-    def test_all_cells_layouts_and_batch_shapes(self):
-        for name, batch, time_major in SCAN_CASES:
-            cell, p, k = make(name)
-            xs_tm = jax.random.normal(k, (T, *batch, 3))
-            s0 = jax.tree_util.tree_map(lambda z: z + 0.3, cell.initial_state(p, batch))
-            want_s, want_ys = loop_scan(cell, p, xs_tm, s0)
-            xs = xs_tm if time_major else jnp.moveaxis(xs_tm, 0, -2)
+def test_scan_equals_loop_jitted_and_eager_all_cells_layouts_and_batch_shapes():
+    """gr.scan under jit and eagerly (un-jitted) equals the Python loop of cell.step."""
+    for name, batch, time_major in SCAN_CASES:
+        cell, p, k = make(name)
+        xs_tm = jax.random.normal(k, (T, *batch, 3))
+        s0 = jax.tree_util.tree_map(lambda z: z + 0.3, cell.initial_state(p, batch))
+        xs = xs_tm if time_major else jnp.moveaxis(xs_tm, 0, -2)
 
-            @self.variant
-            def run(p, xs, s0, cell=cell, time_major=time_major):
-                return gr.scan(cell, p, xs, s0, time_major=time_major)
+        def run(p, xs, s0, cell=cell, time_major=time_major):
+            return gr.scan(cell, p, xs, s0, time_major=time_major)
 
-            s, ys = run(p, xs, s0)
+        # one compile: the reference loop and the jitted scan
+        loop_and_run = jax.jit(
+            lambda p, xs_tm, xs, s0, cell=cell, run=run: (
+                loop_scan(cell, p, xs_tm, s0),
+                run(p, xs, s0),
+            )
+        )
+        (want_s, want_ys), jitted = loop_and_run(p, xs_tm, xs, s0)
+        for variant, (s, ys) in (("jit", jitted), ("eager", run(p, xs, s0))):
             if not time_major:
                 ys = jnp.moveaxis(ys, -2, 0)
-            assert_trees_close(s, want_s)
-            assert_trees_close(ys, want_ys)
+            msg = f"{name} batch={batch} time_major={time_major} {variant}"
+            assert_trees_close(s, want_s, custom_message=msg)
+            assert_trees_close(ys, want_ys, custom_message=msg)
 
 
-@pytest.mark.parametrize("unroll", [2, 4, True])
-def test_unroll_does_not_change_results(unroll):
+def test_unroll_does_not_change_results():
     cell, p, k = make("lstm")
     xs = jax.random.normal(k, (2, 7, 3))
-    a = gr.scan(cell, p, xs)
-    b = gr.scan(cell, p, xs, unroll=unroll)
-    assert_trees_close(a, b)
+    unrolls = [2, 4, True]
+    # one compile: the default and every unroll
+    a, *others = jax.jit(lambda p, xs: [gr.scan(cell, p, xs, unroll=u) for u in [None, *unrolls]])(
+        p, xs
+    )
+    for unroll, b in zip(unrolls, others):
+        assert_trees_close(a, b, custom_message=f"unroll={unroll}")
 
 
 def test_jitted_scan_traces_once_per_shape():
@@ -80,8 +89,10 @@ def test_jitted_scan_traces_once_per_shape():
 def test_vmap_over_scan_equals_batched_scan():
     cell, p, k = make("lstm")
     xs = jax.random.normal(k, (4, T, 3))
-    vm = jax.vmap(lambda x: gr.scan(cell, p, x))(xs)
-    assert_trees_close(vm, gr.scan(cell, p, xs))
+    vm, batched = jax.jit(
+        lambda xs: (jax.vmap(lambda x: gr.scan(cell, p, x))(xs), gr.scan(cell, p, xs))
+    )(xs)
+    assert_trees_close(vm, batched)
 
 
 def test_gradients_match_finite_differences_float64(cell_name):
@@ -104,8 +115,11 @@ def test_linear_rnn_bptt_gradient_is_exactly_s_to_the_k():
         cell = gr.vanilla(H, activation="linear")
         p = cell.init(jax.random.PRNGKey(0), 2, jnp.float64)._replace(w_h=s * jnp.eye(H))
         xs = jax.random.normal(jax.random.PRNGKey(1), (30, 2), jnp.float64)
-        for k in [1, 5, 30]:
-            jac = jax.jacrev(lambda h0, k=k: gr.scan(cell, p, xs[:k], h0)[0])(jnp.zeros(H))
+        ks = [1, 5, 30]
+        jacs = jax.jit(  # one compile for the three lengths
+            lambda h0: [jax.jacrev(lambda h0, k=k: gr.scan(cell, p, xs[:k], h0)[0])(h0) for k in ks]
+        )(jnp.zeros(H))
+        for k, jac in zip(ks, jacs):
             chex.assert_trees_all_close(jac, s**k * np.eye(H), rtol=1e-12, atol=1e-300)
 
 
@@ -116,10 +130,15 @@ def test_seq_lengths_zero_outputs_and_final_state_of_valid_prefix(cell_name):
     cell, p, k = make(cell_name)
     xs = jax.random.normal(k, (4, T, 3))
     lengths = jnp.array([T, 3, 0, 1])
-    s, ys = gr.scan(cell, p, xs, seq_lengths=lengths)
-    for b, n in enumerate(lengths.tolist()):
+
+    @jax.jit  # one compile: the padded batch and each sequence's valid prefix
+    def run(p, xs):
+        prefixes = [gr.scan(cell, p, xs[b, :n]) for b, n in enumerate(lengths.tolist())]
+        return gr.scan(cell, p, xs, seq_lengths=lengths), prefixes
+
+    (s, ys), prefixes = jax.device_get(run(p, xs))  # compared in numpy: no more compiles
+    for b, (n, (s_b, ys_b)) in enumerate(zip(lengths.tolist(), prefixes)):
         assert not np.any(ys[b, n:])
-        s_b, ys_b = gr.scan(cell, p, xs[b, :n])
         assert_trees_close(jax.tree_util.tree_map(lambda a, b=b: a[b], s), s_b)
         assert_trees_close(ys[b, :n], ys_b)
 
@@ -133,7 +152,7 @@ def test_no_gradient_flows_from_padding():
         s, ys = gr.scan(cell, p, xs, seq_lengths=lengths)
         return jnp.sum(jnp.sin(ys)) + jnp.sum(s.c**2)
 
-    g = jax.grad(loss)(xs)
+    g = np.asarray(jax.jit(jax.grad(loss))(xs))
     for b, n in enumerate(lengths.tolist()):
         assert not np.any(g[b, n:])
         assert np.all(np.abs(g[b, :n]).sum(-1) > 0)
@@ -143,19 +162,30 @@ def test_reverse_equals_scanning_flipped_valid_prefix(cell_name):
     cell, p, k = make(cell_name)
     xs = jax.random.normal(k, (3, T, 3))
     lengths = jnp.array([T, 4, 1])
-    s, ys = gr.scan(cell, p, xs, seq_lengths=lengths, reverse=True)
-    for b, n in enumerate(lengths.tolist()):
-        s_b, ys_b = gr.scan(cell, p, jnp.flip(xs[b, :n], 0))
+
+    @jax.jit  # one compile: the padded batch and each flipped valid prefix
+    def run(p, xs):
+        prefixes = [
+            gr.scan(cell, p, jnp.flip(xs[b, :n], 0)) for b, n in enumerate(lengths.tolist())
+        ]
+        return gr.scan(cell, p, xs, seq_lengths=lengths, reverse=True), prefixes
+
+    (s, ys), prefixes = jax.device_get(run(p, xs))  # compared in numpy: no more compiles
+    for b, (n, (s_b, ys_b)) in enumerate(zip(lengths.tolist(), prefixes)):
         assert_trees_close(jax.tree_util.tree_map(lambda a, b=b: a[b], s), s_b)
-        assert_trees_close(ys[b, :n], jnp.flip(ys_b, 0))
+        assert_trees_close(ys[b, :n], np.flip(ys_b, 0))
         assert not np.any(ys[b, n:])
 
 
 def test_reverse_without_lengths_time_major():
     cell, p, k = make("gru")
     xs = jax.random.normal(k, (T, 2, 3))
-    s, ys = gr.scan(cell, p, xs, reverse=True, time_major=True)
-    s2, ys2 = gr.scan(cell, p, jnp.flip(xs, 0), time_major=True)
+    (s, ys), (s2, ys2) = jax.jit(  # one compile for both
+        lambda xs: (
+            gr.scan(cell, p, xs, reverse=True, time_major=True),
+            gr.scan(cell, p, jnp.flip(xs, 0), time_major=True),
+        )
+    )(xs)
     assert_trees_close(s, s2)
     assert_trees_close(ys, jnp.flip(ys2, 0))
 
@@ -164,30 +194,50 @@ def test_seq_lengths_traced_under_jit():
     cell, p, k = make("vanilla")
     xs = jax.random.normal(k, (2, T, 3))
     lengths = jnp.array([3, 5])
-    a = jax.jit(lambda xs, n: gr.scan(cell, p, xs, seq_lengths=n))(xs, lengths)
-    assert_trees_close(a, gr.scan(cell, p, xs, seq_lengths=lengths))
+    # one compile: lengths traced (an argument) and concrete (a constant of the program)
+    a, b = jax.jit(
+        lambda xs, n: (
+            gr.scan(cell, p, xs, seq_lengths=n),
+            gr.scan(cell, p, xs, seq_lengths=lengths),
+        )
+    )(xs, lengths)
+    assert_trees_close(a, b)
 
 
 # --------------------------------------------------------------------------------- resets
 
 
-@pytest.mark.parametrize("reverse", [False, True])
-def test_reset_equals_two_scans_over_the_pieces(cell_name, reverse):
+def test_reset_equals_two_scans_over_the_pieces(cell_name):
     cell, p, k = make(cell_name)
     xs = jax.random.normal(k, (2, T, 3))
     s0 = jax.tree_util.tree_map(lambda z: z + 0.2, cell.initial_state(p, (2,)))
     cut = 2
     resets = jnp.zeros((2, T), bool).at[0, cut].set(True)
-    s, ys = gr.scan(cell, p, xs, s0, resets=resets, reverse=reverse)
 
-    s0_0 = jax.tree_util.tree_map(lambda a: a[0], s0)
-    a_s, a_ys = gr.scan(cell, p, xs[0, :cut], s0_0, reverse=reverse)
-    b_s, b_ys = gr.scan(cell, p, xs[0, cut:], s0_0, reverse=reverse)
-    assert_trees_close(ys[0], jnp.concatenate([a_ys, b_ys], 0))
-    assert_trees_close(jax.tree_util.tree_map(lambda a: a[0], s), a_s if reverse else b_s)
-    # The row without a reset is unaffected.
-    s_1, ys_1 = gr.scan(cell, p, xs[1], jax.tree_util.tree_map(lambda a: a[1], s0), reverse=reverse)
-    assert_trees_close(ys[1], ys_1)
+    @jax.jit  # one compile: both directions, with their references
+    def run(p, xs, s0):
+        out = {}
+        s0_0 = jax.tree_util.tree_map(lambda a: a[0], s0)
+        s0_1 = jax.tree_util.tree_map(lambda a: a[1], s0)
+        for reverse in (False, True):
+            out[reverse] = (
+                gr.scan(cell, p, xs, s0, resets=resets, reverse=reverse),
+                gr.scan(cell, p, xs[0, :cut], s0_0, reverse=reverse),
+                gr.scan(cell, p, xs[0, cut:], s0_0, reverse=reverse),
+                gr.scan(cell, p, xs[1], s0_1, reverse=reverse),
+            )
+        return out
+
+    for reverse, ((s, ys), (a_s, a_ys), (b_s, b_ys), (_, ys_1)) in jax.device_get(
+        run(p, xs, s0)
+    ).items():
+        msg = f"reverse={reverse}"
+        assert_trees_close(ys[0], np.concatenate([a_ys, b_ys], 0), custom_message=msg)
+        assert_trees_close(
+            jax.tree_util.tree_map(lambda a: a[0], s), a_s if reverse else b_s, custom_message=msg
+        )
+        # The row without a reset is unaffected.
+        assert_trees_close(ys[1], ys_1, custom_message=msg)
 
 
 def test_reset_with_seq_lengths_reverse():
@@ -195,10 +245,16 @@ def test_reset_with_seq_lengths_reverse():
     xs = jax.random.normal(k, (1, T, 3))
     resets = jnp.zeros((1, T), bool).at[0, 2].set(True).at[0, 5].set(True)
     # Length 5: the reset at 5 lies in the padding and must not matter.
-    s, ys = gr.scan(cell, p, xs, resets=resets, seq_lengths=jnp.array([5]), reverse=True)
-    a_s, a_ys = gr.scan(cell, p, xs[0, :2], reverse=True)
-    _, b_ys = gr.scan(cell, p, xs[0, 2:5], reverse=True)
-    assert_trees_close(ys[0, :5], jnp.concatenate([a_ys, b_ys], 0))
+    (s, ys), (a_s, a_ys), (_, b_ys) = jax.device_get(
+        jax.jit(  # one compile: the scan and its two pieces
+            lambda xs: (
+                gr.scan(cell, p, xs, resets=resets, seq_lengths=jnp.array([5]), reverse=True),
+                gr.scan(cell, p, xs[0, :2], reverse=True),
+                gr.scan(cell, p, xs[0, 2:5], reverse=True),
+            )
+        )(xs)
+    )
+    assert_trees_close(ys[0, :5], np.concatenate([a_ys, b_ys], 0))
     assert not np.any(ys[0, 5:])
     assert_trees_close(jax.tree_util.tree_map(lambda a: a[0], s), a_s)
 
@@ -215,13 +271,17 @@ def test_truncate_zero_gradient_beyond_window_exact_within(name):
     def last_out(xs, truncate):
         return jnp.sum(gr.scan(cell, p, xs, truncate=truncate)[1][-1])
 
-    g_full = jax.grad(last_out)(xs, None)
-    g_tr = jax.grad(last_out)(xs, win)
+    @jax.jit  # one compile: both gradients and both forward passes
+    def run(xs):
+        grads = [jax.grad(last_out)(xs, truncate) for truncate in (None, win)]
+        return grads, gr.scan(cell, p, xs, truncate=win), gr.scan(cell, p, xs)
+
+    (g_full, g_tr), fwd_tr, fwd = jax.device_get(run(xs))
     np.testing.assert_array_equal(g_tr[: Tn - win], 0.0)
     assert np.all(np.abs(g_full[: Tn - win]).sum(-1) > 0)
     chex.assert_trees_all_close(g_tr[Tn - win :], g_full[Tn - win :], rtol=1e-5, atol=1e-7)
     # The forward pass is unchanged.
-    assert_trees_close(gr.scan(cell, p, xs, truncate=win), gr.scan(cell, p, xs))
+    assert_trees_close(fwd_tr, fwd)
 
 
 def test_truncate_gradient_never_reaches_more_than_k_back():
@@ -229,7 +289,7 @@ def test_truncate_gradient_never_reaches_more_than_k_back():
     cell, p, k = make("gru", hidden=3)
     Tn, win = 9, 3
     xs = jax.random.normal(k, (Tn, 3))
-    jac = jax.jacrev(lambda xs: gr.scan(cell, p, xs, truncate=win)[1])(xs)  # (T,H,T,I)
+    jac = jax.jit(jax.jacrev(lambda xs: gr.scan(cell, p, xs, truncate=win)[1]))(xs)  # (T,H,T,I)
     reach = np.abs(np.asarray(jac)).sum(axis=(1, 3))  # (t, s)
     t, s = np.meshgrid(np.arange(Tn), np.arange(Tn), indexing="ij")
     assert np.all(reach[(t - s) >= win] == 0)
@@ -250,10 +310,14 @@ def test_state_perturbation_gradient_is_state_gradient():
     def loss_pert(d):
         return jnp.sum(gr.scan(cell, p, xs, state_perturbations=d)[1][-1] ** 2)
 
-    g = jax.grad(loss_pert)(zeros)
-    # Reference at t = 2: split the scan at t and differentiate the tail w.r.t. the state.
-    s2, _ = gr.scan(cell, p, xs[:3])
-    g_ref = jax.grad(lambda s: jnp.sum(gr.scan(cell, p, xs[3:], s)[1][-1] ** 2))(s2)
+    @jax.jit  # one compile: the perturbation gradient and its reference
+    def run(zeros):
+        g = jax.grad(loss_pert)(zeros)
+        # Reference at t = 2: split the scan at t and differentiate the tail w.r.t. the state.
+        s2, _ = gr.scan(cell, p, xs[:3])
+        return g, jax.grad(lambda s: jnp.sum(gr.scan(cell, p, xs[3:], s)[1][-1] ** 2))(s2)
+
+    g, g_ref = run(zeros)
     assert_trees_close(jax.tree_util.tree_map(lambda a: a[2], g), g_ref)
 
 
@@ -308,10 +372,10 @@ PADDING_PATHS = {
 PADDING_CELLS = [*sorted(CELLS), "gru_reset_before"]  # every registered cell
 
 
-@pytest.mark.parametrize("path", sorted(PADDING_PATHS))
 @pytest.mark.parametrize("name", PADDING_CELLS)
-def test_nan_padding_does_not_poison_values_or_gradients(name, path):
-    """Inputs at t >= seq_lengths never reach the math: NaN/inf there change nothing."""
+def test_nan_padding_does_not_poison_values_or_gradients(name):
+    """Inputs at t >= seq_lengths never reach the math: NaN/inf there change nothing, on
+    every path of PADDING_PATHS."""
     cell, p, k = make(name, hidden=4)
     xs = jax.random.normal(k, (3, T, 3))
     lengths = jnp.array([T, 2, 0])
@@ -319,17 +383,21 @@ def test_nan_padding_does_not_poison_values_or_gradients(name, path):
     pad = jnp.where(
         t < lengths[:, None, None], 0.0, jnp.array([jnp.nan, jnp.inf, -jnp.inf])[:, None, None]
     )
-    options = {"seq_lengths": lengths, **PADDING_PATHS[path]}
 
-    def loss(p, xs):
-        s, ys = gr.scan(cell, p, xs, **options)
+    def loss(p, xs, options):
+        s, ys = gr.scan(cell, p, xs, seq_lengths=lengths, **options)
         return jnp.sum(jnp.sin(ys)) + sum(jnp.sum(leaf**2) for leaf in jax.tree_util.tree_leaves(s))
 
-    value_and_grad = jax.jit(jax.value_and_grad(loss, argnums=(0, 1)))  # one compile
-    clean = value_and_grad(p, jnp.where(jnp.isfinite(pad), xs, 0.0))
-    dirty = value_and_grad(p, xs + pad)
-    chex.assert_tree_all_finite(dirty)
-    assert_trees_close(dirty, clean)
+    value_and_grad = jax.value_and_grad(loss, argnums=(0, 1))
+    paths = sorted(PADDING_PATHS)
+    run = jax.jit(  # one compile: every path, clean and dirty inputs alike
+        lambda p, xs: [value_and_grad(p, xs, PADDING_PATHS[path]) for path in paths]
+    )
+    clean = run(p, jnp.where(jnp.isfinite(pad), xs, 0.0))
+    dirty = run(p, xs + pad)
+    for path, d, c in zip(paths, dirty, clean):
+        chex.assert_tree_all_finite(d, custom_message=path)
+        assert_trees_close(d, c, custom_message=path)
 
 
 def test_default_unroll_is_the_measured_table_and_changes_no_value():
@@ -345,6 +413,7 @@ def test_default_unroll_is_the_measured_table_and_changes_no_value():
     jaxpr = str(jax.make_jaxpr(lambda x: gr.scan(cell, params, x))(xs))
     want = gr.default_unroll(9, "lstm")
     assert f"unroll={want}" in jaxpr
-    chex.assert_trees_all_close(
-        gr.scan(cell, params, xs), gr.scan(cell, params, xs, unroll=1), rtol=1e-6, atol=1e-6
-    )
+    default, one = jax.jit(  # one compile for both
+        lambda xs: (gr.scan(cell, params, xs), gr.scan(cell, params, xs, unroll=1))
+    )(xs)
+    chex.assert_trees_all_close(default, one, rtol=1e-6, atol=1e-6)
