@@ -7,6 +7,7 @@ from __future__ import annotations
 import functools
 import importlib.util
 import itertools
+import types
 from pathlib import Path
 
 import chex
@@ -49,16 +50,10 @@ def _problem(dtype=jnp.float64, seed=0, heads=HEADS):
 _step = jax.jit(lambda cell, p, s, x: cell.step(p, s, x), static_argnums=0)
 
 
-def _loop(cell, params, xs_tm, state):
-    """conftest's ``loop_scan`` (a Python loop of ``cell.step``) with the step compiled once
-    per shape (eager, every op of every step is dispatched on its own)."""
-    ys = []
-    for x in xs_tm:
-        state, y = _step(cell, params, state, x)
-        ys.append(y)
-    if ys:
-        return state, jnp.stack(ys)
-    return loop_scan(cell, params, xs_tm, state)
+def _compiled_steps(cell):
+    """``cell`` for conftest's ``loop_scan`` with its step compiled once per shape (eager,
+    every op of every step is dispatched on its own)."""
+    return types.SimpleNamespace(step=functools.partial(_step, cell), hidden_size=cell.hidden_size)
 
 
 def _zeros_params(cell, input_size):
@@ -124,7 +119,7 @@ def test_scan_equals_a_python_loop_of_step_float64(layout):
         if time_major:
             xs = jnp.moveaxis(xs, 1, 0)
         xs_tm = xs if time_major else jnp.moveaxis(xs, -2, 0)
-        want_h, want_ys = _loop(cell, params, xs_tm, h0)
+        want_h, want_ys = loop_scan(_compiled_steps(cell), params, xs_tm, h0)
         for parallel in (False, True):
             run = jax.jit(
                 lambda p, x, s, parallel=parallel: gr.scan(
@@ -230,7 +225,7 @@ def test_seq_lengths_keep_the_state_zero_the_outputs_and_ignore_nan_padding():
         wants = []
         for b, L in enumerate(lengths):
             one = jnp.moveaxis(xs[b : b + 1, :L], 1, 0)
-            wants.append(_loop(cell, params, one, h0[b : b + 1]))
+            wants.append(loop_scan(_compiled_steps(cell), params, one, h0[b : b + 1]))
         for parallel in (False, True):
             run = jax.jit(
                 lambda p, x, parallel=parallel: gr.scan(
@@ -258,7 +253,7 @@ def test_reverse_runs_each_sequence_backwards_from_its_last_valid_step():
         wants = []
         for b, L in enumerate(lengths):
             backwards = xs[b, :L][::-1][:, None]  # (L, 1, I)
-            wants.append(_loop(cell, params, backwards, h0[b : b + 1]))
+            wants.append(loop_scan(_compiled_steps(cell), params, backwards, h0[b : b + 1]))
         for parallel in (False, True):
             h, ys = jax.jit(
                 lambda p, x, parallel=parallel: gr.scan(
@@ -285,7 +280,7 @@ def test_resets_restart_each_segment_from_the_initial_state():
             pieces = []
             for s, e in itertools.pairwise(cuts):
                 one = jnp.moveaxis(xs[b : b + 1, s:e], 1, 0)
-                state, seg = _loop(cell, params, one, h0[b : b + 1])
+                state, seg = loop_scan(_compiled_steps(cell), params, one, h0[b : b + 1])
                 pieces.append(seg[:, 0])
             chex.assert_trees_all_close(ys[b], jnp.concatenate(pieces), rtol=1e-12)
             chex.assert_trees_all_close(h[b], state[0], rtol=1e-12)

@@ -3,7 +3,9 @@ invariance, the fused loop, the Cell contract, and parity with xlstm's pure-PyTo
 
 from __future__ import annotations
 
+import functools
 import importlib.util
+import types
 from pathlib import Path
 
 import chex
@@ -33,7 +35,13 @@ B, T, I, H, HEADS = 2, 7, 3, 4, 2
 _scan = jax.jit(
     gr.scan, static_argnums=0, static_argnames=("reverse", "time_major", "truncate", "fused")
 )
-_loop_scan = jax.jit(loop_scan, static_argnums=0)  # the Python loop, compiled once
+_step = jax.jit(lambda cell, p, s, x: cell.step(p, s, x), static_argnums=0)
+
+
+def _compiled_steps(cell):
+    """``cell`` for conftest's ``loop_scan`` with its step compiled once per shape (eager,
+    every op of every step is dispatched on its own)."""
+    return types.SimpleNamespace(step=functools.partial(_step, cell), hidden_size=cell.hidden_size)
 
 
 def _problem(dtype=F64, seed=0, hidden=H, heads=HEADS, forget_gate="sigmoid", inp=I):
@@ -243,7 +251,7 @@ def test_scan_equals_a_loop_of_steps(batch):
         kx, ks = jax.random.split(key)
         xs_tm = jax.random.normal(kx, (T, *batch, I), F64)
         s0 = _random_state(ks, batch)
-        want_final, want_ys = _loop_scan(cell, params, xs_tm, s0)
+        want_final, want_ys = loop_scan(_compiled_steps(cell), params, xs_tm, s0)
         final, ys = _scan(cell, params, xs_tm, s0, time_major=True)
         chex.assert_trees_all_close((final, ys), (want_final, want_ys), rtol=1e-12, atol=1e-13)
         final, ys = _scan(cell, params, jnp.moveaxis(xs_tm, 0, -2), s0)
