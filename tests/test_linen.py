@@ -41,7 +41,7 @@ CELLS = {
 def test_cells_in_flax_rnn_with_seq_lengths_equal_gr_scan(name):
     module = CELLS[name]()
     fwd = nn.RNN(module, return_carry=True)
-    variables = fwd.init(jax.random.key(1), X, seq_lengths=LENGTHS)
+    variables = jax.jit(lambda k: fwd.init(k, X, seq_lengths=LENGTHS))(jax.random.key(1))
     assert set(variables["params"]["cell"]) == set(
         module.make_cell().init(jax.random.key(0), 4)._fields
     )
@@ -68,7 +68,7 @@ def test_every_registered_cell_runs_as_linen_cell_and_rnn_with_the_pure_numbers(
     same params, for every cell of the registry (no per-cell code in gatedrnn.linen)."""
     module = grl.Cell(name, 3)
     rnn = nn.RNN(module, return_carry=True)
-    variables = rnn.init(jax.random.key(1), X, seq_lengths=LENGTHS)
+    variables = jax.jit(lambda k: rnn.init(k, X, seq_lengths=LENGTHS))(jax.random.key(1))
     cell = module.make_cell()
     assert cell == make_cell(name, 3)
     params = module.to_pure(variables["params"]["cell"])
