@@ -29,6 +29,10 @@ def _close(a, b, tol: float) -> None:
     chex.assert_trees_all_close(a, b, rtol=tol, atol=tol)
 
 
+# a stack's apply compiled once per stack, shapes and options (eager calls compile every op)
+_apply = jax.jit(lambda stack, *args, **kw: stack.apply(*args, **kw), static_argnums=0)
+
+
 def _torch_module(kind: str, I: int, H: int, L: int, bidir: bool, dtype, **kw):
     common = dict(num_layers=L, bidirectional=bidir, batch_first=True, dtype=dtype, **kw)
     if kind.startswith("rnn_"):
@@ -152,7 +156,7 @@ def test_torch_packed_sequences_match_seq_lengths(kind="lstm"):
     )
     out, fin_t = module(packed)
     ys_t, _ = torch.nn.utils.rnn.pad_packed_sequence(out, batch_first=True, total_length=5)
-    fin, ys = stack.apply(params, jnp.asarray(x), seq_lengths=jnp.asarray(lengths))
+    fin, ys = _apply(stack, params, jnp.asarray(x), seq_lengths=jnp.asarray(lengths))
     _close(ys, _np(ys_t), 2e-5)
     _close(interop.state_to_torch(stack, fin), tuple(_np(t) for t in fin_t), 2e-5)
 
@@ -223,9 +227,9 @@ def test_torch_round_trip_of_chrono_initialized_params_is_exact(cell):
     chex.assert_trees_all_equal(back, params, strict=True)
     x = np.random.default_rng(0).normal(size=(2, 7, 3)).astype(np.float32)
     ys_t, _ = module(torch.tensor(x))
-    _, ys = st.apply(params, jnp.asarray(x))
+    _, ys = _apply(st, params, jnp.asarray(x))
     _close(ys, _np(ys_t), 1e-5)
-    chex.assert_trees_all_equal(stack2.apply(back, jnp.asarray(x))[1], ys)
+    chex.assert_trees_all_equal(_apply(stack2, back, jnp.asarray(x))[1], ys)
 
 
 def test_torch_dropout_is_carried_over_both_ways():
@@ -236,9 +240,9 @@ def test_torch_dropout_is_carried_over_both_ways():
     assert stack.dropout == 0.25
     assert interop.to_torch(stack, params).dropout == 0.25
     x = np.random.default_rng(5).normal(size=(2, 5, 3)).astype(np.float32)
-    _, ys = stack.apply(params, jnp.asarray(x))  # no dropout_key: torch's eval()
+    _, ys = _apply(stack, params, jnp.asarray(x))  # no dropout_key: torch's eval()
     _close(ys, _np(module.eval()(torch.tensor(x))[0]), 2e-5)
-    _, ys_train = stack.apply(params, jnp.asarray(x), dropout_key=jax.random.key(0))
+    _, ys_train = _apply(stack, params, jnp.asarray(x), dropout_key=jax.random.key(0))
     assert not np.allclose(ys_train, ys)  # and train mode drops between the layers
 
 
@@ -259,7 +263,7 @@ def test_torch_bfloat16_modules_convert_exactly(kind):
     assert next(back.parameters()).dtype == torch.bfloat16
     chex.assert_trees_all_equal(interop.from_torch(back)[1], params, strict=True)
     x = np.random.default_rng(6).normal(size=(2, 5, 3)).astype(np.float32)
-    _, ys = stack.apply(params, jnp.asarray(x, jnp.bfloat16))
+    _, ys = _apply(stack, params, jnp.asarray(x, jnp.bfloat16))
     ys_t = module(torch.tensor(x, dtype=torch.bfloat16))[0]
     _close(ys.astype(jnp.float32), _np(ys_t), 5e-2)
 

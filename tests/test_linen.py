@@ -41,7 +41,7 @@ CELLS = {
 def test_cells_in_flax_rnn_with_seq_lengths_equal_gr_scan(name):
     module = CELLS[name]()
     fwd = nn.RNN(module, return_carry=True)
-    variables = fwd.init(jax.random.key(1), X, seq_lengths=LENGTHS)
+    variables = jax.jit(lambda k: fwd.init(k, X, seq_lengths=LENGTHS))(jax.random.key(1))
     assert set(variables["params"]["cell"]) == set(
         module.make_cell().init(jax.random.key(0), 4)._fields
     )
@@ -49,8 +49,15 @@ def test_cells_in_flax_rnn_with_seq_lengths_equal_gr_scan(name):
     cell = module.make_cell()
     for reverse in (False, True):
         rnn = nn.RNN(module, return_carry=True, reverse=reverse, keep_order=True)
-        carry, ys = rnn.apply(variables, X, seq_lengths=LENGTHS)
-        state, ys_gr = gr.scan(cell, params, X, seq_lengths=LENGTHS, reverse=reverse)
+
+        @jax.jit  # both in one compiled program
+        def both(variables, params, rnn=rnn, reverse=reverse):
+            return (
+                rnn.apply(variables, X, seq_lengths=LENGTHS),
+                gr.scan(cell, params, X, seq_lengths=LENGTHS, reverse=reverse),
+            )
+
+        (carry, ys), (state, ys_gr) = both(variables, params)
         _close(jnp.where(MASK, ys, 0.0), ys_gr)
         _close(carry, state)
 
@@ -61,19 +68,26 @@ def test_every_registered_cell_runs_as_linen_cell_and_rnn_with_the_pure_numbers(
     same params, for every cell of the registry (no per-cell code in gatedrnn.linen)."""
     module = grl.Cell(name, 3)
     rnn = nn.RNN(module, return_carry=True)
-    variables = rnn.init(jax.random.key(1), X, seq_lengths=LENGTHS)
+    variables = jax.jit(lambda k: rnn.init(k, X, seq_lengths=LENGTHS))(jax.random.key(1))
     cell = module.make_cell()
     assert cell == make_cell(name, 3)
     params = module.to_pure(variables["params"]["cell"])
     shapes = jax.eval_shape(lambda k: cell.init(k, 4), jax.random.key(0))
     assert jax.tree.structure(params) == jax.tree.structure(shapes)
     assert set(variables["params"]["cell"]) == set(flatten_params(shapes))
-    carry, ys = rnn.apply(variables, X, seq_lengths=LENGTHS)
-    state, ys_gr = gr.scan(cell, params, X, seq_lengths=LENGTHS)
+    layer = grl.RNN(name, 3)
+
+    @jax.jit  # the three in one compiled program
+    def three(variables, params):
+        return (
+            rnn.apply(variables, X, seq_lengths=LENGTHS),
+            gr.scan(cell, params, X, seq_lengths=LENGTHS),
+            layer.apply(layer.from_pure((params,)), X, seq_lengths=LENGTHS),
+        )
+
+    (carry, ys), (state, ys_gr), (final, ys_layer) = three(variables, params)
     _close(jnp.where(MASK, ys, 0.0), ys_gr)
     _close(carry, state)
-    layer = grl.RNN(name, 3)
-    final, ys_layer = layer.apply(layer.from_pure((params,)), X, seq_lengths=LENGTHS)
     _close((final[0], ys_layer), (state, ys_gr))
 
 
@@ -124,8 +138,10 @@ def test_cell_gradients_equal_pure_gradients():
     def pure_loss(p):
         return jnp.sum(jnp.tanh(gr.scan(cell, p, X, seq_lengths=LENGTHS)[1]))
 
-    g_flax = jax.grad(flax_loss)(variables)["params"]["cell"]
-    g_pure = jax.grad(pure_loss)(module.to_pure(variables["params"]["cell"]))
+    g_flax, g_pure = jax.jit(lambda v, p: (jax.grad(flax_loss)(v), jax.grad(pure_loss)(p)))(
+        variables, module.to_pure(variables["params"]["cell"])
+    )
+    g_flax = g_flax["params"]["cell"]
     _close(module.to_pure(g_flax), g_pure)
 
 

@@ -31,7 +31,8 @@ def _setup(inp=I, hidden=H, state=N, dtype=jnp.float64, **options):
     """Cell and params drawn with the cell's own init, once per configuration (every new
     shape of a ``jax.random`` draw is a compilation)."""
     cell = lru(hidden, state, **options)
-    return cell, cell.init(jax.random.PRNGKey(0), inp, dtype)
+    init = jax.jit(cell.init, static_argnums=(1, 2))  # one compile, not one per draw
+    return cell, init(jax.random.PRNGKey(0), inp, jnp.dtype(dtype))
 
 
 def _normal(shape, seed, dtype=np.float64, scale=1.0):
@@ -282,7 +283,7 @@ def test_jit_with_the_cell_static_compiles_once_and_stack_composes_layers():
     f(make_cell("lru", H, state_size=N), params, 2 * xs)  # the same cell: no retrace
 
     stack = gr.stack(cell, 2)
-    sp = stack.init(jax.random.PRNGKey(3), I)
+    sp = jax.jit(stack.init, static_argnums=1)(jax.random.PRNGKey(3), I)
     assert sp[0].d.shape == (I, H) and sp[1].d.shape == (H,)  # dense, then elementwise
     finals, ys = jax.jit(stack.apply)(sp, xs)
     s0, y0 = _scan(cell, sp[0], xs)

@@ -51,9 +51,13 @@ def test_step_form_matches_the_papers_equations(make_cell):
         h0 = 0.5 * np.ones((B, H))
         want_h, want_ys = _numpy_loop(cell.name, params, xs, h0)
         for parallel in (True, False):
-            h, ys = gr.scan(cell, params, xs, h0, parallel=parallel)
-            chex.assert_trees_all_close(ys, want_ys, rtol=1e-12, atol=1e-12)
-            chex.assert_trees_all_close(h, want_h, rtol=1e-12, atol=1e-12)
+            run = jax.jit(
+                lambda p, x, s, parallel=parallel: gr.scan(cell, p, x, s, parallel=parallel)
+            )
+            h, ys = run(params, xs, h0)
+            msg = f"parallel={parallel}"
+            chex.assert_trees_all_close(ys, want_ys, rtol=1e-12, atol=1e-12, custom_message=msg)
+            chex.assert_trees_all_close(h, want_h, rtol=1e-12, atol=1e-12, custom_message=msg)
 
 
 @pytest.mark.parametrize(
@@ -98,8 +102,9 @@ def test_parallel_form_has_no_time_loop_and_options_fall_back_to_the_loop():
     loop = jax.make_jaxpr(lambda x: gr.scan(cell, params, x, resets=resets))(xs)
     assert "scan[" in str(loop)
     # The fallback gives the loop's values.
-    _, ys = gr.scan(cell, params, xs, resets=resets)
-    _, want = gr.scan(cell._replace(parallel=None), params, xs, resets=resets)
+    run = jax.jit(lambda c, x: gr.scan(c, params, x, resets=resets), static_argnums=0)
+    _, ys = run(cell, xs)
+    _, want = run(cell._replace(parallel=None), xs)
     chex.assert_trees_all_close(ys, want, rtol=1e-6)
     with pytest.raises(ValueError, match="parallel=True needs .* no resets"):
         gr.scan(cell, params, xs, resets=resets, parallel=True)
@@ -213,7 +218,9 @@ def test_min_lstm_log_space_equals_the_quotient_where_the_quotient_is_finite(dty
     with jax.enable_x64(dtype == "float64"):
         xp = 4.0 * jax.random.normal(jax.random.PRNGKey(3), (64, 3 * H), dtype)
         eps = float(jnp.finfo(dtype).eps)
-        got, want = min_rnn.min_lstm_coefficients(xp), _quotient_coefficients(xp)
+        got, want = jax.jit(
+            lambda xp: (min_rnn.min_lstm_coefficients(xp), _quotient_coefficients(xp))
+        )(xp)
         assert np.isfinite(np.asarray(want[1])).all()  # the range where the old form works
         chex.assert_trees_all_close(got, want, rtol=4 * eps, atol=16 * eps)
 
@@ -221,8 +228,12 @@ def test_min_lstm_log_space_equals_the_quotient_where_the_quotient_is_finite(dty
             a, b = fn(xp)
             return jnp.sum(jnp.sin(3.0 * a) + jnp.cos(b))
 
-        g_got = jax.grad(partial(loss, min_rnn.min_lstm_coefficients))(xp)
-        g_want = jax.grad(partial(loss, _quotient_coefficients))(xp)
+        g_got, g_want = jax.jit(
+            lambda xp: (
+                jax.grad(partial(loss, min_rnn.min_lstm_coefficients))(xp),
+                jax.grad(partial(loss, _quotient_coefficients))(xp),
+            )
+        )(xp)
         chex.assert_trees_all_close(g_got, g_want, rtol=16 * eps, atol=64 * eps)
 
 
@@ -243,8 +254,13 @@ def test_min_lstm_is_finite_where_both_sigmoids_underflow(dtype, level, tol):
 
     with jax.enable_x64(True):
         ref = jnp.asarray(xs, jnp.float64)
-        want_ys = _quotient_scan(ref, jnp.asarray(h0, jnp.float64))
-        want_g = jax.grad(lambda x: jnp.sum(jnp.sin(_quotient_scan(x, h0.astype(np.float64)))))(ref)
+        h0_64 = jnp.asarray(h0, jnp.float64)
+        want_ys, want_g = jax.jit(
+            lambda x: (
+                _quotient_scan(x, h0_64),
+                jax.grad(lambda x: jnp.sum(jnp.sin(_quotient_scan(x, h0_64))))(x),
+            )
+        )(ref)
     assert np.isfinite(np.asarray(want_g)).all()
     for parallel in (True, False):
 
@@ -252,7 +268,7 @@ def test_min_lstm_is_finite_where_both_sigmoids_underflow(dtype, level, tol):
             _, ys = gr.scan(cell, params, xs, jnp.asarray(h0), parallel=parallel)
             return jnp.sum(jnp.sin(ys.astype(jnp.float32))), ys
 
-        (_, ys), (g_params, g_xs) = jax.value_and_grad(loss, argnums=(0, 1), has_aux=True)(
+        (_, ys), (g_params, g_xs) = jax.jit(jax.value_and_grad(loss, argnums=(0, 1), has_aux=True))(
             params, jnp.asarray(xs)
         )
         for leaf in (ys, g_xs, *jax.tree.leaves(g_params)):

@@ -7,6 +7,7 @@ from __future__ import annotations
 import functools
 import importlib.util
 import itertools
+import types
 from pathlib import Path
 
 import chex
@@ -44,6 +45,15 @@ def _problem(dtype=jnp.float64, seed=0, heads=HEADS):
     cell = rglru(H, heads)
     params, xs, h0 = _draw(jax.random.PRNGKey(seed), cell, jnp.dtype(dtype))
     return cell, params, xs, 0.5 * h0
+
+
+_step = jax.jit(lambda cell, p, s, x: cell.step(p, s, x), static_argnums=0)
+
+
+def _compiled_steps(cell):
+    """``cell`` for conftest's ``loop_scan`` with its step compiled once per shape (eager,
+    every op of every step is dispatched on its own)."""
+    return types.SimpleNamespace(step=functools.partial(_step, cell), hidden_size=cell.hidden_size)
 
 
 def _zeros_params(cell, input_size):
@@ -95,9 +105,9 @@ def test_scan_follows_the_papers_equations_float64(parallel):
         chex.assert_trees_all_close(g, want_gates[0], rtol=1e-12, atol=1e-12)
 
 
-@FORMS
 @pytest.mark.parametrize("layout", ["batch_major", "time_major", "two_batch_axes", "no_batch"])
-def test_scan_equals_a_python_loop_of_step_float64(layout, parallel):
+def test_scan_equals_a_python_loop_of_step_float64(layout):
+    """Both forms (step and parallel) against one Python loop of ``cell.step``."""
     with jax.enable_x64(True):
         cell, params, xs, h0 = _problem()
         if layout == "two_batch_axes":
@@ -109,10 +119,22 @@ def test_scan_equals_a_python_loop_of_step_float64(layout, parallel):
         if time_major:
             xs = jnp.moveaxis(xs, 1, 0)
         xs_tm = xs if time_major else jnp.moveaxis(xs, -2, 0)
-        want_h, want_ys = loop_scan(cell, params, xs_tm, h0)
-        h, ys = gr.scan(cell, params, xs, h0, time_major=time_major, parallel=parallel)
-        ys_tm = ys if time_major else jnp.moveaxis(ys, -2, 0)
-        chex.assert_trees_all_close((h, ys_tm), (want_h, want_ys), rtol=1e-12, atol=1e-12)
+        want_h, want_ys = loop_scan(_compiled_steps(cell), params, xs_tm, h0)
+        for parallel in (False, True):
+            run = jax.jit(
+                lambda p, x, s, parallel=parallel: gr.scan(
+                    cell, p, x, s, time_major=time_major, parallel=parallel
+                )
+            )
+            h, ys = run(params, xs, h0)
+            ys_tm = ys if time_major else jnp.moveaxis(ys, -2, 0)
+            chex.assert_trees_all_close(
+                (h, ys_tm),
+                (want_h, want_ys),
+                rtol=1e-12,
+                atol=1e-12,
+                custom_message=f"parallel={parallel}",
+            )
 
 
 @FORMS
@@ -193,37 +215,58 @@ def test_jit_with_the_cell_static_traces_once_for_a_cell_built_twice():
     chex.assert_trees_all_close(got, gr.scan(cell, params, xs), rtol=1e-6, atol=1e-6)
 
 
-@FORMS
-def test_seq_lengths_keep_the_state_zero_the_outputs_and_ignore_nan_padding(parallel):
+def test_seq_lengths_keep_the_state_zero_the_outputs_and_ignore_nan_padding():
+    """Both forms (step and parallel) against one Python loop per sequence."""
     with jax.enable_x64(True):
         cell, params, xs, h0 = _problem()
         lengths = np.array([7, 3, 0])
         t = np.arange(T)[None, :, None]
         padded = jnp.where(t < lengths[:, None, None], xs, jnp.nan)
-        run = jax.jit(lambda p, x: gr.scan(cell, p, x, h0, seq_lengths=lengths, parallel=parallel))
-        h, ys = run(params, padded)
+        wants = []
         for b, L in enumerate(lengths):
             one = jnp.moveaxis(xs[b : b + 1, :L], 1, 0)
-            want_h, want_ys = loop_scan(cell, params, one, h0[b : b + 1])
-            chex.assert_trees_all_close(h[b], want_h[0], rtol=1e-12)
-            chex.assert_trees_all_close(ys[b, :L], want_ys[:, 0], rtol=1e-12)
-            assert bool(jnp.all(ys[b, L:] == 0.0))
-        grads = jax.jit(jax.grad(lambda p: jnp.sum(run(p, padded)[1] ** 2)))(params)
-        assert all(bool(jnp.all(jnp.isfinite(g))) for g in jax.tree_util.tree_leaves(grads))
+            wants.append(loop_scan(_compiled_steps(cell), params, one, h0[b : b + 1]))
+        for parallel in (False, True):
+            run = jax.jit(
+                lambda p, x, parallel=parallel: gr.scan(
+                    cell, p, x, h0, seq_lengths=lengths, parallel=parallel
+                )
+            )
+            h, ys = run(params, padded)
+            for b, (L, (want_h, want_ys)) in enumerate(zip(lengths, wants)):
+                msg = f"parallel={parallel}, row {b}"
+                chex.assert_trees_all_close(h[b], want_h[0], rtol=1e-12, custom_message=msg)
+                chex.assert_trees_all_close(
+                    ys[b, :L], want_ys[:, 0], rtol=1e-12, custom_message=msg
+                )
+                assert bool(jnp.all(ys[b, L:] == 0.0)), msg
+            grads = jax.jit(jax.grad(lambda p, run=run: jnp.sum(run(p, padded)[1] ** 2)))(params)
+            leaves = jax.tree_util.tree_leaves(grads)
+            assert all(bool(jnp.all(jnp.isfinite(g))) for g in leaves), parallel
 
 
-@FORMS
-def test_reverse_runs_each_sequence_backwards_from_its_last_valid_step(parallel):
+def test_reverse_runs_each_sequence_backwards_from_its_last_valid_step():
+    """Both forms (step and parallel) against one Python loop per sequence."""
     with jax.enable_x64(True):
         cell, params, xs, h0 = _problem()
         lengths = np.array([7, 3, 1])
-        h, ys = gr.scan(cell, params, xs, h0, seq_lengths=lengths, reverse=True, parallel=parallel)
+        wants = []
         for b, L in enumerate(lengths):
             backwards = xs[b, :L][::-1][:, None]  # (L, 1, I)
-            want_h, want_ys = loop_scan(cell, params, backwards, h0[b : b + 1])
-            chex.assert_trees_all_close(h[b], want_h[0], rtol=1e-12)
-            chex.assert_trees_all_close(ys[b, :L], want_ys[::-1, 0], rtol=1e-12)
-            assert bool(jnp.all(ys[b, L:] == 0.0))
+            wants.append(loop_scan(_compiled_steps(cell), params, backwards, h0[b : b + 1]))
+        for parallel in (False, True):
+            h, ys = jax.jit(
+                lambda p, x, parallel=parallel: gr.scan(
+                    cell, p, x, h0, seq_lengths=lengths, reverse=True, parallel=parallel
+                )
+            )(params, xs)
+            for b, (L, (want_h, want_ys)) in enumerate(zip(lengths, wants)):
+                msg = f"parallel={parallel}, row {b}"
+                chex.assert_trees_all_close(h[b], want_h[0], rtol=1e-12, custom_message=msg)
+                chex.assert_trees_all_close(
+                    ys[b, :L], want_ys[::-1, 0], rtol=1e-12, custom_message=msg
+                )
+                assert bool(jnp.all(ys[b, L:] == 0.0)), msg
 
 
 def test_resets_restart_each_segment_from_the_initial_state():
@@ -231,13 +274,13 @@ def test_resets_restart_each_segment_from_the_initial_state():
         cell, params, xs, h0 = _problem()
         resets = np.zeros((B, T), bool)
         resets[0, 3] = resets[1, 1] = resets[1, 5] = True
-        h, ys = gr.scan(cell, params, xs, h0, resets=resets)
+        h, ys = jax.jit(lambda p, x: gr.scan(cell, p, x, h0, resets=resets))(params, xs)
         for b in range(B):
             cuts = [0, *np.flatnonzero(resets[b]).tolist(), T]
             pieces = []
             for s, e in itertools.pairwise(cuts):
                 one = jnp.moveaxis(xs[b : b + 1, s:e], 1, 0)
-                state, seg = loop_scan(cell, params, one, h0[b : b + 1])
+                state, seg = loop_scan(_compiled_steps(cell), params, one, h0[b : b + 1])
                 pieces.append(seg[:, 0])
             chex.assert_trees_all_close(ys[b], jnp.concatenate(pieces), rtol=1e-12)
             chex.assert_trees_all_close(h[b], state[0], rtol=1e-12)
@@ -247,12 +290,13 @@ def test_truncate_cuts_the_gradient_through_the_state_and_keeps_the_forward_pass
     with jax.enable_x64(True):
         cell, params, xs, h0 = _problem()
 
-        def run(h0, truncate):
-            return gr.scan(cell, params, xs, h0, truncate=truncate)[0]
+        @functools.partial(jax.jit, static_argnums=1)
+        def run(h0, truncate):  # the final state and its Jacobian in h0
+            final = lambda s: gr.scan(cell, params, xs, s, truncate=truncate)[0]  # noqa: E731
+            return final(h0), jax.jacrev(final)(h0)
 
-        chex.assert_trees_all_close(run(h0, 3), run(h0, None), rtol=1e-12)
-        cut = jax.jacrev(lambda s: run(s, 3))(h0)
-        full = jax.jacrev(lambda s: run(s, None))(h0)
+        (h_cut, cut), (h_full, full) = run(h0, 3), run(h0, None)
+        chex.assert_trees_all_close(h_cut, h_full, rtol=1e-12)
         assert float(jnp.max(jnp.abs(cut))) == 0.0 and float(jnp.max(jnp.abs(full))) > 1e-3
 
 

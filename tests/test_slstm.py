@@ -3,7 +3,9 @@ invariance, the fused loop, the Cell contract, and parity with xlstm's pure-PyTo
 
 from __future__ import annotations
 
+import functools
 import importlib.util
+import types
 from pathlib import Path
 
 import chex
@@ -28,6 +30,18 @@ from gatedrnn.cells.slstm import (
 ROOT = Path(__file__).resolve().parents[1]
 F64 = jnp.float64
 B, T, I, H, HEADS = 2, 7, 3, 4, 2
+
+# gr.scan compiled once per cell, shapes and options (eager calls compile every op)
+_scan = jax.jit(
+    gr.scan, static_argnums=0, static_argnames=("reverse", "time_major", "truncate", "fused")
+)
+_step = jax.jit(lambda cell, p, s, x: cell.step(p, s, x), static_argnums=0)
+
+
+def _compiled_steps(cell):
+    """``cell`` for conftest's ``loop_scan`` with its step compiled once per shape (eager,
+    every op of every step is dispatched on its own)."""
+    return types.SimpleNamespace(step=functools.partial(_step, cell), hidden_size=cell.hidden_size)
 
 
 def _problem(dtype=F64, seed=0, hidden=H, heads=HEADS, forget_gate="sigmoid", inp=I):
@@ -98,7 +112,7 @@ def test_scan_matches_the_unstabilized_equations(forget_gate, start):
         kx, ks = jax.random.split(key)
         xs = jax.random.normal(kx, (B, T, I), F64)
         state0 = None if start == "zeros" else _random_state(ks, (B,))
-        final, ys = gr.scan(cell, params, xs, state0)
+        final, ys = _scan(cell, params, xs, state0)
         want_h, want_ratio, want_ys = _numpy_unstabilized(
             params, np.asarray(xs), forget_gate, state0
         )
@@ -119,8 +133,8 @@ def test_outputs_do_not_depend_on_the_stabilizer():
         s0 = _random_state(ks, (B,))
         d = 3.0 * jax.random.normal(kd, (B, H), F64)
         shifted = s0._replace(c=s0.c * jnp.exp(-d), n=s0.n * jnp.exp(-d), m=s0.m + d)
-        f0, ys0 = gr.scan(cell, params, xs, s0)
-        f1, ys1 = gr.scan(cell, params, xs, shifted)
+        f0, ys0 = _scan(cell, params, xs, s0)
+        f1, ys1 = _scan(cell, params, xs, shifted)
         chex.assert_trees_all_close(ys1, ys0, rtol=1e-12, atol=1e-13)
         chex.assert_trees_all_close(f1.c / f1.n, f0.c / f0.n, rtol=1e-12, atol=1e-13)
 
@@ -237,10 +251,10 @@ def test_scan_equals_a_loop_of_steps(batch):
         kx, ks = jax.random.split(key)
         xs_tm = jax.random.normal(kx, (T, *batch, I), F64)
         s0 = _random_state(ks, batch)
-        want_final, want_ys = loop_scan(cell, params, xs_tm, s0)
-        final, ys = gr.scan(cell, params, xs_tm, s0, time_major=True)
+        want_final, want_ys = loop_scan(_compiled_steps(cell), params, xs_tm, s0)
+        final, ys = _scan(cell, params, xs_tm, s0, time_major=True)
         chex.assert_trees_all_close((final, ys), (want_final, want_ys), rtol=1e-12, atol=1e-13)
-        final, ys = gr.scan(cell, params, jnp.moveaxis(xs_tm, 0, -2), s0)
+        final, ys = _scan(cell, params, jnp.moveaxis(xs_tm, 0, -2), s0)
         chex.assert_trees_all_close(ys, jnp.moveaxis(want_ys, 0, -2), rtol=1e-12, atol=1e-13)
         chex.assert_trees_all_close(final, want_final, rtol=1e-12, atol=1e-13)
         assert cell.split is not None  # the fused loop ran: no option rules it out
@@ -272,11 +286,15 @@ def test_fused_loop_equals_plain_loop_values_and_grads_float64(lengths):
         # forward mode through the fused loop's tangent rule, against the plain loop's
         tangent = jax.tree_util.tree_map(jnp.ones_like, params)
 
-        def tangent_out(fused):
-            run = lambda p: gr.scan(cell, p, xs, s0, fused=fused, **opts)  # noqa: E731
-            return jax.jvp(run, (params,), (tangent,))[1]
+        @jax.jit
+        def tangents(params, tangent):  # both loops' jvp in one compiled program
+            def out(fused):
+                run = lambda p: gr.scan(cell, p, xs, s0, fused=fused, **opts)  # noqa: E731
+                return jax.jvp(run, (params,), (tangent,))[1]
 
-        jvp = [tangent_out(True), tangent_out(False)]
+            return out(True), out(False)
+
+        jvp = tangents(params, tangent)
         chex.assert_trees_all_close(jvp[0], jvp[1], rtol=1e-10, atol=1e-12)
 
 
@@ -322,18 +340,18 @@ def test_seq_lengths_reverse_and_nan_padding():
         xs = jax.random.normal(key, (B, T, I), F64)
         lengths = np.array([T, 3])
         padded = xs.at[1, 3:].set(jnp.nan)
-        final, ys = gr.scan(cell, params, padded, seq_lengths=lengths)
+        final, ys = _scan(cell, params, padded, seq_lengths=lengths)
         np.testing.assert_array_equal(ys[1, 3:], 0.0)
-        f1, ys1 = gr.scan(cell, params, xs[1, :3])
+        f1, ys1 = _scan(cell, params, xs[1, :3])
         chex.assert_trees_all_close(ys[1, :3], ys1, rtol=1e-12)
         chex.assert_trees_all_close(jax.tree_util.tree_map(lambda s: s[1], final), f1, rtol=1e-12)
-        grads = jax.grad(lambda p: jnp.sum(gr.scan(cell, p, padded, seq_lengths=lengths)[1]))(
-            params
-        )
+        grads = jax.jit(
+            jax.grad(lambda p: jnp.sum(gr.scan(cell, p, padded, seq_lengths=lengths)[1]))
+        )(params)
         assert all(np.all(np.isfinite(g)) for g in jax.tree_util.tree_leaves(grads))
         # reverse: each row's valid prefix backwards, outputs in the original order
-        final_r, ys_r = gr.scan(cell, params, padded, seq_lengths=lengths, reverse=True)
-        fr1, want = gr.scan(cell, params, xs[1, :3][::-1])
+        final_r, ys_r = _scan(cell, params, padded, seq_lengths=lengths, reverse=True)
+        fr1, want = _scan(cell, params, xs[1, :3][::-1])
         chex.assert_trees_all_close(ys_r[1, :3], want[::-1], rtol=1e-12)
         np.testing.assert_array_equal(ys_r[1, 3:], 0.0)
         chex.assert_trees_all_close(jax.tree_util.tree_map(lambda s: s[1], final_r), fr1)
@@ -345,20 +363,21 @@ def test_resets_restart_from_the_initial_state_and_truncate_cuts_the_gradient():
         xs = jax.random.normal(key, (B, T, I), F64)
         resets = np.zeros((B, T), bool)
         resets[0, 4] = True
-        _, ys = gr.scan(cell, params, xs, resets=resets)
-        _, tail = gr.scan(cell, params, xs[0, 4:])
+        _, ys = _scan(cell, params, xs, resets=resets)
+        _, tail = _scan(cell, params, xs[0, 4:])
         chex.assert_trees_all_close(ys[0, 4:], tail, rtol=1e-12)
-        _, plain = gr.scan(cell, params, xs)
+        _, plain = _scan(cell, params, xs)
         chex.assert_trees_all_close(ys[1], plain[1], rtol=1e-12)
 
         def last_output(xs, truncate):
             return jnp.sum(gr.scan(cell, params, xs, truncate=truncate)[1][:, -1])
 
-        full, cut = (jax.grad(last_output)(xs, k) for k in (None, 3))
+        grad = jax.jit(jax.grad(last_output), static_argnums=1)
+        full, cut = (grad(xs, k) for k in (None, 3))
         assert float(jnp.max(jnp.abs(full[:, 0]))) > 1e-6
         np.testing.assert_array_equal(cut[:, :3], 0.0)  # T=7: cut before steps 3 and 6
         chex.assert_trees_all_close(cut[:, 6:], full[:, 6:], rtol=1e-12)
-        _, ys_cut = gr.scan(cell, params, xs, truncate=3)
+        _, ys_cut = _scan(cell, params, xs, truncate=3)
         chex.assert_trees_all_close(ys_cut, plain)
 
 
