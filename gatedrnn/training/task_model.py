@@ -134,10 +134,13 @@ def check_batch_memory(
     task: Task, batch_size: int, count: int = 1, what: str = "a training batch"
 ) -> None:
     """Raise ValueError, with the size needed, if ``count`` batches of ``batch_size`` samples
-    of ``task`` cannot fit in the devices' memory (sizes from ``jax.eval_shape``: nothing is
-    drawn), rather than an allocation error from XLA."""
-    shapes = jax.eval_shape(lambda key: task.sample(key, batch_size), jax.random.PRNGKey(0))
-    nbytes = sum(math.prod(x.shape) * x.dtype.itemsize for x in jax.tree_util.tree_leaves(shapes))
+    of ``task`` cannot fit in the devices' memory, rather than an allocation error from XLA.
+
+    Counts what every batch holds at least, float32 ``inputs (B, T, input_size)`` and
+    ``mask (B, T)`` (targets vary by task), so a batch that fits is never refused; nothing
+    is drawn or traced.
+    """
+    nbytes = 4 * int(batch_size) * task.seq_len * (task.input_size + 1)
     times = f"{count} x " if count > 1 else ""
     sizes = f"{times}{batch_size:,} {task.name} sequences of length {task.seq_len}"
     check_fits_in_memory(count * nbytes, f"{what} ({sizes})")
