@@ -263,10 +263,13 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
         module = item.nodeid.split("::")[0].rpartition("/")[2].removesuffix(".py")
         if module in _ONE_WORKER_MODULES:
             item.add_marker(pytest.mark.xdist_group(module))
-    # The slow tests first (stable: a module's tests stay together), so under pytest-xdist
-    # the long ones start at once and the short ones fill the workers' ends (the workers
-    # end together); pyproject's ``--dist loadgroup`` hands tests out one at a time.
-    items.sort(key=lambda item: item.get_closest_marker("slow") is None)
+    # The modules with slow tests first, so under pytest-xdist the long ones start at once
+    # and the short ones fill the workers' ends (the workers end together); pyproject's
+    # ``--dist loadgroup`` hands tests out one at a time. Whole modules move (a stable
+    # sort): a module's tests stay together, so its module-scoped fixtures (a subprocess
+    # run, the 8-device child) are set up once, not again for the tests sorted apart.
+    slow_modules = {item.module for item in items if item.get_closest_marker("slow")}
+    items.sort(key=lambda item: item.module not in slow_modules)
 
 
 # Modules whose module-scoped fixture runs subprocesses: all their tests on one xdist
