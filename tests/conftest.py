@@ -25,15 +25,24 @@ import gatedrnn as gr
 from gatedrnn.cells import CELLS
 from gatedrnn.cells.base import Cell, make_config
 
-# Tests compile with XLA's older CPU code emitters (``--xla_cpu_use_fusion_emitters=false``):
-# about 40% less compile time on the suite's small programs, the same numbers within the
-# tests' tolerances. Set before the first computation starts the CPU backend (nothing in
-# the imports above computes); subprocesses the tests start inherit it.
+# Tests compile with XLA's older CPU code emitters (``--xla_cpu_use_fusion_emitters=false``:
+# about 40% less compile time on the suite's small programs), in one LLVM module per
+# program (``--xla_cpu_parallel_codegen_split_count=1``: splitting a tiny program for
+# parallel codegen costs more than it saves on 2 cores) and without XNNPACK's fusions
+# (``--xla_cpu_use_xnnpack=false``); the same numbers within the tests' tolerances. Set
+# before the first computation starts the CPU backend (nothing in the imports above
+# computes); subprocesses the tests start inherit them.
 # GATEDRNN_TEST_OPTIMIZE=1 keeps XLA's defaults here too.
 _ALL_OPTIMIZED = os.environ.get("GATEDRNN_TEST_OPTIMIZE", "").lower() in ("1", "true", "yes")
-_FAST_EMITTERS = "--xla_cpu_use_fusion_emitters=false"
-if not _ALL_OPTIMIZED and _FAST_EMITTERS not in os.environ.get("XLA_FLAGS", ""):
-    os.environ["XLA_FLAGS"] = f"{os.environ.get('XLA_FLAGS', '')} {_FAST_EMITTERS}".strip()
+_FAST_COMPILE_FLAGS = {
+    "--xla_cpu_use_fusion_emitters": "false",
+    "--xla_cpu_parallel_codegen_split_count": "1",
+    "--xla_cpu_use_xnnpack": "false",
+}
+if not _ALL_OPTIMIZED:
+    _flags = os.environ.get("XLA_FLAGS", "")
+    _flags += "".join(f" {k}={v}" for k, v in _FAST_COMPILE_FLAGS.items() if k not in _flags)
+    os.environ["XLA_FLAGS"] = _flags.strip()
 if not _ALL_OPTIMIZED:
     # the scripts and children the tests start compile without most XLA optimizations
     # too (this process reads it per test: _compile_fast_unless_optimizer_tested below)
@@ -252,26 +261,95 @@ def _calls_slow(fn: object, seen: set[int]) -> bool:
     )
 
 
+# ``slow`` also marks the tests listed in tests/slow_tests.txt: those that took longer than
+# its threshold in the inner loop, as measured and written by
+# ``pytest -n 2 -m "not slow" --record-slow`` (the way PyTorch keeps its list of slow
+# tests). Each recording updates the tests it ran and keeps the others' entries; a new
+# test is fast until a recording says otherwise.
+_SLOW_LIST = os.path.join(_TESTS, "slow_tests.txt")
+_SLOW_THRESHOLD_S = 1.0
+_durations: dict[str, float] | None = None  # per test, while recording (in the controller)
+
+
+def _recorded_slow() -> set[str]:
+    if not os.path.exists(_SLOW_LIST):
+        return set()
+    with open(_SLOW_LIST) as f:
+        return {line.strip() for line in f if line.strip() and not line.startswith("#")}
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption(
+        "--record-slow",
+        action="store_true",
+        help=f"rewrite tests/slow_tests.txt: the tests run that took {_SLOW_THRESHOLD_S} s "
+        "or longer (setup, call and teardown) are listed, those faster are removed",
+    )
+
+
+def pytest_runtest_logreport(report: pytest.TestReport) -> None:
+    if _durations is not None:
+        _durations[report.nodeid] = _durations.get(report.nodeid, 0.0) + report.duration
+
+
+def pytest_sessionstart(session: pytest.Session) -> None:
+    global _durations
+    if session.config.getoption("--record-slow") and not hasattr(session.config, "workerinput"):
+        _durations = {}  # the controller (or a run without -n) sees every test's reports
+
+
+def pytest_sessionfinish(session: pytest.Session) -> None:
+    durations = _durations
+    if not durations:
+        return
+    slow = (_recorded_slow() - durations.keys()) | {
+        nodeid for nodeid, seconds in durations.items() if seconds >= _SLOW_THRESHOLD_S
+    }
+    with open(_SLOW_LIST, "w") as f:
+        f.write(
+            f"# Tests marked slow because they took {_SLOW_THRESHOLD_S} s or longer in the\n"
+            '# inner loop. Written by: python -m pytest -n 2 -m "not slow" --record-slow\n'
+        )
+        f.writelines(f"{nodeid}\n" for nodeid in sorted(slow))
+
+
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    recorded = _recorded_slow()
+    script_modules = set()
     for item in items:
         fixtures = getattr(getattr(item, "_fixtureinfo", None), "name2fixturedefs", {})
         funcs = [getattr(item, "function", None)]
         funcs += [defs[-1].func for defs in fixtures.values() if defs]
         seen: set[int] = set()
         if any(_calls_slow(f, seen) for f in funcs if f is not None):
+            script_modules.add(item.module)
             item.add_marker(pytest.mark.slow)
-        module = item.nodeid.split("::")[0].rpartition("/")[2].removesuffix(".py")
-        if module in _ONE_WORKER_MODULES:
-            item.add_marker(pytest.mark.xdist_group(module))
-    # The modules with slow tests first, so under pytest-xdist the long ones start at once
-    # and the short ones fill the workers' ends (the workers end together); pyproject's
-    # ``--dist loadgroup`` hands tests out one at a time. Whole modules move (a stable
-    # sort): a module's tests stay together, so its module-scoped fixtures (a subprocess
-    # run, the 8-device child) are set up once, not again for the tests sorted apart.
-    slow_modules = {item.module for item in items if item.get_closest_marker("slow")}
-    items.sort(key=lambda item: item.module not in slow_modules)
+        elif item.nodeid in recorded:
+            item.add_marker(pytest.mark.slow)
+    # The modules that run scripts or subprocesses first, so under pytest-xdist the long
+    # tests start at once and the short ones fill the workers' ends (the workers end
+    # together). Whole modules move (a stable sort): a module's tests stay together, so
+    # its module-scoped fixtures (a subprocess run, the 8-device child) are set up once.
+    items.sort(key=lambda item: item.module not in script_modules)
 
 
 # Modules whose module-scoped fixture runs subprocesses: all their tests on one xdist
 # worker, so the fixture runs once and no worker waits for another one's child.
 _ONE_WORKER_MODULES = frozenset({"test_multiprocess", "test_resume", "test_mesh"})
+
+
+def pytest_xdist_make_scheduler(config: pytest.Config, log):
+    """Under ``-n``: tests handed out in their order (slow modules first, see above), each
+    on its own, except the modules of :data:`_ONE_WORKER_MODULES`, each sent whole to one
+    worker. (pytest-xdist's ``xdist_group`` mark does this too, but its worker renames the
+    test ids in a way pytest 9.2 no longer reads, so the mark has no effect there.)"""
+    from xdist.scheduler import LoadScopeScheduling
+
+    class OneTestOrOneModule(LoadScopeScheduling):
+        def _split_scope(self, nodeid: str) -> str:
+            path = nodeid.split("::")[0]
+            module = path.rpartition("/")[2].removesuffix(".py")
+            return path if module in _ONE_WORKER_MODULES else nodeid
+
+    config.option.loadscopereorder = False  # keep the order above
+    return OneTestOrOneModule(config, log)
