@@ -258,8 +258,9 @@ def mlstm_parallel(
     return MLSTMState(c=_flat(c, 3), n=_flat(n, 2), m=m[..., -1]), ys
 
 
-def mlstm_gate_values(state: MLSTMState, xp: MLSTMInput) -> dict[str, Array]:
-    """The step's gates, each in ``[0, 1]``, given the state before the step.
+def mlstm_gate_values(params: Any, state: MLSTMState, xp: MLSTMInput) -> dict[str, Array]:
+    """The step's gates, each in ``[0, 1]``, given the state before the step (``params``
+    unused: the gates are in ``xp``); the cell's ``gates``.
 
     ``"forget"``: ``sigmoid(f~) (*batch, num_heads)``, the decay of the (unstabilized)
     memory per step; ``"input"``: the stabilized input gate ``exp(i~ - m') (*batch,
@@ -267,6 +268,68 @@ def mlstm_gate_values(state: MLSTMState, xp: MLSTMInput) -> dict[str, Array]:
     """
     m_new = jnp.maximum(xp.log_f + state.m, xp.log_i)
     return {"input": jnp.exp(xp.log_i - m_new), "forget": jnp.exp(xp.log_f), "output": xp.o}
+
+
+def _check_eps(eps: Any) -> float:
+    """``eps`` as a float; a TypeError / ValueError unless a finite real number >= 0."""
+    if isinstance(eps, bool) or not isinstance(eps, (int, float, np.floating, np.integer)):
+        raise TypeError(f"eps must be a real number >= 0, got {eps!r}")
+    if not (np.isfinite(eps) and eps >= 0):
+        raise ValueError(f"eps must be a finite number >= 0, got {eps!r}")
+    return float(eps)
+
+
+def mlstm_init(
+    key: Array,
+    input_size: int,
+    dtype: Any,
+    hidden_size: int,
+    num_heads: int,
+    kernel_init: Initializer,
+    gate_kernel_init: Initializer,
+) -> MLSTMParams:
+    """Draw :class:`MLSTMParams`: ``w_q, w_k, w_v, w_o (I, H)`` by ``kernel_init``,
+    ``w_i, w_f (I, num_heads)`` by ``gate_kernel_init``, ``b_f = linspace(3, 6)``,
+    ``b_i ~ N(0, 0.01)``, ``b_o = 0`` (as xlstm's mLSTM cell)."""
+    H, NH = hidden_size, num_heads
+    I = check_input_size(input_size)
+    dtype = check_dtype(dtype)
+    check_key(key)
+    n = I * (4 * H + 2 * NH) + H + 2 * NH
+    check_fits_in_memory(
+        n * dtype.itemsize,
+        f"the params of an mlstm cell with input_size={I}, hidden_size={H} ({dtype.name})",
+    )
+    kq, kk, kv, ko, ki, kf, kb = jax.random.split(key, 7)
+    b_i = INPUT_BIAS_STD * jax.random.normal(kb, (NH,), jnp.float32)
+    return MLSTMParams(
+        w_q=kernel_init(kq, (I, H), dtype),
+        w_k=kernel_init(kk, (I, H), dtype),
+        w_v=kernel_init(kv, (I, H), dtype),
+        w_i=gate_kernel_init(ki, (I, NH), dtype),
+        b_i=b_i.astype(dtype),
+        w_f=gate_kernel_init(kf, (I, NH), dtype),
+        b_f=jnp.linspace(*FORGET_BIAS_RANGE, NH, dtype=jnp.float32).astype(dtype),
+        w_o=kernel_init(ko, (I, H), dtype),
+        b_o=jnp.zeros((H,), dtype),
+    )
+
+
+def mlstm_zero_state(
+    params: MLSTMParams, batch_shape: Any, hidden_size: int, num_heads: int
+) -> MLSTMState:
+    """Zeros: ``c (*batch, NH*d*d)``, ``n (*batch, NH*d)``, ``m (*batch, NH)``."""
+    _check_params(params, hidden_size, num_heads)
+    batch = check_batch_shape(batch_shape)
+    dtype = params.w_q.dtype
+    NH, d = num_heads, hidden_size // num_heads
+    size = NH * (d * d + d + 1) * math.prod(batch)
+    check_fits_in_memory(size * dtype.itemsize, f"an mlstm state of batch {batch}")
+    return MLSTMState(
+        c=jnp.zeros((*batch, NH * d * d), dtype),
+        n=jnp.zeros((*batch, NH * d), dtype),
+        m=jnp.zeros((*batch, NH), dtype),
+    )
 
 
 @cached_factory
@@ -304,51 +367,16 @@ def mlstm(
         raise ValueError(
             f"hidden_size must be a multiple of num_heads, got hidden_size={H}, num_heads={NH}"
         )
-    if isinstance(eps, bool) or not isinstance(eps, (int, float, np.floating, np.integer)):
-        raise TypeError(f"eps must be a real number >= 0, got {eps!r}")
-    if not (np.isfinite(eps) and eps >= 0):
-        raise ValueError(f"eps must be a finite number >= 0, got {eps!r}")
-    eps = float(eps)
+    eps = _check_eps(eps)
     check_initializers(kernel_init=kernel_init, gate_kernel_init=gate_kernel_init)
-    d = H // NH
 
     def init(key: Array, input_size: int, dtype: Any = jnp.float32) -> MLSTMParams:
-        """Draw params: ``w_q, w_k, w_v, w_o`` by ``kernel_init``, ``w_i, w_f`` by
-        ``gate_kernel_init``, ``b_f = linspace(3, 6)``, ``b_i ~ N(0, 0.01)``, ``b_o = 0``."""
-        I = check_input_size(input_size)
-        dtype = check_dtype(dtype)
-        check_key(key)
-        n = I * (4 * H + 2 * NH) + H + 2 * NH
-        check_fits_in_memory(
-            n * dtype.itemsize,
-            f"the params of an mlstm cell with input_size={I}, hidden_size={H} ({dtype.name})",
-        )
-        kq, kk, kv, ko, ki, kf, kb = jax.random.split(key, 7)
-        b_i = INPUT_BIAS_STD * jax.random.normal(kb, (NH,), jnp.float32)
-        return MLSTMParams(
-            w_q=kernel_init(kq, (I, H), dtype),
-            w_k=kernel_init(kk, (I, H), dtype),
-            w_v=kernel_init(kv, (I, H), dtype),
-            w_i=gate_kernel_init(ki, (I, NH), dtype),
-            b_i=b_i.astype(dtype),
-            w_f=gate_kernel_init(kf, (I, NH), dtype),
-            b_f=jnp.linspace(*FORGET_BIAS_RANGE, NH, dtype=jnp.float32).astype(dtype),
-            w_o=kernel_init(ko, (I, H), dtype),
-            b_o=jnp.zeros((H,), dtype),
-        )
+        """Draw params (:func:`mlstm_init`)."""
+        return mlstm_init(key, input_size, dtype, H, NH, kernel_init, gate_kernel_init)
 
     def initial_state(params: MLSTMParams, batch_shape: Any = ()) -> MLSTMState:
-        """Zeros: ``c (*batch, NH*d*d)``, ``n (*batch, NH*d)``, ``m (*batch, NH)``."""
-        _check_params(params, H, NH)
-        batch = check_batch_shape(batch_shape)
-        dtype = params.w_q.dtype
-        size = NH * (d * d + d + 1) * math.prod(batch)
-        check_fits_in_memory(size * dtype.itemsize, f"an mlstm state of batch {batch}")
-        return MLSTMState(
-            c=jnp.zeros((*batch, NH * d * d), dtype),
-            n=jnp.zeros((*batch, NH * d), dtype),
-            m=jnp.zeros((*batch, NH), dtype),
-        )
+        """Zeros (:func:`mlstm_zero_state`)."""
+        return mlstm_zero_state(params, batch_shape, H, NH)
 
     def project(params: MLSTMParams, x: Array) -> MLSTMInput:
         """``x (..., I) -> MLSTMInput`` (:func:`mlstm_project`)."""
@@ -358,26 +386,18 @@ def mlstm(
 
     def recur(params: MLSTMParams, state: MLSTMState, xp: MLSTMInput) -> tuple[MLSTMState, Array]:
         """One step: ``(state', y (*batch, H))`` (params unused: the gates are in ``xp``)."""
-        del params
         state = mlstm_update(state, xp, NH)
         return state, mlstm_output(state, xp, NH, eps)
 
     def output(params: MLSTMParams, state: MLSTMState, xp: MLSTMInput) -> Array:
-        """``y = o * h~ (*batch, H)`` from the state a step reached."""
-        del params
+        """``y = o * h~ (*batch, H)`` from the state a step reached (params unused)."""
         return mlstm_output(state, xp, NH, eps)
 
     def parallel(
         params: MLSTMParams, xp: MLSTMInput, state0: MLSTMState, valid: Array | None
     ) -> tuple[MLSTMState, Array]:
         """All steps at once (:func:`mlstm_parallel`): ``(final_state, ys (T, *batch, H))``."""
-        del params
         return mlstm_parallel(xp, state0, valid, NH, eps)
-
-    def gates(params: MLSTMParams, state: MLSTMState, xp: MLSTMInput) -> dict[str, Array]:
-        """The step's gates by name (:func:`mlstm_gate_values`)."""
-        del params
-        return mlstm_gate_values(state, xp)
 
     return Cell(
         init=init,
@@ -389,5 +409,5 @@ def mlstm(
         name="mlstm",
         config=make_config(hidden_size=H, num_heads=NH, eps=eps),
         parallel=parallel,
-        gates=gates,
+        gates=mlstm_gate_values,
     )
