@@ -378,53 +378,75 @@ def plot(results: dict, args: argparse.Namespace):
     return fig
 
 
-def main(argv: list[str] | None = None) -> dict:
-    args = parse_args(argv)
+def run_cell(name: str, args: argparse.Namespace) -> dict:
+    """One cell: its decay at init (per seed) and its training runs per distance, in
+    increasing order, stopping after the first distance no seed solves (unless
+    ``--all-distances``)."""
+    cell = make_cell(name, args.hidden, args.chrono_t_max)
+    seeds = range(args.seed, args.seed + args.seeds)
+    decay = [decay_at_init(cell, args, s) for s in seeds]
+    T_decay = max(args.distances) + 1
+    dists = [T_decay if d["censored"] else d["vanish_distance"] for d in decay]
+    runs: list[dict] = []
+    failed = False
+    for distance in args.distances:
+        if failed and not args.all_distances:
+            runs.append({"distance": distance, "T": distance + 1, "run": False,
+                         "solved_fraction": 0.0})  # fmt: skip
+            continue
+        r = train_distance(cell, args, distance)
+        runs.append(r)
+        failed = r["solved_fraction"] == 0.0
+        print(
+            f"{name:12s} d={distance:<5d} solved {r['solved_fraction']:.2f} after "
+            f"{[s['updates_to_solve'] for s in r['seeds']]} "
+            f"(accuracy {[round(s['final_accuracy'], 3) for s in r['seeds']]}, "
+            f"{r['seconds']:.1f}s)",
+            flush=True,
+        )
+    return {
+        "description": cli.label(name, LABELS),
+        "options": dict(cell.options),
+        "decay": decay,
+        "decay_distance": float(np.median(dists)),
+        "decay_censored": bool(np.median(dists) >= T_decay),
+        "decay_factor": float(np.median([d["decay_factor"] for d in decay])),
+        "runs": runs,
+        "longest_solved": longest_solved(runs),
+    }
+
+
+def run(args: argparse.Namespace) -> dict:
+    """Every cell of ``--cells`` (:func:`run_cell`) and the correlation of decay distance
+    with the longest distance learned over them."""
     t_start = time.perf_counter()
     config = {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()}
     results: dict = {"config": config, "success_test": SOLVED, "cells": {}}
     for name in args.cells:
-        cell = make_cell(name, args.hidden, args.chrono_t_max)
-        seeds = range(args.seed, args.seed + args.seeds)
-        decay = [decay_at_init(cell, args, s) for s in seeds]
-        T_decay = max(args.distances) + 1
-        dists = [T_decay if d["censored"] else d["vanish_distance"] for d in decay]
-        runs: list[dict] = []
-        failed = False
-        for distance in args.distances:
-            if failed and not args.all_distances:
-                runs.append({"distance": distance, "T": distance + 1, "run": False,
-                             "solved_fraction": 0.0})  # fmt: skip
-                continue
-            r = train_distance(cell, args, distance)
-            runs.append(r)
-            failed = r["solved_fraction"] == 0.0
-            print(
-                f"{name:12s} d={distance:<5d} solved {r['solved_fraction']:.2f} after "
-                f"{[s['updates_to_solve'] for s in r['seeds']]} "
-                f"(accuracy {[round(s['final_accuracy'], 3) for s in r['seeds']]}, "
-                f"{r['seconds']:.1f}s)",
-                flush=True,
-            )
-        results["cells"][name] = {
-            "description": cli.label(name, LABELS),
-            "options": dict(cell.options),
-            "decay": decay,
-            "decay_distance": float(np.median(dists)),
-            "decay_censored": bool(np.median(dists) >= T_decay),
-            "decay_factor": float(np.median([d["decay_factor"] for d in decay])),
-            "runs": runs,
-            "longest_solved": longest_solved(runs),
-        }
+        results["cells"][name] = run_cell(name, args)
     cells = results["cells"].values()
     results["correlation"] = correlations(
         [c["decay_distance"] for c in cells], [c["longest_solved"] for c in cells]
     )
     results["seconds"] = time.perf_counter() - t_start
-    results["table"] = table(results, args)
-    print(results["table"])
+    return results
+
+
+def summarize(results: dict) -> str:
+    """The table and the correlations, as printed."""
     corr = results["correlation"]
-    print(f"Spearman {corr['spearman']}, Pearson of log10 {corr['pearson_log10']}")
+    return (
+        f"{results['table']}\nSpearman {corr['spearman']}, Pearson of log10 {corr['pearson_log10']}"
+    )
+
+
+def main(argv: list[str] | None = None) -> dict:
+    """Parse, measure and train, print the table, write ``distance.{json,png}``; return
+    the results."""
+    args = parse_args(argv)
+    results = run(args)
+    results["table"] = table(results, args)
+    print(summarize(results))
     cli.write_results(args.out, "distance", results, plot(results, args))
     return results
 
