@@ -345,10 +345,8 @@ def _fmt(x: float | None) -> str:
     return "-" if x is None else f"{x:.3f}"
 
 
-def main(argv: list[str] | None = None) -> dict[str, Any]:
-    """Run the tasks; write ``rnn_types.json`` (with a markdown table) and ``rnn_types.png``
-    (one held-out example per task: input, output, target); ``rnn_types_quick.*`` with
-    ``--quick``."""
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    """The command line: ``--quick``, ``--seed``, ``--out``, ``--tasks``."""
     p = cli.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
@@ -359,7 +357,11 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     )
     names = [t.name for t in make_tasks(quick=True)]
     p.add_argument("--tasks", nargs="+", default=None, choices=names, help="only these tasks")
-    args = p.parse_args(argv)
+    return p.parse_args(argv)
+
+
+def run(args: argparse.Namespace) -> dict[str, Any]:
+    """Train every task of ``--tasks`` (:func:`run_task`); the rows and their table."""
     tasks = [t for t in make_tasks(args.quick) if args.tasks is None or t.name in args.tasks]
     rows = []
     for task in tasks:
@@ -380,11 +382,27 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     )  # fmt: skip
     result = {"quick": args.quick, "seed": args.seed, "results": rows, "table_md": md}
     result["diverged_runs"] = [r["task"] for r in rows if r["diverged"]]
-    for name in result["diverged_runs"]:
-        print(f"warning: {name} diverged (final loss far above -ln(chance) and the first loss)")
+    return result
+
+
+def summarize(result: dict[str, Any]) -> str:
+    """The table, after a warning line per diverged task."""
+    warnings = [
+        f"warning: {name} diverged (final loss far above -ln(chance) and the first loss)\n"
+        for name in result["diverged_runs"]
+    ]
+    return "".join(warnings) + result["table_md"]
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    """Run the tasks; write ``rnn_types.json`` (with a markdown table) and ``rnn_types.png``
+    (one held-out example per task: input, output, target); ``rnn_types_quick.*`` with
+    ``--quick``."""
+    args = parse_args(argv)
+    result = run(args)
+    print(summarize(result))
     name = "rnn_types_quick" if args.quick else "rnn_types"
-    print(result["table_md"])
-    cli.write_results(Path(args.out), name, result, plot_examples(rows))
+    cli.write_results(Path(args.out), name, result, plot_examples(result["results"]))
     return result
 
 

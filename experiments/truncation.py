@@ -178,22 +178,14 @@ def plot(results: list[dict], args: argparse.Namespace, path: Path) -> None:
     plt.close(fig)
 
 
-def main(argv: list[str] | None = None) -> dict:
-    args = parse_args(argv)
-    args.out.mkdir(parents=True, exist_ok=True)
-    if args.replot:
-        saved = json.loads((args.out / "truncation.json").read_text())
-        for k, v in saved["config"].items():
-            if k not in ("replot", "no_progress"):
-                setattr(args, k, v)
-        plot(saved["results"], args, args.out / "truncation.png")
-        return saved
+def run(args: argparse.Namespace) -> dict:
+    """Every delay of ``--delays`` under full BPTT and each window ``k`` of ``--windows``
+    in both truncated forms (:func:`run_config`); the results and the diverged runs."""
     t0 = time.perf_counter()
     results = []
     for d in args.delays:
-        for form, k in [("full", None)] + [
-            (f, k) for k in args.windows for f in ("scan", "stateful")
-        ]:
+        forms = [("full", None)] + [(f, k) for k in args.windows for f in ("scan", "stateful")]
+        for form, k in forms:
             r = run_config(args, d, form, k)
             results.append(r)
             print(
@@ -210,20 +202,47 @@ def main(argv: list[str] | None = None) -> dict:
         for i, bad in enumerate(r["diverged"])
         if bad
     ]
-    summary = {
+    return {
         "config": config,
         "total_seconds": time.perf_counter() - t0,
         "results": results,
         "diverged_runs": diverged,
     }
+
+
+def summarize(summary: dict) -> str:
+    """The table, a warning line per diverged run and the total time, as printed."""
+    lines = [summary["table"]]
+    lines += [
+        f"warning: diverged (ended far above baseline and first loss): {d}"
+        for d in summary["diverged_runs"]
+    ]
+    return "\n".join([*lines, f"total {summary['total_seconds']:.0f}s"])
+
+
+def replot(args: argparse.Namespace) -> dict:
+    """Redraw ``truncation.png`` from ``truncation.json`` in ``--out`` (no training)."""
+    saved = json.loads((args.out / "truncation.json").read_text())
+    for k, v in saved["config"].items():
+        if k not in ("replot", "no_progress"):
+            setattr(args, k, v)
+    plot(saved["results"], args, args.out / "truncation.png")
+    return saved
+
+
+def main(argv: list[str] | None = None) -> dict:
+    """Parse, train, print the table, write ``truncation.{json,md,png}``; return the
+    results (``--replot``: only redraw the figure)."""
+    args = parse_args(argv)
+    args.out.mkdir(parents=True, exist_ok=True)
+    if args.replot:
+        return replot(args)
+    summary = run(args)
+    summary["table"] = table(summary["results"], args)
     cli.write_json(args.out / "truncation.json", summary, indent=1)
-    md = table(results, args)
-    cli.write_text(args.out / "truncation.md", md + "\n")
-    plot(results, args, args.out / "truncation.png")
-    print(md)
-    for d in diverged:
-        print(f"warning: diverged (ended far above baseline and first loss): {d}")
-    print(f"total {summary['total_seconds']:.0f}s")
+    cli.write_text(args.out / "truncation.md", summary["table"] + "\n")
+    plot(summary["results"], args, args.out / "truncation.png")
+    print(summarize(summary))
     return summary
 
 
