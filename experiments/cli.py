@@ -445,6 +445,27 @@ def in_float64(fn: Callable[..., Any]) -> Callable[..., Any]:
     return wrapped
 
 
+def until_unsolved(
+    values: Sequence[int],
+    train: Callable[[int], dict[str, Any]],
+    skipped: Callable[[int], dict[str, Any]],
+    *,
+    run_all: bool = False,
+) -> list[dict[str, Any]]:
+    """One row per value, in order: ``train(v)`` until a row has ``solved_fraction`` 0,
+    then ``skipped(v)`` for the rest (longer distances or lengths a cell that failed a
+    shorter one is not trained on), or ``train`` for all of them with ``run_all``."""
+    rows: list[dict[str, Any]] = []
+    failed = False
+    for v in values:
+        if failed and not run_all:
+            rows.append(skipped(v))
+            continue
+        rows.append(train(v))
+        failed = rows[-1]["solved_fraction"] == 0.0
+    return rows
+
+
 def write_results(out: Path, name: str, results: dict[str, Any], fig: Any) -> tuple[Path, Path]:
     """Write ``out/name.json`` and ``out/name.png`` atomically; return both paths."""
     out.mkdir(parents=True, exist_ok=True)

@@ -42,7 +42,14 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 from experiments import cli  # noqa: E402
-from experiments.distance import LABELS, VARIANTS, cell_color, make_cell, train_seeds  # noqa: E402
+from experiments.distance import (  # noqa: E402
+    LABELS,
+    VARIANTS,
+    cell_color,
+    make_cell,
+    progress_line,
+    train_seeds,
+)
 
 DEFAULT_CELLS = ["chrono_gru", "chrono_lstm", "gru", "lstm"]
 SOLVED = "accuracy on the 10 recalled symbols >= 0.95 on the held-out set within the budget"
@@ -161,33 +168,34 @@ def plot(results: dict, args: argparse.Namespace):
     return fig
 
 
-def main(argv: list[str] | None = None) -> dict:
-    args = parse_args(argv)
+def run(args: argparse.Namespace) -> dict:
+    """Every cell of ``--cells`` at the lengths of ``--lengths`` in increasing order,
+    stopping a cell after the first length no seed solves (unless ``--all-lengths``)."""
     t_start = time.perf_counter()
     config = {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()}
     results: dict = {"config": config, "success_test": SOLVED, "cells": {}}
     for name in args.cells:
-        runs: list[dict] = []
-        failed = False
-        for T in args.lengths:
-            if failed and not args.all_lengths:
-                runs.append({"T": T, "run": False, "solved_fraction": 0.0})
-                continue
+
+        def train(T: int, name: str = name) -> dict:
             r = run_length(name, args, T)
-            runs.append(r)
-            failed = r["solved_fraction"] == 0.0
-            print(
-                f"{name:12s} T={T:<4d} solved {r['solved_fraction']:.2f} after "
-                f"{[s['updates_to_solve'] for s in r['seeds']]} "
-                f"(accuracy {[round(s['final_accuracy'], 3) for s in r['seeds']]}, "
-                f"{r['seconds']:.1f}s)",
-                flush=True,
-            )
+            print(f"{name:12s} T={T:<4d} {progress_line(r)}", flush=True)
+            return r
+
+        def skipped(T: int) -> dict:
+            return {"T": T, "run": False, "solved_fraction": 0.0}
+
+        runs = cli.until_unsolved(args.lengths, train, skipped, run_all=args.all_lengths)
         results["cells"][name] = {"description": cli.label(name, LABELS), "runs": runs}
     results["seconds"] = time.perf_counter() - t_start
+    return results
+
+
+def main(argv: list[str] | None = None) -> dict:
+    """Parse, train, print the table, write ``copy_task.{json,png}``; return the results."""
+    args = parse_args(argv)
+    results = run(args)
     results["table"] = table(results, args)
-    print(results["table"])
-    print(f"{results['seconds']:.0f} s")
+    print(f"{results['table']}\n{results['seconds']:.0f} s")
     cli.write_results(args.out, "copy_task", results, plot(results, args))
     return results
 

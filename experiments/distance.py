@@ -378,6 +378,17 @@ def plot(results: dict, args: argparse.Namespace):
     return fig
 
 
+def progress_line(r: dict) -> str:
+    """A training row of :func:`train_seeds` in one line: solved fraction, updates to
+    solve and final accuracy per seed, seconds."""
+    return (
+        f"solved {r['solved_fraction']:.2f} after "
+        f"{[s['updates_to_solve'] for s in r['seeds']]} "
+        f"(accuracy {[round(s['final_accuracy'], 3) for s in r['seeds']]}, "
+        f"{r['seconds']:.1f}s)"
+    )
+
+
 def run_cell(name: str, args: argparse.Namespace) -> dict:
     """One cell: its decay at init (per seed) and its training runs per distance, in
     increasing order, stopping after the first distance no seed solves (unless
@@ -387,23 +398,16 @@ def run_cell(name: str, args: argparse.Namespace) -> dict:
     decay = [decay_at_init(cell, args, s) for s in seeds]
     T_decay = max(args.distances) + 1
     dists = [T_decay if d["censored"] else d["vanish_distance"] for d in decay]
-    runs: list[dict] = []
-    failed = False
-    for distance in args.distances:
-        if failed and not args.all_distances:
-            runs.append({"distance": distance, "T": distance + 1, "run": False,
-                         "solved_fraction": 0.0})  # fmt: skip
-            continue
+
+    def train(distance: int) -> dict:
         r = train_distance(cell, args, distance)
-        runs.append(r)
-        failed = r["solved_fraction"] == 0.0
-        print(
-            f"{name:12s} d={distance:<5d} solved {r['solved_fraction']:.2f} after "
-            f"{[s['updates_to_solve'] for s in r['seeds']]} "
-            f"(accuracy {[round(s['final_accuracy'], 3) for s in r['seeds']]}, "
-            f"{r['seconds']:.1f}s)",
-            flush=True,
-        )
+        print(f"{name:12s} d={distance:<5d} {progress_line(r)}", flush=True)
+        return r
+
+    def skipped(distance: int) -> dict:
+        return {"distance": distance, "T": distance + 1, "run": False, "solved_fraction": 0.0}
+
+    runs = cli.until_unsolved(args.distances, train, skipped, run_all=args.all_distances)
     return {
         "description": cli.label(name, LABELS),
         "options": dict(cell.options),
