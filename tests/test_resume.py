@@ -22,7 +22,7 @@ import pytest
 
 import gatedrnn as gr
 from gatedrnn import training
-from gatedrnn.training import checkpoint, tasks
+from gatedrnn.training import checkpoint, io, tasks
 
 ROOT = Path(__file__).resolve().parents[1]
 STEPS, EVERY = 40, 10
@@ -301,12 +301,11 @@ def test_non_finite_loss_stops_naming_the_step_and_keeps_the_last_good_checkpoin
 
 
 def test_resume_drops_log_lines_written_after_the_checkpoint(tmp_path):
-    from gatedrnn.training import checkpoint
 
     log = tmp_path / "log.jsonl"
     rows = [{"step": s, "train_loss": 1.0 / s} for s in (10, 20, 30)]
     log.write_text("".join(json.dumps(r) + "\n" for r in rows) + '{"step": 4')  # cut by a kill
-    checkpoint.trim_log(log, 20)
+    io.trim_log(log, 20)
     assert [json.loads(line)["step"] for line in log.read_text().splitlines()] == [10, 20]
 
 

@@ -45,7 +45,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 from jax.experimental import multihost_utils
 
-from gatedrnn.training.io import jsonable, notice, write_text
+from gatedrnn.training.io import as_read_back, jsonable, notice, trim_log
 
 PyTree = Any
 
@@ -363,36 +363,6 @@ def restore_latest(
     )
 
 
-def _config(meta: Mapping[str, Any] | None) -> dict[str, Any]:
-    """The caller's config as it will read back from JSON (tuples become lists)."""
-    return json.loads(json.dumps(jsonable(dict(meta or {})), allow_nan=False))
-
-
-def _belongs(row: Any, tag: Mapping[str, Any]) -> bool:
-    return isinstance(row, dict) and all(row.get(k, object()) == v for k, v in tag.items())
-
-
-def trim_log(log_path: str | Path, step: int, tag: Mapping[str, Any] | None = None) -> None:
-    """Drop the lines of the JSON-lines log ``log_path`` (several runs may share it) that
-    this run wrote after the checkpoint at ``step`` it resumes from, and any line cut short
-    by a kill. ``tag``: the run's constant fields (``log_extra`` of
-    :func:`~gatedrnn.training.train`); only lines holding all of them belong to the run
-    (None or empty: every line does)."""
-    path, tag = Path(log_path), _config(tag)
-    if not path.exists():
-        return
-    kept = []
-    for line in path.read_text(encoding="utf-8").splitlines():
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError:
-            continue  # a line cut short by a kill
-        s = row.get("step") if isinstance(row, dict) else None
-        if not _belongs(row, tag) or (isinstance(s, (int, float)) and s <= step):
-            kept.append(line)
-    write_text(path, "".join(f"{line}\n" for line in kept))
-
-
 def start(
     state: PyTree, checkpoint_dir: str | Path, *, resume: bool,
     meta: Mapping[str, Any] | None = None, members: int = 1,
@@ -405,7 +375,7 @@ def start(
     ``meta`` is the run's config (everything that changes the numbers): a checkpoint with
     other values is refused, naming the field. ``members``: ensemble size. ``log_path``,
     ``log_tag``: the run's JSON-lines log and the fields that mark its lines there; process
-    0 drops this run's lines past the checkpoint (:func:`trim_log`).
+    0 drops this run's lines past the checkpoint (:func:`~gatedrnn.training.io.trim_log`).
 
     Returns ``(state, history, solved_at)`` to continue from; raises
     :class:`CheckpointError` (see the module docstring).
@@ -419,7 +389,7 @@ def start(
                 "that run, or give an empty folder to start a new one"
             )
         return state, [], [None] * members
-    restored, info, _ = restore_latest(root, state, expect_meta=_config(meta), set_aside=True)
+    restored, info, _ = restore_latest(root, state, expect_meta=as_read_back(meta), set_aside=True)
     history = list(info["meta"].get("history", []))
     solved_at = list(info["meta"].get("solved_at", [None] * members))
     if log_path is not None and jax.process_index() == 0:
@@ -440,7 +410,7 @@ def save(
     Returns:
       the checkpoint's folder.
     """
-    info = _config({**(meta or {}), "history": history, "solved_at": solved_at})
+    info = as_read_back({**(meta or {}), "history": history, "solved_at": solved_at})
     return save_checkpoint(checkpoint_dir, step, state, info, keep=KEEP)
 
 
@@ -448,5 +418,5 @@ __all__ = [  # noqa: RUF022 (grouped: errors, paths, save/restore, resume)
     "KEEP", "CheckpointError", "CorruptCheckpointError",
     "latest_checkpoint", "list_checkpoints", "step_dir",
     "leaf_digest", "load_meta", "restore_checkpoint", "restore_latest", "save_checkpoint",
-    "tree_signature", "save", "start", "trim_log",
+    "tree_signature", "save", "start",
 ]  # fmt: skip

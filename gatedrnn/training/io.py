@@ -5,6 +5,8 @@ one writer at a time.
   and rename into place only when complete, so an interrupted writer never leaves a
   truncated file that looks finished.
 * :func:`jsonable`: a value as valid JSON can hold it (no bare ``NaN``).
+* :func:`trim_log`: a JSON-lines log shared by runs, cut back to where a resumed run
+  continues.
 * :class:`FolderLock`: one writer per folder (a run's checkpoints, a script's ``--out``),
   an advisory ``flock`` on ``<folder>/.gatedrnn.lock`` that the kernel drops when its
   holder dies, so a lock left by a killed run is never mistaken for a live one.
@@ -223,12 +225,44 @@ class FolderLock:
         os.close(fd)
 
 
+def as_read_back(meta: Mapping[str, Any] | None) -> dict[str, Any]:
+    """A mapping as it will read back from JSON (tuples become lists, no bare NaN)."""
+    return json.loads(json.dumps(jsonable(dict(meta or {})), allow_nan=False))
+
+
+def _belongs(row: Any, tag: Mapping[str, Any]) -> bool:
+    return isinstance(row, dict) and all(row.get(k, object()) == v for k, v in tag.items())
+
+
+def trim_log(log_path: str | Path, step: int, tag: Mapping[str, Any] | None = None) -> None:
+    """Drop the lines of the JSON-lines log ``log_path`` (several runs may share it) that
+    this run wrote after the checkpoint at ``step`` it resumes from, and any line cut short
+    by a kill. ``tag``: the run's constant fields (``log_extra`` of
+    :func:`~gatedrnn.training.train`); only lines holding all of them belong to the run
+    (None or empty: every line does)."""
+    path, tag = Path(log_path), as_read_back(tag)
+    if not path.exists():
+        return
+    kept = []
+    for line in path.read_text(encoding="utf-8").splitlines():
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError:
+            continue  # a line cut short by a kill
+        s = row.get("step") if isinstance(row, dict) else None
+        if not _belongs(row, tag) or (isinstance(s, (int, float)) and s <= step):
+            kept.append(line)
+    write_text(path, "".join(f"{line}\n" for line in kept))
+
+
 __all__ = [
     "LOCK_NAME",
     "FolderInUseError",
     "FolderLock",
+    "as_read_back",
     "atomic_path",
     "jsonable",
     "notice",
+    "trim_log",
     "write_text",
 ]
