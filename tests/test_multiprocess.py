@@ -77,7 +77,9 @@ def child(tmp_path_factory) -> dict:
     script.write_text(CHILD)
     env = {**os.environ, "PYTHONPATH": str(ROOT), "JAX_PLATFORMS": "cpu"}
     env.update(
-        JAX_COMPILATION_CACHE_DIR=str(base / "xla-cache"),
+        # the test run's cache (tests/conftest.py) if there is one, else the module's own
+        JAX_COMPILATION_CACHE_DIR=os.environ.get("JAX_COMPILATION_CACHE_DIR")
+        or str(base / "xla-cache"),
         JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0",
         JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES="0",
     )
