@@ -60,9 +60,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = cli.parser(__doc__.split("\n\n")[0])
     cli.add_cells_option(p, default=DEFAULT_CELLS, extra=list(VARIANTS))
     p.add_argument(
-        "--lengths", nargs="+", type=cli.positive_int, default=[100, 200, 500], help="values of T"
+        "--lengths", nargs="+", type=cli.positive_int, default=[100, 200], help="values of T"
     )
-    p.add_argument("--seeds", type=cli.positive_int, default=3, help="seeds per configuration")
+    p.add_argument("--seeds", type=cli.positive_int, default=1, help="seeds per configuration")
     p.add_argument("--steps", type=cli.positive_int, default=5000, help="update budget per run")
     p.add_argument("--hidden", type=cli.positive_int, default=128, help="hidden units")
     p.add_argument("--batch-size", type=cli.positive_int, default=16)
