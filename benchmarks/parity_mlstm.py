@@ -45,7 +45,7 @@ import numpy as np
 
 import gatedrnn as gr
 from gatedrnn.cells.mlstm import MLSTMParams, mlstm
-from gatedrnn.training.checkpoint import write_text
+from gatedrnn.training.io import write_text
 
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_OUT = ROOT / "benchmarks" / "results" / "parity" / "mlstm.json"

@@ -290,7 +290,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
-    from gatedrnn.training.checkpoint import write_text
+    from gatedrnn.training.io import write_text
 
     args = parse_args(argv)
     results = run_parity()

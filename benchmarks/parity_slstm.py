@@ -220,7 +220,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     args = parse_args(argv)
-    from gatedrnn.training.checkpoint import write_text
+    from gatedrnn.training.io import write_text
 
     results = parity(*PARITY_SHAPE, seed=args.seed)
     print(
