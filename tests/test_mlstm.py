@@ -151,6 +151,29 @@ def test_both_forms_take_any_batch_axes_and_layout(batch, time_major):
             chex.assert_trees_all_close(tuple(s), want_s, rtol=1e-11, atol=1e-12)
 
 
+def test_parallel_gradient_keeps_the_stabilizers_eps_term():
+    """The parallel form holds its (T, T) stabilizer constant for the gradient and keeps
+    m's own effect through eps (``eps * exp(m - sg(m))``): with a large eps and input
+    gates whose stabilizer is large, where that term matters (without it this test
+    fails), its gradients still equal the step form's."""
+    with jax.enable_x64(True):
+        cell, p = _make(eps=0.05)
+        p = p._replace(b_i=p.b_i + 4.0, w_i=4.0 * p.w_i)  # exp(m) up to ~e^8
+        xs, s0 = _xs(3, (B, T, I)), _state(cell, p, (B,))
+
+        def loss(parallel, p, xs, s0):
+            final, ys = gr.scan(cell, p, xs, s0, parallel=parallel)
+            return jnp.sum(jnp.sin(ys)) + sum(jnp.sum(jnp.cos(a)) for a in final)
+
+        grads = jax.jit(
+            lambda p, xs, s0: [
+                jax.grad(partial(loss, parallel), (0, 1, 2))(p, xs, s0)
+                for parallel in (False, True)
+            ]
+        )(p, xs, s0)
+        chex.assert_trees_all_close(grads[1], grads[0], rtol=1e-10, atol=1e-12)
+
+
 def test_parallel_equals_step_form_with_lengths_and_grads_match_finite_differences():
     """Values and gradients (params, inputs, a nonzero initial state) of both forms, with
     seq_lengths and NaN padding; the gradients against float64 central differences; jvp."""
