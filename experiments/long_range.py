@@ -192,7 +192,10 @@ def run_config(args: argparse.Namespace, task_name: str, T: int, cell_name: str,
     seconds = time.perf_counter() - t0
     steps = [h["step"] for h in res.history]
     curves = np.asarray([h["eval_loss"] for h in res.history])  # (evals, seeds)
-    first = np.asarray(res.per_step["loss"])[0]  # (seeds,): each member's first update
+    losses = np.asarray(res.per_step["loss"])  # (updates this call, seeds)
+    # each member's first update; a resumed run saw only its later updates in this call,
+    # so it takes the first evaluation interval's mean training loss instead
+    first = losses[0] if len(losses) and not resume else np.asarray(res.history[0]["train_loss"])
     runs = []
     for i, s in enumerate(seeds):
         final = float(curves[-1, i])
