@@ -435,7 +435,7 @@ HS97_ADDING_SEQUENCES = {100: 74_000, 500: 209_000, 1000: 853_000}  # their LSTM
 HS97_TARGET_FACTOR = 10  # issue 24: ten times fewer training sequences than their Table 7
 HS97_FILES = (
     f"{EXP}/long_range_adding_hs97.json",  # the first runs: GRU and LSTM, batch 32
-    *(f"{EXP}/long_range_adding_hs97_T{T}.json" for T in (100, 500)),
+    *(f"{EXP}/long_range_adding_hs97_T{T}.json" for T in (100, 500, 1000)),
 )
 """The adding runs by Hochreiter & Schmidhuber's criterion, one file per command."""
 
