@@ -435,7 +435,7 @@ HS97_ADDING_SEQUENCES = {100: 74_000, 500: 209_000, 1000: 853_000}  # their LSTM
 HS97_TARGET_FACTOR = 10  # issue 24: ten times fewer training sequences than their Table 7
 HS97_FILES = (
     f"{EXP}/long_range_adding_hs97.json",  # the first runs: GRU and LSTM, batch 32
-    *(f"{EXP}/long_range_adding_hs97_T{T}.json" for T in (100, 500, 1000)),
+    *(f"{EXP}/long_range_adding_hs97_T{T}.json" for T in (100, 500, 1000, 10000)),
 )
 """The adding runs by Hochreiter & Schmidhuber's criterion, one file per command."""
 
@@ -464,7 +464,9 @@ def _long_range_command(rel: str, cfg: dict) -> str:
         if cfg.get(k, default) != default:
             opts.append(f"--{k.replace('_', '-')} {cfg[k]}")
     if cfg.get("checkpoint_dir"):
-        opts.append(f"--checkpoint-dir {cfg['checkpoint_dir']} --resume")
+        opts.append(f"--checkpoint-dir {cfg['checkpoint_dir']}")
+    if cfg.get("resume"):
+        opts.append("--resume")
     return "python experiments/long_range.py " + " ".join(opts) + f"  # -> {Path(rel).name}"
 
 
@@ -551,7 +553,8 @@ def literature_adding() -> str:
                 _seqs_text(row["median"], budget),
                 _seqs_text(row["median_updates"], cfg["steps"]),
                 f"{r['updates_run']:,}",
-                f"{r['seconds']:.0f}",
+                # a resumed run: the training time of all its parts, from its history
+                f"{r['train_seconds'] if r.get('resumed') else r['seconds']:.0f}",
             ]
         )
     dhead = [
