@@ -1,6 +1,6 @@
 """Which cell learns which distance: adding, copy and delayed recall over T, per cell.
 
-For each task, each length T and each cell (tanh RNN, LSTM, GRU) train a cell plus a linear
+For each task, each length T and each cell (default tanh RNN, LSTM, GRU) train a cell plus a linear
 readout with clipped Adam for a fixed update budget, several seeds at once (``jax.vmap``),
 stopping early once every seed passes the task's success test on a held-out set. Reports,
 per configuration and seed, the final held-out loss as a fraction of the task's trivial
@@ -9,15 +9,27 @@ baseline, whether it was solved and after how many updates.
 ``--tasks adding_hs97`` is the adding problem with Hochreiter & Schmidhuber's (1997)
 success test instead of the MSE one: every held-out sequence within absolute error 0.04.
 
-Outputs (in ``--out``), per task, written once when the task's grid is done:
-``long_range_<task>.json`` (config, per-run results and learning curves, ``"complete":
-true``), ``long_range_<task>.md`` (the table), ``long_range_<task>.png`` (learning
-curves). After every configuration the results so far go to
-``long_range_<task>.partial.json`` (``"complete": false``; removed when the task is done),
-so an interrupted rerun leaves the previous complete results in place.
-``long_range_<task>_log.jsonl`` gets one line per evaluation of every run, appended (a
-rerun never deletes earlier runs' lines; ``"run"`` tells runs apart). Tasks are
-independent, so ``--tasks`` can split the default run over processes.
+Cells: any registered cell (``gatedrnn.cells.CELLS``, default options, e.g. ``lru``,
+``rglru``) or a chrono variant of ``experiments/distance.py`` (``chrono_gru``,
+``chrono_lstm``: gate biases drawn with ``t_max``, by default each run's T, see
+``--chrono-t-max``).
+
+``--name NAME`` writes ``long_range_<task>_<NAME>.*`` instead of ``long_range_<task>.*``,
+so that one task's lengths or settings can be split over commands without one replacing
+another's results. ``--checkpoint-dir DIR`` checkpoints every run (at each evaluation) in
+``DIR/<task>[_<NAME>]_T<T>_<cell>``; with ``--resume`` a run whose folder holds a
+checkpoint continues from it (a finished run returns at once with its saved history), so
+an interrupted long command loses at most one evaluation interval per configuration.
+
+Outputs (in ``--out``; ``<task>`` below reads ``<task>_<NAME>`` with ``--name``), per
+task, written once when the task's grid is done: ``long_range_<task>.json`` (config,
+per-run results and learning curves, ``"complete": true``), ``long_range_<task>.md``
+(the table), ``long_range_<task>.png`` (learning curves). After every configuration the
+results so far go to ``long_range_<task>.partial.json`` (``"complete": false``; removed
+when the task is done), so an interrupted rerun leaves the previous complete results in
+place. ``long_range_<task>_log.jsonl`` gets one line per evaluation of every run,
+appended (a rerun never deletes earlier runs' lines; ``"run"`` tells runs apart). Tasks
+are independent, so ``--tasks`` can split the default run over processes.
 
     python experiments/long_range.py            # the default grid (< 30 min on 2 cores)
     python experiments/long_range.py --quick    # a smoke run (< 1 min)
@@ -39,9 +51,9 @@ import numpy as np  # noqa: E402
 
 from experiments import cli  # noqa: E402
 from experiments.cli import parser, pyplot  # noqa: E402
+from experiments.distance import LABELS, VARIANTS, cell_color, make_cell  # noqa: E402
 from gatedrnn import training  # noqa: E402
-from gatedrnn.cells import CELLS, make_cell  # noqa: E402
-from gatedrnn.training import tasks  # noqa: E402
+from gatedrnn.training import checkpoint, tasks  # noqa: E402
 
 SUCCESS = {
     "adding": "held-out MSE < 0.01 (baseline 1/6)",
@@ -70,7 +82,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument(
         "--lengths", nargs="+", type=cli.positive_int, default=[50, 100, 200], help="values of T"
     )
-    p.add_argument("--cells", nargs="+", default=["vanilla", "lstm", "gru"], choices=sorted(CELLS))
+    cli.add_cells_option(p, default=["vanilla", "lstm", "gru"], extra=list(VARIANTS))
+    p.add_argument(
+        "--chrono-t-max",
+        type=cli.positive_int,
+        default=None,
+        help="t_max of the chrono cells (default: each run's T)",
+    )
     p.add_argument("--seeds", type=cli.positive_int, default=2, help="seeds per configuration")
     p.add_argument("--steps", type=cli.positive_int, default=2000, help="update budget per run")
     p.add_argument("--hidden", type=cli.positive_int, default=32, help="hidden units")
@@ -87,12 +105,46 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     p.add_argument("--eval-every", type=cli.positive_int, default=100)
     p.add_argument("--eval-batch-size", type=cli.positive_int, default=512)
+    p.add_argument(
+        "--eval-batches",
+        type=cli.positive_int,
+        default=1,
+        help="held-out batches of --eval-batch-size sequences (evaluated one at a time)",
+    )
+    p.add_argument(
+        "--schedule",
+        choices=["constant", "cosine"],
+        default="constant",
+        help="learning-rate schedule (cosine: decay to 0 over --steps)",
+    )
+    p.add_argument(
+        "--name",
+        default=None,
+        help="results go to long_range_<task>_<NAME>.* (default long_range_<task>.*)",
+    )
+    p.add_argument(
+        "--checkpoint-dir",
+        type=Path,
+        default=None,
+        help="checkpoint each run in DIR/<task>[_<NAME>]_T<T>_<cell> at every evaluation",
+    )
+    p.add_argument(
+        "--resume",
+        action="store_true",
+        help="with --checkpoint-dir: continue each run from its checkpoint, if it has one",
+    )
     p.add_argument("--no-progress", action="store_true", help="no tqdm bars")
     p.add_argument(
         "--replot", action="store_true", help="redraw the PNGs from --out's JSON (no training)"
     )
+    args = p.parse_args(argv)
+    p.refuse(args.resume and args.checkpoint_dir is None, "--resume needs --checkpoint-dir")
+    p.refuse(
+        args.name is not None and not args.name.replace("-", "").replace("_", "").isalnum(),
+        f"--name takes letters, digits, '-' and '_', got {args.name!r}",
+    )
     return p.honour_quick(
-        p.parse_args(argv),
+        args,
         lengths=[10],
         seeds=1,
         steps=20,
@@ -102,30 +154,48 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
 
 
+def stem(args: argparse.Namespace, task_name: str) -> str:
+    """The results' file stem of ``task_name``: ``long_range_<task>[_<name>]``."""
+    return f"long_range_{task_name}" + (f"_{args.name}" if args.name else "")
+
+
 def run_config(args: argparse.Namespace, task_name: str, T: int, cell_name: str, log: Path) -> dict:
     """Train all seeds of one (task, T, cell) and summarise them."""
     task = TASK_FACTORIES[task_name](T)
     seeds = list(range(args.seed, args.seed + args.seeds))
+    folder, resume = None, False
+    if args.checkpoint_dir is not None:
+        folder = (
+            args.checkpoint_dir / f"{stem(args, task_name)[len('long_range_') :]}_T{T}_{cell_name}"
+        )
+        resume = args.resume and checkpoint.latest_checkpoint(folder) is not None
     t0 = time.perf_counter()
     _, res = training.fit(
         task,
-        make_cell(cell_name, args.hidden),
+        make_cell(cell_name, args.hidden, args.chrono_t_max or T),
         num_steps=args.steps,
         batch_size=args.batch_size,
         learning_rate=args.learning_rate,
         clip_norm=args.clip_norm,
+        schedule=args.schedule,
         seed=seeds,
         eval_every=args.eval_every,
         eval_batch_size=args.eval_batch_size,
+        num_eval_batches=args.eval_batches,
         log_path=log,
         progress=not args.no_progress,
         desc=f"{task_name} T={T} {cell_name}",
         log_extra={"run": cli.RUN_ID, "task": task_name, "T": T, "cell": cell_name},
+        checkpoint_dir=folder,
+        resume=resume,
     )
     seconds = time.perf_counter() - t0
     steps = [h["step"] for h in res.history]
     curves = np.asarray([h["eval_loss"] for h in res.history])  # (evals, seeds)
-    first = np.asarray(res.per_step["loss"])[0]  # (seeds,): each member's first update
+    losses = np.asarray(res.per_step["loss"])  # (updates this call, seeds)
+    # each member's first update; a resumed run saw only its later updates in this call,
+    # so it takes the first evaluation interval's mean training loss instead
+    first = losses[0] if len(losses) and not resume else np.asarray(res.history[0]["train_loss"])
     runs = []
     for i, s in enumerate(seeds):
         final = float(curves[-1, i])
@@ -152,7 +222,10 @@ def run_config(args: argparse.Namespace, task_name: str, T: int, cell_name: str,
         "baseline": task.baseline,
         "steps": steps,
         "updates_run": int(steps[-1]) if steps else 0,
+        "batch_size": args.batch_size,
         "seconds": seconds,
+        "train_seconds": float(res.history[-1]["time"]) if res.history else seconds,
+        "resumed": resume,
         "runs": runs,
     }
 
@@ -175,27 +248,28 @@ def table(results: list[dict], budget: int) -> str:
     return "\n".join(lines)
 
 
-def plot(results: list[dict], out: Path, budget: int) -> list[Path]:
-    """One PNG per task: a panel per T, eval loss / baseline against updates, per cell."""
+def plot(results: list[dict], out: Path, budget: int, name: str | None = None) -> list[Path]:
+    """One PNG per task (``long_range_<task>[_<name>].png``): a panel per T, eval loss /
+    baseline against updates, per cell."""
     plt = pyplot()
-    colors = {"vanilla": "tab:red", "lstm": "tab:blue", "gru": "tab:green"}
     paths = []
     for task_name in dict.fromkeys(r["task"] for r in results):
         rows = [r for r in results if r["task"] == task_name]
         Ts = sorted({r["T"] for r in rows})
         fig, axes = plt.subplots(1, len(Ts), figsize=(3.6 * len(Ts), 3.2), squeeze=False)
+        cells = list(dict.fromkeys(r["cell"] for r in rows))
         for ax, T in zip(axes[0], Ts):
             for r in (r for r in rows if r["T"] == T):
                 for j, seed_run in enumerate(r["runs"]):
                     ax.plot(
                         r["steps"],
                         np.asarray(seed_run["curve"]) / r["baseline"],
-                        color=colors.get(r["cell"], "k"),
+                        color=cell_color(r["cell"], cells.index(r["cell"])),
                         alpha=0.85,
                         lw=1.2,
                         marker=".",
                         ms=4,
-                        label=r["cell"] if j == 0 else None,
+                        label=cli.label(r["cell"], LABELS) if j == 0 else None,
                     )
             ax.axhline(1.0, color="gray", ls="--", lw=0.8)
             ax.set_yscale("log")
@@ -214,7 +288,7 @@ def plot(results: list[dict], out: Path, budget: int) -> list[Path]:
         axes[0][0].set_ylabel("held-out loss / baseline")
         axes[0][0].legend(fontsize=8)
         fig.tight_layout()
-        path = out / f"long_range_{task_name}.png"
+        path = out / (f"long_range_{task_name}" + (f"_{name}" if name else "") + ".png")
         with cli.atomic_path(path) as tmp:
             fig.savefig(tmp, dpi=110)
         plt.close(fig)
@@ -239,12 +313,12 @@ def write_task(
         "results": results,
         "diverged_runs": diverged_runs(results),
     }
-    path = args.out / f"long_range_{task_name}.json"
+    path = args.out / f"{stem(args, task_name)}.json"
     if not complete:
         cli.write_partial_json(path, summary, indent=1)
         return
-    cli.write_text(args.out / f"long_range_{task_name}.md", table(results, args.steps) + "\n")
-    plot(results, args.out, args.steps)
+    cli.write_text(args.out / f"{stem(args, task_name)}.md", table(results, args.steps) + "\n")
+    plot(results, args.out, args.steps, args.name)
     cli.write_final_json(path, summary, indent=1)
 
 
@@ -263,7 +337,7 @@ def main(argv: list[str] | None = None) -> dict[str, list[dict]]:
     args.out.mkdir(parents=True, exist_ok=True)
     everything: dict[str, list[dict]] = {}
     if args.replot:
-        paths = [args.out / f"long_range_{task_name}.json" for task_name in args.tasks]
+        paths = [args.out / f"{stem(args, task_name)}.json" for task_name in args.tasks]
         if not any(path.exists() for path in paths):
             raise cli.UsageError(
                 f"--replot: no results to redraw in {args.out} (expected "
@@ -273,12 +347,12 @@ def main(argv: list[str] | None = None) -> dict[str, list[dict]]:
             if path.exists():
                 saved = json.loads(path.read_text())
                 everything[task_name] = saved["results"]
-                plot(saved["results"], args.out, saved["config"]["steps"])
+                plot(saved["results"], args.out, saved["config"]["steps"], args.name)
             else:
                 print(f"warning: --replot: no {path.name} in {args.out}; {task_name} skipped")
         return everything
     for task_name in args.tasks:
-        log = args.out / f"long_range_{task_name}_log.jsonl"
+        log = args.out / f"{stem(args, task_name)}_log.jsonl"
         t0 = time.perf_counter()
         results = everything.setdefault(task_name, [])
         for T in args.lengths:

@@ -123,3 +123,33 @@ def test_replot_into_a_folder_without_results_is_an_error(tmp_path) -> None:
     lr = _load("long_range")
     with pytest.raises(cli.UsageError, match=r"--replot: no results to redraw.*long_range_adding"):
         lr.main(["--replot", "--tasks", "adding", "--out", str(tmp_path)])
+
+
+def test_named_checkpointed_run_resumes_to_the_same_results(tmp_path) -> None:
+    """Issue 24: --name keeps each command's files apart, the chrono variants of
+    distance.py are cells here, and --checkpoint-dir/--resume continues a run from its
+    checkpoint: a finished run, resumed, returns the same results without training."""
+    lr = _load("long_range")
+    ck = tmp_path / "ck"
+    argv = ["--quick", "--tasks", "adding_hs97", "--cells", "chrono_gru", "--no-progress",
+            "--name", "T10", "--out", str(tmp_path), "--checkpoint-dir", str(ck)]  # fmt: skip
+    lr.main(argv)
+    path = tmp_path / "long_range_adding_hs97_T10.json"
+    first = json.loads(path.read_text())
+    assert not (tmp_path / "long_range_adding_hs97.json").exists()
+    assert (ck / "adding_hs97_T10_T10_chrono_gru").is_dir()
+    (r,) = first["results"]
+    assert r["cell"] == "chrono_gru" and r["batch_size"] == 32 and r["resumed"] is False
+    lr.main([*argv, "--resume"])
+    (again,) = json.loads(path.read_text())["results"]
+    assert again["resumed"] is True
+    for key in ("steps", "updates_run", "runs"):
+        assert again[key] == r[key], key
+
+
+def test_resume_needs_a_checkpoint_dir(tmp_path) -> None:
+    from experiments import cli
+
+    lr = _load("long_range")
+    with pytest.raises(cli.UsageError, match="--resume needs --checkpoint-dir"):
+        lr.parse_args(["--resume", "--out", str(tmp_path)])
