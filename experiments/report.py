@@ -603,8 +603,9 @@ def literature_adding() -> str:
         "taken at the first evaluation that passes (the same held-out set at every "
         f"evaluation); success test: {load(HS97_FILES[0])['success_test']}. Wall times: "
         "the whole configuration (all its seeds, compilation and evaluations included), "
-        "the process pinned to one core of an otherwise idle 2-core machine "
-        f"(`taskset -c 1`), except {Path(HS97_FILES[0]).name}'s, timed in an earlier session "
+        "the process pinned to one core of a 2-core machine (`taskset -c 1`) whose other "
+        "core ran other work (tests, short benchmarks) part of the time, so take them as "
+        f"indicative; except {Path(HS97_FILES[0]).name}'s, timed in an earlier session "
         "on 2 cores."
     )
 
