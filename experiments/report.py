@@ -456,6 +456,7 @@ HS97_TARGET_FACTOR = 10  # issue 24: ten times fewer training sequences than the
 HS97_FILES = (
     f"{EXP}/long_range_adding_hs97.json",  # the first runs: GRU and LSTM, batch 32
     *(f"{EXP}/long_range_adding_hs97_T{T}.json" for T in (100, 500, 1000, 10000)),
+    f"{EXP}/long_range_adding_hs97_T10000_rglru.json",  # one seed
 )
 """The adding runs by Hochreiter & Schmidhuber's criterion, one file per command."""
 
