@@ -466,7 +466,13 @@ def run_cell(name: str, args: argparse.Namespace) -> dict:
         return r
 
     def skipped(distance: int) -> dict:
-        return {"distance": distance, "T": distance + 1, "run": False, "solved_fraction": 0.0}
+        return {
+            "distance": distance,
+            "T": distance + 1,
+            "budget": budget(args, distance),
+            "run": False,
+            "solved_fraction": 0.0,
+        }
 
     runs = cli.until_unsolved(args.distances, train, skipped, run_all=args.all_distances)
     return {
