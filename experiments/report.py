@@ -419,6 +419,11 @@ def distance_long() -> str:
     return distance_long_table(load(f"{EXP}/distance_long.json"))
 
 
+@block("distance_10k_probe", f"{EXP}/distance_10k_probe.json")
+def distance_10k_probe() -> str:
+    return distance_long_table(load(f"{EXP}/distance_10k_probe.json"))
+
+
 @block("copy_task", f"{EXP}/copy_task.json")
 def copy_task() -> str:
     d = load(f"{EXP}/copy_task.json")
