@@ -37,10 +37,10 @@ script states the Spearman rank correlation between the decay distance (median o
 and the longest distance learned, and the Pearson correlation of their logarithms, whatever
 they are (ten points: read them as a description, not a test).
 
-Outputs in ``--out``: ``distance.json`` (config, per cell: decay measurements, per distance
-the seeds' results, the longest distance learned; the correlations; a Markdown table) and
-``distance.png`` (left: solved fraction against distance per cell; right: decay distance at
-init against the longest distance learned).
+Outputs in ``--out`` (``<name>``: ``distance`` unless ``--name``): ``<name>.json`` (config,
+per cell: decay measurements, per distance the seeds' results, the longest distance learned;
+the correlations; a Markdown table) and ``<name>.png`` (left: solved fraction against
+distance per cell; right: decay distance at init against the longest distance learned).
 
 The default sweep (10 cells x distances 10, 30, 100, 300, 1000 x 2 seeds at once, at most
 500 updates each, H=32, batch 32) took about 5 minutes for the six classical cells on 2 idle
@@ -48,13 +48,22 @@ CPU cores; a configuration's cost grows with ``distance x updates run``, so most
 goes to the distance-1000 runs of the cells that get that far. ``distance.json`` records the
 seconds of every configuration and of the whole run.
 
+A long-distance run is kept beside the main one with ``--name``: ``--name distance_long``
+writes ``distance_long.{json,png}`` instead of ``distance.{json,png}``. ``--steps-for D=STEPS``
+gives distance ``D`` its own update budget (the others keep ``--steps``); every run records
+its budget (``budget``), and the JSON records the command line (``argv``). While running,
+the results so far are in ``<name>.partial.json`` (rewritten after each distance).
+
     python experiments/distance.py            # the default sweep (for a quiet machine)
     python experiments/distance.py --quick    # a smoke run (seconds)
+    python experiments/distance.py --name distance_long --cells chrono_gru rglru \\
+        --distances 1000 3000 --seeds 3 --steps-for 1000=1500 3000=1500
 """
 
 from __future__ import annotations
 
 import argparse
+import shlex
 import sys
 import time
 from pathlib import Path
@@ -123,6 +132,19 @@ def make_cell(name: str, hidden: int, t_max: int):
     return registered(name, hidden)
 
 
+def distance_steps(text: str) -> tuple[int, int]:
+    """``"D=STEPS"`` (two positive integers) -> ``(D, STEPS)``, for ``--steps-for``."""
+    d, eq, steps = text.partition("=")
+    if not eq:
+        raise argparse.ArgumentTypeError(f"expected DISTANCE=STEPS (e.g. 3000=1500), got {text!r}")
+    return cli.positive_int(d), cli.positive_int(steps)
+
+
+def budget(args: argparse.Namespace, distance: int) -> int:
+    """The update budget of ``distance``: its ``--steps-for`` value, else ``--steps``."""
+    return args.steps_for.get(distance, args.steps)
+
+
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = cli.parser(__doc__.split("\n\n")[0])
     cli.add_cells_option(p, default=DEFAULT_CELLS, extra=list(VARIANTS))
@@ -134,7 +156,22 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="distances (steps between key and query); default 10 30 100 300 1000",
     )
     p.add_argument("--seeds", type=cli.positive_int, default=None, help="seeds per configuration")
-    p.add_argument("--steps", type=cli.positive_int, default=None, help="update budget per run")
+    p.add_argument(
+        "--steps", type=cli.positive_int, default=None, help="update budget per run (default 500)"
+    )
+    p.add_argument(
+        "--steps-for",
+        nargs="+",
+        type=distance_steps,
+        default=[],
+        metavar="D=STEPS",
+        help="the update budget of distance D (e.g. 3000=1500); other distances keep --steps",
+    )
+    p.add_argument(
+        "--name",
+        default="distance",
+        help="results go to <NAME>.json and <NAME>.png in --out (default: distance)",
+    )
     p.add_argument("--hidden", type=cli.positive_int, default=None, help="hidden units")
     p.add_argument("--batch-size", type=cli.positive_int, default=32)
     p.add_argument(
@@ -172,6 +209,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     a.chrono_t_max = a.chrono_t_max or max(2, max(a.distances))
     if not 0.0 < a.ratio < 1.0:
         raise cli.UsageError(f"--ratio must lie in (0, 1), got {a.ratio}")
+    if not a.name or not a.name.replace("-", "").replace("_", "").isalnum():
+        raise cli.UsageError(f"--name takes letters, digits, '-' and '_', got {a.name!r}")
+    a.steps_for = dict(a.steps_for)
+    extra = sorted(set(a.steps_for) - set(a.distances))
+    if extra:
+        raise cli.UsageError(f"--steps-for names distances not in --distances: {extra}")
     return a
 
 
@@ -204,10 +247,18 @@ def decay_at_init(cell, args: argparse.Namespace, seed: int) -> dict:
     }
 
 
-def train_seeds(task, cell, args: argparse.Namespace, desc: str, metric: str = "accuracy") -> dict:
-    """Train every seed of one (task, cell) within ``args.steps`` updates (``training.fit``,
-    all seeds at once) and summarise per seed; ``metric`` names the held-out accuracy that
-    the task's success test reads (``"recall_accuracy"`` for copy).
+def train_seeds(
+    task,
+    cell,
+    args: argparse.Namespace,
+    desc: str,
+    metric: str = "accuracy",
+    steps: int | None = None,
+) -> dict:
+    """Train every seed of one (task, cell) within ``steps`` updates (default
+    ``args.steps``; ``training.fit``, all seeds at once) and summarise per seed; ``metric``
+    names the held-out accuracy that the task's success test reads (``"recall_accuracy"``
+    for copy).
 
     Returns:
       ``run``, ``solved_fraction``, ``updates_run``, ``seconds``, ``seeds`` (per seed:
@@ -221,7 +272,7 @@ def train_seeds(task, cell, args: argparse.Namespace, desc: str, metric: str = "
     _, res = training.fit(
         task,
         cell,
-        num_steps=args.steps,
+        num_steps=steps or args.steps,
         batch_size=args.batch_size,
         learning_rate=args.learning_rate,
         clip_norm=args.clip_norm,
@@ -259,8 +310,9 @@ def train_distance(cell, args: argparse.Namespace, distance: int) -> dict:
     from gatedrnn.training import tasks
 
     task = tasks.delayed_recall(distance + 1, key_window=1)
-    r = train_seeds(task, cell, args, f"{cell.name} d={distance}")
-    return {"distance": distance, "T": distance + 1, **r}
+    steps = budget(args, distance)
+    r = train_seeds(task, cell, args, f"{cell.name} d={distance}", steps=steps)
+    return {"distance": distance, "T": distance + 1, "budget": steps, **r}
 
 
 def longest_solved(rows: list[dict]) -> int:
@@ -305,7 +357,8 @@ def correlations(decay: list[float], learned: list[int]) -> dict:
 def table(results: dict, args: argparse.Namespace) -> str:
     """Markdown table: per cell, the decay at init and the solved fraction per distance."""
     header = ["cell", f"decay distance at init (to {args.ratio:g})", "decay factor / step"]
-    header += [f"d={d}" for d in args.distances] + ["longest learned"]
+    header += [f"d={d} ({budget(args, d)} updates)" for d in args.distances]
+    header += ["longest learned"]
     rows = []
     for name, c in results["cells"].items():
         dd = c["decay_distance"]
@@ -359,7 +412,7 @@ def plot(results: dict, args: argparse.Namespace):
     ax.set(
         xlabel="distance (steps between key and query)",
         ylabel=f"fraction of {args.seeds} seeds solved",
-        title=f"Delayed recall, {args.steps} updates, H={args.hidden} (hollow: not run)",
+        title=f"Delayed recall, {budget_text(args)}, H={args.hidden} (hollow: not run)",
         ylim=(-0.05, 1.05),
     )
     ax.legend(fontsize=8)
@@ -376,6 +429,14 @@ def plot(results: dict, args: argparse.Namespace):
     )
     fig.tight_layout()
     return fig
+
+
+def budget_text(args: argparse.Namespace) -> str:
+    """The update budget in words: one number, or one per distance."""
+    budgets = [budget(args, d) for d in args.distances]
+    if len(set(budgets)) == 1:
+        return f"{budgets[0]} updates"
+    return "updates " + ", ".join(f"{b} at d={d}" for d, b in zip(args.distances, budgets))
 
 
 def progress_line(r: dict) -> str:
@@ -405,7 +466,13 @@ def run_cell(name: str, args: argparse.Namespace) -> dict:
         return r
 
     def skipped(distance: int) -> dict:
-        return {"distance": distance, "T": distance + 1, "run": False, "solved_fraction": 0.0}
+        return {
+            "distance": distance,
+            "T": distance + 1,
+            "budget": budget(args, distance),
+            "run": False,
+            "solved_fraction": 0.0,
+        }
 
     runs = cli.until_unsolved(args.distances, train, skipped, run_all=args.all_distances)
     return {
@@ -420,14 +487,22 @@ def run_cell(name: str, args: argparse.Namespace) -> dict:
     }
 
 
-def run(args: argparse.Namespace) -> dict:
+def run(args: argparse.Namespace, argv: list[str] | None = None) -> dict:
     """Every cell of ``--cells`` (:func:`run_cell`) and the correlation of decay distance
-    with the longest distance learned over them."""
+    with the longest distance learned over them; after each cell, the results so far go
+    to ``<out>/<name>.partial.json``. ``argv``: the command line, recorded as given."""
     t_start = time.perf_counter()
     config = {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()}
+    config["steps_for"] = {str(d): s for d, s in args.steps_for.items()}  # JSON keys
     results: dict = {"config": config, "success_test": SOLVED, "cells": {}}
+    if argv is not None:
+        results["argv"] = list(argv)
+        results["command"] = shlex.join(["python", "experiments/distance.py", *argv])
+    partial = args.out / f"{args.name}.json"
     for name in args.cells:
         results["cells"][name] = run_cell(name, args)
+        args.out.mkdir(parents=True, exist_ok=True)
+        cli.write_partial_json(partial, {**results, "seconds": time.perf_counter() - t_start})
     cells = results["cells"].values()
     results["correlation"] = correlations(
         [c["decay_distance"] for c in cells], [c["longest_solved"] for c in cells]
@@ -447,11 +522,13 @@ def summarize(results: dict) -> str:
 def main(argv: list[str] | None = None) -> dict:
     """Parse, measure and train, print the table, write ``distance.{json,png}``; return
     the results."""
+    argv = sys.argv[1:] if argv is None else list(argv)
     args = parse_args(argv)
-    results = run(args)
+    results = run(args, argv)
     results["table"] = table(results, args)
     print(summarize(results))
-    cli.write_results(args.out, "distance", results, plot(results, args))
+    cli.write_results(args.out, args.name, results, plot(results, args))
+    cli.partial_path(args.out / f"{args.name}.json").unlink(missing_ok=True)
     return results
 
 

@@ -388,6 +388,43 @@ def seed_updates(updates: list[int | None], budget: int) -> str:
     return f"{med_text} ({len(done)}/{len(updates)} seeds solved: {span})"
 
 
+def distance_long_table(d: dict) -> str:
+    """A named distance run (``distance.py --name``) as one row per cell and distance: the
+    budget, the seeds solved, the updates to solve (median, range), the final accuracy per
+    seed and the seconds; the command that made it above."""
+    cfg = d["config"]
+    header = ["cell", "d", "budget (updates)", "updates to solve", "final accuracy", "seconds"]
+    rows = []
+    for c in d["cells"].values():
+        for r in c["runs"]:
+            steps = r.get("budget", cfg.get("steps_for", {}).get(str(r["distance"]), cfg["steps"]))
+            if not r["run"]:
+                rows.append([c["description"], r["distance"], steps, "skipped", "-", "-"])
+                continue
+            acc = ", ".join(f"{s['final_accuracy']:.2f}" for s in r["seeds"])
+            ups = seed_updates([s["updates_to_solve"] for s in r["seeds"]], steps)
+            rows.append([c["description"], r["distance"], steps, ups, acc, f"{r['seconds']:.0f}"])
+    command = d.get("command", "(command not recorded)")
+    return (
+        f"```bash\n{command}\n```\n\n"
+        + md_table(header, rows, right="125")
+        + f"\n\nBatch {cfg['batch_size']}, learning rate {cfg['learning_rate']:g}, "
+        f"H={cfg['hidden']}, {cfg['seeds']} seeds, chrono t_max={cfg['chrono_t_max']}, "
+        f"held-out evaluation every {cfg['eval_every']} updates on {cfg['eval_batch_size']} "
+        f"sequences; whole run {d['seconds']:.0f} s."
+    )
+
+
+@block("distance_long", f"{EXP}/distance_long.json")
+def distance_long() -> str:
+    return distance_long_table(load(f"{EXP}/distance_long.json"))
+
+
+@block("distance_10k_probe", f"{EXP}/distance_10k_probe.json")
+def distance_10k_probe() -> str:
+    return distance_long_table(load(f"{EXP}/distance_10k_probe.json"))
+
+
 @block("copy_task", f"{EXP}/copy_task.json")
 def copy_task() -> str:
     d = load(f"{EXP}/copy_task.json")

@@ -83,3 +83,39 @@ def test_help_and_bad_ratio(capsys, tmp_path: Path):
             MOD.parse_args(["--quick", "--ratio", "2", "--out", str(tmp_path)])
     finally:
         MOD.cli.release_outputs()
+
+
+def test_name_and_per_distance_budget(tmp_path: Path):
+    """``--name`` writes ``<name>.{json,png}`` (not ``distance.*``), ``--steps-for`` gives
+    one distance its own budget (recorded per run and in the table), the command is kept."""
+    argv = ["--quick", "--no-progress", "--out", str(tmp_path), "--cells", "chrono_gru"]
+    argv += ["--distances", "3", "5", "--steps-for", "5=4", "--all-distances", "--name", "dx"]
+    res = MOD.main(argv)
+    assert sorted(p.name for p in tmp_path.iterdir() if not p.name.startswith(".")) == [
+        "dx.json",
+        "dx.png",
+    ]  # no distance.*, and the partial file is gone once the run is complete
+    data = json.loads((tmp_path / "dx.json").read_text())
+    runs = data["cells"]["chrono_gru"]["runs"]
+    assert [(r["distance"], r["budget"]) for r in runs] == [(3, 20), (5, 4)]
+    assert runs[0]["updates_run"] <= 20 and runs[1]["updates_run"] <= 4
+    assert data["config"]["steps_for"] == {"5": 4} and data["argv"] == argv
+    assert data["command"].startswith("python experiments/distance.py --quick")
+    assert "d=5 (4 updates)" in res["table"] and "d=3 (20 updates)" in res["table"]
+
+
+@pytest.mark.parametrize(
+    "extra, match",
+    [
+        (["--steps-for", "7=5"], "not in --distances"),
+        (["--steps-for", "6"], "DISTANCE=STEPS"),
+        (["--steps-for", "6=0"], ">= 1"),
+        (["--name", "a/b"], "--name"),
+    ],
+)
+def test_bad_name_and_steps_for(tmp_path: Path, extra: list[str], match: str):
+    try:
+        with pytest.raises(MOD.cli.UsageError, match=match):
+            MOD.parse_args(["--quick", "--distances", "6", "--out", str(tmp_path), *extra])
+    finally:
+        MOD.cli.release_outputs()
