@@ -252,6 +252,17 @@ def _task_key(task: Task) -> Any:
     return task
 
 
+def _fit_loss(
+    model: SequenceModel, task: Task, batch_size: int, truncate: int | None, chunk: int | None
+) -> tuple[Any, Any, Any]:
+    """:func:`fit`'s ``(loss_fn, batch_fn, carry)``: whole sequences (``truncate`` within
+    them), or stateful chunks of streams starting from the zero state (``chunk``)."""
+    if chunk is None:
+        return task_loss(model, task, truncate=truncate), task_batches(task, batch_size), None
+    carry = model.cell.initial_state(model.init(param_key(0)).cell, (batch_size,))
+    return stateful_task_loss(model, task), stream_batches(task, batch_size, chunk), carry
+
+
 def fit(
     task: Task,
     cell: Cell,
@@ -320,14 +331,7 @@ def fit(
     if chunk is not None and truncate is not None:
         raise ValueError("give truncate (within a sequence) or chunk (stateful), not both")
     stateful = chunk is not None
-    carry = None
-    if stateful:
-        carry = model.cell.initial_state(model.init(param_key(0)).cell, (batch_size,))
-        loss_fn: Any = stateful_task_loss(model, task)
-        batch_fn = stream_batches(task, batch_size, chunk)
-    else:
-        loss_fn = task_loss(model, task, truncate=truncate)
-        batch_fn = task_batches(task, batch_size)
+    loss_fn, batch_fn, carry = _fit_loss(model, task, batch_size, truncate, chunk)
     ensemble = not isinstance(seed, (int, np.integer))
     state = _fit_state(model, optimizer, seed, carry)
     lr_steps = None if schedule == "constant" else num_steps
