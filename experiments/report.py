@@ -371,9 +371,7 @@ def distance_config() -> str:
 def median_updates(updates: list[int | None]) -> float:
     """The median over seeds of the updates to solve, an unsolved seed counted as never
     (inf): inf when half or more of the seeds did not solve."""
-    ordered = sorted(math.inf if u is None else u for u in updates)
-    mid = len(ordered) // 2
-    return ordered[mid] if len(ordered) % 2 else (ordered[mid - 1] + ordered[mid]) / 2
+    return _median([math.inf if u is None else u for u in updates])
 
 
 def seed_updates(updates: list[int | None], budget: int) -> str:
