@@ -42,6 +42,7 @@ import argparse
 import functools
 import json
 import os
+import shlex
 import sys
 import tempfile
 import time
@@ -152,6 +153,19 @@ def positive_int(text: str) -> int:
     if value < 1:
         raise argparse.ArgumentTypeError(f"expected an integer >= 1, got {value}")
     return value
+
+
+def command_line(script: str, argv: Sequence[str] | None) -> str:
+    """The shell command that runs ``script`` (``experiments/<name>.py``) with ``argv``
+    (default: this process's arguments), as recorded in a results file."""
+    return shlex.join(["python", script, *(sys.argv[1:] if argv is None else argv)])
+
+
+def result_name(text: str) -> str:
+    """An argparse type: a results file name (``--name``): letters, digits, '-' and '_'."""
+    if not text or not text.replace("-", "").replace("_", "").isalnum():
+        raise argparse.ArgumentTypeError(f"expected letters, digits, '-' and '_', got {text!r}")
+    return text
 
 
 def nonneg_int(text: str) -> int:

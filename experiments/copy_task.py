@@ -64,6 +64,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     p.add_argument("--seeds", type=cli.positive_int, default=1, help="seeds per configuration")
     p.add_argument("--steps", type=cli.positive_int, default=5000, help="update budget per run")
+    p.add_argument(
+        "--name",
+        type=cli.result_name,
+        default="copy_task",
+        help="results go to <NAME>.json and <NAME>.png in --out",
+    )
     p.add_argument("--hidden", type=cli.positive_int, default=128, help="hidden units")
     p.add_argument("--batch-size", type=cli.positive_int, default=16)
     p.add_argument(
@@ -193,10 +199,10 @@ def run(args: argparse.Namespace) -> dict:
 def main(argv: list[str] | None = None) -> dict:
     """Parse, train, print the table, write ``copy_task.{json,png}``; return the results."""
     args = parse_args(argv)
-    results = run(args)
+    results = {**run(args), "command": cli.command_line("experiments/copy_task.py", argv)}
     results["table"] = table(results, args)
     print(f"{results['table']}\n{results['seconds']:.0f} s")
-    cli.write_results(args.out, "copy_task", results, plot(results, args))
+    cli.write_results(args.out, args.name, results, plot(results, args))
     return results
 
 

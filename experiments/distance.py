@@ -63,7 +63,6 @@ the results so far are in ``<name>.partial.json`` (rewritten after each distance
 from __future__ import annotations
 
 import argparse
-import shlex
 import sys
 import time
 from pathlib import Path
@@ -169,6 +168,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     p.add_argument(
         "--name",
+        type=cli.result_name,
         default="distance",
         help="results go to <NAME>.json and <NAME>.png in --out (default: distance)",
     )
@@ -209,8 +209,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     a.chrono_t_max = a.chrono_t_max or max(2, max(a.distances))
     if not 0.0 < a.ratio < 1.0:
         raise cli.UsageError(f"--ratio must lie in (0, 1), got {a.ratio}")
-    if not a.name or not a.name.replace("-", "").replace("_", "").isalnum():
-        raise cli.UsageError(f"--name takes letters, digits, '-' and '_', got {a.name!r}")
     a.steps_for = dict(a.steps_for)
     extra = sorted(set(a.steps_for) - set(a.distances))
     if extra:
@@ -497,7 +495,7 @@ def run(args: argparse.Namespace, argv: list[str] | None = None) -> dict:
     results: dict = {"config": config, "success_test": SOLVED, "cells": {}}
     if argv is not None:
         results["argv"] = list(argv)
-        results["command"] = shlex.join(["python", "experiments/distance.py", *argv])
+        results["command"] = cli.command_line("experiments/distance.py", argv)
     partial = args.out / f"{args.name}.json"
     for name in args.cells:
         results["cells"][name] = run_cell(name, args)

@@ -119,6 +119,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     p.add_argument(
         "--name",
+        type=cli.result_name,
         default=None,
         help="results go to long_range_<task>_<NAME>.* (default long_range_<task>.*)",
     )
@@ -139,10 +140,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     args = p.parse_args(argv)
     p.refuse(args.resume and args.checkpoint_dir is None, "--resume needs --checkpoint-dir")
-    p.refuse(
-        args.name is not None and not args.name.replace("-", "").replace("_", "").isalnum(),
-        f"--name takes letters, digits, '-' and '_', got {args.name!r}",
-    )
     return p.honour_quick(
         args,
         lengths=[10],
