@@ -480,6 +480,141 @@ def until_unsolved(
     return rows
 
 
+SPLIT_OPTIONS = frozenset(
+    {"seed", "seeds", "cells", "lengths", "distances", "steps_for", "name", "out", "merge"}
+    | {"no_progress", "all_lengths", "all_distances"}
+)
+"""The options that may differ between the commands a study was split into."""
+
+
+def _merge_rows(rows: list[dict[str, Any]]) -> dict[str, Any]:
+    """The rows of one (cell, length) from several commands as one: seeds joined in seed
+    order, seconds added, the solved fraction recounted and the accuracy curves joined on
+    the evaluation steps (NaN where a command had already stopped); rows that were skipped
+    count only when no command ran that configuration."""
+    ran = [r for r in rows if r["run"]]
+    if not ran:
+        return rows[0]
+    order = np.argsort([s["seed"] for r in ran for s in r["seeds"]], kind="stable")
+    seeds = [[s for r in ran for s in r["seeds"]][i] for i in order]
+    if len({s["seed"] for s in seeds}) < len(seeds):
+        raise ValueError(
+            f"a seed appears in two of the merged results: {[s['seed'] for s in seeds]}"
+        )
+    steps = max((r["steps"] for r in ran), key=len)
+    curve = np.full((len(steps), len(seeds)), np.nan)
+    col = 0
+    for r in ran:
+        if r["steps"] != steps[: len(r["steps"])]:
+            raise ValueError(f"evaluation steps differ: {r['steps'][:3]}... vs {steps[:3]}...")
+        acc = np.asarray(r["accuracy_curve"], dtype=float).reshape(len(r["steps"]), -1)
+        curve[: len(r["steps"]), col : col + acc.shape[1]] = acc
+        col += acc.shape[1]
+    return {
+        **ran[0],
+        "solved_fraction": float(np.mean([s["solved"] for s in seeds])),
+        "updates_run": max(r["updates_run"] for r in ran),
+        "seconds": float(sum(r["seconds"] for r in ran)),
+        "seeds": seeds,
+        "steps": steps,
+        "accuracy_curve": curve[:, order].tolist(),
+    }
+
+
+def merge_results(parts: Sequence[dict[str, Any]], key: str) -> dict[str, Any]:
+    """The results of one study that was split into several commands (by cell, by length
+    or by seed, so that each fits one sitting) as the results of one run.
+
+    Args:
+      parts: the results files' contents (``cells`` -> ``runs``, each row with ``key``).
+      key: what a row is run at: ``"T"`` (copy) or ``"distance"``.
+
+    Returns:
+      ``config`` (the first part's, with the cells, seeds and ``key`` values of all parts),
+      ``success_test``, ``cells`` (per cell: the first part's fields and the merged
+      ``runs`` in increasing ``key``), ``seconds`` (summed) and ``commands`` (the parts').
+
+    Raises:
+      ValueError: if the parts differ in a setting other than :data:`SPLIT_OPTIONS`, or
+        a seed of one configuration appears in two parts.
+    """
+    if not parts:
+        raise ValueError("nothing to merge: expected at least one results file")
+    config = dict(parts[0]["config"])
+    for p in parts[1:]:
+        diff = sorted(
+            k
+            for k in set(config) | set(p["config"])
+            if k not in SPLIT_OPTIONS and config.get(k) != p["config"].get(k)
+        )
+        if diff:
+            raise ValueError(f"the results differ in settings other than the split: {diff}")
+    cells: dict[str, dict[str, Any]] = {}
+    rows: dict[str, dict[int, list[dict[str, Any]]]] = {}
+    for p in parts:
+        for name, c in p["cells"].items():
+            cells.setdefault(name, dict(c))
+            for r in c["runs"]:
+                rows.setdefault(name, {}).setdefault(r[key], []).append(r)
+    for name, by_key in rows.items():
+        cells[name]["runs"] = [_merge_rows(by_key[v]) for v in sorted(by_key)]
+    values = sorted({v for by_key in rows.values() for v in by_key})
+    seeds = {s["seed"] for c in cells.values() for r in c["runs"] if r["run"] for s in r["seeds"]}
+    config.update(cells=list(cells), seed=min(seeds, default=config["seed"]))
+    config.update(
+        seeds=max(
+            (len(r["seeds"]) for c in cells.values() for r in c["runs"] if r["run"]), default=0
+        )
+    )
+    config["lengths" if key == "T" else "distances"] = values
+    steps_for = {k: v for p in parts for k, v in p["config"].get("steps_for", {}).items()}
+    if steps_for:
+        config["steps_for"] = steps_for
+    return {
+        "config": config,
+        "success_test": parts[0]["success_test"],
+        "cells": cells,
+        "seconds": float(sum(p["seconds"] for p in parts)),
+        "commands": [c for p in parts for c in p.get("commands", [p.get("command", "")])],
+    }
+
+
+def add_merge_option(p: ArgumentParser) -> None:
+    """Add ``--merge JSON ...``: no training, the results of several commands of the study
+    (split by cell, length or seed) written as one ``<name>.json`` and ``.png``."""
+    p.add_argument(
+        "--merge",
+        nargs="+",
+        type=Path,
+        default=None,
+        metavar="JSON",
+        help="no training: merge these results of the study (commands split by cell, length "
+        "or seed, same settings otherwise) into <NAME>.json and <NAME>.png in --out",
+    )
+
+
+def merge_files(
+    args: argparse.Namespace, key: str
+) -> tuple[dict[str, Any], argparse.Namespace, list[dict[str, Any]]]:
+    """Read ``args.merge`` and merge them (:func:`merge_results`); return the results,
+    the options they were run with (as the table and plot of a study read them; ``out``
+    and ``name`` from ``args``) and the parts as read."""
+    parts = []
+    for path in args.merge:
+        try:
+            parts.append(json.loads(Path(path).read_text()))
+        except (OSError, ValueError) as e:
+            raise UsageError(f"--merge: cannot read results from {path}: {e}") from None
+    try:
+        results = merge_results(parts, key)
+    except (KeyError, ValueError) as e:
+        raise UsageError(f"--merge: {e}") from None
+    keep = {"out": args.out, "name": args.name, "merge": [str(p) for p in args.merge]}
+    merged = argparse.Namespace(**{**results["config"], **keep})
+    results["config"] = {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(merged).items()}
+    return results, merged, parts
+
+
 def write_results(out: Path, name: str, results: dict[str, Any], fig: Any) -> tuple[Path, Path]:
     """Write ``out/name.json`` and ``out/name.png`` atomically; return both paths."""
     out.mkdir(parents=True, exist_ok=True)

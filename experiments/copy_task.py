@@ -26,6 +26,10 @@ final recalled-symbol accuracy and loss / baseline, the accuracy curve, seconds;
 whole run's seconds) and ``copy_task.png`` (recalled-symbol accuracy against updates, a panel
 per T).
 
+``--name`` writes ``<name>.{json,png}`` instead; a study split into commands (per cell,
+length or seed) is joined with ``--merge A.json B.json ...`` (no training; the other
+settings must agree; each part's command is kept in ``commands``).
+
     python experiments/copy_task.py            # the default study (for a quiet machine)
     python experiments/copy_task.py --quick    # a smoke run (seconds)
 """
@@ -90,6 +94,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="run every length, also past a cell's first length with no seed solved",
     )
     p.add_argument("--no-progress", action="store_true", help="no tqdm bars")
+    cli.add_merge_option(p)
     a = p.honour_quick(
         p.parse_args(argv),
         cells=["chrono_gru", "lstm"],
@@ -199,7 +204,11 @@ def run(args: argparse.Namespace) -> dict:
 def main(argv: list[str] | None = None) -> dict:
     """Parse, train, print the table, write ``copy_task.{json,png}``; return the results."""
     args = parse_args(argv)
-    results = {**run(args), "command": cli.command_line("experiments/copy_task.py", argv)}
+    if args.merge:
+        results, args, _ = cli.merge_files(args, "T")
+    else:
+        results = run(args)
+    results["command"] = cli.command_line("experiments/copy_task.py", argv)
     results["table"] = table(results, args)
     print(f"{results['table']}\n{results['seconds']:.0f} s")
     cli.write_results(args.out, args.name, results, plot(results, args))

@@ -54,10 +54,17 @@ gives distance ``D`` its own update budget (the others keep ``--steps``); every 
 its budget (``budget``), and the JSON records the command line (``argv``). While running,
 the results so far are in ``<name>.partial.json`` (rewritten after each distance).
 
+A run too long for one sitting is split into commands, one per seed (``--seed S --seeds 1``:
+seed ``S`` of a joint run) or per cell, and ``--merge A.json B.json ... --name NAME`` joins
+their results into ``NAME.{json,png}`` without training (settings other than the split must
+agree; each part's command is kept in ``commands``).
+
     python experiments/distance.py            # the default sweep (for a quiet machine)
     python experiments/distance.py --quick    # a smoke run (seconds)
     python experiments/distance.py --name distance_long --cells chrono_gru rglru \\
         --distances 1000 3000 --seeds 3 --steps-for 1000=1500 3000=1500
+    python experiments/distance.py --merge distance_10k_s0.json distance_10k_s1.json \
+        distance_10k_s2.json --name distance_10k
 """
 
 from __future__ import annotations
@@ -198,6 +205,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="run every distance, also past a cell's first distance with no seed solved",
     )
     p.add_argument("--no-progress", action="store_true", help="no tqdm bars")
+    cli.add_merge_option(p)
     a = p.parse_args(argv)
     q = a.quick
     a.distances = sorted(set(a.distances or ([6] if q else [10, 30, 100, 300, 1000])))
@@ -455,8 +463,6 @@ def run_cell(name: str, args: argparse.Namespace) -> dict:
     cell = make_cell(name, args.hidden, args.chrono_t_max)
     seeds = range(args.seed, args.seed + args.seeds)
     decay = [decay_at_init(cell, args, s) for s in seeds]
-    T_decay = max(args.distances) + 1
-    dists = [T_decay if d["censored"] else d["vanish_distance"] for d in decay]
 
     def train(distance: int) -> dict:
         r = train_distance(cell, args, distance)
@@ -473,9 +479,16 @@ def run_cell(name: str, args: argparse.Namespace) -> dict:
         }
 
     runs = cli.until_unsolved(args.distances, train, skipped, run_all=args.all_distances)
+    cell_row = {"description": cli.label(name, LABELS), "options": dict(cell.options)}
+    return {**cell_row, **cell_summary(decay, runs, max(args.distances) + 1)}
+
+
+def cell_summary(decay: list[dict], runs: list[dict], T_decay: int) -> dict:
+    """One cell's decay at init (per seed, measured over ``T_decay`` steps; the median
+    distance, censored ones counted as ``T_decay``) and its runs per distance (the longest
+    learned)."""
+    dists = [T_decay if d["censored"] else d["vanish_distance"] for d in decay]
     return {
-        "description": cli.label(name, LABELS),
-        "options": dict(cell.options),
         "decay": decay,
         "decay_distance": float(np.median(dists)),
         "decay_censored": bool(np.median(dists) >= T_decay),
@@ -483,6 +496,25 @@ def run_cell(name: str, args: argparse.Namespace) -> dict:
         "runs": runs,
         "longest_solved": longest_solved(runs),
     }
+
+
+def merge(args: argparse.Namespace) -> tuple[dict, argparse.Namespace]:
+    """``--merge``: the named results files (one study split by cell or seed) as one run;
+    each cell's decay measurements are joined by seed and its summary recomputed, and the
+    correlation is recomputed over the cells."""
+    results, merged, parts = cli.merge_files(args, "distance")
+    longest = sorted({p["config"]["distances"][-1] for p in parts})
+    if len(longest) > 1:
+        raise cli.UsageError(
+            f"--merge: decay at init was measured over different lengths {longest}; "
+            "merge only runs with the same longest distance"
+        )
+    for name, c in results["cells"].items():
+        decay = [d for p in parts for d in p["cells"].get(name, {}).get("decay", [])]
+        decay.sort(key=lambda d: d["seed"])
+        c.update(cell_summary(decay, c["runs"], longest[0] + 1))
+    merged.steps_for = {int(d): s for d, s in merged.steps_for.items()}
+    return with_correlation(results), merged
 
 
 def run(args: argparse.Namespace, argv: list[str] | None = None) -> dict:
@@ -501,12 +533,16 @@ def run(args: argparse.Namespace, argv: list[str] | None = None) -> dict:
         results["cells"][name] = run_cell(name, args)
         args.out.mkdir(parents=True, exist_ok=True)
         cli.write_partial_json(partial, {**results, "seconds": time.perf_counter() - t_start})
-    cells = results["cells"].values()
-    results["correlation"] = correlations(
-        [c["decay_distance"] for c in cells], [c["longest_solved"] for c in cells]
-    )
     results["seconds"] = time.perf_counter() - t_start
-    return results
+    return with_correlation(results)
+
+
+def with_correlation(results: dict) -> dict:
+    """``results`` with the correlation of decay distance and longest distance learned
+    over its cells (:func:`correlations`)."""
+    cells = results["cells"].values()
+    decay, learned = [c["decay_distance"] for c in cells], [c["longest_solved"] for c in cells]
+    return {**results, "correlation": correlations(decay, learned)}
 
 
 def summarize(results: dict) -> str:
@@ -522,7 +558,8 @@ def main(argv: list[str] | None = None) -> dict:
     the results."""
     argv = sys.argv[1:] if argv is None else list(argv)
     args = parse_args(argv)
-    results = run(args, argv)
+    results, args = merge(args) if args.merge else (run(args, argv), args)
+    results["command"] = cli.command_line("experiments/distance.py", argv)
     results["table"] = table(results, args)
     print(summarize(results))
     cli.write_results(args.out, args.name, results, plot(results, args))

@@ -119,3 +119,33 @@ def test_bad_name_and_steps_for(tmp_path: Path, extra: list[str], match: str):
             MOD.parse_args(["--quick", "--distances", "6", "--out", str(tmp_path), *extra])
     finally:
         MOD.cli.release_outputs()
+
+
+def test_merge_of_runs_split_by_seed_equals_one_run(tmp_path: Path):
+    """Issue 24: a study split into one command per seed (so that each fits a sitting)
+    and merged with ``--merge`` gives what one command over all seeds gives: the same
+    decay measurements, the same per-seed training results (up to float rounding: the
+    joint run trains the seeds batched) and the correlation recomputed."""
+    base = ["--quick", "--no-progress", "--cells", "chrono_gru", "--distances", "3"]
+    base += ["--steps", "6"]
+    joint = MOD.main([*base, "--seeds", "2", "--out", str(tmp_path), "--name", "joint"])
+    for s in (0, 1):
+        MOD.main([*base, "--seed", str(s), "--seeds", "1", "--out", str(tmp_path / f"s{s}")])
+    parts = [str(tmp_path / f"s{s}" / "distance.json") for s in (1, 0)]  # any order
+    merged = MOD.main(["--merge", *parts, "--out", str(tmp_path), "--name", "merged"])
+    cj, cm = joint["cells"]["chrono_gru"], merged["cells"]["chrono_gru"]
+    assert cm["decay"] == cj["decay"] and cm["decay_distance"] == cj["decay_distance"]
+    (rj,), (rm,) = cj["runs"], cm["runs"]
+    assert [s["seed"] for s in rm["seeds"]] == [0, 1] and rm["steps"] == rj["steps"]
+    for sj, sm in zip(rj["seeds"], rm["seeds"]):
+        assert sm["final_loss"] == pytest.approx(sj["final_loss"], rel=1e-4)
+    assert merged["config"]["seeds"] == 2 and merged["correlation"] == joint["correlation"]
+    assert len(merged["commands"]) == 2 and "--merge" in merged["command"]
+    other = json.loads(Path(parts[0]).read_text())
+    other["config"]["distances"] = [4]  # decay at init measured over another length
+    (tmp_path / "other.json").write_text(json.dumps(other))
+    try:
+        with pytest.raises(MOD.cli.UsageError, match="different lengths"):
+            MOD.main(["--merge", parts[1], str(tmp_path / "other.json"), "--out", str(tmp_path)])
+    finally:
+        MOD.cli.release_outputs()
