@@ -329,46 +329,73 @@ def diverged_runs(results: list[dict]) -> list[dict]:
     ]
 
 
+def replot(args: argparse.Namespace) -> dict[str, list[dict]]:
+    """``--replot``: redraw the figures of ``--tasks`` from the JSON in ``--out``; return
+    the results read."""
+    paths = [args.out / f"{stem(args, task_name)}.json" for task_name in args.tasks]
+    if not any(path.exists() for path in paths):
+        raise cli.UsageError(
+            f"--replot: no results to redraw in {args.out} (expected "
+            f"{', '.join(p.name for p in paths)}); run without --replot first"
+        )
+    everything: dict[str, list[dict]] = {}
+    for task_name, path in zip(args.tasks, paths):
+        if not path.exists():
+            print(f"warning: --replot: no {path.name} in {args.out}; {task_name} skipped")
+            continue
+        saved = json.loads(path.read_text())
+        everything[task_name] = saved["results"]
+        plot(saved["results"], args.out, saved["config"]["steps"], args.name)
+    return everything
+
+
+def progress_line(r: dict) -> str:
+    """One configuration's result in one line: loss / baseline, seeds solved and after how
+    many updates, seconds."""
+    fr = " ".join(f"{x['fraction_of_baseline']:.3f}" for x in r["runs"])
+    return (
+        f"{r['task']:7s} T={r['T']:<4d} {r['cell']:8s} loss/baseline {fr}  solved "
+        f"{sum(x['solved'] for x in r['runs'])}/{len(r['runs'])}  "
+        f"after {[x['updates_to_solve'] for x in r['runs']]}  ({r['seconds']:.0f}s)"
+    )
+
+
+def run_task(args: argparse.Namespace, task_name: str) -> list[dict]:
+    """Every (T, cell) of one task in order; the results so far are written after each
+    (``complete: false``), all of them at the end; return the rows."""
+    log = args.out / f"{stem(args, task_name)}_log.jsonl"
+    t0 = time.perf_counter()
+    results: list[dict] = []
+    for T in args.lengths:
+        for cell_name in args.cells:
+            results.append(run_config(args, task_name, T, cell_name, log))
+            write_task(args, task_name, results, t0, complete=False)
+            print(progress_line(results[-1]), flush=True)
+    write_task(args, task_name, results, t0, complete=True)
+    print(f"{task_name}: {time.perf_counter() - t0:.0f}s")
+    return results
+
+
+def summarize(results: list[dict], budget: int) -> str:
+    """The table of one task and a warning line per diverged run."""
+    warn = [
+        f"warning: diverged (ended far above baseline and first loss): {d}"
+        for d in diverged_runs(results)
+    ]
+    return "\n".join([table(results, budget), *warn])
+
+
 def main(argv: list[str] | None = None) -> dict[str, list[dict]]:
+    """Parse; train every task (or redraw with ``--replot``), print each task's table;
+    return the results per task."""
     args = parse_args(argv)
     args.out.mkdir(parents=True, exist_ok=True)
-    everything: dict[str, list[dict]] = {}
     if args.replot:
-        paths = [args.out / f"{stem(args, task_name)}.json" for task_name in args.tasks]
-        if not any(path.exists() for path in paths):
-            raise cli.UsageError(
-                f"--replot: no results to redraw in {args.out} (expected "
-                f"{', '.join(p.name for p in paths)}); run without --replot first"
-            )
-        for task_name, path in zip(args.tasks, paths):
-            if path.exists():
-                saved = json.loads(path.read_text())
-                everything[task_name] = saved["results"]
-                plot(saved["results"], args.out, saved["config"]["steps"], args.name)
-            else:
-                print(f"warning: --replot: no {path.name} in {args.out}; {task_name} skipped")
-        return everything
+        return replot(args)
+    everything = {}
     for task_name in args.tasks:
-        log = args.out / f"{stem(args, task_name)}_log.jsonl"
-        t0 = time.perf_counter()
-        results = everything.setdefault(task_name, [])
-        for T in args.lengths:
-            for cell_name in args.cells:
-                r = run_config(args, task_name, T, cell_name, log)
-                results.append(r)
-                write_task(args, task_name, results, t0, complete=False)
-                fr = " ".join(f"{x['fraction_of_baseline']:.3f}" for x in r["runs"])
-                print(
-                    f"{task_name:7s} T={T:<4d} {cell_name:8s} loss/baseline {fr}  solved "
-                    f"{sum(x['solved'] for x in r['runs'])}/{len(r['runs'])}  "
-                    f"after {[x['updates_to_solve'] for x in r['runs']]}  ({r['seconds']:.0f}s)",
-                    flush=True,
-                )
-        write_task(args, task_name, results, t0, complete=True)
-        print(table(results, args.steps))
-        for d in diverged_runs(results):
-            print(f"warning: diverged (ended far above baseline and first loss): {d}")
-        print(f"{task_name}: {time.perf_counter() - t0:.0f}s")
+        everything[task_name] = run_task(args, task_name)
+        print(summarize(everything[task_name], args.steps))
     return everything
 
 
