@@ -386,6 +386,42 @@ def seed_updates(updates: list[int | None], budget: int) -> str:
     return f"{med_text} ({len(done)}/{len(updates)} seeds solved: {span})"
 
 
+def commands_block(d: dict) -> str:
+    """The commands that wrote a results file, as a bash block: its own command, or for a
+    study split into commands (``--merge``), each part's command and then the merge."""
+    lines = [*d.get("commands", []), d.get("command", "(command not recorded)")]
+    return "```bash\n" + "\n".join(lines) + "\n```\n\n"
+
+
+DISTANCE_FILES = (
+    f"{EXP}/distance.json",  # every cell, 500 updates per distance
+    f"{EXP}/distance_long.json",  # two cells, larger budgets, d = 1000 and 3000
+    f"{EXP}/distance_10k_probe.json",  # the chrono GRU at d = 10,000
+)
+"""The distance runs, each with its own budget; the reach table takes the longest
+distance learned by each cell in any of them."""
+
+
+@block("distance_reach", *DISTANCE_FILES)
+def distance_reach() -> str:
+    """Per cell, the longest distance learned in each distance run and over all of them."""
+    runs = {Path(rel).stem: load(rel) for rel in DISTANCE_FILES}
+    main = runs[Path(DISTANCE_FILES[0]).stem]
+    header = ["cell", "decay distance at init (main sweep)"]
+    header += [f"longest learned: `{n}.json`" for n in runs] + ["longest learned, any run"]
+    rows = []
+    for name, c in main["cells"].items():
+        per_run = [
+            d["cells"][name]["longest_solved"] if name in d["cells"] else None
+            for d in runs.values()
+        ]
+        best = max((x for x in per_run if x is not None), default=0)
+        dist = ("> " if c["decay_censored"] else "") + f"{c['decay_distance']:g}"
+        cells = ["-" if x is None else (f"{x:,}" if x else "none") for x in per_run]
+        rows.append([c["description"], dist, *cells, f"{best:,}" if best else "none"])
+    return md_table(header, rows, right="".join(str(i) for i in range(1, len(header))))
+
+
 def distance_long_table(d: dict) -> str:
     """A named distance run (``distance.py --name``) as one row per cell and distance: the
     budget, the seeds solved, the updates to solve (median, range), the final accuracy per
@@ -402,9 +438,8 @@ def distance_long_table(d: dict) -> str:
             acc = ", ".join(f"{s['final_accuracy']:.2f}" for s in r["seeds"])
             ups = seed_updates([s["updates_to_solve"] for s in r["seeds"]], steps)
             rows.append([c["description"], r["distance"], steps, ups, acc, f"{r['seconds']:.0f}"])
-    command = d.get("command", "(command not recorded)")
     return (
-        f"```bash\n{command}\n```\n\n"
+        commands_block(d)
         + md_table(header, rows, right="125")
         + f"\n\nBatch {cfg['batch_size']}, learning rate {cfg['learning_rate']:g}, "
         f"H={cfg['hidden']}, {cfg['seeds']} seeds, chrono t_max={cfg['chrono_t_max']}, "
