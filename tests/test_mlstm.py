@@ -174,11 +174,14 @@ def test_parallel_gradient_keeps_the_stabilizers_eps_term():
         chex.assert_trees_all_close(grads[1], grads[0], rtol=1e-10, atol=1e-12)
 
 
-def test_parallel_equals_step_form_with_lengths_and_grads_match_finite_differences():
+@pytest.mark.parametrize("chunk_size", [None, 3])
+def test_parallel_equals_step_form_with_lengths_and_grads_match_finite_differences(chunk_size):
     """Values and gradients (params, inputs, a nonzero initial state) of both forms, with
-    seq_lengths and NaN padding; the gradients against float64 central differences; jvp."""
+    seq_lengths and NaN padding; the gradients against float64 central differences; jvp.
+    The parallel form whole (one (T, T) form) and in chunks of 3 steps (T = 7: the last
+    chunk padded), the state carried from chunk to chunk."""
     with jax.enable_x64(True):
-        cell, p = _make()
+        cell, p = _make(chunk_size=chunk_size)
         xs = _xs(1, (B, T, I))
         lengths = np.array([T, 3, 0])
         pad = np.arange(T)[None, :, None] >= lengths[:, None, None]
@@ -250,7 +253,7 @@ def test_parallel_form_has_no_loop_and_no_per_step_matrix_memory():
 def test_jit_with_the_cell_static_compiles_once():
     cell, p = _make(jnp.float32)
     assert make_cell("mlstm", H, num_heads=NH) is cell
-    assert cell.options == {"hidden_size": H, "num_heads": NH, "eps": 1e-6}
+    assert cell.options == {"hidden_size": H, "num_heads": NH, "eps": 1e-6, "chunk_size": 64}
     assert make_cell("mlstm", **cell.options) is cell
     f = jax.jit(lambda c, p, xs: gr.scan(c, p, xs)[1], static_argnums=0)
     xs = _xs(1, (B, T, I), jnp.float32)
@@ -390,6 +393,8 @@ def test_bad_sizes_and_options_raise_clear_errors():
         mlstm(8, eps=-1.0)
     with pytest.raises(TypeError, match="eps"):
         mlstm(8, eps="small")
+    with pytest.raises(ValueError, match="chunk_size must be an integer >= 1, got 0"):
+        mlstm(8, chunk_size=0)
     with pytest.raises(ValueError, match="input_size"):
         cell.init(jax.random.PRNGKey(0), 0)
     with pytest.raises(ValueError, match="features"):

@@ -65,6 +65,9 @@ from gatedrnn.cells.base import (
 
 FORGET_BIAS_RANGE = (3.0, 6.0)
 """The forget gate's bias at init, ``linspace(3, 6, num_heads)`` over the heads (as xlstm)."""
+CHUNK_SIZE = 64
+"""Steps per chunk of the parallel form by default (:func:`mlstm_chunkwise`)."""
+
 INPUT_BIAS_STD = 0.1
 """The input gate's bias at init is drawn from ``N(0, 0.1^2)`` (as xlstm)."""
 
@@ -282,6 +285,49 @@ def mlstm_parallel(
     return MLSTMState(c=_flat(c, 3), n=_flat(n, 2), m=m[..., -1]), ys
 
 
+def mlstm_chunkwise(
+    xp: MLSTMInput,
+    state0: MLSTMState,
+    valid: Array | None,
+    num_heads: int,
+    eps: float,
+    chunk_size: int | None,
+) -> tuple[MLSTMState, Array]:
+    """All ``T`` steps, ``chunk_size`` at a time: the quadratic form within each chunk
+    (:func:`mlstm_parallel`), its final state carried into the next (``jax.lax.scan``
+    over chunks).
+
+    Args: as :func:`mlstm_parallel`, plus ``chunk_size``: steps per chunk (None, or at
+    least ``T``: one chunk, the whole quadratic form).
+
+    Returns:
+      ``(final_state, ys (T, *batch, H))``, the same numbers as one quadratic form over all
+      ``T`` steps (the state after a chunk is what the step form reaches there), with
+      ``(chunk, chunk)`` intermediates instead of ``(T, T)``: ``O(T (chunk + d) d)`` work per
+      head instead of ``O(T^2 d)``. The last chunk is padded with steps
+      that leave the state unchanged (``valid`` False), whose outputs are dropped.
+    """
+    T = xp.q.shape[0]
+    if chunk_size is None or T <= chunk_size:
+        return mlstm_parallel(xp, state0, valid, num_heads, eps)
+    n = -(-T // chunk_size)
+    pad = n * chunk_size - T
+    if valid is None:
+        valid = jnp.ones(xp.log_f.shape[:-1], bool)
+
+    def chunks(a: Array, fill: Any) -> Array:  # (T, ...) -> (n, chunk_size, ...)
+        a = jnp.concatenate([a, jnp.full((pad, *a.shape[1:]), fill, a.dtype)])
+        return a.reshape(n, chunk_size, *a.shape[1:])
+
+    xs = (jax.tree_util.tree_map(lambda a: chunks(a, 0), xp), chunks(valid, False))
+
+    def step(state: MLSTMState, x: tuple[MLSTMInput, Array]) -> tuple[MLSTMState, Array]:
+        return mlstm_parallel(x[0], state, x[1], num_heads, eps)
+
+    final, ys = jax.lax.scan(step, state0, xs)
+    return final, ys.reshape(n * chunk_size, *ys.shape[2:])[:T]
+
+
 def mlstm_gate_values(params: Any, state: MLSTMState, xp: MLSTMInput) -> dict[str, Array]:
     """The step's gates, each in ``[0, 1]``, given the state before the step (``params``
     unused: the gates are in ``xp``); the cell's ``gates``.
@@ -362,6 +408,7 @@ def mlstm(
     num_heads: int = 1,
     *,
     eps: float = 1e-6,
+    chunk_size: int | None = CHUNK_SIZE,
     kernel_init: Initializer = fan_in_normal,
     gate_kernel_init: Initializer = zeros,
 ) -> Cell:
@@ -373,6 +420,9 @@ def mlstm(
       num_heads: heads of ``d = H / num_heads`` units, each with its own ``d x d`` memory
         and scalar gates (the xLSTM paper's language models use 4).
       eps: added to the denominator of the readout (xlstm's 1e-6).
+      chunk_size: steps per chunk of the parallel form (:func:`mlstm_chunkwise`; None:
+        one quadratic form over the whole sequence). Changes speed and memory, not the
+        numbers (beyond float rounding).
       kernel_init: initializer ``(key, shape, dtype) -> array`` for ``w_q, w_k, w_v, w_o``.
       gate_kernel_init: the same for ``w_i, w_f`` (zeros, as in xlstm).
 
@@ -392,6 +442,8 @@ def mlstm(
             f"hidden_size must be a multiple of num_heads, got hidden_size={H}, num_heads={NH}"
         )
     eps = _check_eps(eps)
+    if chunk_size is not None:
+        chunk_size = check_positive_int(chunk_size, "chunk_size")
     check_initializers(kernel_init=kernel_init, gate_kernel_init=gate_kernel_init)
 
     def init(key: Array, input_size: int, dtype: Any = jnp.float32) -> MLSTMParams:
@@ -420,8 +472,9 @@ def mlstm(
     def parallel(
         params: MLSTMParams, xp: MLSTMInput, state0: MLSTMState, valid: Array | None
     ) -> tuple[MLSTMState, Array]:
-        """All steps at once (:func:`mlstm_parallel`): ``(final_state, ys (T, *batch, H))``."""
-        return mlstm_parallel(xp, state0, valid, NH, eps)
+        """All steps, a chunk at a time (:func:`mlstm_chunkwise`): ``(final_state,
+        ys (T, *batch, H))``."""
+        return mlstm_chunkwise(xp, state0, valid, NH, eps, chunk_size)
 
     return Cell(
         init=init,
@@ -431,7 +484,7 @@ def mlstm(
         output=output,
         hidden_size=H,
         name="mlstm",
-        config=make_config(hidden_size=H, num_heads=NH, eps=eps),
+        config=make_config(hidden_size=H, num_heads=NH, eps=eps, chunk_size=chunk_size),
         parallel=parallel,
         gates=mlstm_gate_values,
     )
