@@ -59,12 +59,22 @@ REFERENCE = (
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
-    """The command line: ``--out``, ``--speed``, ``--rounds``."""
+    """The command line: ``--out``, ``--speed``, ``--rounds``, ``--chunk-sizes``."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help="JSON to write")
     parser.add_argument("--speed", action="store_true", help="also time forward and training step")
     parser.add_argument("--rounds", type=int, default=5, help="timed rounds (--speed)")
-    return parser.parse_args(argv)
+    parser.add_argument(
+        "--chunk-sizes",
+        nargs="*",
+        default=[],
+        metavar="N",
+        help="--speed: also time our parallel form with these chunk sizes ('none': one "
+        "quadratic form over the whole sequence) beside the default",
+    )
+    args = parser.parse_args(argv)
+    args.chunk_sizes = [None if c.lower() == "none" else int(c) for c in args.chunk_sizes]
+    return args
 
 
 def make_params(H: int, I: int, num_heads: int, dtype: Any, seed: int = 0) -> MLSTMParams:
@@ -163,9 +173,12 @@ def _block(out: Any) -> Any:
     return jax.block_until_ready(out)
 
 
-def ours_fns(B: int, T: int, H: int, parallel: bool) -> dict[str, Callable[[], Any]]:
-    """Jitted forward and training step of ``gr.scan`` (loss = sum of outputs)."""
-    cell = mlstm(H, NUM_HEADS)
+def ours_fns(
+    B: int, T: int, H: int, parallel: bool, **options: Any
+) -> dict[str, Callable[[], Any]]:
+    """Jitted forward and training step of ``gr.scan`` (loss = sum of outputs); ``options``
+    go to the cell (``chunk_size``)."""
+    cell = mlstm(H, NUM_HEADS, **options)
     p = make_params(H, H, NUM_HEADS, jnp.float32)
     xs = jax.random.normal(jax.random.PRNGKey(2), (B, T, H))
 
@@ -239,9 +252,14 @@ def xlstm_fns(B: int, T: int, H: int, parallel: bool) -> dict[str, Callable[[], 
     return {"forward": forward, "train": train}
 
 
-def speed(rounds: int, shapes: Sequence[tuple[int, int, int]] = SPEED_SHAPES) -> list[dict]:
+def speed(
+    rounds: int,
+    shapes: Sequence[tuple[int, int, int]] = SPEED_SHAPES,
+    chunk_sizes: Sequence[int | None] = (),
+) -> list[dict]:
     """Median seconds of forward and training step, ours (step, parallel) vs xlstm's
-    (recurrent loop, parallel), per shape; ratios ``xlstm / ours`` (above 1: ours faster)."""
+    (recurrent loop, parallel), per shape; ratios ``xlstm / ours`` (above 1: ours faster).
+    ``chunk_sizes``: our parallel form also with these ``chunk_size`` (``ours_chunk_N``)."""
     from rnn_speed import interleaved_times
 
     rows = []
@@ -250,6 +268,9 @@ def speed(rounds: int, shapes: Sequence[tuple[int, int, int]] = SPEED_SHAPES) ->
         for form, parallel in (("step", False), ("parallel", True)):
             for name, fn in ours_fns(B, T, H, parallel).items():
                 fns[f"ours_{form}_{name}"] = fn
+        for c in chunk_sizes:
+            for name, fn in ours_fns(B, T, H, True, chunk_size=c).items():
+                fns[f"ours_chunk_{c}_{name}"] = fn
         for form, parallel in (("recurrent", False), ("parallel", True)):
             for name, fn in xlstm_fns(B, T, H, parallel).items():
                 fns[f"xlstm_{form}_{name}"] = fn
@@ -298,7 +319,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             "device": f"{jax.default_backend()} ({platform.processor() or platform.machine()})",
             "torch_threads": torch.get_num_threads(),
             "rounds": args.rounds,
-            "rows": speed(args.rounds),
+            "default_chunk_size": mlstm(8).options["chunk_size"],
+            "rows": speed(args.rounds, chunk_sizes=args.chunk_sizes),
         }
     return results
 

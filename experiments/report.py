@@ -1285,7 +1285,8 @@ def _speed_rows(d: dict) -> list[tuple[tuple[int, ...], dict[str, float]]]:
     ``"speed"`` entry (absent: ``[]``). Each parity script writes its own layout; every one
     records median seconds per implementation and phase (``forward``, ``train``), keyed
     ``ours_*`` / ``gatedrnn`` for ours and by the reference's name otherwise. The ratio
-    takes the faster of our forms (step, parallel) and of the reference's paths."""
+    takes the faster of our forms (step, parallel; with the cell's default options) and of
+    the reference's paths."""
     speed = d.get("speed")
     if not speed:
         return []
@@ -1304,7 +1305,10 @@ def _speed_rows(d: dict) -> list[tuple[tuple[int, ...], dict[str, float]]]:
             times = {
                 k: _seconds(v)
                 for k, v in times.items()
-                if "over" not in k and "speedup" not in k and isinstance(v, (int, float, dict))
+                if "over" not in k
+                and "speedup" not in k
+                and isinstance(v, (int, float, dict))
+                and not k.startswith("ours_chunk_")  # a sweep of options, not the defaults
             }
             ours = [v for k, v in times.items() if k.startswith(("ours", "gatedrnn"))]
             ref = [v for k, v in times.items() if not k.startswith(("ours", "gatedrnn"))]
