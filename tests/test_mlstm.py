@@ -237,7 +237,8 @@ def test_parallel_equals_step_form_with_lengths_and_grads_match_finite_differenc
 
 
 def test_parallel_form_has_no_loop_and_no_per_step_matrix_memory():
-    """All steps at once; the final state is a weighted sum, never a (T, d, d) stack."""
+    """All steps at once (up to ``chunk_size``); the final state is a weighted sum, never a
+    (T, d, d) stack; past ``chunk_size``, chunks, and no (T, T) intermediate."""
     Tn, Hn = 5, 16  # T * d * d = 5 * 64 is more than any (T, T), (T, d) or (d, d) block
     cell, p = _make(jnp.float32, H=Hn, NH=2)
     xs = _xs(1, (Tn, B, I), jnp.float32)
@@ -248,6 +249,17 @@ def test_parallel_form_has_no_loop_and_no_per_step_matrix_memory():
     assert "scan" not in str(jaxpr) and "while" not in str(jaxpr)
     sizes = [math.prod(v.aval.shape) for e in jaxpr.eqns for v in e.outvars]
     assert max(sizes) < B * 2 * Tn * (Hn // 2) ** 2
+    # in chunks: one loop over the chunks, nothing (T, T) anywhere, the body included
+    Tc = 24
+    cell = mlstm(Hn, 2, chunk_size=3)
+    xs = _xs(1, (Tc, B, I), jnp.float32)
+    valid = np.ones((Tc, B), bool)
+    xp = cell.project(p, xs)
+    jaxpr = jax.make_jaxpr(lambda xp, s: cell.parallel(p, xp, s, valid))(xp, s0)
+    (loop,) = [e for e in jaxpr.jaxpr.eqns if e.primitive.name == "scan"]
+    eqns = [*jaxpr.jaxpr.eqns, *loop.params["jaxpr"].jaxpr.eqns]
+    sizes = [math.prod(v.aval.shape) for e in eqns for v in e.outvars]
+    assert max(sizes) < B * 2 * Tc * Tc  # the whole (T, T) decay matrix of the two heads
 
 
 def test_jit_with_the_cell_static_compiles_once():
