@@ -396,7 +396,7 @@ def commands_block(d: dict) -> str:
 DISTANCE_FILES = (
     f"{EXP}/distance.json",  # every cell, 500 updates per distance
     f"{EXP}/distance_long.json",  # two cells, larger budgets, d = 1000 and 3000
-    f"{EXP}/distance_10k_probe.json",  # the chrono GRU at d = 10,000
+    f"{EXP}/distance_10k.json",  # the chrono GRU at d = 10,000 (3 commands merged)
 )
 """The distance runs, each with its own budget; the reach table takes the longest
 distance learned by each cell in any of them."""
@@ -453,9 +453,10 @@ def distance_long() -> str:
     return distance_long_table(load(f"{EXP}/distance_long.json"))
 
 
-@block("distance_10k_probe", f"{EXP}/distance_10k_probe.json")
-def distance_10k_probe() -> str:
-    return distance_long_table(load(f"{EXP}/distance_10k_probe.json"))
+@block("distance_10k", f"{EXP}/distance_10k.json")
+def distance_10k() -> str:
+    return distance_long_table(load(f"{EXP}/distance_10k.json"))
+
 
 
 @block("copy_task", f"{EXP}/copy_task.json")
