@@ -439,8 +439,9 @@ CROSSOVER_T = (16, 64, 256, 1024, 4096, 16384)
 
 def _crossover_of(args: argparse.Namespace, name: str) -> dict:
     """One cell's training step and forward pass, parallel form against the same cell step
-    by step, over T: where the parallel form starts to win. A length whose parallel form
-    does not fit in memory (mLSTM's is quadratic in T) is recorded as skipped."""
+    by step, over T: where the parallel form starts to win. A length the library's memory
+    checks refuse for the parallel form (at trace time) is recorded as skipped; a form the
+    backend runs out of memory for is timed without it and named in ``out_of_memory``."""
     B, I, H = (2, 8, 16) if args.quick else (16, 128, 128)
     lengths = (8, 32) if args.quick else CROSSOVER_T
     cell = make_cell(name, H)
@@ -462,16 +463,31 @@ def _crossover_of(args: argparse.Namespace, name: str) -> dict:
             rows.append({"T": T, "skipped": str(e).split("\n")[0]})
             print(f"crossover {name} T={T} skipped: {rows[-1]['skipped']}", flush=True)
             continue
-        med = interleaved_medians(fns, args.rounds)
-        rows.append({"T": T, "seconds": med})
-        print(f"crossover {name} T={T} {med}", flush=True)
+        row: dict[str, Any] = {"T": T, "seconds": {}}
+        try:
+            row["seconds"] = interleaved_medians(fns, args.rounds)
+        except jax.errors.JaxRuntimeError as e:  # e.g. the step form's saved states
+            if "RESOURCE_EXHAUSTED" not in str(e):
+                raise
+            for form in ("parallel", "sequential"):  # each form on its own
+                try:
+                    part = {k: f for k, f in fns.items() if k.startswith(form)}
+                    row["seconds"].update(interleaved_medians(part, args.rounds))
+                except jax.errors.JaxRuntimeError as e:
+                    if "RESOURCE_EXHAUSTED" not in str(e):
+                        raise
+                    row.setdefault("out_of_memory", []).append(form)
+        rows.append(row)
+        print(f"crossover {name} T={T} {row}", flush=True)
 
     def crossover(phase: str) -> int | None:
         """The smallest measured T from which on the parallel form is faster at every T
-        (a skipped length counts as a win of the step-by-step loop)."""
+        (a form that did not fit in memory loses to one that did; a length skipped for
+        the parallel form counts as a win of the step-by-step loop)."""
+        inf = float("inf")
         wins = [
-            "seconds" in r
-            and r["seconds"][f"sequential_{phase}"] > r["seconds"][f"parallel_{phase}"]
+            r.get("seconds", {}).get(f"sequential_{phase}", inf)
+            > r.get("seconds", {}).get(f"parallel_{phase}", inf)
             for r in rows
         ]
         for i in range(len(rows)):
@@ -801,6 +817,17 @@ def speed_table(rows: list[dict], repeat: int) -> list[str]:
     return lines
 
 
+def _train_ratio_text(row: dict) -> str:
+    """A crossover row's training-step ratio, step by step / parallel, or what was
+    skipped for memory."""
+    sec = row.get("seconds", {})
+    if "sequential_train" in sec and "parallel_train" in sec:
+        return f"{sec['sequential_train'] / sec['parallel_train']:.2f}x"
+    if row.get("out_of_memory"):
+        return f"{' and '.join(row['out_of_memory'])} form out of memory"
+    return "skipped (memory)"
+
+
 def markdown(results: dict) -> str:
     """The README's tables from the JSON results."""
     cpu = f" ({results['cpu']}, {results['cores']} cores)" if "cpu" in results else ""
@@ -833,15 +860,7 @@ def markdown(results: dict) -> str:
     if "crossover" in results:
         first = results["crossover"]
         for c in (first, *first.get("by_cell", [])):
-            per_t = ", ".join(
-                f"T={r['T']}: "
-                + (
-                    f"{r['seconds']['sequential_train'] / r['seconds']['parallel_train']:.2f}x"
-                    if "seconds" in r
-                    else "skipped (memory)"
-                )
-                for r in c["rows"]
-            )
+            per_t = ", ".join(f"T={r['T']}: {_train_ratio_text(r)}" for r in c["rows"])
             lines += [
                 "",
                 f"{c.get('cell', 'min_gru')} parallel form vs step by step, training step "

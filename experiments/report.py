@@ -458,7 +458,6 @@ def distance_10k() -> str:
     return distance_long_table(load(f"{EXP}/distance_10k.json"))
 
 
-
 @block("copy_task", f"{EXP}/copy_task.json")
 def copy_task() -> str:
     d = load(f"{EXP}/copy_task.json")
@@ -495,6 +494,11 @@ def copy_task() -> str:
         + md_table(header, rows, right="15")
         + f"\n\nWall time of the whole run: {d['seconds']:.0f} s."
     )
+
+
+@block("copy_task_commands", f"{EXP}/copy_task.json")
+def copy_task_commands() -> str:
+    return commands_block(load(f"{EXP}/copy_task.json")).strip()
 
 
 @block("copy_task_config", f"{EXP}/copy_task.json")
@@ -694,7 +698,7 @@ def literature_copy() -> str:
     rows = []
     for T in cfg["lengths"]:
         base = 10 * math.log(8) / (T + 20)
-        ran = [(n, runs[(n, T)]) for n in d["cells"] if runs[(n, T)]["run"]]
+        ran = [(n, runs[(n, T)]) for n in d["cells"] if runs.get((n, T), {}).get("run")]
         medians = {n: median_updates([s["updates_to_solve"] for s in r["seeds"]]) for n, r in ran}
         best = min(medians, key=medians.get, default=None)
         if best is None or not math.isfinite(medians[best]):
@@ -1170,16 +1174,43 @@ def perf_levers() -> str:
 
 def _form_ratio(row: dict, phase: str) -> str:
     """Time step by step / time parallel at one T of a crossover sweep (> 1: parallel
-    faster); ``skipped`` where the parallel form did not fit in memory."""
+    faster); ``skipped`` where the library refused the parallel form's memory, and which
+    form ran out of memory where one did."""
     if "seconds" not in row:
         return "skipped"
     sec = row["seconds"]
+    if f"sequential_{phase}" not in sec or f"parallel_{phase}" not in sec:
+        return f"{' and '.join(row.get('out_of_memory', []))} form out of memory"
     return f"{sec[f'sequential_{phase}'] / sec[f'parallel_{phase}']:.2f}"
+
+
+@block("perf_crossover", f"{BENCH}/crossover/rnn_speed.json")
+def perf_crossover() -> str:
+    """Per cell with a parallel form: time step by step / time parallel over T, and the
+    length from which the parallel form wins (minGRU first)."""
+    d = load(f"{BENCH}/crossover/rnn_speed.json")
+    c = d["crossover"]
+    sh = c["shape"]
+    out = [
+        f"{d['cpu']}, {d['threads']} threads, medians of {d['rounds']} interleaved rounds; "
+        f"B={sh['batch']}, I={sh['input']}, H={sh['hidden']}; time step by step / time "
+        "parallel (> 1: parallel faster)."
+    ]
+    for cc in [c, *c.get("by_cell", [])]:
+        rows = [[r["T"], *(_form_ratio(r, ph) for ph in ("train", "forward"))] for r in cc["rows"]]
+        out += [
+            f"**{cc['cell']}**: crossover {cc['crossover_train']} (training "
+            f"step), {cc['crossover_forward']} (forward); "
+            f"`gr.parallel_crossover({cc['cell']!r})` here: "
+            f"{cc['library_picks_parallel_from']}.",
+            md_table(["T", "training step", "forward"], rows, right="012"),
+        ]
+    return "\n\n".join(out)
 
 
 @block("perf_tuning", f"{BENCH}/tuning/rnn_speed.json")
 def perf_tuning() -> str:
-    """The unroll sweep, the minGRU crossover, one loop per core and bfloat16."""
+    """The unroll sweep, one loop per core and bfloat16."""
     d = load(f"{BENCH}/tuning/rnn_speed.json")
     out = [f"{d['cpu']}, {d['threads']} threads, medians of {d['rounds']} interleaved rounds."]
     if d.get("unroll"):
@@ -1201,35 +1232,6 @@ def perf_tuning() -> str:
             "**unroll**: speed-up over `unroll=1`, training step / forward (> 1: faster).",
             md_table(header, rows),
         ]
-    if d.get("crossover"):
-        c = d["crossover"]
-        rows = [
-            [
-                r["T"],
-                f"{r['seconds']['sequential_train'] / r['seconds']['parallel_train']:.2f}",
-                f"{r['seconds']['sequential_forward'] / r['seconds']['parallel_forward']:.2f}",
-            ]
-            for r in c["rows"]
-        ]
-        sh = c["shape"]
-        out += [
-            f"**minGRU, parallel form vs step by step** (B={sh['batch']}, I={sh['input']}, "
-            f"H={sh['hidden']}; time step by step / time parallel, > 1: parallel faster). "
-            f"Crossover: {c['crossover_train']} (training step), {c['crossover_forward']} "
-            f"(forward); `gr.parallel_crossover()` here: {c['library_picks_parallel_from']}.",
-            md_table(["T", "training step", "forward"], rows, right="012"),
-        ]
-        for cc in c.get("by_cell", []):
-            rows = [
-                [r["T"], *(_form_ratio(r, ph) for ph in ("train", "forward"))] for r in cc["rows"]
-            ]
-            out += [
-                f"**{cc['cell']}, parallel form vs step by step** (same shape). Crossover: "
-                f"{cc['crossover_train']} (training step), {cc['crossover_forward']} (forward); "
-                f"`gr.parallel_crossover({cc['cell']!r})` here: "
-                f"{cc['library_picks_parallel_from']}.",
-                md_table(["T", "training step", "forward"], rows, right="012"),
-            ]
     if d.get("shard"):
         rows = [
             [r["cell"], str(tuple(r["shape"])), r["devices"], f"{r['speedup']:.2f}"]
@@ -1371,6 +1373,41 @@ def cells_speed() -> str:
     )
     header = ["cell", "reference", "(B, T, H)", "forward", "training step"]
     return note + "\n\n" + md_table(header, rows, right="34")
+
+
+@block("mlstm_chunks", f"{PARITY}/mlstm.json")
+def mlstm_chunks() -> str:
+    """The mLSTM's parallel form per ``chunk_size`` (``parity_mlstm.py --chunk-sizes``)."""
+    speed = load(f"{PARITY}/mlstm.json")["speed"]
+    default = speed["default_chunk_size"]
+    sizes = sorted(
+        {
+            k.split("_")[2]
+            for r in speed["rows"]
+            for k in r["seconds"]
+            if k.startswith("ours_chunk_")
+        },
+        key=lambda c: (c == "None", int(c) if c != "None" else 0),
+    )
+    header = ["(B, T, H)", "phase", *(f"chunk {c}" for c in sizes), f"chunk {default} (default)"]
+    rows = []
+    for r in speed["rows"]:
+        sec = r["seconds"]
+        for phase in ("forward", "train"):
+            rows.append(
+                [
+                    str(tuple(r["shape"])),
+                    "training step" if phase == "train" else phase,
+                    *(f"{sec[f'ours_chunk_{c}_{phase}']:.3f}" for c in sizes),
+                    f"{sec[f'ours_parallel_{phase}']:.3f}",
+                ]
+            )
+    return (
+        "Seconds (medians of the same interleaved rounds) of our mLSTM's parallel form per "
+        "`chunk_size` (`None`: one quadratic form over the whole sequence), written by "
+        "`benchmarks/parity_mlstm.py --speed --chunk-sizes ...`.\n\n"
+        + md_table(header, rows, right="".join(str(i) for i in range(2, len(header))))
+    )
 
 
 # --------------------------------------------------------------------------- driver

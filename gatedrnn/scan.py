@@ -51,15 +51,17 @@ from gatedrnn.cells.base import (
 _UNROLL = {("cpu", "lstm"): 4}
 # The sequence length from which a cell's parallel form is faster than its step-by-step
 # loop, per (backend, cell name) (None: never on the lengths measured); measured by
-# ``python benchmarks/rnn_speed.py --sections crossover [--cells NAME ...]``. The forms
-# differ per cell (minGRU, minLSTM, LRU, RG-LRU: an associative scan, O(T log T) work;
-# mLSTM: a (T, T) decay matrix, quadratic in T), so each cell has its own entry once it is
-# measured; a pair absent here takes its backend's default below.
-_PARALLEL_FROM: dict[tuple[str, str], int | None] = {}
-# The per-backend fallback: on the CPU minGRU's parallel form was not faster at any length
-# measured (None: step by step), and no other cell has been measured there yet, so every
-# cell runs step by step on the CPU. A backend not yet measured (GPU, TPU) keeps the
-# parallel form at every length (1), as it was before.
+# ``python benchmarks/rnn_speed.py --sections crossover --cells lru rglru mlstm``
+# (docs/performance.md). The forms differ per cell (minGRU, minLSTM, LRU, RG-LRU: an
+# associative scan, O(T log T) work; mLSTM: (chunk, chunk) quadratic forms in a loop over
+# chunks, where its step form updates a d x d memory every step), so each cell has its own
+# entry. On the CPU the mLSTM's parallel form won the training step at every length
+# measured (15x-25x, T = 16 to 4096; at 16384 its step form ran out of memory), the LRU's
+# and RG-LRU's at none (16 to 16384).
+_PARALLEL_FROM: dict[tuple[str, str], int | None] = {("cpu", "mlstm"): 16}
+# The per-backend fallback: on the CPU the parallel forms of minGRU, LRU and RG-LRU were
+# not faster for the training step at any length measured (None: step by step). A
+# backend not yet measured (GPU, TPU) keeps the parallel form at every length (1).
 _PARALLEL_FROM_BACKEND: dict[str, int | None] = {"cpu": None}
 
 

@@ -265,7 +265,7 @@ def test_parallel_form_has_no_loop_and_no_per_step_matrix_memory():
 def test_jit_with_the_cell_static_compiles_once():
     cell, p = _make(jnp.float32)
     assert make_cell("mlstm", H, num_heads=NH) is cell
-    assert cell.options == {"hidden_size": H, "num_heads": NH, "eps": 1e-6, "chunk_size": 64}
+    assert cell.options == {"hidden_size": H, "num_heads": NH, "eps": 1e-6, "chunk_size": 32}
     assert make_cell("mlstm", **cell.options) is cell
     f = jax.jit(lambda c, p, xs: gr.scan(c, p, xs)[1], static_argnums=0)
     xs = _xs(1, (B, T, I), jnp.float32)

@@ -65,7 +65,7 @@ from gatedrnn.cells.base import (
 
 FORGET_BIAS_RANGE = (3.0, 6.0)
 """The forget gate's bias at init, ``linspace(3, 6, num_heads)`` over the heads (as xlstm)."""
-CHUNK_SIZE = 64
+CHUNK_SIZE = 32
 """Steps per chunk of the parallel form by default (:func:`mlstm_chunkwise`)."""
 
 INPUT_BIAS_STD = 0.1
