@@ -153,15 +153,30 @@ def test_the_crossover_is_per_backend_and_cell_with_the_backend_default_as_fallb
         gr.parallel_crossover(3)
 
 
-def test_every_parallel_cell_runs_step_by_step_on_the_cpu_until_measured():
-    """Today's table: no (cpu, cell) entry, so every registered cell with a parallel form
-    (minGRU, minLSTM, LRU, RG-LRU, mLSTM) runs step by step on the CPU, as before."""
-    assert not [k for k in scan_module._PARALLEL_FROM if k[0] == "cpu"]
+def test_the_cpu_runs_only_the_mlstms_parallel_form_as_measured():
+    """Today's table (benchmarks/results/crossover): on the CPU the mLSTM's parallel form
+    from T = 16, every other registered cell with a parallel form (minGRU, minLSTM, LRU,
+    RG-LRU) step by step; and gr.scan follows it (the mLSTM's default below 16 and from 16
+    on is the step form and the parallel form: no scan over steps in the latter)."""
+    assert {k: v for k, v in scan_module._PARALLEL_FROM.items() if k[0] == "cpu"} == {
+        ("cpu", "mlstm"): 16
+    }
     assert scan_module._PARALLEL_FROM_BACKEND["cpu"] is None
     parallel = [n for n in sorted(gr.CELLS) if gr.make_cell(n, H).parallel is not None]
     assert {"min_gru", "min_lstm", "lru", "rglru", "mlstm"} <= set(parallel)
     for name in parallel:
-        assert gr.parallel_crossover(name, backend="cpu") is None
+        want = 16 if name == "mlstm" else None
+        assert gr.parallel_crossover(name, backend="cpu") == want
+    if jax.default_backend() == "cpu":
+        cell = gr.make_cell("mlstm", H)
+        p = jax.eval_shape(lambda k: cell.init(k, I), jax.random.PRNGKey(0))
+
+        def loops(T: int) -> int:
+            xs = jax.ShapeDtypeStruct((2, T, I), jnp.float32)
+            jaxpr = jax.make_jaxpr(lambda p, x: gr.scan(cell, p, x))(p, xs)
+            return str(jaxpr).count("scan[")
+
+        assert loops(15) == 1 and loops(16) == 0  # T = 16 <= chunk_size: one quadratic form
 
 
 def test_linear_recurrence_is_the_loop_and_handles_empty_time():

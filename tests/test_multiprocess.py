@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -38,7 +39,7 @@ CHILD = textwrap.dedent(
     port, i, ckpt, resume = sys.argv[1], int(sys.argv[2]), *sys.argv[3:5]
     slow, hang_at = float(sys.argv[5]), int(sys.argv[6])
     jax.distributed.initialize(coordinator_address=f"localhost:{{port}}", num_processes=2,
-                               process_id=i, heartbeat_timeout_seconds=60)
+                               process_id=i, heartbeat_timeout_seconds=10)
     import numpy as np
     import gatedrnn as gr
     from gatedrnn import training
@@ -164,7 +165,9 @@ def test_a_dead_process_stops_the_other_with_one_line(child):
     os.kill(procs[1].pid, signal.SIGKILL)
     (code, err), _ = _finish(procs, timeout=60)
     took = time.monotonic() - killed
-    lines = err.strip().splitlines()
+    # the library's one line; JAX's C++ runtime may log its own (glog: "E1202 12:00:00...")
+    # when its heartbeats, not gloo, notice the dead peer first (on a loaded machine)
+    lines = [x for x in err.strip().splitlines() if not re.match(r"[IWEF]\d{4} ", x)]
     assert code == 1 and took < 30, (code, took, err[-2000:])
     assert len(lines) == 1 and "lost the other processes" in lines[0], err[-2000:]
     assert "restart every process with resume=True" in lines[0]
