@@ -56,11 +56,12 @@ _UNROLL = {("cpu", "lstm"): 4}
 # associative scan, O(T log T) work; mLSTM: (chunk, chunk) quadratic forms in a loop over
 # chunks, where its step form updates a d x d memory every step), so each cell has its own
 # entry. On the CPU the mLSTM's parallel form won the training step at every length
-# measured (15x-25x, T = 16 to 4096; at 16384 its step form ran out of memory), the LRU's
-# and RG-LRU's at none (16 to 16384).
+# measured (15x-25x, T = 16 to 4096; at 16384 its step form ran out of memory); the LRU's
+# at none (16 to 16384), the RG-LRU's only at T = 16 (1.03x) and minGRU's only at T = 1024
+# (1.14x), so from no length on.
 _PARALLEL_FROM: dict[tuple[str, str], int | None] = {("cpu", "mlstm"): 16}
 # The per-backend fallback: on the CPU the parallel forms of minGRU, LRU and RG-LRU were
-# not faster for the training step at any length measured (None: step by step). A
+# not faster for the training step from any length measured on (None: step by step). A
 # backend not yet measured (GPU, TPU) keeps the parallel form at every length (1).
 _PARALLEL_FROM_BACKEND: dict[str, int | None] = {"cpu": None}
 
