@@ -495,8 +495,9 @@ def _merge_rows(rows: list[dict[str, Any]]) -> dict[str, Any]:
     ran = [r for r in rows if r["run"]]
     if not ran:
         return rows[0]
-    order = np.argsort([s["seed"] for r in ran for s in r["seeds"]], kind="stable")
-    seeds = [[s for r in ran for s in r["seeds"]][i] for i in order]
+    joined = [s for r in ran for s in r["seeds"]]
+    order = np.argsort([s["seed"] for s in joined], kind="stable")
+    seeds = [joined[i] for i in order]
     if len({s["seed"] for s in seeds}) < len(seeds):
         raise ValueError(
             f"a seed appears in two of the merged results: {[s['seed'] for s in seeds]}"
@@ -560,11 +561,9 @@ def merge_results(parts: Sequence[dict[str, Any]], key: str) -> dict[str, Any]:
         cells[name]["runs"] = [_merge_rows(by_key[v]) for v in sorted(by_key)]
     values = sorted({v for by_key in rows.values() for v in by_key})
     seeds = {s["seed"] for c in cells.values() for r in c["runs"] if r["run"] for s in r["seeds"]}
-    config.update(cells=list(cells), seed=min(seeds, default=config["seed"]))
+    per_row = [len(r["seeds"]) for c in cells.values() for r in c["runs"] if r["run"]]
     config.update(
-        seeds=max(
-            (len(r["seeds"]) for c in cells.values() for r in c["runs"] if r["run"]), default=0
-        )
+        cells=list(cells), seed=min(seeds, default=config["seed"]), seeds=max(per_row, default=0)
     )
     config["lengths" if key == "T" else "distances"] = values
     steps_for = {k: v for p in parts for k, v in p["config"].get("steps_for", {}).items()}
@@ -577,6 +576,11 @@ def merge_results(parts: Sequence[dict[str, Any]], key: str) -> dict[str, Any]:
         "seconds": float(sum(p["seconds"] for p in parts)),
         "commands": [c for p in parts for c in p.get("commands", [p.get("command", "")])],
     }
+
+
+def add_name_option(p: ArgumentParser, default: str | None, help: str) -> None:
+    """Add ``--name NAME`` (:func:`result_name`): which files a run writes."""
+    p.add_argument("--name", type=result_name, default=default, help=help)
 
 
 def add_merge_option(p: ArgumentParser) -> None:

@@ -68,12 +68,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     p.add_argument("--seeds", type=cli.positive_int, default=1, help="seeds per configuration")
     p.add_argument("--steps", type=cli.positive_int, default=5000, help="update budget per run")
-    p.add_argument(
-        "--name",
-        type=cli.result_name,
-        default="copy_task",
-        help="results go to <NAME>.json and <NAME>.png in --out",
-    )
+    cli.add_name_option(p, "copy_task", "results go to <NAME>.json and <NAME>.png in --out")
     p.add_argument("--hidden", type=cli.positive_int, default=128, help="hidden units")
     p.add_argument("--batch-size", type=cli.positive_int, default=16)
     p.add_argument(

@@ -63,7 +63,7 @@ agree; each part's command is kept in ``commands``).
     python experiments/distance.py --quick    # a smoke run (seconds)
     python experiments/distance.py --name distance_long --cells chrono_gru rglru \\
         --distances 1000 3000 --seeds 3 --steps-for 1000=1500 3000=1500
-    python experiments/distance.py --merge distance_10k_s0.json distance_10k_s1.json \
+    python experiments/distance.py --merge distance_10k_s0.json distance_10k_s1.json \\
         distance_10k_s2.json --name distance_10k
 """
 
@@ -173,12 +173,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         metavar="D=STEPS",
         help="the update budget of distance D (e.g. 3000=1500); other distances keep --steps",
     )
-    p.add_argument(
-        "--name",
-        type=cli.result_name,
-        default="distance",
-        help="results go to <NAME>.json and <NAME>.png in --out (default: distance)",
-    )
+    cli.add_name_option(p, "distance", "results go to <NAME>.json and <NAME>.png in --out")
     p.add_argument("--hidden", type=cli.positive_int, default=None, help="hidden units")
     p.add_argument("--batch-size", type=cli.positive_int, default=32)
     p.add_argument(
@@ -527,7 +522,6 @@ def run(args: argparse.Namespace, argv: list[str] | None = None) -> dict:
     results: dict = {"config": config, "success_test": SOLVED, "cells": {}}
     if argv is not None:
         results["argv"] = list(argv)
-        results["command"] = cli.command_line("experiments/distance.py", argv)
     partial = args.out / f"{args.name}.json"
     for name in args.cells:
         results["cells"][name] = run_cell(name, args)

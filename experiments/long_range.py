@@ -117,11 +117,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         default="constant",
         help="learning-rate schedule (cosine: decay to 0 over --steps)",
     )
-    p.add_argument(
-        "--name",
-        type=cli.result_name,
-        default=None,
-        help="results go to long_range_<task>_<NAME>.* (default long_range_<task>.*)",
+    cli.add_name_option(
+        p, None, "results go to long_range_<task>_<NAME>.* (default long_range_<task>.*)"
     )
     p.add_argument(
         "--checkpoint-dir",
