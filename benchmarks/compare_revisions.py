@@ -7,7 +7,8 @@ alike). The training step is ``jax.value_and_grad`` of ``sum(ys**2)`` with respe
 params and the inputs, float32, default ``gr.scan`` options; ``fused=False`` of this
 checkout is timed too.
 
-Run ``python benchmarks/compare_revisions.py --ref REV`` (``--quick`` for tiny shapes).
+Run ``python -m benchmarks.compare_revisions --ref REV`` from the repo root (``--quick`` for
+tiny shapes).
 Writes ``OUT/compare_revisions.json`` and ``OUT/compare_revisions.md``: per cell and shape
 the median time of each, and the ratio ``time(REV) / time(this)`` as a median with its
 min and max over rounds (> 1: this checkout is faster).
@@ -29,16 +30,13 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import jax
+import jax.numpy as jnp
+
+import gatedrnn
+from benchmarks.rnn_speed import interleaved_times
+
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-
-import jax  # noqa: E402
-import jax.numpy as jnp  # noqa: E402
-
-import gatedrnn  # noqa: E402
-
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from rnn_speed import interleaved_times  # noqa: E402
 
 SHAPES = [(32, 128, 256, 256), (1, 1000, 128, 128)]
 QUICK_SHAPES = [(2, 6, 3, 4)]
@@ -62,8 +60,14 @@ def import_revision(ref: str, into: Path, name: str = "gatedrnn_rev") -> Any:
     for path in (into / name).rglob("*.py"):
         text = path.read_text()
         path.write_text(re.sub(r"\bgatedrnn\b(?=[.\s])", name, text))
+    # Not a path preamble: the other revision's copy is imported from the temporary folder,
+    # which is on sys.path only for this import (the package's submodules are found through
+    # its own __path__ afterwards).
     sys.path.insert(0, str(into))
-    return importlib.import_module(name)
+    try:
+        return importlib.import_module(name)
+    finally:
+        sys.path.remove(str(into))
 
 
 def train_step(module: Any, kind: str, shape: tuple, **scan_kwargs: Any) -> Callable[[], Any]:

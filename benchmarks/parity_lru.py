@@ -17,7 +17,7 @@ batch here, with our initial state as its carry.
   memax side by side in one process at ``(16, 1024, 256)`` and ``(1, 4096, 256)``,
   float32, interleaved round by round, medians; added to the same JSON as ``"speed"``.
 
-Run ``python benchmarks/parity_lru.py [--speed] [--out PATH]``.
+Run ``python -m benchmarks.parity_lru [--speed] [--out PATH]``.
 """
 
 from __future__ import annotations
@@ -26,15 +26,12 @@ import argparse
 import json
 import os
 import statistics
-import sys
 import tempfile
 import time
 from collections.abc import Callable
 from functools import partial
 from pathlib import Path
 from typing import Any
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import jax
 import jax.numpy as jnp

@@ -20,7 +20,7 @@ and (1, 4096, 256), 4 heads, float32, for ``gr.scan`` under ``jax.jit`` (step fo
 parallel form) and xlstm's PyTorch backends with the same projections (the parallel form,
 and the recurrent step in a Python loop), interleaved round by round, medians.
 
-Run ``python benchmarks/parity_mlstm.py`` (``--speed`` to time as well). Writes ``--out``
+Run ``python -m benchmarks.parity_mlstm`` (``--speed`` to time as well). Writes ``--out``
 (default ``benchmarks/results/parity/mlstm.json``) atomically.
 """
 
@@ -31,13 +31,9 @@ import json
 import math
 import platform
 import statistics
-import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-sys.path.insert(0, str(Path(__file__).resolve().parent))  # rnn_speed's timing helpers
 
 import jax
 import jax.numpy as jnp
@@ -260,7 +256,7 @@ def speed(
     """Median seconds of forward and training step, ours (step, parallel) vs xlstm's
     (recurrent loop, parallel), per shape; ratios ``xlstm / ours`` (above 1: ours faster).
     ``chunk_sizes``: our parallel form also with these ``chunk_size`` (``ours_chunk_N``)."""
-    from rnn_speed import interleaved_times
+    from benchmarks.rnn_speed import interleaved_times
 
     rows = []
     for B, T, H in shapes:

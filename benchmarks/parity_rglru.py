@@ -19,7 +19,7 @@ and parallel form) and recurrentgemma's layer (its default scan on this backend)
 ``(B, T, H) = (16, 1024, 256)`` and ``(1, 4096, 256)``, float32. Ours includes the input
 projection ``x w_in`` that the layer does not have.
 
-Run ``python benchmarks/parity_rglru.py [--speed] [--out PATH]``; writes
+Run ``python -m benchmarks.parity_rglru [--speed] [--out PATH]``; writes
 ``benchmarks/results/parity/rglru.json`` atomically.
 """
 
@@ -31,12 +31,9 @@ import functools
 import importlib.metadata
 import json
 import platform
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import jax
 import jax.numpy as jnp

@@ -23,23 +23,19 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 from pathlib import Path
 from typing import Any
 
+import jax
+import jax.numpy as jnp
 import numpy as np
 
+import gatedrnn as gr
+from gatedrnn.cells import make_cell
+from gatedrnn.cells.base import fan_in_normal
+from gatedrnn.cells.slstm import SLSTMParams, SLSTMState
+
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(ROOT / "benchmarks"))
-
-import jax  # noqa: E402
-import jax.numpy as jnp  # noqa: E402
-
-import gatedrnn as gr  # noqa: E402
-from gatedrnn.cells import make_cell  # noqa: E402
-from gatedrnn.cells.base import fan_in_normal  # noqa: E402
-from gatedrnn.cells.slstm import SLSTMParams, SLSTMState  # noqa: E402
 
 DEFAULT_OUT = ROOT / "benchmarks" / "results" / "parity" / "slstm.json"
 PARITY_SHAPE = (4, 256, 32)
@@ -184,7 +180,7 @@ def speed(
     shapes: list[tuple[int, int, int]], num_heads: int = NUM_HEADS, rounds: int = 5, seed: int = 0
 ) -> list[dict[str, Any]]:
     """Median seconds of forward and training step, ours vs xlstm vanilla, per shape."""
-    from rnn_speed import interleaved_times, spread
+    from benchmarks.rnn_speed import interleaved_times, spread
 
     rows = []
     for B, T, H in shapes:

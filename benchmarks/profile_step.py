@@ -11,8 +11,8 @@ Caveats: XLA may run independent ops side by side on its thread pool, so the tim
 and do not add up to the step's wall time; ops that run asynchronously (Eigen dots) show
 only their dispatch.
 
-    python benchmarks/profile_step.py --cell lstm --shape 32,128,256,256
-    python benchmarks/profile_step.py --cell gru --shape 32,128,256,256 --forward
+    python -m benchmarks.profile_step --cell lstm --shape 32,128,256,256
+    python -m benchmarks.profile_step --cell gru --shape 32,128,256,256 --forward
 """
 
 from __future__ import annotations

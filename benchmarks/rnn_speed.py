@@ -22,8 +22,8 @@ Sections (``--sections``, all by default):
 * ``generate``: 1000 characters sampled from a 2-layer 512-unit LSTM, one sequence: a
   jitted ``lax.scan`` over ``gr.stack`` vs a PyTorch per-step loop.
 
-Run ``python benchmarks/rnn_speed.py`` (``--quick`` for tiny shapes). Writes
-``OUT/rnn_speed.json`` and ``OUT/rnn_speed.md``; ``python experiments/report.py`` renders
+Run ``python -m benchmarks.rnn_speed`` (``--quick`` for tiny shapes). Writes
+``OUT/rnn_speed.json`` and ``OUT/rnn_speed.md``; ``python -m experiments.report`` renders
 them into docs/performance.md and the README.
 """
 
@@ -42,8 +42,6 @@ from collections.abc import Callable
 from functools import partial
 from pathlib import Path
 from typing import Any
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import jax
 import jax.numpy as jnp
@@ -522,6 +520,17 @@ def bench_crossover(args: argparse.Namespace) -> dict:
     return out
 
 
+SELF = [sys.executable, "-m", "benchmarks.rnn_speed"]  # this script in a fresh process
+
+
+def _child_env() -> dict[str, str]:
+    """This process's environment, with the repo root first on ``PYTHONPATH`` so that
+    :data:`SELF` finds the ``benchmarks`` package from any working directory."""
+    root = str(Path(__file__).resolve().parents[1])
+    path = os.environ.get("PYTHONPATH")
+    return {**os.environ, "PYTHONPATH": root + (os.pathsep + path if path else "")}
+
+
 def bench_shard(args: argparse.Namespace) -> list[dict]:
     """One loop per core: the training step with the batch split over host CPU devices
     (``XLA_FLAGS=--xla_force_host_platform_device_count=N``, a fresh process) against the
@@ -531,8 +540,8 @@ def bench_shard(args: argparse.Namespace) -> list[dict]:
         return []
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
     flag = f"--xla_force_host_platform_device_count={cores}"
-    env = {**os.environ, "XLA_FLAGS": f"{os.environ.get('XLA_FLAGS', '')} {flag}".strip()}
-    cmd = [sys.executable, __file__, "--sections", "shard_worker", "--rounds", str(args.rounds)]
+    env = {**_child_env(), "XLA_FLAGS": f"{os.environ.get('XLA_FLAGS', '')} {flag}".strip()}
+    cmd = [*SELF, "--sections", "shard_worker", "--rounds", str(args.rounds)]
     cmd += ["--out", str(Path(args.out) / "shard_worker"), "--seed", str(args.seed)]
     cmd += ["--quick"] if args.quick else []
     cmd += ["--shapes", args.shapes] if args.shapes else []
@@ -981,7 +990,7 @@ def repeat_runs(args: argparse.Namespace, argv: list[str]) -> dict:
     runs = []
     for i in range(args.repeat):
         run_out = out / f"run{i}"
-        subprocess.run([sys.executable, __file__, *base, "--out", str(run_out)], check=True)
+        subprocess.run([*SELF, *base, "--out", str(run_out)], env=_child_env(), check=True)
         runs.append(json.loads((run_out / "rnn_speed.json").read_text()))
     results = combine_runs(runs)
     (out / "rnn_speed.json").write_text(json.dumps(results, indent=2))

@@ -12,9 +12,9 @@ Subcommands:
 
 Examples::
 
-    python experiments/char_lm.py train                 # the default run (< 15 min, 2 cores)
-    python experiments/char_lm.py sample --prime "def " --temperature 0.7
-    python experiments/char_lm.py compare
+    python -m experiments.char_lm train                 # the default run (< 15 min, 2 cores)
+    python -m experiments.char_lm sample --prime "def " --temperature 0.7
+    python -m experiments.char_lm compare
 """
 
 from __future__ import annotations
@@ -28,8 +28,6 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, NamedTuple
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import jax
 import jax.numpy as jnp

@@ -1,7 +1,8 @@
 """What every experiment script shares: its command line, user errors, float64, results.
 
-Scripts import it as ``from experiments import cli`` (run from the repo root,
-``python experiments/NAME.py``; the scripts put the repo root on ``sys.path`` themselves).
+Scripts import it as ``from experiments import cli``; they run as modules from the repo
+root, ``python -m experiments.NAME`` (``experiments`` is a package; no script edits
+``sys.path``).
 
 * :func:`run` runs a script's ``main(argv)``; a user error (bad option, nonsense number,
   missing/empty/non-UTF-8 input file, unwritable output folder, incompatible checkpoint,
@@ -76,6 +77,9 @@ class ArgumentParser(argparse.ArgumentParser):
         raise UsageError(f"{message} (see {self.prog} --help)")
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
+        spec = getattr(sys.modules.get("__main__"), "__spec__", None)
+        if "prog" not in kwargs and spec is not None and spec.name.startswith("experiments."):
+            kwargs["prog"] = f"python -m {spec.name}"  # usage and --help show how it was run
         super().__init__(*args, **kwargs)
         self.given: frozenset[str] = frozenset()  # dests the last parse found on the line
         self.quick_values: dict[str, Any] = {}  # what honour_quick was asked to set
@@ -155,10 +159,11 @@ def positive_int(text: str) -> int:
     return value
 
 
-def command_line(script: str, argv: Sequence[str] | None) -> str:
-    """The shell command that runs ``script`` (``experiments/<name>.py``) with ``argv``
-    (default: this process's arguments), as recorded in a results file."""
-    return shlex.join(["python", script, *(sys.argv[1:] if argv is None else argv)])
+def command_line(module: str, argv: Sequence[str] | None) -> str:
+    """The shell command that runs the script ``module`` (``experiments.<name>``) with
+    ``argv`` (default: this process's arguments) from the repo root, as recorded in a
+    results file: ``python -m experiments.<name> ARGS``."""
+    return shlex.join(["python", "-m", module, *(sys.argv[1:] if argv is None else argv)])
 
 
 def result_name(text: str) -> str:

@@ -30,23 +30,18 @@ per T).
 length or seed) is joined with ``--merge A.json B.json ...`` (no training; the other
 settings must agree; each part's command is kept in ``commands``).
 
-    python experiments/copy_task.py            # the default study (for a quiet machine)
-    python experiments/copy_task.py --quick    # a smoke run (seconds)
+    python -m experiments.copy_task            # the default study (for a quiet machine)
+    python -m experiments.copy_task --quick    # a smoke run (seconds)
 """
 
 from __future__ import annotations
 
 import argparse
-import sys
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
-
-from experiments import cli  # noqa: E402
-from experiments.distance import (  # noqa: E402
+from experiments import cli
+from experiments.distance import (
     LABELS,
     VARIANTS,
     cell_color,
@@ -203,7 +198,7 @@ def main(argv: list[str] | None = None) -> dict:
         results, args, _ = cli.merge_files(args, "T")
     else:
         results = run(args)
-    results["command"] = cli.command_line("experiments/copy_task.py", argv)
+    results["command"] = cli.command_line("experiments.copy_task", argv)
     results["table"] = table(results, args)
     print(f"{results['table']}\n{results['seconds']:.0f} s")
     cli.write_results(args.out, args.name, results, plot(results, args))

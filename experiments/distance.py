@@ -59,11 +59,11 @@ seed ``S`` of a joint run) or per cell, and ``--merge A.json B.json ... --name N
 their results into ``NAME.{json,png}`` without training (settings other than the split must
 agree; each part's command is kept in ``commands``).
 
-    python experiments/distance.py            # the default sweep (for a quiet machine)
-    python experiments/distance.py --quick    # a smoke run (seconds)
-    python experiments/distance.py --name distance_long --cells chrono_gru rglru \\
+    python -m experiments.distance            # the default sweep (for a quiet machine)
+    python -m experiments.distance --quick    # a smoke run (seconds)
+    python -m experiments.distance --name distance_long --cells chrono_gru rglru \\
         --distances 1000 3000 --seeds 3 --steps-for 1000=1500 3000=1500
-    python experiments/distance.py --merge distance_10k_s0.json distance_10k_s1.json \\
+    python -m experiments.distance --merge distance_10k_s0.json distance_10k_s1.json \\
         distance_10k_s2.json --name distance_10k
 """
 
@@ -74,13 +74,9 @@ import sys
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
+import numpy as np
 
-import numpy as np  # noqa: E402
-
-from experiments import cli  # noqa: E402
+from experiments import cli
 
 DEFAULT_CELLS = [
     "vanilla", "gru", "lstm", "chrono_lstm", "chrono_gru", "min_gru",
@@ -553,7 +549,7 @@ def main(argv: list[str] | None = None) -> dict:
     argv = sys.argv[1:] if argv is None else list(argv)
     args = parse_args(argv)
     results, args = merge(args) if args.merge else (run(args, argv), args)
-    results["command"] = cli.command_line("experiments/distance.py", argv)
+    results["command"] = cli.command_line("experiments.distance", argv)
     results["table"] = table(results, args)
     print(summarize(results))
     cli.write_results(args.out, args.name, results, plot(results, args))

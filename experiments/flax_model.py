@@ -11,8 +11,8 @@ Embedding -> ``gatedrnn.linen.RNN`` (LSTM, the fast ``gr.scan`` path, with ``seq
 
 Usage::
 
-    python experiments/flax_model.py            # ~1-2 min on a laptop CPU
-    python experiments/flax_model.py --quick    # a few seconds (used by the tests)
+    python -m experiments.flax_model            # ~1-2 min on a laptop CPU
+    python -m experiments.flax_model --quick    # a few seconds (used by the tests)
 
 Writes a JSON with the test accuracy, chance level, accuracy by sequence length and the loss
 curve to ``--out`` (default ``experiments/results/flax_model.json``).
@@ -22,22 +22,17 @@ from __future__ import annotations
 
 import argparse
 import sys
-from pathlib import Path
 from typing import Any
 
-ROOT = Path(__file__).resolve().parents[1]
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
 
-import flax.linen as nn  # noqa: E402
-import jax  # noqa: E402
-import jax.numpy as jnp  # noqa: E402
-import numpy as np  # noqa: E402
-import optax  # noqa: E402
-
-import gatedrnn.linen as grl  # noqa: E402
-from experiments import cli  # noqa: E402
-from gatedrnn import training  # noqa: E402
+import gatedrnn.linen as grl
+from experiments import cli
+from gatedrnn import training
 
 PAD = 0  # token 0 is padding; data tokens start at 1
 
@@ -146,7 +141,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     }
     results = {
         "script": "experiments/flax_model.py",
-        "command": " ".join(["python", "experiments/flax_model.py", *args.argv]),
+        "command": cli.command_line("experiments.flax_model", args.argv),
         "config": {k: v for k, v in vars(args).items() if k not in ("out", "argv")},
         "test_accuracy": float(correct.mean()),
         "chance_accuracy": 0.5,
@@ -176,9 +171,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--task", choices=sorted(VOCAB), default="parity")
     p.add_argument("--quick", action="store_true", help="tiny run (seconds) for tests")
     p.add_argument("--seed", type=cli.seed, default=0)
-    p.add_argument(
-        "--out", type=cli.output_file, default=ROOT / "experiments/results/flax_model.json"
-    )
+    p.add_argument("--out", type=cli.output_file, default=cli.RESULTS / "flax_model.json")
     p.add_argument("--steps", type=cli.positive_int, default=2000)
     p.add_argument("--batch-size", type=cli.positive_int, default=64)
     p.add_argument("--hidden", type=cli.positive_int, default=32)

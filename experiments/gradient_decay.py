@@ -8,18 +8,14 @@ finds the distance at which the gradient falls below 1e-6 of its value at the la
 measures the spectral norm of ds_T/ds_t by power iteration on a shorter horizon, prints a
 table and writes experiments/results/gradient_decay.{json,png}.
 
-    python experiments/gradient_decay.py            # the README's numbers (a few minutes)
-    python experiments/gradient_decay.py --quick    # seconds
+    python -m experiments.gradient_decay            # the README's numbers (a few minutes)
+    python -m experiments.gradient_decay --quick    # seconds
 """
 
 from __future__ import annotations
 
 import argparse
-import sys
-from pathlib import Path
 from typing import Any
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from experiments import cli
 from experiments.cli import (

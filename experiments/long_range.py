@@ -31,29 +31,24 @@ place. ``long_range_<task>_log.jsonl`` gets one line per evaluation of every run
 appended (a rerun never deletes earlier runs' lines; ``"run"`` tells runs apart). Tasks
 are independent, so ``--tasks`` can split the default run over processes.
 
-    python experiments/long_range.py            # the default grid (< 30 min on 2 cores)
-    python experiments/long_range.py --quick    # a smoke run (< 1 min)
+    python -m experiments.long_range            # the default grid (< 30 min on 2 cores)
+    python -m experiments.long_range --quick    # a smoke run (< 1 min)
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import sys
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
+import numpy as np
 
-import numpy as np  # noqa: E402
-
-from experiments import cli  # noqa: E402
-from experiments.cli import parser, pyplot  # noqa: E402
-from experiments.distance import LABELS, VARIANTS, cell_color, make_cell  # noqa: E402
-from gatedrnn import training  # noqa: E402
-from gatedrnn.training import checkpoint, tasks  # noqa: E402
+from experiments import cli
+from experiments.cli import parser, pyplot
+from experiments.distance import LABELS, VARIANTS, cell_color, make_cell
+from gatedrnn import training
+from gatedrnn.training import checkpoint, tasks
 
 SUCCESS = {
     "adding": "held-out MSE < 0.01 (baseline 1/6)",

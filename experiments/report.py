@@ -10,8 +10,8 @@ Each NAME is one small renderer below that reads the JSON (or Markdown) the expe
 benchmark script wrote into ``experiments/results/`` or ``benchmarks/results/`` and returns
 Markdown. The prose around the blocks carries no measured numbers.
 
-    python experiments/report.py           # rewrite the blocks from the current results
-    python experiments/report.py --check   # exit 1 if a block is stale or a linked file missing
+    python -m experiments.report           # rewrite the blocks from the current results
+    python -m experiments.report --check   # exit 1 if a block is stale or a linked file missing
 
 ``tests/test_docs.py`` runs the check.
 """
@@ -26,11 +26,10 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+from experiments import cli
+from experiments.distance import LABELS as CELL_LABELS
 
-from experiments import cli  # noqa: E402
-from experiments.distance import LABELS as CELL_LABELS  # noqa: E402
+ROOT = Path(__file__).resolve().parents[1]
 
 EXP = "experiments/results"
 BENCH = "benchmarks/results"
@@ -563,7 +562,7 @@ def _long_range_command(rel: str, cfg: dict) -> str:
         opts.append(f"--checkpoint-dir {cfg['checkpoint_dir']}")
     if cfg.get("resume"):
         opts.append("--resume")
-    return "python experiments/long_range.py " + " ".join(opts) + f"  # -> {Path(rel).name}"
+    return "python -m experiments.long_range " + " ".join(opts) + f"  # -> {Path(rel).name}"
 
 
 def _hs97_rows() -> list[dict]:
@@ -1455,7 +1454,7 @@ def check(root: Path = ROOT) -> list[str]:
         rel = path.relative_to(root)
         text = path.read_text()
         if render(text) != text:
-            problems.append(f"{rel}: generated blocks are stale (run python experiments/report.py)")
+            problems.append(f"{rel}: generated blocks are stale (run python -m experiments.report)")
         problems += [f"{rel}: links to a missing file: {t}" for t in missing_links(path)]
     return problems
 

@@ -17,20 +17,17 @@ answering the most frequent label (1/10 for a digit, 1/2 for the sign, 1/3 mod 3
 ``rnn_types.png`` shows one held-out example per task: its input, and the model's output
 beside the target.
 
-    python experiments/rnn_types.py            # all four, full size (a few minutes)
-    python experiments/rnn_types.py --quick    # small versions (the tests run these)
+    python -m experiments.rnn_types            # all four, full size (a few minutes)
+    python -m experiments.rnn_types --quick    # small versions (the tests run these)
 """
 
 from __future__ import annotations
 
 import argparse
-import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import flax.linen as nn
 import jax

@@ -20,29 +20,24 @@ With a window k, the output at step t gets gradient from inputs at steps
 
 Outputs (in ``--out``): ``truncation.json``, ``truncation.md`` (table), ``truncation.png``.
 
-    python experiments/truncation.py            # default grid
-    python experiments/truncation.py --quick    # smoke run (< 1 min)
+    python -m experiments.truncation            # default grid
+    python -m experiments.truncation --quick    # smoke run (< 1 min)
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import sys
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
+import numpy as np
 
-import numpy as np  # noqa: E402
-
-from experiments import cli  # noqa: E402
-from experiments.cli import parser, pyplot  # noqa: E402
-from gatedrnn import training  # noqa: E402
-from gatedrnn.cells import CELLS, make_cell  # noqa: E402
-from gatedrnn.training import tasks  # noqa: E402
+from experiments import cli
+from experiments.cli import parser, pyplot
+from gatedrnn import training
+from gatedrnn.cells import CELLS, make_cell
+from gatedrnn.training import tasks
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:

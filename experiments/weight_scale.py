@@ -17,11 +17,8 @@ Writes experiments/results/weight_scale.{json,png}.
 from __future__ import annotations
 
 import argparse
-import sys
 from pathlib import Path
 from typing import Any
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from experiments import cli
 from experiments.cli import parser, pyplot, table, timed, write_results

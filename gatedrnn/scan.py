@@ -44,14 +44,14 @@ from gatedrnn.cells.base import (
 )
 
 # Steps per loop iteration that ``unroll=None`` picks, per (backend, cell name); 1 where
-# absent. Measured by ``python benchmarks/rnn_speed.py --sections unroll`` (table:
+# absent. Measured by ``python -m benchmarks.rnn_speed --sections unroll`` (table:
 # docs/performance.md): on the CPU unroll=4 made the LSTM's training step 1.01-1.06x and its
 # forward pass up to 1.44x faster, while no unroll above 1 helped the vanilla RNN or the
 # GRU at every shape. Not yet measured on a GPU or TPU, where it stays 1 until it is.
 _UNROLL = {("cpu", "lstm"): 4}
 # The sequence length from which a cell's parallel form is faster than its step-by-step
 # loop, per (backend, cell name) (None: never on the lengths measured); measured by
-# ``python benchmarks/rnn_speed.py --sections crossover --cells lru rglru mlstm``
+# ``python -m benchmarks.rnn_speed --sections crossover --cells lru rglru mlstm``
 # (docs/performance.md). The forms differ per cell (minGRU, minLSTM, LRU, RG-LRU: an
 # associative scan, O(T log T) work; mLSTM: (chunk, chunk) quadratic forms in a loop over
 # chunks, where its step form updates a d x d memory every step), so each cell has its own

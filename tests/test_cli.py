@@ -80,13 +80,16 @@ def demo(script, monkeypatch, capsys):
     return call
 
 
-def run(script: Path, *args: str, env: dict | None = None) -> subprocess.CompletedProcess:
-    """Run a script as a real subprocess from the repo root (no GATEDRNN_DEBUG unless asked)."""
+def run(script: Path | str, *args: str, env: dict | None = None) -> subprocess.CompletedProcess:
+    """Run a script as a real subprocess from the repo root (no GATEDRNN_DEBUG unless asked):
+    a file by its path, an experiment by its module name (``python -m experiments.NAME``, as
+    the docs run it; the repo root is the working directory, so ``-m`` finds the package)."""
     environ = {**os.environ, "PYTHONPATH": str(ROOT), **(env or {})}
     if not env or cli.DEBUG_ENV not in env:
         environ.pop(cli.DEBUG_ENV, None)
+    target = ["-m", script] if isinstance(script, str) else [str(script)]
     return subprocess.run(
-        [sys.executable, str(script), *args],
+        [sys.executable, *target, *args],
         capture_output=True,
         text=True,
         env=environ,
@@ -337,9 +340,9 @@ def prefix(path: Path) -> list[str]:
 
 
 def test_experiment_unknown_option_is_one_line_exit_2_in_a_real_process():
-    path = ROOT / "experiments" / "after_training.py"
-    proc = run(path, "--quick", "--no-such-option")
-    assert_user_error(proc, "--no-such-option", name=path.name)
+    proc = run("experiments.after_training", "--quick", "--no-such-option")
+    assert_user_error(proc, "--no-such-option", name="after_training.py")
+    assert "(see python -m experiments.after_training --help)" in proc.stderr
 
 
 @pytest.mark.parametrize("path", EXPERIMENTS, ids=lambda p: p.name)

@@ -5,16 +5,11 @@ from __future__ import annotations
 
 import json
 import math
-import sys
 from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[1]
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
-
-from experiments import copy_task as MOD  # noqa: E402
+from experiments import copy_task as MOD
 
 
 def test_quick_defaults_are_two_cells_and_one_length(tmp_path: Path):
@@ -115,7 +110,7 @@ def test_merge_option_writes_one_json_and_figure(tmp_path: Path):
     res = MOD.main([*argv, "--name", "both", "--out", str(tmp_path / "o")])
     data = json.loads((tmp_path / "o" / "both.json").read_text())
     assert (tmp_path / "o" / "both.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    assert data["command"].startswith("python experiments/copy_task.py --merge")
+    assert data["command"].startswith("python -m experiments.copy_task --merge")
     assert data["commands"] == ["c", "c"] and res["table"] == data["table"]
     assert "50, >100" in data["table"]
     bad = tmp_path / "missing.json"

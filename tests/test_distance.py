@@ -4,18 +4,13 @@ JSON and figure; its summaries (longest distance learned, correlations) are what
 from __future__ import annotations
 
 import json
-import sys
 from pathlib import Path
 
 import jax
 import numpy as np
 import pytest
 
-ROOT = Path(__file__).resolve().parents[1]
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
-
-from experiments import distance as MOD  # noqa: E402
+from experiments import distance as MOD
 
 
 def test_quick_defaults_run_every_cell_at_one_distance(tmp_path: Path):
@@ -100,7 +95,7 @@ def test_name_and_per_distance_budget(tmp_path: Path):
     assert [(r["distance"], r["budget"]) for r in runs] == [(3, 20), (5, 4)]
     assert runs[0]["updates_run"] <= 20 and runs[1]["updates_run"] <= 4
     assert data["config"]["steps_for"] == {"5": 4} and data["argv"] == argv
-    assert data["command"].startswith("python experiments/distance.py --quick")
+    assert data["command"].startswith("python -m experiments.distance --quick")
     assert "d=5 (4 updates)" in res["table"] and "d=3 (20 updates)" in res["table"]
 
 

@@ -3,20 +3,17 @@
 Every table and number in the docs sits in a ``<!-- results: NAME -->`` block that
 ``experiments/report.py`` renders from ``experiments/results/`` and ``benchmarks/results/``.
 These tests fail when a block differs from what the current results give (rerun
-``python experiments/report.py``), when a file the docs link to or a block reads is missing,
+``python -m experiments.report``), when a file the docs link to or a block reads is missing,
 and when the README grows past what a newcomer reads in five minutes.
 """
 
 from __future__ import annotations
 
 import re
-import sys
 from pathlib import Path
 
 import pytest
-from _readme import DOCS, README, ROOT, doc_files
-
-sys.path.insert(0, str(ROOT))
+from _readme import DOCS, README, doc_files
 
 from experiments import report
 
@@ -52,7 +49,7 @@ def test_generated_blocks_match_the_results(path: Path):
         if m.group(3) != new.group(3)
     ]
     assert rendered == text, (
-        f"{path.name}: blocks {stale} differ from the results; run python experiments/report.py"
+        f"{path.name}: blocks {stale} differ from the results; run python -m experiments.report"
     )
 
 

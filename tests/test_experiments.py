@@ -4,16 +4,12 @@ from __future__ import annotations
 
 import json
 import math
-import sys
 from pathlib import Path
 
 import jax
 import pytest
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-
-from experiments import after_training, forget_bias, gradient_decay, weight_scale  # noqa: E402
+from experiments import after_training, forget_bias, gradient_decay, weight_scale
 
 
 @pytest.fixture(autouse=True)

@@ -1,0 +1,1 @@
+"""Benchmark scripts, run as modules from the repo root: ``python -m benchmarks.NAME``."""
