@@ -5,7 +5,6 @@ temperature 0), divergence, and the --quick command line."""
 from __future__ import annotations
 
 import json
-import sys
 from pathlib import Path
 
 import chex
@@ -14,15 +13,10 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from experiments import char_lm as SCRIPT
 from gatedrnn import training
 from gatedrnn.training import char_lm as clm
 from gatedrnn.training.checkpoint import CheckpointError
-
-ROOT = Path(__file__).resolve().parents[1]
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
-
-from experiments import char_lm as SCRIPT  # noqa: E402
 
 TEXT = ("def f(x):\n    return x + 1\n\nclass A:\n    pass\n" * 20)[:600]
 MODEL = {"cell": "gru", "hidden_size": 12, "num_layers": 2, "embed_size": 6, "dropout": 0.2}

@@ -4,7 +4,6 @@ stated accuracy, well above chance."""
 from __future__ import annotations
 
 import json
-import sys
 from pathlib import Path
 
 import jax
@@ -12,11 +11,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-ROOT = Path(__file__).resolve().parents[1]
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
-
-from experiments import rnn_types as MOD  # noqa: E402
+from experiments import rnn_types as MOD
 
 TASKS = {t.name: t for t in MOD.make_tasks(quick=True)}
 
