@@ -9,6 +9,7 @@ that only make sense for some cells select them by capability (``cell.split``,
 
 from __future__ import annotations
 
+import gc
 import os
 import shutil
 import sys
@@ -212,6 +213,19 @@ def _release_output_claims():
     cli = sys.modules.get("experiments.cli")
     if cli is not None:
         cli.release_outputs()
+
+
+@pytest.fixture(scope="module")
+def frozen_heap():
+    """The test process's heap frozen (``gc.freeze``) for a module: a full collection then
+    walks only what the module's tests allocate. For tests of failed checkpoint reads, each
+    of which runs ``gc.collect()`` (so that orbax's abandoned coroutines echo inside the
+    read's scope): in a pytest-xdist worker that has run hundreds of tests, walking the
+    whole heap costs most of such a test's time."""
+    gc.collect()
+    gc.freeze()
+    yield
+    gc.unfreeze()
 
 
 # --------------------------------------------------------------- hypothesis profiles

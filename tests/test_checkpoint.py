@@ -14,6 +14,9 @@ import pytest
 import gatedrnn as gr
 from gatedrnn.training import checkpoint as ck
 
+# each failed read runs a full gc.collect(): over this module's allocations only
+pytestmark = pytest.mark.usefixtures("frozen_heap")
+
 
 def _state(hidden: int = 5):
     cell = gr.lstm(hidden)

@@ -17,6 +17,9 @@ import pytest
 import gatedrnn as gr
 from gatedrnn.training import checkpoint as ck
 
+# each failed read runs a full gc.collect(): over this module's allocations only
+pytestmark = pytest.mark.usefixtures("frozen_heap")
+
 
 def _state(seed: int):
     """LSTM params (big enough that array data is not inlined in the index), adam state,

@@ -24,6 +24,9 @@ import gatedrnn as gr
 from gatedrnn import training
 from gatedrnn.training import checkpoint, io, tasks
 
+# each failed read runs a full gc.collect(): over this module's allocations only
+pytestmark = pytest.mark.usefixtures("frozen_heap")
+
 ROOT = Path(__file__).resolve().parents[1]
 STEPS, EVERY = 40, 10
 FIT = {
