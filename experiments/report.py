@@ -396,6 +396,7 @@ DISTANCE_FILES = (
     f"{EXP}/distance.json",  # every cell, 500 updates per distance
     f"{EXP}/distance_long.json",  # two cells, larger budgets, d = 1000 and 3000
     f"{EXP}/distance_10k.json",  # the chrono GRU at d = 10,000 (3 commands merged)
+    f"{EXP}/distance_new_cells.json",  # LRU, RG-LRU, sLSTM, mLSTM: 1000 updates per distance
 )
 """The distance runs, each with its own budget; the reach table takes the longest
 distance learned by each cell in any of them."""
@@ -455,6 +456,11 @@ def distance_long() -> str:
 @block("distance_10k", f"{EXP}/distance_10k.json")
 def distance_10k() -> str:
     return distance_long_table(load(f"{EXP}/distance_10k.json"))
+
+
+@block("distance_new_cells", f"{EXP}/distance_new_cells.json")
+def distance_new_cells() -> str:
+    return distance_long_table(load(f"{EXP}/distance_new_cells.json"))
 
 
 @block("copy_task", f"{EXP}/copy_task.json")
