@@ -17,8 +17,12 @@ import pytest
 import gatedrnn as gr
 from gatedrnn.training import checkpoint as ck
 
-# each failed read runs a full gc.collect(): over this module's allocations only
-pytestmark = pytest.mark.usefixtures("frozen_heap")
+pytestmark = [
+    # each failed read runs a full gc.collect(): over this module's allocations only
+    pytest.mark.usefixtures("frozen_heap"),
+    # an echo of a failed read that escapes its scope (sys.unraisablehook) fails the test
+    pytest.mark.filterwarnings("error::pytest.PytestUnraisableExceptionWarning"),
+]
 
 
 def _state(seed: int):

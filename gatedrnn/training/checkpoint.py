@@ -35,6 +35,7 @@ import json
 import logging
 import re
 import sys
+import time
 from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
@@ -167,6 +168,9 @@ def _silence_abandoned_save() -> None:
         logger.addFilter(_drop_orbax_records)
 
 
+_ECHO_QUIET_S, _ECHO_WAIT_S = 0.05, 1.0
+
+
 @contextlib.contextmanager
 def _quiet_orbax() -> Iterator[None]:
     """While a checkpoint is read (and, if the read fails, while its abandoned coroutines
@@ -174,11 +178,14 @@ def _quiet_orbax() -> Iterator[None]:
     read that orbax and tensorstore print through ``sys.unraisablehook`` (the failure is
     raised as one line); the previous hook gets the rest and comes back."""
     previous = sys.unraisablehook
+    last_echo = [time.monotonic()]
 
     def hook(u: Any) -> None:
         code = getattr(u.object, "cr_code", None)
         noise = isinstance(u.exc_value, RuntimeError) and str(u.exc_value) == "Event loop is closed"
-        if not (noise or (code is not None and "orbax" in code.co_filename)):
+        if noise or (code is not None and "orbax" in code.co_filename):
+            last_echo[0] = time.monotonic()
+        else:
             previous(u)
 
     sys.unraisablehook = hook
@@ -186,6 +193,13 @@ def _quiet_orbax() -> Iterator[None]:
         yield
     except BaseException:
         gc.collect()  # a failed read's abandoned coroutines echo now, into the hook
+        # tensorstore reads still in flight when the read failed end on orbax's closed
+        # event loop, each echoing from tensorstore's threads: wait until they are quiet
+        # (_ECHO_QUIET_S without one, at most _ECHO_WAIT_S)
+        deadline = time.monotonic() + _ECHO_WAIT_S
+        last_echo[0] = time.monotonic()
+        while time.monotonic() < deadline and time.monotonic() - last_echo[0] < _ECHO_QUIET_S:
+            time.sleep(_ECHO_QUIET_S / 10)
         raise
     finally:
         sys.unraisablehook = previous
