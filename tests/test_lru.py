@@ -37,7 +37,9 @@ def _setup(inp=I, hidden=H, state=N, dtype=jnp.float64, **options):
 
 def _normal(shape, seed, dtype=np.float64, scale=1.0):
     """Test inputs from numpy's generator (no compilation), as a JAX array of ``dtype``."""
-    return jnp.asarray(scale * np.random.default_rng(seed).standard_normal(shape), dtype)
+    return jax.device_put(
+        np.asarray(scale * np.random.default_rng(seed).standard_normal(shape), dtype)
+    )
 
 
 def _paper_loop(params, xs_tm, h0):
@@ -59,14 +61,58 @@ def _paper_loop(params, xs_tm, h0):
     return h, np.stack(ys) if ys else np.zeros((0, *h.shape[:-1], C.shape[1]))
 
 
+def _frozen(a):
+    """A numpy array as nested tuples (hashable: a static argument of ``jax.jit``)."""
+    return tuple(map(_frozen, a)) if np.ndim(a) else np.asarray(a).item()
+
+
+@functools.partial(
+    jax.jit,
+    static_argnums=0,
+    static_argnames=("seq_lengths", "resets", "reverse", "time_major", "parallel", "truncate"),
+)
+def _jit_scan(cell, params, xs, h0, seq_lengths=None, resets=None, **options):
+    if seq_lengths is not None:
+        options["seq_lengths"] = np.array(seq_lengths)
+    if resets is not None:
+        options["resets"] = np.array(resets)
+    return gr.scan(cell, params, xs, h0, **options)
+
+
 def _scan(cell, params, xs, h0=None, **options):
-    """``gr.scan`` under ``jax.jit`` (eager, the parallel form runs op by op: slow)."""
-    return jax.jit(lambda p, x, h: gr.scan(cell, p, x, h, **options))(params, xs, h0)
+    """``gr.scan`` under ``jax.jit`` (eager, the parallel form runs op by op: slow), one
+    program per cell, shapes and options for the whole module; ``seq_lengths`` and
+    ``resets`` stay concrete arrays (constants of the program), as when closed over."""
+    for name in ("seq_lengths", "resets"):
+        if options.get(name) is not None:
+            options[name] = _frozen(options[name])
+    return jax.tree_util.tree_map(np.asarray, _jit_scan(cell, params, xs, h0, **options))
+
+
+@functools.partial(jax.jit, static_argnums=0, static_argnames=("time_major",))
+def _both_forms(cell, params, xs, h0, time_major=False):
+    """``gr.scan`` in the step form and in the parallel form, one program for both (shared
+    by the two cases of a test): ``((h, ys) step, (h, ys) parallel)``."""
+    return tuple(
+        gr.scan(cell, params, xs, h0, parallel=p, time_major=time_major) for p in (False, True)
+    )
 
 
 def _random_state(batch, n=N, seed=7):
-    re, im = _normal((2, *batch, n), seed, scale=0.5)
-    return LRUState(re=re, im=im)
+    re, im = 0.5 * np.random.default_rng(seed).standard_normal((2, *batch, n))
+    return LRUState(re=jax.device_put(re), im=jax.device_put(im))
+
+
+def _complex(state):
+    return np.asarray(state.re) + 1j * np.asarray(state.im)
+
+
+@functools.partial(jax.jit, static_argnums=0)
+def _one_step(cell, params, h0, x):
+    """recur's y, output(state reached), and step's y for one step."""
+    xp = cell.project(params, x)
+    s1, y1 = cell.recur(params, h0, xp)
+    return y1, cell.output(params, s1, xp), cell.step(params, h0, x)[1]
 
 
 @pytest.mark.parametrize("parallel", [False, True], ids=["step", "parallel"])
@@ -79,28 +125,25 @@ def test_scan_follows_the_papers_equations_float64(parallel, inp, batch, time_ma
     with jax.enable_x64(True):
         cell, params = _setup(inp=inp)
         assert params.d.shape == ((H,) if inp == H else (inp, H))
-        xs_tm = _normal((T, *batch, inp), 1)
+        xs_tm = np.asarray(_normal((T, *batch, inp), 1))
         h0 = _random_state(batch)
         want_h, want_ys = _paper_loop(params, xs_tm, h0)
-        xs = xs_tm if time_major else jnp.moveaxis(xs_tm, 0, -2)
-        h, ys = _scan(cell, params, xs, h0, parallel=parallel, time_major=time_major)
-        ys_tm = ys if time_major else jnp.moveaxis(ys, -2, 0)
+        xs = xs_tm if time_major else np.moveaxis(xs_tm, 0, -2)
+        forms = _both_forms(cell, params, xs, h0, time_major=time_major)
+        h, ys = jax.tree_util.tree_map(np.asarray, forms[int(parallel)])
+        ys_tm = ys if time_major else np.moveaxis(ys, -2, 0)
         np.testing.assert_allclose(ys_tm, want_ys, rtol=1e-12, atol=1e-12)
-        np.testing.assert_allclose(h.re + 1j * h.im, want_h, rtol=1e-12, atol=1e-12)
+        np.testing.assert_allclose(_complex(h), want_h, rtol=1e-12, atol=1e-12)
 
         # one step: recur's y is output(state reached), and step == the first loop step
-        @jax.jit
-        def one_step(params, h0, x):
-            xp = cell.project(params, x)
-            s1, y1 = cell.recur(params, h0, xp)
-            return y1, cell.output(params, s1, xp), cell.step(params, h0, x)[1]
-
-        y1, out1, step1 = one_step(params, h0, xs_tm[0])
+        y1, out1, step1 = _one_step(cell, params, h0, xs_tm[0])
         np.testing.assert_allclose(out1, y1, rtol=1e-14)
         np.testing.assert_allclose(step1, want_ys[0], rtol=1e-12)
 
 
+@functools.cache
 def _parity_script():
+    """benchmarks/parity_lru.py, loaded once (its jitted functions compile once)."""
     spec = importlib.util.spec_from_file_location("parity_lru", ROOT / "benchmarks/parity_lru.py")
     bench = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(bench)
@@ -137,8 +180,9 @@ def test_parity_script_options_and_atomic_json(tmp_path):
 def test_init_is_the_papers_ring_init_with_gamma_normalization():
     with jax.enable_x64(True):
         _, p = _setup(3, 3, 4000, r_min=0.4, r_max=0.9, max_phase=math.pi / 10)
-        modulus = np.exp(-np.exp(np.asarray(p.nu_log)))
-        phase = np.exp(np.asarray(p.theta_log))
+        p = jax.tree_util.tree_map(np.asarray, p)
+        modulus = np.exp(-np.exp(p.nu_log))
+        phase = np.exp(p.theta_log)
         assert 0.4 <= modulus.min() and modulus.max() <= 0.9
         assert 0.0 <= phase.min() and phase.max() <= math.pi / 10
         # |lambda|^2 uniform on [r_min^2, r_max^2] (uniform on the ring's area)
@@ -159,10 +203,11 @@ def test_init_is_the_papers_ring_init_with_gamma_normalization():
     cell, p = _setup(dtype=jnp.float32)
     assert isinstance(p, LRUParams) and p.b_re.dtype == jnp.float32
     assert [a.shape for a in p] == [(N,)] * 3 + [(I, N)] * 2 + [(N, H)] * 2 + [(I, H)]
-    assert all(bool(jnp.all(jnp.isfinite(leaf))) for leaf in p)
-    state = cell.initial_state(p, (2, 3))
+    assert all(bool(np.all(np.isfinite(np.asarray(leaf)))) for leaf in p)
+    state, xp = jax.jit(
+        lambda p: (cell.initial_state(p, (2, 3)), cell.project(p, jnp.ones((7, I))))
+    )(p)
     assert isinstance(state, LRUState) and state.re.shape == state.im.shape == (2, 3, N)
-    xp = cell.project(p, jnp.ones((7, I)))
     assert isinstance(xp, LRUInput) and xp.re.shape == (7, N) and xp.skip.shape == (7, H)
 
 
@@ -202,11 +247,17 @@ def test_parallel_form_equals_step_form_values_and_grads_float64(options):
         xs = _normal(shape, 3)
         h0 = _random_state((3,))
 
-        def run(parallel):
-            loss = _loss(cell, parallel, **options)
-            return jax.jit(jax.value_and_grad(loss, argnums=(0, 1, 2)))(params, xs, h0)
+        @jax.jit
+        def both(params, xs, h0):  # (parallel, step): one program
+            return tuple(
+                jax.value_and_grad(_loss(cell, parallel, **options), argnums=(0, 1, 2))(
+                    params, xs, h0
+                )
+                for parallel in (True, False)
+            )
 
-        chex.assert_trees_all_close(run(True), run(False), rtol=1e-10, atol=1e-12)
+        got_parallel, got_step = both(params, xs, h0)
+        chex.assert_trees_all_close(got_parallel, got_step, rtol=1e-10, atol=1e-12)
 
 
 @pytest.mark.parametrize("parallel", [False, True], ids=["step", "parallel"])
@@ -214,28 +265,33 @@ def test_seq_lengths_keep_the_state_zero_the_outputs_and_ignore_nan_padding(para
     with jax.enable_x64(True):
         cell, params = _setup()
         lengths = np.array([T, 4, 0])
-        xs = _normal((3, T, I), 4)
+        xs = np.asarray(_normal((3, T, I), 4))
         pad = np.arange(T)[None, :, None] >= lengths[:, None, None]
-        xs_nan = jnp.where(pad, jnp.nan, xs)
+        xs_nan = np.where(pad, np.nan, xs)
         h0 = _random_state((3,))
-        h, ys = _scan(cell, params, xs_nan, h0, seq_lengths=lengths, parallel=parallel)
+
+        @jax.jit
+        def run(params, xs, h0):  # the scan and the gradients: one program
+            out = gr.scan(cell, params, xs, h0, seq_lengths=lengths, parallel=parallel)
+            loss = _loss(cell, parallel, seq_lengths=lengths)
+            return out, jax.grad(loss, argnums=(0, 1, 2))(params, xs, h0)
+
+        (h, ys), grads = jax.tree_util.tree_map(np.asarray, run(params, xs_nan, h0))
+        h0_np = jax.tree_util.tree_map(np.asarray, h0)
         for b, L in enumerate(lengths):
-            h0_b = jax.tree_util.tree_map(lambda s, b=b: s[b], h0)
+            h0_b = jax.tree_util.tree_map(lambda s, b=b: s[b], h0_np)
             want_h, want_ys = _paper_loop(params, xs[b, :L], h0_b)
             np.testing.assert_allclose(h.re[b] + 1j * h.im[b], want_h, rtol=1e-12, atol=1e-12)
             np.testing.assert_allclose(ys[b, :L], want_ys.reshape(L, H), rtol=1e-12, atol=1e-12)
             np.testing.assert_array_equal(ys[b, L:], 0.0)
-        grads = jax.jit(jax.grad(_loss(cell, parallel, seq_lengths=lengths), argnums=(0, 1, 2)))(
-            params, xs_nan, h0
-        )
-        assert all(bool(jnp.all(jnp.isfinite(g))) for g in jax.tree_util.tree_leaves(grads))
-        np.testing.assert_array_equal(jnp.where(pad, grads[1], 0.0), 0.0)
+        assert all(bool(np.all(np.isfinite(g))) for g in jax.tree_util.tree_leaves(grads))
+        np.testing.assert_array_equal(np.where(pad, grads[1], 0.0), 0.0)
 
 
 def test_reverse_runs_each_sequence_backwards_from_its_last_valid_step():
     with jax.enable_x64(True):
         cell, params = _setup()
-        xs = _normal((2, T, I), 5)
+        xs = np.asarray(_normal((2, T, I), 5))
         lengths = np.array([T, 5])
         h, ys = _scan(cell, params, xs, seq_lengths=lengths, reverse=True, parallel=True)
         for b, L in enumerate(lengths):
@@ -252,24 +308,35 @@ def test_resets_restart_from_the_initial_state_and_truncate_cuts_the_state_gradi
         h0 = _random_state((2,))
         resets = np.zeros((2, T), bool)
         resets[0, 4] = True
-        h, ys = _scan(cell, params, xs, h0, resets=resets)
-        h0_0 = jax.tree_util.tree_map(lambda s: s[0], h0)
-        _, head = _paper_loop(params, xs[0, :4], h0_0)
-        want_h, tail = _paper_loop(params, xs[0, 4:], h0_0)
-        np.testing.assert_allclose(ys[0], np.concatenate([head, tail]), rtol=1e-12, atol=1e-12)
-        np.testing.assert_allclose(h.re[0] + 1j * h.im[0], want_h, rtol=1e-12, atol=1e-12)
-        _, plain = _scan(cell, params, xs[1:], jax.tree_util.tree_map(lambda s: s[1:], h0))
-        np.testing.assert_allclose(ys[1:], plain, rtol=1e-12)
 
         def last_output(xs, truncate):
             return jnp.sum(gr.scan(cell, params, xs, truncate=truncate)[1][:, -1])
 
-        _, cut = _scan(cell, params, xs, truncate=3)
-        np.testing.assert_allclose(cut, _scan(cell, params, xs)[1], rtol=1e-14)
-        g_cut = jax.jit(jax.grad(last_output), static_argnums=1)(xs, 3)
-        g_full = jax.jit(jax.grad(last_output), static_argnums=1)(xs, None)
+        @jax.jit
+        def run(xs, h0):  # every scan and gradient below: one program
+            h1 = jax.tree_util.tree_map(lambda s: s[1:], h0)
+            return (
+                gr.scan(cell, params, xs, h0, resets=resets),
+                gr.scan(cell, params, xs[1:], h1)[1],
+                gr.scan(cell, params, xs, truncate=3)[1],
+                gr.scan(cell, params, xs)[1],
+                jax.grad(last_output)(xs, 3),
+                jax.grad(last_output)(xs, None),
+            )
+
+        out = jax.tree_util.tree_map(np.asarray, run(xs, h0))
+        (h, ys), plain, cut, full, g_cut, g_full = out
+        xs = np.asarray(xs)
+        h0_0 = jax.tree_util.tree_map(lambda s: np.asarray(s)[0], h0)
+        _, head = _paper_loop(params, xs[0, :4], h0_0)
+        want_h, tail = _paper_loop(params, xs[0, 4:], h0_0)
+        np.testing.assert_allclose(ys[0], np.concatenate([head, tail]), rtol=1e-12, atol=1e-12)
+        np.testing.assert_allclose(h.re[0] + 1j * h.im[0], want_h, rtol=1e-12, atol=1e-12)
+        np.testing.assert_allclose(ys[1:], plain, rtol=1e-12)
+
+        np.testing.assert_allclose(cut, full, rtol=1e-14)
         np.testing.assert_array_equal(g_cut[:, :6], 0.0)  # before the cut at t = 6
-        assert float(jnp.min(jnp.abs(g_full[:, :6]))) > 0
+        assert float(np.min(np.abs(g_full[:, :6]))) > 0
         np.testing.assert_allclose(g_cut[:, 6:], g_full[:, 6:], rtol=1e-12)
 
 
@@ -280,14 +347,19 @@ def test_jit_with_the_cell_static_compiles_once_and_stack_composes_layers():
     run = chex.assert_max_traces(lambda c, p, x: gr.scan(c, p, x)[1], n=1)
     f = jax.jit(run, static_argnums=0)
     np.testing.assert_allclose(f(lru(H, N), params, xs), _scan(cell, params, xs)[1], rtol=1e-6)
-    f(make_cell("lru", H, state_size=N), params, 2 * xs)  # the same cell: no retrace
+    f(make_cell("lru", H, state_size=N), params, 2 * np.asarray(xs))  # the same cell: no retrace
 
     stack = gr.stack(cell, 2)
-    sp = jax.jit(stack.init, static_argnums=1)(jax.random.PRNGKey(3), I)
+
+    @jax.jit
+    def layers(key, xs):  # init, the stack, and the two scans: one program
+        sp = stack.init(key, I)
+        s0, y0 = gr.scan(cell, sp[0], xs)
+        s1, y1 = gr.scan(cell, sp[1], y0)
+        return sp, stack.apply(sp, xs), ((s0, s1), y1)
+
+    sp, (finals, ys), ((s0, s1), y1) = layers(jax.random.PRNGKey(3), xs)
     assert sp[0].d.shape == (I, H) and sp[1].d.shape == (H,)  # dense, then elementwise
-    finals, ys = jax.jit(stack.apply)(sp, xs)
-    s0, y0 = _scan(cell, sp[0], xs)
-    s1, y1 = _scan(cell, sp[1], y0)
     np.testing.assert_allclose(ys, y1, rtol=1e-6)
     chex.assert_trees_all_close(finals, (s0, s1), rtol=1e-6)
 
@@ -312,7 +384,8 @@ def test_gate_statistics_report_the_decay_and_state_gradients_decay_as_lambda_po
             lambda final, ys, w: jnp.sum(final.re * w[0] + final.im * w[1]),
             loss_args=(w,),
         )
-        g_T = np.abs(np.asarray(w[0]) + 1j * np.asarray(w[1]))  # (2, N)
+        w = np.asarray(w)
+        g_T = np.abs(w[0] + 1j * w[1])  # (2, N)
         dist = np.arange(T, -1, -1)[:, None, None]
         want = np.sqrt(np.sum((decay[None, None, :] ** dist * g_T) ** 2, axis=(1, 2)))
         np.testing.assert_allclose(np.hypot(norms.re, norms.im), want, rtol=1e-10)
@@ -341,24 +414,28 @@ def test_bad_sizes_options_and_params_raise_clear_errors():
         make_cell("lru ", 4)
 
     cell, params = _setup(dtype=jnp.float32)
+    ones = np.ones((2, T, I), np.float32)
     with pytest.raises(ValueError, match="features"):
-        gr.scan(cell, params, jnp.ones((2, T, I + 1)))
+        gr.scan(cell, params, np.ones((2, T, I + 1), np.float32))
     with pytest.raises(TypeError, match="floating point"):
-        gr.scan(cell, params, jnp.ones((2, T, I), jnp.int32))
-    other = params._replace(c_re=jnp.ones((N, H + 1)), c_im=jnp.ones((N, H + 1)))
+        gr.scan(cell, params, np.ones((2, T, I), np.int32))
+    other = params._replace(
+        c_re=np.ones((N, H + 1), np.float32), c_im=np.ones((N, H + 1), np.float32)
+    )
     with pytest.raises(ValueError, match="hidden_size=5, state_size=4 expects"):
-        gr.scan(cell, other, jnp.ones((2, T, I)))
+        gr.scan(cell, other, ones)
     with pytest.raises(ValueError, match=r"params.d has shape \(5,\)"):
-        gr.scan(cell, params._replace(d=jnp.ones((H,))), jnp.ones((2, T, I)))
+        gr.scan(cell, params._replace(d=np.ones((H,), np.float32)), ones)
     with pytest.raises(TypeError, match="LRUParams"):
         gru_params = gr.GRUParams(
-            w_x=jnp.ones((I, 3 * H)),
-            w_h=jnp.ones((H, 3 * H)),
-            b_x=jnp.ones(3 * H),
-            b_h=jnp.ones(3 * H),
+            w_x=np.ones((I, 3 * H), np.float32),
+            w_h=np.ones((H, 3 * H), np.float32),
+            b_x=np.ones(3 * H, np.float32),
+            b_h=np.ones(3 * H, np.float32),
         )
-        gr.scan(cell, gru_params, jnp.ones((2, T, I)))
+        gr.scan(cell, gru_params, ones)
     with pytest.raises(TypeError, match="one floating dtype"):
-        gr.scan(cell, params._replace(d=params.d.astype(jnp.float16)), jnp.ones((2, T, I)))
+        gr.scan(cell, params._replace(d=np.asarray(params.d, np.float16)), ones)
     with pytest.raises(ValueError, match="state"):
-        cell.step(params, LRUState(jnp.zeros((2, N + 1)), jnp.zeros((2, N + 1))), jnp.ones((2, I)))
+        zeros = np.zeros((2, N + 1), np.float32)
+        cell.step(params, LRUState(zeros, zeros), np.ones((2, I), np.float32))

@@ -41,11 +41,15 @@ def _draw(key, cell, dtype):
 
 @functools.cache
 def _problem(dtype=jnp.float64):
-    """A cell, params with non-zero biases, inputs (B, T, I) and an initial state (B, H);
-    drawn once per dtype for the whole module (float64: call under ``jax.enable_x64``)."""
+    """A cell, params with non-zero biases, inputs (B, T, I) and an initial state (B, H):
+    drawn once in float64 for the whole module (one compiled draw), float32 by rounding
+    those (float64: call under ``jax.enable_x64``)."""
     cell = rglru(H, HEADS)
-    params, xs, h0 = _draw(jax.random.PRNGKey(0), cell, jnp.dtype(dtype))
-    return cell, params, xs, h0
+    if jnp.dtype(dtype) == jnp.float64:
+        return cell, *_draw(jax.random.PRNGKey(0), cell, jnp.dtype(jnp.float64))
+    with jax.enable_x64(True):
+        drawn = jax.tree_util.tree_map(np.asarray, _problem(jnp.float64)[1:])
+    return cell, *jax.tree_util.tree_map(lambda a: jax.device_put(a.astype(dtype)), drawn)
 
 
 @functools.partial(jax.jit, static_argnums=0, static_argnames=("lengths", "reverse", "time_major"))
@@ -472,7 +476,8 @@ def test_gradients_match_recurrentgemmas_rglru_float64():
     mod = _parity_module()
     with jax.enable_x64(True), mod.patched_scan(acc_float_dtype=jnp.float64, unroll=1):
         cell = rglru(8, 2)
-        params, xs, h0 = mod.parity_problem(jax.random.PRNGKey(0), 3, 64, 8, 2, jnp.float64)
+        key, f64 = jax.random.PRNGKey(0), jnp.dtype(jnp.float64)  # as parity() calls it
+        params, xs, h0 = mod.parity_problem(key, 3, 64, 8, 2, f64)
         layer = mod.reference_layer(8, 2, jnp.float64)
 
         def ours(p, x):
@@ -495,8 +500,9 @@ def test_a_reset_differs_from_recurrentgemmas_only_by_the_normalization():
     a zero initial state gives ``sqrt(1 - a**2) * i * u`` there (the docstring's difference)."""
     mod = _parity_module()
     cell = rglru(8, 2)
-    params, xs, h0 = mod.parity_problem(jax.random.PRNGKey(0), 3, 64, 8, 2, jnp.float32)
-    h0 = jnp.asarray(np.zeros(h0.shape, np.float32))  # a jax array (jaxtyping checks it)
+    key, f32 = jax.random.PRNGKey(0), jnp.dtype(jnp.float32)  # as parity() calls it
+    params, xs, h0 = mod.parity_problem(key, 3, 64, 8, 2, f32)
+    h0 = jax.device_put(np.zeros(h0.shape, np.float32))  # a jax array (jaxtyping checks it)
     pos = np.tile(np.arange(1, 65), (3, 1))
     pos[:, 40:] = np.arange(24)  # a new segment at step 40
     layer = mod.reference_layer(8, 2, jnp.float32)
