@@ -344,21 +344,22 @@ def test_jit_with_the_cell_static_compiles_once_and_stack_composes_layers():
     cell, params = _setup(dtype=jnp.float32)
     xs = _normal((2, T, I), 7, np.float32)
 
-    run = chex.assert_max_traces(lambda c, p, x: gr.scan(c, p, x)[1], n=1)
-    f = jax.jit(run, static_argnums=0)
-    np.testing.assert_allclose(f(lru(H, N), params, xs), _scan(cell, params, xs)[1], rtol=1e-6)
-    f(make_cell("lru", H, state_size=N), params, 2 * np.asarray(xs))  # the same cell: no retrace
-
     stack = gr.stack(cell, 2)
 
     @jax.jit
-    def layers(key, xs):  # init, the stack, and the two scans: one program
+    def layers(key, params, xs):  # a plain scan, init, the stack, two scans: one program
         sp = stack.init(key, I)
         s0, y0 = gr.scan(cell, sp[0], xs)
         s1, y1 = gr.scan(cell, sp[1], y0)
-        return sp, stack.apply(sp, xs), ((s0, s1), y1)
+        return gr.scan(cell, params, xs)[1], sp, stack.apply(sp, xs), ((s0, s1), y1)
 
-    sp, (finals, ys), ((s0, s1), y1) = layers(jax.random.PRNGKey(3), xs)
+    want, sp, (finals, ys), ((s0, s1), y1) = layers(jax.random.PRNGKey(3), params, xs)
+
+    run = chex.assert_max_traces(lambda c, p, x: gr.scan(c, p, x)[1], n=1)
+    f = jax.jit(run, static_argnums=0)
+    np.testing.assert_allclose(f(lru(H, N), params, xs), want, rtol=1e-6)
+    f(make_cell("lru", H, state_size=N), params, 2 * np.asarray(xs))  # the same cell: no retrace
+
     assert sp[0].d.shape == (I, H) and sp[1].d.shape == (H,)  # dense, then elementwise
     np.testing.assert_allclose(ys, y1, rtol=1e-6)
     chex.assert_trees_all_close(finals, (s0, s1), rtol=1e-6)
@@ -414,11 +415,11 @@ def test_bad_sizes_options_and_params_raise_clear_errors():
         make_cell("lru ", 4)
 
     cell, params = _setup(dtype=jnp.float32)
-    ones = np.ones((2, T, I), np.float32)
+    ones = jax.device_put(np.ones((2, T, I), np.float32))
     with pytest.raises(ValueError, match="features"):
-        gr.scan(cell, params, np.ones((2, T, I + 1), np.float32))
+        gr.scan(cell, params, jax.device_put(np.ones((2, T, I + 1), np.float32)))
     with pytest.raises(TypeError, match="floating point"):
-        gr.scan(cell, params, np.ones((2, T, I), np.int32))
+        gr.scan(cell, params, jax.device_put(np.ones((2, T, I), np.int32)))
     other = params._replace(
         c_re=np.ones((N, H + 1), np.float32), c_im=np.ones((N, H + 1), np.float32)
     )
@@ -437,5 +438,5 @@ def test_bad_sizes_options_and_params_raise_clear_errors():
     with pytest.raises(TypeError, match="one floating dtype"):
         gr.scan(cell, params._replace(d=np.asarray(params.d, np.float16)), ones)
     with pytest.raises(ValueError, match="state"):
-        zeros = np.zeros((2, N + 1), np.float32)
-        cell.step(params, LRUState(zeros, zeros), np.ones((2, I), np.float32))
+        zeros = jax.device_put(np.zeros((2, N + 1), np.float32))
+        cell.step(params, LRUState(zeros, zeros), jax.device_put(np.ones((2, I), np.float32)))

@@ -427,9 +427,9 @@ def test_bad_options_sizes_and_params_raise_clear_errors():
     with pytest.raises(ValueError, match="input_size"):
         cell.init(jax.random.PRNGKey(0), 0)
     with pytest.raises(ValueError, match="features"):
-        gr.scan(cell, params, np.ones((B, T, I + 1), np.float32))
+        gr.scan(cell, params, jax.device_put(np.ones((B, T, I + 1), np.float32)))
     with pytest.raises(TypeError, match="must be floating point"):
-        gr.scan(cell, params, np.ones((B, T, I), np.int32))
+        gr.scan(cell, params, jax.device_put(np.ones((B, T, I), np.int32)))
     with pytest.raises(ValueError, match=r"params.w_in has shape \(4, 8\).*hidden_size=6"):
         gr.scan(cell, _zeros_params(rglru(8, 2), I), xs)
     with pytest.raises(ValueError, match=r"params.w_a has shape \(2, 3, 3\).*num_heads=3"):
@@ -439,7 +439,7 @@ def test_bad_options_sizes_and_params_raise_clear_errors():
     with pytest.raises(TypeError, match="one floating dtype"):
         gr.scan(cell, params._replace(lam=np.asarray(params.lam, np.float16)), xs)
     with pytest.raises(ValueError, match="state"):
-        gr.scan(cell, params, xs, np.zeros((B, H + 1), np.float32))
+        gr.scan(cell, params, xs, jax.device_put(np.zeros((B, H + 1), np.float32)))
 
 
 # ------------------------------------------------------------ recurrentgemma parity
