@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import functools
+
 import chex
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from conftest import CELL_FACTORIES, loop_scan, make
+from conftest import CELL_FACTORIES, loop_scan
+from conftest import make as make_eagerly
 
 import gatedrnn as gr
 from gatedrnn.cells import CELLS
@@ -17,6 +20,14 @@ from gatedrnn.cells import CELLS
 pytestmark = pytest.mark.usefixtures("fast_compile")
 
 T = 6
+
+
+@functools.cache
+def make(name: str, hidden: int = 5, inp: int = 3, dtype=jnp.float32):
+    """conftest.make, its params and key made in one compiled program, once per cell and size
+    in this module (made eagerly, each init op compiles its own program per shape)."""
+    params, key = jax.jit(lambda: make_eagerly(name, hidden, inp, dtype)[1:])()
+    return CELL_FACTORIES[name](hidden), params, key
 
 
 def assert_trees_close(a, b, **kw):
@@ -105,6 +116,9 @@ def test_gradients_match_finite_differences_float64(cell_name):
             s, ys = gr.scan(cell, p, xs)
             return jnp.sum(ys**2) + jnp.sum(jax.tree_util.tree_leaves(s)[0])
 
+        # numpy arguments: check_grads' own perturbation arithmetic then runs in numpy, not as
+        # one small XLA program per op and shape (only the jitted loss and its VJP compile)
+        p, xs = jax.tree_util.tree_map(np.asarray, (p, xs))
         jax.test_util.check_grads(jax.jit(loss), (p, xs), order=1, modes=["rev"], eps=1e-6)
 
 
@@ -376,7 +390,7 @@ PADDING_CELLS = [*sorted(CELLS), "gru_reset_before"]  # every registered cell
 def test_nan_padding_does_not_poison_values_or_gradients(name):
     """Inputs at t >= seq_lengths never reach the math: NaN/inf there change nothing, on
     every path of PADDING_PATHS."""
-    cell, p, k = make(name, hidden=4)
+    cell, p, k = make(name)
     xs = jax.random.normal(k, (3, T, 3))
     lengths = jnp.array([T, 2, 0])
     t = jnp.arange(T)[None, :, None]
