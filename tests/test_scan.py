@@ -2,15 +2,12 @@
 
 from __future__ import annotations
 
-import functools
-
 import chex
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from conftest import CELL_FACTORIES, loop_scan
-from conftest import make as make_eagerly
+from conftest import CELL_FACTORIES, loop_scan, make
 
 import gatedrnn as gr
 from gatedrnn.cells import CELLS
@@ -20,14 +17,6 @@ from gatedrnn.cells import CELLS
 pytestmark = pytest.mark.usefixtures("fast_compile")
 
 T = 6
-
-
-@functools.cache
-def make(name: str, hidden: int = 5, inp: int = 3, dtype=jnp.float32):
-    """conftest.make, its params and key made in one compiled program, once per cell and size
-    in this module (made eagerly, each init op compiles its own program per shape)."""
-    params, key = jax.jit(lambda: make_eagerly(name, hidden, inp, dtype)[1:])()
-    return CELL_FACTORIES[name](hidden), params, key
 
 
 def assert_trees_close(a, b, **kw):
