@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import functools
+
 import chex
 import jax
 import jax.numpy as jnp
@@ -136,18 +138,52 @@ def test_linear_rnn_bptt_gradient_is_exactly_s_to_the_k():
 # ---------------------------------------------------------------------------- seq_lengths
 
 
-def test_seq_lengths_zero_outputs_and_final_state_of_valid_prefix(cell_name):
+@functools.cache
+def padded_scans(cell_name: str) -> dict:
+    """One compiled program per cell for the three per-cell tests of seq_lengths, reverse and
+    resets below (each test's scans and their references, each on its own inputs), run once;
+    each test checks its own part of the result."""
     cell, p, k = make(cell_name)
-    xs = jax.random.normal(k, (4, T, 3))
-    lengths = jnp.array([T, 3, 0, 1])
+    xs_len, xs_rev, xs_reset = (jax.random.normal(k, (b, T, 3)) for b in (4, 3, 2))
+    s0 = jax.tree_util.tree_map(lambda z: z + 0.2, cell.initial_state(p, (2,)))
+    len_len, len_rev = [T, 3, 0, 1], [T, 4, 1]
+    cut = 2
+    resets = jnp.zeros((2, T), bool).at[0, cut].set(True)
 
-    @jax.jit  # one compile: the padded batch and each sequence's valid prefix
-    def run(p, xs):
-        prefixes = [gr.scan(cell, p, xs[b, :n]) for b, n in enumerate(lengths.tolist())]
-        return gr.scan(cell, p, xs, seq_lengths=lengths), prefixes
+    @jax.jit
+    def run(p, xs_len, xs_rev, xs_reset, s0):
+        out = {}
+        # seq_lengths: the padded batch and each sequence's valid prefix
+        out["seq_lengths"] = (
+            gr.scan(cell, p, xs_len, seq_lengths=jnp.array(len_len)),
+            [gr.scan(cell, p, xs_len[b, :n]) for b, n in enumerate(len_len)],
+        )
+        # reverse: the padded batch and each flipped valid prefix
+        out["reverse"] = (
+            gr.scan(cell, p, xs_rev, seq_lengths=jnp.array(len_rev), reverse=True),
+            [gr.scan(cell, p, jnp.flip(xs_rev[b, :n], 0)) for b, n in enumerate(len_rev)],
+        )
+        # resets: both directions, with their references
+        s0_0 = jax.tree_util.tree_map(lambda a: a[0], s0)
+        s0_1 = jax.tree_util.tree_map(lambda a: a[1], s0)
+        for reverse in (False, True):
+            out[f"resets_reverse={reverse}"] = (
+                gr.scan(cell, p, xs_reset, s0, resets=resets, reverse=reverse),
+                gr.scan(cell, p, xs_reset[0, :cut], s0_0, reverse=reverse),
+                gr.scan(cell, p, xs_reset[0, cut:], s0_0, reverse=reverse),
+                gr.scan(cell, p, xs_reset[1], s0_1, reverse=reverse),
+            )
+        return out
 
-    (s, ys), prefixes = jax.device_get(run(p, xs))  # compared in numpy: no more compiles
-    for b, (n, (s_b, ys_b)) in enumerate(zip(lengths.tolist(), prefixes)):
+    out = jax.device_get(run(p, xs_len, xs_rev, xs_reset, s0))  # compared in numpy
+    out["lengths"] = {"seq_lengths": len_len, "reverse": len_rev}
+    return out
+
+
+def test_seq_lengths_zero_outputs_and_final_state_of_valid_prefix(cell_name):
+    (s, ys), prefixes = padded_scans(cell_name)["seq_lengths"]
+    lengths = padded_scans(cell_name)["lengths"]["seq_lengths"]
+    for b, (n, (s_b, ys_b)) in enumerate(zip(lengths, prefixes)):
         assert not np.any(ys[b, n:])
         assert_trees_close(jax.tree_util.tree_map(lambda a, b=b: a[b], s), s_b)
         assert_trees_close(ys[b, :n], ys_b)
@@ -169,19 +205,9 @@ def test_no_gradient_flows_from_padding():
 
 
 def test_reverse_equals_scanning_flipped_valid_prefix(cell_name):
-    cell, p, k = make(cell_name)
-    xs = jax.random.normal(k, (3, T, 3))
-    lengths = jnp.array([T, 4, 1])
-
-    @jax.jit  # one compile: the padded batch and each flipped valid prefix
-    def run(p, xs):
-        prefixes = [
-            gr.scan(cell, p, jnp.flip(xs[b, :n], 0)) for b, n in enumerate(lengths.tolist())
-        ]
-        return gr.scan(cell, p, xs, seq_lengths=lengths, reverse=True), prefixes
-
-    (s, ys), prefixes = jax.device_get(run(p, xs))  # compared in numpy: no more compiles
-    for b, (n, (s_b, ys_b)) in enumerate(zip(lengths.tolist(), prefixes)):
+    (s, ys), prefixes = padded_scans(cell_name)["reverse"]
+    lengths = padded_scans(cell_name)["lengths"]["reverse"]
+    for b, (n, (s_b, ys_b)) in enumerate(zip(lengths, prefixes)):
         assert_trees_close(jax.tree_util.tree_map(lambda a, b=b: a[b], s), s_b)
         assert_trees_close(ys[b, :n], np.flip(ys_b, 0))
         assert not np.any(ys[b, n:])
@@ -218,29 +244,9 @@ def test_seq_lengths_traced_under_jit():
 
 
 def test_reset_equals_two_scans_over_the_pieces(cell_name):
-    cell, p, k = make(cell_name)
-    xs = jax.random.normal(k, (2, T, 3))
-    s0 = jax.tree_util.tree_map(lambda z: z + 0.2, cell.initial_state(p, (2,)))
-    cut = 2
-    resets = jnp.zeros((2, T), bool).at[0, cut].set(True)
-
-    @jax.jit  # one compile: both directions, with their references
-    def run(p, xs, s0):
-        out = {}
-        s0_0 = jax.tree_util.tree_map(lambda a: a[0], s0)
-        s0_1 = jax.tree_util.tree_map(lambda a: a[1], s0)
-        for reverse in (False, True):
-            out[reverse] = (
-                gr.scan(cell, p, xs, s0, resets=resets, reverse=reverse),
-                gr.scan(cell, p, xs[0, :cut], s0_0, reverse=reverse),
-                gr.scan(cell, p, xs[0, cut:], s0_0, reverse=reverse),
-                gr.scan(cell, p, xs[1], s0_1, reverse=reverse),
-            )
-        return out
-
-    for reverse, ((s, ys), (a_s, a_ys), (b_s, b_ys), (_, ys_1)) in jax.device_get(
-        run(p, xs, s0)
-    ).items():
+    out = padded_scans(cell_name)
+    for reverse in (False, True):
+        (s, ys), (a_s, a_ys), (b_s, b_ys), (_, ys_1) = out[f"resets_reverse={reverse}"]
         msg = f"reverse={reverse}"
         assert_trees_close(ys[0], np.concatenate([a_ys, b_ys], 0), custom_message=msg)
         assert_trees_close(
