@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import functools
+
 import chex
 import jax
 import jax.numpy as jnp
@@ -105,7 +107,17 @@ def test_gradients_match_finite_differences_float64(cell_name):
             s, ys = gr.scan(cell, p, xs)
             return jnp.sum(ys**2) + jnp.sum(jax.tree_util.tree_leaves(s)[0])
 
-        jax.test_util.check_grads(jax.jit(loss), (p, xs), order=1, modes=["rev"], eps=1e-6)
+        value_and_grad = jax.jit(jax.value_and_grad(loss, argnums=(0, 1)))
+
+        def loss_vjp(p, xs):
+            """jax.vjp of the scalar loss (cotangent times gradient), one compiled program."""
+            value, grads = value_and_grad(p, xs)
+            return value, lambda ct: jax.tree_util.tree_map(lambda g: ct * np.asarray(g), grads)
+
+        # What check_grads(order=1, modes=["rev"]) runs. Numpy arguments: its perturbation
+        # arithmetic runs in numpy, not as one small XLA program per op and shape.
+        p, xs = jax.tree_util.tree_map(np.asarray, (p, xs))
+        jax.test_util.check_vjp(jax.jit(loss), loss_vjp, (p, xs), eps=1e-6, err_msg="VJP")
 
 
 def test_linear_rnn_bptt_gradient_is_exactly_s_to_the_k():
@@ -126,18 +138,52 @@ def test_linear_rnn_bptt_gradient_is_exactly_s_to_the_k():
 # ---------------------------------------------------------------------------- seq_lengths
 
 
-def test_seq_lengths_zero_outputs_and_final_state_of_valid_prefix(cell_name):
+@functools.cache
+def padded_scans(cell_name: str) -> dict:
+    """One compiled program per cell for the three per-cell tests of seq_lengths, reverse and
+    resets below (each test's scans and their references, each on its own inputs), run once;
+    each test checks its own part of the result."""
     cell, p, k = make(cell_name)
-    xs = jax.random.normal(k, (4, T, 3))
-    lengths = jnp.array([T, 3, 0, 1])
+    xs_len, xs_rev, xs_reset = (jax.random.normal(k, (b, T, 3)) for b in (4, 3, 2))
+    s0 = jax.tree_util.tree_map(lambda z: z + 0.2, cell.initial_state(p, (2,)))
+    len_len, len_rev = [T, 3, 0, 1], [T, 4, 1]
+    cut = 2
+    resets = jnp.zeros((2, T), bool).at[0, cut].set(True)
 
-    @jax.jit  # one compile: the padded batch and each sequence's valid prefix
-    def run(p, xs):
-        prefixes = [gr.scan(cell, p, xs[b, :n]) for b, n in enumerate(lengths.tolist())]
-        return gr.scan(cell, p, xs, seq_lengths=lengths), prefixes
+    @jax.jit
+    def run(p, xs_len, xs_rev, xs_reset, s0):
+        out = {}
+        # seq_lengths: the padded batch and each sequence's valid prefix
+        out["seq_lengths"] = (
+            gr.scan(cell, p, xs_len, seq_lengths=jnp.array(len_len)),
+            [gr.scan(cell, p, xs_len[b, :n]) for b, n in enumerate(len_len)],
+        )
+        # reverse: the padded batch and each flipped valid prefix
+        out["reverse"] = (
+            gr.scan(cell, p, xs_rev, seq_lengths=jnp.array(len_rev), reverse=True),
+            [gr.scan(cell, p, jnp.flip(xs_rev[b, :n], 0)) for b, n in enumerate(len_rev)],
+        )
+        # resets: both directions, with their references
+        s0_0 = jax.tree_util.tree_map(lambda a: a[0], s0)
+        s0_1 = jax.tree_util.tree_map(lambda a: a[1], s0)
+        for reverse in (False, True):
+            out[f"resets_reverse={reverse}"] = (
+                gr.scan(cell, p, xs_reset, s0, resets=resets, reverse=reverse),
+                gr.scan(cell, p, xs_reset[0, :cut], s0_0, reverse=reverse),
+                gr.scan(cell, p, xs_reset[0, cut:], s0_0, reverse=reverse),
+                gr.scan(cell, p, xs_reset[1], s0_1, reverse=reverse),
+            )
+        return out
 
-    (s, ys), prefixes = jax.device_get(run(p, xs))  # compared in numpy: no more compiles
-    for b, (n, (s_b, ys_b)) in enumerate(zip(lengths.tolist(), prefixes)):
+    out = jax.device_get(run(p, xs_len, xs_rev, xs_reset, s0))  # compared in numpy
+    out["lengths"] = {"seq_lengths": len_len, "reverse": len_rev}
+    return out
+
+
+def test_seq_lengths_zero_outputs_and_final_state_of_valid_prefix(cell_name):
+    (s, ys), prefixes = padded_scans(cell_name)["seq_lengths"]
+    lengths = padded_scans(cell_name)["lengths"]["seq_lengths"]
+    for b, (n, (s_b, ys_b)) in enumerate(zip(lengths, prefixes)):
         assert not np.any(ys[b, n:])
         assert_trees_close(jax.tree_util.tree_map(lambda a, b=b: a[b], s), s_b)
         assert_trees_close(ys[b, :n], ys_b)
@@ -159,19 +205,9 @@ def test_no_gradient_flows_from_padding():
 
 
 def test_reverse_equals_scanning_flipped_valid_prefix(cell_name):
-    cell, p, k = make(cell_name)
-    xs = jax.random.normal(k, (3, T, 3))
-    lengths = jnp.array([T, 4, 1])
-
-    @jax.jit  # one compile: the padded batch and each flipped valid prefix
-    def run(p, xs):
-        prefixes = [
-            gr.scan(cell, p, jnp.flip(xs[b, :n], 0)) for b, n in enumerate(lengths.tolist())
-        ]
-        return gr.scan(cell, p, xs, seq_lengths=lengths, reverse=True), prefixes
-
-    (s, ys), prefixes = jax.device_get(run(p, xs))  # compared in numpy: no more compiles
-    for b, (n, (s_b, ys_b)) in enumerate(zip(lengths.tolist(), prefixes)):
+    (s, ys), prefixes = padded_scans(cell_name)["reverse"]
+    lengths = padded_scans(cell_name)["lengths"]["reverse"]
+    for b, (n, (s_b, ys_b)) in enumerate(zip(lengths, prefixes)):
         assert_trees_close(jax.tree_util.tree_map(lambda a, b=b: a[b], s), s_b)
         assert_trees_close(ys[b, :n], np.flip(ys_b, 0))
         assert not np.any(ys[b, n:])
@@ -208,29 +244,9 @@ def test_seq_lengths_traced_under_jit():
 
 
 def test_reset_equals_two_scans_over_the_pieces(cell_name):
-    cell, p, k = make(cell_name)
-    xs = jax.random.normal(k, (2, T, 3))
-    s0 = jax.tree_util.tree_map(lambda z: z + 0.2, cell.initial_state(p, (2,)))
-    cut = 2
-    resets = jnp.zeros((2, T), bool).at[0, cut].set(True)
-
-    @jax.jit  # one compile: both directions, with their references
-    def run(p, xs, s0):
-        out = {}
-        s0_0 = jax.tree_util.tree_map(lambda a: a[0], s0)
-        s0_1 = jax.tree_util.tree_map(lambda a: a[1], s0)
-        for reverse in (False, True):
-            out[reverse] = (
-                gr.scan(cell, p, xs, s0, resets=resets, reverse=reverse),
-                gr.scan(cell, p, xs[0, :cut], s0_0, reverse=reverse),
-                gr.scan(cell, p, xs[0, cut:], s0_0, reverse=reverse),
-                gr.scan(cell, p, xs[1], s0_1, reverse=reverse),
-            )
-        return out
-
-    for reverse, ((s, ys), (a_s, a_ys), (b_s, b_ys), (_, ys_1)) in jax.device_get(
-        run(p, xs, s0)
-    ).items():
+    out = padded_scans(cell_name)
+    for reverse in (False, True):
+        (s, ys), (a_s, a_ys), (b_s, b_ys), (_, ys_1) = out[f"resets_reverse={reverse}"]
         msg = f"reverse={reverse}"
         assert_trees_close(ys[0], np.concatenate([a_ys, b_ys], 0), custom_message=msg)
         assert_trees_close(
@@ -376,7 +392,7 @@ PADDING_CELLS = [*sorted(CELLS), "gru_reset_before"]  # every registered cell
 def test_nan_padding_does_not_poison_values_or_gradients(name):
     """Inputs at t >= seq_lengths never reach the math: NaN/inf there change nothing, on
     every path of PADDING_PATHS."""
-    cell, p, k = make(name, hidden=4)
+    cell, p, k = make(name)
     xs = jax.random.normal(k, (3, T, 3))
     lengths = jnp.array([T, 2, 0])
     t = jnp.arange(T)[None, :, None]
