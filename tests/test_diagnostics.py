@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import functools
+
 import chex
 import jax
 import jax.numpy as jnp
@@ -30,6 +32,18 @@ def _xs(key: int, shape: tuple[int, ...], scale: float = 1.0) -> np.ndarray:
     return scale * np.random.default_rng(key).standard_normal(shape)
 
 
+@functools.cache
+def _compiled_init(cell, inp: int, dtype):
+    """``cell.init`` as one program per cell (cells are equal by value), input size and
+    dtype: run eagerly, its jax.random and qr operations would each compile."""
+    return jax.jit(lambda key: cell.init(key, inp, dtype))
+
+
+def _init(cell, seed: int, inp: int, dtype=F64):
+    """``cell.init(PRNGKey(seed), inp, dtype)``, its leaves as NumPy arrays."""
+    return _np(_compiled_init(cell, inp, dtype)(jax.random.PRNGKey(seed)))
+
+
 def _sigmoid(x: np.ndarray) -> np.ndarray:
     return 1.0 / (1.0 + np.exp(-x))
 
@@ -51,7 +65,7 @@ def _sum_last(final, ys):
 def test_linear_rnn_with_scaled_identity_gives_s_to_the_distance():
     H, T = 4, 12
     cell = gr.vanilla(H, activation="linear")
-    p0 = cell.init(jax.random.PRNGKey(0), 3, dtype=F64)
+    p0 = _init(cell, 0, 3)
     xs = _xs(1, (2, T, 3))
     u = np.arange(1.0, H + 1)
 
@@ -72,7 +86,7 @@ def test_linear_rnn_with_scaled_identity_gives_s_to_the_distance():
 def test_lstm_without_recurrent_weight_has_cell_jacobian_prod_of_forget_gates():
     H, T, I = 5, 9, 3
     cell = gr.lstm(H, forget_bias=1.5)
-    p = cell.init(jax.random.PRNGKey(2), I, dtype=F64)
+    p = _init(cell, 2, I)
     p = _np(p)._replace(w_h=np.zeros(p.w_h.shape))
     xs = _xs(3, (2, T, I))
     # Oracle written out here: f_t = sigmoid(x_t w_xf + b_f), the f block is [H:2H].
@@ -87,7 +101,7 @@ def test_lstm_without_recurrent_weight_has_cell_jacobian_prod_of_forget_gates():
 def test_gru_without_recurrent_weight_has_jacobian_prod_of_update_gates(reset_after):
     H, T, I = 5, 9, 3
     cell = gr.gru(H, reset_after=reset_after)
-    p = cell.init(jax.random.PRNGKey(4), I, dtype=F64)
+    p = _init(cell, 4, I)
     p = _np(p)._replace(w_h=np.zeros(p.w_h.shape), b_h=_xs(5, (3 * H,), 0.5))
     xs = _xs(6, (2, T, I))
     z = _sigmoid(xs @ p.w_x[:, H : 2 * H] + p.b_x[H : 2 * H] + p.b_h[H : 2 * H])
@@ -108,7 +122,7 @@ def test_gru_without_recurrent_weight_has_jacobian_prod_of_update_gates(reset_af
     ids=["lstm-state", "lstm-c"],
 )
 def test_power_iteration_matches_dense_spectral_norms(cell, leaf):
-    p = cell.init(jax.random.PRNGKey(7), 3, dtype=F64)
+    p = _init(cell, 7, 3)
     p = jax.tree_util.tree_map(lambda w: 1.5 * np.asarray(w), p)  # less regular Jacobians
     # two batch axes; jax.random's draw, as before: the convergence in 100 iterations
     # depends on the gap of the top two singular values, so on the data
@@ -125,7 +139,7 @@ def test_power_iteration_matches_dense_spectral_norms(cell, leaf):
 
 def test_dense_jacobian_matches_finite_differences():
     cell = gr.gru(3)
-    p = cell.init(jax.random.PRNGKey(9), 2, dtype=F64)
+    p = _init(cell, 9, 2)
     xs = _xs(10, (6, 2))  # one sequence, no batch
     h0 = _xs(11, (3,), 0.3)
     J = np.asarray(dg.jacobians(cell, p, xs, h0))  # (7, 3, 3)
@@ -145,7 +159,7 @@ def test_dense_jacobian_matches_finite_differences():
 )
 def test_state_gradients_match_a_python_loop_oracle(cell):
     T = 5
-    p = cell.init(jax.random.PRNGKey(12), 3, dtype=F64)
+    p = _init(cell, 12, 3)
     xs = _xs(13, (2, T, 3))
     w = _xs(14, (T, 2, 4))
 
@@ -186,7 +200,7 @@ def test_state_gradients_match_a_python_loop_oracle(cell):
 
 def test_loss_args_change_the_loss_without_a_new_loss_function():
     cell = gr.gru(3)
-    p = cell.init(jax.random.PRNGKey(23), 2, dtype=F64)
+    p = _init(cell, 23, 2)
     xs = _xs(24, (2, 6, 2))
 
     def readout(final, ys, w):
@@ -205,7 +219,7 @@ def test_loss_args_change_the_loss_without_a_new_loss_function():
 
 def test_lstm_norms_report_h_and_c_apart_and_per_example():
     cell = gr.lstm(4)
-    p = cell.init(jax.random.PRNGKey(15), 3, dtype=F64)
+    p = _init(cell, 15, 3)
     xs = _xs(16, (3, 10, 3))
     norms = dg.state_gradient_norms(cell, p, xs, _sum_last)
     assert isinstance(norms, gr.LSTMState)
@@ -225,7 +239,7 @@ def test_gate_statistics_match_gates_computed_by_hand():
     # the shapes of the test below (H 3, I 2, xs (2, 5, 2)): the run compiles them once
     H, I = 3, 2
     cell = gr.lstm(H, forget_bias=3.0)
-    p = cell.init(jax.random.PRNGKey(17), I, dtype=F64)
+    p = _init(cell, 17, I)
     p = _np(p)._replace(w_h=np.zeros(p.w_h.shape))
     xs = _xs(18, (2, 5, I))
     st = dg.gate_statistics(cell, p, xs, saturation=0.05)
@@ -236,14 +250,14 @@ def test_gate_statistics_match_gates_computed_by_hand():
     chex.assert_trees_all_close(st["forget_saturated_high"], high, rtol=1e-12)
     chex.assert_shape(st["saturated"], (5,))
     g = gr.gru(H)
-    pg = g.init(jax.random.PRNGKey(19), I, dtype=F64)
+    pg = _init(g, 19, I)
     pg = _np(pg)._replace(w_h=np.zeros(pg.w_h.shape))
     sg = dg.gate_statistics(g, pg, xs)
     z = _sigmoid(xs @ pg.w_x[:, H : 2 * H] + pg.b_x[H : 2 * H] + pg.b_h[H : 2 * H])
     chex.assert_trees_all_close(sg["update"], np.mean(z, axis=(0, 2)), rtol=1e-12)
 
     v = gr.vanilla(H)
-    pv = v.init(jax.random.PRNGKey(20), I, dtype=F64)
+    pv = _init(v, 20, I)
     sv = dg.gate_statistics(v, pv, 10 * xs)  # large inputs saturate tanh
     hs = np.asarray(dg.state_trajectory(v, pv, 10 * xs))[1:]
     chex.assert_trees_all_close(sv["saturated"], np.mean(np.abs(hs) > 0.95, axis=(1, 2)))
@@ -259,7 +273,7 @@ def test_gate_statistics_of_every_gated_cell_equal_a_loop_of_its_gates(cell):
     fractions are those of cell.gates evaluated step by step along a Python loop of
     cell.step, and each gate lies in its range ([0, 1], or [-1, 1] for tanh_gates)."""
     eps = 0.05
-    p = cell.init(jax.random.PRNGKey(23), 2, dtype=F64)
+    p = _init(cell, 23, 2)
     xs = 3.0 * _xs(24, (2, 5, 2))
     st = dg.gate_statistics(cell, p, xs, saturation=eps)
 
@@ -289,7 +303,7 @@ def test_gate_statistics_of_every_gated_cell_equal_a_loop_of_its_gates(cell):
 
 def test_state_trajectory_ends_at_the_final_state_of_scan():
     cell = gr.lstm(3)
-    p = cell.init(jax.random.PRNGKey(21), 2, dtype=F64)
+    p = _init(cell, 21, 2)
     xs = _xs(22, (2, 5, 2))
     traj = _np(dg.state_trajectory(cell, p, xs))
     final, ys = _np(gr.scan(cell, p, xs))
@@ -304,7 +318,7 @@ def test_norms_of_tiny_float32_gradients_do_not_underflow():
     with jax.enable_x64(False):
         H, T = 4, 12
         cell = gr.vanilla(H, activation="linear")
-        p = cell.init(jax.random.PRNGKey(0), 2)
+        p = _init(cell, 0, 2, jnp.float32)
         p = p._replace(w_h=0.01 * np.eye(H, dtype=np.float32))
         xs = _xs(1, (3, T, 2)).astype(np.float32)
         norms = dg.state_gradient_norms(cell, p, xs, lambda final, ys: jnp.sum(final))
@@ -337,7 +351,7 @@ def test_decay_factor_and_vanishing_distance_on_a_geometric_curve():
 
 def test_bad_inputs_raise_clear_errors():
     cell = gr.lstm(3)
-    p = cell.init(jax.random.PRNGKey(0), 2, dtype=F64)
+    p = _init(cell, 0, 2)
     xs = _xs(1, (2, 4, 2))
     with pytest.raises(ValueError, match="scalar"):
         dg.state_gradients(cell, p, xs, lambda final, ys: ys)
@@ -351,7 +365,7 @@ def test_bad_inputs_raise_clear_errors():
         dg.jacobians(cell, p, xs, leaf="x")
     with pytest.raises(ValueError, match="single part"):
         g = gr.gru(3)
-        dg.jacobians(g, g.init(jax.random.PRNGKey(0), 2, dtype=F64), xs, leaf="h")
+        dg.jacobians(g, _init(g, 0, 2), xs, leaf="h")
     with pytest.raises(ValueError, match="method"):
         dg.jacobian_norms(cell, p, xs, method="svd")
     with pytest.raises(ValueError, match="num_iters"):
@@ -388,13 +402,13 @@ def test_decay_profile_is_the_closed_form_for_a_linear_rnn_and_the_chain_for_an_
     with jax.enable_x64(True):
         s, T = 0.5, 12
         cell = gr.vanilla(4, activation="linear")
-        p = cell.init(jax.random.PRNGKey(0), 2, jnp.float64)._replace(w_h=s * np.eye(4))
+        p = _init(cell, 0, 2)._replace(w_h=s * np.eye(4))
         xs = _xs(1, (3, T, 2))
         prof = dg.decay_profile(cell, p, xs, ratio=1e-3, floor=1e-300)
         np.testing.assert_allclose(prof["relative"], s ** np.arange(T, -1, -1), rtol=1e-12)
         assert abs(prof["decay_factor"] - s) < 1e-12 and prof["vanish_distance"] == 10
         lstm = gr.lstm(4)
-        pl = lstm.init(jax.random.PRNGKey(2), 2, jnp.float64)
+        pl = _init(lstm, 2, 2)
         prof = dg.decay_profile(lstm, pl, xs)
         norms = dg.state_gradient_norms(lstm, pl, xs, dg.last_output_loss)
         total = np.sqrt(np.asarray(norms.h) ** 2 + np.asarray(norms.c) ** 2)
