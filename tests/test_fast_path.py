@@ -83,13 +83,14 @@ def test_fused_equals_generic_values_and_grads_float64(name):
         cell = CELLS[name]()
         params = cell.init(jax.random.PRNGKey(0), I, dtype=jnp.float64)
         state0 = jax.tree_util.tree_map(
-            lambda s: 0.3 * jnp.ones_like(s), cell.initial_state(params, (B,))
+            lambda s: np.full(s.shape, 0.3),
+            jax.eval_shape(lambda p: cell.initial_state(p, (B,)), params),
         )
-        perts = jax.tree_util.tree_map(lambda s: 0.01 * jnp.ones((T, *s.shape), s.dtype), state0)
+        perts = jax.tree_util.tree_map(lambda s: np.full((T, *s.shape), 0.01), state0)
         args = {}
         for option, options in OPTIONS.items():
             shape = (T, B, I) if options.get("time_major") else (B, T, I)
-            xs = jax.random.normal(jax.random.PRNGKey(1), shape, jnp.float64)
+            xs = np.random.default_rng(1).standard_normal(shape)
             args[option] = (params, xs, state0, perts)
         for option, (fast, generic) in _loss_and_grads(cell, args).items():
             # Guard against a vacuous comparison: the gradients are not all zero.
@@ -129,29 +130,35 @@ def _count_fused_calls(monkeypatch):
 def test_fused_path_taken_by_default_where_possible(monkeypatch, name, options, want):
     calls = _count_fused_calls(monkeypatch)
     cell = CELLS[name]()
-    params = cell.init(jax.random.PRNGKey(0), I)
-    xs = jnp.ones((B, T, I))
+    # traced only: abstract params and NumPy inputs, so nothing compiles
+    params = jax.eval_shape(lambda key: cell.init(key, I), jax.ShapeDtypeStruct((2,), jnp.uint32))
+    xs = np.ones((B, T, I), np.float32)
     jax.make_jaxpr(lambda p: gr.scan(cell, p, xs, **options)[1])(params)
     assert len(calls) == want
 
 
-@pytest.mark.parametrize("batch", [(), (2, 3), (0,)])
-@pytest.mark.parametrize("T_", [0, 1, 6])
-def test_fused_batch_shapes_and_lengths(batch, T_):
+def test_fused_batch_shapes_and_lengths():
+    """Batch shapes (), (2, 3), (0,) by sequence lengths 0, 1, 6: one compile for all."""
     with jax.enable_x64(True):
         cell = gr.lstm(H)
         params = cell.init(jax.random.PRNGKey(0), I, dtype=jnp.float64)
-        xs = jax.random.normal(jax.random.PRNGKey(1), (*batch, T_, I), jnp.float64)
+        rng = np.random.default_rng(1)
+        cases = [(batch, T_) for batch in [(), (2, 3), (0,)] for T_ in [0, 1, 6]]
+        xss = [rng.standard_normal((*batch, T_, I)) for batch, T_ in cases]
 
         def loss(params, xs, fused):
             final, ys = gr.scan(cell, params, xs, fused=fused)
             return jnp.sum(jnp.cos(ys)) + jnp.sum(final.c**2)
 
         value_and_grad = jax.value_and_grad(loss, argnums=(0, 1))
-        both = jax.jit(lambda p, x: [value_and_grad(p, x, fused) for fused in (True, False)])
-        fast, generic = both(params, xs)  # one compile
-        chex.assert_trees_all_close(fast, generic, rtol=1e-10, atol=1e-12)
-        chex.assert_shape(fast[1][1], xs.shape)
+        both = jax.jit(
+            lambda p, xss: [[value_and_grad(p, x, fused) for fused in (True, False)] for x in xss]
+        )
+        for case, xs, (fast, generic) in zip(cases, xss, both(params, xss)):  # one compile
+            chex.assert_trees_all_close(
+                fast, generic, rtol=1e-10, atol=1e-12, custom_message=str(case)
+            )
+            chex.assert_shape(fast[1][1], xs.shape)
 
 
 FORWARD_OPTIONS = {
@@ -173,55 +180,57 @@ def _fn(cell, options, fused):
 def _problem(name):
     cell = CELLS[name]()
     params = cell.init(jax.random.PRNGKey(0), I, dtype=jnp.float64)
-    xs = jax.random.normal(jax.random.PRNGKey(1), (B, T, I), jnp.float64)
+    xs = np.random.default_rng(1).standard_normal((B, T, I))
     state0 = jax.tree_util.tree_map(
-        lambda s: 0.3 * jnp.ones_like(s), cell.initial_state(params, (B,))
+        lambda s: np.full(s.shape, 0.3),
+        jax.eval_shape(lambda p: cell.initial_state(p, (B,)), params),
     )
     return cell, (params, xs, state0)
 
 
 def _tangents(primals, seed=2):
-    leaves, treedef = jax.tree_util.tree_flatten(primals)
-    keys = jax.random.split(jax.random.PRNGKey(seed), len(leaves))
-    return jax.tree_util.tree_unflatten(
-        treedef, [jax.random.normal(k, x.shape, x.dtype) for k, x in zip(keys, leaves)]
-    )
+    """Random float64 tangents like ``primals``, drawn by NumPy (nothing compiles)."""
+    rng = np.random.default_rng(seed)
+    return jax.tree_util.tree_map(lambda x: rng.standard_normal(np.shape(x)), primals)
 
 
-@pytest.mark.parametrize("option", sorted(FORWARD_OPTIONS))
 @pytest.mark.parametrize("name", ["vanilla", "lstm", "gru_after"])
-def test_forward_mode_by_default_equals_generic_float64(name, option):
-    """jax.jvp with default options equals fused=False; so do jax.linearize and
-    jax.jacfwd (against jax.jacrev of the generic loop), checked on the plain options."""
-    options = FORWARD_OPTIONS[option]
+def test_forward_mode_by_default_equals_generic_float64(name):
+    """jax.jvp with default options equals fused=False, for every option of
+    FORWARD_OPTIONS; so do jax.linearize and jax.jacfwd (against jax.jacrev of the
+    generic loop), checked on the plain options. One compile for the cell."""
     with jax.enable_x64(True):
         cell, primals = _problem(name)
         tangents = _tangents(primals)
-        fast, generic = _fn(cell, options, None), _fn(cell, options, False)
-        plain = option == "plain"
 
-        @jax.jit  # one compile for every derivative below
+        @jax.jit  # one compile for every option and derivative below
         def derivatives(primals, tangents):
-            out = {"fast": jax.jvp(fast, primals, tangents)}
-            out["generic"] = jax.jvp(generic, primals, tangents)
-            if plain:
-                out["linearize"] = jax.linearize(fast, *primals)[1](*tangents)
-                params, xs, state0 = primals
-                out["jacfwd"] = jax.jacfwd(lambda p: fast(p, xs, state0)[1])(params)
-                out["jacrev"] = jax.jacrev(lambda p: generic(p, xs, state0)[1])(params)
-            return out
+            outs = {}
+            params, xs, state0 = primals
+            for option, options in FORWARD_OPTIONS.items():
+                fast, generic = _fn(cell, options, None), _fn(cell, options, False)
+                out = {"fast": jax.jvp(fast, primals, tangents)}
+                out["generic"] = jax.jvp(generic, primals, tangents)
+                if option == "plain":
+                    out["linearize"] = jax.linearize(fast, *primals)[1](*tangents)
+                    out["jacfwd"] = jax.jacfwd(lambda p, f=fast: f(p, xs, state0)[1])(params)
+                    out["jacrev"] = jax.jacrev(lambda p, g=generic: g(p, xs, state0)[1])(params)
+                outs[option] = out
+            return outs
 
-        got = derivatives(primals, tangents)
-        (out, t_fast), (ref, t_generic) = got["fast"], got["generic"]
-        chex.assert_trees_all_close(out, ref, rtol=1e-10, atol=1e-12)
-        chex.assert_trees_all_close(t_fast, t_generic, rtol=1e-10, atol=1e-12)
-        # The tangent is not vacuous.
-        assert float(jnp.max(jnp.abs(t_generic[1]))) > 1e-3
+        for option, got in derivatives(primals, tangents).items():
+            (out, t_fast), (ref, t_generic) = got["fast"], got["generic"]
+            chex.assert_trees_all_close(out, ref, rtol=1e-10, atol=1e-12, custom_message=option)
+            chex.assert_trees_all_close(
+                t_fast, t_generic, rtol=1e-10, atol=1e-12, custom_message=option
+            )
+            # The tangent is not vacuous.
+            assert float(np.max(np.abs(t_generic[1]))) > 1e-3, option
 
-        if not plain:
-            return
-        chex.assert_trees_all_close(got["linearize"], t_generic, rtol=1e-10, atol=1e-12)
-        chex.assert_trees_all_close(got["jacfwd"], got["jacrev"], rtol=1e-10, atol=1e-12)
+            if option != "plain":
+                continue
+            chex.assert_trees_all_close(got["linearize"], t_generic, rtol=1e-10, atol=1e-12)
+            chex.assert_trees_all_close(got["jacfwd"], got["jacrev"], rtol=1e-10, atol=1e-12)
 
 
 @pytest.mark.parametrize("name", ["vanilla", "lstm", "gru_after"])
