@@ -100,6 +100,13 @@ def test_fused_equals_generic_values_and_grads_float64(name):
             )
 
 
+def _abstract_params(cell, dtype=jnp.float32, inp: int = I):
+    """The shapes and dtypes of ``cell.init(key, I)``, computing nothing: for checks that
+    only trace (jax.make_jaxpr) or raise before any computation."""
+    key = jax.ShapeDtypeStruct((2,), jnp.uint32)
+    return jax.eval_shape(lambda key: cell.init(key, inp, dtype), key)
+
+
 def _count_fused_calls(monkeypatch):
     scan_module = sys.modules["gatedrnn.scan"]  # (gr.scan, the function, shadows the name)
     calls = []
@@ -130,8 +137,7 @@ def _count_fused_calls(monkeypatch):
 def test_fused_path_taken_by_default_where_possible(monkeypatch, name, options, want):
     calls = _count_fused_calls(monkeypatch)
     cell = CELLS[name]()
-    # traced only: abstract params and NumPy inputs, so nothing compiles
-    params = jax.eval_shape(lambda key: cell.init(key, I), jax.ShapeDtypeStruct((2,), jnp.uint32))
+    params = _abstract_params(cell)  # traced only: nothing compiles
     xs = np.ones((B, T, I), np.float32)
     jax.make_jaxpr(lambda p: gr.scan(cell, p, xs, **options)[1])(params)
     assert len(calls) == want
@@ -273,9 +279,10 @@ def test_default_derivatives_match_finite_differences_float64(name):
                 jnp.sum(s**2) for s in jax.tree_util.tree_leaves(final)
             )
 
-        jax.test_util.check_grads(
-            jax.jit(loss), (params, xs, state0), order=1, modes=["fwd", "rev"], eps=1e-6
-        )
+        # NumPy arguments: check_grads' perturbations (x +- eps t) are then NumPy sums,
+        # not an XLA program per leaf shape
+        args = jax.tree_util.tree_map(np.asarray, (params, xs, state0))
+        jax.test_util.check_grads(jax.jit(loss), args, order=1, modes=["fwd", "rev"], eps=1e-6)
 
 
 @pytest.mark.parametrize("make", [gr.min_gru, gr.min_lstm], ids=["min_gru", "min_lstm"])
@@ -298,8 +305,8 @@ def test_backward_loop_carries_only_the_state_cotangent():
     """jax.grad of the default loop: the reverse loop has ONE matrix product per step
     (``da @ w_h^T``) and ``dW_h`` is one product outside it, over all T * B rows."""
     cell = gr.lstm(H)
-    params = cell.init(jax.random.PRNGKey(0), I)
-    xs = jnp.ones((B, T, I))
+    params = _abstract_params(cell)  # traced only: nothing compiles
+    xs = np.ones((B, T, I), np.float32)
     loss = lambda p, x: jnp.sum(gr.scan(cell, p, x)[1] ** 2)  # noqa: E731
     jaxpr = jax.make_jaxpr(jax.grad(loss, argnums=(0, 1)))(params, xs).jaxpr
     scans = [e for e in jaxpr.eqns if e.primitive.name == "scan"]
@@ -322,8 +329,8 @@ def test_backward_loop_carries_only_the_state_cotangent():
 
 
 def test_fused_rejects_what_it_cannot_do_and_bad_values():
-    params = gr.gru(H).init(jax.random.PRNGKey(0), I)
-    xs = jnp.ones((B, T, I))
+    params = _abstract_params(gr.gru(H))  # the checks raise before any computation
+    xs = np.ones((B, T, I), np.float32)
     with pytest.raises(ValueError, match=r"fused=True needs .* no resets.*\(got remat=True\)"):
         gr.scan(gr.gru(H), params, xs, fused=True, remat=True)
     with pytest.raises(ValueError, match="got 'gru' without one"):
@@ -336,8 +343,11 @@ def test_a_replaced_recur_turns_the_fused_path_off(monkeypatch):
     """cell._replace(recur=...) must run the new recur, not the old hidden/pointwise."""
     calls = _count_fused_calls(monkeypatch)
     cell = gr.lstm(H)
-    params = cell.init(jax.random.PRNGKey(0), I)
-    xs = jax.random.normal(jax.random.PRNGKey(1), (B, T, I))
+    with jax.enable_x64(True):  # the float64 init the other tests compile, cast to float32
+        params = jax.tree_util.tree_map(
+            lambda w: np.asarray(w, np.float32), cell.init(jax.random.PRNGKey(0), I, jnp.float64)
+        )
+    xs = np.random.default_rng(1).standard_normal((B, T, I)).astype(np.float32)
 
     def doubled(p, s, xp):
         new, y = cell.recur(p, s, xp)
@@ -356,8 +366,13 @@ def test_second_order_through_the_default_loop_float64():
     padded step and a sequence shorter than the loop."""
     with jax.enable_x64(True):
         cell = gr.lstm(2)
-        params = cell.init(jax.random.PRNGKey(0), 2, dtype=jnp.float64)
-        xs = jax.random.normal(jax.random.PRNGKey(1), (2, 4, 2), jnp.float64)
+        # random params of the LSTM's shapes, drawn in NumPy (cell.init would compile its
+        # random and QR operations for this one shape)
+        rng = np.random.default_rng(0)
+        params = jax.tree_util.tree_map(
+            lambda w: 0.5 * rng.standard_normal(w.shape), _abstract_params(cell, jnp.float64, 2)
+        )
+        xs = rng.standard_normal((2, 4, 2))
         lengths = np.array([4, 2])
 
         def f(p, fused):
