@@ -204,7 +204,9 @@ def _tangents(primals, seed=2):
 def test_forward_mode_by_default_equals_generic_float64(name):
     """jax.jvp with default options equals fused=False, for every option of
     FORWARD_OPTIONS; so do jax.linearize and jax.jacfwd (against jax.jacrev of the
-    generic loop), checked on the plain options. One compile for the cell."""
+    generic loop), checked on the plain options. And zero tangents (symbolic zeros) in
+    any two of params, xs, state0 give the same result (the checks of the former
+    test_forward_mode_wrt_inputs_or_params_only). One compile for the cell."""
     with jax.enable_x64(True):
         cell, primals = _problem(name)
         tangents = _tangents(primals)
@@ -222,9 +224,26 @@ def test_forward_mode_by_default_equals_generic_float64(name):
                     out["jacfwd"] = jax.jacfwd(lambda p, f=fast: f(p, xs, state0)[1])(params)
                     out["jacrev"] = jax.jacrev(lambda p, g=generic: g(p, xs, state0)[1])(params)
                 outs[option] = out
+            for argnum in range(3):  # a tangent in one argument only
+
+                def f(arg, fused, argnum=argnum):
+                    args = list(primals)
+                    args[argnum] = arg
+                    return gr.scan(cell, *args, fused=fused, seq_lengths=np.array([7, 3, 0]))
+
+                primal, d = primals[argnum], tangents[argnum]
+                _, got = jax.jvp(lambda a, f=f: f(a, None), (primal,), (d,))
+                _, want = jax.jvp(lambda a, f=f: f(a, False), (primal,), (d,))
+                outs[f"argnum {argnum}"] = (got, want)
             return outs
 
-        for option, got in derivatives(primals, tangents).items():
+        outs = derivatives(primals, tangents)
+        for argnum in range(3):
+            got, want = outs.pop(f"argnum {argnum}")
+            chex.assert_trees_all_close(
+                got, want, rtol=1e-10, atol=1e-12, custom_message=f"argnum {argnum}"
+            )
+        for option, got in outs.items():
             (out, t_fast), (ref, t_generic) = got["fast"], got["generic"]
             chex.assert_trees_all_close(out, ref, rtol=1e-10, atol=1e-12, custom_message=option)
             chex.assert_trees_all_close(
@@ -237,35 +256,6 @@ def test_forward_mode_by_default_equals_generic_float64(name):
                 continue
             chex.assert_trees_all_close(got["linearize"], t_generic, rtol=1e-10, atol=1e-12)
             chex.assert_trees_all_close(got["jacfwd"], got["jacrev"], rtol=1e-10, atol=1e-12)
-
-
-@pytest.mark.parametrize("name", ["vanilla", "lstm", "gru_after"])
-def test_forward_mode_wrt_inputs_or_params_only(name):
-    """Zero tangents (symbolic zeros) in any of params, xs, state0 give the same result."""
-    with jax.enable_x64(True):
-        cell, (params, xs, state0) = _problem(name)
-        d = _tangents((params, xs, state0))
-
-        @jax.jit  # one compile for the three arguments and both loops
-        def tangents_out(primals, d):
-            out = []
-            for argnum in range(3):
-
-                def f(arg, fused, argnum=argnum):
-                    args = list(primals)
-                    args[argnum] = arg
-                    return gr.scan(cell, *args, fused=fused, seq_lengths=np.array([7, 3, 0]))
-
-                primal = primals[argnum]
-                _, got = jax.jvp(lambda a, f=f: f(a, None), (primal,), (d[argnum],))
-                _, want = jax.jvp(lambda a, f=f: f(a, False), (primal,), (d[argnum],))
-                out.append((got, want))
-            return out
-
-        for argnum, (got, want) in enumerate(tangents_out((params, xs, state0), d)):
-            chex.assert_trees_all_close(
-                got, want, rtol=1e-10, atol=1e-12, custom_message=f"argnum {argnum}"
-            )
 
 
 @pytest.mark.parametrize("name", ["vanilla", "lstm", "gru_after"])
