@@ -65,8 +65,8 @@ def _sum_last(final, ys):
 def test_linear_rnn_with_scaled_identity_gives_s_to_the_distance():
     H, T = 4, 12
     cell = gr.vanilla(H, activation="linear")
-    p0 = _init(cell, 0, 3)
-    xs = _xs(1, (2, T, 3))
+    p0 = _init(cell, 0, 2)  # the shapes of the decay-profile test below
+    xs = _xs(1, (2, T, 2))
     u = np.arange(1.0, H + 1)
 
     def loss(final, ys):  # L = <u, h_T> has dL/dh_t = s^(T-t) u: ||dL/dh_t|| = s^(T-t) ||u||
@@ -99,7 +99,7 @@ def test_lstm_without_recurrent_weight_has_cell_jacobian_prod_of_forget_gates():
 
 @pytest.mark.parametrize("reset_after", [True, False])
 def test_gru_without_recurrent_weight_has_jacobian_prod_of_update_gates(reset_after):
-    H, T, I = 5, 9, 3
+    H, T, I = 4, 9, 3  # the GRU of the state-gradient tests below
     cell = gr.gru(H, reset_after=reset_after)
     p = _init(cell, 4, I)
     p = _np(p)._replace(w_h=np.zeros(p.w_h.shape), b_h=_xs(5, (3 * H,), 0.5))
@@ -236,7 +236,6 @@ def test_lstm_norms_report_h_and_c_apart_and_per_example():
 
 
 def test_gate_statistics_match_gates_computed_by_hand():
-    # the shapes of the test below (H 3, I 2, xs (2, 5, 2)): the run compiles them once
     H, I = 3, 2
     cell = gr.lstm(H, forget_bias=3.0)
     p = _init(cell, 17, I)
@@ -264,7 +263,8 @@ def test_gate_statistics_match_gates_computed_by_hand():
     assert float(np.mean(sv["saturated"])) > 0.5
 
 
-GATED = [c for c in (make_cell(n, 3) for n in sorted(CELLS)) if c.gates is not None]
+# the cells and input size of the state-gradient tests above (one compiled init for both)
+GATED = [c for c in (make_cell(n, 4) for n in sorted(CELLS)) if c.gates is not None]
 
 
 @pytest.mark.parametrize("cell", GATED, ids=lambda c: c.name)
@@ -273,8 +273,8 @@ def test_gate_statistics_of_every_gated_cell_equal_a_loop_of_its_gates(cell):
     fractions are those of cell.gates evaluated step by step along a Python loop of
     cell.step, and each gate lies in its range ([0, 1], or [-1, 1] for tanh_gates)."""
     eps = 0.05
-    p = _init(cell, 23, 2)
-    xs = 3.0 * _xs(24, (2, 5, 2))
+    p = _init(cell, 23, 3)
+    xs = 3.0 * _xs(24, (2, 5, 3))
     st = dg.gate_statistics(cell, p, xs, saturation=eps)
 
     @jax.jit  # the Python loop, compiled once
