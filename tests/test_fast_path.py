@@ -101,8 +101,8 @@ def test_fused_equals_generic_values_and_grads_float64(name):
 
 
 def _abstract_params(cell, dtype=jnp.float32, inp: int = I):
-    """The shapes and dtypes of ``cell.init(key, I)``, computing nothing: for checks that
-    only trace (jax.make_jaxpr) or raise before any computation."""
+    """The shapes and dtypes of ``cell.init(key, inp, dtype)``, computing nothing: for
+    checks that only trace (jax.make_jaxpr) or raise before any computation."""
     key = jax.ShapeDtypeStruct((2,), jnp.uint32)
     return jax.eval_shape(lambda key: cell.init(key, inp, dtype), key)
 
