@@ -83,13 +83,14 @@ def test_fused_equals_generic_values_and_grads_float64(name):
         cell = CELLS[name]()
         params = cell.init(jax.random.PRNGKey(0), I, dtype=jnp.float64)
         state0 = jax.tree_util.tree_map(
-            lambda s: 0.3 * jnp.ones_like(s), cell.initial_state(params, (B,))
+            lambda s: np.full(s.shape, 0.3),
+            jax.eval_shape(lambda p: cell.initial_state(p, (B,)), params),
         )
-        perts = jax.tree_util.tree_map(lambda s: 0.01 * jnp.ones((T, *s.shape), s.dtype), state0)
+        perts = jax.tree_util.tree_map(lambda s: np.full((T, *s.shape), 0.01), state0)
         args = {}
         for option, options in OPTIONS.items():
             shape = (T, B, I) if options.get("time_major") else (B, T, I)
-            xs = jax.random.normal(jax.random.PRNGKey(1), shape, jnp.float64)
+            xs = np.random.default_rng(1).standard_normal(shape)
             args[option] = (params, xs, state0, perts)
         for option, (fast, generic) in _loss_and_grads(cell, args).items():
             # Guard against a vacuous comparison: the gradients are not all zero.
@@ -97,6 +98,13 @@ def test_fused_equals_generic_values_and_grads_float64(name):
             chex.assert_trees_all_close(
                 fast, generic, rtol=1e-10, atol=1e-12, custom_message=option
             )
+
+
+def _abstract_params(cell, dtype=jnp.float32, inp: int = I):
+    """The shapes and dtypes of ``cell.init(key, inp, dtype)``, computing nothing: for
+    checks that only trace (jax.make_jaxpr) or raise before any computation."""
+    key = jax.ShapeDtypeStruct((2,), jnp.uint32)
+    return jax.eval_shape(lambda key: cell.init(key, inp, dtype), key)
 
 
 def _count_fused_calls(monkeypatch):
@@ -129,29 +137,34 @@ def _count_fused_calls(monkeypatch):
 def test_fused_path_taken_by_default_where_possible(monkeypatch, name, options, want):
     calls = _count_fused_calls(monkeypatch)
     cell = CELLS[name]()
-    params = cell.init(jax.random.PRNGKey(0), I)
-    xs = jnp.ones((B, T, I))
+    params = _abstract_params(cell)  # traced only: nothing compiles
+    xs = np.ones((B, T, I), np.float32)
     jax.make_jaxpr(lambda p: gr.scan(cell, p, xs, **options)[1])(params)
     assert len(calls) == want
 
 
-@pytest.mark.parametrize("batch", [(), (2, 3), (0,)])
-@pytest.mark.parametrize("T_", [0, 1, 6])
-def test_fused_batch_shapes_and_lengths(batch, T_):
+def test_fused_batch_shapes_and_lengths():
+    """Batch shapes (), (2, 3), (0,) by sequence lengths 0, 1, 6: one compile for all."""
     with jax.enable_x64(True):
         cell = gr.lstm(H)
         params = cell.init(jax.random.PRNGKey(0), I, dtype=jnp.float64)
-        xs = jax.random.normal(jax.random.PRNGKey(1), (*batch, T_, I), jnp.float64)
+        rng = np.random.default_rng(1)
+        cases = [(batch, T_) for batch in [(), (2, 3), (0,)] for T_ in [0, 1, 6]]
+        xss = [rng.standard_normal((*batch, T_, I)) for batch, T_ in cases]
 
         def loss(params, xs, fused):
             final, ys = gr.scan(cell, params, xs, fused=fused)
             return jnp.sum(jnp.cos(ys)) + jnp.sum(final.c**2)
 
         value_and_grad = jax.value_and_grad(loss, argnums=(0, 1))
-        both = jax.jit(lambda p, x: [value_and_grad(p, x, fused) for fused in (True, False)])
-        fast, generic = both(params, xs)  # one compile
-        chex.assert_trees_all_close(fast, generic, rtol=1e-10, atol=1e-12)
-        chex.assert_shape(fast[1][1], xs.shape)
+        both = jax.jit(
+            lambda p, xss: [[value_and_grad(p, x, fused) for fused in (True, False)] for x in xss]
+        )
+        for case, xs, (fast, generic) in zip(cases, xss, both(params, xss)):  # one compile
+            chex.assert_trees_all_close(
+                fast, generic, rtol=1e-10, atol=1e-12, custom_message=str(case)
+            )
+            chex.assert_shape(fast[1][1], xs.shape)
 
 
 FORWARD_OPTIONS = {
@@ -173,84 +186,76 @@ def _fn(cell, options, fused):
 def _problem(name):
     cell = CELLS[name]()
     params = cell.init(jax.random.PRNGKey(0), I, dtype=jnp.float64)
-    xs = jax.random.normal(jax.random.PRNGKey(1), (B, T, I), jnp.float64)
+    xs = np.random.default_rng(1).standard_normal((B, T, I))
     state0 = jax.tree_util.tree_map(
-        lambda s: 0.3 * jnp.ones_like(s), cell.initial_state(params, (B,))
+        lambda s: np.full(s.shape, 0.3),
+        jax.eval_shape(lambda p: cell.initial_state(p, (B,)), params),
     )
     return cell, (params, xs, state0)
 
 
 def _tangents(primals, seed=2):
-    leaves, treedef = jax.tree_util.tree_flatten(primals)
-    keys = jax.random.split(jax.random.PRNGKey(seed), len(leaves))
-    return jax.tree_util.tree_unflatten(
-        treedef, [jax.random.normal(k, x.shape, x.dtype) for k, x in zip(keys, leaves)]
-    )
+    """Random float64 tangents like ``primals``, drawn by NumPy (nothing compiles)."""
+    rng = np.random.default_rng(seed)
+    return jax.tree_util.tree_map(lambda x: rng.standard_normal(np.shape(x)), primals)
 
 
-@pytest.mark.parametrize("option", sorted(FORWARD_OPTIONS))
 @pytest.mark.parametrize("name", ["vanilla", "lstm", "gru_after"])
-def test_forward_mode_by_default_equals_generic_float64(name, option):
-    """jax.jvp with default options equals fused=False; so do jax.linearize and
-    jax.jacfwd (against jax.jacrev of the generic loop), checked on the plain options."""
-    options = FORWARD_OPTIONS[option]
+def test_forward_mode_by_default_equals_generic_float64(name):
+    """jax.jvp with default options equals fused=False, for every option of
+    FORWARD_OPTIONS; so do jax.linearize and jax.jacfwd (against jax.jacrev of the
+    generic loop), checked on the plain options. And zero tangents (symbolic zeros) in
+    any two of params, xs, state0 give the same result (the checks of the former
+    test_forward_mode_wrt_inputs_or_params_only). One compile for the cell."""
     with jax.enable_x64(True):
         cell, primals = _problem(name)
         tangents = _tangents(primals)
-        fast, generic = _fn(cell, options, None), _fn(cell, options, False)
-        plain = option == "plain"
 
-        @jax.jit  # one compile for every derivative below
+        @jax.jit  # one compile for every option and derivative below
         def derivatives(primals, tangents):
-            out = {"fast": jax.jvp(fast, primals, tangents)}
-            out["generic"] = jax.jvp(generic, primals, tangents)
-            if plain:
-                out["linearize"] = jax.linearize(fast, *primals)[1](*tangents)
-                params, xs, state0 = primals
-                out["jacfwd"] = jax.jacfwd(lambda p: fast(p, xs, state0)[1])(params)
-                out["jacrev"] = jax.jacrev(lambda p: generic(p, xs, state0)[1])(params)
-            return out
-
-        got = derivatives(primals, tangents)
-        (out, t_fast), (ref, t_generic) = got["fast"], got["generic"]
-        chex.assert_trees_all_close(out, ref, rtol=1e-10, atol=1e-12)
-        chex.assert_trees_all_close(t_fast, t_generic, rtol=1e-10, atol=1e-12)
-        # The tangent is not vacuous.
-        assert float(jnp.max(jnp.abs(t_generic[1]))) > 1e-3
-
-        if not plain:
-            return
-        chex.assert_trees_all_close(got["linearize"], t_generic, rtol=1e-10, atol=1e-12)
-        chex.assert_trees_all_close(got["jacfwd"], got["jacrev"], rtol=1e-10, atol=1e-12)
-
-
-@pytest.mark.parametrize("name", ["vanilla", "lstm", "gru_after"])
-def test_forward_mode_wrt_inputs_or_params_only(name):
-    """Zero tangents (symbolic zeros) in any of params, xs, state0 give the same result."""
-    with jax.enable_x64(True):
-        cell, (params, xs, state0) = _problem(name)
-        d = _tangents((params, xs, state0))
-
-        @jax.jit  # one compile for the three arguments and both loops
-        def tangents_out(primals, d):
-            out = []
-            for argnum in range(3):
+            outs = {}
+            params, xs, state0 = primals
+            for option, options in FORWARD_OPTIONS.items():
+                fast, generic = _fn(cell, options, None), _fn(cell, options, False)
+                out = {"fast": jax.jvp(fast, primals, tangents)}
+                out["generic"] = jax.jvp(generic, primals, tangents)
+                if option == "plain":
+                    out["linearize"] = jax.linearize(fast, *primals)[1](*tangents)
+                    out["jacfwd"] = jax.jacfwd(lambda p, f=fast: f(p, xs, state0)[1])(params)
+                    out["jacrev"] = jax.jacrev(lambda p, g=generic: g(p, xs, state0)[1])(params)
+                outs[option] = out
+            for argnum in range(3):  # a tangent in one argument only
 
                 def f(arg, fused, argnum=argnum):
                     args = list(primals)
                     args[argnum] = arg
                     return gr.scan(cell, *args, fused=fused, seq_lengths=np.array([7, 3, 0]))
 
-                primal = primals[argnum]
-                _, got = jax.jvp(lambda a, f=f: f(a, None), (primal,), (d[argnum],))
-                _, want = jax.jvp(lambda a, f=f: f(a, False), (primal,), (d[argnum],))
-                out.append((got, want))
-            return out
+                primal, d = primals[argnum], tangents[argnum]
+                _, got = jax.jvp(lambda a, f=f: f(a, None), (primal,), (d,))
+                _, want = jax.jvp(lambda a, f=f: f(a, False), (primal,), (d,))
+                outs[f"argnum {argnum}"] = (got, want)
+            return outs
 
-        for argnum, (got, want) in enumerate(tangents_out((params, xs, state0), d)):
+        outs = derivatives(primals, tangents)
+        for argnum in range(3):
+            got, want = outs.pop(f"argnum {argnum}")
             chex.assert_trees_all_close(
                 got, want, rtol=1e-10, atol=1e-12, custom_message=f"argnum {argnum}"
             )
+        for option, got in outs.items():
+            (out, t_fast), (ref, t_generic) = got["fast"], got["generic"]
+            chex.assert_trees_all_close(out, ref, rtol=1e-10, atol=1e-12, custom_message=option)
+            chex.assert_trees_all_close(
+                t_fast, t_generic, rtol=1e-10, atol=1e-12, custom_message=option
+            )
+            # The tangent is not vacuous.
+            assert float(np.max(np.abs(t_generic[1]))) > 1e-3, option
+
+            if option != "plain":
+                continue
+            chex.assert_trees_all_close(got["linearize"], t_generic, rtol=1e-10, atol=1e-12)
+            chex.assert_trees_all_close(got["jacfwd"], got["jacrev"], rtol=1e-10, atol=1e-12)
 
 
 @pytest.mark.parametrize("name", ["vanilla", "lstm", "gru_after"])
@@ -264,9 +269,10 @@ def test_default_derivatives_match_finite_differences_float64(name):
                 jnp.sum(s**2) for s in jax.tree_util.tree_leaves(final)
             )
 
-        jax.test_util.check_grads(
-            jax.jit(loss), (params, xs, state0), order=1, modes=["fwd", "rev"], eps=1e-6
-        )
+        # NumPy arguments: check_grads' perturbations (x +- eps t) are then NumPy sums,
+        # not an XLA program per leaf shape
+        args = jax.tree_util.tree_map(np.asarray, (params, xs, state0))
+        jax.test_util.check_grads(jax.jit(loss), args, order=1, modes=["fwd", "rev"], eps=1e-6)
 
 
 @pytest.mark.parametrize("make", [gr.min_gru, gr.min_lstm], ids=["min_gru", "min_lstm"])
@@ -289,8 +295,8 @@ def test_backward_loop_carries_only_the_state_cotangent():
     """jax.grad of the default loop: the reverse loop has ONE matrix product per step
     (``da @ w_h^T``) and ``dW_h`` is one product outside it, over all T * B rows."""
     cell = gr.lstm(H)
-    params = cell.init(jax.random.PRNGKey(0), I)
-    xs = jnp.ones((B, T, I))
+    params = _abstract_params(cell)  # traced only: nothing compiles
+    xs = np.ones((B, T, I), np.float32)
     loss = lambda p, x: jnp.sum(gr.scan(cell, p, x)[1] ** 2)  # noqa: E731
     jaxpr = jax.make_jaxpr(jax.grad(loss, argnums=(0, 1)))(params, xs).jaxpr
     scans = [e for e in jaxpr.eqns if e.primitive.name == "scan"]
@@ -313,8 +319,8 @@ def test_backward_loop_carries_only_the_state_cotangent():
 
 
 def test_fused_rejects_what_it_cannot_do_and_bad_values():
-    params = gr.gru(H).init(jax.random.PRNGKey(0), I)
-    xs = jnp.ones((B, T, I))
+    params = _abstract_params(gr.gru(H))  # the checks raise before any computation
+    xs = np.ones((B, T, I), np.float32)
     with pytest.raises(ValueError, match=r"fused=True needs .* no resets.*\(got remat=True\)"):
         gr.scan(gr.gru(H), params, xs, fused=True, remat=True)
     with pytest.raises(ValueError, match="got 'gru' without one"):
@@ -327,8 +333,11 @@ def test_a_replaced_recur_turns_the_fused_path_off(monkeypatch):
     """cell._replace(recur=...) must run the new recur, not the old hidden/pointwise."""
     calls = _count_fused_calls(monkeypatch)
     cell = gr.lstm(H)
-    params = cell.init(jax.random.PRNGKey(0), I)
-    xs = jax.random.normal(jax.random.PRNGKey(1), (B, T, I))
+    with jax.enable_x64(True):  # the float64 init the other tests compile, cast to float32
+        params = jax.tree_util.tree_map(
+            lambda w: np.asarray(w, np.float32), cell.init(jax.random.PRNGKey(0), I, jnp.float64)
+        )
+    xs = np.random.default_rng(1).standard_normal((B, T, I)).astype(np.float32)
 
     def doubled(p, s, xp):
         new, y = cell.recur(p, s, xp)
@@ -347,8 +356,13 @@ def test_second_order_through_the_default_loop_float64():
     padded step and a sequence shorter than the loop."""
     with jax.enable_x64(True):
         cell = gr.lstm(2)
-        params = cell.init(jax.random.PRNGKey(0), 2, dtype=jnp.float64)
-        xs = jax.random.normal(jax.random.PRNGKey(1), (2, 4, 2), jnp.float64)
+        # random params of the LSTM's shapes, drawn in NumPy (cell.init would compile its
+        # random and QR operations for this one shape)
+        rng = np.random.default_rng(0)
+        params = jax.tree_util.tree_map(
+            lambda w: 0.5 * rng.standard_normal(w.shape), _abstract_params(cell, jnp.float64, 2)
+        )
+        xs = rng.standard_normal((2, 4, 2))
         lengths = np.array([4, 2])
 
         def f(p, fused):
