@@ -29,6 +29,7 @@ from gatedrnn.cells.slstm import (
 ROOT = Path(__file__).resolve().parents[1]
 F64 = jnp.float64
 B, T, I, H, HEADS = 2, 7, 3, 4, 2
+KEY0 = np.zeros(2, np.uint32)  # jax.random.PRNGKey(0)'s data (making it compiles a program)
 
 # gr.scan compiled once per cell, shapes and options (eager calls compile every op); the
 # tests draw their data with numpy and read results as numpy, so that no eager JAX op
@@ -200,10 +201,10 @@ def test_hidden_is_the_block_diagonal_product():
 def test_init_layout_and_forget_bias():
     # each init one compiled program (eager, every op of the init compiles its own)
     def init(cell, *args):
-        return jax.jit(cell.init, static_argnums=(1, 2))(jax.random.PRNGKey(0), *args)
+        return jax.jit(cell.init, static_argnums=(1, 2))(KEY0, *args)
 
     cell = slstm(8, num_heads=2)
-    params = init(cell, 3, jnp.float32)
+    params = _np(init(cell, 3, jnp.float32))
     assert isinstance(params, SLSTMParams)
     assert params.w_x.shape == (3, 32) and params.r.shape == (2, 4, 16) and params.b.shape == (32,)
     np.testing.assert_allclose(params.r, 0.0)  # xlstm's recurrent init: zeros
@@ -211,9 +212,9 @@ def test_init_layout_and_forget_bias():
     np.testing.assert_allclose(params.b[8:16], want, rtol=1e-6)
     np.testing.assert_allclose(params.b[:8], 0.0)
     np.testing.assert_allclose(params.b[16:], 0.0)
-    lin = init(slstm(8, 2, forget_bias="linspace"), 3, jnp.float32)
+    lin = _np(init(slstm(8, 2, forget_bias="linspace"), 3, jnp.float32))
     np.testing.assert_allclose(lin.b[8:16], np.tile(np.linspace(3.0, 6.0, 4), 2), rtol=1e-6)
-    const = init(slstm(8, forget_bias=2.5), 3, jnp.float32)
+    const = _np(init(slstm(8, forget_bias=2.5), 3, jnp.float32))
     np.testing.assert_allclose(const.b[8:16], 2.5)
     np.testing.assert_allclose(forget_bias_values("powerlaw", 1), [5.0])
     assert make_cell("slstm", 8, num_heads=2) is cell
@@ -252,7 +253,7 @@ def test_bad_options_and_inputs_raise_clear_errors():
     cell = slstm(H, HEADS)
     params = jax.eval_shape(lambda k: cell.init(k, I), key)
     with pytest.raises(ValueError, match="input_size"):
-        cell.init(jax.random.PRNGKey(0), 0)
+        cell.init(KEY0, 0)
     scan = functools.partial(jax.eval_shape, functools.partial(gr.scan, cell))
     ones = np.ones((B, T, I), np.float32)
     with pytest.raises(ValueError, match="features"):
@@ -351,6 +352,10 @@ def test_grads_equal_finite_differences_float64():
             value, grad = jax.value_and_grad(lambda a: loss(*a))(point)
             return value, grad, jax.jvp(loss, point, direction)[1]
 
+        def value_at(point, direction, h):  # the loss at point + h * direction
+            shifted = jax.tree_util.tree_map(lambda a, d: a + h * d, point, direction)
+            return float(value_grad_jvp(shifted, direction)[0])
+
         leaves = jax.tree_util.tree_leaves
         eps = 1e-6
         zero = jax.tree_util.tree_map(np.zeros_like, s0)
@@ -359,14 +364,9 @@ def test_grads_equal_finite_differences_float64():
             direction = jax.tree_util.tree_map(lambda a: rng.normal(size=a.shape), point)
             if start is zero:
                 direction = (*direction[:2], zero)
-            _, grad, jvp = value_grad_jvp(point, direction)
-            shifted = [
-                jax.tree_util.tree_map(lambda a, d, h=h: a + h * d, point, direction)
-                for h in (eps, -eps)
-            ]
-            fd = (
-                value_grad_jvp(shifted[0], direction)[0] - value_grad_jvp(shifted[1], direction)[0]
-            ) / (2 * eps)
+            _, grad, jvp = _np(value_grad_jvp(point, direction))
+            plus, minus = (value_at(point, direction, h) for h in (eps, -eps))
+            fd = (plus - minus) / (2 * eps)
             rev = sum(np.vdot(g, d) for g, d in zip(leaves(grad), leaves(direction)))
             np.testing.assert_allclose(jvp, fd, rtol=1e-7, atol=1e-7)
             np.testing.assert_allclose(rev, fd, rtol=1e-7, atol=1e-7)
@@ -455,7 +455,7 @@ def test_stack_runs_two_layers():
     with jax.enable_x64(True):
         cell = slstm(H, HEADS)
         st = gr.stack(cell, 2)
-        params = jax.jit(st.init, static_argnums=(1, 2))(jax.random.PRNGKey(0), I, F64)
+        params = jax.jit(st.init, static_argnums=(1, 2))(KEY0, I, F64)
         xs = np.random.default_rng(1).normal(size=(B, T, I))
 
         @jax.jit  # the stack and the two scans in one compiled program
@@ -557,7 +557,7 @@ def test_init_matches_xlstm_defaults():
     from xlstm.blocks.slstm.cell import sLSTMCell, sLSTMCellConfig
 
     ref = sLSTMCell(sLSTMCellConfig(hidden_size=16, num_heads=4, backend="vanilla"))
-    params = jax.jit(slstm(16, 4).init, static_argnums=1)(jax.random.PRNGKey(0), 3)
+    params = jax.jit(slstm(16, 4).init, static_argnums=1)(KEY0, 3)
     np.testing.assert_allclose(
         params.b,
         ref.bias.clone().detach().permute(1, 0, 2).reshape(-1).numpy(),
