@@ -3,6 +3,7 @@ invariance, the fused loop, the Cell contract, and parity with xlstm's pure-PyTo
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import importlib.util
 from pathlib import Path
@@ -534,6 +535,19 @@ def _parity_module():
     return module
 
 
+@contextlib.contextmanager
+def _one_torch_thread():
+    """torch on one thread: on these tiny tensors its idle worker threads only spin,
+    burning CPU."""
+    torch = pytest.importorskip("torch", reason="torch is not installed")
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
+
+
 @pytest.mark.parametrize("dtype", ["float32", "float64"])
 def test_parity_with_xlstm_vanilla(dtype):
     """Same weights, T = 64, batch 3: outputs and every state leaf agree, from the zero
@@ -547,7 +561,8 @@ def test_parity_with_xlstm_vanilla(dtype):
         xs = rng.normal(size=(3, 64, 8)).astype(dtype)
         for s0 in (None, _random_state(rng, (3,), 8, np.dtype(dtype))):
             got = parity.ours_run(cell, params, xs, s0)
-            want = parity.reference_run(params, xs, 2, s0)
+            with _one_torch_thread():
+                want = parity.reference_run(params, xs, 2, s0)
             for a, b in zip(jax.tree_util.tree_leaves(got), jax.tree_util.tree_leaves(want)):
                 np.testing.assert_allclose(a, b, rtol=tol, atol=tol)
 
@@ -572,7 +587,8 @@ def test_parity_script_writes_json(tmp_path, monkeypatch):
     parity = _parity_module()
     monkeypatch.setattr(parity, "PARITY_SHAPE", (2, 8, 8))
     out = tmp_path / "slstm.json"
-    results = parity.main(["--out", str(out)])
+    with _one_torch_thread():
+        results = parity.main(["--out", str(out)])
     import json
 
     assert json.loads(out.read_text()) == results
