@@ -4,6 +4,7 @@ gr.scan promises works, and both forms agree with the xlstm package's PyTorch ba
 
 from __future__ import annotations
 
+import contextlib
 import math
 from functools import partial
 
@@ -22,13 +23,15 @@ from gatedrnn.cells.mlstm import MLSTMParams, MLSTMState, mlstm
 F64 = jnp.float64
 B, T, I, H, NH = 3, 7, 3, 8, 2
 D = H // NH
+KEY = jax.ShapeDtypeStruct((2,), jnp.uint32)  # an abstract PRNGKey (nothing compiles)
+KEY0 = np.zeros(2, np.uint32)  # jax.random.PRNGKey(0)'s data (making it compiles a program)
 
 
 def _make(dtype=F64, seed=0, H=H, NH=NH, I=I, scale=0.5, **options):
     """The cell and params with every entry random (numpy draws: no JAX op to compile)."""
     cell = mlstm(H, NH, **options)
     rng = np.random.default_rng(seed)
-    shapes = jax.eval_shape(lambda k: cell.init(k, I), jax.random.PRNGKey(0))
+    shapes = jax.eval_shape(lambda k: cell.init(k, I), KEY)
     p = MLSTMParams(*[(scale * rng.normal(size=a.shape)).astype(dtype) for a in shapes])
     return cell, p._replace(b_f=p.b_f + 3.0)  # forget gates near the init's
 
@@ -44,12 +47,28 @@ def _xs(seed, shape, dtype=F64):
     return np.random.default_rng(seed).normal(size=shape).astype(dtype)
 
 
-# gr.scan compiled once per cell, shapes and options (eager calls compile every op)
-_scan = jax.jit(
+# gr.scan compiled once per cell, shapes and options (eager calls compile every op); the
+# tests read results as numpy (indexing a jax array compiles a program)
+_scan_jit = jax.jit(
     gr.scan,
     static_argnums=0,
     static_argnames=("reverse", "time_major", "parallel", "truncate"),
 )
+
+
+def _np(tree):
+    """Every leaf of ``tree`` as a numpy array."""
+    return jax.tree_util.tree_map(np.asarray, tree)
+
+
+def _scan(*args, **kwargs):
+    return _np(_scan_jit(*args, **kwargs))
+
+
+@partial(jax.jit, static_argnums=0, static_argnames=("time_major",))
+def _both_forms(cell, p, xs, s0, time_major=False):
+    """``gr.scan`` step form and parallel form in one compiled program."""
+    return [gr.scan(cell, p, xs, s0, time_major=time_major, parallel=par) for par in (False, True)]
 
 
 def _numpy_step(p, state, x, NH, eps, stabilized=True):
@@ -104,21 +123,27 @@ def test_step_form_is_the_papers_equations_and_the_stabilizer_changes_nothing():
         cell, p = _make()
         xs = _xs(1, (T, B, I))
         s0 = _state(cell, p, (B,))
+        cell0 = mlstm(H, NH, eps=0.0)
+        zero = MLSTMState(*(np.zeros(a.shape) for a in s0))
+
+        @jax.jit  # the scans and the loop in one compiled program
+        def runs(p, xs, s0, zero):
+            return (
+                gr.scan(cell, p, xs, s0, time_major=True),
+                loop_scan(cell, p, xs, s0),
+                gr.scan(cell0, p, xs, zero, time_major=True)[1],
+            )
+
+        (final, ys), loop, ys0 = _np(runs(p, xs, s0, zero))
         want_s, want_ys = _numpy_scan(p, xs, s0)
-        final, ys = _scan(cell, p, xs, s0, time_major=True)
         chex.assert_trees_all_close(ys, want_ys, rtol=1e-12, atol=1e-12)
         chex.assert_trees_all_close(tuple(final), want_s, rtol=1e-12, atol=1e-12)
         # gr.scan is also a Python loop of cell.step
-        chex.assert_trees_all_close(
-            jax.jit(loop_scan, static_argnums=0)(cell, p, xs, s0), (final, ys), rtol=1e-12
-        )
+        chex.assert_trees_all_close(loop, (final, ys), rtol=1e-12)
         # With eps = 0 the stabilized state is the plain one scaled by exp(-m): the same
         # outputs as the unstabilized equations from a zero state (m = 0).
-        cell0 = mlstm(H, NH, eps=0.0)
-        zero = MLSTMState(*(np.zeros(a.shape) for a in s0))
         _, want_ys = _numpy_scan(p, xs, zero, eps=0.0, stabilized=False)
-        _, ys = _scan(cell0, p, xs, zero, time_major=True)
-        chex.assert_trees_all_close(ys, want_ys, rtol=1e-10, atol=1e-12)
+        chex.assert_trees_all_close(ys0, want_ys, rtol=1e-10, atol=1e-12)
 
 
 def test_large_input_gates_stay_finite_in_float32():
@@ -144,8 +169,7 @@ def test_both_forms_take_any_batch_axes_and_layout(batch, time_major):
         s0 = _state(cell, p, batch)
         want_s, want_ys = _numpy_scan(p, xs_tm, s0)
         xs = xs_tm if time_major else np.moveaxis(xs_tm, 0, -2)
-        for parallel in (False, True):
-            s, ys = _scan(cell, p, xs, s0, time_major=time_major, parallel=parallel)
+        for s, ys in _np(_both_forms(cell, p, xs, s0, time_major=time_major)):
             ys = ys if time_major else np.moveaxis(ys, -2, 0)
             chex.assert_trees_all_close(ys, want_ys, rtol=1e-11, atol=1e-12)
             chex.assert_trees_all_close(tuple(s), want_s, rtol=1e-11, atol=1e-12)
@@ -193,12 +217,25 @@ def test_parallel_equals_step_form_with_lengths_and_grads_match_finite_differenc
             leaves = jax.tree_util.tree_leaves(final)
             return jnp.sum(jnp.sin(ys)) + sum(jnp.sum(a**2) for a in leaves), (final, ys)
 
-        runs = {}
-        for parallel in (False, True):
-            f = jax.jit(jax.value_and_grad(partial(loss, parallel), (0, 1, 2), has_aux=True))
-            runs[parallel] = f, f(p, xs, s0)
-        (l_step, (final, ys)), g_step = runs[False][1]
-        chex.assert_trees_all_close(runs[True][1], runs[False][1], rtol=1e-10, atol=1e-12)
+        @jax.jit
+        def both(p, xs, s0, direction):
+            """Both forms' values and grads, and the step form's jvp along ``direction``,
+            in one compiled program."""
+            runs = [
+                jax.value_and_grad(partial(loss, par), (0, 1, 2), has_aux=True)(p, xs, s0)
+                for par in (False, True)
+            ]
+            tangent = jax.jvp(lambda *a: loss(False, *a)[0], (p, xs, s0), direction)[1]
+            return runs, tangent
+
+        rng = np.random.default_rng(7)
+        leaves = jax.tree_util.tree_leaves
+        point = jax.tree_util.tree_map(np.asarray, (p, np.where(pad, 0.0, xs), s0))
+        direction = jax.tree_util.tree_map(lambda a: rng.normal(size=a.shape), point)
+        direction[1][np.broadcast_to(pad, xs.shape)] = 0.0
+        runs, _ = _np(both(p, xs, s0, direction))
+        (l_step, (final, ys)), g_step = runs[0]
+        chex.assert_trees_all_close(runs[1], runs[0], rtol=1e-10, atol=1e-12)
         # each sequence: the numpy loop up to its length, zeros after, state kept
         for b, n in enumerate(lengths):
             s_b = [np.asarray(a[b]) for a in s0]
@@ -210,11 +247,6 @@ def test_parallel_equals_step_form_with_lengths_and_grads_match_finite_differenc
             )
         # gradients: finite (NaN padding never reaches them), zero at the padding, and the
         # directional derivative along a random direction equals central differences
-        rng = np.random.default_rng(7)
-        leaves = jax.tree_util.tree_leaves
-        point = jax.tree_util.tree_map(np.asarray, (p, np.where(pad, 0.0, xs), s0))
-        direction = jax.tree_util.tree_map(lambda a: rng.normal(size=a.shape), point)
-        direction[1][np.broadcast_to(pad, xs.shape)] = 0.0
         assert all(np.all(np.isfinite(g)) for g in leaves(g_step))
         np.testing.assert_array_equal(np.where(pad, g_step[1], 0.0), 0.0)
 
@@ -224,15 +256,14 @@ def test_parallel_equals_step_form_with_lengths_and_grads_match_finite_differenc
         def shifted(h):
             return jax.tree_util.tree_map(lambda a, d: a + h * d, point, direction)
 
+        h = 1e-5
+        (plus, _), (minus, _) = (_np(both(*shifted(s), direction)) for s in (h, -h))
         for parallel in (False, True):
-            f, (_, grads) = runs[parallel]
-            h = 1e-5
-            fd = (f(*shifted(h))[0][0] - f(*shifted(-h))[0][0]) / (2 * h)
+            (_, grads) = runs[parallel]
+            fd = (plus[parallel][0][0] - minus[parallel][0][0]) / (2 * h)
             np.testing.assert_allclose(dot(grads, direction), fd, rtol=1e-7)
         # forward mode: jax.jvp of the step form is the same directional derivative
-        _, tangent = jax.jit(lambda args, d: jax.jvp(lambda *a: loss(False, *a)[0], args, d))(
-            point, direction
-        )
+        _, tangent = _np(both(*point, direction))
         np.testing.assert_allclose(tangent, dot(g_step, direction), rtol=1e-10)
 
 
@@ -254,7 +285,7 @@ def test_parallel_form_has_no_loop_and_no_per_step_matrix_memory():
     cell = mlstm(Hn, 2, chunk_size=3)
     xs = _xs(1, (Tc, B, I), jnp.float32)
     valid = np.ones((Tc, B), bool)
-    xp = cell.project(p, xs)
+    xp = jax.eval_shape(cell.project, p, xs)
     jaxpr = jax.make_jaxpr(lambda xp, s: cell.parallel(p, xp, s, valid))(xp, s0)
     (loop,) = [e for e in jaxpr.jaxpr.eqns if e.primitive.name == "scan"]
     eqns = [*jaxpr.jaxpr.eqns, *loop.params["jaxpr"].jaxpr.eqns]
@@ -276,7 +307,7 @@ def test_jit_with_the_cell_static_compiles_once():
         zero = tuple(np.zeros((B, n)) for n in (NH * D * D, H, NH))
         _, want = _numpy_scan(p, np.swapaxes(np.asarray(xs, np.float64), 0, 1), zero)
     chex.assert_trees_all_close(ys, np.swapaxes(want, 0, 1), rtol=1e-4, atol=1e-5)
-    big = jax.eval_shape(lambda k: make_cell("mlstm", 64).init(k, 3), jax.random.PRNGKey(0))
+    big = jax.eval_shape(lambda k: make_cell("mlstm", 64).init(k, 3), KEY)
     assert big.w_q.shape == (3, 64)
 
 
@@ -286,24 +317,29 @@ def test_reverse_resets_and_truncate():
         xs = _xs(1, (B, T, I))
         s0 = _state(cell, p, (B,))
         xs_tm = np.swapaxes(np.asarray(xs), 0, 1)
-        # reverse: the reversed sequence run forwards, outputs in the original order
-        _, ys = _scan(cell, p, xs, s0, reverse=True)
-        _, want = _numpy_scan(p, xs_tm[::-1], s0)
-        chex.assert_trees_all_close(ys, np.swapaxes(want[::-1], 0, 1), rtol=1e-11, atol=1e-12)
-        # resets: each segment from the initial state
         resets = np.zeros((B, T), bool)
         resets[:, 4] = True
-        _, ys = _scan(cell, p, xs, s0, resets=resets)
-        want = np.concatenate([_numpy_scan(p, xs_tm[:4], s0)[1], _numpy_scan(p, xs_tm[4:], s0)[1]])
-        chex.assert_trees_all_close(ys, np.swapaxes(want, 0, 1), rtol=1e-11, atol=1e-12)
 
-        # truncate=3 (cuts before steps 3 and 6): the same forward pass; the output of
-        # step 5 has gradients for inputs 3, 4, 5 only
-        @jax.jit
         def out5(xs):
             return jnp.sum(jnp.sin(gr.scan(cell, p, xs, s0, truncate=3)[1][:, 5]))
 
-        value, g = jax.value_and_grad(out5)(xs)
+        @jax.jit  # every run in one compiled program
+        def runs(xs, resets):
+            return (
+                gr.scan(cell, p, xs, s0, reverse=True)[1],
+                gr.scan(cell, p, xs, s0, resets=resets)[1],
+                jax.value_and_grad(out5)(xs),
+            )
+
+        ys_rev, ys_resets, (value, g) = _np(runs(xs, resets))
+        # reverse: the reversed sequence run forwards, outputs in the original order
+        _, want = _numpy_scan(p, xs_tm[::-1], s0)
+        chex.assert_trees_all_close(ys_rev, np.swapaxes(want[::-1], 0, 1), rtol=1e-11, atol=1e-12)
+        # resets: each segment from the initial state
+        want = np.concatenate([_numpy_scan(p, xs_tm[:4], s0)[1], _numpy_scan(p, xs_tm[4:], s0)[1]])
+        chex.assert_trees_all_close(ys_resets, np.swapaxes(want, 0, 1), rtol=1e-11, atol=1e-12)
+        # truncate=3 (cuts before steps 3 and 6): the same forward pass; the output of
+        # step 5 has gradients for inputs 3, 4, 5 only
         want = _numpy_scan(p, xs_tm, s0)[1][5]
         np.testing.assert_allclose(value, np.sum(np.sin(want)), rtol=1e-12)
         np.testing.assert_array_equal(g[:, :3], 0.0)
@@ -352,14 +388,19 @@ def test_gates_and_output_agree_with_the_step():
 def test_gate_statistics_and_state_gradient_norms():
     cell, p = _make(jnp.float32)
     xs = _xs(1, (B, T, I), jnp.float32)
-    stats = dg.gate_statistics(cell, p, xs)
+
+    @jax.jit  # both diagnostics in one compiled program
+    def diagnostics(p, xs):
+        loss = lambda final, ys: jnp.sum(ys[-1] ** 2)  # noqa: E731
+        return dg.gate_statistics(cell, p, xs), dg.state_gradient_norms(cell, p, xs, loss)
+
+    stats, norms = _np(diagnostics(p, xs))
     for name in ("input", "forget", "output"):
         assert stats[name].shape == (T,)
         assert np.all((stats[name] >= 0) & (stats[name] <= 1))
     # the forget gate sigmoid(f~) at step 1, by hand
     ft = np.asarray(xs[:, 0]) @ np.asarray(p.w_f) + np.asarray(p.b_f)
     np.testing.assert_allclose(stats["forget"][0], np.mean(1 / (1 + np.exp(-ft))), rtol=1e-5)
-    norms = dg.state_gradient_norms(cell, p, xs, lambda final, ys: jnp.sum(ys[-1] ** 2))
     assert isinstance(norms, MLSTMState)
     for leaf in norms:
         assert leaf.shape == (T + 1,) and np.all(np.isfinite(leaf))
@@ -368,7 +409,7 @@ def test_gate_statistics_and_state_gradient_norms():
 
 def test_init_layout_and_biases():
     cell = mlstm(12, 3)
-    p = jax.jit(cell.init, static_argnums=(1, 2))(jax.random.PRNGKey(0), 5, jnp.float32)
+    p = _np(jax.jit(cell.init, static_argnums=(1, 2))(KEY0, 5, jnp.float32))
     assert isinstance(p, MLSTMParams)
     shapes = {f: getattr(p, f).shape for f in p._fields}
     assert shapes == {
@@ -390,7 +431,7 @@ def test_init_layout_and_biases():
     assert 0.5 < float(np.std(p.w_q)) * math.sqrt(5) < 2.0  # variance 1 / fan-in
     s = jax.eval_shape(lambda p: cell.initial_state(p, (2, 4)), p)
     assert (s.c.shape, s.n.shape, s.m.shape) == ((2, 4, 3 * 16), (2, 4, 12), (2, 4, 3))
-    bf16 = jax.eval_shape(lambda k: cell.init(k, 5, jnp.bfloat16), jax.random.PRNGKey(0))
+    bf16 = jax.eval_shape(lambda k: cell.init(k, 5, jnp.bfloat16), KEY)
     assert all(a.dtype == jnp.bfloat16 for a in bf16)
 
 
@@ -408,17 +449,17 @@ def test_bad_sizes_and_options_raise_clear_errors():
     with pytest.raises(ValueError, match="chunk_size must be an integer >= 1, got 0"):
         mlstm(8, chunk_size=0)
     with pytest.raises(ValueError, match="input_size"):
-        cell.init(jax.random.PRNGKey(0), 0)
+        cell.init(KEY0, 0)
     with pytest.raises(ValueError, match="features"):
         jax.eval_shape(partial(gr.scan, cell), p, np.ones((B, T, I + 1), np.float32))
     with pytest.raises(TypeError, match="floating point"):
         jax.eval_shape(partial(gr.scan, cell), p, np.ones((B, T, I), np.int32))
-    other = jax.eval_shape(lambda k: mlstm(2 * H, NH).init(k, I), jax.random.PRNGKey(0))
+    other = jax.eval_shape(lambda k: mlstm(2 * H, NH).init(k, I), KEY)
     with pytest.raises(ValueError, match=r"params.w_q has shape \(3, 16\).*hidden_size=8"):
         jax.eval_shape(partial(gr.scan, cell), other, x)
     with pytest.raises(ValueError, match="params.w_i"):
         jax.eval_shape(partial(gr.scan, mlstm(H, 4)), p, x)
-    lstm_p = jax.eval_shape(lambda k: gr.lstm(H).init(k, I), jax.random.PRNGKey(0))
+    lstm_p = jax.eval_shape(lambda k: gr.lstm(H).init(k, I), KEY)
     with pytest.raises(TypeError, match="MLSTMParams"):
         jax.eval_shape(partial(gr.scan, cell), lstm_p, x)
     bad = MLSTMState(
@@ -482,6 +523,19 @@ def _reference(p, xs, NH, state0=None):
     return y_par, y_rec, final
 
 
+@contextlib.contextmanager
+def _one_torch_thread():
+    """torch on one thread: on these tiny tensors its idle worker threads only spin,
+    burning CPU (about 2 s over this file's xlstm runs on 2 cores)."""
+    torch = pytest.importorskip("torch", reason="torch is not installed")
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
+
+
 @pytest.mark.parametrize("dtype", ["float32", "float64"])
 def test_matches_the_xlstm_backends(dtype):
     """xlstm's recurrent step starts at m = 0 (our zero state); its parallel form is ours
@@ -492,21 +546,26 @@ def test_matches_the_xlstm_backends(dtype):
         Bn, Tn, In, Hn, NHn = 2, 64, 4, 8, 2
         cell, p = _make(dt, H=Hn, NH=NHn, I=In)
         xs = _xs(2, (Bn, Tn, In), dt)
-        y_par, y_rec, final = _reference(p, xs, NHn)
-        zero = cell.initial_state(p, (Bn,))
+        with _one_torch_thread():
+            y_par, y_rec, final = _reference(p, xs, NHn)
+        zero = MLSTMState(
+            *(
+                np.zeros(a.shape, dt)
+                for a in jax.eval_shape(lambda p: cell.initial_state(p, (Bn,)), p)
+            )
+        )
         no_init = zero._replace(m=np.full(zero.m.shape, -np.inf, dt))
         tol = {"float32": 1e-4, "float64": 1e-10}[dtype]
         scale = np.abs(y_rec).max()
-        for parallel in (False, True):
-            state, ys = _scan(cell, p, xs, zero, parallel=parallel)
+        from_zero, from_no_init = (_np(_both_forms(cell, p, xs, s)) for s in (zero, no_init))
+        for (state, ys), (_, ys_no_init) in zip(from_zero, from_no_init):
             chex.assert_trees_all_close(ys, y_rec, atol=tol * scale, rtol=0)
             chex.assert_trees_all_close(tuple(state), final, atol=tol * 10, rtol=tol)
-            _, ys = _scan(cell, p, xs, no_init, parallel=parallel)
-            chex.assert_trees_all_close(ys, y_par, atol=tol * scale, rtol=0)
+            chex.assert_trees_all_close(ys_no_init, y_par, atol=tol * scale, rtol=0)
         # from a nonzero initial state (the recurrent step takes one)
         s0 = _state(cell, p, (Bn,), dtype=dt)
-        _, y_rec, final = _reference(p, xs, NHn, s0)
-        for parallel in (False, True):
-            state, ys = _scan(cell, p, xs, s0, parallel=parallel)
+        with _one_torch_thread():
+            _, y_rec, final = _reference(p, xs, NHn, s0)
+        for state, ys in _np(_both_forms(cell, p, xs, s0)):
             chex.assert_trees_all_close(ys, y_rec, atol=tol * np.abs(y_rec).max(), rtol=0)
             chex.assert_trees_all_close(tuple(state), final, atol=tol * 10, rtol=tol)

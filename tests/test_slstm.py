@@ -3,9 +3,9 @@ invariance, the fused loop, the Cell contract, and parity with xlstm's pure-PyTo
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import importlib.util
-import types
 from pathlib import Path
 
 import chex
@@ -30,38 +30,50 @@ from gatedrnn.cells.slstm import (
 ROOT = Path(__file__).resolve().parents[1]
 F64 = jnp.float64
 B, T, I, H, HEADS = 2, 7, 3, 4, 2
+KEY0 = np.zeros(2, np.uint32)  # jax.random.PRNGKey(0)'s data (making it compiles a program)
 
-# gr.scan compiled once per cell, shapes and options (eager calls compile every op)
-_scan = jax.jit(
+# gr.scan compiled once per cell, shapes and options (eager calls compile every op); the
+# tests draw their data with numpy and read results as numpy, so that no eager JAX op
+# compiles a program of its own
+_scan_jit = jax.jit(
     gr.scan, static_argnums=0, static_argnames=("reverse", "time_major", "truncate", "fused")
 )
-_step = jax.jit(lambda cell, p, s, x: cell.step(p, s, x), static_argnums=0)
 
 
-def _compiled_steps(cell):
-    """``cell`` for conftest's ``loop_scan`` with its step compiled once per shape (eager,
-    every op of every step is dispatched on its own)."""
-    return types.SimpleNamespace(step=functools.partial(_step, cell), hidden_size=cell.hidden_size)
+def _np(tree):
+    """Every leaf of ``tree`` as a numpy array (indexing a jax array compiles a program)."""
+    return jax.tree_util.tree_map(np.asarray, tree)
+
+
+def _scan(*args, **kwargs):
+    return _np(_scan_jit(*args, **kwargs))
 
 
 def _problem(dtype=F64, seed=0, hidden=H, heads=HEADS, forget_gate="sigmoid", inp=I):
-    """A cell with a random recurrent weight, params with a jittered bias, and a key."""
+    """A cell with a random recurrent weight, params with a jittered bias (the init's
+    distributions: fan-in normal ``w_x`` and ``r`` blocks, the powerlaw forget bias, drawn
+    with numpy), and a numpy generator for the data."""
     cell = slstm(hidden, heads, forget_gate, recurrent_init=fan_in_normal)
-    k_init, k_b, k_x = jax.random.split(jax.random.PRNGKey(seed), 3)
-    params = cell.init(k_init, inp, dtype)
-    params = params._replace(b=params.b + 0.5 * jax.random.normal(k_b, params.b.shape, dtype))
-    return cell, params, k_x
+    rng = np.random.default_rng(seed)
+    dh = hidden // heads
+    b = np.zeros(4 * hidden)
+    b[hidden : 2 * hidden] = np.tile(forget_bias_values("powerlaw", dh), heads)
+    params = SLSTMParams(
+        w_x=(rng.normal(size=(inp, 4 * hidden)) / np.sqrt(inp)).astype(dtype),
+        r=(rng.normal(size=(heads, dh, 4 * dh)) / np.sqrt(dh)).astype(dtype),
+        b=(b + 0.5 * rng.normal(size=4 * hidden)).astype(dtype),
+    )
+    return cell, params, rng
 
 
-def _random_state(key, batch, hidden=H, dtype=F64):
-    """A state with every leaf non-zero and ``n > 0``."""
-    kh, kc, kn, km = jax.random.split(key, 4)
+def _random_state(rng, batch, hidden=H, dtype=F64):
+    """A state with every leaf non-zero and ``n > 0`` (numpy)."""
     shape = (*batch, hidden)
     return SLSTMState(
-        h=0.5 * jax.random.normal(kh, shape, dtype),
-        c=jax.random.normal(kc, shape, dtype),
-        n=1.0 + jnp.abs(jax.random.normal(kn, shape, dtype)),
-        m=jax.random.normal(km, shape, dtype),
+        h=(0.5 * rng.normal(size=shape)).astype(dtype),
+        c=rng.normal(size=shape).astype(dtype),
+        n=(1.0 + np.abs(rng.normal(size=shape))).astype(dtype),
+        m=rng.normal(size=shape).astype(dtype),
     )
 
 
@@ -108,31 +120,27 @@ def _numpy_unstabilized(params, xs, forget_gate="sigmoid", state0=None):
 def test_scan_matches_the_unstabilized_equations(forget_gate, start):
     """The stabilizer m changes nothing: h and c/n are those of the plain exp sums."""
     with jax.enable_x64(True):
-        cell, params, key = _problem(forget_gate=forget_gate)
-        kx, ks = jax.random.split(key)
-        xs = jax.random.normal(kx, (B, T, I), F64)
-        state0 = None if start == "zeros" else _random_state(ks, (B,))
+        cell, params, rng = _problem(forget_gate=forget_gate)
+        xs = rng.normal(size=(B, T, I))
+        state0 = None if start == "zeros" else _random_state(rng, (B,))
         final, ys = _scan(cell, params, xs, state0)
-        want_h, want_ratio, want_ys = _numpy_unstabilized(
-            params, np.asarray(xs), forget_gate, state0
-        )
+        want_h, want_ratio, want_ys = _numpy_unstabilized(params, xs, forget_gate, state0)
         chex.assert_trees_all_close(ys, want_ys, rtol=1e-11, atol=1e-12)
         chex.assert_trees_all_close(final.h, want_h, rtol=1e-11, atol=1e-12)
         chex.assert_trees_all_close(final.c / final.n, want_ratio, rtol=1e-11, atol=1e-12)
         # the stabilizer keeps both exponentials <= 1: n >= 1 after a step from zeros
         if start == "zeros":
-            assert np.all(np.asarray(final.n) >= 1.0 - 1e-12)
+            assert np.all(final.n >= 1.0 - 1e-12)
 
 
 def test_outputs_do_not_depend_on_the_stabilizer():
     """(c, n, m) -> (c e^-d, n e^-d, m + d) gives the same outputs for any shift d."""
     with jax.enable_x64(True):
-        cell, params, key = _problem()
-        kx, ks, kd = jax.random.split(key, 3)
-        xs = jax.random.normal(kx, (B, T, I), F64)
-        s0 = _random_state(ks, (B,))
-        d = 3.0 * jax.random.normal(kd, (B, H), F64)
-        shifted = s0._replace(c=s0.c * jnp.exp(-d), n=s0.n * jnp.exp(-d), m=s0.m + d)
+        cell, params, rng = _problem()
+        xs = rng.normal(size=(B, T, I))
+        s0 = _random_state(rng, (B,))
+        d = 3.0 * rng.normal(size=(B, H))
+        shifted = s0._replace(c=s0.c * np.exp(-d), n=s0.n * np.exp(-d), m=s0.m + d)
         f0, ys0 = _scan(cell, params, xs, s0)
         f1, ys1 = _scan(cell, params, xs, shifted)
         chex.assert_trees_all_close(ys1, ys0, rtol=1e-12, atol=1e-13)
@@ -143,42 +151,61 @@ def test_the_n_zero_restart_equals_plain_max_outputs_and_stays_finite():
     """xlstm restarts m at i_raw where n = 0; a plain max(log f + m, i) from m = 0 gives the
     same outputs (c/n is invariant), but only the restart keeps n = 1 at the first step
     when i_raw is very negative (plain max: exp(i_raw - log f) underflows, n = 0, 0/0)."""
-    cell, params, key = _problem(dtype=jnp.float32)
-    state0 = cell.initial_state(params, (B,))
-    xp = cell.project(params, jax.random.normal(key, (B, I)))
-    # plain max, by handing the pointwise a state whose n is not 0 but scales to nothing
-    tiny = state0._replace(n=jnp.full_like(state0.n, 1e-30))
-    a = cell.hidden(params, state0)
-    (_, y_restart), (_, y_plain) = slstm_pointwise(state0, xp, a), slstm_pointwise(tiny, xp, a)
-    chex.assert_trees_all_close(y_restart, y_plain, rtol=1e-5, atol=1e-6)
+    cell, params, rng = _problem(dtype=np.float32)
+    x = rng.normal(size=(B, I)).astype(np.float32)
     # a very negative input gate at the first step
-    low = params._replace(b=params.b.at[:H].set(-120.0))
-    x = jax.random.normal(key, (B, I))
-    state, y = cell.step(low, state0, x)
-    assert np.all(np.isfinite(np.asarray(y)))
+    low = params._replace(b=params.b.copy())
+    low.b[:H] = -120.0
+
+    @jax.jit  # every piece in one compiled program
+    def pieces(params, low, x):
+        state0 = cell.initial_state(params, (B,))
+        xp = cell.project(params, x)
+        # plain max, by handing the pointwise a state whose n is not 0 but scales to nothing
+        tiny = state0._replace(n=jnp.full_like(state0.n, 1e-30))
+        a = cell.hidden(params, state0)
+        (_, y_restart), (_, y_plain) = slstm_pointwise(state0, xp, a), slstm_pointwise(tiny, xp, a)
+        state, y = cell.step(low, state0, x)
+        raw = cell.project(low, x) + cell.hidden(low, state0)
+        i_raw, log_f = raw[:, :H], jax.nn.log_sigmoid(raw[:, H : 2 * H])
+        n_plain = jnp.exp(i_raw - jnp.maximum(log_f, i_raw))  # plain max from m = 0
+        return y_restart, y_plain, state, y, n_plain
+
+    y_restart, y_plain, state, y, n_plain = _np(pieces(params, low, x))
+    chex.assert_trees_all_close(y_restart, y_plain, rtol=1e-5, atol=1e-6)
+    assert np.all(np.isfinite(y))
     np.testing.assert_allclose(state.n, 1.0)
-    raw = cell.project(low, x) + cell.hidden(low, state0)
-    i_raw, log_f = raw[:, :H], jax.nn.log_sigmoid(raw[:, H : 2 * H])
-    n_plain = jnp.exp(i_raw - jnp.maximum(log_f, i_raw))  # plain max from m = 0
     np.testing.assert_array_equal(n_plain, 0.0)
 
 
 def test_hidden_is_the_block_diagonal_product():
     with jax.enable_x64(True):
-        for heads in (1, 2, 4):
-            cell, params, key = _problem(hidden=8, heads=heads)
-            h = jax.random.normal(key, (3, 2, 8), F64)
-            state = cell.initial_state(params, (3, 2))._replace(h=h)
-            want = np.asarray(h) @ _dense_recurrent(np.asarray(params.r)) + np.asarray(params.b)
-            chex.assert_trees_all_close(cell.hidden(params, state), want, rtol=1e-12)
+        problems = [_problem(hidden=8, heads=heads) for heads in (1, 2, 4)]
+        hs = [rng.normal(size=(3, 2, 8)) for _, _, rng in problems]
+
+        @jax.jit  # the three cells in one compiled program
+        def hidden(params, hs):
+            return [
+                cell.hidden(p, cell.initial_state(p, (3, 2))._replace(h=h))
+                for (cell, _, _), p, h in zip(problems, params, hs)
+            ]
+
+        got = hidden([p for _, p, _ in problems], hs)
+        for (_, params, _), h, a in zip(problems, hs, got):
+            want = h @ _dense_recurrent(params.r) + params.b
+            chex.assert_trees_all_close(np.asarray(a), want, rtol=1e-12)
 
 
 # ------------------------------------------------------------------------- init, options
 
 
 def test_init_layout_and_forget_bias():
+    # each init one compiled program (eager, every op of the init compiles its own)
+    def init(cell, *args):
+        return jax.jit(cell.init, static_argnums=(1, 2))(KEY0, *args)
+
     cell = slstm(8, num_heads=2)
-    params = cell.init(jax.random.PRNGKey(0), 3)
+    params = _np(init(cell, 3, jnp.float32))
     assert isinstance(params, SLSTMParams)
     assert params.w_x.shape == (3, 32) and params.r.shape == (2, 4, 16) and params.b.shape == (32,)
     np.testing.assert_allclose(params.r, 0.0)  # xlstm's recurrent init: zeros
@@ -186,9 +213,9 @@ def test_init_layout_and_forget_bias():
     np.testing.assert_allclose(params.b[8:16], want, rtol=1e-6)
     np.testing.assert_allclose(params.b[:8], 0.0)
     np.testing.assert_allclose(params.b[16:], 0.0)
-    lin = slstm(8, 2, forget_bias="linspace").init(jax.random.PRNGKey(0), 3)
+    lin = _np(init(slstm(8, 2, forget_bias="linspace"), 3, jnp.float32))
     np.testing.assert_allclose(lin.b[8:16], np.tile(np.linspace(3.0, 6.0, 4), 2), rtol=1e-6)
-    const = slstm(8, forget_bias=2.5).init(jax.random.PRNGKey(0), 3)
+    const = _np(init(slstm(8, forget_bias=2.5), 3, jnp.float32))
     np.testing.assert_allclose(const.b[8:16], 2.5)
     np.testing.assert_allclose(forget_bias_values("powerlaw", 1), [5.0])
     assert make_cell("slstm", 8, num_heads=2) is cell
@@ -198,12 +225,13 @@ def test_init_layout_and_forget_bias():
         "forget_gate": "sigmoid",
         "forget_bias": "powerlaw",
     }
-    state = cell.initial_state(params, (2, 3))
+    state = jax.eval_shape(lambda p: cell.initial_state(p, (2, 3)), params)
     assert isinstance(state, SLSTMState)
     assert all(s.shape == (2, 3, 8) for s in state)
     assert params.w_x.dtype == jnp.float32
     with jax.enable_x64(True):
-        assert cell.init(jax.random.PRNGKey(0), 3, F64).r.dtype == F64
+        key = jax.ShapeDtypeStruct((2,), jnp.uint32)
+        assert jax.eval_shape(lambda k: cell.init(k, 3, F64), key).r.dtype == F64
 
 
 def test_bad_options_and_inputs_raise_clear_errors():
@@ -221,41 +249,54 @@ def test_bad_options_and_inputs_raise_clear_errors():
         slstm(6, forget_bias=True)
     with pytest.raises(ValueError, match="hidden_size"):
         slstm(0)
+    # the checks run while tracing: abstract params and inputs (nothing compiles)
+    key = jax.ShapeDtypeStruct((2,), jnp.uint32)
     cell = slstm(H, HEADS)
-    params = cell.init(jax.random.PRNGKey(0), I)
+    params = jax.eval_shape(lambda k: cell.init(k, I), key)
     with pytest.raises(ValueError, match="input_size"):
-        cell.init(jax.random.PRNGKey(0), 0)
+        cell.init(KEY0, 0)
+    scan = functools.partial(jax.eval_shape, functools.partial(gr.scan, cell))
+    ones = np.ones((B, T, I), np.float32)
     with pytest.raises(ValueError, match="features"):
-        gr.scan(cell, params, jnp.ones((B, T, I + 1)))
+        scan(params, np.ones((B, T, I + 1), np.float32))
     with pytest.raises(TypeError, match="floating point"):
-        gr.scan(cell, params, jnp.ones((B, T, I), jnp.int32))
-    other_size = slstm(2 * H, HEADS).init(jax.random.PRNGKey(0), I)
+        scan(params, np.ones((B, T, I), np.int32))
+    other_size = jax.eval_shape(lambda k: slstm(2 * H, HEADS).init(k, I), key)
     with pytest.raises(ValueError, match=r"params.w_x has shape .* hidden_size=4"):
-        gr.scan(cell, other_size, jnp.ones((B, T, I)))
-    other_heads = slstm(H, 1).init(jax.random.PRNGKey(0), I)
+        scan(other_size, ones)
+    other_heads = jax.eval_shape(lambda k: slstm(H, 1).init(k, I), key)
     with pytest.raises(ValueError, match=r"params.r has shape \(1, 4, 16\).*num_heads=2"):
-        gr.scan(cell, other_heads, jnp.ones((B, T, I)))
+        scan(other_heads, ones)
     with pytest.raises(TypeError, match="SLSTMParams"):
-        gr.scan(cell, gr.lstm(H).init(jax.random.PRNGKey(0), I), jnp.ones((B, T, I)))
+        scan(jax.eval_shape(lambda k: gr.lstm(H).init(k, I), key), ones)
     with pytest.raises(ValueError, match="parallel=True needs a cell with a parallel form"):
-        gr.scan(cell, params, jnp.ones((B, T, I)), parallel=True)
+        jax.eval_shape(functools.partial(gr.scan, cell, parallel=True), params, ones)
 
 
 # ------------------------------------------------------------------------- the contract
 
 
+@functools.partial(jax.jit, static_argnums=0)
+def _loop_and_scans(cell, params, xs_tm, s0):
+    """conftest's ``loop_scan`` (a loop of ``cell.step``) and ``gr.scan`` time-major and
+    batch-major, in one compiled program."""
+    return (
+        loop_scan(cell, params, xs_tm, s0),
+        gr.scan(cell, params, xs_tm, s0, time_major=True),
+        gr.scan(cell, params, jnp.moveaxis(xs_tm, 0, -2), s0),
+    )
+
+
 @pytest.mark.parametrize("batch", [(), (B,), (2, 3)], ids=["no_batch", "one_axis", "two_axes"])
 def test_scan_equals_a_loop_of_steps(batch):
     with jax.enable_x64(True):
-        cell, params, key = _problem()
-        kx, ks = jax.random.split(key)
-        xs_tm = jax.random.normal(kx, (T, *batch, I), F64)
-        s0 = _random_state(ks, batch)
-        want_final, want_ys = loop_scan(_compiled_steps(cell), params, xs_tm, s0)
-        final, ys = _scan(cell, params, xs_tm, s0, time_major=True)
-        chex.assert_trees_all_close((final, ys), (want_final, want_ys), rtol=1e-12, atol=1e-13)
-        final, ys = _scan(cell, params, jnp.moveaxis(xs_tm, 0, -2), s0)
-        chex.assert_trees_all_close(ys, jnp.moveaxis(want_ys, 0, -2), rtol=1e-12, atol=1e-13)
+        cell, params, rng = _problem()
+        xs_tm = rng.normal(size=(T, *batch, I))
+        s0 = _random_state(rng, batch)
+        (want_final, want_ys), tm, bm = _np(_loop_and_scans(cell, params, xs_tm, s0))
+        chex.assert_trees_all_close(tm, (want_final, want_ys), rtol=1e-12, atol=1e-13)
+        final, ys = bm
+        chex.assert_trees_all_close(ys, np.moveaxis(want_ys, 0, -2), rtol=1e-12, atol=1e-13)
         chex.assert_trees_all_close(final, want_final, rtol=1e-12, atol=1e-13)
         assert cell.split is not None  # the fused loop ran: no option rules it out
         # output() agrees with what recur emits
@@ -265,62 +306,76 @@ def test_scan_equals_a_loop_of_steps(batch):
 @pytest.mark.parametrize("lengths", [False, True], ids=["full", "seq_lengths"])
 def test_fused_loop_equals_plain_loop_values_and_grads_float64(lengths):
     with jax.enable_x64(True):
-        cell, params, key = _problem()
-        kx, ks = jax.random.split(key)
-        xs = jax.random.normal(kx, (B, T, I), F64)
-        s0 = _random_state(ks, (B,))
+        cell, params, rng = _problem()
+        xs = rng.normal(size=(B, T, I))
+        s0 = _random_state(rng, (B,))
         opts = {"seq_lengths": np.array([T, 3])} if lengths else {}
 
-        def run(fused):
-            def loss(params, xs, s0):
-                final, ys = gr.scan(cell, params, xs, s0, fused=fused, **opts)
-                total = jnp.sum(jnp.sin(ys)) + sum(jnp.sum(s**2) for s in final)
-                return total, (final, ys)
-
-            return jax.jit(jax.value_and_grad(loss, argnums=(0, 1, 2), has_aux=True))(
-                params, xs, s0
-            )
-
-        got, want = run(True), run(False)
-        chex.assert_trees_all_close(got, want, rtol=1e-10, atol=1e-12)
-        # forward mode through the fused loop's tangent rule, against the plain loop's
-        tangent = jax.tree_util.tree_map(jnp.ones_like, params)
+        def loss(fused, params, xs, s0):
+            final, ys = gr.scan(cell, params, xs, s0, fused=fused, **opts)
+            total = jnp.sum(jnp.sin(ys)) + sum(jnp.sum(s**2) for s in final)
+            return total, (final, ys)
 
         @jax.jit
-        def tangents(params, tangent):  # both loops' jvp in one compiled program
-            def out(fused):
-                run = lambda p: gr.scan(cell, p, xs, s0, fused=fused, **opts)  # noqa: E731
-                return jax.jvp(run, (params,), (tangent,))[1]
+        def both(params, xs, s0, tangent):
+            """Both loops' values, grads and jvp (forward mode through the fused loop's
+            tangent rule) in one compiled program."""
+            out = []
+            for fused in (True, False):
+                grad = jax.value_and_grad(
+                    functools.partial(loss, fused), argnums=(0, 1, 2), has_aux=True
+                )
+                run = lambda p: gr.scan(cell, p, xs, s0, fused=fused, **opts)  # noqa: B023, E731
+                out.append((grad(params, xs, s0), jax.jvp(run, (params,), (tangent,))[1]))
+            return out
 
-            return out(True), out(False)
-
-        jvp = tangents(params, tangent)
-        chex.assert_trees_all_close(jvp[0], jvp[1], rtol=1e-10, atol=1e-12)
+        tangent = jax.tree_util.tree_map(np.ones_like, params)
+        (got, jvp_fused), (want, jvp_plain) = both(params, xs, s0, tangent)
+        chex.assert_trees_all_close(got, want, rtol=1e-10, atol=1e-12)
+        chex.assert_trees_all_close(jvp_fused, jvp_plain, rtol=1e-10, atol=1e-12)
 
 
 def test_grads_equal_finite_differences_float64():
+    """Forward and reverse mode against float64 central differences (eps = 1e-6) along a
+    random direction, from a random state and from the zero state (the n = 0 restart;
+    there the direction leaves the state at zero)."""
     with jax.enable_x64(True):
-        cell, params, key = _problem()
-        kx, ks = jax.random.split(key)
-        xs = jax.random.normal(kx, (B, 4, I), F64)
-        s0 = _random_state(ks, (B,))
+        cell, params, rng = _problem()
+        xs = rng.normal(size=(B, 4, I))
+        s0 = _random_state(rng, (B,))
 
         def loss(params, xs, s0):
             final, ys = gr.scan(cell, params, xs, s0)
             return jnp.sum(jnp.sin(ys)) + jnp.sum(final.c * final.n) + jnp.sum(final.m)
 
-        # jitted: the finite differences reuse one compiled scan
-        jax.test_util.check_grads(
-            jax.jit(loss), (params, xs, s0), order=1, modes=["fwd", "rev"], eps=1e-6
-        )
-        # from the zero state (the n = 0 restart) as well
-        zero = jax.jit(lambda p, x: loss(p, x, cell.initial_state(p, (B,))))
-        jax.test_util.check_grads(zero, (params, xs), order=1, modes=["rev"], eps=1e-6)
+        @jax.jit  # one compiled program: the value, its gradient and its jvp
+        def value_grad_jvp(point, direction):
+            value, grad = jax.value_and_grad(lambda a: loss(*a))(point)
+            return value, grad, jax.jvp(loss, point, direction)[1]
+
+        def value_at(point, direction, h):  # the loss at point + h * direction
+            shifted = jax.tree_util.tree_map(lambda a, d: a + h * d, point, direction)
+            return float(value_grad_jvp(shifted, direction)[0])
+
+        leaves = jax.tree_util.tree_leaves
+        eps = 1e-6
+        zero = jax.tree_util.tree_map(np.zeros_like, s0)
+        for start in (s0, zero):
+            point = (params, xs, start)
+            direction = jax.tree_util.tree_map(lambda a: rng.normal(size=a.shape), point)
+            if start is zero:
+                direction = (*direction[:2], zero)
+            _, grad, jvp = _np(value_grad_jvp(point, direction))
+            plus, minus = (value_at(point, direction, h) for h in (eps, -eps))
+            fd = (plus - minus) / (2 * eps)
+            rev = sum(np.vdot(g, d) for g, d in zip(leaves(grad), leaves(direction)))
+            np.testing.assert_allclose(jvp, fd, rtol=1e-7, atol=1e-7)
+            np.testing.assert_allclose(rev, fd, rtol=1e-7, atol=1e-7)
 
 
 def test_jit_with_the_cell_static_compiles_once():
-    cell, params, key = _problem(dtype=jnp.float32)
-    xs = jax.random.normal(key, (B, T, I))
+    cell, params, rng = _problem(dtype=np.float32)
+    xs = rng.normal(size=(B, T, I)).astype(np.float32)
 
     @chex.assert_max_traces(n=1)
     def run(cell, params, xs):
@@ -336,22 +391,33 @@ def test_jit_with_the_cell_static_compiles_once():
 
 def test_seq_lengths_reverse_and_nan_padding():
     with jax.enable_x64(True):
-        cell, params, key = _problem()
-        xs = jax.random.normal(key, (B, T, I), F64)
+        cell, params, rng = _problem()
+        xs = rng.normal(size=(B, T, I))
         lengths = np.array([T, 3])
-        padded = xs.at[1, 3:].set(jnp.nan)
-        final, ys = _scan(cell, params, padded, seq_lengths=lengths)
+        padded = xs.copy()
+        padded[1, 3:] = np.nan
+
+        @jax.jit  # every run in one compiled program
+        def runs(params, padded, lengths, row):
+            def total(p):
+                return jnp.sum(gr.scan(cell, p, padded, seq_lengths=lengths)[1])
+
+            return (
+                gr.scan(cell, params, padded, seq_lengths=lengths),
+                gr.scan(cell, params, row),
+                jax.grad(total)(params),
+                gr.scan(cell, params, padded, seq_lengths=lengths, reverse=True),
+                gr.scan(cell, params, row[::-1]),
+            )
+
+        (final, ys), (f1, ys1), grads, (final_r, ys_r), (fr1, want) = _np(
+            runs(params, padded, lengths, xs[1, :3])
+        )
         np.testing.assert_array_equal(ys[1, 3:], 0.0)
-        f1, ys1 = _scan(cell, params, xs[1, :3])
         chex.assert_trees_all_close(ys[1, :3], ys1, rtol=1e-12)
         chex.assert_trees_all_close(jax.tree_util.tree_map(lambda s: s[1], final), f1, rtol=1e-12)
-        grads = jax.jit(
-            jax.grad(lambda p: jnp.sum(gr.scan(cell, p, padded, seq_lengths=lengths)[1]))
-        )(params)
         assert all(np.all(np.isfinite(g)) for g in jax.tree_util.tree_leaves(grads))
         # reverse: each row's valid prefix backwards, outputs in the original order
-        final_r, ys_r = _scan(cell, params, padded, seq_lengths=lengths, reverse=True)
-        fr1, want = _scan(cell, params, xs[1, :3][::-1])
         chex.assert_trees_all_close(ys_r[1, :3], want[::-1], rtol=1e-12)
         np.testing.assert_array_equal(ys_r[1, 3:], 0.0)
         chex.assert_trees_all_close(jax.tree_util.tree_map(lambda s: s[1], final_r), fr1)
@@ -359,25 +425,30 @@ def test_seq_lengths_reverse_and_nan_padding():
 
 def test_resets_restart_from_the_initial_state_and_truncate_cuts_the_gradient():
     with jax.enable_x64(True):
-        cell, params, key = _problem()
-        xs = jax.random.normal(key, (B, T, I), F64)
+        cell, params, rng = _problem()
+        xs = rng.normal(size=(B, T, I))
         resets = np.zeros((B, T), bool)
         resets[0, 4] = True
-        _, ys = _scan(cell, params, xs, resets=resets)
-        _, tail = _scan(cell, params, xs[0, 4:])
-        chex.assert_trees_all_close(ys[0, 4:], tail, rtol=1e-12)
-        _, plain = _scan(cell, params, xs)
-        chex.assert_trees_all_close(ys[1], plain[1], rtol=1e-12)
 
         def last_output(xs, truncate):
             return jnp.sum(gr.scan(cell, params, xs, truncate=truncate)[1][:, -1])
 
-        grad = jax.jit(jax.grad(last_output), static_argnums=1)
-        full, cut = (grad(xs, k) for k in (None, 3))
-        assert float(jnp.max(jnp.abs(full[:, 0]))) > 1e-6
+        @jax.jit  # every run in one compiled program
+        def runs(params, xs, resets):
+            return (
+                gr.scan(cell, params, xs, resets=resets)[1],
+                gr.scan(cell, params, xs[0, 4:])[1],
+                gr.scan(cell, params, xs)[1],
+                [jax.grad(last_output)(xs, k) for k in (None, 3)],
+                gr.scan(cell, params, xs, truncate=3)[1],
+            )
+
+        ys, tail, plain, (full, cut), ys_cut = _np(runs(params, xs, resets))
+        chex.assert_trees_all_close(ys[0, 4:], tail, rtol=1e-12)
+        chex.assert_trees_all_close(ys[1], plain[1], rtol=1e-12)
+        assert float(np.max(np.abs(full[:, 0]))) > 1e-6
         np.testing.assert_array_equal(cut[:, :3], 0.0)  # T=7: cut before steps 3 and 6
         chex.assert_trees_all_close(cut[:, 6:], full[:, 6:], rtol=1e-12)
-        _, ys_cut = _scan(cell, params, xs, truncate=3)
         chex.assert_trees_all_close(ys_cut, plain)
 
 
@@ -385,11 +456,17 @@ def test_stack_runs_two_layers():
     with jax.enable_x64(True):
         cell = slstm(H, HEADS)
         st = gr.stack(cell, 2)
-        params = st.init(jax.random.PRNGKey(0), I, F64)
-        xs = jax.random.normal(jax.random.PRNGKey(1), (B, T, I), F64)
-        finals, ys = st.apply(params, xs)
-        _, y0 = gr.scan(cell, params[0], xs)
-        f1, y1 = gr.scan(cell, params[1], y0)
+        params = jax.jit(st.init, static_argnums=(1, 2))(KEY0, I, F64)
+        xs = np.random.default_rng(1).normal(size=(B, T, I))
+
+        @jax.jit  # the stack and the two scans in one compiled program
+        def runs(params, xs):
+            finals, ys = st.apply(params, xs)
+            _, y0 = gr.scan(cell, params[0], xs)
+            f1, y1 = gr.scan(cell, params[1], y0)
+            return finals, ys, f1, y1
+
+        finals, ys, f1, y1 = _np(runs(params, xs))
         chex.assert_trees_all_close(ys, y1, rtol=1e-12)
         chex.assert_trees_all_close(finals[1], f1, rtol=1e-12)
 
@@ -397,38 +474,50 @@ def test_stack_runs_two_layers():
 def test_gates_are_the_weights_of_the_normalized_state():
     """c'/n' = forget * c/n + input * candidate, forget + input = 1, all in range."""
     with jax.enable_x64(True):
-        cell, params, key = _problem()
-        kx, ks = jax.random.split(key)
-        x = jax.random.normal(kx, (B, I), F64)
-        s0 = _random_state(ks, (B,))
-        xp = cell.project(params, x)
-        g = cell.gates(params, s0, xp)
+        cell, params, rng = _problem()
+        x = rng.normal(size=(B, I))
+        s0 = _random_state(rng, (B,))
+
+        @jax.jit  # every piece in one compiled program
+        def pieces(params, s0, x):
+            xp = cell.project(params, x)
+            zero = cell.initial_state(params, (B,))
+            return (
+                cell.gates(params, s0, xp),
+                cell.step(params, s0, x)[0],
+                cell.gates(params, zero, xp),
+            )
+
+        g, s1, g0 = _np(pieces(params, s0, x))
         assert set(g) == {"input", "forget", "candidate", "output"}
         assert cell.tanh_gates == ("candidate",)
-        s1, _ = cell.step(params, s0, x)
         chex.assert_trees_all_close(
             s1.c / s1.n, g["forget"] * s0.c / s0.n + g["input"] * g["candidate"], rtol=1e-12
         )
-        chex.assert_trees_all_close(g["forget"] + g["input"], jnp.ones((B, H)), rtol=1e-12)
+        chex.assert_trees_all_close(g["forget"] + g["input"], np.ones((B, H)), rtol=1e-12)
         # at the first step (n = 0) nothing is kept
-        g0 = cell.gates(params, cell.initial_state(params, (B,)), xp)
         np.testing.assert_allclose(g0["forget"], 0.0)
         np.testing.assert_allclose(g0["input"], 1.0)
 
 
 def test_gate_statistics_and_state_gradient_norms():
-    cell, params, key = _problem(dtype=jnp.float32)
-    xs = jax.random.normal(key, (B, T, I))
-    st = dg.gate_statistics(cell, params, xs)
+    cell, params, rng = _problem(dtype=np.float32)
+    xs = rng.normal(size=(B, T, I)).astype(np.float32)
+
+    @jax.jit  # both diagnostics in one compiled program
+    def diagnostics(params, xs):
+        loss = lambda final, ys: jnp.sum(ys[:, -1])  # noqa: E731
+        return dg.gate_statistics(cell, params, xs), dg.state_gradient_norms(cell, params, xs, loss)
+
+    st, norms = _np(diagnostics(params, xs))
     for name in ("input", "forget", "output"):
         assert st[name].shape == (T,)
-        assert np.all((np.asarray(st[name]) >= 0) & (np.asarray(st[name]) <= 1))
+        assert np.all((st[name] >= 0) & (st[name] <= 1))
     assert st["candidate"].shape == (T,) and "candidate_saturated_low" not in st
     np.testing.assert_allclose(st["forget"][0], 0.0)
-    norms = dg.state_gradient_norms(cell, params, xs, lambda final, ys: jnp.sum(ys[:, -1]))
     assert isinstance(norms, SLSTMState)
     for leaf in norms:
-        assert leaf.shape == (T + 1,) and np.all(np.isfinite(np.asarray(leaf)))
+        assert leaf.shape == (T + 1,) and np.all(np.isfinite(leaf))
     assert float(norms.h[T - 1]) > 0
 
 
@@ -446,6 +535,19 @@ def _parity_module():
     return module
 
 
+@contextlib.contextmanager
+def _one_torch_thread():
+    """torch on one thread: on these tiny tensors its idle worker threads only spin,
+    burning CPU."""
+    torch = pytest.importorskip("torch", reason="torch is not installed")
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
+
+
 @pytest.mark.parametrize("dtype", ["float32", "float64"])
 def test_parity_with_xlstm_vanilla(dtype):
     """Same weights, T = 64, batch 3: outputs and every state leaf agree, from the zero
@@ -454,10 +556,13 @@ def test_parity_with_xlstm_vanilla(dtype):
     parity = _parity_module()
     tol = {"float32": 2e-5, "float64": 1e-12}[dtype]
     with jax.enable_x64(dtype == "float64"):
-        cell, params, xs = parity.random_problem(3, 64, 8, 2, jnp.dtype(dtype), seed=1)
-        for s0 in (None, _random_state(jax.random.PRNGKey(2), (3,), 8, jnp.dtype(dtype))):
+        # parity.random_problem's problem (random r, jittered bias), drawn with numpy
+        cell, params, rng = _problem(np.dtype(dtype), seed=1, hidden=8, heads=2, inp=8)
+        xs = rng.normal(size=(3, 64, 8)).astype(dtype)
+        for s0 in (None, _random_state(rng, (3,), 8, np.dtype(dtype))):
             got = parity.ours_run(cell, params, xs, s0)
-            want = parity.reference_run(params, xs, 2, s0)
+            with _one_torch_thread():
+                want = parity.reference_run(params, xs, 2, s0)
             for a, b in zip(jax.tree_util.tree_leaves(got), jax.tree_util.tree_leaves(want)):
                 np.testing.assert_allclose(a, b, rtol=tol, atol=tol)
 
@@ -467,7 +572,7 @@ def test_init_matches_xlstm_defaults():
     from xlstm.blocks.slstm.cell import sLSTMCell, sLSTMCellConfig
 
     ref = sLSTMCell(sLSTMCellConfig(hidden_size=16, num_heads=4, backend="vanilla"))
-    params = slstm(16, 4).init(jax.random.PRNGKey(0), 3)
+    params = jax.jit(slstm(16, 4).init, static_argnums=1)(KEY0, 3)
     np.testing.assert_allclose(
         params.b,
         ref.bias.clone().detach().permute(1, 0, 2).reshape(-1).numpy(),
@@ -482,7 +587,8 @@ def test_parity_script_writes_json(tmp_path, monkeypatch):
     parity = _parity_module()
     monkeypatch.setattr(parity, "PARITY_SHAPE", (2, 8, 8))
     out = tmp_path / "slstm.json"
-    results = parity.main(["--out", str(out)])
+    with _one_torch_thread():
+        results = parity.main(["--out", str(out)])
     import json
 
     assert json.loads(out.read_text()) == results
