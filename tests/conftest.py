@@ -9,12 +9,14 @@ that only make sense for some cells select them by capability (``cell.split``,
 
 from __future__ import annotations
 
+import contextlib
 import gc
 import os
 import shutil
 import sys
 import tempfile
 import types
+from collections.abc import Iterator
 from typing import NamedTuple
 
 import jax
@@ -92,6 +94,20 @@ def loop_scan(cell, params, xs_tm, state):
     if ys:
         return state, jnp.stack(ys)
     return state, jnp.zeros((0, *xs_tm.shape[1:-1], cell.hidden_size), xs_tm.dtype)
+
+
+@contextlib.contextmanager
+def one_torch_thread() -> Iterator[None]:
+    """torch on one thread (for reference runs of xlstm and the like): on the tests' tiny
+    tensors its idle worker threads only spin, burning CPU (about 2 s over test_mlstm's
+    xlstm runs on 2 cores); the previous thread count comes back."""
+    torch = pytest.importorskip("torch", reason="torch is not installed")
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
 
 
 # ------------------------------------------- a custom cell with nested params (not registered)

@@ -4,7 +4,6 @@ gr.scan promises works, and both forms agree with the xlstm package's PyTorch ba
 
 from __future__ import annotations
 
-import contextlib
 import math
 from functools import partial
 
@@ -13,7 +12,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from conftest import loop_scan
+from conftest import loop_scan, one_torch_thread
 
 import gatedrnn as gr
 from gatedrnn import diagnostics as dg
@@ -523,19 +522,6 @@ def _reference(p, xs, NH, state0=None):
     return y_par, y_rec, final
 
 
-@contextlib.contextmanager
-def _one_torch_thread():
-    """torch on one thread: on these tiny tensors its idle worker threads only spin,
-    burning CPU (about 2 s over this file's xlstm runs on 2 cores)."""
-    torch = pytest.importorskip("torch", reason="torch is not installed")
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(threads)
-
-
 @pytest.mark.parametrize("dtype", ["float32", "float64"])
 def test_matches_the_xlstm_backends(dtype):
     """xlstm's recurrent step starts at m = 0 (our zero state); its parallel form is ours
@@ -546,7 +532,7 @@ def test_matches_the_xlstm_backends(dtype):
         Bn, Tn, In, Hn, NHn = 2, 64, 4, 8, 2
         cell, p = _make(dt, H=Hn, NH=NHn, I=In)
         xs = _xs(2, (Bn, Tn, In), dt)
-        with _one_torch_thread():
+        with one_torch_thread():
             y_par, y_rec, final = _reference(p, xs, NHn)
         zero = MLSTMState(
             *(
@@ -564,7 +550,7 @@ def test_matches_the_xlstm_backends(dtype):
             chex.assert_trees_all_close(ys_no_init, y_par, atol=tol * scale, rtol=0)
         # from a nonzero initial state (the recurrent step takes one)
         s0 = _state(cell, p, (Bn,), dtype=dt)
-        with _one_torch_thread():
+        with one_torch_thread():
             _, y_rec, final = _reference(p, xs, NHn, s0)
         for state, ys in _np(_both_forms(cell, p, xs, s0)):
             chex.assert_trees_all_close(ys, y_rec, atol=tol * np.abs(y_rec).max(), rtol=0)

@@ -3,7 +3,6 @@ invariance, the fused loop, the Cell contract, and parity with xlstm's pure-PyTo
 
 from __future__ import annotations
 
-import contextlib
 import functools
 import importlib.util
 from pathlib import Path
@@ -13,7 +12,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from conftest import loop_scan
+from conftest import loop_scan, one_torch_thread
 
 import gatedrnn as gr
 import gatedrnn.diagnostics as dg
@@ -535,19 +534,6 @@ def _parity_module():
     return module
 
 
-@contextlib.contextmanager
-def _one_torch_thread():
-    """torch on one thread: on these tiny tensors its idle worker threads only spin,
-    burning CPU."""
-    torch = pytest.importorskip("torch", reason="torch is not installed")
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(threads)
-
-
 @pytest.mark.parametrize("dtype", ["float32", "float64"])
 def test_parity_with_xlstm_vanilla(dtype):
     """Same weights, T = 64, batch 3: outputs and every state leaf agree, from the zero
@@ -561,7 +547,7 @@ def test_parity_with_xlstm_vanilla(dtype):
         xs = rng.normal(size=(3, 64, 8)).astype(dtype)
         for s0 in (None, _random_state(rng, (3,), 8, np.dtype(dtype))):
             got = parity.ours_run(cell, params, xs, s0)
-            with _one_torch_thread():
+            with one_torch_thread():
                 want = parity.reference_run(params, xs, 2, s0)
             for a, b in zip(jax.tree_util.tree_leaves(got), jax.tree_util.tree_leaves(want)):
                 np.testing.assert_allclose(a, b, rtol=tol, atol=tol)
@@ -587,7 +573,7 @@ def test_parity_script_writes_json(tmp_path, monkeypatch):
     parity = _parity_module()
     monkeypatch.setattr(parity, "PARITY_SHAPE", (2, 8, 8))
     out = tmp_path / "slstm.json"
-    with _one_torch_thread():
+    with one_torch_thread():
         results = parity.main(["--out", str(out)])
     import json
 
