@@ -21,6 +21,7 @@ from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import pytest
 from hypothesis import settings
 
@@ -108,6 +109,25 @@ def one_torch_thread() -> Iterator[None]:
         yield
     finally:
         torch.set_num_threads(threads)
+
+
+def to_numpy(tree):
+    """Every leaf of ``tree`` as a NumPy array: tests index, slice and reduce results in
+    NumPy, because each eager jnp operation compiles an XLA program per shape."""
+    return jax.tree_util.tree_map(np.asarray, tree)
+
+
+_jit_scan = jax.jit(
+    gr.scan,
+    static_argnums=0,
+    static_argnames=("reverse", "time_major", "parallel", "truncate", "fused"),
+)
+
+
+def scan_numpy(*args, **kwargs):
+    """``gr.scan`` compiled once per cell, shapes and options (an eager call compiles every
+    operation), its result as NumPy arrays (:func:`to_numpy`)."""
+    return to_numpy(_jit_scan(*args, **kwargs))
 
 
 # ------------------------------------------- a custom cell with nested params (not registered)

@@ -9,6 +9,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from conftest import to_numpy
 
 import gatedrnn as gr
 from gatedrnn import diagnostics as dg
@@ -41,17 +42,11 @@ def _compiled_init(cell, inp: int, dtype):
 
 def _init(cell, seed: int, inp: int, dtype=F64):
     """``cell.init(PRNGKey(seed), inp, dtype)``, its leaves as NumPy arrays."""
-    return _np(_compiled_init(cell, inp, dtype)(jax.random.PRNGKey(seed)))
+    return to_numpy(_compiled_init(cell, inp, dtype)(jax.random.PRNGKey(seed)))
 
 
 def _sigmoid(x: np.ndarray) -> np.ndarray:
     return 1.0 / (1.0 + np.exp(-x))
-
-
-def _np(tree):
-    """A pytree's leaves as NumPy arrays: the oracles below index and reduce them in NumPy,
-    without compiling an XLA program per eager jnp operation and shape."""
-    return jax.tree_util.tree_map(np.asarray, tree)
 
 
 def _sum_last(final, ys):
@@ -87,7 +82,7 @@ def test_lstm_without_recurrent_weight_has_cell_jacobian_prod_of_forget_gates():
     H, T, I = 5, 9, 3
     cell = gr.lstm(H, forget_bias=1.5)
     p = _init(cell, 2, I)
-    p = _np(p)._replace(w_h=np.zeros(p.w_h.shape))
+    p = to_numpy(p)._replace(w_h=np.zeros(p.w_h.shape))
     xs = _xs(3, (2, T, I))
     # Oracle written out here: f_t = sigmoid(x_t w_xf + b_f), the f block is [H:2H].
     f = _sigmoid(xs @ p.w_x[:, H : 2 * H] + p.b[H : 2 * H])  # (2, T, H)
@@ -102,7 +97,7 @@ def test_gru_without_recurrent_weight_has_jacobian_prod_of_update_gates(reset_af
     H, T, I = 4, 9, 3  # the GRU of the state-gradient tests below
     cell = gr.gru(H, reset_after=reset_after)
     p = _init(cell, 4, I)
-    p = _np(p)._replace(w_h=np.zeros(p.w_h.shape), b_h=_xs(5, (3 * H,), 0.5))
+    p = to_numpy(p)._replace(w_h=np.zeros(p.w_h.shape), b_h=_xs(5, (3 * H,), 0.5))
     xs = _xs(6, (2, T, I))
     z = _sigmoid(xs @ p.w_x[:, H : 2 * H] + p.b_x[H : 2 * H] + p.b_h[H : 2 * H])
     J = np.asarray(dg.jacobians(cell, p, xs))
@@ -185,8 +180,8 @@ def test_state_gradients_match_a_python_loop_oracle(cell):
         loss, wants = jax.value_and_grad(loss_of)([zero] * (T + 1))
         return wants, loss
 
-    wants, want_loss = _np(oracle(p, xs))
-    grads = _np(grads)
+    wants, want_loss = to_numpy(oracle(p, xs))
+    grads = to_numpy(grads)
     for t, want in enumerate(wants):
         jax.tree_util.tree_map(
             lambda g, w_, t=t: chex.assert_trees_all_close(
@@ -207,8 +202,8 @@ def test_loss_args_change_the_loss_without_a_new_loss_function():
         return jnp.sum(final @ w)
 
     w1, w2 = _xs(25, (3,)), _xs(26, (3,))
-    l1, g1 = _np(dg.state_gradients(cell, p, xs, readout, loss_args=(w1,)))
-    l2, g2 = _np(dg.state_gradients(cell, p, xs, readout, loss_args=(w2,)))
+    l1, g1 = to_numpy(dg.state_gradients(cell, p, xs, readout, loss_args=(w1,)))
+    l2, g2 = to_numpy(dg.state_gradients(cell, p, xs, readout, loss_args=(w2,)))
     chex.assert_trees_all_close(g1[-1], np.broadcast_to(w1, (2, 3)), rtol=1e-12)
     chex.assert_trees_all_close(g2[-1], np.broadcast_to(w2, (2, 3)), rtol=1e-12)
     final = np.asarray(gr.scan(cell, p, xs)[0])
@@ -224,7 +219,7 @@ def test_lstm_norms_report_h_and_c_apart_and_per_example():
     norms = dg.state_gradient_norms(cell, p, xs, _sum_last)
     assert isinstance(norms, gr.LSTMState)
     assert norms.h.shape == norms.c.shape == (11,)
-    per = _np(dg.state_gradient_norms(cell, p, xs, _sum_last, per_example=True))
+    per = to_numpy(dg.state_gradient_norms(cell, p, xs, _sum_last, per_example=True))
     chex.assert_shape(per.h, (11, 3))
     chex.assert_trees_all_close(np.linalg.norm(per.c, axis=1), norms.c, rtol=1e-12)
     # Time-major input gives the same numbers.
@@ -239,7 +234,7 @@ def test_gate_statistics_match_gates_computed_by_hand():
     H, I = 3, 2
     cell = gr.lstm(H, forget_bias=3.0)
     p = _init(cell, 17, I)
-    p = _np(p)._replace(w_h=np.zeros(p.w_h.shape))
+    p = to_numpy(p)._replace(w_h=np.zeros(p.w_h.shape))
     xs = _xs(18, (2, 5, I))
     st = dg.gate_statistics(cell, p, xs, saturation=0.05)
     f = _sigmoid(xs @ p.w_x[:, H : 2 * H] + p.b[H : 2 * H])
@@ -250,7 +245,7 @@ def test_gate_statistics_match_gates_computed_by_hand():
     chex.assert_shape(st["saturated"], (5,))
     g = gr.gru(H)
     pg = _init(g, 19, I)
-    pg = _np(pg)._replace(w_h=np.zeros(pg.w_h.shape))
+    pg = to_numpy(pg)._replace(w_h=np.zeros(pg.w_h.shape))
     sg = dg.gate_statistics(g, pg, xs)
     z = _sigmoid(xs @ pg.w_x[:, H : 2 * H] + pg.b_x[H : 2 * H] + pg.b_h[H : 2 * H])
     chex.assert_trees_all_close(sg["update"], np.mean(z, axis=(0, 2)), rtol=1e-12)
@@ -287,7 +282,7 @@ def test_gate_statistics_of_every_gated_cell_equal_a_loop_of_its_gates(cell):
             s, _ = cell.recur(p, s, xp)
         return per_step
 
-    per_step = _np(loop(p, xs))
+    per_step = to_numpy(loop(p, xs))
     names = sorted(per_step[0])
     assert names and set(cell.tanh_gates) <= set(names)
     sat = []
@@ -305,8 +300,8 @@ def test_state_trajectory_ends_at_the_final_state_of_scan():
     cell = gr.lstm(3)
     p = _init(cell, 21, 2)
     xs = _xs(22, (2, 5, 2))
-    traj = _np(dg.state_trajectory(cell, p, xs))
-    final, ys = _np(gr.scan(cell, p, xs))
+    traj = to_numpy(dg.state_trajectory(cell, p, xs))
+    final, ys = to_numpy(gr.scan(cell, p, xs))
     chex.assert_trees_all_close(traj.c[-1], final.c)
     chex.assert_trees_all_close(traj.h[1:], np.swapaxes(ys, 0, 1))
     chex.assert_trees_all_close(traj.h[0], 0.0)

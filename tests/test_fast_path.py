@@ -17,6 +17,7 @@ import jax.extend
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from conftest import to_numpy
 
 import gatedrnn as gr
 
@@ -271,7 +272,7 @@ def test_default_derivatives_match_finite_differences_float64(name):
 
         # NumPy arguments: check_grads' perturbations (x +- eps t) are then NumPy sums,
         # not an XLA program per leaf shape
-        args = jax.tree_util.tree_map(np.asarray, (params, xs, state0))
+        args = to_numpy((params, xs, state0))
         jax.test_util.check_grads(jax.jit(loss), args, order=1, modes=["fwd", "rev"], eps=1e-6)
 
 

@@ -15,6 +15,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from conftest import to_numpy
 from jax.test_util import check_grads
 
 import gatedrnn as gr
@@ -86,7 +87,7 @@ def _scan(cell, params, xs, h0=None, **options):
     for name in ("seq_lengths", "resets"):
         if options.get(name) is not None:
             options[name] = _frozen(options[name])
-    return jax.tree_util.tree_map(np.asarray, _jit_scan(cell, params, xs, h0, **options))
+    return to_numpy(_jit_scan(cell, params, xs, h0, **options))
 
 
 @functools.partial(jax.jit, static_argnums=0, static_argnames=("time_major",))
@@ -130,7 +131,7 @@ def test_scan_follows_the_papers_equations_float64(parallel, inp, batch, time_ma
         want_h, want_ys = _paper_loop(params, xs_tm, h0)
         xs = xs_tm if time_major else np.moveaxis(xs_tm, 0, -2)
         forms = _both_forms(cell, params, xs, h0, time_major=time_major)
-        h, ys = jax.tree_util.tree_map(np.asarray, forms[int(parallel)])
+        h, ys = to_numpy(forms[int(parallel)])
         ys_tm = ys if time_major else np.moveaxis(ys, -2, 0)
         np.testing.assert_allclose(ys_tm, want_ys, rtol=1e-12, atol=1e-12)
         np.testing.assert_allclose(_complex(h), want_h, rtol=1e-12, atol=1e-12)
@@ -180,7 +181,7 @@ def test_parity_script_options_and_atomic_json(tmp_path):
 def test_init_is_the_papers_ring_init_with_gamma_normalization():
     with jax.enable_x64(True):
         _, p = _setup(3, 3, 4000, r_min=0.4, r_max=0.9, max_phase=math.pi / 10)
-        p = jax.tree_util.tree_map(np.asarray, p)
+        p = to_numpy(p)
         modulus = np.exp(-np.exp(p.nu_log))
         phase = np.exp(p.theta_log)
         assert 0.4 <= modulus.min() and modulus.max() <= 0.9
@@ -276,8 +277,8 @@ def test_seq_lengths_keep_the_state_zero_the_outputs_and_ignore_nan_padding(para
             loss = _loss(cell, parallel, seq_lengths=lengths)
             return out, jax.grad(loss, argnums=(0, 1, 2))(params, xs, h0)
 
-        (h, ys), grads = jax.tree_util.tree_map(np.asarray, run(params, xs_nan, h0))
-        h0_np = jax.tree_util.tree_map(np.asarray, h0)
+        (h, ys), grads = to_numpy(run(params, xs_nan, h0))
+        h0_np = to_numpy(h0)
         for b, L in enumerate(lengths):
             h0_b = jax.tree_util.tree_map(lambda s, b=b: s[b], h0_np)
             want_h, want_ys = _paper_loop(params, xs[b, :L], h0_b)
@@ -324,7 +325,7 @@ def test_resets_restart_from_the_initial_state_and_truncate_cuts_the_state_gradi
                 jax.grad(last_output)(xs, None),
             )
 
-        out = jax.tree_util.tree_map(np.asarray, run(xs, h0))
+        out = to_numpy(run(xs, h0))
         (h, ys), plain, cut, full, g_cut, g_full = out
         xs = np.asarray(xs)
         h0_0 = jax.tree_util.tree_map(lambda s: np.asarray(s)[0], h0)

@@ -12,7 +12,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from conftest import loop_scan, one_torch_thread
+from conftest import loop_scan, one_torch_thread, scan_numpy, to_numpy
 
 import gatedrnn as gr
 from gatedrnn import diagnostics as dg
@@ -44,24 +44,6 @@ def _state(cell, p, batch, seed=5, dtype=F64):
 
 def _xs(seed, shape, dtype=F64):
     return np.random.default_rng(seed).normal(size=shape).astype(dtype)
-
-
-# gr.scan compiled once per cell, shapes and options (eager calls compile every op); the
-# tests read results as numpy (indexing a jax array compiles a program)
-_scan_jit = jax.jit(
-    gr.scan,
-    static_argnums=0,
-    static_argnames=("reverse", "time_major", "parallel", "truncate"),
-)
-
-
-def _np(tree):
-    """Every leaf of ``tree`` as a numpy array."""
-    return jax.tree_util.tree_map(np.asarray, tree)
-
-
-def _scan(*args, **kwargs):
-    return _np(_scan_jit(*args, **kwargs))
 
 
 @partial(jax.jit, static_argnums=0, static_argnames=("time_major",))
@@ -133,7 +115,7 @@ def test_step_form_is_the_papers_equations_and_the_stabilizer_changes_nothing():
                 gr.scan(cell0, p, xs, zero, time_major=True)[1],
             )
 
-        (final, ys), loop, ys0 = _np(runs(p, xs, s0, zero))
+        (final, ys), loop, ys0 = to_numpy(runs(p, xs, s0, zero))
         want_s, want_ys = _numpy_scan(p, xs, s0)
         chex.assert_trees_all_close(ys, want_ys, rtol=1e-12, atol=1e-12)
         chex.assert_trees_all_close(tuple(final), want_s, rtol=1e-12, atol=1e-12)
@@ -150,7 +132,7 @@ def test_large_input_gates_stay_finite_in_float32():
     cell, p = _make(jnp.float32)
     p = p._replace(b_i=p.b_i + 200.0)
     xs = _xs(1, (B, T, I), jnp.float32)
-    _, ys = _scan(cell, p, xs)
+    _, ys = scan_numpy(cell, p, xs)
     with jax.enable_x64(True):
         zero = tuple(np.zeros((B, n)) for n in (NH * D * D, H, NH))
         _, want = _numpy_scan(p, np.swapaxes(np.asarray(xs, np.float64), 0, 1), zero)
@@ -168,7 +150,7 @@ def test_both_forms_take_any_batch_axes_and_layout(batch, time_major):
         s0 = _state(cell, p, batch)
         want_s, want_ys = _numpy_scan(p, xs_tm, s0)
         xs = xs_tm if time_major else np.moveaxis(xs_tm, 0, -2)
-        for s, ys in _np(_both_forms(cell, p, xs, s0, time_major=time_major)):
+        for s, ys in to_numpy(_both_forms(cell, p, xs, s0, time_major=time_major)):
             ys = ys if time_major else np.moveaxis(ys, -2, 0)
             chex.assert_trees_all_close(ys, want_ys, rtol=1e-11, atol=1e-12)
             chex.assert_trees_all_close(tuple(s), want_s, rtol=1e-11, atol=1e-12)
@@ -229,10 +211,10 @@ def test_parallel_equals_step_form_with_lengths_and_grads_match_finite_differenc
 
         rng = np.random.default_rng(7)
         leaves = jax.tree_util.tree_leaves
-        point = jax.tree_util.tree_map(np.asarray, (p, np.where(pad, 0.0, xs), s0))
+        point = to_numpy((p, np.where(pad, 0.0, xs), s0))
         direction = jax.tree_util.tree_map(lambda a: rng.normal(size=a.shape), point)
         direction[1][np.broadcast_to(pad, xs.shape)] = 0.0
-        runs, _ = _np(both(p, xs, s0, direction))
+        runs, _ = to_numpy(both(p, xs, s0, direction))
         (l_step, (final, ys)), g_step = runs[0]
         chex.assert_trees_all_close(runs[1], runs[0], rtol=1e-10, atol=1e-12)
         # each sequence: the numpy loop up to its length, zeros after, state kept
@@ -256,13 +238,13 @@ def test_parallel_equals_step_form_with_lengths_and_grads_match_finite_differenc
             return jax.tree_util.tree_map(lambda a, d: a + h * d, point, direction)
 
         h = 1e-5
-        (plus, _), (minus, _) = (_np(both(*shifted(s), direction)) for s in (h, -h))
+        (plus, _), (minus, _) = (to_numpy(both(*shifted(s), direction)) for s in (h, -h))
         for parallel in (False, True):
             (_, grads) = runs[parallel]
             fd = (plus[parallel][0][0] - minus[parallel][0][0]) / (2 * h)
             np.testing.assert_allclose(dot(grads, direction), fd, rtol=1e-7)
         # forward mode: jax.jvp of the step form is the same directional derivative
-        _, tangent = _np(both(*point, direction))
+        _, tangent = to_numpy(both(*point, direction))
         np.testing.assert_allclose(tangent, dot(g_step, direction), rtol=1e-10)
 
 
@@ -330,7 +312,7 @@ def test_reverse_resets_and_truncate():
                 jax.value_and_grad(out5)(xs),
             )
 
-        ys_rev, ys_resets, (value, g) = _np(runs(xs, resets))
+        ys_rev, ys_resets, (value, g) = to_numpy(runs(xs, resets))
         # reverse: the reversed sequence run forwards, outputs in the original order
         _, want = _numpy_scan(p, xs_tm[::-1], s0)
         chex.assert_trees_all_close(ys_rev, np.swapaxes(want[::-1], 0, 1), rtol=1e-11, atol=1e-12)
@@ -393,7 +375,7 @@ def test_gate_statistics_and_state_gradient_norms():
         loss = lambda final, ys: jnp.sum(ys[-1] ** 2)  # noqa: E731
         return dg.gate_statistics(cell, p, xs), dg.state_gradient_norms(cell, p, xs, loss)
 
-    stats, norms = _np(diagnostics(p, xs))
+    stats, norms = to_numpy(diagnostics(p, xs))
     for name in ("input", "forget", "output"):
         assert stats[name].shape == (T,)
         assert np.all((stats[name] >= 0) & (stats[name] <= 1))
@@ -408,7 +390,7 @@ def test_gate_statistics_and_state_gradient_norms():
 
 def test_init_layout_and_biases():
     cell = mlstm(12, 3)
-    p = _np(jax.jit(cell.init, static_argnums=(1, 2))(KEY0, 5, jnp.float32))
+    p = to_numpy(jax.jit(cell.init, static_argnums=(1, 2))(KEY0, 5, jnp.float32))
     assert isinstance(p, MLSTMParams)
     shapes = {f: getattr(p, f).shape for f in p._fields}
     assert shapes == {
@@ -543,7 +525,7 @@ def test_matches_the_xlstm_backends(dtype):
         no_init = zero._replace(m=np.full(zero.m.shape, -np.inf, dt))
         tol = {"float32": 1e-4, "float64": 1e-10}[dtype]
         scale = np.abs(y_rec).max()
-        from_zero, from_no_init = (_np(_both_forms(cell, p, xs, s)) for s in (zero, no_init))
+        from_zero, from_no_init = (to_numpy(_both_forms(cell, p, xs, s)) for s in (zero, no_init))
         for (state, ys), (_, ys_no_init) in zip(from_zero, from_no_init):
             chex.assert_trees_all_close(ys, y_rec, atol=tol * scale, rtol=0)
             chex.assert_trees_all_close(tuple(state), final, atol=tol * 10, rtol=tol)
@@ -552,6 +534,6 @@ def test_matches_the_xlstm_backends(dtype):
         s0 = _state(cell, p, (Bn,), dtype=dt)
         with one_torch_thread():
             _, y_rec, final = _reference(p, xs, NHn, s0)
-        for state, ys in _np(_both_forms(cell, p, xs, s0)):
+        for state, ys in to_numpy(_both_forms(cell, p, xs, s0)):
             chex.assert_trees_all_close(ys, y_rec, atol=tol * np.abs(y_rec).max(), rtol=0)
             chex.assert_trees_all_close(tuple(state), final, atol=tol * 10, rtol=tol)

@@ -14,6 +14,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from conftest import to_numpy
 
 import gatedrnn as gr
 from gatedrnn.cells import make_cell
@@ -48,7 +49,7 @@ def _problem(dtype=jnp.float64):
     if jnp.dtype(dtype) == jnp.float64:
         return cell, *_draw(jax.random.PRNGKey(0), cell, jnp.dtype(jnp.float64))
     with jax.enable_x64(True):
-        drawn = jax.tree_util.tree_map(np.asarray, _problem(jnp.float64)[1:])
+        drawn = to_numpy(_problem(jnp.float64)[1:])
     return cell, *jax.tree_util.tree_map(lambda a: jax.device_put(a.astype(dtype)), drawn)
 
 
@@ -270,7 +271,7 @@ def test_seq_lengths_keep_the_state_zero_the_outputs_and_ignore_nan_padding():
             grad = jax.value_and_grad(loss, has_aux=True)
             return [grad(params, parallel) for parallel in (False, True)]
 
-        out = jax.tree_util.tree_map(np.asarray, run(params, padded))
+        out = to_numpy(run(params, padded))
         for parallel, ((_, (h, ys)), grads) in zip((False, True), out):
             for b, (L, (want_h, want_ys)) in enumerate(zip(lengths, wants)):
                 msg = f"parallel={parallel}, row {b}"
@@ -293,7 +294,7 @@ def test_reverse_runs_each_sequence_backwards_from_its_last_valid_step():
             for b, L in enumerate(lengths)
         ]
         forms = _both_forms(cell, params, xs, h0, lengths=lengths, reverse=True)
-        forms = jax.tree_util.tree_map(np.asarray, forms)
+        forms = to_numpy(forms)
         for parallel, (h, ys) in zip((False, True), forms):
             for b, (L, (want_h, want_ys)) in enumerate(zip(lengths, wants)):
                 msg = f"parallel={parallel}, row {b}"

@@ -9,7 +9,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from conftest import CELL_FACTORIES, loop_scan, make
+from conftest import CELL_FACTORIES, loop_scan, make, to_numpy
 
 import gatedrnn as gr
 from gatedrnn.cells import CELLS
@@ -116,7 +116,7 @@ def test_gradients_match_finite_differences_float64(cell_name):
 
         # What check_grads(order=1, modes=["rev"]) runs. Numpy arguments: its perturbation
         # arithmetic runs in numpy, not as one small XLA program per op and shape.
-        p, xs = jax.tree_util.tree_map(np.asarray, (p, xs))
+        p, xs = to_numpy((p, xs))
         jax.test_util.check_vjp(jax.jit(loss), loss_vjp, (p, xs), eps=1e-6, err_msg="VJP")
 
 

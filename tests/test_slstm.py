@@ -12,7 +12,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from conftest import loop_scan, one_torch_thread
+from conftest import loop_scan, one_torch_thread, scan_numpy, to_numpy
 
 import gatedrnn as gr
 import gatedrnn.diagnostics as dg
@@ -30,22 +30,6 @@ ROOT = Path(__file__).resolve().parents[1]
 F64 = jnp.float64
 B, T, I, H, HEADS = 2, 7, 3, 4, 2
 KEY0 = np.zeros(2, np.uint32)  # jax.random.PRNGKey(0)'s data (making it compiles a program)
-
-# gr.scan compiled once per cell, shapes and options (eager calls compile every op); the
-# tests draw their data with numpy and read results as numpy, so that no eager JAX op
-# compiles a program of its own
-_scan_jit = jax.jit(
-    gr.scan, static_argnums=0, static_argnames=("reverse", "time_major", "truncate", "fused")
-)
-
-
-def _np(tree):
-    """Every leaf of ``tree`` as a numpy array (indexing a jax array compiles a program)."""
-    return jax.tree_util.tree_map(np.asarray, tree)
-
-
-def _scan(*args, **kwargs):
-    return _np(_scan_jit(*args, **kwargs))
 
 
 def _problem(dtype=F64, seed=0, hidden=H, heads=HEADS, forget_gate="sigmoid", inp=I):
@@ -122,7 +106,7 @@ def test_scan_matches_the_unstabilized_equations(forget_gate, start):
         cell, params, rng = _problem(forget_gate=forget_gate)
         xs = rng.normal(size=(B, T, I))
         state0 = None if start == "zeros" else _random_state(rng, (B,))
-        final, ys = _scan(cell, params, xs, state0)
+        final, ys = scan_numpy(cell, params, xs, state0)
         want_h, want_ratio, want_ys = _numpy_unstabilized(params, xs, forget_gate, state0)
         chex.assert_trees_all_close(ys, want_ys, rtol=1e-11, atol=1e-12)
         chex.assert_trees_all_close(final.h, want_h, rtol=1e-11, atol=1e-12)
@@ -140,8 +124,8 @@ def test_outputs_do_not_depend_on_the_stabilizer():
         s0 = _random_state(rng, (B,))
         d = 3.0 * rng.normal(size=(B, H))
         shifted = s0._replace(c=s0.c * np.exp(-d), n=s0.n * np.exp(-d), m=s0.m + d)
-        f0, ys0 = _scan(cell, params, xs, s0)
-        f1, ys1 = _scan(cell, params, xs, shifted)
+        f0, ys0 = scan_numpy(cell, params, xs, s0)
+        f1, ys1 = scan_numpy(cell, params, xs, shifted)
         chex.assert_trees_all_close(ys1, ys0, rtol=1e-12, atol=1e-13)
         chex.assert_trees_all_close(f1.c / f1.n, f0.c / f0.n, rtol=1e-12, atol=1e-13)
 
@@ -170,7 +154,7 @@ def test_the_n_zero_restart_equals_plain_max_outputs_and_stays_finite():
         n_plain = jnp.exp(i_raw - jnp.maximum(log_f, i_raw))  # plain max from m = 0
         return y_restart, y_plain, state, y, n_plain
 
-    y_restart, y_plain, state, y, n_plain = _np(pieces(params, low, x))
+    y_restart, y_plain, state, y, n_plain = to_numpy(pieces(params, low, x))
     chex.assert_trees_all_close(y_restart, y_plain, rtol=1e-5, atol=1e-6)
     assert np.all(np.isfinite(y))
     np.testing.assert_allclose(state.n, 1.0)
@@ -204,7 +188,7 @@ def test_init_layout_and_forget_bias():
         return jax.jit(cell.init, static_argnums=(1, 2))(KEY0, *args)
 
     cell = slstm(8, num_heads=2)
-    params = _np(init(cell, 3, jnp.float32))
+    params = to_numpy(init(cell, 3, jnp.float32))
     assert isinstance(params, SLSTMParams)
     assert params.w_x.shape == (3, 32) and params.r.shape == (2, 4, 16) and params.b.shape == (32,)
     np.testing.assert_allclose(params.r, 0.0)  # xlstm's recurrent init: zeros
@@ -212,9 +196,9 @@ def test_init_layout_and_forget_bias():
     np.testing.assert_allclose(params.b[8:16], want, rtol=1e-6)
     np.testing.assert_allclose(params.b[:8], 0.0)
     np.testing.assert_allclose(params.b[16:], 0.0)
-    lin = _np(init(slstm(8, 2, forget_bias="linspace"), 3, jnp.float32))
+    lin = to_numpy(init(slstm(8, 2, forget_bias="linspace"), 3, jnp.float32))
     np.testing.assert_allclose(lin.b[8:16], np.tile(np.linspace(3.0, 6.0, 4), 2), rtol=1e-6)
-    const = _np(init(slstm(8, forget_bias=2.5), 3, jnp.float32))
+    const = to_numpy(init(slstm(8, forget_bias=2.5), 3, jnp.float32))
     np.testing.assert_allclose(const.b[8:16], 2.5)
     np.testing.assert_allclose(forget_bias_values("powerlaw", 1), [5.0])
     assert make_cell("slstm", 8, num_heads=2) is cell
@@ -292,7 +276,7 @@ def test_scan_equals_a_loop_of_steps(batch):
         cell, params, rng = _problem()
         xs_tm = rng.normal(size=(T, *batch, I))
         s0 = _random_state(rng, batch)
-        (want_final, want_ys), tm, bm = _np(_loop_and_scans(cell, params, xs_tm, s0))
+        (want_final, want_ys), tm, bm = to_numpy(_loop_and_scans(cell, params, xs_tm, s0))
         chex.assert_trees_all_close(tm, (want_final, want_ys), rtol=1e-12, atol=1e-13)
         final, ys = bm
         chex.assert_trees_all_close(ys, np.moveaxis(want_ys, 0, -2), rtol=1e-12, atol=1e-13)
@@ -364,7 +348,7 @@ def test_grads_equal_finite_differences_float64():
             direction = jax.tree_util.tree_map(lambda a: rng.normal(size=a.shape), point)
             if start is zero:
                 direction = (*direction[:2], zero)
-            _, grad, jvp = _np(value_grad_jvp(point, direction))
+            _, grad, jvp = to_numpy(value_grad_jvp(point, direction))
             plus, minus = (value_at(point, direction, h) for h in (eps, -eps))
             fd = (plus - minus) / (2 * eps)
             rev = sum(np.vdot(g, d) for g, d in zip(leaves(grad), leaves(direction)))
@@ -409,7 +393,7 @@ def test_seq_lengths_reverse_and_nan_padding():
                 gr.scan(cell, params, row[::-1]),
             )
 
-        (final, ys), (f1, ys1), grads, (final_r, ys_r), (fr1, want) = _np(
+        (final, ys), (f1, ys1), grads, (final_r, ys_r), (fr1, want) = to_numpy(
             runs(params, padded, lengths, xs[1, :3])
         )
         np.testing.assert_array_equal(ys[1, 3:], 0.0)
@@ -442,7 +426,7 @@ def test_resets_restart_from_the_initial_state_and_truncate_cuts_the_gradient():
                 gr.scan(cell, params, xs, truncate=3)[1],
             )
 
-        ys, tail, plain, (full, cut), ys_cut = _np(runs(params, xs, resets))
+        ys, tail, plain, (full, cut), ys_cut = to_numpy(runs(params, xs, resets))
         chex.assert_trees_all_close(ys[0, 4:], tail, rtol=1e-12)
         chex.assert_trees_all_close(ys[1], plain[1], rtol=1e-12)
         assert float(np.max(np.abs(full[:, 0]))) > 1e-6
@@ -465,7 +449,7 @@ def test_stack_runs_two_layers():
             f1, y1 = gr.scan(cell, params[1], y0)
             return finals, ys, f1, y1
 
-        finals, ys, f1, y1 = _np(runs(params, xs))
+        finals, ys, f1, y1 = to_numpy(runs(params, xs))
         chex.assert_trees_all_close(ys, y1, rtol=1e-12)
         chex.assert_trees_all_close(finals[1], f1, rtol=1e-12)
 
@@ -487,7 +471,7 @@ def test_gates_are_the_weights_of_the_normalized_state():
                 cell.gates(params, zero, xp),
             )
 
-        g, s1, g0 = _np(pieces(params, s0, x))
+        g, s1, g0 = to_numpy(pieces(params, s0, x))
         assert set(g) == {"input", "forget", "candidate", "output"}
         assert cell.tanh_gates == ("candidate",)
         chex.assert_trees_all_close(
@@ -508,7 +492,7 @@ def test_gate_statistics_and_state_gradient_norms():
         loss = lambda final, ys: jnp.sum(ys[:, -1])  # noqa: E731
         return dg.gate_statistics(cell, params, xs), dg.state_gradient_norms(cell, params, xs, loss)
 
-    st, norms = _np(diagnostics(params, xs))
+    st, norms = to_numpy(diagnostics(params, xs))
     for name in ("input", "forget", "output"):
         assert st[name].shape == (T,)
         assert np.all((st[name] >= 0) & (st[name] <= 1))

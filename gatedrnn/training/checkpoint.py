@@ -173,12 +173,13 @@ _ECHO_QUIET_S, _ECHO_WAIT_S = 0.05, 1.0
 
 @contextlib.contextmanager
 def _quiet_orbax() -> Iterator[None]:
-    """While a checkpoint is read (and, if the read fails, while its abandoned coroutines
-    are collected: a collection costs 0.1-1 s, so only then), drop the echoes of a failed
-    read that orbax and tensorstore print through ``sys.unraisablehook`` (the failure is
-    raised as one line); the previous hook gets the rest and comes back."""
+    """While a checkpoint is read, drop the echoes of a failed read that orbax and
+    tensorstore print through ``sys.unraisablehook`` (the failure is raised as one line);
+    the previous hook gets the rest and comes back. If the read fails, the scope lasts
+    until its abandoned coroutines are collected (a collection costs 0.1-1 s, so only
+    then) and tensorstore's reads still in flight have echoed."""
     previous = sys.unraisablehook
-    last_echo = [time.monotonic()]
+    last_echo = [0.0]  # when the hook last dropped an echo
 
     def hook(u: Any) -> None:
         code = getattr(u.object, "cr_code", None)
@@ -196,8 +197,8 @@ def _quiet_orbax() -> Iterator[None]:
         # tensorstore reads still in flight when the read failed end on orbax's closed
         # event loop, each echoing from tensorstore's threads: wait until they are quiet
         # (_ECHO_QUIET_S without one, at most _ECHO_WAIT_S)
-        deadline = time.monotonic() + _ECHO_WAIT_S
         last_echo[0] = time.monotonic()
+        deadline = last_echo[0] + _ECHO_WAIT_S
         while time.monotonic() < deadline and time.monotonic() - last_echo[0] < _ECHO_QUIET_S:
             time.sleep(_ECHO_QUIET_S / 10)
         raise
