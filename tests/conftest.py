@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import gc
 import os
+import resource
 import shutil
 import sys
 import tempfile
@@ -337,6 +338,46 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         help=f"rewrite tests/slow_tests.txt: the tests run that took {_SLOW_THRESHOLD_S} s "
         "or longer (setup, call and teardown) are listed, those faster are removed",
     )
+    parser.addoption(
+        "--compile-stats",
+        action="store_true",
+        help="at the end, print the XLA compilations (count, compile and lowering seconds) "
+        "and the CPU seconds of the test process and of its children; without -n (the "
+        "workers' counts are not gathered)",
+    )
+
+
+# --compile-stats: what a test file costs in XLA compilations (the suite's main cost: a
+# count is stable where CPU seconds on a shared machine are not)
+_COMPILE_EVENTS = {
+    "/jax/core/compile/backend_compile_duration": "compile",
+    "/jax/core/compile/jaxpr_to_mlir_module_duration": "lowering",
+}
+_compile_stats: dict[str, list[float]] = {k: [0, 0.0] for k in _COMPILE_EVENTS.values()}
+
+
+def _count_compile(event: str, seconds: float, **_: object) -> None:
+    if event in _COMPILE_EVENTS:
+        stat = _compile_stats[_COMPILE_EVENTS[event]]
+        stat[0] += 1
+        stat[1] += seconds
+
+
+jax.monitoring.register_event_duration_secs_listener(_count_compile)
+
+
+def pytest_terminal_summary(terminalreporter, config: pytest.Config) -> None:
+    if config.getoption("--compile-stats"):
+        if getattr(config.option, "numprocesses", None):
+            terminalreporter.write_line("compile stats: run without -n to get them")
+            return
+        cpu = [resource.getrusage(who) for who in (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN)]
+        (n, compile_s), (_, lower_s) = _compile_stats["compile"], _compile_stats["lowering"]
+        terminalreporter.write_line(
+            f"compile stats: {n} XLA compilations, {compile_s:.1f} s compiling, "
+            f"{lower_s:.1f} s lowering; CPU {cpu[0].ru_utime + cpu[0].ru_stime:.1f} s, "
+            f"children {cpu[1].ru_utime + cpu[1].ru_stime:.1f} s"
+        )
 
 
 def pytest_runtest_logreport(report: pytest.TestReport) -> None:
