@@ -5,6 +5,7 @@ non-finite loss stops the run naming the step and keeps the last good checkpoint
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import shutil
@@ -21,6 +22,7 @@ import numpy as np
 import pytest
 
 import gatedrnn as gr
+from experiments import cli
 from gatedrnn import training
 from gatedrnn.training import checkpoint, io, tasks
 
@@ -39,8 +41,11 @@ FIT = {
     "seed": 1,
 }
 
-# A training script: GRU on the adding task with checkpoints; --slow sleeps after each
-# checkpoint so that the test can kill it mid-run; --nan-at poisons the inputs from a step.
+# A training script: GRU on the adding task with checkpoints; --hang-at sleeps for good after
+# that step's checkpoint so that the test can kill it mid-run; --nan-at poisons the inputs
+# from a step. The SIGKILLed run and its resume are real processes; the other runs call
+# the script's main in the test's process (through cli.run: exit status and stderr as a
+# process has them, without paying a fresh JAX import and compiles per run).
 CHILD = textwrap.dedent(
     f"""
     import time
@@ -55,18 +60,18 @@ CHILD = textwrap.dedent(
         p = cli.ArgumentParser()
         p.add_argument("--out", type=cli.output_dir, required=True)
         p.add_argument("--resume", action="store_true")
-        p.add_argument("--slow", type=float, default=0.0)
+        p.add_argument("--hang-at", type=int, default=-1)
         p.add_argument("--hidden-size", type=cli.positive_int, default=8)
         p.add_argument("--nan-at", type=int, default=-1)
         args = p.parse_args(argv)
-        if args.slow:
+        if args.hang_at >= 0:
             save = checkpoint.save
-            def slow_save(*a, **k):
-                path = save(*a, **k)
-                print("saved", path.name, flush=True)
-                time.sleep(args.slow)
+            def hanging_save(directory, step, *a, **k):
+                path = save(directory, step, *a, **k)
+                if step == args.hang_at:
+                    time.sleep(600)
                 return path
-            checkpoint.save = slow_save
+            checkpoint.save = hanging_save
         task = tasks.adding(10)
         if args.nan_at >= 0:
             batches = training.task_batches(task, {FIT["batch_size"]})
@@ -100,7 +105,8 @@ CHILD = textwrap.dedent(
 
 @pytest.fixture(scope="module")
 def child(tmp_path_factory) -> dict:
-    """The script, and an environment sharing a compilation cache between its runs."""
+    """The script, its ``main`` loaded in this process, and an environment sharing a
+    compilation cache between its runs."""
     base = tmp_path_factory.mktemp("resume")
     script = base / "trainer.py"
     script.write_text(CHILD)
@@ -116,7 +122,10 @@ def child(tmp_path_factory) -> dict:
         "JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES": "0",
     }
     env.pop("GATEDRNN_DEBUG", None)
-    return {"script": script, "env": env, "base": base}
+    spec = importlib.util.spec_from_file_location("resume_trainer", script)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return {"script": script, "env": env, "base": base, "main": module.main}
 
 
 def launch(child: dict, *args: str) -> subprocess.Popen:
@@ -134,11 +143,27 @@ def finish(proc: subprocess.Popen, timeout: float = 600) -> subprocess.Completed
     return subprocess.CompletedProcess(proc.args, proc.returncode, out, err)
 
 
+def run_here(child: dict, capfd: pytest.CaptureFixture, *args: str) -> tuple[int, str]:
+    """The script's exit status and stderr (file descriptor 2, so what C++ libraries write
+    too), run in this process through ``cli.run`` as its ``__main__`` does."""
+    capfd.readouterr()
+    with pytest.raises(SystemExit) as stop:
+        cli.run(child["main"], list(args))
+    return stop.value.code, capfd.readouterr().err
+
+
 @pytest.fixture(scope="module")
 def uninterrupted(child) -> Path:
     out = child["base"] / "whole"
-    proc = finish(launch(child, "--out", str(out)))
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    # compiled as the children compile (JAX_DISABLE_MOST_OPTIMIZATIONS=1, tests/conftest.py;
+    # its per-test fixture has not run yet for a module-scoped one)
+    before = jax.config.read("jax_disable_most_optimizations")
+    jax.config.update("jax_disable_most_optimizations", True)
+    try:
+        child["main"](["--out", str(out)])
+    finally:
+        jax.config.update("jax_disable_most_optimizations", before)
+        cli.release_outputs()
     return out
 
 
@@ -150,7 +175,7 @@ def load(out: Path) -> tuple[list, list]:
 
 def test_sigkill_mid_run_then_resume_matches_the_uninterrupted_run(child, uninterrupted):
     out = child["base"] / "killed"
-    proc = launch(child, "--out", str(out), "--slow", "1.5")
+    proc = launch(child, "--out", str(out), "--hang-at", "20")
     first = out / "ckpt" / "step_00000020"
     deadline = time.monotonic() + 600
     while not first.exists():
@@ -294,11 +319,13 @@ def test_unfinished_checkpoint_folder_is_ignored(uninterrupted, tmp_path):
     assert checkpoint.latest_checkpoint(ckpt).name == "step_00000040"
 
 
-def test_non_finite_loss_stops_naming_the_step_and_keeps_the_last_good_checkpoint(child, tmp_path):
-    proc = finish(launch(child, "--out", str(tmp_path), "--nan-at", "25"))
-    assert proc.returncode == 1
-    lines = proc.stderr.strip().splitlines()
-    assert len(lines) == 1 and "Traceback" not in proc.stderr
+def test_non_finite_loss_stops_naming_the_step_and_keeps_the_last_good_checkpoint(
+    child, tmp_path, capfd
+):
+    code, stderr = run_here(child, capfd, "--out", str(tmp_path), "--nan-at", "25")
+    assert code == 1
+    lines = stderr.strip().splitlines()
+    assert len(lines) == 1 and "Traceback" not in stderr
     assert "training loss became non-finite (nan) at step 25" in lines[0]
     saved = [step for step, _ in checkpoint.list_checkpoints(tmp_path / "ckpt")]
     assert saved == [10, 20]
@@ -327,14 +354,14 @@ def _flip_array_data(step: Path) -> None:
 
 
 def test_cli_resume_skips_flipped_bytes_and_stops_in_one_line_when_nothing_is_intact(
-    child, uninterrupted, tmp_path
+    child, uninterrupted, tmp_path, capfd
 ):
     out = tmp_path / "run"
     shutil.copytree(uninterrupted / "ckpt", out / "ckpt")
     _flip_array_data(out / "ckpt" / "step_00000040")
-    resumed = finish(launch(child, "--out", str(out), "--resume"))
-    assert resumed.returncode == 0, resumed.stderr[-3000:]
-    err = resumed.stderr.strip().splitlines()
+    code, stderr = run_here(child, capfd, "--out", str(out), "--resume")
+    assert code == 0, stderr[-3000:]
+    err = stderr.strip().splitlines()
     assert len(err) == 1 and "skipped checkpoint step_00000040" in err[0], err
     assert "using step_00000030" in err[0] and "step_00000040.corrupt" in err[0]
     for got, want in zip(load(out)[0], load(uninterrupted)[0]):
@@ -342,8 +369,8 @@ def test_cli_resume_skips_flipped_bytes_and_stops_in_one_line_when_nothing_is_in
 
     for _, step in checkpoint.list_checkpoints(out / "ckpt"):
         _flip_array_data(step)
-    failed = finish(launch(child, "--out", str(out), "--resume"))
-    assert failed.returncode == 2
-    err = failed.stderr.strip().splitlines()
-    assert len(err) == 1 and "Traceback" not in failed.stderr, failed.stderr[-3000:]
+    code, stderr = run_here(child, capfd, "--out", str(out), "--resume")
+    assert code == 2
+    err = stderr.strip().splitlines()
+    assert len(err) == 1 and "Traceback" not in stderr, stderr[-3000:]
     assert "error: cannot resume: no intact checkpoint in" in err[0] and len(err[0]) < 400
