@@ -5,7 +5,6 @@ with the batch really split and the parameters really replicated."""
 
 from __future__ import annotations
 
-import fcntl
 import json
 import os
 import subprocess
@@ -129,20 +128,9 @@ def _run_child(cwd: Path) -> dict:
 
 @pytest.fixture(scope="module")
 def result(tmp_path_factory) -> dict:
-    """The 8-device child's results, computed once per test session: under pytest-xdist
-    the first worker runs the child and the others read its JSON (a file lock in the
-    session's shared temp folder), so the ~35 s subprocess does not start once per worker."""
-    if "PYTEST_XDIST_WORKER" not in os.environ:
-        return _run_child(tmp_path_factory.mktemp("parallel"))
-    shared = tmp_path_factory.getbasetemp().parent  # one folder per session, all workers
-    done = shared / "mesh_result.json"
-    with open(shared / "mesh_result.lock", "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        if not done.exists():
-            cwd = shared / "mesh_parallel"
-            cwd.mkdir(exist_ok=True)
-            done.write_text(json.dumps(_run_child(cwd)))
-    return json.loads(done.read_text())
+    """The 8-device child's results, computed once (under pytest-xdist a module runs whole
+    on one worker, tests/conftest.py)."""
+    return _run_child(tmp_path_factory.mktemp("parallel"))
 
 
 def test_eight_devices_with_a_resume_follow_one_device_on_the_adding_task(result):
