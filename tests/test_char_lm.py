@@ -5,6 +5,7 @@ temperature 0), divergence, and the --quick command line."""
 from __future__ import annotations
 
 import json
+from functools import partial
 from pathlib import Path
 
 import chex
@@ -48,10 +49,8 @@ def test_interrupted_and_resumed_run_ends_with_the_same_params(tmp_path: Path, f
     assert resumed["val_bpc"] == full["val_bpc"]
     # 7: where the first call stopped; 9: the time-limit stop
     assert [h["step"] for h in resumed["history"]] == [5, 7, 9, 10]
-
-
-def test_resume_refuses_a_different_config(tmp_path: Path):
-    SCRIPT.train(TEXT, MODEL, TRAIN, checkpoint_dir=tmp_path, stop_at=3)
+    # a resume refuses a different config, a fresh run a folder holding checkpoints, and
+    # a resume a folder without one (all before training)
     with pytest.raises(CheckpointError, match="model"):
         SCRIPT.train(
             TEXT, {**MODEL, "hidden_size": 13}, TRAIN, checkpoint_dir=tmp_path, resume=True
@@ -70,15 +69,21 @@ def _tiny(cell: str = "lstm", layers: int = 2):
 APPLY = jax.jit(clm.apply, static_argnums=1)
 
 
+@partial(jax.jit, static_argnums=1)
+def _whole_and_chunked(params, cfg, ids, c0):
+    """One long run over ``ids`` and the same run in two chunks, the carry passed on."""
+    _, whole = clm.apply(params, cfg, ids, c0)
+    c1, a = clm.apply(params, cfg, ids[:, :10], c0)
+    _, b = clm.apply(params, cfg, ids[:, 10:], c1)
+    return whole, jnp.concatenate([a, b], 1)
+
+
 @pytest.mark.parametrize("cell", ["vanilla", "lstm", "gru"])
 def test_carrying_state_over_chunks_equals_one_long_run(cell: str):
     cfg, params = _tiny(cell)
     ids = jax.random.randint(jax.random.PRNGKey(2), (3, 20), 0, 11)
-    c0 = clm.initial_carry(params, cfg, 3)
-    _, whole = APPLY(params, cfg, ids, c0)
-    c1, a = APPLY(params, cfg, ids[:, :10], c0)
-    _, b = APPLY(params, cfg, ids[:, 10:], c1)
-    chex.assert_trees_all_close(np.concatenate([a, b], 1), whole, rtol=1e-5, atol=1e-5)
+    whole, chunked = _whole_and_chunked(params, cfg, ids, clm.initial_carry(params, cfg, 3))
+    chex.assert_trees_all_close(chunked, whole, rtol=1e-5, atol=1e-5)
 
 
 def test_train_step_gradient_stops_at_the_chunk_boundary():
@@ -91,11 +96,11 @@ def test_train_step_gradient_stops_at_the_chunk_boundary():
     chunk = SCRIPT.TextChunk(x, x, jnp.array(False), jax.random.key(0))
     state2, metrics = step(state, chunk)
     carry2, bpc = state2.carry, metrics["bpc"]
-    want_carry, logits = clm.apply(params, cfg, x, carry)
+    want_carry, logits = APPLY(params, cfg, x, carry)
     from gatedrnn.training.text import bits_per_char
 
     assert float(bpc) == pytest.approx(float(bits_per_char(logits, x)), rel=1e-6)
-    # The jitted step and the eager apply are two programs: equal up to float rounding.
+    # The step and the apply are two programs: equal up to float rounding.
     chex.assert_trees_all_close(carry2, want_carry, rtol=1e-6, atol=1e-7)
 
 
@@ -244,7 +249,8 @@ def test_a_diverging_run_exits_1_in_one_line_and_saves_nothing(tmp_path: Path, c
     text.write_text("import os\n\ndef main():\n    print('hello world')\n" * 300, encoding="utf-8")
     out = tmp_path / "run"
     argv = ["train", "--quick", "--text", str(text), "--out", str(out), "--no-progress",
-            "--steps", "20", "--learning-rate", "1e38"]  # fmt: skip
+            "--steps", "20", "--learning-rate", "1e38",
+            "--hidden", "8", "--embed", "4", "--batch", "2", "--seq-len", "8"]  # fmt: skip
     with pytest.raises(SystemExit) as exit_info:
         cli.run(SCRIPT.cli_main, argv)
     assert exit_info.value.code == 1
