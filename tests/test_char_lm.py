@@ -250,7 +250,7 @@ def test_a_diverging_run_exits_1_in_one_line_and_saves_nothing(tmp_path: Path, c
     out = tmp_path / "run"
     argv = ["train", "--quick", "--text", str(text), "--out", str(out), "--no-progress",
             "--steps", "20", "--learning-rate", "1e38",
-            "--hidden", "8", "--embed", "4", "--batch", "2", "--seq-len", "8"]  # fmt: skip
+            "--batch", "2", "--seq-len", "8"]  # fmt: skip
     with pytest.raises(SystemExit) as exit_info:
         cli.run(SCRIPT.cli_main, argv)
     assert exit_info.value.code == 1
