@@ -32,31 +32,47 @@ def _leaves_equal(a, b) -> None:
         chex.assert_trees_all_equal(np.asarray(x), np.asarray(y))
 
 
-def test_interrupted_and_resumed_run_ends_with_the_same_params(tmp_path: Path, fast_compile):
-    # 540 train chars in 4 rows of 135: 8 chunks per pass, so the run wraps around once.
-    full = SCRIPT.train(TEXT, MODEL, TRAIN)
-    part = SCRIPT.train(TEXT, MODEL, TRAIN, checkpoint_dir=tmp_path, stop_at=7)
+@pytest.fixture(scope="module")
+def interrupted_run(tmp_path_factory):
+    """A full run, and in one checkpoint folder the same run stopped at step 7, stopped
+    again by the time limit, then resumed to the end: made once for the resume tests
+    below (one set of compiles), with XLA's optimizations off like ``fast_compile``."""
+    ck = tmp_path_factory.mktemp("char_lm_checkpoints")
+    before = jax.config.read("jax_disable_most_optimizations")
+    jax.config.update("jax_disable_most_optimizations", True)
+    try:
+        # 540 train chars in 4 rows of 135: 8 chunks per pass, so the run wraps around once.
+        full = SCRIPT.train(TEXT, MODEL, TRAIN)
+        part = SCRIPT.train(TEXT, MODEL, TRAIN, checkpoint_dir=ck, stop_at=7)
+        # a second interruption, by the time limit: it stops after one block (to the
+        # next checkpoint step, 9), with a checkpoint
+        timed = SCRIPT.train(TEXT, MODEL, TRAIN, checkpoint_dir=ck, resume=True, time_limit=0.0)
+        resumed = SCRIPT.train(TEXT, MODEL, TRAIN, checkpoint_dir=ck, resume=True)
+    finally:
+        jax.config.update("jax_disable_most_optimizations", before)
+    return ck, full, part, timed, resumed
+
+
+def test_interrupted_and_resumed_run_ends_with_the_same_params(interrupted_run):
+    _, full, part, timed, resumed = interrupted_run
     assert part["steps_done"] == 7
     with pytest.raises(AssertionError):
         _leaves_equal(part["params"], full["params"])
-    # a second interruption, by the time limit: it stops after one block (to the next
-    # checkpoint step, 9), with a checkpoint
-    timed = SCRIPT.train(TEXT, MODEL, TRAIN, checkpoint_dir=tmp_path, resume=True, time_limit=0.0)
     assert timed["steps_done"] == 9
-    resumed = SCRIPT.train(TEXT, MODEL, TRAIN, checkpoint_dir=tmp_path, resume=True)
     assert resumed["steps_done"] == TRAIN.steps
     _leaves_equal(resumed["state"], full["state"])  # params, Adam state and carried state
     assert resumed["val_bpc"] == full["val_bpc"]
     # 7: where the first call stopped; 9: the time-limit stop
     assert [h["step"] for h in resumed["history"]] == [5, 7, 9, 10]
-    # a resume refuses a different config, a fresh run a folder holding checkpoints, and
-    # a resume a folder without one (all before training)
+
+
+def test_resume_refuses_a_different_config(interrupted_run, tmp_path: Path):
+    """On the checkpoints of the interrupted run (the refusals come before training)."""
+    ck = interrupted_run[0]
     with pytest.raises(CheckpointError, match="model"):
-        SCRIPT.train(
-            TEXT, {**MODEL, "hidden_size": 13}, TRAIN, checkpoint_dir=tmp_path, resume=True
-        )
+        SCRIPT.train(TEXT, {**MODEL, "hidden_size": 13}, TRAIN, checkpoint_dir=ck, resume=True)
     with pytest.raises(CheckpointError, match="already holds checkpoints"):
-        SCRIPT.train(TEXT, MODEL, TRAIN, checkpoint_dir=tmp_path)
+        SCRIPT.train(TEXT, MODEL, TRAIN, checkpoint_dir=ck)
     with pytest.raises(CheckpointError, match="no checkpoint"):
         SCRIPT.train(TEXT, MODEL, TRAIN, checkpoint_dir=tmp_path / "empty", resume=True)
 

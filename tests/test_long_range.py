@@ -18,7 +18,7 @@ def _load(name: str):
     return mod
 
 
-def test_quick_mode_writes_results_named_checkpointed_and_resumed(tmp_path) -> None:
+def test_quick_mode_writes_results(tmp_path) -> None:
     """The one end-to-end run (then resumed): both adding tasks in --quick form, each with
     its own files, table, JSON and figure (adding_hs97: its success test, the within-0.04
     curve). Issue 24: --name keeps each command's files apart, the chrono variants of
