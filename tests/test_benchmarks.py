@@ -151,15 +151,28 @@ def test_compare_revisions_quick_runs_two_versions_side_by_side(tmp_path):
 
 
 def test_rnn_speed_unroll_and_crossover_sections_quick(tmp_path):
-    """The unroll sweep and minGRU's crossover, in --quick form, land in the table."""
+    """The unroll sweep and the crossover, in --quick form, land in the table: minGRU's
+    crossover always, and (--cells naming cells with a parallel form) each such cell its
+    own sweep (a cell without one, the GRU, is left out), read by the table and the docs'
+    renderer."""
     bench = _load_benchmark()
     args = _quick_args(tmp_path)
-    unroll, crossover = bench.bench_unroll(args), bench.bench_crossover(args)
+    unroll = bench.bench_unroll(args)
     assert {r["cell"] for r in unroll} == {"vanilla", "lstm", "gru"}
     for row in unroll:
         assert row["speedup_vs_1"]["1_train"] == 1.0 and row["default"] >= 1
-    assert [r["T"] for r in crossover["rows"]] == [8, 32]
-    assert "unroll, lstm" in _table(bench, unroll=unroll, crossover=crossover)
+    args.cells_given = args.cells = ["gru", "lru"]
+    crossover = bench.bench_crossover(args)
+    assert crossover["cell"] == "min_gru" and [r["T"] for r in crossover["rows"]] == [8, 32]
+    [lru] = crossover["by_cell"]
+    assert lru["cell"] == "lru" and [r["T"] for r in lru["rows"]] == [8, 32]
+    assert lru["library_picks_parallel_from"] == bench.gr.parallel_crossover("lru")
+    table = _table(bench, unroll=unroll, crossover=crossover)
+    assert "unroll, lstm" in table and "lru parallel form vs step by step" in table
+    from experiments import report
+
+    assert report._form_ratio(lru["rows"][0], "train") != "skipped"
+    assert report._form_ratio({"T": 8, "skipped": "too large"}, "train") == "skipped"
 
 
 def test_rnn_speed_shard_and_bf16_sections_quick(tmp_path):
@@ -187,21 +200,3 @@ def test_repeated_runs_combine_into_medians_and_ranges():
     assert train["vs_flax"] == 4.0 and "vs_cudnn" not in train
     assert bench.ratio_text(train, "vs_torch") == "2.00x (1.00-3.00)"
     assert bench._without(["--repeat", "3", "--quick", "--repeat=2"], "--repeat") == ["--quick"]
-
-
-def test_rnn_speed_crossover_per_cell_quick(tmp_path):
-    """--cells names cells with a parallel form: each gets its own crossover sweep (a cell
-    without one, the GRU, is left out), read by the table and the docs' renderer."""
-    bench = _load_benchmark()
-    args = _quick_args(tmp_path)
-    args.cells_given = args.cells = ["gru", "lru"]
-    crossover = bench.bench_crossover(args)
-    assert crossover["cell"] == "min_gru"
-    [lru] = crossover["by_cell"]
-    assert lru["cell"] == "lru" and [r["T"] for r in lru["rows"]] == [8, 32]
-    assert lru["library_picks_parallel_from"] == bench.gr.parallel_crossover("lru")
-    assert "lru parallel form vs step by step" in _table(bench, crossover=crossover)
-    from experiments import report
-
-    assert report._form_ratio(lru["rows"][0], "train") != "skipped"
-    assert report._form_ratio({"T": 8, "skipped": "too large"}, "train") == "skipped"

@@ -5,6 +5,7 @@ temperature 0), divergence, and the --quick command line."""
 from __future__ import annotations
 
 import json
+from functools import partial
 from pathlib import Path
 
 import chex
@@ -31,18 +32,33 @@ def _leaves_equal(a, b) -> None:
         chex.assert_trees_all_equal(np.asarray(x), np.asarray(y))
 
 
-def test_interrupted_and_resumed_run_ends_with_the_same_params(tmp_path: Path, fast_compile):
-    # 540 train chars in 4 rows of 135: 8 chunks per pass, so the run wraps around once.
-    full = SCRIPT.train(TEXT, MODEL, TRAIN)
-    part = SCRIPT.train(TEXT, MODEL, TRAIN, checkpoint_dir=tmp_path, stop_at=7)
+@pytest.fixture(scope="module")
+def interrupted_run(tmp_path_factory):
+    """A full run, and in one checkpoint folder the same run stopped at step 7, stopped
+    again by the time limit, then resumed to the end: made once for the resume tests
+    below (one set of compiles), with XLA's optimizations off like ``fast_compile``."""
+    ck = tmp_path_factory.mktemp("char_lm_checkpoints")
+    before = jax.config.read("jax_disable_most_optimizations")
+    jax.config.update("jax_disable_most_optimizations", True)
+    try:
+        # 540 train chars in 4 rows of 135: 8 chunks per pass, so the run wraps around once.
+        full = SCRIPT.train(TEXT, MODEL, TRAIN)
+        part = SCRIPT.train(TEXT, MODEL, TRAIN, checkpoint_dir=ck, stop_at=7)
+        # a second interruption, by the time limit: it stops after one block (to the
+        # next checkpoint step, 9), with a checkpoint
+        timed = SCRIPT.train(TEXT, MODEL, TRAIN, checkpoint_dir=ck, resume=True, time_limit=0.0)
+        resumed = SCRIPT.train(TEXT, MODEL, TRAIN, checkpoint_dir=ck, resume=True)
+    finally:
+        jax.config.update("jax_disable_most_optimizations", before)
+    return ck, full, part, timed, resumed
+
+
+def test_interrupted_and_resumed_run_ends_with_the_same_params(interrupted_run):
+    _, full, part, timed, resumed = interrupted_run
     assert part["steps_done"] == 7
     with pytest.raises(AssertionError):
         _leaves_equal(part["params"], full["params"])
-    # a second interruption, by the time limit: it stops after one block (to the next
-    # checkpoint step, 9), with a checkpoint
-    timed = SCRIPT.train(TEXT, MODEL, TRAIN, checkpoint_dir=tmp_path, resume=True, time_limit=0.0)
     assert timed["steps_done"] == 9
-    resumed = SCRIPT.train(TEXT, MODEL, TRAIN, checkpoint_dir=tmp_path, resume=True)
     assert resumed["steps_done"] == TRAIN.steps
     _leaves_equal(resumed["state"], full["state"])  # params, Adam state and carried state
     assert resumed["val_bpc"] == full["val_bpc"]
@@ -50,14 +66,13 @@ def test_interrupted_and_resumed_run_ends_with_the_same_params(tmp_path: Path, f
     assert [h["step"] for h in resumed["history"]] == [5, 7, 9, 10]
 
 
-def test_resume_refuses_a_different_config(tmp_path: Path):
-    SCRIPT.train(TEXT, MODEL, TRAIN, checkpoint_dir=tmp_path, stop_at=3)
+def test_resume_refuses_a_different_config(interrupted_run, tmp_path: Path):
+    """On the checkpoints of the interrupted run (the refusals come before training)."""
+    ck = interrupted_run[0]
     with pytest.raises(CheckpointError, match="model"):
-        SCRIPT.train(
-            TEXT, {**MODEL, "hidden_size": 13}, TRAIN, checkpoint_dir=tmp_path, resume=True
-        )
+        SCRIPT.train(TEXT, {**MODEL, "hidden_size": 13}, TRAIN, checkpoint_dir=ck, resume=True)
     with pytest.raises(CheckpointError, match="already holds checkpoints"):
-        SCRIPT.train(TEXT, MODEL, TRAIN, checkpoint_dir=tmp_path)
+        SCRIPT.train(TEXT, MODEL, TRAIN, checkpoint_dir=ck)
     with pytest.raises(CheckpointError, match="no checkpoint"):
         SCRIPT.train(TEXT, MODEL, TRAIN, checkpoint_dir=tmp_path / "empty", resume=True)
 
@@ -70,15 +85,21 @@ def _tiny(cell: str = "lstm", layers: int = 2):
 APPLY = jax.jit(clm.apply, static_argnums=1)
 
 
+@partial(jax.jit, static_argnums=1)
+def _whole_and_chunked(params, cfg, ids, c0):
+    """One long run over ``ids`` and the same run in two chunks, the carry passed on."""
+    _, whole = clm.apply(params, cfg, ids, c0)
+    c1, a = clm.apply(params, cfg, ids[:, :10], c0)
+    _, b = clm.apply(params, cfg, ids[:, 10:], c1)
+    return whole, jnp.concatenate([a, b], 1)
+
+
 @pytest.mark.parametrize("cell", ["vanilla", "lstm", "gru"])
 def test_carrying_state_over_chunks_equals_one_long_run(cell: str):
     cfg, params = _tiny(cell)
     ids = jax.random.randint(jax.random.PRNGKey(2), (3, 20), 0, 11)
-    c0 = clm.initial_carry(params, cfg, 3)
-    _, whole = APPLY(params, cfg, ids, c0)
-    c1, a = APPLY(params, cfg, ids[:, :10], c0)
-    _, b = APPLY(params, cfg, ids[:, 10:], c1)
-    chex.assert_trees_all_close(np.concatenate([a, b], 1), whole, rtol=1e-5, atol=1e-5)
+    whole, chunked = _whole_and_chunked(params, cfg, ids, clm.initial_carry(params, cfg, 3))
+    chex.assert_trees_all_close(chunked, whole, rtol=1e-5, atol=1e-5)
 
 
 def test_train_step_gradient_stops_at_the_chunk_boundary():
@@ -91,11 +112,11 @@ def test_train_step_gradient_stops_at_the_chunk_boundary():
     chunk = SCRIPT.TextChunk(x, x, jnp.array(False), jax.random.key(0))
     state2, metrics = step(state, chunk)
     carry2, bpc = state2.carry, metrics["bpc"]
-    want_carry, logits = clm.apply(params, cfg, x, carry)
+    want_carry, logits = APPLY(params, cfg, x, carry)
     from gatedrnn.training.text import bits_per_char
 
     assert float(bpc) == pytest.approx(float(bits_per_char(logits, x)), rel=1e-6)
-    # The jitted step and the eager apply are two programs: equal up to float rounding.
+    # The step and the apply are two programs: equal up to float rounding.
     chex.assert_trees_all_close(carry2, want_carry, rtol=1e-6, atol=1e-7)
 
 
@@ -244,7 +265,8 @@ def test_a_diverging_run_exits_1_in_one_line_and_saves_nothing(tmp_path: Path, c
     text.write_text("import os\n\ndef main():\n    print('hello world')\n" * 300, encoding="utf-8")
     out = tmp_path / "run"
     argv = ["train", "--quick", "--text", str(text), "--out", str(out), "--no-progress",
-            "--steps", "20", "--learning-rate", "1e38"]  # fmt: skip
+            "--steps", "20", "--learning-rate", "1e38",
+            "--batch", "2", "--seq-len", "8"]  # fmt: skip
     with pytest.raises(SystemExit) as exit_info:
         cli.run(SCRIPT.cli_main, argv)
     assert exit_info.value.code == 1

@@ -20,21 +20,39 @@ def test_quick_defaults_run_every_cell_at_one_distance(tmp_path: Path):
         MOD.cli.release_outputs()
     assert a.cells == MOD.DEFAULT_CELLS  # the ten cells by default
     assert a.distances == [6] and a.seeds == 1 and a.steps == 20
-    for name in MOD.DEFAULT_CELLS:  # each builds (the end-to-end run below trains two of them)
+    for name in MOD.DEFAULT_CELLS:  # each builds and its init traces (abstractly: no compile)
         cell = MOD.make_cell(name, 4, t_max=6)
-        assert cell.hidden_size == 4 and cell.init(jax.random.PRNGKey(0), 3) is not None
+        params = jax.eval_shape(lambda k, cell=cell: cell.init(k, 3), jax.random.PRNGKey(0))
+        assert cell.hidden_size == 4 and jax.tree_util.tree_leaves(params)
+    # the chrono cells take t_max from the longest distance of the sweep (run_cell builds
+    # them with args.chrono_t_max; the end-to-end run below checks chrono_gru's)
+    try:
+        a = MOD.parse_args(["--quick", "--distances", "3", "5", "--out", str(tmp_path)])
+    finally:
+        MOD.cli.release_outputs()
+    assert a.chrono_t_max == 5
+    lstm = MOD.make_cell("chrono_lstm", a.hidden, a.chrono_t_max)
+    assert lstm.options["t_max"] == 5 and lstm.options["forget_bias"] == "chrono"
 
 
-def test_quick_run_writes_json_and_png(tmp_path: Path):
-    """The one end-to-end run, on the two chrono cells (the ones with options to check)."""
-    cells = ["chrono_lstm", "chrono_gru"]
-    res = MOD.main(["--quick", "--no-progress", "--out", str(tmp_path), "--cells", *cells])
-    data = json.loads((tmp_path / "distance.json").read_text())
-    assert (tmp_path / "distance.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+def test_quick_run_writes_json_and_png_with_name_and_per_distance_budget(tmp_path: Path):
+    """The one end-to-end run, on a chrono cell (options to check). ``--name`` writes
+    ``<name>.{json,png}`` (not ``distance.*``), ``--steps-for`` gives one distance its own
+    budget (recorded per run and in the table), the command is kept."""
+    cells = ["chrono_gru"]
+    argv = ["--quick", "--no-progress", "--out", str(tmp_path), "--cells", *cells]
+    argv += ["--distances", "3", "5", "--steps-for", "5=4", "--all-distances", "--name", "dx"]
+    res = MOD.main(argv)
+    assert sorted(p.name for p in tmp_path.iterdir() if not p.name.startswith(".")) == [
+        "dx.json",
+        "dx.png",
+    ]  # no distance.*, and the partial file is gone once the run is complete
+    assert (tmp_path / "dx.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    data = json.loads((tmp_path / "dx.json").read_text())
     assert set(data) >= {"config", "success_test", "cells", "correlation", "seconds", "table"}
     assert list(data["cells"]) == cells
     distances = data["config"]["distances"]
-    assert distances == [6]
+    assert distances == [3, 5]
     for c in data["cells"].values():
         assert [r["distance"] for r in c["runs"]] == distances
         assert len(c["decay"]) == data["config"]["seeds"] == 1
@@ -42,14 +60,20 @@ def test_quick_run_writes_json_and_png(tmp_path: Path):
         assert c["longest_solved"] == MOD.longest_solved(c["runs"])
         for r in c["runs"]:
             assert 0.0 <= r["solved_fraction"] <= 1.0
-            if r["run"]:
-                assert r["T"] == r["distance"] + 1 and 0 < r["updates_run"] <= 20
-                assert len(r["seeds"]) == 1
+            assert r["run"]  # --all-distances
+            assert r["T"] == r["distance"] + 1 and 0 < r["updates_run"] <= 20
+            assert len(r["seeds"]) == 1
     # the chrono cells take t_max from the longest distance of the sweep
-    assert data["cells"]["chrono_lstm"]["options"]["t_max"] == max(distances)
+    assert data["cells"]["chrono_gru"]["options"]["t_max"] == max(distances)
     assert data["cells"]["chrono_gru"]["options"]["update_bias"] == "chrono"
     assert data["correlation"]["n_cells"] == len(cells)
     assert res["table"] == data["table"] and "longest learned" in data["table"]
+    runs = data["cells"]["chrono_gru"]["runs"]
+    assert [(r["distance"], r["budget"]) for r in runs] == [(3, 20), (5, 4)]
+    assert runs[0]["updates_run"] <= 20 and runs[1]["updates_run"] <= 4
+    assert data["config"]["steps_for"] == {"5": 4} and data["argv"] == argv
+    assert data["command"].startswith("python -m experiments.distance --quick")
+    assert "d=5 (4 updates)" in res["table"] and "d=3 (20 updates)" in res["table"]
 
 
 def test_longest_solved_needs_half_the_seeds():
@@ -78,25 +102,6 @@ def test_help_and_bad_ratio(capsys, tmp_path: Path):
             MOD.parse_args(["--quick", "--ratio", "2", "--out", str(tmp_path)])
     finally:
         MOD.cli.release_outputs()
-
-
-def test_name_and_per_distance_budget(tmp_path: Path):
-    """``--name`` writes ``<name>.{json,png}`` (not ``distance.*``), ``--steps-for`` gives
-    one distance its own budget (recorded per run and in the table), the command is kept."""
-    argv = ["--quick", "--no-progress", "--out", str(tmp_path), "--cells", "chrono_gru"]
-    argv += ["--distances", "3", "5", "--steps-for", "5=4", "--all-distances", "--name", "dx"]
-    res = MOD.main(argv)
-    assert sorted(p.name for p in tmp_path.iterdir() if not p.name.startswith(".")) == [
-        "dx.json",
-        "dx.png",
-    ]  # no distance.*, and the partial file is gone once the run is complete
-    data = json.loads((tmp_path / "dx.json").read_text())
-    runs = data["cells"]["chrono_gru"]["runs"]
-    assert [(r["distance"], r["budget"]) for r in runs] == [(3, 20), (5, 4)]
-    assert runs[0]["updates_run"] <= 20 and runs[1]["updates_run"] <= 4
-    assert data["config"]["steps_for"] == {"5": 4} and data["argv"] == argv
-    assert data["command"].startswith("python -m experiments.distance --quick")
-    assert "d=5 (4 updates)" in res["table"] and "d=3 (20 updates)" in res["table"]
 
 
 @pytest.mark.parametrize(

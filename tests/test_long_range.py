@@ -19,11 +19,21 @@ def _load(name: str):
 
 
 def test_quick_mode_writes_results(tmp_path) -> None:
+    """The one end-to-end run (then resumed): both adding tasks in --quick form, each with
+    its own files, table, JSON and figure (adding_hs97: its success test, the within-0.04
+    curve). Issue 24: --name keeps each command's files apart, the chrono variants of
+    distance.py are cells here, and --checkpoint-dir/--resume continues a run from its
+    checkpoint: a finished run, resumed, returns the same results without training."""
     lr = _load("long_range")
-    argv = ["--quick", "--tasks", "adding", "--cells", "gru", "--no-progress"]
-    summary = lr.main([*argv, "--out", str(tmp_path)])
-    data = json.loads((tmp_path / "long_range_adding.json").read_text())
-    assert [(r["task"], r["T"], r["cell"]) for r in data["results"]] == [("adding", 10, "gru")]
+    ck = tmp_path / "ck"
+    argv = ["--quick", "--tasks", "adding", "adding_hs97", "--cells", "chrono_gru",
+            "--no-progress", "--name", "T10", "--out", str(tmp_path),
+            "--checkpoint-dir", str(ck)]  # fmt: skip
+    summary = lr.main(argv)
+    data = json.loads((tmp_path / "long_range_adding_T10.json").read_text())
+    assert [(r["task"], r["T"], r["cell"]) for r in data["results"]] == [
+        ("adding", 10, "chrono_gru")
+    ]
     for r in data["results"]:
         assert r["updates_run"] == 20 and len(r["runs"]) == 1
         run = r["runs"][0]
@@ -31,12 +41,30 @@ def test_quick_mode_writes_results(tmp_path) -> None:
         assert len(run["curve"]) == len(r["steps"])
         assert run["diverged"] is False
     assert data["diverged_runs"] == []
-    md = (tmp_path / "long_range_adding.md").read_text()
-    assert md.count("| adding | 10 | gru |") == 1
-    assert (tmp_path / "long_range_adding.png").stat().st_size > 1000
-    assert (tmp_path / "long_range_adding_log.jsonl").read_text().count("\n") == 1
-    assert [r["cell"] for r in summary["adding"]] == ["gru"]
+    md = (tmp_path / "long_range_adding_T10.md").read_text()
+    assert md.count("| adding | 10 | chrono_gru |") == 1
+    assert (tmp_path / "long_range_adding_T10.png").stat().st_size > 1000
+    assert (tmp_path / "long_range_adding_T10_log.jsonl").read_text().count("\n") == 1
+    assert [r["cell"] for r in summary["adding"]] == ["chrono_gru"]
     assert data["config"]["steps"] == 20
+
+    path = tmp_path / "long_range_adding_hs97_T10.json"
+    first = json.loads(path.read_text())
+    assert "0.04" in first["success_test"] and first["task"] == "adding_hs97"
+    (r,) = first["results"]
+    (run,) = r["runs"]
+    assert len(run["within_tolerance_curve"]) == len(r["steps"])
+    assert all(0.0 <= w <= 1.0 for w in run["within_tolerance_curve"])
+    assert run["solved"] == (run["within_tolerance_curve"][-1] == 1.0)
+    for task in ("adding", "adding_hs97"):  # --name: no unnamed files
+        assert not (tmp_path / f"long_range_{task}.json").exists()
+    assert (ck / "adding_hs97_T10_T10_chrono_gru").is_dir()
+    assert r["cell"] == "chrono_gru" and r["batch_size"] == 32 and r["resumed"] is False
+    lr.main([*argv, "--resume"])
+    (again,) = json.loads(path.read_text())["results"]
+    assert again["resumed"] is True
+    for key in ("steps", "updates_run", "runs"):
+        assert again[key] == r[key], key
 
 
 def test_help_lists_the_options(capsys) -> None:
@@ -48,21 +76,6 @@ def test_help_lists_the_options(capsys) -> None:
     out = capsys.readouterr().out
     for opt in ("--quick", "--seed", "--out", "--lengths", "--steps"):
         assert opt in out
-
-
-def test_quick_adding_by_hochreiter_schmidhuber_criterion(tmp_path) -> None:
-    """--tasks adding_hs97: its own files, their success test, the within-0.04 curve."""
-    lr = _load("long_range")
-    argv = ["--quick", "--tasks", "adding_hs97", "--cells", "gru", "--no-progress"]
-    lr.main([*argv, "--out", str(tmp_path)])
-    data = json.loads((tmp_path / "long_range_adding_hs97.json").read_text())
-    assert "0.04" in data["success_test"] and data["task"] == "adding_hs97"
-    (r,) = data["results"]
-    (run,) = r["runs"]
-    assert len(run["within_tolerance_curve"]) == len(r["steps"])
-    assert all(0.0 <= w <= 1.0 for w in run["within_tolerance_curve"])
-    assert run["solved"] == (run["within_tolerance_curve"][-1] == 1.0)
-    assert not (tmp_path / "long_range_adding.json").exists()
 
 
 def _fake_config(calls: list, stop_after: int | None = None):
@@ -123,28 +136,6 @@ def test_replot_into_a_folder_without_results_is_an_error(tmp_path) -> None:
     lr = _load("long_range")
     with pytest.raises(cli.UsageError, match=r"--replot: no results to redraw.*long_range_adding"):
         lr.main(["--replot", "--tasks", "adding", "--out", str(tmp_path)])
-
-
-def test_named_checkpointed_run_resumes_to_the_same_results(tmp_path) -> None:
-    """Issue 24: --name keeps each command's files apart, the chrono variants of
-    distance.py are cells here, and --checkpoint-dir/--resume continues a run from its
-    checkpoint: a finished run, resumed, returns the same results without training."""
-    lr = _load("long_range")
-    ck = tmp_path / "ck"
-    argv = ["--quick", "--tasks", "adding_hs97", "--cells", "chrono_gru", "--no-progress",
-            "--name", "T10", "--out", str(tmp_path), "--checkpoint-dir", str(ck)]  # fmt: skip
-    lr.main(argv)
-    path = tmp_path / "long_range_adding_hs97_T10.json"
-    first = json.loads(path.read_text())
-    assert not (tmp_path / "long_range_adding_hs97.json").exists()
-    assert (ck / "adding_hs97_T10_T10_chrono_gru").is_dir()
-    (r,) = first["results"]
-    assert r["cell"] == "chrono_gru" and r["batch_size"] == 32 and r["resumed"] is False
-    lr.main([*argv, "--resume"])
-    (again,) = json.loads(path.read_text())["results"]
-    assert again["resumed"] is True
-    for key in ("steps", "updates_run", "runs"):
-        assert again[key] == r[key], key
 
 
 def test_resume_needs_a_checkpoint_dir(tmp_path) -> None:
