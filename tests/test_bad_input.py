@@ -37,6 +37,11 @@ def xs_of(*shape, dtype=jnp.float32):
     return jnp.ones(shape, dtype)
 
 
+def normal_xs():
+    """(B, T, I) standard normal inputs drawn in NumPy (jax.random compiles per shape)."""
+    return np.random.default_rng(0).normal(size=(B, T, I)).astype(np.float32)
+
+
 def state_like(cell, params, fn):
     return jax.tree_util.tree_map(fn, cell.initial_state(params, (B,)))
 
@@ -93,8 +98,9 @@ def test_dtype_mismatch_between_params_and_inputs(setup):
     p16 = cell.init(KEY, I, dtype=jnp.float16)
     with pytest.raises(TypeError, match="float32 but the params are float16"):
         gr.scan(cell, p16, xs_of(B, T, I))
-    # numpy's float64 becomes float32 like everywhere in JAX without x64 (not an error)
-    _, ys = gr.scan(cell, params, np.ones((B, T, I)))
+    # numpy's float64 becomes float32 like everywhere in JAX without x64 (not an error);
+    # closed over, gr.scan sees the numpy array as eagerly (and it runs: one compile)
+    _, ys = jax.jit(lambda p: gr.scan(cell, p, np.ones((B, T, I))))(params)
     assert ys.dtype == jnp.float32
 
 
@@ -180,16 +186,24 @@ def test_scan_initial_state_of_wrong_shape_or_structure(setup):
 def test_zero_steps_returns_initial_state_and_empty_outputs(setup):
     _, cell, params = setup
     s0 = state_like(cell, params, lambda a: a + 0.5)
-    jitted = jax.jit(lambda p, xs, s: gr.scan(cell, p, xs, s))
-    for fn in (lambda p, xs, s: gr.scan(cell, p, xs, s), jitted):
-        final, ys = fn(params, xs_of(B, 0, I), s0)
-        assert ys.shape == (B, 0, H)
-        chex.assert_trees_all_equal(final, s0)
-    final, ys = gr.scan(cell, params, xs_of(0, B, I), s0, time_major=True, reverse=True)
-    assert ys.shape == (0, B, H)
-    chex.assert_trees_all_equal(final, s0)
-    final, ys = gr.scan(cell, params, xs_of(B, 0, I), seq_lengths=jnp.zeros(B, jnp.int32))
+
+    @jax.jit  # one compile: the plain, time-major reversed and seq_lengths scans of T = 0
+    def jitted(p, xs, s):
+        return (
+            gr.scan(cell, p, xs, s),
+            gr.scan(cell, p, jnp.swapaxes(xs, 0, 1), s, time_major=True, reverse=True),
+            gr.scan(cell, p, xs, seq_lengths=np.zeros(B, np.int32)),
+        )
+
+    final, ys = gr.scan(cell, params, xs_of(B, 0, I), s0)  # eagerly
     assert ys.shape == (B, 0, H)
+    chex.assert_trees_all_equal(final, s0)
+    (final, ys), (final_tm, ys_tm), (_, ys_len) = jitted(params, xs_of(B, 0, I), s0)
+    assert ys.shape == (B, 0, H)
+    chex.assert_trees_all_equal(final, s0)
+    assert ys_tm.shape == (0, B, H)
+    chex.assert_trees_all_equal(final_tm, s0)
+    assert ys_len.shape == (B, 0, H)
 
 
 def test_zero_steps_gradient_is_zero_for_params_and_identity_for_state(setup):
@@ -209,12 +223,20 @@ def test_zero_steps_gradient_is_zero_for_params_and_identity_for_state(setup):
 
 def test_empty_batch(setup):
     _, cell, params = setup
-    final, ys = gr.scan(cell, params, xs_of(0, T, I), seq_lengths=jnp.zeros(0, jnp.int32))
+
+    @jax.jit  # one compile: a scan with lengths, a gradient and a step on an empty batch
+    def run(params):
+        xs = jnp.ones((0, T, I))
+        return (
+            gr.scan(cell, params, xs, seq_lengths=np.zeros(0, np.int32)),
+            jax.grad(lambda p: jnp.sum(gr.scan(cell, p, xs)[1]))(params),
+            cell.step(params, cell.initial_state(params, (0,)), jnp.ones((0, I))),
+        )
+
+    (final, ys), g, (_, y) = jax.device_get(run(params))
     assert ys.shape == (0, T, H)
     assert all(leaf.shape == (0, H) for leaf in jax.tree_util.tree_leaves(final))
-    g = jax.grad(lambda p: jnp.sum(gr.scan(cell, p, xs_of(0, T, I))[1]))(params)
-    assert all(bool(jnp.all(leaf == 0)) for leaf in jax.tree_util.tree_leaves(g))
-    _, y = cell.step(params, cell.initial_state(params, (0,)), xs_of(0, I))
+    assert all(np.all(leaf == 0) for leaf in jax.tree_util.tree_leaves(g))
     assert y.shape == (0, H)
 
 
@@ -239,11 +261,11 @@ def test_seq_lengths_wrong_shape_dtype_or_range(setup):
 @pytest.mark.parametrize("reverse", [False, True])
 def test_traced_out_of_range_lengths_are_clipped_not_nan(setup, reverse):
     _, cell, params = setup
-    xs = jax.random.normal(KEY, (B, T, I))
+    xs = normal_xs()
     run = jax.jit(lambda lengths: gr.scan(cell, params, xs, seq_lengths=lengths, reverse=reverse))
-    got = run(jnp.array([T + 3, -2]))
-    want = run(jnp.array([T, 0]))
-    assert all(bool(jnp.all(jnp.isfinite(a))) for a in jax.tree_util.tree_leaves(got))
+    got = jax.device_get(run(np.array([T + 3, -2], np.int32)))
+    want = jax.device_get(run(np.array([T, 0], np.int32)))
+    assert all(np.all(np.isfinite(a)) for a in jax.tree_util.tree_leaves(got))
     chex.assert_trees_all_equal(got, want)
 
 
@@ -353,7 +375,7 @@ def test_stack_apply_wrong_params_state_or_input():
     swapped = (params[0], gr.gru(H).init(KEY, I))
     with pytest.raises(ValueError, match="expect input_size=3"):
         layers.apply(swapped, xs)
-    _, ys = layers.apply(params, xs_of(B, 0, I))
+    _, ys = jax.jit(layers.apply)(params, xs_of(B, 0, I))
     assert ys.shape == (B, 0, H)
 
 
@@ -366,7 +388,8 @@ def test_bidirectional_wrong_params_or_state(setup):
         gr.bidirectional_scan(cell, gr.Bidir(params, params), xs, jnp.zeros((B, H)))
     with pytest.raises(TypeError, match="takes no reverse="):
         gr.bidirectional_scan(cell, gr.Bidir(params, params), xs, reverse=True)
-    _, ys = gr.bidirectional_scan(cell, gr.Bidir(params, params), xs_of(B, 0, I))
+    run = jax.jit(lambda p, xs: gr.bidirectional_scan(cell, p, xs))
+    _, ys = run(gr.Bidir(params, params), xs_of(B, 0, I))
     assert ys.shape == (B, 0, 2 * H)
 
 
@@ -380,19 +403,29 @@ def test_float64_numpy_input_is_treated_alike_in_every_layout_and_under_jit(setu
     _, cell, params = setup
     xs64 = np.random.default_rng(0).normal(size=(B, T, I))
     xs32 = xs64.astype(np.float32)
-    want = gr.scan(cell, params, xs32)
-    chex.assert_trees_all_equal(gr.scan(cell, params, xs64), want)
+
+    @jax.jit  # one compile; the numpy inputs closed over reach gr.scan as they do eagerly
+    def closed_over(params):
+        # a copy: JAX caches a closed-over numpy constant's conversion by identity, and the
+        # x64 checks below must see xs64 converted afresh
+        x = xs64.copy()
+        state0 = cell.initial_state(params, (B,))
+        return (
+            gr.scan(cell, params, xs32),
+            gr.scan(cell, params, x),
+            gr.scan(cell, params, x.transpose(1, 0, 2), time_major=True),
+            cell.step(params, state0, x[:, 0]),
+            cell.step(params, state0, x[:, 0].astype(np.float32)),
+        )
+
+    want, got, (final_tm, ys_tm), step64, step32 = closed_over(params)
+    chex.assert_trees_all_equal(got, want)
     jitted = jax.jit(lambda x: gr.scan(cell, params, x))
     chex.assert_trees_all_equal(jitted(xs64), jitted(xs32))
-    final_tm, ys_tm = gr.scan(cell, params, xs64.transpose(1, 0, 2), time_major=True)
     close = functools.partial(np.testing.assert_allclose, rtol=1e-6, atol=1e-6)
     jax.tree_util.tree_map(close, final_tm, want[0])
     close(ys_tm, np.asarray(want[1]).transpose(1, 0, 2))
-    state0 = cell.initial_state(params, (B,))
-    chex.assert_trees_all_equal(
-        cell.step(params, state0, xs64[:, 0]),
-        cell.step(params, state0, xs64[:, 0].astype(np.float32)),
-    )
+    chex.assert_trees_all_equal(step64, step32)
     with jax.enable_x64(True):
         for x, kw in [(xs64, {}), (xs64.transpose(1, 0, 2), {"time_major": True})]:
             with pytest.raises(TypeError, match="float64 but the params are float32"):
@@ -412,7 +445,7 @@ def test_lengths_beyond_int32_are_refused_before_any_cast(setup, lengths):
 
 def test_traced_int64_lengths_beyond_int32_are_clipped_not_wrapped(setup):
     _, cell, params = setup
-    xs = jax.random.normal(KEY, (B, T, I))
+    xs = normal_xs()
     with jax.enable_x64(True):
         run = jax.jit(lambda n: gr.scan(cell, params, xs, seq_lengths=n))
         got = run(jnp.array([2**32 + 3, 2], jnp.int64))  # 3 after a cast to int32
@@ -509,8 +542,13 @@ def test_params_of_another_type_with_the_same_fields_are_refused_naming_both_typ
     params = lstm.init(KEY, I)
     with pytest.raises(TypeError, match="lstm cell needs params of type LSTMParams, got Mine"):
         gr.scan(lstm, Mine(*params), xs)
-    gr.scan(lstm, jax.tree_util.tree_map(lambda a: a * 2, params), xs)  # same type: fine
-    gr.scan(min_lstm, min_lstm.init(KEY, I), xs)
+    # same type (also rebuilt by a tree map): fine; one compile for both runs
+    jax.jit(
+        lambda p, q: (
+            gr.scan(lstm, jax.tree_util.tree_map(lambda a: a * 2, p), xs),
+            gr.scan(min_lstm, q, xs),
+        )
+    )(params, min_lstm.init(KEY, I))
 
 
 def test_a_torch_tensor_is_refused_saying_how_to_convert_it(setup):
@@ -540,6 +578,9 @@ def test_init_with_something_else_than_a_prng_key_says_how_to_make_one(key):
 
 
 # ------------------------------------------- every registered cell: the common checks
+
+
+_scan_ys = jax.jit(lambda cell, params, xs: gr.scan(cell, params, xs)[1], static_argnums=0)
 
 
 @functools.cache
@@ -576,5 +617,5 @@ def test_every_registered_cell_gives_the_common_clear_errors(name):
     torch = pytest.importorskip("torch")
     with pytest.raises(TypeError, match=r"xs is a torch\.Tensor.*\.numpy\(\)"):
         gr.scan(cell, params, torch.ones(B, T, I))
-    ys = gr.scan(cell, params, xs)[1]  # and the good input still works
+    ys = _scan_ys(cell, params, xs)  # and the good input still works
     assert ys.shape == (B, T, cell.hidden_size)

@@ -16,6 +16,15 @@ def sigmoid(z):
     return 1.0 / (1.0 + np.exp(-z))
 
 
+def normal(seed, shape):
+    """Standard normal inputs drawn in NumPy: no XLA program per shape, as jax.random's."""
+    return np.random.default_rng(seed).normal(size=shape).astype(np.float32)
+
+
+_step = jax.jit(lambda cell, p, s, x: cell.step(p, s, x), static_argnums=0)
+"""``cell.step`` compiled once per cell and shapes (eagerly, each operation compiles)."""
+
+
 def test_vanilla_step_matches_numpy_equation():
     for act, f in [
         ("tanh", np.tanh),
@@ -25,9 +34,9 @@ def test_vanilla_step_matches_numpy_equation():
         cell, p, k = make(
             {"tanh": "vanilla", "relu": "vanilla_relu", "linear": "vanilla_linear"}[act]
         )
-        x = np.asarray(jax.random.normal(k, (4, 3)))
-        h = np.asarray(jax.random.normal(jax.random.PRNGKey(9), (4, 5)))
-        h2, y = cell.step(p, jnp.asarray(h), jnp.asarray(x))
+        x = normal(0, (4, 3))
+        h = normal(9, (4, 5))
+        h2, y = _step(cell, p, h, x)
         want = f(x @ np.asarray(p.w_x) + h @ np.asarray(p.w_h) + np.asarray(p.b))
         chex.assert_trees_all_close(h2, want, rtol=1e-5, atol=1e-6)
         np.testing.assert_array_equal(h2, y)
@@ -35,14 +44,14 @@ def test_vanilla_step_matches_numpy_equation():
 
 def test_lstm_step_matches_numpy_equation_gate_order_ifgo():
     cell, p, k = make("lstm")
-    x = np.asarray(jax.random.normal(k, (4, 3)))
-    h = np.asarray(jax.random.normal(jax.random.PRNGKey(1), (4, 5)))
-    c = np.asarray(jax.random.normal(jax.random.PRNGKey(2), (4, 5)))
+    x = normal(0, (4, 3))
+    h = normal(1, (4, 5))
+    c = normal(2, (4, 5))
     z = x @ np.asarray(p.w_x) + h @ np.asarray(p.w_h) + np.asarray(p.b)
     i, f, g, o = np.split(z, 4, axis=-1)
     c2 = sigmoid(f) * c + sigmoid(i) * np.tanh(g)
     h2 = sigmoid(o) * np.tanh(c2)
-    state, y = cell.step(p, gr.LSTMState(jnp.asarray(h), jnp.asarray(c)), jnp.asarray(x))
+    state, y = _step(cell, p, gr.LSTMState(h, c), x)
     chex.assert_trees_all_close(state.c, c2, rtol=1e-5, atol=1e-6)
     chex.assert_trees_all_close(state.h, h2, rtol=1e-5, atol=1e-6)
     np.testing.assert_array_equal(y, state.h)
@@ -51,8 +60,8 @@ def test_lstm_step_matches_numpy_equation_gate_order_ifgo():
 @pytest.mark.parametrize("reset_after", [True, False])
 def test_gru_step_matches_numpy_equation(reset_after):
     cell, p, k = make("gru" if reset_after else "gru_reset_before")
-    x = np.asarray(jax.random.normal(k, (4, 3)))
-    h = np.asarray(jax.random.normal(jax.random.PRNGKey(1), (4, 5)))
+    x = normal(0, (4, 3))
+    h = normal(1, (4, 5))
     wx, wh, bx, bh = (np.asarray(a) for a in p)
     xr, xz, xn = np.split(x @ wx + bx, 3, axis=-1)
     whr, whz, whn = np.split(wh, 3, axis=-1)
@@ -64,17 +73,17 @@ def test_gru_step_matches_numpy_equation(reset_after):
     else:
         n = np.tanh(xn + (r * h) @ whn + bhn)
     want = (1 - z) * n + z * h
-    h2, y = cell.step(p, jnp.asarray(h), jnp.asarray(x))
+    h2, y = _step(cell, p, h, x)
     chex.assert_trees_all_close(h2, want, rtol=1e-5, atol=1e-6)
 
 
 def test_gru_reset_forms_differ():
     _, p, k = make("gru")
-    x = jax.random.normal(k, (2, 3))
-    h = jax.random.normal(jax.random.PRNGKey(3), (2, 5))
-    a, _ = gr.gru(5).step(p, h, x)
-    b, _ = gr.gru(5, reset_after=False).step(p, h, x)
-    assert float(jnp.max(jnp.abs(a - b))) > 1e-4
+    x = normal(0, (4, 3))
+    h = normal(3, (4, 5))
+    a, _ = _step(gr.gru(5), p, h, x)
+    b, _ = _step(gr.gru(5, reset_after=False), p, h, x)
+    assert float(np.max(np.abs(np.asarray(a) - np.asarray(b)))) > 1e-4
 
 
 @pytest.mark.parametrize(
@@ -94,11 +103,11 @@ def test_param_layout_and_init(factory, gates, fields):
         assert getattr(p, name).shape == (gates * 6,)
     assert all(leaf.dtype == jnp.float32 for leaf in p)
     # Recurrent weights are orthogonal gate block by gate block.
-    for blk in jnp.split(p.w_h, gates, axis=1):
+    for blk in np.split(np.asarray(p.w_h), gates, axis=1):
         chex.assert_trees_all_close(blk.T @ blk, np.eye(6), atol=1e-5)
     # Input weights are scaled by fan-in: variance about 1/I.
     big = cell.init(jax.random.PRNGKey(1), 400)
-    assert 0.8 / 400 < float(jnp.var(big.w_x)) < 1.2 / 400
+    assert 0.8 / 400 < float(np.var(np.asarray(big.w_x))) < 1.2 / 400
 
 
 def test_lstm_forget_bias_only_on_forget_block():
@@ -127,15 +136,19 @@ def test_initial_state_shapes(factory):
         s = cell.initial_state(p, batch_shape=batch)
         for leaf in jax.tree_util.tree_leaves(s):
             assert leaf.shape == (*batch, 5)
-            assert not np.any(leaf)
+            assert not np.any(np.asarray(leaf))
 
 
 def test_step_is_project_then_recur(cell_name):
     cell, p, k = make(cell_name)
-    x = jax.random.normal(k, (2, 3))
-    s = cell.initial_state(p, (2,))
-    a = cell.step(p, s, x)
-    b = cell.recur(p, s, cell.project(p, x))
+    x = normal(0, (2, 3))
+
+    @jax.jit  # one compile for both forms
+    def both(p, x):
+        s = cell.initial_state(p, (2,))
+        return cell.step(p, s, x), cell.recur(p, s, cell.project(p, x))
+
+    a, b = both(p, x)
     chex.assert_trees_all_equal(a, b)
 
 
@@ -177,36 +190,40 @@ def test_step_integer_and_dtype_mismatch_raise_typeerror():
 def test_gate_helpers_match_the_step_with_biases(reset_after):
     """``lstm_gates``/``gru_gates`` (what diagnostics read) see the same biases as the step,
     wherever the cell adds them (the LSTM's bias is added in ``hidden``, not ``project``)."""
-    k1, k2, k3, k4 = jax.random.split(jax.random.PRNGKey(3), 4)
-    x = jax.random.normal(k1, (2, 3))
-    h = jax.random.normal(k2, (2, 4))
-    c = jax.random.normal(k3, (2, 4))
+    x, h, c = normal(1, (2, 3)), normal(2, (2, 4)), normal(3, (2, 4))
+    k4 = jax.random.PRNGKey(4)
 
     lstm = gr.lstm(4)
     p = lstm.init(k4, 3)
-    p = p._replace(b=jax.random.normal(k4, p.b.shape))
-    i, f, g, o = gr.cells.lstm_gates(p, h, lstm.project(p, x))
+    p = p._replace(b=normal(4, p.b.shape))
+    gru = gr.gru(4, reset_after=reset_after)
+    q = gru.init(k4, 3)
+    q = q._replace(b_x=normal(5, q.b_x.shape), b_h=normal(6, q.b_h.shape))
+
+    @jax.jit  # one compile: the helpers and the steps of both cells
+    def run(p, q):
+        lstm_out = gr.cells.lstm_gates(p, h, lstm.project(p, x))
+        state, _ = lstm.step(p, gr.cells.LSTMState(h=h, c=c), x)
+        gru_out = gr.cells.gru_gates(q, h, gru.project(q, x), reset_after)
+        new_h, _ = gru.step(q, h, x)
+        return lstm_out, state, gru_out, new_h
+
+    (i, f, g, o), state, (r, u, n), new_h = jax.device_get(run(p, q))
+    p, q = jax.device_get((p, q))
     z = x @ p.w_x + h @ p.w_h + p.b
-    sig = jax.nn.sigmoid
     for got, want in zip(
         (i, f, g, o),
-        (sig(z[:, :4]), sig(z[:, 4:8]), jnp.tanh(z[:, 8:12]), sig(z[:, 12:])),
+        (sigmoid(z[:, :4]), sigmoid(z[:, 4:8]), np.tanh(z[:, 8:12]), sigmoid(z[:, 12:])),
         strict=True,
     ):
         chex.assert_trees_all_close(got, want, rtol=1e-5, atol=1e-6)
-    state, _ = lstm.step(p, gr.cells.LSTMState(h=h, c=c), x)
     chex.assert_trees_all_close(state.c, f * c + i * g, rtol=1e-5, atol=1e-6)
 
-    gru = gr.gru(4, reset_after=reset_after)
-    q = gru.init(k4, 3)
-    q = q._replace(b_x=jax.random.normal(k1, q.b_x.shape), b_h=jax.random.normal(k2, q.b_h.shape))
-    r, u, n = gr.cells.gru_gates(q, h, gru.project(q, x), reset_after)
-    new_h, _ = gru.step(q, h, x)
     chex.assert_trees_all_close(new_h, (1 - u) * n + u * h, rtol=1e-5, atol=1e-6)
     zx = x @ q.w_x + q.b_x
     zh = h @ q.w_h + q.b_h
-    chex.assert_trees_all_close(r, sig(zx[:, :4] + zh[:, :4]), rtol=1e-5, atol=1e-6)
-    chex.assert_trees_all_close(u, sig(zx[:, 4:8] + zh[:, 4:8]), rtol=1e-5, atol=1e-6)
+    chex.assert_trees_all_close(r, sigmoid(zx[:, :4] + zh[:, :4]), rtol=1e-5, atol=1e-6)
+    chex.assert_trees_all_close(u, sigmoid(zx[:, 4:8] + zh[:, 4:8]), rtol=1e-5, atol=1e-6)
 
 
 # ------------------------------------------------------------------- the Cell type
@@ -228,7 +245,7 @@ def test_cell_is_hashable_and_a_static_jit_argument(name):
     # The same factory call gives an equal cell, so jit does not retrace for it.
     assert ALL_FACTORIES[name]() == cell and hash(ALL_FACTORIES[name]()) == hash(cell)
     params = cell.init(jax.random.PRNGKey(0), 3)
-    xs = jax.random.normal(jax.random.PRNGKey(1), (2, 5, 3))
+    xs = normal(1, (2, 5, 3))
 
     @chex.assert_max_traces(n=1)
     def run(cell, params, xs):
@@ -267,10 +284,15 @@ def test_the_fast_path_is_one_typed_field(name, has_split):
     assert (cell.hidden is not None) == has_split == (cell.pointwise is not None)
     if has_split:
         params = cell.init(jax.random.PRNGKey(0), 3)
-        s = jax.tree_util.tree_map(lambda z: z + 0.3, cell.initial_state(params, (2,)))
-        xp = cell.project(params, jnp.ones((2, 3)))
-        want = cell.pointwise(s, xp, cell.hidden(params, s))
-        chex.assert_trees_all_equal(cell.recur(params, s, xp), want)
+
+        @jax.jit  # one compile for both forms
+        def both(params):
+            s = jax.tree_util.tree_map(lambda z: z + 0.3, cell.initial_state(params, (2,)))
+            xp = cell.project(params, jnp.ones((2, 3)))
+            return cell.recur(params, s, xp), cell.pointwise(s, xp, cell.hidden(params, s))
+
+        got, want = both(params)
+        chex.assert_trees_all_equal(got, want)
     # Replacing recur by a plain function drops the split.
     plain = cell._replace(recur=lambda p, s, xp: cell.recur(p, s, xp))
     assert plain.hidden is None and plain.pointwise is None and plain != cell
@@ -303,11 +325,18 @@ def test_a_custom_cell_from_a_split():
     )
     hash(cell)
     params = cell.init(jax.random.PRNGKey(0), 2)
-    xs = jax.random.normal(jax.random.PRNGKey(1), (4, 6, 2))
-    fast = jax.value_and_grad(lambda p: jnp.sum(gr.scan(cell, p, xs)[1] ** 2))(params)
-    slow = jax.value_and_grad(lambda p: jnp.sum(gr.scan(cell, p, xs, fused=False)[1] ** 2))(params)
+    xs = normal(1, (4, 6, 2))
+
+    @jax.jit  # one compile: both paths' values and gradients, and a step
+    def run(params):
+        fast = jax.value_and_grad(lambda p: jnp.sum(gr.scan(cell, p, xs)[1] ** 2))(params)
+        slow = jax.value_and_grad(lambda p: jnp.sum(gr.scan(cell, p, xs, fused=False)[1] ** 2))(
+            params
+        )
+        return fast, slow, cell.step(params, cell.initial_state(params, (4,)), xs[:, 0])
+
+    fast, slow, (s, y) = run(params)
     chex.assert_trees_all_close(fast, slow, rtol=1e-5, atol=1e-6)
-    s, y = cell.step(params, cell.initial_state(params, (4,)), xs[:, 0])
     chex.assert_shape((s, y), (4, H))
 
 

@@ -22,6 +22,11 @@ min_rnn = importlib.import_module("gatedrnn.cells.min_rnn")
 B, T, I, H = 3, 9, 4, 5
 
 
+def _normal(seed, shape):
+    """Standard normal float64 inputs drawn in NumPy (jax.random compiles per shape)."""
+    return np.random.default_rng(seed).normal(size=shape)
+
+
 def _sigmoid(z):
     return 1.0 / (1.0 + np.exp(-z))
 
@@ -47,14 +52,14 @@ def test_step_form_matches_the_papers_equations(make_cell):
     with jax.enable_x64(True):
         cell = make_cell(H)
         params = cell.init(jax.random.PRNGKey(0), I, dtype=jnp.float64)
-        xs = np.asarray(jax.random.normal(jax.random.PRNGKey(1), (B, T, I), jnp.float64))
+        xs = _normal(1, (B, T, I))
         h0 = 0.5 * np.ones((B, H))
         want_h, want_ys = _numpy_loop(cell.name, params, xs, h0)
-        for parallel in (True, False):
-            run = jax.jit(
-                lambda p, x, s, parallel=parallel: gr.scan(cell, p, x, s, parallel=parallel)
-            )
-            h, ys = run(params, xs, h0)
+        # one compile for both forms
+        run = jax.jit(
+            lambda p, x, s: [gr.scan(cell, p, x, s, parallel=par) for par in (True, False)]
+        )
+        for parallel, (h, ys) in zip((True, False), run(params, xs, h0), strict=True):
             msg = f"parallel={parallel}"
             chex.assert_trees_all_close(ys, want_ys, rtol=1e-12, atol=1e-12, custom_message=msg)
             chex.assert_trees_all_close(h, want_h, rtol=1e-12, atol=1e-12, custom_message=msg)
@@ -76,19 +81,16 @@ def test_parallel_equals_sequential_values_and_grads_float64(make_cell, options)
         cell = make_cell(H)
         params = cell.init(jax.random.PRNGKey(0), I, dtype=jnp.float64)
         shape = (T, B, I) if options.get("time_major") else (B, T, I)
-        xs = jax.random.normal(jax.random.PRNGKey(1), shape, jnp.float64)
-        h0 = 0.1 * jnp.arange(B * H, dtype=jnp.float64).reshape(B, H)
+        xs = _normal(1, shape)
+        h0 = 0.1 * np.arange(B * H, dtype=np.float64).reshape(B, H)
 
-        def run(parallel):
-            def loss(params, xs, h0):
-                final, ys = gr.scan(cell, params, xs, h0, parallel=parallel, **options)
-                return jnp.sum(jnp.sin(ys)) + jnp.sum(final**2), (final, ys)
+        def loss(params, xs, h0, parallel):
+            final, ys = gr.scan(cell, params, xs, h0, parallel=parallel, **options)
+            return jnp.sum(jnp.sin(ys)) + jnp.sum(final**2), (final, ys)
 
-            return jax.jit(jax.value_and_grad(loss, argnums=(0, 1, 2), has_aux=True))(
-                params, xs, h0
-            )
-
-        got, want = run(True), run(False)
+        grad = jax.value_and_grad(loss, argnums=(0, 1, 2), has_aux=True)
+        # one compile: values and gradients of both forms
+        got, want = jax.jit(lambda *a: (grad(*a, True), grad(*a, False)))(params, xs, h0)
         chex.assert_trees_all_close(got, want, rtol=1e-10, atol=1e-12)
 
 
@@ -101,15 +103,20 @@ def test_parallel_form_has_no_time_loop_and_options_fall_back_to_the_loop():
     resets = np.eye(B, T, 3, dtype=bool)
     loop = jax.make_jaxpr(lambda x: gr.scan(cell, params, x, resets=resets))(xs)
     assert "scan[" in str(loop)
-    # The fallback gives the loop's values.
-    run = jax.jit(lambda c, x: gr.scan(c, params, x, resets=resets), static_argnums=0)
-    _, ys = run(cell, xs)
-    _, want = run(cell._replace(parallel=None), xs)
+    # The fallback gives the loop's values (one compile for both).
+    run = jax.jit(
+        lambda x: [
+            gr.scan(c, params, x, resets=resets)[1] for c in (cell, cell._replace(parallel=None))
+        ]
+    )
+    ys, want = run(xs)
     chex.assert_trees_all_close(ys, want, rtol=1e-6)
     with pytest.raises(ValueError, match="parallel=True needs .* no resets"):
         gr.scan(cell, params, xs, resets=resets, parallel=True)
+    gru = gr.gru(H)
+    gru_params = jax.eval_shape(lambda k: gru.init(k, I), jax.random.PRNGKey(0))  # no compile
     with pytest.raises(ValueError, match="parallel=True needs a cell with a parallel form"):
-        gr.scan(gr.gru(H), gr.gru(H).init(jax.random.PRNGKey(0), I), xs, parallel=True)
+        jax.eval_shape(lambda p: gr.scan(gru, p, xs, parallel=True), gru_params)
 
 
 @pytest.mark.parametrize("start, loops", [(None, True), (T + 1, True), (T, False), (1, False)])
@@ -183,21 +190,23 @@ def test_linear_recurrence_is_the_loop_and_handles_empty_time():
     rng = np.random.default_rng(0)
     a, b, h0 = rng.uniform(size=(6, 2, 3)), rng.normal(size=(6, 2, 3)), rng.normal(size=(2, 3))
     with jax.enable_x64(True):
-        hs = linear_recurrence(jnp.asarray(a), jnp.asarray(b), jnp.asarray(h0))
+        run = jax.jit(linear_recurrence)  # one compile per shape (eagerly, one per operation)
+        hs = run(a, b, h0)
         h, want = h0, []
         for t in range(6):
             h = a[t] * h + b[t]
             want.append(h)
         chex.assert_trees_all_close(hs, np.stack(want), rtol=1e-12)
-        assert linear_recurrence(jnp.zeros((0, 2, 3)), jnp.zeros((0, 2, 3)), h0).shape == (0, 2, 3)
+        assert run(np.zeros((0, 2, 3)), np.zeros((0, 2, 3)), h0).shape == (0, 2, 3)
 
 
 def test_min_cells_init_exports_and_errors():
     params = gr.min_lstm(H, forget_bias=2.0).init(jax.random.PRNGKey(0), I)
     assert isinstance(params, gr.MinLSTMParams)
     assert params.w_x.shape == (I, 3 * H) and params.b.shape == (3 * H,)
-    np.testing.assert_allclose(params.b[:H], 2.0)
-    np.testing.assert_allclose(params.b[H:], 0.0)
+    b = np.asarray(params.b)
+    np.testing.assert_allclose(b[:H], 2.0)
+    np.testing.assert_allclose(b[H:], 0.0)
     assert isinstance(gr.min_gru(H).init(jax.random.PRNGKey(0), I), gr.MinGRUParams)
     with pytest.raises(ValueError, match="hidden_size"):
         gr.min_gru(0)
@@ -233,22 +242,23 @@ def test_min_lstm_log_space_equals_the_quotient_where_the_quotient_is_finite(dty
     with jax.enable_x64(dtype == "float64"):
         xp = 4.0 * jax.random.normal(jax.random.PRNGKey(3), (64, 3 * H), dtype)
         eps = float(jnp.finfo(dtype).eps)
-        got, want = jax.jit(
-            lambda xp: (min_rnn.min_lstm_coefficients(xp), _quotient_coefficients(xp))
-        )(xp)
-        assert np.isfinite(np.asarray(want[1])).all()  # the range where the old form works
-        chex.assert_trees_all_close(got, want, rtol=4 * eps, atol=16 * eps)
 
         def loss(fn, xp):
             a, b = fn(xp)
             return jnp.sum(jnp.sin(3.0 * a) + jnp.cos(b))
 
-        g_got, g_want = jax.jit(
+        # one compile: values and gradients of both forms
+        (got, want), (g_got, g_want) = jax.jit(
             lambda xp: (
-                jax.grad(partial(loss, min_rnn.min_lstm_coefficients))(xp),
-                jax.grad(partial(loss, _quotient_coefficients))(xp),
+                (min_rnn.min_lstm_coefficients(xp), _quotient_coefficients(xp)),
+                (
+                    jax.grad(partial(loss, min_rnn.min_lstm_coefficients))(xp),
+                    jax.grad(partial(loss, _quotient_coefficients))(xp),
+                ),
             )
         )(xp)
+        assert np.isfinite(np.asarray(want[1])).all()  # the range where the old form works
+        chex.assert_trees_all_close(got, want, rtol=4 * eps, atol=16 * eps)
         chex.assert_trees_all_close(g_got, g_want, rtol=16 * eps, atol=64 * eps)
 
 
@@ -277,15 +287,15 @@ def test_min_lstm_is_finite_where_both_sigmoids_underflow(dtype, level, tol):
             )
         )(ref)
     assert np.isfinite(np.asarray(want_g)).all()
-    for parallel in (True, False):
 
-        def loss(params, xs, parallel=parallel):
-            _, ys = gr.scan(cell, params, xs, jnp.asarray(h0), parallel=parallel)
-            return jnp.sum(jnp.sin(ys.astype(jnp.float32))), ys
+    def loss(params, xs, parallel):
+        _, ys = gr.scan(cell, params, xs, jnp.asarray(h0), parallel=parallel)
+        return jnp.sum(jnp.sin(ys.astype(jnp.float32))), ys
 
-        (_, ys), (g_params, g_xs) = jax.jit(jax.value_and_grad(loss, argnums=(0, 1), has_aux=True))(
-            params, jnp.asarray(xs)
-        )
+    grad = jax.value_and_grad(loss, argnums=(0, 1), has_aux=True)
+    # one compile for both forms
+    both = jax.jit(lambda p, x: [grad(p, x, par) for par in (True, False)])(params, xs)
+    for parallel, ((_, ys), (g_params, g_xs)) in zip((True, False), both, strict=True):
         for leaf in (ys, g_xs, *jax.tree.leaves(g_params)):
             assert np.isfinite(np.asarray(leaf, np.float64)).all(), parallel
         np.testing.assert_allclose(np.asarray(ys, np.float64), want_ys, rtol=tol, atol=tol)
