@@ -32,9 +32,9 @@ def _close(a, b, tol: float) -> None:
 # a stack's apply compiled once per stack, shapes and options (eager calls compile every op,
 # and jnp.asarray of a NumPy array compiles one program per shape: the tests pass NumPy)
 _apply = jax.jit(lambda stack, *args, **kw: stack.apply(*args, **kw), static_argnums=0)
-# a cell's step and a stack's or cell's init, likewise one program each
+# a cell's step likewise (inits stay eager: a stack's init compiled whole takes longer to
+# compile than its eager operations, which every init of the same shapes reuses)
 _step = jax.jit(lambda cell, *args: cell.step(*args), static_argnums=0)
-_init = jax.jit(lambda model, key, input_size: model.init(key, input_size), static_argnums=(0, 2))
 
 
 def _torch_module(kind: str, I: int, H: int, L: int, bidir: bool, dtype, **kw):
@@ -212,7 +212,7 @@ def test_torch_round_trips_are_exact(kind):
         elif name.startswith("bias_hh"):
             assert not back[name].any()  # documented rule: bias_ih = b, bias_hh = 0
     # loading into an existing module, with a fresh gatedrnn init
-    fresh = _init(stack, jax.random.key(0), 3)
+    fresh = stack.init(jax.random.key(0), 3)
     interop.to_torch(stack, fresh, module)
     chex.assert_trees_all_equal(interop.from_torch(module)[1], fresh, strict=True)
 
@@ -226,7 +226,7 @@ def test_torch_round_trip_of_chrono_initialized_params_is_exact(cell):
     """Chrono init only sets biases: gatedrnn -> torch -> gatedrnn keeps them bit for bit,
     and torch computes what the chrono-initialized stack computes."""
     st = gr.stack(cell, 2, bidirectional=True)
-    params = _init(st, jax.random.key(0), 3)
+    params = st.init(jax.random.key(0), 3)
     module = interop.to_torch(st, params)
     stack2, back = interop.from_torch(module)
     chex.assert_trees_all_equal(back, params, strict=True)
@@ -290,12 +290,12 @@ def test_torch_conversions_that_cannot_be_exact_raise():
     key = jax.random.key(0)
     gru_before = gr.stack(gr.gru(4, reset_after=False))
     with pytest.raises(ValueError, match="reset_after"):
-        interop.to_torch(gru_before, _init(gru_before, key, 3))
+        interop.to_torch(gru_before, gru_before.init(key, 3))
     linear = gr.stack(gr.vanilla(4, "linear"))
     with pytest.raises(ValueError, match="linear"):
-        interop.to_torch(linear, _init(linear, key, 3))
+        interop.to_torch(linear, linear.init(key, 3))
     lstm2 = gr.stack(gr.lstm(4), 2)
-    lstm2_params = _init(lstm2, key, 3)
+    lstm2_params = lstm2.init(key, 3)
     with pytest.raises(ValueError, match="num_layers"):
         interop.to_torch(lstm2, lstm2_params, torch.nn.LSTM(3, 4, num_layers=1))
     with pytest.raises(ValueError, match="GRU"):
@@ -305,7 +305,7 @@ def test_torch_conversions_that_cannot_be_exact_raise():
     with pytest.raises(TypeError, match=r"torch\.nn\.RNN"):
         interop.from_torch(torch.nn.Linear(3, 4))
     with pytest.raises(ValueError, match="only vanilla, lstm and gru"):
-        interop.to_torch(gr.min_gru(4), _init(gr.min_gru(4), key, 3))
+        interop.to_torch(gr.min_gru(4), gr.min_gru(4).init(key, 3))
 
 
 def test_interop_imports_without_torch_and_says_how_to_get_it():
@@ -405,7 +405,7 @@ def test_torch_modules_that_cannot_be_read_or_filled_are_one_line_errors():
     missing a weight: one ValueError saying what is wrong, never an AttributeError or a
     torch traceback, and a missing weight is not blamed on bias=False."""
     cell = gr.lstm(4)
-    params = _init(cell, jax.random.key(0), 3)
+    params = cell.init(jax.random.key(0), 3)
     st = gr.stack(cell)
     with pytest.raises(ValueError, match="meta device.*to_empty"):
         interop.from_torch(torch.nn.LSTM(3, 4, device="meta"))
