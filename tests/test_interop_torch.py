@@ -18,11 +18,19 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 from _readme import readme_block
+from conftest import one_torch_thread
 
 import gatedrnn as gr
 from gatedrnn import interop
 
 torch = pytest.importorskip("torch")
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _torch_on_one_thread():
+    """The module's torch runs on tiny tensors, where its idle worker threads only spin."""
+    with one_torch_thread():
+        yield
 
 
 def _close(a, b, tol: float) -> None:
