@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import functools
 import shutil
 from pathlib import Path
 
 import chex
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 import pytest
+from conftest import scan_numpy
 
 import gatedrnn as gr
 from gatedrnn.training import checkpoint as ck
@@ -18,7 +21,10 @@ from gatedrnn.training import checkpoint as ck
 pytestmark = pytest.mark.usefixtures("frozen_heap")
 
 
+@functools.partial(jax.jit, static_argnums=0)
 def _state(hidden: int = 5):
+    """LSTM params, adam state and a carry: one compiled program per size (eagerly, every
+    operation of init and adam compiles one program per shape)."""
     cell = gr.lstm(hidden)
     params = cell.init(jax.random.PRNGKey(0), 3)
     opt = optax.adam(1e-3)
@@ -26,11 +32,18 @@ def _state(hidden: int = 5):
     return {"params": params, "opt": opt_state, "carry": cell.initial_state(params, (2,))}
 
 
+@functools.partial(jax.jit, static_argnums=0)
+def _params_and_carry(cell: gr.Cell, key: jax.Array) -> dict:
+    """``cell``'s params (input size 3) and a batched initial state, compiled once per cell."""
+    params = cell.init(key, 3)
+    return {"params": params, "carry": cell.initial_state(params, (2,))}
+
+
 def test_round_trip_is_exact_and_keeps_structure(tmp_path: Path):
     st = _state()
     path = ck.save_checkpoint(tmp_path, 7, st, {"cell": "lstm"})
     assert path.name == "step_00000007"
-    like = jax.tree_util.tree_map(jnp.zeros_like, st)
+    like = jax.jit(lambda t: jax.tree_util.tree_map(jnp.zeros_like, t))(st)  # one program
     out, info = ck.restore_checkpoint(path, like, expect_meta={"cell": "lstm"})
     assert info["step"] == 7 and info["meta"] == {"cell": "lstm"}
     assert jax.tree_util.tree_structure(out) == jax.tree_util.tree_structure(st)
@@ -98,12 +111,15 @@ def test_every_registered_cell_round_trips(tmp_path: Path, name: str):
     dtypes and shapes, restored into a template of another seed's params; the restored
     params give the same outputs."""
     cell = gr.make_cell(name, 4)
-    params = cell.init(jax.random.PRNGKey(1), 3)
-    st = {"params": params, "carry": cell.initial_state(params, (2,))}
+    st = _params_and_carry(cell, jax.random.PRNGKey(1))
+    params = st["params"]
     path = ck.save_checkpoint(tmp_path, 1, st, {"cell": name})
-    like = {"params": cell.init(jax.random.PRNGKey(2), 3), "carry": st["carry"]}
+    like = {
+        "params": _params_and_carry(cell, jax.random.PRNGKey(2))["params"],
+        "carry": st["carry"],
+    }
     out, _ = ck.restore_checkpoint(path, like, expect_meta={"cell": name})
     assert type(out["params"]) is type(params)
     chex.assert_trees_all_equal(out, st, strict=True)
-    xs = jnp.ones((2, 3, 3))
-    chex.assert_trees_all_equal(gr.scan(cell, out["params"], xs), gr.scan(cell, params, xs))
+    xs = np.ones((2, 3, 3), np.float32)  # one compiled scan serves both
+    chex.assert_trees_all_equal(scan_numpy(cell, out["params"], xs), scan_numpy(cell, params, xs))

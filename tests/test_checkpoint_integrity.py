@@ -25,9 +25,11 @@ pytestmark = [
 ]
 
 
+@jax.jit
 def _state(seed: int):
     """LSTM params (big enough that array data is not inlined in the index), adam state,
-    a step count and a key: a TrainState-like pytree."""
+    a step count and a key: a TrainState-like pytree. One compiled program for every seed
+    (eagerly, each operation of init and adam compiles a program per shape)."""
     cell = gr.lstm(24)
     params = cell.init(jax.random.PRNGKey(seed), 8)
     opt = optax.adam(1e-3)

@@ -18,6 +18,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 from _readme import readme_block
+from conftest import one_torch_thread
 
 import gatedrnn as gr
 from gatedrnn import interop
@@ -25,12 +26,23 @@ from gatedrnn import interop
 torch = pytest.importorskip("torch")
 
 
+@pytest.fixture(scope="module", autouse=True)
+def _torch_on_one_thread():
+    """The module's torch runs on tiny tensors, where its idle worker threads only spin."""
+    with one_torch_thread():
+        yield
+
+
 def _close(a, b, tol: float) -> None:
     chex.assert_trees_all_close(a, b, rtol=tol, atol=tol)
 
 
-# a stack's apply compiled once per stack, shapes and options (eager calls compile every op)
+# a stack's apply compiled once per stack, shapes and options (eager calls compile every op,
+# and jnp.asarray of a NumPy array compiles one program per shape: the tests pass NumPy)
 _apply = jax.jit(lambda stack, *args, **kw: stack.apply(*args, **kw), static_argnums=0)
+# a cell's step likewise (inits stay eager: a stack's init compiled whole takes longer to
+# compile than its eager operations, which every init of the same shapes reuses)
+_step = jax.jit(lambda cell, *args: cell.step(*args), static_argnums=0)
 
 
 def _torch_module(kind: str, I: int, H: int, L: int, bidir: bool, dtype, **kw):
@@ -87,9 +99,10 @@ def _check_torch_parity(kind, I, H, L, bidir, batch, T, tdtype, tol, seed=0):
     w_y = rng.normal(size=(*bshape, T, D * H)).astype(npdt)
     loss_t, xt, ys_t, fin_t = _torch_loss(module, kind, x, h0, c0, w_y, w_h)
 
-    init = interop.state_from_torch(stack, h0, c0 if kind == "lstm" else None)
-
-    def loss_fn(params, x):
+    def loss_fn(params, x, h0, c0):
+        # torch's h_0 (c_0) converted inside the one compiled program (eagerly, its
+        # conversion and indexing would compile a program per operation and shape)
+        init = interop.state_from_torch(stack, h0, c0 if kind == "lstm" else None)
         fin, ys = stack.apply(params, x, init)
         flat = [s for f in fin for s in ((f.fw, f.bw) if bidir else (f,))]
         hs = jnp.stack([s.h if kind == "lstm" else s for s in flat])
@@ -100,7 +113,7 @@ def _check_torch_parity(kind, I, H, L, bidir, batch, T, tdtype, tol, seed=0):
 
     (loss, (fin, ys)), (g_params, g_x) = jax.jit(
         jax.value_and_grad(loss_fn, argnums=(0, 1), has_aux=True)
-    )(params, jnp.asarray(x))
+    )(params, x, h0, c0)
 
     chex.assert_shape(ys, (*bshape, T, D * H))
     _close(ys, _np(ys_t), tol)
@@ -156,7 +169,7 @@ def test_torch_packed_sequences_match_seq_lengths(kind="lstm"):
     )
     out, fin_t = module(packed)
     ys_t, _ = torch.nn.utils.rnn.pad_packed_sequence(out, batch_first=True, total_length=5)
-    fin, ys = _apply(stack, params, jnp.asarray(x), seq_lengths=jnp.asarray(lengths))
+    fin, ys = _apply(stack, params, x, seq_lengths=lengths)
     _close(ys, _np(ys_t), 2e-5)
     _close(interop.state_to_torch(stack, fin), tuple(_np(t) for t in fin_t), 2e-5)
 
@@ -178,11 +191,11 @@ def test_torch_single_cells_match_and_round_trip(ctor):
     x, h, c = (rng.normal(size=(2, n)).astype(np.float32) for n in (3, 4, 4))
     if cell.name == "lstm":
         h_t, c_t = module(torch.tensor(x), (torch.tensor(h), torch.tensor(c)))
-        state, _ = cell.step(params, gr.LSTMState(jnp.asarray(h), jnp.asarray(c)), jnp.asarray(x))
+        state, _ = _step(cell, params, gr.LSTMState(h, c), x)
         _close(state, gr.LSTMState(_np(h_t), _np(c_t)), 1e-5)
     else:
         h_t = module(torch.tensor(x), torch.tensor(h))
-        state, _ = cell.step(params, jnp.asarray(h), jnp.asarray(x))
+        state, _ = _step(cell, params, h, x)
         _close(state, _np(h_t), 1e-5)
     # gatedrnn -> torch -> gatedrnn is exact
     back = interop.to_torch(cell, params)
@@ -227,9 +240,9 @@ def test_torch_round_trip_of_chrono_initialized_params_is_exact(cell):
     chex.assert_trees_all_equal(back, params, strict=True)
     x = np.random.default_rng(0).normal(size=(2, 7, 3)).astype(np.float32)
     ys_t, _ = module(torch.tensor(x))
-    _, ys = _apply(st, params, jnp.asarray(x))
+    _, ys = _apply(st, params, x)
     _close(ys, _np(ys_t), 1e-5)
-    chex.assert_trees_all_equal(_apply(stack2, back, jnp.asarray(x))[1], ys)
+    chex.assert_trees_all_equal(_apply(stack2, back, x)[1], ys)
 
 
 def test_torch_dropout_is_carried_over_both_ways():
@@ -240,9 +253,9 @@ def test_torch_dropout_is_carried_over_both_ways():
     assert stack.dropout == 0.25
     assert interop.to_torch(stack, params).dropout == 0.25
     x = np.random.default_rng(5).normal(size=(2, 5, 3)).astype(np.float32)
-    _, ys = _apply(stack, params, jnp.asarray(x))  # no dropout_key: torch's eval()
+    _, ys = _apply(stack, params, x)  # no dropout_key: torch's eval()
     _close(ys, _np(module.eval()(torch.tensor(x))[0]), 2e-5)
-    _, ys_train = _apply(stack, params, jnp.asarray(x), dropout_key=jax.random.key(0))
+    _, ys_train = _apply(stack, params, x, dropout_key=jax.random.key(0))
     assert not np.allclose(ys_train, ys)  # and train mode drops between the layers
 
 
@@ -254,18 +267,19 @@ def test_torch_bfloat16_modules_convert_exactly(kind):
     stack, params = interop.from_torch(module)
     assert {p.dtype for p in jax.tree.leaves(params)} == {jnp.dtype(jnp.bfloat16)}
     _, params32 = interop.from_torch(copy.deepcopy(module).float())
+    bf16 = jnp.bfloat16  # the casts in NumPy (ml_dtypes): no program per shape
     chex.assert_trees_all_equal(  # weights: exact (biases of vanilla/LSTM are a bf16 sum)
-        [(p.w_x, p.w_h) for p in params],
-        [(p.w_x.astype(jnp.bfloat16), p.w_h.astype(jnp.bfloat16)) for p in params32],
+        [(np.asarray(p.w_x), np.asarray(p.w_h)) for p in params],
+        [(np.asarray(p.w_x).astype(bf16), np.asarray(p.w_h).astype(bf16)) for p in params32],
         strict=True,
     )
     back = interop.to_torch(stack, params)
     assert next(back.parameters()).dtype == torch.bfloat16
     chex.assert_trees_all_equal(interop.from_torch(back)[1], params, strict=True)
     x = np.random.default_rng(6).normal(size=(2, 5, 3)).astype(np.float32)
-    _, ys = _apply(stack, params, jnp.asarray(x, jnp.bfloat16))
+    _, ys = _apply(stack, params, x.astype(bf16))
     ys_t = module(torch.tensor(x, dtype=torch.bfloat16))[0]
-    _close(ys.astype(jnp.float32), _np(ys_t), 5e-2)
+    _close(np.asarray(ys).astype(np.float32), _np(ys_t), 5e-2)
 
 
 def test_torch_bias_false_converts_with_zero_biases():
@@ -273,7 +287,7 @@ def test_torch_bias_false_converts_with_zero_biases():
     stack, params = interop.from_torch(module)
     assert not np.any(params[0].b)
     interop.to_torch(stack, params, module)  # zero biases: nothing lost
-    nonzero = (params[0]._replace(b=params[0].b + 1.0),)
+    nonzero = (params[0]._replace(b=np.asarray(params[0].b) + np.float32(1.0)),)
     with pytest.raises(ValueError, match="bias"):
         interop.to_torch(stack, nonzero, module)
 
@@ -289,10 +303,11 @@ def test_torch_conversions_that_cannot_be_exact_raise():
     with pytest.raises(ValueError, match="linear"):
         interop.to_torch(linear, linear.init(key, 3))
     lstm2 = gr.stack(gr.lstm(4), 2)
+    lstm2_params = lstm2.init(key, 3)
     with pytest.raises(ValueError, match="num_layers"):
-        interop.to_torch(lstm2, lstm2.init(key, 3), torch.nn.LSTM(3, 4, num_layers=1))
+        interop.to_torch(lstm2, lstm2_params, torch.nn.LSTM(3, 4, num_layers=1))
     with pytest.raises(ValueError, match="GRU"):
-        interop.to_torch(lstm2, lstm2.init(key, 3), torch.nn.GRU(3, 4, num_layers=2))
+        interop.to_torch(lstm2, lstm2_params, torch.nn.GRU(3, 4, num_layers=2))
     with pytest.raises(ValueError, match="float64"):
         interop.from_torch(torch.nn.GRU(3, 4, dtype=torch.float64))
     with pytest.raises(TypeError, match=r"torch\.nn\.RNN"):
@@ -387,7 +402,7 @@ def test_torch_lstm_biases_are_summed_exactly_and_rounded_once(dtype):
     want = exact.to(tdtype).float().numpy()
     assert want[0] != 0 and want[1] != 0  # subnormal sums that must not be flushed
     stack, params = interop.from_torch(module)
-    got = np.asarray(params[0].b.astype(jnp.float32))
+    got = np.asarray(params[0].b).astype(np.float32)
     np.testing.assert_array_equal(got, want)
     back = interop.to_torch(stack, params)
     np.testing.assert_array_equal(back.bias_ih_l0.detach().float().numpy(), want)
