@@ -41,10 +41,9 @@ def test_remat_equals_no_remat_float64(make_cell, options):
     """Per-step, sqrt, dividing (11 = 2*4 + 3 leaves a tail) and oversized chunks."""
     with jax.enable_x64(True):
         cell = make_cell(H)
-        # one compiled init (eagerly, each random draw compiles one); inputs from NumPy
-        params = jax.jit(cell.init, static_argnums=(1, 2))(jax.random.PRNGKey(0), I, jnp.float64)
+        params = cell.init(jax.random.PRNGKey(0), I, dtype=jnp.float64)
         shape = (T, B, I) if options.get("time_major") else (B, T, I)
-        xs = np.random.default_rng(1).normal(size=shape)  # float64
+        xs = jax.random.normal(jax.random.PRNGKey(1), shape, jnp.float64)
         opts = dict(options)
         if opts.get("time_major"):
             opts["resets"] = opts["resets"].T
