@@ -5,10 +5,11 @@ The property test (hypothesis) draws random ``seq_lengths``, random input values
 NaN/+Inf/-Inf/huge values at every padded step, for vanilla, LSTM and both GRU variants, on
 the default (fused where the cell has a split) and ``fused=False`` paths, forwards and in
 reverse, and checks that the outputs, the final state and the gradients with respect to
-the params and the inputs are exactly those of the same inputs with finite padding.
+the params, the inputs and the initial state are exactly those of the same inputs with
+finite padding.
 
-Shapes are fixed so that each cell compiles once (all its paths and directions in one
-program); hypothesis varies only values and lengths.
+Shapes are fixed so that each (cell, loop) compiles once, as one program that every test
+here calls (:func:`run`); hypothesis varies only values and lengths.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from conftest import to_numpy
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -31,7 +33,11 @@ CELLS = {
     "lstm": lambda: gr.lstm(H),
     "gru": lambda: gr.gru(H),
     "gru_reset_before": lambda: gr.gru(H, reset_after=False),
+    "min_lstm": lambda: gr.min_lstm(H),
+    "min_gru": lambda: gr.min_gru(H),
 }
+POISON_CELLS = ["gru", "gru_reset_before", "lstm", "vanilla"]
+"""The cells of the padding tests (the minimal RNNs run in the initial-state test only)."""
 # Values against loops and closed forms, not speed or memory: compiled without most XLA
 # optimizations (tests/conftest.py::fast_compile; all pass either way).
 pytestmark = pytest.mark.usefixtures("fast_compile")
@@ -41,35 +47,64 @@ POISON = np.array([np.nan, np.inf, -np.inf, 3e38, -1.0], np.float32)
 
 @functools.cache
 def params_of(name: str):
+    """The cell, its params (biases made non-zero, so every term of the equations is
+    exercised) and its zero initial state ``(B, H)`` leaves, in NumPy."""
     cell = CELLS[name]()
-    params = cell.init(jax.random.PRNGKey(7), I)
-    # non-zero biases, so every term of the equations is exercised
-    params = jax.tree_util.tree_map(lambda a: a + 0.1 if a.ndim == 1 else a, params)
-    return cell, params
+
+    @jax.jit  # one compile (eagerly, each random draw and sum compiles one)
+    def init(key):
+        params = cell.init(key, I)
+        params = jax.tree_util.tree_map(lambda a: a + 0.1 if a.ndim == 1 else a, params)
+        return params, cell.initial_state(params, (B,))
+
+    params, zeros = init(jax.random.PRNGKey(7))
+    return cell, params, to_numpy(zeros)
 
 
-PATHS = [(fused, reverse) for fused in (None, False) for reverse in (False, True)]
-"""(fused, reverse): the default (fused where the cell has a split) and the plain loop,
-forwards and in reverse."""
+LOOPS = {
+    "fused": {},
+    "fused_reverse": {"reverse": True},
+    "plain": {"fused": False},
+    "plain_reverse": {"fused": False, "reverse": True},
+    "resets": {"resets": np.eye(B, T, 2, dtype=bool)},
+    "remat_steps": {"remat": True},
+    "remat_chunks": {"remat": 4},
+    "parallel": {"parallel": True},
+}
+"""The loops of ``gr.scan`` the tests run (keyword arguments): the default (fused where
+the cell has a split), the plain loop, each forwards and in reverse, resets, remat per
+step and in chunks, the parallel form."""
+
+PATHS = {(None, False): "fused", (None, True): "fused_reverse"}
+PATHS |= {(False, False): "plain", (False, True): "plain_reverse"}
+"""(fused, reverse) -> loop: the padding tests' paths."""
 
 
-@functools.partial(jax.jit, static_argnames=("cell",))
-def run(cell, params, xs, lengths):
-    """Outputs, final state and d(loss)/d(params, xs) on every path of :data:`PATHS`, in
-    its order (one compile per cell)."""
+@functools.partial(jax.jit, static_argnames=("cell", "loop"))
+def run(cell, loop, params, xs, s0, lengths, tail_rows):
+    """Outputs, final state and d(loss)/d(params, xs, s0) of one loop of :data:`LOOPS`
+    (one compile per cell and loop, shared by the tests).
 
-    def loss(p, x, fused, reverse):
-        final, ys = gr.scan(cell, p, x, seq_lengths=lengths, reverse=reverse, fused=fused)
+    The loss weighs every output and adds the squares of the final state's rows where
+    ``tail_rows (B,)`` is true (a NaN row left out reaches no value and no gradient).
+    """
+
+    def loss(p, x, s):
+        final, ys = gr.scan(cell, p, x, s, seq_lengths=lengths, **LOOPS[loop])
         w = jnp.sin(jnp.arange(ys.size, dtype=ys.dtype)).reshape(ys.shape)
-        tail = sum(jnp.sum(s * s) for s in jax.tree_util.tree_leaves(final))
+        rows = tail_rows[:, None]
+        tail = sum(
+            jnp.sum(jnp.where(rows, jnp.where(rows, s, 0.0) ** 2, 0.0))
+            for s in jax.tree_util.tree_leaves(final)
+        )
         return jnp.sum(w * ys) + tail, (final, ys)
 
-    out = []
-    for fused, reverse in PATHS:
-        value_and_grad = jax.value_and_grad(loss, argnums=(0, 1), has_aux=True)
-        (_, (final, ys)), grads = value_and_grad(params, xs, fused, reverse)
-        out.append((final, ys, grads))
-    return out
+    value_and_grad = jax.value_and_grad(loss, argnums=(0, 1, 2), has_aux=True)
+    (_, (final, ys)), grads = value_and_grad(params, xs, s0)
+    return final, ys, grads
+
+
+ALL_ROWS = np.ones(B, bool)
 
 
 @st.composite
@@ -83,21 +118,21 @@ def padded_batches(draw):
     return lengths, xs, np.where(padded, poison, xs), padded
 
 
-@pytest.mark.parametrize("name", sorted(CELLS))
+@pytest.mark.parametrize("name", POISON_CELLS)
 @given(padded_batches())
 def test_random_poison_in_padding_never_changes_values_or_gradients(name, batch):
     """Every example on every path (fused or not, forwards or in reverse)."""
-    cell, params = params_of(name)
+    cell, params, zeros = params_of(name)
     lengths, clean, dirty, padded = batch
-    wants = run(cell, params, clean, lengths)
-    gots = run(cell, params, dirty, lengths)
-    for path, want, got in zip(PATHS, wants, gots):
+    for path, loop in PATHS.items():
+        want = run(cell, loop, params, clean, zeros, lengths, ALL_ROWS)
+        got = run(cell, loop, params, dirty, zeros, lengths, ALL_ROWS)
         msg = f"(fused, reverse) = {path}"
         chex.assert_tree_all_finite(got, custom_message=msg)
         # outputs, final state: bit for bit
         chex.assert_trees_all_equal(got[:2], want[:2], custom_message=msg)
-        g_params, g_xs = got[2]
-        chex.assert_trees_all_equal(g_params, want[2][0], custom_message=msg)
+        g_params, g_xs, g_s0 = got[2]
+        chex.assert_trees_all_equal((g_params, g_s0), (want[2][0], want[2][2]), custom_message=msg)
         # the inputs' gradient: the same at valid steps, exactly zero at padded ones
         np.testing.assert_array_equal(
             np.where(padded, 0.0, g_xs), np.where(padded, 0.0, want[2][1]), err_msg=msg
@@ -106,19 +141,19 @@ def test_random_poison_in_padding_never_changes_values_or_gradients(name, batch)
 
 
 @pytest.mark.parametrize("fused", [None, False])
-@pytest.mark.parametrize("name", sorted(CELLS))
+@pytest.mark.parametrize("name", POISON_CELLS)
 def test_nan_in_valid_input_stays_in_its_sequence_but_poisons_the_param_gradient(name, fused):
     """A NaN at valid step 2 of sequence 0: that sequence's outputs from step 2 on and its
     final state are NaN; the other sequences' outputs, states and input gradients are
     unchanged; the params' gradient (a sum over the batch) is NaN."""
-    cell, params = params_of(name)
+    cell, params, zeros = params_of(name)
     lengths = np.array([5, 6, 4], np.int32)
     xs = np.random.default_rng(0).normal(size=(B, T, I)).astype(np.float32)
     bad = xs.copy()
     bad[0, 2, 0] = np.nan
-    path = PATHS.index((fused, False))
-    f_clean, y_clean, (_, gx_clean) = run(cell, params, xs, lengths)[path]
-    f_bad, y_bad, (gp_bad, gx_bad) = run(cell, params, bad, lengths)[path]
+    loop = PATHS[fused, False]
+    f_clean, y_clean, (_, gx_clean, _) = run(cell, loop, params, xs, zeros, lengths, ALL_ROWS)
+    f_bad, y_bad, (gp_bad, gx_bad, _) = run(cell, loop, params, bad, zeros, lengths, ALL_ROWS)
     y_bad, y_clean = np.asarray(y_bad), np.asarray(y_clean)
     np.testing.assert_array_equal(y_bad[1:], y_clean[1:])  # other sequences untouched
     np.testing.assert_array_equal(y_bad[0, :2], y_clean[0, :2])  # before the NaN: untouched
@@ -131,17 +166,11 @@ def test_nan_in_valid_input_stays_in_its_sequence_but_poisons_the_param_gradient
     assert all(np.isnan(np.asarray(g)).any() for g in jax.tree_util.tree_leaves(gp_bad))
 
 
-LOOPS = {
-    "fused": {},
-    "plain": {"fused": False},
-    "plain_reverse": {"fused": False, "reverse": True},
-    "resets": {"resets": np.eye(B, T, 2, dtype=bool)},
-    "remat_steps": {"remat": True},
-    "remat_chunks": {"remat": 4},
-    "parallel": {"parallel": True},
+CELL_LOOPS = {
+    n: ["fused", "plain", "plain_reverse", "resets", "remat_steps", "remat_chunks"]
+    for n in ("vanilla", "lstm", "gru")
 }
-CELL_LOOPS = {n: [loop for loop in LOOPS if loop != "parallel"] for n in ("vanilla", "lstm", "gru")}
-CELL_LOOPS |= {"min_lstm": [loop for loop in LOOPS if loop != "fused"], "min_gru": ["parallel"]}
+CELL_LOOPS |= {"min_lstm": [*CELL_LOOPS["lstm"][1:], "parallel"], "min_gru": ["parallel"]}
 
 
 @pytest.mark.parametrize("name", sorted(CELL_LOOPS))
@@ -150,32 +179,25 @@ def test_nan_initial_state_of_a_length_0_row_reaches_no_gradient(name):
     final state, its outputs are zero, and it reaches no other value and no gradient; the
     params' gradient is bit for bit the one with a finite state in that row. On every loop
     of CELL_LOOPS[name]."""
-    cell = {"min_lstm": gr.min_lstm, "min_gru": gr.min_gru}.get(name, lambda h: CELLS[name]())(H)
-    params = cell.init(jax.random.PRNGKey(7), I)
-    params = jax.tree_util.tree_map(lambda a: a + 0.1 if a.ndim == 1 else a, params)
+    cell, params, zeros = params_of(name)
     xs = np.random.default_rng(1).normal(size=(B, T, I)).astype(np.float32)
     lengths = np.array([T, 0, 3], np.int32)
-    loops = CELL_LOOPS[name]
+    finite_rows = np.array([True, False, True])  # the loss leaves the NaN row's state out
 
-    @jax.jit  # one compile for the three fills and every loop
-    def run(fill):
-        s0 = jax.tree_util.tree_map(lambda a: a.at[1].set(fill), cell.initial_state(params, (B,)))
-        s0 = jax.tree_util.tree_map(lambda a: a.at[0].set(0.5), s0)
+    def initial(fill):
+        s0 = jax.tree_util.tree_map(np.copy, zeros)
+        for a in jax.tree_util.tree_leaves(s0):
+            a[0], a[1] = 0.5, fill
+        return s0
 
-        def loss(p, s0, loop):
-            final, ys = gr.scan(cell, p, xs, s0, seq_lengths=lengths, **LOOPS[loop])
-            w = jnp.sin(jnp.arange(ys.size, dtype=ys.dtype)).reshape(ys.shape)
-            tail = sum(jnp.sum(s[0] ** 2) for s in jax.tree_util.tree_leaves(final))
-            return jnp.sum(w * ys) + tail, (final, ys)
-
-        value_and_grad = jax.value_and_grad(loss, argnums=(0, 1), has_aux=True)
-        return [value_and_grad(params, s0, loop) for loop in loops]
-
-    oks = run(np.float32(0.25))
-    for fill in (np.nan, np.inf):
-        for loop, ok, got in zip(loops, oks, run(np.float32(fill))):
-            (_, (f_ok, y_ok)), (gp_ok, gs_ok) = ok
-            (_, (final, ys)), (g_params, g_state) = got
+    for loop in CELL_LOOPS[name]:
+        f_ok, y_ok, (gp_ok, _, gs_ok) = run(
+            cell, loop, params, xs, initial(0.25), lengths, finite_rows
+        )
+        for fill in (np.nan, np.inf):
+            final, ys, (g_params, _, g_state) = run(
+                cell, loop, params, xs, initial(fill), lengths, finite_rows
+            )
             msg = f"{loop}, fill {fill}"
             chex.assert_tree_all_finite((ys, g_params), custom_message=msg)
             chex.assert_trees_all_equal((ys, g_params), (y_ok, gp_ok), custom_message=msg)
@@ -185,7 +207,7 @@ def test_nan_initial_state_of_a_length_0_row_reaches_no_gradient(name):
                 assert np.isnan(leaf[1]).all() if np.isnan(fill) else np.isinf(leaf[1]).all(), msg
                 np.testing.assert_array_equal(leaf[[0, 2]], np.asarray(ok)[[0, 2]], err_msg=msg)
             chex.assert_trees_all_equal(
-                jax.tree_util.tree_map(lambda g: g[np.array([0, 2])], g_state),
-                jax.tree_util.tree_map(lambda g: g[np.array([0, 2])], gs_ok),
+                jax.tree_util.tree_map(lambda g: np.asarray(g)[[0, 2]], g_state),
+                jax.tree_util.tree_map(lambda g: np.asarray(g)[[0, 2]], gs_ok),
                 custom_message=msg,
             )

@@ -11,7 +11,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from conftest import CELL_FACTORIES
+from conftest import CELL_FACTORIES, to_numpy
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -31,7 +31,9 @@ TOL = {"rtol": 2e-5, "atol": 2e-5}
 @functools.cache
 def cell_and_params(name: str, hidden: int, inputs: int):
     cell = CELLS[name](hidden)
-    return cell, cell.init(jax.random.PRNGKey(hidden * 10 + inputs), inputs)
+    # one compiled init (run eagerly, each of its random draws compiles per shape)
+    init = jax.jit(cell.init, static_argnums=1)
+    return cell, init(jax.random.PRNGKey(hidden * 10 + inputs), inputs)
 
 
 @st.composite
@@ -56,13 +58,29 @@ def close(a, b) -> None:
     chex.assert_trees_all_close(a, b, **TOL)
 
 
-@given(problems(), st.booleans())
-def test_scan_equals_a_loop_of_steps(problem, time_major):
-    cell, params, xs, _ = problem
+# Each test runs one jitted program per example (cell, shapes and options static): run
+# eagerly, every jnp operation of a scan, a step or a gradient compiled a program of its
+# own per shape (about 150 per test). Lengths go in as static tuples, so that gr.scan sees
+# concrete ``seq_lengths`` (checked, not clipped), as in an eager call.
+
+
+def _static(a) -> tuple:
+    """An int array as a hashable ``(shape, values)`` (a static argument of jit)."""
+    a = np.asarray(a)
+    return a.shape, tuple(a.ravel().tolist())
+
+
+def _array(static: tuple) -> np.ndarray:
+    shape, values = static
+    return np.array(values, np.int32).reshape(shape)
+
+
+@functools.partial(jax.jit, static_argnums=(0, 3))
+def _scan_and_loop(cell, params, xs, time_major):
+    """``gr.scan`` from a non-zero start state and the Python loop of ``cell.step`` it
+    must equal (``xs (*batch, T, I)``; the scan gets it time-major where asked)."""
     batch, steps = xs.shape[:-2], xs.shape[-2]
-    state = jax.tree_util.tree_map(
-        lambda a: a + 0.1, cell.initial_state(params, batch)
-    )  # a non-zero start state
+    state = jax.tree_util.tree_map(lambda a: a + 0.1, cell.initial_state(params, batch))
     final, ys = gr.scan(
         cell, params, jnp.moveaxis(xs, -2, 0) if time_major else xs, state, time_major=time_major
     )
@@ -71,43 +89,71 @@ def test_scan_equals_a_loop_of_steps(problem, time_major):
         state, y = cell.step(params, state, xs[..., t, :])
         want.append(y)
     want = jnp.stack(want, axis=-2) if want else jnp.zeros((*batch, 0, cell.hidden_size))
+    return final, ys, state, want
+
+
+@given(problems(), st.booleans())
+def test_scan_equals_a_loop_of_steps(problem, time_major):
+    cell, params, xs, _ = problem
+    final, ys, state, want = to_numpy(_scan_and_loop(cell, params, xs, time_major))
     close(final, state)
-    close(jnp.moveaxis(ys, 0, -2) if time_major else ys, want)
+    close(np.moveaxis(ys, 0, -2) if time_major else ys, want)
+
+
+@functools.partial(jax.jit, static_argnums=(0, 3, 4))
+def _masked_and_prefixes(cell, params, xs, lengths, reverse):
+    """The scan of ``xs (n, T, I)`` (or ``(T, I)``) with ``seq_lengths``, and the scan of
+    each sequence's valid prefix alone (``lengths`` static: ``(shape, values)``)."""
+    n_seq = len(lengths[1])
+    masked = gr.scan(cell, params, xs, seq_lengths=_array(lengths), reverse=reverse)
+    flat_x = xs.reshape(n_seq, *xs.shape[-2:])
+    prefixes = [
+        gr.scan(cell, params, flat_x[b, :n], reverse=reverse) for b, n in enumerate(lengths[1])
+    ]
+    return masked, prefixes
 
 
 @given(problems(max_batch_dims=1), st.booleans())
 def test_lengths_mask_equals_scanning_each_valid_prefix(problem, reverse):
     cell, params, xs, lengths = problem
-    final, ys = gr.scan(cell, params, xs, seq_lengths=lengths, reverse=reverse)
+    (final, ys), prefixes = to_numpy(
+        _masked_and_prefixes(cell, params, xs, _static(lengths), reverse)
+    )
+    lengths = np.asarray(lengths)
     # outputs at or past each length are exactly zero
-    t = jnp.arange(xs.shape[-2])
-    pad = t >= lengths[..., None]
-    assert not bool(jnp.any(jnp.where(pad[..., None], ys != 0, False)))
+    pad = np.arange(xs.shape[-2]) >= lengths[..., None]
+    assert not np.any(np.where(pad[..., None], ys != 0, False))
     # the valid part and the final state are those of a scan over the prefix alone
     n_seq = int(np.prod(lengths.shape))
-    flat_x = xs.reshape(n_seq, *xs.shape[-2:])
     flat_len = lengths.reshape(n_seq)
     flat_y = ys.reshape(n_seq, *ys.shape[-2:])
     flat_final = jax.tree_util.tree_map(lambda a: a.reshape(n_seq, a.shape[-1]), final)
-    for b in range(flat_x.shape[0]):
+    for b, (f_b, y_b) in enumerate(prefixes):
         n = int(flat_len[b])
-        f_b, y_b = gr.scan(cell, params, flat_x[b, :n], reverse=reverse)
         close(jax.tree_util.tree_map(lambda a, b=b: a[b], flat_final), f_b)
         close(flat_y[b, :n], y_b)
+
+
+@functools.partial(jax.jit, static_argnums=(0, 3, 4, 5))
+def _grads(cell, params, xs, lengths, reverse, truncate):
+    """d(loss)/d(params, xs) through the scan (``lengths`` static: ``(shape, values)``)."""
+
+    def loss(p, x):
+        final, ys = gr.scan(
+            cell, p, x, seq_lengths=_array(lengths), reverse=reverse, truncate=truncate
+        )
+        return jnp.sum(ys**2) + sum(jnp.sum(s) for s in jax.tree_util.tree_leaves(final))
+
+    return jax.grad(loss, argnums=(0, 1))(params, xs)
 
 
 @given(problems(max_batch_dims=1), st.booleans(), st.sampled_from([None, 1, 3]))
 def test_gradients_are_finite(problem, reverse, truncate):
     cell, params, xs, lengths = problem
-
-    def loss(p, x):
-        final, ys = gr.scan(cell, p, x, seq_lengths=lengths, reverse=reverse, truncate=truncate)
-        return jnp.sum(ys**2) + sum(jnp.sum(s) for s in jax.tree_util.tree_leaves(final))
-
-    gp, gx = jax.grad(loss, argnums=(0, 1))(params, xs)
+    gp, gx = to_numpy(_grads(cell, params, xs, _static(lengths), reverse, truncate))
     assert gx.shape == xs.shape
     for g in jax.tree_util.tree_leaves((gp, gx)):
-        assert bool(jnp.all(jnp.isfinite(g)))
+        assert np.all(np.isfinite(g))
     # padding steps get no gradient
-    pad = jnp.arange(xs.shape[-2]) >= lengths[..., None]
-    assert not bool(jnp.any(jnp.where(pad[..., None], gx != 0, False)))
+    pad = np.arange(xs.shape[-2]) >= np.asarray(lengths)[..., None]
+    assert not np.any(np.where(pad[..., None], gx != 0, False))

@@ -11,6 +11,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
+from conftest import to_numpy
 
 import gatedrnn as gr
 from gatedrnn import training
@@ -24,7 +25,7 @@ def test_fit_reduces_loss_on_a_tiny_task(tmp_path) -> None:
     log = tmp_path / "log.jsonl"
     _, res = training.fit(
         task,
-        gr.gru(8),
+        gr.gru(16),  # the size of the other fits here (and the docs' example): shared compiles
         num_steps=300,
         batch_size=16,
         learning_rate=1e-2,
@@ -60,9 +61,17 @@ def test_same_seed_same_numbers_and_an_ensemble_run_matches_single_runs(fast_com
     held_out = training.eval_batches_for(task, 64, 1)
     kw = dict(num_steps=40, eval_every=20, progress=False, eval_batches=held_out)
 
+    # every init in one compile (eagerly, each random draw compiles one): seeds 3 and 4
+    # one at a time, and both at once with vmap (the ensemble's)
+    @jax.jit
+    def inits(keys):
+        return [model.init(k) for k in keys], jax.vmap(model.init)(keys)
+
+    keys = np.stack([training.param_key(3), training.param_key(4)])
+
     def single(seed):
-        st = training.init_state(model.init(training.param_key(seed)), opt, seed)
-        return training.train(loss, st, opt, batches, **kw)
+        init = inits(keys)[0][[3, 4].index(seed)]  # a fresh init each run (the program reused)
+        return training.train(loss, training.init_state(init, opt, seed), opt, batches, **kw)
 
     a, b, c = single(3), single(3), single(4)
     for ra, rb in zip(a.history, b.history):
@@ -71,7 +80,7 @@ def test_same_seed_same_numbers_and_an_ensemble_run_matches_single_runs(fast_com
     assert all(jax.tree_util.tree_leaves(same))
     assert c.history[-1]["train_loss"] != a.history[-1]["train_loss"]
     # seeds 3 and 4 at once with vmap give the two single runs' numbers
-    params = jax.vmap(model.init)(jnp.stack([training.param_key(3), training.param_key(4)]))
+    params = inits(keys)[1]
     ens = training.train(
         loss, training.init_ensemble(params, opt, [3, 4]), opt, batches, ensemble=True, **kw
     )
@@ -90,7 +99,7 @@ def test_resuming_from_a_state_continues_the_same_run() -> None:
     task = tasks.adding(10)
     model = training.task_model(gr.gru(5), task)
     opt = training.make_optimizer(1e-2, schedule="cosine", num_steps=60)
-    st = training.init_state(model.init(KEY), opt, 7)
+    st = training.init_state(jax.jit(model.init)(KEY), opt, 7)
     loss = training.task_loss(model, task)
     batches = training.task_batches(task, 8)
     kw = dict(eval_every=15, progress=False)
@@ -133,11 +142,13 @@ def test_non_finite_loss_raises_naming_the_step() -> None:
 def test_sequence_model_is_scan_plus_readout() -> None:
     cell = gr.gru(7)
     model = training.sequence_model(cell, 3, 2)
-    p = model.init(KEY)
-    xs = jax.random.normal(KEY, (4, 9, 3))
-    (final, out), (ref_final, hs) = jax.jit(
-        lambda p, xs: (model.apply(p, xs), gr.scan(cell, p.cell, xs))
-    )(p, xs)
+
+    @jax.jit  # one compile: params, inputs, the model and the scan
+    def run(key):
+        p, xs = model.init(key), jax.random.normal(key, (4, 9, 3))
+        return p, model.apply(p, xs), gr.scan(cell, p.cell, xs)
+
+    p, (final, out), (ref_final, hs) = to_numpy(run(KEY))
     chex.assert_trees_all_close(out, hs @ p.w_out + p.b_out, rtol=1e-6)
     chex.assert_trees_all_close(final, ref_final)
     assert out.shape == (4, 9, 2)
@@ -148,9 +159,14 @@ def test_sequence_model_is_scan_plus_readout() -> None:
 def test_stream_chunks_tile_the_stream_and_reset_at_its_start() -> None:
     task = tasks.echo(12, 2)
     fn = training.stream_batches(task, 3, 4)
-    full = task.sample(jax.random.fold_in(KEY, 1), 3)  # stream 1 = steps 3, 4, 5
-    chunks = [fn(KEY, jnp.int32(s)) for s in (3, 4, 5)]
-    chex.assert_trees_all_equal(jnp.concatenate([c.batch.inputs for c in chunks], 1), full.inputs)
+
+    @jax.jit  # one compile (eagerly, each sampling and slicing op compiles one)
+    def run(key):
+        full = task.sample(jax.random.fold_in(key, 1), 3)  # stream 1 = steps 3, 4, 5
+        return full, [fn(key, jnp.int32(s)) for s in (3, 4, 5)]
+
+    full, chunks = to_numpy(run(KEY))
+    chex.assert_trees_all_equal(np.concatenate([c.batch.inputs for c in chunks], 1), full.inputs)
     assert [bool(c.first) for c in chunks] == [True, False, False]
     with pytest.raises(ValueError, match="divide"):
         training.stream_batches(task, 3, 5)
@@ -161,25 +177,26 @@ def test_stateful_step_gradient_equals_truncated_scan_gradient() -> None:
     k, T = 5, 10
     task = tasks.echo(T, 2, vocab=3)
     model = training.task_model(gr.lstm(6), task)
-    p = model.init(KEY)
-    stream = task.sample(jax.random.fold_in(KEY, 0), 4)  # stream 0 = chunks at steps 0, 1
     fn = training.stream_batches(task, 4, k)
-    chunk0, chunk1 = fn(KEY, jnp.int32(0)), fn(KEY, jnp.int32(1))
     sloss = training.stateful_task_loss(model, task)
-    zero = model.cell.initial_state(p.cell, (4,))
-    second = stream._replace(mask=stream.mask.at[:, :k].set(0.0))
 
-    def full_loss(q):
-        _, out = model.apply(q, stream.inputs, truncate=k)
-        return task.loss_fn(out, second)[0]
+    @jax.jit  # params, data and both gradients in one compiled program
+    def both(key):
+        p = model.init(key)
+        stream = task.sample(jax.random.fold_in(key, 0), 4)  # stream 0 = chunks at steps 0, 1
+        chunk0, chunk1 = fn(key, jnp.int32(0)), fn(key, jnp.int32(1))
+        zero = model.cell.initial_state(p.cell, (4,))
+        second = stream._replace(mask=stream.mask.at[:, :k].set(0.0))
 
-    @jax.jit  # both gradients in one compiled program
-    def both(p):
+        def full_loss(q):
+            _, out = model.apply(q, stream.inputs, truncate=k)
+            return task.loss_fn(out, second)[0]
+
         _, (_, carry) = sloss(p, chunk0, zero)
         g_state = jax.grad(lambda q: sloss(q, chunk1, jax.lax.stop_gradient(carry))[0])(p)
-        return g_state, jax.grad(full_loss)(p)
+        return p, zero, g_state, jax.grad(full_loss)(p)
 
-    g_state, g_full = both(p)
+    p, zero, g_state, g_full = both(KEY)
     for a, b in zip(jax.tree_util.tree_leaves(g_state), jax.tree_util.tree_leaves(g_full)):
         chex.assert_trees_all_close(a, b, rtol=2e-4, atol=1e-6)
     # and the stateful loop trains through it with the carry threaded
@@ -291,7 +308,9 @@ def test_a_finite_divergence_is_flagged_against_the_baseline_and_the_first_loss(
 
 def _tiny_fit(task, **kw):
     base = dict(num_steps=4, batch_size=4, eval_every=2, eval_batch_size=8, progress=False)
-    return training.fit(task, gr.gru(4), **{**base, "early_stop": False, "seed": 3, **kw})
+    # gru(16): the size of test_fit_reduces_loss's and the docs' example (fit compiles the
+    # cell's init one operation at a time, per shape: shared)
+    return training.fit(task, gr.gru(16), **{**base, "early_stop": False, "seed": 3, **kw})
 
 
 def test_a_second_equal_fit_does_not_trace_again() -> None:
