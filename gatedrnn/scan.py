@@ -41,6 +41,7 @@ from gatedrnn.cells.base import (
     Split,
     check_fits_in_memory,
     check_not_foreign_array,
+    to_jax_array,
 )
 
 # Steps per loop iteration that ``unroll=None`` picks, per (backend, cell name); 1 where
@@ -132,14 +133,14 @@ def _is_concrete(x: Any) -> bool:
 
 
 def _as_array(x: Any, what: str) -> Array:
-    """``x`` as a JAX array: numpy arrays, lists and scalars go through ``jnp.asarray``
+    """``x`` as a JAX array: numpy arrays, lists and scalars go through :func:`to_jax_array`
     (JAX's own dtype rules, so a float64 numpy input is float32 unless x64 is on, in every
     layout and with or without ``jit``); JAX arrays and tracers pass unchanged; a torch (or
     other framework's) tensor is refused (:func:`check_not_foreign_array`)."""
     check_not_foreign_array(x, what)
     if isinstance(x, np.ndarray) or not hasattr(x, "shape") or not hasattr(x, "dtype"):
         try:
-            x = jnp.asarray(x)
+            x = to_jax_array(x)
         except (TypeError, ValueError, OverflowError) as e:
             raise TypeError(f"{what} must be an array, got {type(x).__name__}") from e
     return x

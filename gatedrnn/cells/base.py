@@ -225,6 +225,17 @@ def check_input_size(input_size: Any) -> int:
 _FOREIGN_FRAMEWORKS = frozenset({"torch", "tensorflow", "paddle", "mxnet", "cupy"})
 
 
+def to_jax_array(x: Any) -> Array:
+    """``x`` as a JAX array, with JAX's dtype rules (a float64 numpy array is float32 unless
+    x64 is on). A numpy array is placed with ``jax.device_put`` (uncommitted, as
+    ``jnp.asarray`` makes it), which compiles nothing, where ``jnp.asarray`` compiles a
+    conversion program per shape; lists and scalars go through ``jnp.asarray``; a JAX array
+    or tracer comes back unchanged."""
+    if isinstance(x, np.ndarray):
+        return jax.device_put(x)
+    return jnp.asarray(x)
+
+
 def check_not_foreign_array(x: Any, what: str) -> None:
     """Raise TypeError if ``x`` is an array of another framework (a torch or TensorFlow
     tensor, ...): gatedrnn takes JAX and numpy arrays (and lists, scalars), and converting
@@ -272,7 +283,7 @@ def check_input(x: Any, w_x: Array, what: str = "x") -> Array:
         an array of another framework (:func:`check_not_foreign_array`).
     """
     check_not_foreign_array(x, what)
-    x = jnp.asarray(x) if isinstance(x, np.ndarray) or not hasattr(x, "shape") else x
+    x = to_jax_array(x) if isinstance(x, np.ndarray) or not hasattr(x, "shape") else x
     input_size = w_x.shape[0]
     if x.ndim < 1:
         raise ValueError(f"{what} must have shape (..., input_size={input_size}), got a scalar")

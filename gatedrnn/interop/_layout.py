@@ -15,7 +15,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from gatedrnn.cells import GRUParams, LSTMParams, VanillaParams, make_cell
-from gatedrnn.cells.base import Cell
+from gatedrnn.cells.base import Cell, to_jax_array
 
 Array = jax.Array
 
@@ -47,7 +47,7 @@ def to_jax(x: Any, what: str) -> Array:
             )
     if not jnp.issubdtype(x.dtype, jnp.floating):
         raise TypeError(f"{what} must be floating point, got {x.dtype}")
-    return jnp.asarray(x)
+    return to_jax_array(x)
 
 
 def torch_to_numpy(t: Any) -> np.ndarray:

@@ -41,11 +41,11 @@ from pathlib import Path
 from typing import Any
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 import orbax.checkpoint as ocp
 from jax.experimental import multihost_utils
 
+from gatedrnn.cells.base import to_jax_array
 from gatedrnn.training.io import as_read_back, jsonable, notice, trim_log
 
 PyTree = Any
@@ -317,7 +317,7 @@ def restore_checkpoint(
     if len(arrays) != len(info["digests"]) or bad:
         raise _corrupt(path, f"array data does not match its digest ({', '.join(bad[:3])})")
     # fresh, uncommitted arrays: what jitted code compiled for fresh state expects
-    leaves = [jnp.asarray(a) for a in arrays]
+    leaves = [to_jax_array(a) for a in arrays]
     return jax.tree_util.tree_unflatten(jax.tree_util.tree_structure(like), leaves), info
 
 
