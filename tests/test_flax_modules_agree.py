@@ -55,6 +55,14 @@ def _randomize(tree, key):
     return jax.tree_util.tree_unflatten(treedef, new)
 
 
+def _shell(make):
+    """The NNX module ``make()`` builds, its params zeros made by NumPy (nothing drawn,
+    nothing compiled): for tests that load their own weights."""
+    graphdef, params, rest = nnx.split(nnx.eval_shape(make), nnx.Param, ...)
+    params = jax.tree.map(lambda s: np.zeros(s.shape, s.dtype), params)
+    return nnx.merge(graphdef, params, rest)
+
+
 RNN_CASES = {
     "vanilla-relu-2-layers": (
         ("vanilla", 5),
@@ -73,11 +81,12 @@ RNN_CASES = {
 @pytest.mark.parametrize("case", list(RNN_CASES))
 def test_same_weights_same_outputs_through_linen_nnx_and_gr_stack(case):
     (cell, hidden), options = RNN_CASES[case]
-    model = grx.RNN(cell, 4, hidden, **options, rngs=nnx.Rngs(0))
+    # the module as shapes (its init is tested in test_nnx), then the random weights loaded
+    model = _shell(lambda: grx.RNN(cell, 4, hidden, **options, rngs=nnx.Rngs(0)))
     layer = grl.RNN(cell, hidden, **options)
     st = model.stack
     assert layer.make_stack().cell.options == st.cell.options
-    params = _randomize(st.init(jax.random.key(1), 4), jax.random.key(2))
+    params = jax.jit(lambda: _randomize(st.init(jax.random.key(1), 4), jax.random.key(2)))()
     model.load_pure(params)
     time_major = options.get("time_major", False)
     x = jnp.swapaxes(X, 0, 1) if time_major else X
@@ -120,8 +129,8 @@ def test_same_weights_same_outputs_through_linen_nnx_and_gr_stack(case):
 )
 def test_same_weights_same_steps_through_flax_loops_and_gr_scan(linen_cell, nnx_cell):
     """Cells under Flax's own nn.RNN and nnx.RNN loops give gr.scan's numbers."""
-    lin, m = linen_cell(), nnx_cell(nnx.Rngs(0))
-    params = _randomize(m.pure_params(), jax.random.key(3))
+    lin, m = linen_cell(), _shell(lambda: nnx_cell(nnx.Rngs(0)))
+    params = jax.jit(lambda: _randomize(m.cell.init(jax.random.key(0), 4), jax.random.key(3)))()
     m.load_pure(params)
 
     @nnx.jit  # the three loops in one compiled program
