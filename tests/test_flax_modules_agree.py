@@ -86,7 +86,7 @@ def test_same_weights_same_outputs_through_linen_nnx_and_gr_stack(case):
     layer = grl.RNN(cell, hidden, **options)
     st = model.stack
     assert layer.make_stack().cell.options == st.cell.options
-    params = jax.jit(lambda: _randomize(st.init(jax.random.key(1), 4), jax.random.key(2)))()
+    params = _randomize(st.init(jax.random.key(1), 4), jax.random.key(2))  # eager: cached ops
     model.load_pure(params)
     time_major = options.get("time_major", False)
     x = jnp.swapaxes(X, 0, 1) if time_major else X
@@ -130,7 +130,7 @@ def test_same_weights_same_outputs_through_linen_nnx_and_gr_stack(case):
 def test_same_weights_same_steps_through_flax_loops_and_gr_scan(linen_cell, nnx_cell):
     """Cells under Flax's own nn.RNN and nnx.RNN loops give gr.scan's numbers."""
     lin, m = linen_cell(), _shell(lambda: nnx_cell(nnx.Rngs(0)))
-    params = jax.jit(lambda: _randomize(m.cell.init(jax.random.key(0), 4), jax.random.key(3)))()
+    params = _randomize(m.cell.init(jax.random.key(0), 4), jax.random.key(3))  # eager ops
     m.load_pure(params)
 
     @nnx.jit  # the three loops in one compiled program

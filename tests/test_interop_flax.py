@@ -36,10 +36,6 @@ def _init_shapes(cell, input_size=3):
     return jax.eval_shape(lambda k: cell.init(k, input_size), jax.random.key(0))
 
 
-# cell.init compiled once per cell and input size (an eager call compiles every operation)
-_init = jax.jit(lambda cell, key, input_size: cell.init(key, input_size), static_argnums=(0, 2))
-
-
 # --------------------------------------------------------------------------- Flax Linen
 
 FLAX_CELLS = {
@@ -135,7 +131,7 @@ def test_gatedrnn_to_flax_linen_round_trip_is_exact(cell):
 def test_flax_round_trips_of_chrono_initialized_params_are_exact(cell):
     """Chrono init sets only input-side biases (the GRU's b_hr, b_hz stay zero), so the
     Linen and NNX round trips keep the params bit for bit and compute the same steps."""
-    params = _init(cell, jax.random.key(0), 3)
+    params = cell.init(jax.random.key(0), 3)
     x = jax.random.normal(jax.random.key(1), (2, 5, 3))
     seen = {}
 
@@ -206,9 +202,7 @@ def test_flax_conversions_that_cannot_be_exact_raise():
     with pytest.raises(ValueError, match="activation_fn"):
         interop.from_flax(nn.SimpleCell(4, activation_fn=nn.gelu), {})
     x = jnp.ones((2, 3))
-    v = jax.jit(
-        lambda: nn.LSTMCell(4).init(key, nn.LSTMCell(4).initialize_carry(key, x.shape), x)
-    )()
+    v = nn.LSTMCell(4).init(key, nn.LSTMCell(4).initialize_carry(key, x.shape), x)
     with pytest.raises(ValueError, match="'ir'"):
         interop.from_flax(nn.GRUCell(4), v)  # LSTM params given for a GRU
     with pytest.raises(ValueError, match="features"):
@@ -223,7 +217,7 @@ def test_flax_conversions_that_cannot_be_exact_raise():
 
 def test_linear_vanilla_round_trips_through_flax_identity():
     cell = gr.vanilla(4, "linear")
-    params = _init(cell, jax.random.key(0), 3)
+    params = cell.init(jax.random.key(0), 3)
     module, variables = interop.to_flax(cell, params)
     assert module.activation_fn is interop.identity
     cell2, params2 = interop.from_flax(module, variables)
@@ -268,7 +262,7 @@ def test_flax_nnx_cells_match_and_round_trip(name):
 
 def test_flax_nnx_gru_without_b_hn_refuses_nonzero_b_hn():
     cell = gr.gru(4)
-    params = _init(cell, jax.random.key(0), 3)
+    params = cell.init(jax.random.key(0), 3)
     interop.to_flax_nnx(cell, params)  # zero biases: fine
     bad = params._replace(b_h=params.b_h.at[-1].set(0.3))
     with pytest.raises(ValueError, match="b_hn"):
@@ -287,7 +281,7 @@ def test_flax_params_with_extra_or_missing_entries_are_refused_by_name(name):
     ValueError naming the entry, not a KeyError."""
     module = FLAX_CELLS[name]()
     cell = {"SimpleCell-tanh": gr.vanilla, "LSTMCell": gr.lstm, "GRUCell": gr.gru}[name](5)
-    _, variables = interop.to_flax(cell, _init(cell, jax.random.key(0), 3))
+    _, variables = interop.to_flax(cell, cell.init(jax.random.key(0), 3))
     p = variables["params"]
     interop.from_flax(module, variables)  # exactly the cell's entries: fine
     with pytest.raises(ValueError, match=r"unexpected entries \['extra'\]"):

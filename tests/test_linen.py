@@ -142,7 +142,7 @@ def test_cell_options_are_frozen_so_modules_stay_hashable():
 def test_cell_gradients_equal_pure_gradients():
     module = grl.LSTMCell(5)
     rnn = nn.RNN(module)
-    variables = jax.jit(rnn.init)(jax.random.key(1), X)
+    variables = rnn.init(jax.random.key(1), X)  # eager: its ops are cached across tests
     cell = module.make_cell()
 
     def flax_loss(v):
@@ -161,12 +161,8 @@ def test_cell_gradients_equal_pure_gradients():
 def test_cells_draw_params_with_the_pure_initializers():
     module = grl.LSTMCell(4, forget_bias=2.0)
     x = jnp.ones((2, 3))
-    v, state = jax.jit(  # the init and a carry in one compiled program
-        lambda: (
-            module.init(jax.random.key(0), module.initialize_carry(jax.random.key(1), x.shape), x),
-            module.initialize_carry(jax.random.key(1), (7, 3)),
-        )
-    )()
+    v = module.init(jax.random.key(0), module.initialize_carry(jax.random.key(1), x.shape), x)
+    state = module.initialize_carry(jax.random.key(1), (7, 3))
     p = module.to_pure(v)
     assert isinstance(p, gr.LSTMParams)
     chex.assert_shape((p.w_x, p.w_h, p.b), ((3, 16), (4, 16), (16,)))
@@ -182,21 +178,21 @@ def test_cells_draw_params_with_the_pure_initializers():
 
 def test_flax_bidirectional_with_gatedrnn_cells_equals_bidirectional_scan():
     bi = nn.Bidirectional(nn.RNN(grl.GRUCell(5)), nn.RNN(grl.GRUCell(5)), return_carry=True)
+    variables = bi.init(jax.random.key(2), X, seq_lengths=LENGTHS)
     cell = grl.GRUCell(5)
+    p = variables["params"]
+    params = gr.Bidir(
+        cell.to_pure(p["forward_rnn"]["cell"]), cell.to_pure(p["backward_rnn"]["cell"])
+    )
 
-    @jax.jit  # the init and both runs in one compiled program
-    def run(key):
-        variables = bi.init(key, X, seq_lengths=LENGTHS)
-        p = variables["params"]
-        params = gr.Bidir(
-            cell.to_pure(p["forward_rnn"]["cell"]), cell.to_pure(p["backward_rnn"]["cell"])
-        )
+    @jax.jit  # both runs in one compiled program
+    def run(variables, params):
         return (
             bi.apply(variables, X, seq_lengths=LENGTHS),
             gr.bidirectional_scan(cell.make_cell(), params, X, seq_lengths=LENGTHS),
         )
 
-    ((c_fw, c_bw), ys), (state, ys_gr) = run(jax.random.key(2))
+    ((c_fw, c_bw), ys), (state, ys_gr) = run(variables, params)
     _close(jnp.where(MASK, ys, 0.0), ys_gr)
     _close((c_fw, c_bw), tuple(state))
 
@@ -217,26 +213,17 @@ def test_rnn_module_equals_gr_stack(kwargs, call):
     module = grl.RNN(**kwargs)
     x = jnp.swapaxes(X, 0, 1) if module.time_major else X
     st = module.make_stack()
+    variables = module.from_pure(st.init(jax.random.key(3), 4))  # (init is tested above)
+    params = module.to_pure(variables)
     extra = {"reverse": True} if call.get("reverse") else {}
 
-    @jax.jit  # the init and both runs in one compiled program
-    def run(key):
-        variables = module.from_pure(st.init(key, 4))  # (init is tested above)
-        params = module.to_pure(variables)
-        return (
-            variables,
-            module.apply(variables, x, **call),
-            st.apply(
-                params,
-                x,
-                seq_lengths=call.get("seq_lengths"),
-                time_major=module.time_major,
-                **extra,
-            ),
+    @jax.jit  # both runs in one compiled program
+    def run(variables, params):
+        return module.apply(variables, x, **call), st.apply(
+            params, x, seq_lengths=call.get("seq_lengths"), time_major=module.time_major, **extra
         )
 
-    variables, (final, ys), (final_gr, ys_gr) = run(jax.random.key(3))
-    params = module.to_pure(variables)
+    (final, ys), (final_gr, ys_gr) = run(variables, params)
     _close(ys, ys_gr, 0.0)
     _close(final, final_gr, 0.0)
     # names: layer_k (or layer_k_fw/_bw) holding the pure fields; the round trip is exact
@@ -247,10 +234,10 @@ def test_rnn_module_equals_gr_stack(kwargs, call):
 
 def test_rnn_module_dropout_between_layers():
     module = grl.RNN("vanilla", 5, num_layers=2, dropout=0.5)
+    v = module.init(jax.random.key(0), X)
 
-    @jax.jit  # the init and the three runs in one compiled program
-    def runs():
-        v = module.init(jax.random.key(0), X)
+    @jax.jit  # the three runs in one compiled program
+    def runs(v):
         train = dict(deterministic=False)
         return (
             module.apply(v, X)[1],
@@ -258,7 +245,7 @@ def test_rnn_module_dropout_between_layers():
             module.apply(v, X, **train, rngs={"dropout": jax.random.key(2)})[1],
         )
 
-    ys_eval, ys_a, ys_b = runs()
+    ys_eval, ys_a, ys_b = runs(v)
     assert not np.allclose(ys_a, ys_eval) and not np.allclose(ys_a, ys_b)
 
 
@@ -302,7 +289,7 @@ def test_bad_configurations_raise_clear_errors():
 def test_scan_checks_closed_over_seq_lengths_under_jit():
     """Regression (core): gr.scan's range check of concrete seq_lengths failed under jit."""
     cell = gr.gru(3)
-    params = jax.jit(cell.init, static_argnums=1)(jax.random.key(0), 4)
+    params = cell.init(jax.random.key(0), 4)
     _, ys = jax.jit(lambda x: gr.scan(cell, params, x, seq_lengths=LENGTHS))(X)
     assert not np.asarray(ys)[1, 2:].any()
     too_long = jnp.array([7, 1, 1])
