@@ -55,6 +55,14 @@ def _randomize(tree, key):
     return jax.tree_util.tree_unflatten(treedef, new)
 
 
+def _shell(make):
+    """The NNX module ``make()`` builds, its params zeros made by NumPy (nothing drawn,
+    nothing compiled): for tests that load their own weights."""
+    graphdef, params, rest = nnx.split(nnx.eval_shape(make), nnx.Param, ...)
+    params = jax.tree.map(lambda s: np.zeros(s.shape, s.dtype), params)
+    return nnx.merge(graphdef, params, rest)
+
+
 RNN_CASES = {
     "vanilla-relu-2-layers": (
         ("vanilla", 5),
@@ -73,26 +81,35 @@ RNN_CASES = {
 @pytest.mark.parametrize("case", list(RNN_CASES))
 def test_same_weights_same_outputs_through_linen_nnx_and_gr_stack(case):
     (cell, hidden), options = RNN_CASES[case]
-    model = grx.RNN(cell, 4, hidden, **options, rngs=nnx.Rngs(0))
+    # the module as shapes (its init is tested in test_nnx), then the random weights loaded
+    model = _shell(lambda: grx.RNN(cell, 4, hidden, **options, rngs=nnx.Rngs(0)))
     layer = grl.RNN(cell, hidden, **options)
     st = model.stack
     assert layer.make_stack().cell.options == st.cell.options
-    params = _randomize(st.init(jax.random.key(1), 4), jax.random.key(2))
+    params = _randomize(st.init(jax.random.key(1), 4), jax.random.key(2))  # eager: cached ops
     model.load_pure(params)
     time_major = options.get("time_major", False)
     x = jnp.swapaxes(X, 0, 1) if time_major else X
     call = {} if time_major else dict(seq_lengths=LENGTHS)
     if case.endswith("reverse"):
         call["reverse"] = True
-    final_nnx, ys_nnx = model(x, **call)
-    final_lin, ys_lin = layer.apply(layer.from_pure(params), x, **call)
-    final, ys = st.apply(params, x, time_major=time_major, **call)
+    one_layer = st.num_layers == 1 and not st.bidirectional  # one layer is exactly gr.scan
+
+    @nnx.jit  # the three (four) runs in one compiled program
+    def run(model, params, x):
+        return (
+            model(x, **call),
+            layer.apply(layer.from_pure(params), x, **call),
+            st.apply(params, x, time_major=time_major, **call),
+            gr.scan(st.cell, params[0], x, time_major=time_major, **call) if one_layer else None,
+        )
+
+    (final_nnx, ys_nnx), (final_lin, ys_lin), (final, ys), scanned = run(model, params, x)
     chex.assert_shape(ys, (*x.shape[:-1], (2 if options.get("bidirectional") else 1) * 5))
     chex.assert_trees_all_close((final_nnx, ys_nnx), (final, ys), atol=1e-6, rtol=1e-6)
     chex.assert_trees_all_close((final_lin, ys_lin), (final, ys), atol=1e-6, rtol=1e-6)
-    if st.num_layers == 1 and not st.bidirectional:  # one layer is exactly gr.scan
-        state, ys_scan = gr.scan(st.cell, params[0], x, time_major=time_major, **call)
-        chex.assert_trees_all_close((final[0], ys), (state, ys_scan), atol=1e-6, rtol=1e-6)
+    if one_layer:
+        chex.assert_trees_all_close((final[0], ys), scanned, atol=1e-6, rtol=1e-6)
 
 
 @pytest.mark.parametrize(
@@ -112,39 +129,55 @@ def test_same_weights_same_outputs_through_linen_nnx_and_gr_stack(case):
 )
 def test_same_weights_same_steps_through_flax_loops_and_gr_scan(linen_cell, nnx_cell):
     """Cells under Flax's own nn.RNN and nnx.RNN loops give gr.scan's numbers."""
-    lin, m = linen_cell(), nnx_cell(nnx.Rngs(0))
-    params = _randomize(m.pure_params(), jax.random.key(3))
+    lin, m = linen_cell(), _shell(lambda: nnx_cell(nnx.Rngs(0)))
+    params = _randomize(m.cell.init(jax.random.key(0), 4), jax.random.key(3))  # eager ops
     m.load_pure(params)
-    carry_lin, ys_lin = nn.RNN(lin, return_carry=True).apply(
-        {"params": {"cell": lin.from_pure(params)["params"]}}, X, seq_lengths=LENGTHS
-    )
-    carry_nnx, ys_nnx = nnx.RNN(m, return_carry=True)(X, seq_lengths=LENGTHS)
-    state, ys = gr.scan(m.cell, params, X, seq_lengths=LENGTHS)
-    chex.assert_trees_all_close(
-        (carry_lin, jnp.where(MASK, ys_lin, 0.0)), (state, ys), atol=1e-6, rtol=1e-6
-    )
-    chex.assert_trees_all_close(
-        (carry_nnx, jnp.where(MASK, ys_nnx, 0.0)), (state, ys), atol=1e-6, rtol=1e-6
-    )
+
+    @nnx.jit  # the three loops in one compiled program
+    def run(m, params):
+        carry_lin, ys_lin = nn.RNN(lin, return_carry=True).apply(
+            {"params": {"cell": lin.from_pure(params)["params"]}}, X, seq_lengths=LENGTHS
+        )
+        carry_nnx, ys_nnx = nnx.RNN(m, return_carry=True)(X, seq_lengths=LENGTHS)
+        return (
+            (carry_lin, jnp.where(MASK, ys_lin, 0.0)),
+            (carry_nnx, jnp.where(MASK, ys_nnx, 0.0)),
+            gr.scan(m.cell, params, X, seq_lengths=LENGTHS),
+        )
+
+    got_lin, got_nnx, (state, ys) = run(m, params)
+    chex.assert_trees_all_close(got_lin, (state, ys), atol=1e-6, rtol=1e-6)
+    chex.assert_trees_all_close(got_nnx, (state, ys), atol=1e-6, rtol=1e-6)
 
 
 def test_dropout_is_off_by_default_in_both_and_on_when_asked():
     model = grx.RNN("lstm", 4, 5, num_layers=2, dropout=0.5, rngs=nnx.Rngs(0))
     layer = grl.RNN("lstm", 5, num_layers=2, dropout=0.5)
-    params = model.pure_params()
-    _, ys = model.stack.apply(params, X)
-    variables = layer.from_pure(params)
-    chex.assert_trees_all_close(model(X)[1], ys)  # no .train(): deterministic
-    chex.assert_trees_all_close(layer.apply(variables, X)[1], ys)  # no "dropout" rng needed
-    model.train()
-    assert not jnp.allclose(model(X)[1], ys)
-    model.eval()
-    chex.assert_trees_all_close(model(X)[1], ys)
-    assert not jnp.allclose(model(X, deterministic=False)[1], ys)
     training = grl.RNN("lstm", 5, num_layers=2, dropout=0.5, deterministic=False)
-    dropped = training.apply(variables, X, rngs={"dropout": jax.random.key(1)})[1]
-    assert not jnp.allclose(dropped, ys)
-    chex.assert_trees_all_close(training.apply(variables, X, deterministic=True)[1], ys)
+    params = model.pure_params()
+    variables = layer.from_pure(params)
+
+    @nnx.jit  # every call below in one compiled program (NNX's modes are Python flags)
+    def run(model, params, variables):
+        out = {"pure": model.stack.apply(params, X)[1]}
+        out["nnx-default"] = model(X)[1]  # no .train(): deterministic
+        out["linen-default"] = layer.apply(variables, X)[1]  # no "dropout" rng needed
+        model.train()
+        out["nnx-train"] = model(X)[1]
+        model.eval()
+        out["nnx-eval"] = model(X)[1]
+        out["nnx-deterministic-false"] = model(X, deterministic=False)[1]
+        dropout = {"dropout": jax.random.key(1)}
+        out["linen-training"] = training.apply(variables, X, rngs=dropout)[1]
+        out["linen-training-deterministic"] = training.apply(variables, X, deterministic=True)[1]
+        return out
+
+    out = run(model, params, variables)
+    ys = out["pure"]
+    for kept in ("nnx-default", "linen-default", "nnx-eval", "linen-training-deterministic"):
+        chex.assert_trees_all_close(out[kept], ys)
+    for dropped in ("nnx-train", "nnx-deterministic-false", "linen-training"):
+        assert not np.allclose(out[dropped], ys), dropped
 
 
 @pytest.mark.parametrize(
@@ -193,10 +226,16 @@ def test_forward_mode_through_both_modules_equals_the_pure_stack():
     params = model.pure_params()
     variables = layer.from_pure(params)
     tangent = jnp.ones_like(X)
-    _, want = jax.jvp(lambda x: model.stack.apply(params, x, fused=False)[1], (X,), (tangent,))
-    _, lin = jax.jvp(lambda x: layer.apply(variables, x)[1], (X,), (tangent,))
-    _, nnx_ = jax.jvp(lambda x: model(x)[1], (X,), (tangent,))
-    chex.assert_trees_all_close((lin, nnx_), (want, want), atol=1e-5, rtol=1e-5)
+
+    @nnx.jit  # the three jvps in one compiled program
+    def run(model, params, variables):
+        _, want = jax.jvp(lambda x: model.stack.apply(params, x, fused=False)[1], (X,), (tangent,))
+        _, lin = jax.jvp(lambda x: layer.apply(variables, x)[1], (X,), (tangent,))
+        _, nnx_ = jax.jvp(lambda x: model(x)[1], (X,), (tangent,))
+        return (lin, nnx_), (want, want)
+
+    got, want = run(model, params, variables)
+    chex.assert_trees_all_close(got, want, atol=1e-5, rtol=1e-5)
 
 
 # --------------------------------------------------------- chrono gate-bias initialization
@@ -256,10 +295,16 @@ def test_chrono_init_through_linen_and_nnx_modules_spans_the_pure_cells_range(ki
     assert model.cell == pure
     for p in model.pure_params():
         _check_spread(_times(p))
+
     # and they run it: the NNX module's weights through Linen give the pure stack's numbers
-    params = model.pure_params()
-    _, ys = model.stack.apply(params, X)
-    chex.assert_trees_all_close(model(X)[1], ys, atol=1e-6, rtol=1e-6)
-    chex.assert_trees_all_close(
-        layer.apply(layer.from_pure(params), X)[1], ys, atol=1e-6, rtol=1e-6
-    )
+    @nnx.jit  # the three runs in one compiled program
+    def run(model, params):
+        return (
+            model.stack.apply(params, X)[1],
+            model(X)[1],
+            layer.apply(layer.from_pure(params), X)[1],
+        )
+
+    ys, ys_nnx, ys_lin = run(model, model.pure_params())
+    chex.assert_trees_all_close(ys_nnx, ys, atol=1e-6, rtol=1e-6)
+    chex.assert_trees_all_close(ys_lin, ys, atol=1e-6, rtol=1e-6)

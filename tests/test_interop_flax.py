@@ -30,6 +30,12 @@ def _randomize(tree, key, scale=0.5):
     return jax.tree_util.tree_unflatten(treedef, new)
 
 
+def _init_shapes(cell, input_size=3):
+    """Shapes and dtypes of ``cell.init(key, input_size)``, traced (nothing compiled): for
+    params that :func:`_randomize` replaces anyway."""
+    return jax.eval_shape(lambda k: cell.init(k, input_size), jax.random.key(0))
+
+
 # --------------------------------------------------------------------------- Flax Linen
 
 FLAX_CELLS = {
@@ -69,21 +75,30 @@ def test_flax_linen_cells_match_outputs_states_and_grads(name):
     flax_cell = FLAX_CELLS[name]()
     x = jax.random.normal(jax.random.key(0), (3, 6, 4))
     lengths = jnp.array([6, 2, 4])
-    variables = nn.RNN(flax_cell).init(jax.random.key(1), x)
+    variables = jax.eval_shape(nn.RNN(flax_cell).init, jax.random.key(1), x)  # shapes only
     flax_params = _randomize(variables, jax.random.key(2))["params"]["cell"]
-    cell, params = interop.from_flax(flax_cell, flax_params)
-    mask = (jnp.arange(6) < lengths[:, None])[..., None]
-    flax_loss, gr_loss = _losses(flax_cell, cell, lengths, mask)
-    if name == "OptimizedLSTMCell":
-        _close(jax.jit(flax_loss)(flax_params, x), jax.jit(gr_loss)(flax_params, x))
-    else:
-        grad = lambda f: jax.jit(jax.value_and_grad(f, argnums=(0, 1), has_aux=True))  # noqa: E731
-        f_out, g_out = grad(flax_loss)(flax_params, x), grad(gr_loss)(flax_params, x)
+    optimized = name == "OptimizedLSTMCell"
+    seen = {}
+
+    @jax.jit  # conversions, both losses (and grads) and the way back in one compiled program
+    def run(flax_params, x):
+        cell, params = interop.from_flax(flax_cell, flax_params)
+        mask = (jnp.arange(6) < lengths[:, None])[..., None]
+        flax_loss, gr_loss = _losses(flax_cell, cell, lengths, mask)
+        if optimized:
+            out = flax_loss(flax_params, x), gr_loss(flax_params, x)
+        else:
+            grad = lambda f: jax.value_and_grad(f, argnums=(0, 1), has_aux=True)  # noqa: E731
+            out = grad(flax_loss)(flax_params, x), grad(gr_loss)(flax_params, x)
+        # and the other way: to_flax gives back the very same Flax params
+        seen["module"], back = interop.to_flax(cell, params, optimized=optimized)
+        return out, back
+
+    (f_out, g_out), back = run(flax_params, x)
+    if not optimized:
         chex.assert_shape(g_out[0][1][1], (3, 6, 5))
-        _close(f_out, g_out)  # loss, final state, outputs, grads w.r.t. Flax params and x
-    # and the other way: to_flax gives back the very same Flax params
-    module, back = interop.to_flax(cell, params, optimized=name == "OptimizedLSTMCell")
-    assert type(module) is type(flax_cell)
+    _close(f_out, g_out)  # loss, final state, outputs (and grads w.r.t. Flax params and x)
+    assert type(seen["module"]) is type(flax_cell)
     chex.assert_trees_all_equal(back, {"params": flax_params}, strict=True)
 
 
@@ -91,11 +106,19 @@ def test_flax_linen_cells_match_outputs_states_and_grads(name):
     "cell", [gr.vanilla(4), gr.vanilla(4, "relu"), gr.lstm(4), gr.gru(4)], ids=lambda c: c.name
 )
 def test_gatedrnn_to_flax_linen_round_trip_is_exact(cell):
-    params = _randomize(cell.init(jax.random.key(0), 3), jax.random.key(1))
+    params = _randomize(_init_shapes(cell), jax.random.key(1))
     if cell.name == "gru":  # Flax has no b_hr, b_hz: exact round trip needs them zero
         params = params._replace(b_h=params.b_h.at[:8].set(0.0))
-    module, variables = interop.to_flax(cell, params)
-    cell2, params2 = interop.from_flax(module, variables)
+    seen = {}
+
+    @jax.jit  # both conversions in one compiled program (ConversionsUnderJit: eager = jit)
+    def round_trip(params):
+        module, variables = interop.to_flax(cell, params)
+        seen["cell"], params2 = interop.from_flax(module, variables)
+        return params2
+
+    params2 = round_trip(params)
+    cell2 = seen["cell"]
     assert cell2.name == cell.name and cell2.options == {**cell2.options, **cell.options}
     chex.assert_trees_all_equal(params2, params, strict=True)
 
@@ -110,16 +133,35 @@ def test_flax_round_trips_of_chrono_initialized_params_are_exact(cell):
     Linen and NNX round trips keep the params bit for bit and compute the same steps."""
     params = cell.init(jax.random.key(0), 3)
     x = jax.random.normal(jax.random.key(1), (2, 5, 3))
-    _, ys = gr.scan(cell, params, x)
-    module, variables = interop.to_flax(cell, params)
-    cell2, params2 = interop.from_flax(module, variables)
+    seen = {}
+
+    @jax.jit  # both conversions in one compiled program (ConversionsUnderJit: eager = jit)
+    def round_trip(params):
+        seen["module"], variables = interop.to_flax(cell, params)
+        cell2, params2 = interop.from_flax(seen["module"], variables)
+        seen["cell"] = cell2
+        return variables, params2
+
+    variables, params2 = round_trip(params)
+    module, cell2 = seen["module"], seen["cell"]
     chex.assert_trees_all_equal(params2, params, strict=True)
-    chex.assert_trees_all_equal(gr.scan(cell2, params2, x)[1], ys)
-    _close(nn.RNN(module).apply({"params": {"cell": variables["params"]}}, x), ys, 1e-6)
     nnx_module = interop.to_flax_nnx(cell, params)
     cell3, params3 = interop.from_flax(nnx_module)
     chex.assert_trees_all_equal(params3, params, strict=True)
-    _close(nnx.RNN(nnx_module)(x), ys, 1e-6)
+
+    @nnx.jit  # the four runs in one compiled program
+    def runs(nnx_module, params, params2, variables):
+        return (
+            gr.scan(cell, params, x)[1],
+            gr.scan(cell2, params2, x)[1],
+            nn.RNN(module).apply({"params": {"cell": variables["params"]}}, x),
+            nnx.RNN(nnx_module)(x),
+        )
+
+    ys, ys2, ys_linen, ys_nnx = runs(nnx_module, params, params2, variables)
+    chex.assert_trees_all_equal(ys2, ys)
+    _close(ys_linen, ys, 1e-6)
+    _close(ys_nnx, ys, 1e-6)
 
 
 class ConversionsUnderJit(chex.TestCase):
@@ -128,7 +170,7 @@ class ConversionsUnderJit(chex.TestCase):
     @chex.variants(with_jit=True, without_jit=True)
     def test_gru_recurrent_r_z_biases_are_folded_for_flax(self):
         cell = gr.gru(4)
-        params = _randomize(cell.init(jax.random.key(0), 3), jax.random.key(1))
+        params = _randomize(_init_shapes(cell), jax.random.key(1))
         module, _ = interop.to_flax(cell, params)
         x = jax.random.normal(jax.random.key(2), (2, 3))
         h = jax.random.normal(jax.random.key(3), (2, 4))
@@ -141,7 +183,7 @@ class ConversionsUnderJit(chex.TestCase):
     @chex.variants(with_jit=True, without_jit=True)
     def test_linen_params_round_trip_under_jit(self):
         cell = gr.lstm(4)
-        params = _randomize(cell.init(jax.random.key(0), 3), jax.random.key(1))
+        params = _randomize(_init_shapes(cell), jax.random.key(1))
         module, _ = interop.to_flax(cell, params)
         round_trip = self.variant(
             lambda p: interop.from_flax(module, interop.to_flax(cell, p)[1])[1]
@@ -152,7 +194,7 @@ class ConversionsUnderJit(chex.TestCase):
 def test_flax_conversions_that_cannot_be_exact_raise():
     key = jax.random.key(0)
     with pytest.raises(ValueError, match="reset_after"):
-        interop.to_flax(gr.gru(4, reset_after=False), gr.gru(4, False).init(key, 3))
+        interop.to_flax(gr.gru(4, reset_after=False), _init_shapes(gr.gru(4, False)))
     with pytest.raises(ValueError, match="residual"):
         interop.from_flax(nn.SimpleCell(4, residual=True), {})
     with pytest.raises(ValueError, match="gate_fn"):
@@ -170,7 +212,7 @@ def test_flax_conversions_that_cannot_be_exact_raise():
     with pytest.raises(TypeError, match="SimpleCell"):
         interop.from_flax(nn.Dense(4), v)
     with pytest.raises(ValueError, match="only vanilla, lstm and gru"):
-        interop.to_flax(gr.min_lstm(4), gr.min_lstm(4).init(key, 3))
+        interop.to_flax(gr.min_lstm(4), _init_shapes(gr.min_lstm(4)))
 
 
 def test_linear_vanilla_round_trips_through_flax_identity():
@@ -195,13 +237,13 @@ NNX_CELLS = {
 
 @pytest.mark.parametrize("name", list(NNX_CELLS))
 def test_flax_nnx_cells_match_and_round_trip(name):
-    module = NNX_CELLS[name](nnx.Rngs(0))
+    module = nnx.eval_shape(lambda: NNX_CELLS[name](nnx.Rngs(0)))  # shapes only
     graphdef, state = nnx.split(module)
     module = nnx.merge(graphdef, _randomize(state, jax.random.key(1)))
     cell, params = interop.from_flax(module)
     x = jax.random.normal(jax.random.key(2), (3, 6, 4))
-    carry, ys_f = nnx.RNN(module, return_carry=True)(x)
-    state, ys_g = gr.scan(cell, params, x)
+    run = nnx.jit(lambda m, p: (nnx.RNN(m, return_carry=True)(x), gr.scan(cell, p, x)))
+    (carry, ys_f), (state, ys_g) = run(module, params)  # both in one compiled program
     chex.assert_shape(ys_g, (3, 6, 5))
     _close(ys_f, ys_g)
     _close(interop.carry_from_flax(cell, carry), state)
@@ -229,7 +271,7 @@ def test_flax_nnx_gru_without_b_hn_refuses_nonzero_b_hn():
     ok = params._replace(b_h=params.b_h.at[0].set(0.3))
     m = interop.to_flax_nnx(cell, ok)
     x, h = jnp.ones((2, 3)), jnp.full((2, 4), 0.5)
-    _close(m(h, x)[0], cell.step(ok, h, x)[0], 1e-6)
+    _close(*nnx.jit(lambda m, ok: (m(h, x)[0], cell.step(ok, h, x)[0]))(m, ok), 1e-6)
 
 
 @pytest.mark.parametrize("name", ["SimpleCell-tanh", "LSTMCell", "GRUCell"])

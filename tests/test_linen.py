@@ -42,23 +42,25 @@ def test_cells_in_flax_rnn_with_seq_lengths_equal_gr_scan(name):
     module = CELLS[name]()
     fwd = nn.RNN(module, return_carry=True)
     variables = jax.jit(lambda k: fwd.init(k, X, seq_lengths=LENGTHS))(jax.random.key(1))
-    assert set(variables["params"]["cell"]) == set(
-        module.make_cell().init(jax.random.key(0), 4)._fields
-    )
-    params = module.to_pure(variables["params"]["cell"])
     cell = module.make_cell()
-    for reverse in (False, True):
-        rnn = nn.RNN(module, return_carry=True, reverse=reverse, keep_order=True)
+    shapes = jax.eval_shape(lambda k: cell.init(k, 4), jax.random.key(0))  # nothing compiled
+    assert set(variables["params"]["cell"]) == set(shapes._fields)
+    params = module.to_pure(variables["params"]["cell"])
 
-        @jax.jit  # both in one compiled program
-        def both(variables, params, rnn=rnn, reverse=reverse):
-            return (
-                rnn.apply(variables, X, seq_lengths=LENGTHS),
+    @jax.jit  # both directions, Flax's loop and gr.scan, in one compiled program
+    def runs(variables, params):
+        out = {}
+        for reverse in (False, True):
+            rnn = nn.RNN(module, return_carry=True, reverse=reverse, keep_order=True)
+            carry, ys = rnn.apply(variables, X, seq_lengths=LENGTHS)
+            out[reverse] = (
+                (carry, jnp.where(MASK, ys, 0.0)),
                 gr.scan(cell, params, X, seq_lengths=LENGTHS, reverse=reverse),
             )
+        return out
 
-        (carry, ys), (state, ys_gr) = both(variables, params)
-        _close(jnp.where(MASK, ys, 0.0), ys_gr)
+    for (carry, ys), (state, ys_gr) in runs(variables, params).values():
+        _close(ys, ys_gr)
         _close(carry, state)
 
 
@@ -68,24 +70,25 @@ def test_every_registered_cell_runs_as_linen_cell_and_rnn_with_the_pure_numbers(
     same params, for every cell of the registry (no per-cell code in gatedrnn.linen)."""
     module = grl.Cell(name, 3)
     rnn = nn.RNN(module, return_carry=True)
-    variables = jax.jit(lambda k: rnn.init(k, X, seq_lengths=LENGTHS))(jax.random.key(1))
     cell = module.make_cell()
     assert cell == make_cell(name, 3)
-    params = module.to_pure(variables["params"]["cell"])
-    shapes = jax.eval_shape(lambda k: cell.init(k, 4), jax.random.key(0))
-    assert jax.tree.structure(params) == jax.tree.structure(shapes)
-    assert set(variables["params"]["cell"]) == set(flatten_params(shapes))
     layer = grl.RNN(name, 3)
 
-    @jax.jit  # the three in one compiled program
-    def three(variables, params):
-        return (
+    @jax.jit  # the init and the three runs in one compiled program
+    def init_and_three(key):
+        variables = rnn.init(key, X, seq_lengths=LENGTHS)
+        params = module.to_pure(variables["params"]["cell"])
+        return variables, (
             rnn.apply(variables, X, seq_lengths=LENGTHS),
             gr.scan(cell, params, X, seq_lengths=LENGTHS),
             layer.apply(layer.from_pure((params,)), X, seq_lengths=LENGTHS),
         )
 
-    (carry, ys), (state, ys_gr), (final, ys_layer) = three(variables, params)
+    variables, ((carry, ys), (state, ys_gr), (final, ys_layer)) = init_and_three(jax.random.key(1))
+    params = module.to_pure(variables["params"]["cell"])
+    shapes = jax.eval_shape(lambda k: cell.init(k, 4), jax.random.key(0))
+    assert jax.tree.structure(params) == jax.tree.structure(shapes)
+    assert set(variables["params"]["cell"]) == set(flatten_params(shapes))
     _close(jnp.where(MASK, ys, 0.0), ys_gr)
     _close(carry, state)
     _close((final[0], ys_layer), (state, ys_gr))
@@ -96,20 +99,30 @@ def test_nested_params_are_named_by_path_and_drawn_by_one_init_call():
     one Flax param per leaf named by its path, all from one call of the pure init."""
     cell = nested_cell(3)
     module = grl.Cell(cell)
-    variables = nn.RNN(module).init(jax.random.key(1), X)
+    layer = grl.RNN(cell, num_layers=2)
+    variables, v = jax.jit(  # both inits in one compiled program
+        lambda: (nn.RNN(module).init(jax.random.key(1), X), layer.init(jax.random.key(2), X))
+    )()
     flat = variables["params"]["cell"]
     assert set(flat) == {"inp.w", "inp.b", "decay.0"}
     p = module.to_pure(flat)
     assert isinstance(p, NestedParams) and isinstance(p.decay, tuple)
-    _close(p.inp.b, -p.inp.w.sum(0), 1e-6)  # tied leaves come from one init call
-    _close(nn.RNN(module).apply(variables, X), gr.scan(cell, p, X)[1])
+    _close(p.inp.b, -np.asarray(p.inp.w).sum(0), 1e-6)  # tied leaves come from one init call
     assert module.from_pure(p) == {"params": dict(flat)}
-    layer = grl.RNN(cell, num_layers=2)
-    v = layer.init(jax.random.key(2), X)
     params = layer.to_pure(v)
     for q in params:
-        _close(q.inp.b, -q.inp.w.sum(0), 1e-6)
-    _close(layer.apply(v, X), layer.make_stack().apply(params, X), 0.0)
+        _close(q.inp.b, -np.asarray(q.inp.w).sum(0), 1e-6)
+
+    @jax.jit  # the four runs in one compiled program
+    def runs(variables, p, v, params):
+        return (
+            (nn.RNN(module).apply(variables, X), gr.scan(cell, p, X)[1]),
+            (layer.apply(v, X), layer.make_stack().apply(params, X)),
+        )
+
+    (ys, ys_gr), (out, out_stack) = runs(variables, p, v, params)
+    _close(ys, ys_gr)
+    _close(out, out_stack, 0.0)
     with pytest.raises(ValueError, match="must have params"):
         module.to_pure({"inp.w": p.inp.w})
 
@@ -129,7 +142,7 @@ def test_cell_options_are_frozen_so_modules_stay_hashable():
 def test_cell_gradients_equal_pure_gradients():
     module = grl.LSTMCell(5)
     rnn = nn.RNN(module)
-    variables = rnn.init(jax.random.key(1), X)
+    variables = rnn.init(jax.random.key(1), X)  # eager: its ops are cached across tests
     cell = module.make_cell()
 
     def flax_loss(v):
@@ -149,14 +162,14 @@ def test_cells_draw_params_with_the_pure_initializers():
     module = grl.LSTMCell(4, forget_bias=2.0)
     x = jnp.ones((2, 3))
     v = module.init(jax.random.key(0), module.initialize_carry(jax.random.key(1), x.shape), x)
+    state = module.initialize_carry(jax.random.key(1), (7, 3))
     p = module.to_pure(v)
     assert isinstance(p, gr.LSTMParams)
     chex.assert_shape((p.w_x, p.w_h, p.b), ((3, 16), (4, 16), (16,)))
     np.testing.assert_array_equal(p.b, np.r_[np.zeros(4), 2 * np.ones(4), np.zeros(8)])
-    for block in jnp.split(p.w_h, 4, axis=1):  # orthogonal per gate, as gr.lstm draws them
+    for block in np.split(np.asarray(p.w_h), 4, axis=1):  # orthogonal per gate, as gr.lstm
         np.testing.assert_allclose(block.T @ block, np.eye(4), atol=1e-5)
-    state = module.initialize_carry(jax.random.key(1), (7, 3))
-    assert isinstance(state, gr.LSTMState) and not state.c.any()
+    assert isinstance(state, gr.LSTMState) and not np.asarray(state.c).any()
     chex.assert_shape((state.h, state.c), (7, 4))
     assert module.hidden_size == 4 and grl.LSTMCell(hidden_size=4) == grl.LSTMCell(4)
     assert module.num_feature_axes == 1
@@ -166,13 +179,20 @@ def test_cells_draw_params_with_the_pure_initializers():
 def test_flax_bidirectional_with_gatedrnn_cells_equals_bidirectional_scan():
     bi = nn.Bidirectional(nn.RNN(grl.GRUCell(5)), nn.RNN(grl.GRUCell(5)), return_carry=True)
     variables = bi.init(jax.random.key(2), X, seq_lengths=LENGTHS)
-    (c_fw, c_bw), ys = bi.apply(variables, X, seq_lengths=LENGTHS)
     cell = grl.GRUCell(5)
     p = variables["params"]
     params = gr.Bidir(
         cell.to_pure(p["forward_rnn"]["cell"]), cell.to_pure(p["backward_rnn"]["cell"])
     )
-    state, ys_gr = gr.bidirectional_scan(cell.make_cell(), params, X, seq_lengths=LENGTHS)
+
+    @jax.jit  # both runs in one compiled program
+    def run(variables, params):
+        return (
+            bi.apply(variables, X, seq_lengths=LENGTHS),
+            gr.bidirectional_scan(cell.make_cell(), params, X, seq_lengths=LENGTHS),
+        )
+
+    ((c_fw, c_bw), ys), (state, ys_gr) = run(variables, params)
     _close(jnp.where(MASK, ys, 0.0), ys_gr)
     _close((c_fw, c_bw), tuple(state))
 
@@ -194,12 +214,16 @@ def test_rnn_module_equals_gr_stack(kwargs, call):
     x = jnp.swapaxes(X, 0, 1) if module.time_major else X
     st = module.make_stack()
     variables = module.from_pure(st.init(jax.random.key(3), 4))  # (init is tested above)
-    final, ys = module.apply(variables, x, **call)
     params = module.to_pure(variables)
     extra = {"reverse": True} if call.get("reverse") else {}
-    final_gr, ys_gr = st.apply(
-        params, x, seq_lengths=call.get("seq_lengths"), time_major=module.time_major, **extra
-    )
+
+    @jax.jit  # both runs in one compiled program
+    def run(variables, params):
+        return module.apply(variables, x, **call), st.apply(
+            params, x, seq_lengths=call.get("seq_lengths"), time_major=module.time_major, **extra
+        )
+
+    (final, ys), (final_gr, ys_gr) = run(variables, params)
     _close(ys, ys_gr, 0.0)
     _close(final, final_gr, 0.0)
     # names: layer_k (or layer_k_fw/_bw) holding the pure fields; the round trip is exact
@@ -211,9 +235,17 @@ def test_rnn_module_equals_gr_stack(kwargs, call):
 def test_rnn_module_dropout_between_layers():
     module = grl.RNN("vanilla", 5, num_layers=2, dropout=0.5)
     v = module.init(jax.random.key(0), X)
-    _, ys_eval = module.apply(v, X)
-    _, ys_a = module.apply(v, X, deterministic=False, rngs={"dropout": jax.random.key(1)})
-    _, ys_b = module.apply(v, X, deterministic=False, rngs={"dropout": jax.random.key(2)})
+
+    @jax.jit  # the three runs in one compiled program
+    def runs(v):
+        train = dict(deterministic=False)
+        return (
+            module.apply(v, X)[1],
+            module.apply(v, X, **train, rngs={"dropout": jax.random.key(1)})[1],
+            module.apply(v, X, **train, rngs={"dropout": jax.random.key(2)})[1],
+        )
+
+    ys_eval, ys_a, ys_b = runs(v)
     assert not np.allclose(ys_a, ys_eval) and not np.allclose(ys_a, ys_b)
 
 
@@ -225,27 +257,33 @@ def test_rnn_module_runs_torch_weights():
     t = torch.nn.GRU(4, 5, num_layers=2, bidirectional=True, batch_first=True)
     _, params = from_torch(t)
     module = grl.RNN("gru", 5, num_layers=2, bidirectional=True)
-    _, ys = module.apply(module.from_pure(params), X)
+    _, ys = jax.jit(module.apply)(module.from_pure(params), X)
     _close(ys, t(torch.tensor(np.asarray(X)))[0].detach().numpy())
+
+
+def _init(module, x, **kwargs):
+    """``module.init(key, x, **kwargs)`` traced only (its checks run, nothing compiles);
+    ``x`` an array or a ``jax.ShapeDtypeStruct``."""
+    return jax.eval_shape(lambda k, x: module.init(k, x, **kwargs), jax.random.key(0), x)
 
 
 def test_bad_configurations_raise_clear_errors():
     with pytest.raises(ValueError, match="needs hidden_size"):
-        grl.RNN("lstm").init(jax.random.key(0), X)
+        _init(grl.RNN("lstm"), X)
     with pytest.raises(ValueError, match=r"takes no \['activation'\]"):
-        grl.RNN("lstm", 4, cell_options={"activation": "relu"}).init(jax.random.key(0), X)
+        _init(grl.RNN("lstm", 4, cell_options={"activation": "relu"}), X)
     with pytest.raises(ValueError, match="shape"):
-        grl.RNN("lstm", 4).init(jax.random.key(0), X[0, 0])
+        _init(grl.RNN("lstm", 4), jax.ShapeDtypeStruct(X.shape[2:], X.dtype))  # one x_t
     with pytest.raises(ValueError, match="one of"):
-        grl.RNN("transformer", 4).init(jax.random.key(0), X)
+        _init(grl.RNN("transformer", 4), X)
     with pytest.raises(ValueError, match="bidirectional"):
-        grl.RNN("lstm", 4, bidirectional=True).init(jax.random.key(0), X, reverse=True)
+        _init(grl.RNN("lstm", 4, bidirectional=True), X, reverse=True)
     with pytest.raises(ValueError, match="hidden size"):
-        grl.RNN(gr.lstm(3), hidden_size=4).init(jax.random.key(0), X)
+        _init(grl.RNN(gr.lstm(3), hidden_size=4), X)
     with pytest.raises(ValueError, match="no 'dropout' rng"):
-        grl.RNN("gru", 4, num_layers=2, dropout=0.5).init(jax.random.key(0), X, deterministic=False)
+        _init(grl.RNN("gru", 4, num_layers=2, dropout=0.5), X, deterministic=False)
     with pytest.raises(TypeError, match="dtype"):  # inputs must match param_dtype
-        grl.RNN("gru", 4).init(jax.random.key(0), X.astype(jnp.bfloat16))
+        _init(grl.RNN("gru", 4), jax.ShapeDtypeStruct(X.shape, jnp.bfloat16))
 
 
 def test_scan_checks_closed_over_seq_lengths_under_jit():
@@ -253,7 +291,7 @@ def test_scan_checks_closed_over_seq_lengths_under_jit():
     cell = gr.gru(3)
     params = cell.init(jax.random.key(0), 4)
     _, ys = jax.jit(lambda x: gr.scan(cell, params, x, seq_lengths=LENGTHS))(X)
-    assert not ys[1, 2:].any()
+    assert not np.asarray(ys)[1, 2:].any()
     too_long = jnp.array([7, 1, 1])
     with pytest.raises(ValueError, match="seq_lengths must lie"):
         jax.jit(lambda x: gr.scan(cell, params, x, seq_lengths=too_long))(X)

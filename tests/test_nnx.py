@@ -25,6 +25,17 @@ def _close(a, b, tol=1e-5):
     chex.assert_trees_all_close(a, b, rtol=tol, atol=tol)
 
 
+def _pure_init_shapes(cell):
+    """Shapes and dtypes of ``cell.init(key, 4)``, traced (nothing compiled)."""
+    return jax.eval_shape(lambda k: cell.init(k, 4), jax.random.key(0))
+
+
+@nnx.jit  # one compiled program per cell: nnx.RNN's loop (padding masked) and gr.scan
+def _rnn_and_scan(module, params):
+    carry, ys = nnx.RNN(module, return_carry=True)(X, seq_lengths=LENGTHS)
+    return (carry, jnp.where(MASK, ys, 0.0)), gr.scan(module.cell, params, X, seq_lengths=LENGTHS)
+
+
 @pytest.mark.parametrize(
     "make",
     [
@@ -39,10 +50,9 @@ def test_cells_in_nnx_rnn_with_seq_lengths_equal_gr_scan(make):
     params = module.pure_params()
     assert set(nnx.state(module, nnx.Param)) == set(params._fields)
     # drawn by the pure init with the key NNX handed out
-    assert _tree_shapes(params) == _tree_shapes(module.cell.init(jax.random.key(0), 4))
-    carry, ys = nnx.RNN(module, return_carry=True)(X, seq_lengths=LENGTHS)
-    state, ys_gr = gr.scan(module.cell, params, X, seq_lengths=LENGTHS)
-    _close(jnp.where(MASK, ys, 0.0), ys_gr)
+    assert _tree_shapes(params) == _tree_shapes(_pure_init_shapes(module.cell))
+    (carry, ys), (state, ys_gr) = _rnn_and_scan(module, params)
+    _close(ys, ys_gr)
     _close(carry, state)
 
 
@@ -52,11 +62,10 @@ def test_every_registered_cell_runs_as_nnx_cell_with_the_pure_numbers(name):
     module = grx.Cell(name, 4, 3, rngs=nnx.Rngs(0))
     assert module.cell == make_cell(name, 3)
     params = module.pure_params()
-    assert _tree_shapes(params) == _tree_shapes(module.cell.init(jax.random.key(0), 4))
+    assert _tree_shapes(params) == _tree_shapes(_pure_init_shapes(module.cell))
     assert set(nnx.state(module, nnx.Param)) == set(flatten_params(params))
-    carry, ys = nnx.RNN(module, return_carry=True)(X, seq_lengths=LENGTHS)
-    state, ys_gr = gr.scan(module.cell, params, X, seq_lengths=LENGTHS)
-    _close(jnp.where(MASK, ys, 0.0), ys_gr)
+    (carry, ys), (state, ys_gr) = _rnn_and_scan(module, params)
+    _close(ys, ys_gr)
     _close(carry, state)
 
 
@@ -69,9 +78,17 @@ def test_nested_params_as_nnx_params_with_grads_and_load_pure():
     p = module.pure_params()
     assert isinstance(p, NestedParams)
     _close(p.inp.b, -p.inp.w.sum(0), 1e-6)
-    _close(nnx.RNN(module)(X), gr.scan(cell, p, X)[1])
-    g = nnx.grad(lambda m: jnp.sum(jnp.sin(nnx.RNN(m)(X))))(module)
-    g_pure = jax.grad(lambda q: jnp.sum(jnp.sin(gr.scan(cell, q, X)[1])))(p)
+
+    @nnx.jit  # outputs and gradients, NNX and pure, in one compiled program
+    def outputs_and_grads(module, p):
+        return (
+            (nnx.RNN(module)(X), gr.scan(cell, p, X)[1]),
+            nnx.grad(lambda m: jnp.sum(jnp.sin(nnx.RNN(m)(X))))(module),
+            jax.grad(lambda q: jnp.sum(jnp.sin(gr.scan(cell, q, X)[1])))(p),
+        )
+
+    (ys, ys_pure), g, g_pure = outputs_and_grads(module, p)
+    _close(ys, ys_pure)
     _close({k: v[...] for k, v in g.items()}, flatten_params(g_pure))
     module.load_pure(jax.tree.map(lambda a: a + 1.0, p))
     _close(module.pure_params(), jax.tree.map(lambda a: a + 1.0, p), 0.0)
@@ -80,7 +97,7 @@ def test_nested_params_as_nnx_params_with_grads_and_load_pure():
     with pytest.raises(ValueError, match="inp.w"):
         module.load_pure(p._replace(inp=p.inp._replace(w=p.inp.w[:2])))
     model = grx.RNN(cell, 4, num_layers=2, rngs=nnx.Rngs(1))
-    _close(model(X)[1], model.stack.apply(model.pure_params(), X)[1], 0.0)
+    _close(*nnx.jit(lambda m: (m(X)[1], m.stack.apply(m.pure_params(), X)[1]))(model), 0.0)
 
 
 def _tree_shapes(tree):
@@ -90,10 +107,16 @@ def _tree_shapes(tree):
 def test_nnx_bidirectional_with_gatedrnn_cells():
     fw, bw = grx.LSTMCell(4, 5, rngs=nnx.Rngs(1)), grx.LSTMCell(4, 5, rngs=nnx.Rngs(2))
     bi = nnx.Bidirectional(nnx.RNN(fw), nnx.RNN(bw))
-    ys = bi(X, seq_lengths=LENGTHS)
     params = gr.Bidir(fw.pure_params(), bw.pure_params())
-    _, ys_gr = gr.bidirectional_scan(fw.cell, params, X, seq_lengths=LENGTHS)
-    _close(jnp.where(MASK, ys, 0.0), ys_gr)
+
+    @nnx.jit  # both in one compiled program
+    def both(bi, params):
+        return (
+            jnp.where(MASK, bi(X, seq_lengths=LENGTHS), 0.0),
+            gr.bidirectional_scan(fw.cell, params, X, seq_lengths=LENGTHS)[1],
+        )
+
+    _close(*both(bi, params))
 
 
 def test_rnn_module_equals_stack_with_grads_under_nnx_transforms():
@@ -106,16 +129,18 @@ def test_rnn_module_equals_stack_with_grads_under_nnx_transforms():
         final, ys = st.apply(p, x, seq_lengths=LENGTHS)
         return jnp.sum(jnp.tanh(ys)) + jnp.sum(final[-1].fw.c)
 
-    @nnx.jit
-    def nnx_loss_and_grads(m, x):
+    @nnx.jit  # the NNX and the pure gradients in one compiled program
+    def both_losses_and_grads(m, p, x):
         def loss(m, x):
             final, ys = m(x, seq_lengths=LENGTHS)
             return jnp.sum(jnp.tanh(ys)) + jnp.sum(final[-1].fw.c)
 
-        return nnx.value_and_grad(loss, argnums=(0, 1))(m, x)
+        return (
+            nnx.value_and_grad(loss, argnums=(0, 1))(m, x),
+            jax.value_and_grad(pure_loss, argnums=(0, 1))(p, x),
+        )
 
-    loss, (g_model, g_x) = nnx_loss_and_grads(model, X)
-    loss_p, (g_params, g_x_p) = jax.jit(jax.value_and_grad(pure_loss, argnums=(0, 1)))(params, X)
+    (loss, (g_model, g_x)), (loss_p, (g_params, g_x_p)) = both_losses_and_grads(model, params, X)
     _close(loss, loss_p)
     _close(g_x, g_x_p)
     # gradients land in the same nnx.Params the pure fields came from
@@ -137,15 +162,24 @@ def test_rnn_module_load_pure_round_trip_reverse_and_dropout():
     fresh = model.stack.init(jax.random.key(9), 4)
     model.load_pure(fresh)
     chex.assert_trees_all_equal(model.pure_params(), fresh, strict=True)
-    _, ys = model(X, reverse=True)
-    _, ys_gr = model.stack.apply(fresh, X, reverse=True)
-    _close(ys, ys_gr, 0.0)
-    _, ys_off = model(X)  # deterministic by default (dropout off)
-    model.train()
-    _, ys_a = model(X)
-    _, ys_b = model(X)
-    assert not np.allclose(ys_a, ys_b)  # a fresh dropout mask per call
-    _close(ys_off, model.stack.apply(fresh, X)[1], 0.0)
+
+    @nnx.jit  # every run below in one compiled program (NNX's modes are Python flags)
+    def runs(model, fresh):
+        out = {
+            "reverse": model(X, reverse=True)[1],
+            "reverse-pure": model.stack.apply(fresh, X, reverse=True)[1],
+            "off": model(X)[1],  # deterministic by default (dropout off)
+            "pure": model.stack.apply(fresh, X)[1],
+        }
+        model.train()
+        out["a"], out["b"] = model(X)[1], model(X)[1]
+        model.eval()
+        return out
+
+    out = runs(model, fresh)
+    _close(out["reverse"], out["reverse-pure"], 0.0)
+    assert not np.allclose(out["a"], out["b"])  # a fresh dropout mask per call
+    _close(out["off"], out["pure"], 0.0)
     with pytest.raises(ValueError, match="w_x"):
         model.load_pure((fresh[0]._replace(w_x=fresh[0].w_x[:2]), *fresh[1:]))
     with pytest.raises(TypeError, match="VanillaParams"):
