@@ -9,6 +9,7 @@ that only make sense for some cells select them by capability (``cell.split``,
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import gc
 import os
@@ -419,10 +420,12 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
             item.add_marker(pytest.mark.slow)
         elif item.nodeid in recorded:
             item.add_marker(pytest.mark.slow)
-    # The modules that run scripts or subprocesses first, so under pytest-xdist the long
-    # modules start at once and the short ones fill the workers' ends (the workers end
-    # together). Whole modules move (a stable sort): a module's tests stay together.
-    items.sort(key=lambda item: item.module not in script_modules)
+    # The modules that run scripts or subprocesses first, then the others by how many of
+    # their tests are slow (their cost, roughly), so under pytest-xdist the long modules
+    # start at once and the short ones fill the workers' ends (the workers end together).
+    # Whole modules move (a stable sort): a module's tests stay together.
+    slow_count = collections.Counter(i.module for i in items if i.get_closest_marker("slow"))
+    items.sort(key=lambda i: (i.module not in script_modules, -slow_count[i.module]))
 
 
 def pytest_xdist_make_scheduler(config: pytest.Config, log):
