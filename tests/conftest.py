@@ -113,6 +113,17 @@ def one_torch_thread() -> Iterator[None]:
         torch.set_num_threads(threads)
 
 
+def normal(seed: int, shape: tuple[int, ...], dtype=np.float32, scale: float = 1.0):
+    """Standard normal draws (times ``scale``) made by NumPy: jax.random compiles an XLA
+    program per shape."""
+    return (scale * np.random.default_rng(seed).standard_normal(shape)).astype(dtype)
+
+
+def sigmoid(z):
+    """The logistic function in NumPy, for reference equations."""
+    return 1.0 / (1.0 + np.exp(-z))
+
+
 def to_numpy(tree):
     """Every leaf of ``tree`` as a NumPy array: tests index, slice and reduce results in
     NumPy, because each eager jnp operation compiles an XLA program per shape."""

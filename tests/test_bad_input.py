@@ -10,6 +10,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from conftest import normal
 
 import gatedrnn as gr
 
@@ -39,7 +40,7 @@ def xs_of(*shape, dtype=jnp.float32):
 
 def normal_xs():
     """(B, T, I) standard normal inputs drawn in NumPy (jax.random compiles per shape)."""
-    return np.random.default_rng(0).normal(size=(B, T, I)).astype(np.float32)
+    return normal(0, (B, T, I))
 
 
 def state_like(cell, params, fn):

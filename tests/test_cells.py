@@ -7,19 +7,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from conftest import make
+from conftest import make, normal, sigmoid
 
 import gatedrnn as gr
-
-
-def sigmoid(z):
-    return 1.0 / (1.0 + np.exp(-z))
-
-
-def normal(seed, shape):
-    """Standard normal inputs drawn in NumPy: no XLA program per shape, as jax.random's."""
-    return np.random.default_rng(seed).normal(size=shape).astype(np.float32)
-
 
 _step = jax.jit(lambda cell, p, s, x: cell.step(p, s, x), static_argnums=0)
 """``cell.step`` compiled once per cell and shapes (eagerly, each operation compiles)."""

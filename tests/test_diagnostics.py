@@ -9,7 +9,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from conftest import to_numpy
+from conftest import normal, sigmoid, to_numpy
 
 import gatedrnn as gr
 from gatedrnn import diagnostics as dg
@@ -28,11 +28,6 @@ def _x64():
         yield
 
 
-def _xs(key: int, shape: tuple[int, ...], scale: float = 1.0) -> np.ndarray:
-    """Random float64 inputs drawn by NumPy (no XLA program per shape, as jax.random has)."""
-    return scale * np.random.default_rng(key).standard_normal(shape)
-
-
 @functools.cache
 def _compiled_init(cell, inp: int, dtype):
     """``cell.init`` as one program per cell (cells are equal by value), input size and
@@ -43,10 +38,6 @@ def _compiled_init(cell, inp: int, dtype):
 def _init(cell, seed: int, inp: int, dtype=F64):
     """``cell.init(PRNGKey(seed), inp, dtype)``, its leaves as NumPy arrays."""
     return to_numpy(_compiled_init(cell, inp, dtype)(jax.random.PRNGKey(seed)))
-
-
-def _sigmoid(x: np.ndarray) -> np.ndarray:
-    return 1.0 / (1.0 + np.exp(-x))
 
 
 def _sum_last(final, ys):
@@ -61,7 +52,7 @@ def test_linear_rnn_with_scaled_identity_gives_s_to_the_distance():
     H, T = 4, 12
     cell = gr.vanilla(H, activation="linear")
     p0 = _init(cell, 0, 2)  # the shapes of the decay-profile test below
-    xs = _xs(1, (2, T, 2))
+    xs = normal(1, (2, T, 2), np.float64)
     u = np.arange(1.0, H + 1)
 
     def loss(final, ys):  # L = <u, h_T> has dL/dh_t = s^(T-t) u: ||dL/dh_t|| = s^(T-t) ||u||
@@ -83,9 +74,9 @@ def test_lstm_without_recurrent_weight_has_cell_jacobian_prod_of_forget_gates():
     cell = gr.lstm(H, forget_bias=1.5)
     p = _init(cell, 2, I)
     p = to_numpy(p)._replace(w_h=np.zeros(p.w_h.shape))
-    xs = _xs(3, (2, T, I))
+    xs = normal(3, (2, T, I), np.float64)
     # Oracle written out here: f_t = sigmoid(x_t w_xf + b_f), the f block is [H:2H].
-    f = _sigmoid(xs @ p.w_x[:, H : 2 * H] + p.b[H : 2 * H])  # (2, T, H)
+    f = sigmoid(xs @ p.w_x[:, H : 2 * H] + p.b[H : 2 * H])  # (2, T, H)
     J = np.asarray(dg.jacobians(cell, p, xs, leaf="c"))  # (T+1, 2, H, H)
     for t in (0, 4, T):
         want = np.prod(f[:, t:], axis=1)[:, :, None] * np.eye(H)  # diagonal matrices
@@ -97,9 +88,9 @@ def test_gru_without_recurrent_weight_has_jacobian_prod_of_update_gates(reset_af
     H, T, I = 4, 9, 3  # the GRU of the state-gradient tests below
     cell = gr.gru(H, reset_after=reset_after)
     p = _init(cell, 4, I)
-    p = to_numpy(p)._replace(w_h=np.zeros(p.w_h.shape), b_h=_xs(5, (3 * H,), 0.5))
-    xs = _xs(6, (2, T, I))
-    z = _sigmoid(xs @ p.w_x[:, H : 2 * H] + p.b_x[H : 2 * H] + p.b_h[H : 2 * H])
+    p = to_numpy(p)._replace(w_h=np.zeros(p.w_h.shape), b_h=normal(5, (3 * H,), np.float64, 0.5))
+    xs = normal(6, (2, T, I), np.float64)
+    z = sigmoid(xs @ p.w_x[:, H : 2 * H] + p.b_x[H : 2 * H] + p.b_h[H : 2 * H])
     J = np.asarray(dg.jacobians(cell, p, xs))
     want = np.prod(z, axis=1)[:, :, None] * np.eye(H)  # diagonal matrices
     chex.assert_trees_all_close(J[0], want, rtol=1e-12, atol=1e-15)
@@ -135,8 +126,8 @@ def test_power_iteration_matches_dense_spectral_norms(cell, leaf):
 def test_dense_jacobian_matches_finite_differences():
     cell = gr.gru(3)
     p = _init(cell, 9, 2)
-    xs = _xs(10, (6, 2))  # one sequence, no batch
-    h0 = _xs(11, (3,), 0.3)
+    xs = normal(10, (6, 2), np.float64)  # one sequence, no batch
+    h0 = normal(11, (3,), np.float64, 0.3)
     J = np.asarray(dg.jacobians(cell, p, xs, h0))  # (7, 3, 3)
     eps = 1e-6
     final = jax.jit(lambda h: gr.scan(cell, p, xs, h)[0])  # one compile for the 6 scans
@@ -155,8 +146,8 @@ def test_dense_jacobian_matches_finite_differences():
 def test_state_gradients_match_a_python_loop_oracle(cell):
     T = 5
     p = _init(cell, 12, 3)
-    xs = _xs(13, (2, T, 3))
-    w = _xs(14, (T, 2, 4))
+    xs = normal(13, (2, T, 3), np.float64)
+    w = normal(14, (T, 2, 4), np.float64)
 
     def loss_fn(final, ys):  # uses every output and the final state
         return jnp.sum(w * jnp.tanh(ys)) + jnp.sum(jax.tree_util.tree_leaves(final)[-1] ** 2)
@@ -196,12 +187,12 @@ def test_state_gradients_match_a_python_loop_oracle(cell):
 def test_loss_args_change_the_loss_without_a_new_loss_function():
     cell = gr.gru(3)
     p = _init(cell, 23, 2)
-    xs = _xs(24, (2, 6, 2))
+    xs = normal(24, (2, 6, 2), np.float64)
 
     def readout(final, ys, w):
         return jnp.sum(final @ w)
 
-    w1, w2 = _xs(25, (3,)), _xs(26, (3,))
+    w1, w2 = normal(25, (3,), np.float64), normal(26, (3,), np.float64)
     l1, g1 = to_numpy(dg.state_gradients(cell, p, xs, readout, loss_args=(w1,)))
     l2, g2 = to_numpy(dg.state_gradients(cell, p, xs, readout, loss_args=(w2,)))
     chex.assert_trees_all_close(g1[-1], np.broadcast_to(w1, (2, 3)), rtol=1e-12)
@@ -215,7 +206,7 @@ def test_loss_args_change_the_loss_without_a_new_loss_function():
 def test_lstm_norms_report_h_and_c_apart_and_per_example():
     cell = gr.lstm(4)
     p = _init(cell, 15, 3)
-    xs = _xs(16, (3, 10, 3))
+    xs = normal(16, (3, 10, 3), np.float64)
     norms = dg.state_gradient_norms(cell, p, xs, _sum_last)
     assert isinstance(norms, gr.LSTMState)
     assert norms.h.shape == norms.c.shape == (11,)
@@ -235,9 +226,9 @@ def test_gate_statistics_match_gates_computed_by_hand():
     cell = gr.lstm(H, forget_bias=3.0)
     p = _init(cell, 17, I)
     p = to_numpy(p)._replace(w_h=np.zeros(p.w_h.shape))
-    xs = _xs(18, (2, 5, I))
+    xs = normal(18, (2, 5, I), np.float64)
     st = dg.gate_statistics(cell, p, xs, saturation=0.05)
-    f = _sigmoid(xs @ p.w_x[:, H : 2 * H] + p.b[H : 2 * H])
+    f = sigmoid(xs @ p.w_x[:, H : 2 * H] + p.b[H : 2 * H])
     chex.assert_trees_all_close(st["forget"], np.mean(f, axis=(0, 2)), rtol=1e-12)
     high = np.mean(f > 0.95, axis=(0, 2))
     assert 0 < float(np.mean(high)) < 1  # some units saturated, not all
@@ -247,7 +238,7 @@ def test_gate_statistics_match_gates_computed_by_hand():
     pg = _init(g, 19, I)
     pg = to_numpy(pg)._replace(w_h=np.zeros(pg.w_h.shape))
     sg = dg.gate_statistics(g, pg, xs)
-    z = _sigmoid(xs @ pg.w_x[:, H : 2 * H] + pg.b_x[H : 2 * H] + pg.b_h[H : 2 * H])
+    z = sigmoid(xs @ pg.w_x[:, H : 2 * H] + pg.b_x[H : 2 * H] + pg.b_h[H : 2 * H])
     chex.assert_trees_all_close(sg["update"], np.mean(z, axis=(0, 2)), rtol=1e-12)
 
     v = gr.vanilla(H)
@@ -269,7 +260,7 @@ def test_gate_statistics_of_every_gated_cell_equal_a_loop_of_its_gates(cell):
     cell.step, and each gate lies in its range ([0, 1], or [-1, 1] for tanh_gates)."""
     eps = 0.05
     p = _init(cell, 23, 3)
-    xs = 3.0 * _xs(24, (2, 5, 3))
+    xs = 3.0 * normal(24, (2, 5, 3), np.float64)
     st = dg.gate_statistics(cell, p, xs, saturation=eps)
 
     @jax.jit  # the Python loop, compiled once
@@ -299,7 +290,7 @@ def test_gate_statistics_of_every_gated_cell_equal_a_loop_of_its_gates(cell):
 def test_state_trajectory_ends_at_the_final_state_of_scan():
     cell = gr.lstm(3)
     p = _init(cell, 21, 2)
-    xs = _xs(22, (2, 5, 2))
+    xs = normal(22, (2, 5, 2), np.float64)
     traj = to_numpy(dg.state_trajectory(cell, p, xs))
     final, ys = to_numpy(gr.scan(cell, p, xs))
     chex.assert_trees_all_close(traj.c[-1], final.c)
@@ -315,7 +306,7 @@ def test_norms_of_tiny_float32_gradients_do_not_underflow():
         cell = gr.vanilla(H, activation="linear")
         p = _init(cell, 0, 2, jnp.float32)
         p = p._replace(w_h=0.01 * np.eye(H, dtype=np.float32))
-        xs = _xs(1, (3, T, 2)).astype(np.float32)
+        xs = normal(1, (3, T, 2), np.float64).astype(np.float32)
         norms = dg.state_gradient_norms(cell, p, xs, lambda final, ys: jnp.sum(final))
         assert norms.dtype == jnp.float32
         want = 0.01 ** (T - np.arange(T + 1.0)) * np.sqrt(3 * H)
@@ -347,7 +338,7 @@ def test_decay_factor_and_vanishing_distance_on_a_geometric_curve():
 def test_bad_inputs_raise_clear_errors():
     cell = gr.lstm(3)
     p = _init(cell, 0, 2)
-    xs = _xs(1, (2, 4, 2))
+    xs = normal(1, (2, 4, 2), np.float64)
     with pytest.raises(ValueError, match="scalar"):
         dg.state_gradients(cell, p, xs, lambda final, ys: ys)
     with pytest.raises(TypeError, match="callable"):
@@ -355,7 +346,7 @@ def test_bad_inputs_raise_clear_errors():
     with pytest.raises(ValueError, match="at least 2 axes"):
         dg.state_gradient_norms(cell, p, xs[0, 0], _sum_last)
     with pytest.raises(ValueError, match="input_size=2"):
-        dg.jacobian_norms(cell, p, _xs(1, (2, 4, 5)))
+        dg.jacobian_norms(cell, p, normal(1, (2, 4, 5), np.float64))
     with pytest.raises(ValueError, match=r"leaf='x'.*\['h', 'c'\]"):
         dg.jacobians(cell, p, xs, leaf="x")
     with pytest.raises(ValueError, match="single part"):
@@ -398,7 +389,7 @@ def test_decay_profile_is_the_closed_form_for_a_linear_rnn_and_the_chain_for_an_
         s, T = 0.5, 12
         cell = gr.vanilla(4, activation="linear")
         p = _init(cell, 0, 2)._replace(w_h=s * np.eye(4))
-        xs = _xs(1, (3, T, 2))
+        xs = normal(1, (3, T, 2), np.float64)
         prof = dg.decay_profile(cell, p, xs, ratio=1e-3, floor=1e-300)
         np.testing.assert_allclose(prof["relative"], s ** np.arange(T, -1, -1), rtol=1e-12)
         assert abs(prof["decay_factor"] - s) < 1e-12 and prof["vanish_distance"] == 10

@@ -7,6 +7,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from conftest import normal
 
 import gatedrnn as gr
 from gatedrnn.cells import CELLS, make_cell
@@ -14,11 +15,6 @@ from gatedrnn.cells import CELLS, make_cell
 
 def close(a, b):
     chex.assert_trees_all_close(a, b, rtol=1e-5, atol=1e-6)
-
-
-def normal(seed, shape):
-    """Standard normal inputs drawn in NumPy: no XLA program per shape, as jax.random's."""
-    return np.random.default_rng(seed).normal(size=shape).astype(np.float32)
 
 
 @pytest.mark.parametrize("name", sorted(CELLS))

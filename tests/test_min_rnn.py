@@ -11,6 +11,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from conftest import normal, sigmoid
 
 import gatedrnn as gr
 from gatedrnn.cells import linear_recurrence
@@ -22,15 +23,6 @@ min_rnn = importlib.import_module("gatedrnn.cells.min_rnn")
 B, T, I, H = 3, 9, 4, 5
 
 
-def _normal(seed, shape):
-    """Standard normal float64 inputs drawn in NumPy (jax.random compiles per shape)."""
-    return np.random.default_rng(seed).normal(size=shape)
-
-
-def _sigmoid(z):
-    return 1.0 / (1.0 + np.exp(-z))
-
-
 def _numpy_loop(name, params, xs, h0):
     """The paper's equations (Feng et al. 2024, minimal versions), one step at a time."""
     w, b = np.asarray(params.w_x), np.asarray(params.b)
@@ -38,10 +30,10 @@ def _numpy_loop(name, params, xs, h0):
     for t in range(xs.shape[1]):
         z = xs[:, t] @ w + b
         if name == "min_gru":
-            gate, cand = _sigmoid(z[:, :H]), z[:, H:]
+            gate, cand = sigmoid(z[:, :H]), z[:, H:]
             h = (1 - gate) * h + gate * cand
         else:
-            f, i, cand = _sigmoid(z[:, :H]), _sigmoid(z[:, H : 2 * H]), z[:, 2 * H :]
+            f, i, cand = sigmoid(z[:, :H]), sigmoid(z[:, H : 2 * H]), z[:, 2 * H :]
             h = f / (f + i) * h + i / (f + i) * cand
         hs.append(h)
     return h, np.stack(hs, axis=1)
@@ -52,7 +44,7 @@ def test_step_form_matches_the_papers_equations(make_cell):
     with jax.enable_x64(True):
         cell = make_cell(H)
         params = cell.init(jax.random.PRNGKey(0), I, dtype=jnp.float64)
-        xs = _normal(1, (B, T, I))
+        xs = normal(1, (B, T, I), np.float64)
         h0 = 0.5 * np.ones((B, H))
         want_h, want_ys = _numpy_loop(cell.name, params, xs, h0)
         # one compile for both forms
@@ -81,7 +73,7 @@ def test_parallel_equals_sequential_values_and_grads_float64(make_cell, options)
         cell = make_cell(H)
         params = cell.init(jax.random.PRNGKey(0), I, dtype=jnp.float64)
         shape = (T, B, I) if options.get("time_major") else (B, T, I)
-        xs = _normal(1, shape)
+        xs = normal(1, shape, np.float64)
         h0 = 0.1 * np.arange(B * H, dtype=np.float64).reshape(B, H)
 
         def loss(params, xs, h0, parallel):

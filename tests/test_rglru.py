@@ -14,7 +14,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from conftest import to_numpy
+from conftest import sigmoid, to_numpy
 
 import gatedrnn as gr
 from gatedrnn.cells import make_cell
@@ -90,10 +90,6 @@ def _zeros_params(cell, input_size):
     return jax.tree_util.tree_map(lambda s: np.zeros(s.shape, s.dtype), shapes)
 
 
-def _sigmoid(z):
-    return 1.0 / (1.0 + np.exp(-z))
-
-
 def _full(w):
     """The (H, H) block-diagonal matrix of (heads, s, s) blocks."""
     heads, s, _ = w.shape
@@ -110,9 +106,9 @@ def _numpy_loop(params, xs, h0):
     h, hs, gates = np.asarray(h0, np.float64), [], []
     for t in range(xs.shape[1]):
         u = xs[:, t] @ p["w_in"] + p["b_in"]
-        r = _sigmoid(u @ _full(p["w_a"]) + p["b_a"])
-        i = _sigmoid(u @ _full(p["w_x"]) + p["b_x"])
-        a = _sigmoid(p["lam"]) ** (8.0 * r)
+        r = sigmoid(u @ _full(p["w_a"]) + p["b_a"])
+        i = sigmoid(u @ _full(p["w_x"]) + p["b_x"])
+        a = sigmoid(p["lam"]) ** (8.0 * r)
         h = a * h + np.sqrt(1.0 - a**2) * (i * u)
         hs.append(h)
         gates.append({"recurrence": r, "input": i, "decay": a})
@@ -401,14 +397,14 @@ def test_init_draws_the_decay_on_a_ring_and_gates_with_fan_in_variance():
         "lam": (1024,),
     }
     p = {f: np.asarray(v) for f, v in params._asdict().items()}  # float32
-    rad_sq = np.asarray(_sigmoid(p["lam"]), np.float64) ** 2
+    rad_sq = np.asarray(sigmoid(p["lam"]), np.float64) ** 2
     assert 0.9**2 - 1e-5 <= rad_sq.min() and rad_sq.max() <= 0.999**2 + 1e-5
     # uniform on [0.81, 0.998]: each quarter of the range holds about a quarter of the units
     counts = np.histogram(rad_sq, bins=4, range=(0.81, 0.998001))[0]
     assert counts.min() > 0.18 * 1024, counts
     assert abs(np.var(p["w_a"]) * 256 - 1) < 0.05 and abs(np.var(p["w_x"]) * 256 - 1) < 0.05
     assert float(np.max(np.abs(p["b_a"]))) == 0.0
-    np.testing.assert_allclose(_sigmoid(np.asarray(narrow.lam)), 0.5, rtol=1e-6)
+    np.testing.assert_allclose(sigmoid(np.asarray(narrow.lam)), 0.5, rtol=1e-6)
 
 
 def test_bad_options_sizes_and_params_raise_clear_errors():
