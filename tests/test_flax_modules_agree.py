@@ -12,15 +12,17 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from conftest import normal
 from flax import nnx
 
 import gatedrnn as gr
 import gatedrnn.linen as grl
 import gatedrnn.nnx as grx
 
-X = jax.random.normal(jax.random.key(0), (3, 6, 4))
-LENGTHS = jnp.array([6, 2, 4])
-MASK = (jnp.arange(6) < LENGTHS[:, None])[..., None]
+# NumPy inputs: an eager jnp operation compiles a program per shape
+X = normal(0, (3, 6, 4))
+LENGTHS = np.array([6, 2, 4])
+MASK = (np.arange(6) < LENGTHS[:, None])[..., None]
 
 LINEN_ONLY = {"self", "parent", "name"}  # every Linen module has them
 NNX_ONLY = {"self", "in_features", "rngs"}  # NNX makes params eagerly
@@ -48,10 +50,12 @@ def test_cell_modules_take_the_same_options_with_the_same_defaults(name):
     assert "hidden_size" in linen  # the name gr.lstm(hidden_size=...) uses, in both
 
 
-def _randomize(tree, key):
-    leaves, treedef = jax.tree_util.tree_flatten(tree)
-    keys = jax.random.split(key, len(leaves))
-    new = [x + 0.3 * jax.random.normal(k, x.shape, x.dtype) for k, x in zip(keys, leaves)]
+def _random_params(init, seed):
+    """Params of the structure, shapes and dtypes ``init(key, 4)`` gives, drawn by NumPy
+    (scale 0.5; nothing compiled): the weights the tests load into both modules."""
+    shapes = jax.eval_shape(lambda k: init(k, 4), jax.random.key(0))
+    leaves, treedef = jax.tree_util.tree_flatten(shapes)
+    new = [normal(seed + i, x.shape, x.dtype, 0.5) for i, x in enumerate(leaves)]
     return jax.tree_util.tree_unflatten(treedef, new)
 
 
@@ -86,10 +90,10 @@ def test_same_weights_same_outputs_through_linen_nnx_and_gr_stack(case):
     layer = grl.RNN(cell, hidden, **options)
     st = model.stack
     assert layer.make_stack().cell.options == st.cell.options
-    params = _randomize(st.init(jax.random.key(1), 4), jax.random.key(2))  # eager: cached ops
+    params = _random_params(st.init, 1)
     model.load_pure(params)
     time_major = options.get("time_major", False)
-    x = jnp.swapaxes(X, 0, 1) if time_major else X
+    x = np.swapaxes(X, 0, 1) if time_major else X
     call = {} if time_major else dict(seq_lengths=LENGTHS)
     if case.endswith("reverse"):
         call["reverse"] = True
@@ -130,7 +134,7 @@ def test_same_weights_same_outputs_through_linen_nnx_and_gr_stack(case):
 def test_same_weights_same_steps_through_flax_loops_and_gr_scan(linen_cell, nnx_cell):
     """Cells under Flax's own nn.RNN and nnx.RNN loops give gr.scan's numbers."""
     lin, m = linen_cell(), _shell(lambda: nnx_cell(nnx.Rngs(0)))
-    params = _randomize(m.cell.init(jax.random.key(0), 4), jax.random.key(3))  # eager ops
+    params = _random_params(m.cell.init, 3)
     m.load_pure(params)
 
     @nnx.jit  # the three loops in one compiled program
@@ -221,11 +225,12 @@ def test_both_refuse_the_same_bad_options_with_the_same_message(args, kwargs, ma
 
 def test_forward_mode_through_both_modules_equals_the_pure_stack():
     """jax.jvp through Linen and NNX RNNs, against the pure stack's unfused jvp."""
-    model = grx.RNN("lstm", 4, 5, num_layers=2, rngs=nnx.Rngs(0))
+    model = _shell(lambda: grx.RNN("lstm", 4, 5, num_layers=2, rngs=nnx.Rngs(0)))
     layer = grl.RNN("lstm", 5, num_layers=2)
-    params = model.pure_params()
+    params = _random_params(model.stack.init, 5)
+    model.load_pure(params)
     variables = layer.from_pure(params)
-    tangent = jnp.ones_like(X)
+    tangent = np.ones_like(X)
 
     @nnx.jit  # the three jvps in one compiled program
     def run(model, params, variables):
