@@ -13,7 +13,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 from _readme import readme_block
-from conftest import NestedParams, nested_cell
+from conftest import NestedParams, nested_cell, normal
 
 import gatedrnn as gr
 import gatedrnn.linen as grl
@@ -21,13 +21,24 @@ from gatedrnn._modules import flatten_params
 from gatedrnn.cells import CELLS as REGISTRY
 from gatedrnn.cells import make_cell
 
-X = jax.random.normal(jax.random.key(0), (3, 6, 4))
-LENGTHS = jnp.array([6, 2, 4])  # Flax's nn.RNN picks carry[len - 1]: lengths >= 1 here
-MASK = (jnp.arange(6) < LENGTHS[:, None])[..., None]
+# NumPy inputs: an eager jnp operation compiles a program per shape
+X = normal(0, (3, 6, 4))
+LENGTHS = np.array([6, 2, 4])  # Flax's nn.RNN picks carry[len - 1]: lengths >= 1 here
+MASK = (np.arange(6) < LENGTHS[:, None])[..., None]
 
 
 def _close(a, b, tol=1e-5):
     chex.assert_trees_all_close(a, b, rtol=tol, atol=tol)
+
+
+def _draw(init, seed=0):
+    """What ``init(key)`` returns, its leaves drawn by NumPy instead (normal, scale 0.5):
+    weights for tests that compare two runs of the same weights (an eager init compiles
+    each of its operations; the initializers are tested where they are the point)."""
+    shapes = jax.eval_shape(init, jax.random.key(0))
+    leaves, treedef = jax.tree_util.tree_flatten(shapes)
+    new = [normal(seed + i, x.shape, x.dtype, 0.5) for i, x in enumerate(leaves)]
+    return jax.tree_util.tree_unflatten(treedef, new)
 
 
 CELLS = {
@@ -41,7 +52,7 @@ CELLS = {
 def test_cells_in_flax_rnn_with_seq_lengths_equal_gr_scan(name):
     module = CELLS[name]()
     fwd = nn.RNN(module, return_carry=True)
-    variables = jax.jit(lambda k: fwd.init(k, X, seq_lengths=LENGTHS))(jax.random.key(1))
+    variables = _draw(lambda k: fwd.init(k, X, seq_lengths=LENGTHS))
     cell = module.make_cell()
     shapes = jax.eval_shape(lambda k: cell.init(k, 4), jax.random.key(0))  # nothing compiled
     assert set(variables["params"]["cell"]) == set(shapes._fields)
@@ -89,7 +100,7 @@ def test_every_registered_cell_runs_as_linen_cell_and_rnn_with_the_pure_numbers(
     shapes = jax.eval_shape(lambda k: cell.init(k, 4), jax.random.key(0))
     assert jax.tree.structure(params) == jax.tree.structure(shapes)
     assert set(variables["params"]["cell"]) == set(flatten_params(shapes))
-    _close(jnp.where(MASK, ys, 0.0), ys_gr)
+    _close(np.where(MASK, ys, 0.0), ys_gr)
     _close(carry, state)
     _close((final[0], ys_layer), (state, ys_gr))
 
@@ -100,9 +111,17 @@ def test_nested_params_are_named_by_path_and_drawn_by_one_init_call():
     cell = nested_cell(3)
     module = grl.Cell(cell)
     layer = grl.RNN(cell, num_layers=2)
-    variables, v = jax.jit(  # both inits in one compiled program
-        lambda: (nn.RNN(module).init(jax.random.key(1), X), layer.init(jax.random.key(2), X))
-    )()
+
+    @jax.jit  # both inits and the four runs in one compiled program
+    def inits_and_runs():
+        variables, v = nn.RNN(module).init(jax.random.key(1), X), layer.init(jax.random.key(2), X)
+        p, params = module.to_pure(variables["params"]["cell"]), layer.to_pure(v)
+        return (variables, v), (
+            (nn.RNN(module).apply(variables, X), gr.scan(cell, p, X)[1]),
+            (layer.apply(v, X), layer.make_stack().apply(params, X)),
+        )
+
+    (variables, v), ((ys, ys_gr), (out, out_stack)) = inits_and_runs()
     flat = variables["params"]["cell"]
     assert set(flat) == {"inp.w", "inp.b", "decay.0"}
     p = module.to_pure(flat)
@@ -112,15 +131,6 @@ def test_nested_params_are_named_by_path_and_drawn_by_one_init_call():
     params = layer.to_pure(v)
     for q in params:
         _close(q.inp.b, -np.asarray(q.inp.w).sum(0), 1e-6)
-
-    @jax.jit  # the four runs in one compiled program
-    def runs(variables, p, v, params):
-        return (
-            (nn.RNN(module).apply(variables, X), gr.scan(cell, p, X)[1]),
-            (layer.apply(v, X), layer.make_stack().apply(params, X)),
-        )
-
-    (ys, ys_gr), (out, out_stack) = runs(variables, p, v, params)
     _close(ys, ys_gr)
     _close(out, out_stack, 0.0)
     with pytest.raises(ValueError, match="must have params"):
@@ -142,7 +152,7 @@ def test_cell_options_are_frozen_so_modules_stay_hashable():
 def test_cell_gradients_equal_pure_gradients():
     module = grl.LSTMCell(5)
     rnn = nn.RNN(module)
-    variables = rnn.init(jax.random.key(1), X)  # eager: its ops are cached across tests
+    variables = _draw(lambda k: rnn.init(k, X))
     cell = module.make_cell()
 
     def flax_loss(v):
@@ -160,9 +170,16 @@ def test_cell_gradients_equal_pure_gradients():
 
 def test_cells_draw_params_with_the_pure_initializers():
     module = grl.LSTMCell(4, forget_bias=2.0)
-    x = jnp.ones((2, 3))
-    v = module.init(jax.random.key(0), module.initialize_carry(jax.random.key(1), x.shape), x)
-    state = module.initialize_carry(jax.random.key(1), (7, 3))
+    x = np.ones((2, 3), np.float32)
+
+    @jax.jit  # the init and the carry in one compiled program
+    def init_and_carry():
+        carry = module.initialize_carry(jax.random.key(1), x.shape)
+        return module.init(jax.random.key(0), carry, x), module.initialize_carry(
+            jax.random.key(1), (7, 3)
+        )
+
+    v, state = init_and_carry()
     p = module.to_pure(v)
     assert isinstance(p, gr.LSTMParams)
     chex.assert_shape((p.w_x, p.w_h, p.b), ((3, 16), (4, 16), (16,)))
@@ -178,7 +195,7 @@ def test_cells_draw_params_with_the_pure_initializers():
 
 def test_flax_bidirectional_with_gatedrnn_cells_equals_bidirectional_scan():
     bi = nn.Bidirectional(nn.RNN(grl.GRUCell(5)), nn.RNN(grl.GRUCell(5)), return_carry=True)
-    variables = bi.init(jax.random.key(2), X, seq_lengths=LENGTHS)
+    variables = _draw(lambda k: bi.init(k, X, seq_lengths=LENGTHS))
     cell = grl.GRUCell(5)
     p = variables["params"]
     params = gr.Bidir(
@@ -193,7 +210,7 @@ def test_flax_bidirectional_with_gatedrnn_cells_equals_bidirectional_scan():
         )
 
     ((c_fw, c_bw), ys), (state, ys_gr) = run(variables, params)
-    _close(jnp.where(MASK, ys, 0.0), ys_gr)
+    _close(np.where(MASK, ys, 0.0), ys_gr)
     _close((c_fw, c_bw), tuple(state))
 
 
@@ -211,9 +228,9 @@ def test_flax_bidirectional_with_gatedrnn_cells_equals_bidirectional_scan():
 )
 def test_rnn_module_equals_gr_stack(kwargs, call):
     module = grl.RNN(**kwargs)
-    x = jnp.swapaxes(X, 0, 1) if module.time_major else X
+    x = np.swapaxes(X, 0, 1) if module.time_major else X
     st = module.make_stack()
-    variables = module.from_pure(st.init(jax.random.key(3), 4))  # (init is tested above)
+    variables = module.from_pure(_draw(lambda k: st.init(k, 4), 3))  # (init is tested above)
     params = module.to_pure(variables)
     extra = {"reverse": True} if call.get("reverse") else {}
 
@@ -234,7 +251,7 @@ def test_rnn_module_equals_gr_stack(kwargs, call):
 
 def test_rnn_module_dropout_between_layers():
     module = grl.RNN("vanilla", 5, num_layers=2, dropout=0.5)
-    v = module.init(jax.random.key(0), X)
+    v = _draw(lambda k: module.init(k, X))
 
     @jax.jit  # the three runs in one compiled program
     def runs(v):
@@ -289,10 +306,10 @@ def test_bad_configurations_raise_clear_errors():
 def test_scan_checks_closed_over_seq_lengths_under_jit():
     """Regression (core): gr.scan's range check of concrete seq_lengths failed under jit."""
     cell = gr.gru(3)
-    params = cell.init(jax.random.key(0), 4)
+    params = _draw(lambda k: cell.init(k, 4))
     _, ys = jax.jit(lambda x: gr.scan(cell, params, x, seq_lengths=LENGTHS))(X)
     assert not np.asarray(ys)[1, 2:].any()
-    too_long = jnp.array([7, 1, 1])
+    too_long = np.array([7, 1, 1])
     with pytest.raises(ValueError, match="seq_lengths must lie"):
         jax.jit(lambda x: gr.scan(cell, params, x, seq_lengths=too_long))(X)
 
