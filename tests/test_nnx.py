@@ -7,7 +7,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from conftest import NestedParams, nested_cell
+from conftest import NestedParams, nested_cell, normal
 from flax import nnx
 
 import gatedrnn as gr
@@ -16,13 +16,26 @@ from gatedrnn._modules import flatten_params
 from gatedrnn.cells import CELLS as REGISTRY
 from gatedrnn.cells import make_cell
 
-X = jax.random.normal(jax.random.key(0), (3, 6, 4))
-LENGTHS = jnp.array([6, 2, 4])  # nnx.RNN picks carry[len - 1]: lengths >= 1 here
-MASK = (jnp.arange(6) < LENGTHS[:, None])[..., None]
+# NumPy inputs: an eager jnp operation compiles a program per shape
+X = normal(0, (3, 6, 4))
+LENGTHS = np.array([6, 2, 4])  # nnx.RNN picks carry[len - 1]: lengths >= 1 here
+MASK = (np.arange(6) < LENGTHS[:, None])[..., None]
 
 
 def _close(a, b, tol=1e-5):
     chex.assert_trees_all_close(a, b, rtol=tol, atol=tol)
+
+
+def _drawn_by_numpy(make, seed=0):
+    """The NNX module ``make()`` builds, traced only (``nnx.eval_shape``: the init runs
+    abstractly, nothing compiles), its params then drawn by NumPy (normal, scale 0.5): for
+    tests that compare two runs of the same weights (NNX makes params eagerly, and an eager
+    init compiles each of its operations; the initializers are tested where they are the
+    point)."""
+    graphdef, params, rest = nnx.split(nnx.eval_shape(make), nnx.Param, ...)
+    leaves, treedef = jax.tree_util.tree_flatten(params)
+    new = [normal(seed + i, x.shape, x.dtype, 0.5) for i, x in enumerate(leaves)]
+    return nnx.merge(graphdef, jax.tree_util.tree_unflatten(treedef, new), rest)
 
 
 def _pure_init_shapes(cell):
@@ -46,7 +59,7 @@ def _rnn_and_scan(module, params):
     ids=["vanilla-relu", "lstm", "gru"],
 )
 def test_cells_in_nnx_rnn_with_seq_lengths_equal_gr_scan(make):
-    module = make(nnx.Rngs(0))
+    module = _drawn_by_numpy(lambda: make(nnx.Rngs(0)))
     params = module.pure_params()
     assert set(nnx.state(module, nnx.Param)) == set(params._fields)
     # drawn by the pure init with the key NNX handed out
@@ -59,7 +72,7 @@ def test_cells_in_nnx_rnn_with_seq_lengths_equal_gr_scan(make):
 @pytest.mark.parametrize("name", sorted(REGISTRY))
 def test_every_registered_cell_runs_as_nnx_cell_with_the_pure_numbers(name):
     """grx.Cell(name, I, H) under nnx.RNN equals gr.scan, for every cell of the registry."""
-    module = grx.Cell(name, 4, 3, rngs=nnx.Rngs(0))
+    module = _drawn_by_numpy(lambda: grx.Cell(name, 4, 3, rngs=nnx.Rngs(0)))
     assert module.cell == make_cell(name, 3)
     params = module.pure_params()
     assert _tree_shapes(params) == _tree_shapes(_pure_init_shapes(module.cell))
@@ -77,7 +90,7 @@ def test_nested_params_as_nnx_params_with_grads_and_load_pure():
     assert set(nnx.state(module, nnx.Param)) == {"inp.w", "inp.b", "decay.0"}
     p = module.pure_params()
     assert isinstance(p, NestedParams)
-    _close(p.inp.b, -p.inp.w.sum(0), 1e-6)
+    _close(p.inp.b, -np.asarray(p.inp.w).sum(0), 1e-6)
 
     @nnx.jit  # outputs and gradients, NNX and pure, in one compiled program
     def outputs_and_grads(module, p):
@@ -181,9 +194,12 @@ def test_rnn_module_load_pure_round_trip_reverse_and_dropout():
     assert not np.allclose(out["a"], out["b"])  # a fresh dropout mask per call
     _close(out["off"], out["pure"], 0.0)
     with pytest.raises(ValueError, match="w_x"):
-        model.load_pure((fresh[0]._replace(w_x=fresh[0].w_x[:2]), *fresh[1:]))
+        model.load_pure((fresh[0]._replace(w_x=np.asarray(fresh[0].w_x)[:2]), *fresh[1:]))
     with pytest.raises(TypeError, match="VanillaParams"):
-        model.load_pure(gr.stack(gr.lstm(5), 3).init(jax.random.key(0), 4))
+        lstm_params = jax.eval_shape(
+            lambda k: gr.stack(gr.lstm(5), 3).init(k, 4), jax.random.key(0)
+        )
+        model.load_pure(lstm_params)
     with pytest.raises(ValueError, match="one of"):
         grx.RNN("transformer", 4, 5, rngs=nnx.Rngs(0))
 
@@ -203,4 +219,5 @@ def test_jitted_module_with_a_gr_cell_traces_once():
     outputs(model, X + 1.0)
     model.load_pure(model.stack.init(jax.random.key(1), 4))
     outputs(nnx.clone(model), X)
-    _close(outputs(model, X), model.stack.apply(model.pure_params(), X, seq_lengths=LENGTHS)[1])
+    want = jax.jit(lambda p: model.stack.apply(p, X, seq_lengths=LENGTHS)[1])(model.pure_params())
+    _close(outputs(model, X), want)
