@@ -7,6 +7,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from conftest import normal
 
 import gatedrnn as gr
 from gatedrnn.scan import remat_chunk
@@ -41,9 +42,13 @@ def test_remat_equals_no_remat_float64(make_cell, options):
     """Per-step, sqrt, dividing (11 = 2*4 + 3 leaves a tail) and oversized chunks."""
     with jax.enable_x64(True):
         cell = make_cell(H)
-        params = cell.init(jax.random.PRNGKey(0), I, dtype=jnp.float64)
-        shape = (T, B, I) if options.get("time_major") else (B, T, I)
-        xs = jax.random.normal(jax.random.PRNGKey(1), shape, jnp.float64)
+        # NumPy draws (scale 0.5) of the params' shapes: an eager init compiles each of
+        # its operations, and any weights serve to compare the remat variants
+        shapes = jax.eval_shape(lambda k: cell.init(k, I, dtype=jnp.float64), jax.random.key(0))
+        leaves, treedef = jax.tree_util.tree_flatten(shapes)
+        draws = [normal(2 + i, x.shape, np.float64, 0.5) for i, x in enumerate(leaves)]
+        params = jax.tree_util.tree_unflatten(treedef, draws)
+        xs = normal(1, (T, B, I) if options.get("time_major") else (B, T, I), np.float64)
         opts = dict(options)
         if opts.get("time_major"):
             opts["resets"] = opts["resets"].T
