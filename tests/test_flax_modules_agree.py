@@ -155,10 +155,12 @@ def test_same_weights_same_steps_through_flax_loops_and_gr_scan(linen_cell, nnx_
 
 
 def test_dropout_is_off_by_default_in_both_and_on_when_asked():
-    model = grx.RNN("lstm", 4, 5, num_layers=2, dropout=0.5, rngs=nnx.Rngs(0))
+    model = _shell(lambda: grx.RNN("lstm", 4, 5, num_layers=2, dropout=0.5, rngs=nnx.Rngs(0)))
+    model.rngs = nnx.Rngs(0)["dropout"].fork()  # the shell's dropout stream is shapes only
     layer = grl.RNN("lstm", 5, num_layers=2, dropout=0.5)
     training = grl.RNN("lstm", 5, num_layers=2, dropout=0.5, deterministic=False)
-    params = model.pure_params()
+    params = _random_params(model.stack.init, 7)
+    model.load_pure(params)
     variables = layer.from_pure(params)
 
     @nnx.jit  # every call below in one compiled program (NNX's modes are Python flags)
