@@ -33,9 +33,14 @@ def _drawn_by_numpy(make, seed=0):
     init compiles each of its operations; the initializers are tested where they are the
     point)."""
     graphdef, params, rest = nnx.split(nnx.eval_shape(make), nnx.Param, ...)
-    leaves, treedef = jax.tree_util.tree_flatten(params)
+    return nnx.merge(graphdef, _numpy_like(params, seed), rest)
+
+
+def _numpy_like(shapes, seed):
+    """A pytree of NumPy normal draws (scale 0.5) with the shapes and dtypes of ``shapes``."""
+    leaves, treedef = jax.tree_util.tree_flatten(shapes)
     new = [normal(seed + i, x.shape, x.dtype, 0.5) for i, x in enumerate(leaves)]
-    return nnx.merge(graphdef, jax.tree_util.tree_unflatten(treedef, new), rest)
+    return jax.tree_util.tree_unflatten(treedef, new)
 
 
 def _pure_init_shapes(cell):
@@ -118,7 +123,8 @@ def _tree_shapes(tree):
 
 
 def test_nnx_bidirectional_with_gatedrnn_cells():
-    fw, bw = grx.LSTMCell(4, 5, rngs=nnx.Rngs(1)), grx.LSTMCell(4, 5, rngs=nnx.Rngs(2))
+    fw = _drawn_by_numpy(lambda: grx.LSTMCell(4, 5, rngs=nnx.Rngs(1)), 1)
+    bw = _drawn_by_numpy(lambda: grx.LSTMCell(4, 5, rngs=nnx.Rngs(2)), 11)
     bi = nnx.Bidirectional(nnx.RNN(fw), nnx.RNN(bw))
     params = gr.Bidir(fw.pure_params(), bw.pure_params())
 
@@ -133,7 +139,9 @@ def test_nnx_bidirectional_with_gatedrnn_cells():
 
 
 def test_rnn_module_equals_stack_with_grads_under_nnx_transforms():
-    model = grx.RNN("lstm", 4, 5, num_layers=2, bidirectional=True, rngs=nnx.Rngs(0))
+    model = _drawn_by_numpy(
+        lambda: grx.RNN("lstm", 4, 5, num_layers=2, bidirectional=True, rngs=nnx.Rngs(0))
+    )
     params = model.pure_params()
     st = model.stack
     assert st.num_layers == 2 and st.bidirectional
@@ -163,16 +171,19 @@ def test_rnn_module_equals_stack_with_grads_under_nnx_transforms():
 
 
 def test_rnn_module_load_pure_round_trip_reverse_and_dropout():
-    model = grx.RNN(
-        "vanilla",
-        4,
-        5,
-        num_layers=3,
-        dropout=0.5,
-        cell_options={"activation": "relu"},
-        rngs=nnx.Rngs(0),
+    model = _drawn_by_numpy(
+        lambda: grx.RNN(
+            "vanilla",
+            4,
+            5,
+            num_layers=3,
+            dropout=0.5,
+            cell_options={"activation": "relu"},
+            rngs=nnx.Rngs(0),
+        )
     )
-    fresh = model.stack.init(jax.random.key(9), 4)
+    model.rngs = nnx.Rngs(0)["dropout"].fork()  # a real dropout stream (the traced one is not)
+    fresh = _numpy_like(jax.eval_shape(lambda k: model.stack.init(k, 4), jax.random.key(9)), 9)
     model.load_pure(fresh)
     chex.assert_trees_all_equal(model.pure_params(), fresh, strict=True)
 
