@@ -85,17 +85,18 @@ def test_every_registered_cell_runs_as_linen_cell_and_rnn_with_the_pure_numbers(
     assert cell == make_cell(name, 3)
     layer = grl.RNN(name, 3)
 
-    @jax.jit  # the init and the three runs in one compiled program
-    def init_and_three(key):
-        variables = rnn.init(key, X, seq_lengths=LENGTHS)
+    variables = _draw(lambda k: rnn.init(k, X, seq_lengths=LENGTHS), 1)
+
+    @jax.jit  # the three runs in one compiled program
+    def three(variables):
         params = module.to_pure(variables["params"]["cell"])
-        return variables, (
+        return (
             rnn.apply(variables, X, seq_lengths=LENGTHS),
             gr.scan(cell, params, X, seq_lengths=LENGTHS),
             layer.apply(layer.from_pure((params,)), X, seq_lengths=LENGTHS),
         )
 
-    variables, ((carry, ys), (state, ys_gr), (final, ys_layer)) = init_and_three(jax.random.key(1))
+    (carry, ys), (state, ys_gr), (final, ys_layer) = three(variables)
     params = module.to_pure(variables["params"]["cell"])
     shapes = jax.eval_shape(lambda k: cell.init(k, 4), jax.random.key(0))
     assert jax.tree.structure(params) == jax.tree.structure(shapes)
