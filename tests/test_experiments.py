@@ -75,8 +75,11 @@ def test_forget_bias_quick_decay_grows_with_the_bias(tmp_path):
 
 
 def test_after_training_quick_measures_before_and_after(tmp_path):
-    # smaller than --quick: the assertions need a trained model and one measurement each
-    after_training.main(["--quick", "--steps", "10", "--T-measure", "12", "--out", str(tmp_path)])
+    # smaller than --quick: the assertions need a trained model and one measurement each;
+    # measured over gradient_decay's length and width (T=60, H=16, 4 sequences): the
+    # norms of the states' gradients are summed with the programs its test compiled
+    argv = ["--quick", "--steps", "10", "--hidden", "16", "--T-measure", "60"]
+    after_training.main([*argv, "--out", str(tmp_path)])
     res = _outputs(tmp_path, "after_training")
     for c in res["cells"].values():
         for when in ("before", "after"):
