@@ -32,6 +32,9 @@ def test_gradient_decay_quick_orders_the_cells_and_takes_any_registered_cell(tmp
     cells; kept fast here) and, through --cells, a cell of the registry without a label
     (shown by its name)."""
     argv = ["--quick", "--cells", "vanilla", "lstm", "gru", "min_lstm"]
+    # the Jacobian and gate windows = the whole batch (T=60, 4 sequences): the inputs are
+    # moved to time-major once for all three measurements (and forget_bias's below)
+    argv += ["--T-jac", "60", "--jac-batch", "4"]
     gradient_decay.main([*argv, "--out", str(tmp_path)])
     res = _outputs(tmp_path, "gradient_decay")
     cells = res["cells"]
