@@ -78,9 +78,9 @@ def test_forget_bias_quick_decay_grows_with_the_bias(tmp_path):
 
 
 def test_after_training_quick_measures_before_and_after(tmp_path):
-    # smaller than --quick: the assertions need a trained model and one measurement each;
-    # measured over gradient_decay's length and width (T=60, H=16, 4 sequences): the
-    # norms of the states' gradients are summed with the programs its test compiled
+    # fewer updates than --quick (the assertions need a trained model and one measurement
+    # each); width and measuring length those of the gradient-decay run above (H=16, T=60,
+    # 4 sequences), so that the per-step gradient norms reuse the programs it compiled
     argv = ["--quick", "--steps", "10", "--hidden", "16", "--T-measure", "60"]
     after_training.main([*argv, "--out", str(tmp_path)])
     res = _outputs(tmp_path, "after_training")
