@@ -32,11 +32,13 @@ def measure(model, params, batch, loss_fn, ratio: float) -> dict:
     """Decay of the task loss's state gradients, and gate statistics, in float64."""
     import jax
     import jax.numpy as jnp
+    import numpy as np
 
     from gatedrnn import diagnostics as dg
 
-    p64 = jax.tree_util.tree_map(lambda a: jnp.asarray(a, jnp.float64), params)
-    xs = jnp.asarray(batch.inputs, jnp.float64)
+    # on the host (exact, and no conversion program to compile per shape)
+    p64 = jax.tree_util.tree_map(lambda a: np.asarray(a, np.float64), params)
+    xs = np.asarray(batch.inputs, np.float64)
 
     decay = dg.decay_profile(
         model.cell, p64.cell, xs, loss_fn, loss_args=(p64.w_out, p64.b_out, batch),

@@ -59,6 +59,7 @@ def measure(cell, args, seed: int) -> dict:
     """One seed of one cell: gradient norms, fits, Jacobian norms, gate statistics."""
     import jax
     import jax.numpy as jnp
+    import numpy as np
 
     from gatedrnn import diagnostics as dg
 
@@ -73,13 +74,14 @@ def measure(cell, args, seed: int) -> dict:
         "min_relative_norm": float(decay["relative"].min()),
     }
     out["state_parts"] = state_parts(decay["norms"])
-    stats = dg.gate_statistics(cell, params, xs[:, : args.T_jac])
+    xs_host = np.asarray(xs)  # sliced on the host (exact; no slicing program per shape)
+    stats = dg.gate_statistics(cell, params, xs_host[:, : args.T_jac])
     out["saturated"] = float(jnp.mean(stats["saturated"]))
     for gate in ("forget", "update"):
         if gate in stats:
             out[f"mean_{gate}_gate"] = float(jnp.mean(stats[gate]))
     jn = dg.jacobian_norms(
-        cell, params, xs[: args.jac_batch, : args.T_jac], num_iters=args.iters, key=kj
+        cell, params, xs_host[: args.jac_batch, : args.T_jac], num_iters=args.iters, key=kj
     )
     out["jacobian_norm"] = geomean(jn, axis=1)
     out["jacobian_decay_factor"] = dg.decay_factor(out["jacobian_norm"], floor=1e-300)

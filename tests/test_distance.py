@@ -42,6 +42,7 @@ def test_quick_run_writes_json_and_png_with_name_and_per_distance_budget(tmp_pat
     cells = ["chrono_gru"]
     argv = ["--quick", "--no-progress", "--out", str(tmp_path), "--cells", *cells]
     argv += ["--distances", "3", "5", "--steps-for", "5=4", "--all-distances", "--name", "dx"]
+    argv += ["--decay-batch", "32"]  # = the eval batch: the two draw with one set of programs
     res = MOD.main(argv)
     assert sorted(p.name for p in tmp_path.iterdir() if not p.name.startswith(".")) == [
         "dx.json",
@@ -126,8 +127,10 @@ def test_merge_of_runs_split_by_seed_equals_one_run(tmp_path: Path):
     and merged with ``--merge`` gives what one command over all seeds gives: the same
     decay measurements, the same per-seed training results (up to float rounding: the
     joint run trains the seeds batched) and the correlation recomputed."""
-    base = ["--quick", "--no-progress", "--cells", "chrono_gru", "--distances", "3"]
-    base += ["--steps", "6"]
+    # the settings of the d=5 run of the quick-run test above (its cell, length, budget
+    # and decay batch): the split runs reuse its compiled programs
+    base = ["--quick", "--no-progress", "--cells", "chrono_gru", "--distances", "5"]
+    base += ["--steps", "4", "--decay-batch", "32"]
     joint = MOD.main([*base, "--seeds", "2", "--out", str(tmp_path), "--name", "joint"])
     for s in (0, 1):
         MOD.main([*base, "--seed", str(s), "--seeds", "1", "--out", str(tmp_path / f"s{s}")])

@@ -32,6 +32,9 @@ def test_gradient_decay_quick_orders_the_cells_and_takes_any_registered_cell(tmp
     cells; kept fast here) and, through --cells, a cell of the registry without a label
     (shown by its name)."""
     argv = ["--quick", "--cells", "vanilla", "lstm", "gru", "min_lstm"]
+    # the Jacobian and gate windows = the whole batch (T=60, 4 sequences): the inputs are
+    # moved to time-major once for all three measurements (and forget_bias's below)
+    argv += ["--T-jac", "60", "--jac-batch", "4"]
     gradient_decay.main([*argv, "--out", str(tmp_path)])
     res = _outputs(tmp_path, "gradient_decay")
     cells = res["cells"]
@@ -75,8 +78,11 @@ def test_forget_bias_quick_decay_grows_with_the_bias(tmp_path):
 
 
 def test_after_training_quick_measures_before_and_after(tmp_path):
-    # smaller than --quick: the assertions need a trained model and one measurement each
-    after_training.main(["--quick", "--steps", "10", "--T-measure", "12", "--out", str(tmp_path)])
+    # fewer updates than --quick (the assertions need a trained model and one measurement
+    # each); width and measuring length those of the gradient-decay run above (H=16, T=60,
+    # 4 sequences), so that the per-step gradient norms reuse the programs it compiled
+    argv = ["--quick", "--steps", "10", "--hidden", "16", "--T-measure", "60"]
+    after_training.main([*argv, "--out", str(tmp_path)])
     res = _outputs(tmp_path, "after_training")
     for c in res["cells"].values():
         for when in ("before", "after"):
