@@ -482,7 +482,9 @@ def test_an_input_projection_too_large_for_memory_fails_before_xla_allocates():
 
 def test_batches_too_large_for_memory_fail_before_anything_is_drawn():
     """A training batch or an evaluation set that cannot fit: one ValueError with the size
-    it would take (from jax.eval_shape), not XLA's RESOURCE_EXHAUSTED."""
+    it would take (from jax.eval_shape), not XLA's RESOURCE_EXHAUSTED. fit and the small
+    sizes run on shapes alone (jax.eval_shape: the same checks, nothing compiled): without
+    the check fit would not raise there either."""
     from gatedrnn import training
     from gatedrnn.training import tasks
 
@@ -493,8 +495,13 @@ def test_batches_too_large_for_memory_fail_before_anything_is_drawn():
     with pytest.raises(ValueError, match=match):
         training.eval_batches_for(task, 10**8, 4)
     with pytest.raises(ValueError, match="the evaluation set"):
-        training.fit(task, gr.gru(4), num_steps=1, eval_batch_size=10**9, progress=False)
-    assert len(training.eval_batches_for(task, 4, 2)) == 2  # small sizes still work
+        jax.eval_shape(
+            lambda: training.fit(
+                task, gr.gru(4), num_steps=1, eval_batch_size=10**9, progress=False
+            )
+        )
+    small = jax.eval_shape(lambda: training.eval_batches_for(task, 4, 2))
+    assert len(small) == 2 and small[0].inputs.shape == (4, 1000, 2)  # small sizes still work
 
 
 def test_diagnostics_too_large_for_memory_fail_before_xla_allocates():
