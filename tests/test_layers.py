@@ -12,11 +12,6 @@ from conftest import normal
 import gatedrnn as gr
 from gatedrnn.cells import CELLS, make_cell
 
-# Layers against their compositions of gr.scan inside one program, not speed or memory:
-# compiled without most XLA optimizations (tests/conftest.py::fast_compile; all pass either
-# way).
-pytestmark = pytest.mark.usefixtures("fast_compile")
-
 
 def close(a, b):
     chex.assert_trees_all_close(a, b, rtol=1e-5, atol=1e-6)
