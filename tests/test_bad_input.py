@@ -96,9 +96,10 @@ def test_dtype_mismatch_between_params_and_inputs(setup):
     _, cell, params = setup
     with pytest.raises(TypeError, match="x has dtype bfloat16 but the params are float32"):
         gr.scan(cell, params, xs_of(B, T, I, dtype=jnp.bfloat16))
-    p16 = cell.init(KEY, I, dtype=jnp.float16)
+    p16 = jax.eval_shape(lambda k: cell.init(k, I, dtype=jnp.float16), KEY)  # shapes only
+    xs = xs_of(B, T, I)
     with pytest.raises(TypeError, match="float32 but the params are float16"):
-        gr.scan(cell, p16, xs_of(B, T, I))
+        jax.eval_shape(lambda p: gr.scan(cell, p, xs), p16)
     # numpy's float64 becomes float32 like everywhere in JAX without x64 (not an error);
     # closed over, gr.scan sees the numpy array as eagerly (and it runs: one compile)
     _, ys = jax.jit(lambda p: gr.scan(cell, p, np.ones((B, T, I))))(params)
@@ -138,13 +139,16 @@ def test_state_dtype_mismatch_in_step_and_scan(setup):
 @pytest.mark.parametrize("other", sorted(CELLS))
 def test_params_of_another_cell_or_size_are_refused(setup, other):
     _, cell, _ = setup
-    for wrong in (params_of(other, H + 1), params_of(other)):
+    xs, state = xs_of(B, T, I), cell.initial_state(params_of(cell.name), (B,))
+    # the other size's params on shapes alone (jax.eval_shape: the same checks, no init run)
+    bigger = jax.eval_shape(lambda k: CELLS[other](H + 1).init(k, I), KEY)
+    for wrong in (bigger, params_of(other)):
         if other == cell.name and wrong.w_h.shape[0] == H:
             continue  # that's the right params
         with pytest.raises((ValueError, TypeError), match=f"a {cell.name} cell"):
-            gr.scan(cell, wrong, xs_of(B, T, I))
+            jax.eval_shape(lambda w: gr.scan(cell, w, xs), wrong)
         with pytest.raises((ValueError, TypeError), match=f"a {cell.name} cell"):
-            cell.step(wrong, cell.initial_state(params_of(cell.name), (B,)), xs_of(B, I))
+            jax.eval_shape(lambda w: cell.step(w, state, xs[:, 0]), wrong)
 
 
 def test_params_not_arrays(setup):
@@ -474,15 +478,17 @@ def test_a_size_too_large_for_memory_fails_at_init_with_the_size_it_needs():
 
 def test_an_input_projection_too_large_for_memory_fails_before_xla_allocates():
     cell = gr.gru(1024)
-    params = cell.init(jax.random.PRNGKey(0), 8)
+    params = jax.eval_shape(lambda k: cell.init(k, 8), jax.random.PRNGKey(0))  # shapes only
     huge = jax.ShapeDtypeStruct((10**5, 10**4, 8), jnp.float32)  # never allocated
     with pytest.raises(ValueError, match=r"input projection of xs .* would take [\d,.]+ GiB"):
-        jax.eval_shape(lambda xs: gr.scan(cell, params, xs), huge)
+        jax.eval_shape(lambda p, xs: gr.scan(cell, p, xs), params, huge)
 
 
 def test_batches_too_large_for_memory_fail_before_anything_is_drawn():
     """A training batch or an evaluation set that cannot fit: one ValueError with the size
-    it would take (from jax.eval_shape), not XLA's RESOURCE_EXHAUSTED."""
+    it would take (from jax.eval_shape), not XLA's RESOURCE_EXHAUSTED. fit and the small
+    sizes run on shapes alone (jax.eval_shape: the same checks, nothing compiled): without
+    the check fit would not raise there either."""
     from gatedrnn import training
     from gatedrnn.training import tasks
 
@@ -493,8 +499,13 @@ def test_batches_too_large_for_memory_fail_before_anything_is_drawn():
     with pytest.raises(ValueError, match=match):
         training.eval_batches_for(task, 10**8, 4)
     with pytest.raises(ValueError, match="the evaluation set"):
-        training.fit(task, gr.gru(4), num_steps=1, eval_batch_size=10**9, progress=False)
-    assert len(training.eval_batches_for(task, 4, 2)) == 2  # small sizes still work
+        jax.eval_shape(
+            lambda: training.fit(
+                task, gr.gru(4), num_steps=1, eval_batch_size=10**9, progress=False
+            )
+        )
+    small = jax.eval_shape(lambda: training.eval_batches_for(task, 4, 2))
+    assert len(small) == 2 and small[0].inputs.shape == (4, 1000, 2)  # small sizes still work
 
 
 def test_diagnostics_too_large_for_memory_fail_before_xla_allocates():
@@ -503,15 +514,15 @@ def test_diagnostics_too_large_for_memory_fail_before_xla_allocates():
     from gatedrnn import diagnostics as dg
 
     cell = gr.lstm(64)
-    params = cell.init(jax.random.PRNGKey(0), 4)
+    params = jax.eval_shape(lambda k: cell.init(k, 4), jax.random.PRNGKey(0))  # shapes only
     huge = jax.ShapeDtypeStruct((10**6, 10**4, 4), jnp.float32)
     match = r"the states of 1,000,000 sequences x 10,001 steps would take [\d,.]+ GiB"
     for run in (
-        lambda xs: dg.state_gradient_norms(cell, params, xs, dg.last_output_loss),
-        lambda xs: dg.gate_statistics(cell, params, xs),
+        lambda p, xs: dg.state_gradient_norms(cell, p, xs, dg.last_output_loss),
+        lambda p, xs: dg.gate_statistics(cell, p, xs),
     ):
         with pytest.raises(ValueError, match=match):
-            jax.eval_shape(run, huge)
+            jax.eval_shape(run, params, huge)
 
 
 # --------------------------------------------------- params by type, foreign arrays, keys

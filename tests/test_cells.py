@@ -79,30 +79,30 @@ def test_gru_reset_forms_differ():
 @pytest.mark.parametrize(
     "factory, gates, fields",
     [
-        (lambda: gr.vanilla(6), 1, ("w_x", "w_h", "b")),
-        (lambda: gr.lstm(6), 4, ("w_x", "w_h", "b")),
-        (lambda: gr.gru(6), 3, ("w_x", "w_h", "b_x", "b_h")),
+        (lambda: gr.vanilla(5), 1, ("w_x", "w_h", "b")),
+        (lambda: gr.lstm(5), 4, ("w_x", "w_h", "b")),
+        (lambda: gr.gru(5), 3, ("w_x", "w_h", "b_x", "b_h")),
     ],
 )
 def test_param_layout_and_init(factory, gates, fields):
     cell = factory()
-    p = cell.init(jax.random.PRNGKey(0), 7)
+    p = cell.init(jax.random.PRNGKey(0), 3)  # the sizes of conftest.make: no new compile
     assert type(p)._fields == fields
-    assert p.w_x.shape == (7, gates * 6) and p.w_h.shape == (6, gates * 6)
+    assert p.w_x.shape == (3, gates * 5) and p.w_h.shape == (5, gates * 5)
     for name in fields[2:]:
-        assert getattr(p, name).shape == (gates * 6,)
+        assert getattr(p, name).shape == (gates * 5,)
     assert all(leaf.dtype == jnp.float32 for leaf in p)
     # Recurrent weights are orthogonal gate block by gate block.
     for blk in np.split(np.asarray(p.w_h), gates, axis=1):
-        chex.assert_trees_all_close(blk.T @ blk, np.eye(6), atol=1e-5)
+        chex.assert_trees_all_close(blk.T @ blk, np.eye(5), atol=1e-5)
     # Input weights are scaled by fan-in: variance about 1/I.
     big = cell.init(jax.random.PRNGKey(1), 400)
     assert 0.8 / 400 < float(np.var(np.asarray(big.w_x))) < 1.2 / 400
 
 
 def test_lstm_forget_bias_only_on_forget_block():
-    p = gr.lstm(3, forget_bias=2.5).init(jax.random.PRNGKey(0), 2)
-    np.testing.assert_array_equal(p.b, np.r_[np.zeros(3), 2.5 * np.ones(3), np.zeros(6)])
+    p = gr.lstm(5, forget_bias=2.5).init(jax.random.PRNGKey(0), 3)  # conftest.make's sizes
+    np.testing.assert_array_equal(p.b, np.r_[np.zeros(5), 2.5 * np.ones(5), np.zeros(10)])
 
 
 def test_init_dtype_and_custom_initializers():
@@ -161,32 +161,38 @@ def test_bad_input_size_raises():
 
 def test_step_feature_size_mismatch_raises():
     cell = gr.lstm(4)
-    p = cell.init(jax.random.PRNGKey(0), 3)
-    with pytest.raises(ValueError, match="has 5 features.*input_size=3"):
-        cell.step(p, cell.initial_state(p, (2,)), jnp.ones((2, 5)))
+    p = jax.eval_shape(lambda k: cell.init(k, 3), jax.random.PRNGKey(0))  # shapes only
+    with pytest.raises(ValueError, match="has 5 features.*input_size=3"):  # the same checks
+        jax.eval_shape(lambda p: cell.step(p, cell.initial_state(p, (2,)), jnp.ones((2, 5))), p)
 
 
 def test_step_integer_and_dtype_mismatch_raise_typeerror():
     cell = gr.gru(4)
-    p = cell.init(jax.random.PRNGKey(0), 3)
-    s = cell.initial_state(p, (2,))
-    with pytest.raises(TypeError, match="floating point"):
-        cell.step(p, s, jnp.ones((2, 3), jnp.int32))
-    with pytest.raises(TypeError, match="dtype float16 but the params are float32"):
-        cell.step(p, s, jnp.ones((2, 3), jnp.float16))
+    p = jax.eval_shape(lambda k: cell.init(k, 3), jax.random.PRNGKey(0))  # shapes only
+    for dtype, match in [
+        (jnp.int32, "floating point"),
+        (jnp.float16, "dtype float16 but the params are float32"),
+    ]:
+        with pytest.raises(TypeError, match=match):  # the same checks, on shapes alone
+            jax.eval_shape(
+                lambda p, dtype=dtype: cell.step(
+                    p, cell.initial_state(p, (2,)), jnp.ones((2, 3), dtype)
+                ),
+                p,
+            )
 
 
 @pytest.mark.parametrize("reset_after", [True, False])
 def test_gate_helpers_match_the_step_with_biases(reset_after):
     """``lstm_gates``/``gru_gates`` (what diagnostics read) see the same biases as the step,
     wherever the cell adds them (the LSTM's bias is added in ``hidden``, not ``project``)."""
-    x, h, c = normal(1, (2, 3)), normal(2, (2, 4)), normal(3, (2, 4))
+    x, h, c = normal(1, (2, 3)), normal(2, (2, 5)), normal(3, (2, 5))  # conftest.make's sizes
     k4 = jax.random.PRNGKey(4)
 
-    lstm = gr.lstm(4)
+    lstm = gr.lstm(5)
     p = lstm.init(k4, 3)
     p = p._replace(b=normal(4, p.b.shape))
-    gru = gr.gru(4, reset_after=reset_after)
+    gru = gr.gru(5, reset_after=reset_after)
     q = gru.init(k4, 3)
     q = q._replace(b_x=normal(5, q.b_x.shape), b_h=normal(6, q.b_h.shape))
 
@@ -203,7 +209,7 @@ def test_gate_helpers_match_the_step_with_biases(reset_after):
     z = x @ p.w_x + h @ p.w_h + p.b
     for got, want in zip(
         (i, f, g, o),
-        (sigmoid(z[:, :4]), sigmoid(z[:, 4:8]), np.tanh(z[:, 8:12]), sigmoid(z[:, 12:])),
+        (sigmoid(z[:, :5]), sigmoid(z[:, 5:10]), np.tanh(z[:, 10:15]), sigmoid(z[:, 15:])),
         strict=True,
     ):
         chex.assert_trees_all_close(got, want, rtol=1e-5, atol=1e-6)
@@ -212,19 +218,19 @@ def test_gate_helpers_match_the_step_with_biases(reset_after):
     chex.assert_trees_all_close(new_h, (1 - u) * n + u * h, rtol=1e-5, atol=1e-6)
     zx = x @ q.w_x + q.b_x
     zh = h @ q.w_h + q.b_h
-    chex.assert_trees_all_close(r, sigmoid(zx[:, :4] + zh[:, :4]), rtol=1e-5, atol=1e-6)
-    chex.assert_trees_all_close(u, sigmoid(zx[:, 4:8] + zh[:, 4:8]), rtol=1e-5, atol=1e-6)
+    chex.assert_trees_all_close(r, sigmoid(zx[:, :5] + zh[:, :5]), rtol=1e-5, atol=1e-6)
+    chex.assert_trees_all_close(u, sigmoid(zx[:, 5:10] + zh[:, 5:10]), rtol=1e-5, atol=1e-6)
 
 
 # ------------------------------------------------------------------- the Cell type
 
-ALL_FACTORIES = {
-    "vanilla": lambda: gr.vanilla(4, activation="relu"),
-    "lstm": lambda: gr.lstm(4, forget_bias=2.0),
-    "gru": lambda: gr.gru(4),
-    "gru_reset_before": lambda: gr.gru(4, reset_after=False),
-    "min_gru": lambda: gr.min_gru(4),
-    "min_lstm": lambda: gr.min_lstm(4),
+ALL_FACTORIES = {  # the sizes of conftest.make (H = 5, input size 3): no new init compiles
+    "vanilla": lambda: gr.vanilla(5, activation="relu"),
+    "lstm": lambda: gr.lstm(5, forget_bias=2.0),
+    "gru": lambda: gr.gru(5),
+    "gru_reset_before": lambda: gr.gru(5, reset_after=False),
+    "min_gru": lambda: gr.min_gru(5),
+    "min_lstm": lambda: gr.min_lstm(5),
 }
 
 
@@ -243,7 +249,7 @@ def test_cell_is_hashable_and_a_static_jit_argument(name):
 
     run_jit = jax.jit(run, static_argnums=0)
     final, ys = run_jit(cell, params, xs)
-    chex.assert_shape(ys, (2, 5, 4))
+    chex.assert_shape(ys, (2, 5, 5))
     chex.assert_trees_all_close((final, ys), gr.scan(cell, params, xs), rtol=1e-6, atol=1e-6)
     run_jit(ALL_FACTORIES[name](), params, 2.0 * xs)  # no retrace
     chex.clear_trace_counter()
@@ -253,7 +259,7 @@ def test_cell_is_hashable_and_a_static_jit_argument(name):
 def test_options_are_a_dict_from_hashable_config(name):
     cell = ALL_FACTORIES[name]()
     assert isinstance(cell.config, tuple) and dict(cell.config) == cell.options
-    assert cell.options["hidden_size"] == cell.hidden_size == 4
+    assert cell.options["hidden_size"] == cell.hidden_size == 5
     assert gr.cells.make_cell(cell.name, **{**cell.options}) == cell
 
 

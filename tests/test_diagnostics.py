@@ -197,7 +197,7 @@ def test_loss_args_change_the_loss_without_a_new_loss_function():
     l2, g2 = to_numpy(dg.state_gradients(cell, p, xs, readout, loss_args=(w2,)))
     chex.assert_trees_all_close(g1[-1], np.broadcast_to(w1, (2, 3)), rtol=1e-12)
     chex.assert_trees_all_close(g2[-1], np.broadcast_to(w2, (2, 3)), rtol=1e-12)
-    final = np.asarray(gr.scan(cell, p, xs)[0])
+    final = np.asarray(jax.jit(lambda p: gr.scan(cell, p, xs)[0])(p))  # eagerly: 5 compiles
     chex.assert_trees_all_close(l2, np.sum(final @ w2), rtol=1e-12)
     with pytest.raises(TypeError, match="loss_args must be a tuple"):
         dg.state_gradients(cell, p, xs, readout, loss_args=w1)
@@ -292,7 +292,7 @@ def test_state_trajectory_ends_at_the_final_state_of_scan():
     p = _init(cell, 21, 2)
     xs = normal(22, (2, 5, 2), np.float64)
     traj = to_numpy(dg.state_trajectory(cell, p, xs))
-    final, ys = to_numpy(gr.scan(cell, p, xs))
+    final, ys = to_numpy(jax.jit(lambda p: gr.scan(cell, p, xs))(p))  # one compile
     chex.assert_trees_all_close(traj.c[-1], final.c)
     chex.assert_trees_all_close(traj.h[1:], np.swapaxes(ys, 0, 1))
     chex.assert_trees_all_close(traj.h[0], 0.0)

@@ -11,7 +11,9 @@ import chex
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import numpy as np
 import pytest
+from conftest import normal
 from flax import nnx
 
 import gatedrnn as gr
@@ -22,12 +24,20 @@ def _close(a, b, tol: float = 1e-5) -> None:
     chex.assert_trees_all_close(a, b, rtol=tol, atol=tol)
 
 
-def _randomize(tree, key, scale=0.5):
-    """Every leaf replaced by random normals, so zero-initialized biases are tested too."""
+def _randomize(tree, seed, scale=0.5):
+    """Every leaf replaced by random normals, so zero-initialized biases are tested too
+    (drawn in NumPy and put on the device as they are: nothing compiled)."""
     leaves, treedef = jax.tree_util.tree_flatten(tree)
-    keys = jax.random.split(key, len(leaves))
-    new = [scale * jax.random.normal(k, x.shape, x.dtype) for k, x in zip(keys, leaves)]
+    new = [
+        jax.device_put(normal(seed + i, x.shape, np.dtype(x.dtype), scale))
+        for i, x in enumerate(leaves)
+    ]
     return jax.tree_util.tree_unflatten(treedef, new)
+
+
+def _normal(seed, shape):
+    """(shape) standard normal JAX array drawn in NumPy (jax.random compiles per shape)."""
+    return jax.device_put(normal(seed, shape))
 
 
 def _init_shapes(cell, input_size=3):
@@ -73,10 +83,10 @@ def _losses(flax_cell, cell, lengths, mask):
 def test_flax_linen_cells_match_outputs_states_and_grads(name):
     """Gradients too, except for OptimizedLSTMCell (LSTMCell's math and layout)."""
     flax_cell = FLAX_CELLS[name]()
-    x = jax.random.normal(jax.random.key(0), (3, 6, 4))
+    x = _normal(0, (3, 6, 4))
     lengths = jnp.array([6, 2, 4])
     variables = jax.eval_shape(nn.RNN(flax_cell).init, jax.random.key(1), x)  # shapes only
-    flax_params = _randomize(variables, jax.random.key(2))["params"]["cell"]
+    flax_params = _randomize(variables, 2)["params"]["cell"]
     optimized = name == "OptimizedLSTMCell"
     seen = {}
 
@@ -106,7 +116,7 @@ def test_flax_linen_cells_match_outputs_states_and_grads(name):
     "cell", [gr.vanilla(4), gr.vanilla(4, "relu"), gr.lstm(4), gr.gru(4)], ids=lambda c: c.name
 )
 def test_gatedrnn_to_flax_linen_round_trip_is_exact(cell):
-    params = _randomize(_init_shapes(cell), jax.random.key(1))
+    params = _randomize(_init_shapes(cell), 1)
     if cell.name == "gru":  # Flax has no b_hr, b_hz: exact round trip needs them zero
         params = params._replace(b_h=params.b_h.at[:8].set(0.0))
     seen = {}
@@ -132,7 +142,7 @@ def test_flax_round_trips_of_chrono_initialized_params_are_exact(cell):
     """Chrono init sets only input-side biases (the GRU's b_hr, b_hz stay zero), so the
     Linen and NNX round trips keep the params bit for bit and compute the same steps."""
     params = cell.init(jax.random.key(0), 3)
-    x = jax.random.normal(jax.random.key(1), (2, 5, 3))
+    x = _normal(1, (2, 5, 3))
     seen = {}
 
     @jax.jit  # both conversions in one compiled program (ConversionsUnderJit: eager = jit)
@@ -170,10 +180,9 @@ class ConversionsUnderJit(chex.TestCase):
     @chex.variants(with_jit=True, without_jit=True)
     def test_gru_recurrent_r_z_biases_are_folded_for_flax(self):
         cell = gr.gru(4)
-        params = _randomize(_init_shapes(cell), jax.random.key(1))
+        params = _randomize(_init_shapes(cell), 1)
         module, _ = interop.to_flax(cell, params)
-        x = jax.random.normal(jax.random.key(2), (2, 3))
-        h = jax.random.normal(jax.random.key(3), (2, 4))
+        x, h = _normal(2, (2, 3)), _normal(3, (2, 4))
         step = self.variant(lambda p: module.apply(interop.to_flax(cell, p)[1], h, x))
         h_flax, _ = step(params)
         h_gr, _ = cell.step(params, h, x)
@@ -183,7 +192,7 @@ class ConversionsUnderJit(chex.TestCase):
     @chex.variants(with_jit=True, without_jit=True)
     def test_linen_params_round_trip_under_jit(self):
         cell = gr.lstm(4)
-        params = _randomize(_init_shapes(cell), jax.random.key(1))
+        params = _randomize(_init_shapes(cell), 1)
         module, _ = interop.to_flax(cell, params)
         round_trip = self.variant(
             lambda p: interop.from_flax(module, interop.to_flax(cell, p)[1])[1]
@@ -202,7 +211,12 @@ def test_flax_conversions_that_cannot_be_exact_raise():
     with pytest.raises(ValueError, match="activation_fn"):
         interop.from_flax(nn.SimpleCell(4, activation_fn=nn.gelu), {})
     x = jnp.ones((2, 3))
-    v = nn.LSTMCell(4).init(key, nn.LSTMCell(4).initialize_carry(key, x.shape), x)
+    v = _randomize(  # Flax's LSTMCell params, drawn in NumPy on its shapes
+        jax.eval_shape(
+            lambda: nn.LSTMCell(4).init(key, nn.LSTMCell(4).initialize_carry(key, x.shape), x)
+        ),
+        0,
+    )
     with pytest.raises(ValueError, match="'ir'"):
         interop.from_flax(nn.GRUCell(4), v)  # LSTM params given for a GRU
     with pytest.raises(ValueError, match="features"):
@@ -217,7 +231,7 @@ def test_flax_conversions_that_cannot_be_exact_raise():
 
 def test_linear_vanilla_round_trips_through_flax_identity():
     cell = gr.vanilla(4, "linear")
-    params = cell.init(jax.random.key(0), 3)
+    params = _randomize(_init_shapes(cell), 0)
     module, variables = interop.to_flax(cell, params)
     assert module.activation_fn is interop.identity
     cell2, params2 = interop.from_flax(module, variables)
@@ -239,9 +253,9 @@ NNX_CELLS = {
 def test_flax_nnx_cells_match_and_round_trip(name):
     module = nnx.eval_shape(lambda: NNX_CELLS[name](nnx.Rngs(0)))  # shapes only
     graphdef, state = nnx.split(module)
-    module = nnx.merge(graphdef, _randomize(state, jax.random.key(1)))
+    module = nnx.merge(graphdef, _randomize(state, 1))
     cell, params = interop.from_flax(module)
-    x = jax.random.normal(jax.random.key(2), (3, 6, 4))
+    x = _normal(2, (3, 6, 4))
     run = nnx.jit(lambda m, p: (nnx.RNN(m, return_carry=True)(x), gr.scan(cell, p, x)))
     (carry, ys_f), (state, ys_g) = run(module, params)  # both in one compiled program
     chex.assert_shape(ys_g, (3, 6, 5))
@@ -281,7 +295,7 @@ def test_flax_params_with_extra_or_missing_entries_are_refused_by_name(name):
     ValueError naming the entry, not a KeyError."""
     module = FLAX_CELLS[name]()
     cell = {"SimpleCell-tanh": gr.vanilla, "LSTMCell": gr.lstm, "GRUCell": gr.gru}[name](5)
-    _, variables = interop.to_flax(cell, cell.init(jax.random.key(0), 3))
+    _, variables = interop.to_flax(cell, _randomize(_init_shapes(cell), 0))
     p = variables["params"]
     interop.from_flax(module, variables)  # exactly the cell's entries: fine
     with pytest.raises(ValueError, match=r"unexpected entries \['extra'\]"):
