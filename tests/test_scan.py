@@ -28,16 +28,14 @@ def assert_trees_close(a, b, **kw):
 
 
 @functools.cache
-def _params_of_every_cell(hidden: int, inp: int, dtype) -> dict:
-    """conftest.make's params of every cell (in NumPy), drawn in one compiled program
-    (eagerly, make compiles each of its draws and sums per shape and cell)."""
-    return to_numpy(jax.jit(lambda: {n: make(n, hidden, inp, dtype)[1] for n in CELL_FACTORIES})())
-
-
 def made(name: str, hidden: int = 5, inp: int = 3, dtype=jnp.float32):
-    """conftest.make's cell and params (in NumPy), shared by the tests here. NumPy inputs
-    (conftest.normal) go with them: they compile nothing."""
-    return CELL_FACTORIES[name](hidden), _params_of_every_cell(hidden, inp, dtype)[name]
+    """conftest.make's cell and params (in NumPy), made once per cell and shape for the
+    tests here. Eagerly: make's draws compile once per shape, shared by every cell and
+    test file that draws that shape (one jitted program of every cell's draws measured
+    no cheaper, and is shared with nothing). NumPy inputs (conftest.normal) go with
+    them: they compile nothing."""
+    cell, params, _ = make(name, hidden, inp, dtype)
+    return cell, to_numpy(params)
 
 
 # Every cell on one layout (two batch dims), and every layout on the LSTM (a two-array
@@ -321,8 +319,7 @@ def test_truncate_zero_gradient_beyond_window_exact_within(name):
 
 def test_truncate_gradient_never_reaches_more_than_k_back():
     """For every output t, d y_t / d x_s = 0 whenever t - s >= k."""
-    cell = CELL_FACTORIES["gru"](3)
-    p = jax.jit(lambda: make("gru", hidden=3)[1])()  # one compile (eagerly, one per draw)
+    cell, p = made("gru", hidden=3)
     Tn, win = 9, 3
     xs = normal(14, (Tn, 3))
     jac = jax.jit(jax.jacrev(lambda xs: gr.scan(cell, p, xs, truncate=win)[1]))(xs)  # (T,H,T,I)
