@@ -8,8 +8,8 @@ reverse, and checks that the outputs, the final state and the gradients with res
 the params, the inputs and the initial state are exactly those of the same inputs with
 finite padding.
 
-Shapes are fixed so that each (cell, loop) compiles once, as one program that every test
-here calls (:func:`run`); hypothesis varies only values and lengths.
+Shapes are fixed so that each cell compiles once, as one program of every loop its tests
+run, that every test here calls (:func:`run`); hypothesis varies only values and lengths.
 """
 
 from __future__ import annotations
@@ -80,28 +80,52 @@ PATHS |= {(False, False): "plain", (False, True): "plain_reverse"}
 """(fused, reverse) -> loop: the padding tests' paths."""
 
 
-@functools.partial(jax.jit, static_argnames=("cell", "loop"))
-def run(cell, loop, params, xs, s0, lengths, tail_rows):
-    """Outputs, final state and d(loss)/d(params, xs, s0) of one loop of :data:`LOOPS`
-    (one compile per cell and loop, shared by the tests).
+CELL_LOOPS = {
+    n: ["fused", "plain", "plain_reverse", "resets", "remat_steps", "remat_chunks"]
+    for n in ("vanilla", "lstm", "gru")
+}
+CELL_LOOPS |= {"min_lstm": [*CELL_LOOPS["lstm"][1:], "parallel"], "min_gru": ["parallel"]}
+"""The loops of the initial-state test, per cell."""
+
+LOOPS_OF = {name: set(CELL_LOOPS.get(name, [])) for name in CELLS}
+for name in POISON_CELLS:
+    LOOPS_OF[name] |= set(PATHS.values())
+LOOPS_OF = {name: tuple(sorted(loops)) for name, loops in LOOPS_OF.items()}
+"""Every loop the tests here run on each cell: one compiled program per cell runs them all."""
+
+
+@functools.partial(jax.jit, static_argnames=("cell", "loops"))
+def _run_loops(cell, loops, params, xs, s0, lengths, tail_rows):
+    """:func:`run` of each of ``loops``, as one program."""
+
+    def run_one(loop):
+        def loss(p, x, s):
+            final, ys = gr.scan(cell, p, x, s, seq_lengths=lengths, **LOOPS[loop])
+            w = jnp.sin(jnp.arange(ys.size, dtype=ys.dtype)).reshape(ys.shape)
+            rows = tail_rows[:, None]
+            tail = sum(
+                jnp.sum(jnp.where(rows, jnp.where(rows, s, 0.0) ** 2, 0.0))
+                for s in jax.tree_util.tree_leaves(final)
+            )
+            return jnp.sum(w * ys) + tail, (final, ys)
+
+        value_and_grad = jax.value_and_grad(loss, argnums=(0, 1, 2), has_aux=True)
+        (_, (final, ys)), grads = value_and_grad(params, xs, s0)
+        return final, ys, grads
+
+    return {loop: run_one(loop) for loop in loops}
+
+
+def run(name, params, xs, s0, lengths, tail_rows):
+    """Outputs, final state and d(loss)/d(params, xs, s0) of every loop of :data:`LOOPS`
+    that the tests run on cell ``name`` (``{loop: (final, ys, grads)}``, one compile per
+    cell, shared by the tests).
 
     The loss weighs every output and adds the squares of the final state's rows where
     ``tail_rows (B,)`` is true (a NaN row left out reaches no value and no gradient).
     """
-
-    def loss(p, x, s):
-        final, ys = gr.scan(cell, p, x, s, seq_lengths=lengths, **LOOPS[loop])
-        w = jnp.sin(jnp.arange(ys.size, dtype=ys.dtype)).reshape(ys.shape)
-        rows = tail_rows[:, None]
-        tail = sum(
-            jnp.sum(jnp.where(rows, jnp.where(rows, s, 0.0) ** 2, 0.0))
-            for s in jax.tree_util.tree_leaves(final)
-        )
-        return jnp.sum(w * ys) + tail, (final, ys)
-
-    value_and_grad = jax.value_and_grad(loss, argnums=(0, 1, 2), has_aux=True)
-    (_, (final, ys)), grads = value_and_grad(params, xs, s0)
-    return final, ys, grads
+    cell = params_of(name)[0]
+    return _run_loops(cell, LOOPS_OF[name], params, xs, s0, lengths, tail_rows)
 
 
 ALL_ROWS = np.ones(B, bool)
@@ -122,11 +146,12 @@ def padded_batches(draw):
 @given(padded_batches())
 def test_random_poison_in_padding_never_changes_values_or_gradients(name, batch):
     """Every example on every path (fused or not, forwards or in reverse)."""
-    cell, params, zeros = params_of(name)
+    _, params, zeros = params_of(name)
     lengths, clean, dirty, padded = batch
+    wants = run(name, params, clean, zeros, lengths, ALL_ROWS)
+    gots = run(name, params, dirty, zeros, lengths, ALL_ROWS)
     for path, loop in PATHS.items():
-        want = run(cell, loop, params, clean, zeros, lengths, ALL_ROWS)
-        got = run(cell, loop, params, dirty, zeros, lengths, ALL_ROWS)
+        want, got = wants[loop], gots[loop]
         msg = f"(fused, reverse) = {path}"
         chex.assert_tree_all_finite(got, custom_message=msg)
         # outputs, final state: bit for bit
@@ -146,14 +171,14 @@ def test_nan_in_valid_input_stays_in_its_sequence_but_poisons_the_param_gradient
     """A NaN at valid step 2 of sequence 0: that sequence's outputs from step 2 on and its
     final state are NaN; the other sequences' outputs, states and input gradients are
     unchanged; the params' gradient (a sum over the batch) is NaN."""
-    cell, params, zeros = params_of(name)
+    _, params, zeros = params_of(name)
     lengths = np.array([5, 6, 4], np.int32)
     xs = np.random.default_rng(0).normal(size=(B, T, I)).astype(np.float32)
     bad = xs.copy()
     bad[0, 2, 0] = np.nan
     loop = PATHS[fused, False]
-    f_clean, y_clean, (_, gx_clean, _) = run(cell, loop, params, xs, zeros, lengths, ALL_ROWS)
-    f_bad, y_bad, (gp_bad, gx_bad, _) = run(cell, loop, params, bad, zeros, lengths, ALL_ROWS)
+    f_clean, y_clean, (_, gx_clean, _) = run(name, params, xs, zeros, lengths, ALL_ROWS)[loop]
+    f_bad, y_bad, (gp_bad, gx_bad, _) = run(name, params, bad, zeros, lengths, ALL_ROWS)[loop]
     y_bad, y_clean = np.asarray(y_bad), np.asarray(y_clean)
     np.testing.assert_array_equal(y_bad[1:], y_clean[1:])  # other sequences untouched
     np.testing.assert_array_equal(y_bad[0, :2], y_clean[0, :2])  # before the NaN: untouched
@@ -166,11 +191,7 @@ def test_nan_in_valid_input_stays_in_its_sequence_but_poisons_the_param_gradient
     assert all(np.isnan(np.asarray(g)).any() for g in jax.tree_util.tree_leaves(gp_bad))
 
 
-CELL_LOOPS = {
-    n: ["fused", "plain", "plain_reverse", "resets", "remat_steps", "remat_chunks"]
-    for n in ("vanilla", "lstm", "gru")
-}
-CELL_LOOPS |= {"min_lstm": [*CELL_LOOPS["lstm"][1:], "parallel"], "min_gru": ["parallel"]}
+FILLS = (np.nan, np.inf)
 
 
 @pytest.mark.parametrize("name", sorted(CELL_LOOPS))
@@ -179,7 +200,7 @@ def test_nan_initial_state_of_a_length_0_row_reaches_no_gradient(name):
     final state, its outputs are zero, and it reaches no other value and no gradient; the
     params' gradient is bit for bit the one with a finite state in that row. On every loop
     of CELL_LOOPS[name]."""
-    cell, params, zeros = params_of(name)
+    _, params, zeros = params_of(name)
     xs = np.random.default_rng(1).normal(size=(B, T, I)).astype(np.float32)
     lengths = np.array([T, 0, 3], np.int32)
     finite_rows = np.array([True, False, True])  # the loss leaves the NaN row's state out
@@ -190,14 +211,12 @@ def test_nan_initial_state_of_a_length_0_row_reaches_no_gradient(name):
             a[0], a[1] = 0.5, fill
         return s0
 
+    finite = run(name, params, xs, initial(0.25), lengths, finite_rows)
+    filled = {fill: run(name, params, xs, initial(fill), lengths, finite_rows) for fill in FILLS}
     for loop in CELL_LOOPS[name]:
-        f_ok, y_ok, (gp_ok, _, gs_ok) = run(
-            cell, loop, params, xs, initial(0.25), lengths, finite_rows
-        )
-        for fill in (np.nan, np.inf):
-            final, ys, (g_params, _, g_state) = run(
-                cell, loop, params, xs, initial(fill), lengths, finite_rows
-            )
+        f_ok, y_ok, (gp_ok, _, gs_ok) = finite[loop]
+        for fill in FILLS:
+            final, ys, (g_params, _, g_state) = filled[fill][loop]
             msg = f"{loop}, fill {fill}"
             chex.assert_tree_all_finite((ys, g_params), custom_message=msg)
             chex.assert_trees_all_equal((ys, g_params), (y_ok, gp_ok), custom_message=msg)

@@ -9,7 +9,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from conftest import CELL_FACTORIES, loop_scan, make, to_numpy
+from conftest import CELL_FACTORIES, loop_scan, make, normal, to_numpy
 
 import gatedrnn as gr
 from gatedrnn.cells import CELLS
@@ -27,6 +27,17 @@ def assert_trees_close(a, b, **kw):
     chex.assert_trees_all_close(a, b, **kw)
 
 
+@functools.cache
+def made(name: str, hidden: int = 5, inp: int = 3, dtype=jnp.float32):
+    """conftest.make's cell and params (in NumPy), made once per cell and shape for the
+    tests here. Eagerly: make's draws compile once per shape, shared by every cell and
+    test file that draws that shape (one jitted program of every cell's draws measured
+    no cheaper, and is shared with nothing). NumPy inputs (conftest.normal) go with
+    them: they compile nothing."""
+    cell, params, _ = make(name, hidden, inp, dtype)
+    return cell, to_numpy(params)
+
+
 # Every cell on one layout (two batch dims), and every layout on the LSTM (a two-array
 # state): the cell's math and the layout handling are independent, so this covers each
 # pair without compiling all cells x layouts.
@@ -37,34 +48,36 @@ SCAN_CASES = [(name, (2, 3), False) for name in sorted(CELL_FACTORIES)] + [
 
 def test_scan_equals_loop_jitted_and_eager_all_cells_layouts_and_batch_shapes():
     """gr.scan under jit and eagerly (un-jitted) equals the Python loop of cell.step."""
-    for name, batch, time_major in SCAN_CASES:
-        cell, p, k = make(name)
-        xs_tm = jax.random.normal(k, (T, *batch, 3))
-        s0 = jax.tree_util.tree_map(lambda z: z + 0.3, cell.initial_state(p, batch))
-        xs = xs_tm if time_major else jnp.moveaxis(xs_tm, 0, -2)
+    cases = [(made(name), batch, time_major) for name, batch, time_major in SCAN_CASES]
+    xs_tm = [normal(i, (T, *batch, 3)) for i, (_, batch, _) in enumerate(SCAN_CASES)]
+    xs = [x if tm else np.moveaxis(x, 0, -2) for x, (_, _, tm) in zip(xs_tm, SCAN_CASES)]
 
-        def run(p, xs, s0, cell=cell, time_major=time_major):
-            return gr.scan(cell, p, xs, s0, time_major=time_major)
-
-        # one compile: the reference loop and the jitted scan
-        loop_and_run = jax.jit(
-            lambda p, xs_tm, xs, s0, cell=cell, run=run: (
-                loop_scan(cell, p, xs_tm, s0),
-                run(p, xs, s0),
+    @jax.jit  # one compile: every case's initial state, reference loop and jitted scan
+    def loops_and_runs(ps, xs_tm, xs):
+        out = []
+        for ((cell, _), batch, time_major), p, x_tm, x in zip(cases, ps, xs_tm, xs):
+            s0 = jax.tree_util.tree_map(lambda z: z + 0.3, cell.initial_state(p, batch))
+            out.append(
+                (s0, loop_scan(cell, p, x_tm, s0), gr.scan(cell, p, x, s0, time_major=time_major))
             )
-        )
-        (want_s, want_ys), jitted = loop_and_run(p, xs_tm, xs, s0)
-        for variant, (s, ys) in (("jit", jitted), ("eager", run(p, xs, s0))):
+        return out
+
+    for (name, batch, time_major), ((cell, p), _, _), x, (s0, want, jitted) in zip(
+        SCAN_CASES, cases, xs, to_numpy(loops_and_runs([p for (_, p), _, _ in cases], xs_tm, xs))
+    ):
+        want_s, want_ys = want
+        eager = gr.scan(cell, p, x, s0, time_major=time_major)
+        for variant, (s, ys) in (("jit", jitted), ("eager", eager)):
             if not time_major:
-                ys = jnp.moveaxis(ys, -2, 0)
+                ys = np.moveaxis(np.asarray(ys), -2, 0)
             msg = f"{name} batch={batch} time_major={time_major} {variant}"
             assert_trees_close(s, want_s, custom_message=msg)
             assert_trees_close(ys, want_ys, custom_message=msg)
 
 
 def test_unroll_does_not_change_results():
-    cell, p, k = make("lstm")
-    xs = jax.random.normal(k, (2, 7, 3))
+    cell, p = made("lstm")
+    xs = normal(1, (2, 7, 3))
     unrolls = [2, 4, True]
     # one compile: the default and every unroll
     a, *others = jax.jit(lambda p, xs: [gr.scan(cell, p, xs, unroll=u) for u in [None, *unrolls]])(
@@ -75,7 +88,7 @@ def test_unroll_does_not_change_results():
 
 
 def test_jitted_scan_traces_once_per_shape():
-    cell, p, k = make("gru")
+    cell, p = made("gru")
 
     @jax.jit
     @chex.assert_max_traces(n=1)
@@ -83,14 +96,14 @@ def test_jitted_scan_traces_once_per_shape():
         return gr.scan(cell, p, xs)[1]
 
     for i in range(3):
-        run(p, jax.random.normal(jax.random.PRNGKey(i), (2, T, 3)))
+        run(p, normal(i, (2, T, 3)))
     # Same shape, new param values: still one trace.
-    run(jax.tree_util.tree_map(lambda a: a * 2, p), jnp.ones((2, T, 3)))
+    run(jax.tree_util.tree_map(lambda a: a * 2, p), np.ones((2, T, 3), np.float32))
 
 
 def test_vmap_over_scan_equals_batched_scan():
-    cell, p, k = make("lstm")
-    xs = jax.random.normal(k, (4, T, 3))
+    cell, p = made("lstm")
+    xs = normal(2, (4, T, 3))
     vm, batched = jax.jit(
         lambda xs: (jax.vmap(lambda x: gr.scan(cell, p, x))(xs), gr.scan(cell, p, xs))
     )(xs)
@@ -99,8 +112,8 @@ def test_vmap_over_scan_equals_batched_scan():
 
 def test_gradients_match_finite_differences_float64(cell_name):
     with jax.enable_x64(True):
-        cell, p, k = make(cell_name, hidden=3, inp=2, dtype=jnp.float64)
-        xs = jax.random.normal(k, (2, 5, 2), jnp.float64)
+        cell, p = made(cell_name, hidden=3, inp=2, dtype=jnp.float64)
+        xs = normal(3, (2, 5, 2), np.float64)
         xs = xs + 0.5  # keep pre-activations away from kinks (relu's at 0)
 
         def loss(p, xs):
@@ -116,7 +129,6 @@ def test_gradients_match_finite_differences_float64(cell_name):
 
         # What check_grads(order=1, modes=["rev"]) runs. Numpy arguments: its perturbation
         # arithmetic runs in numpy, not as one small XLA program per op and shape.
-        p, xs = to_numpy((p, xs))
         jax.test_util.check_vjp(jax.jit(loss), loss_vjp, (p, xs), eps=1e-6, err_msg="VJP")
 
 
@@ -125,12 +137,15 @@ def test_linear_rnn_bptt_gradient_is_exactly_s_to_the_k():
     with jax.enable_x64(True):
         H, s = 4, 0.9
         cell = gr.vanilla(H, activation="linear")
-        p = cell.init(jax.random.PRNGKey(0), 2, jnp.float64)._replace(w_h=s * jnp.eye(H))
-        xs = jax.random.normal(jax.random.PRNGKey(1), (30, 2), jnp.float64)
+        xs = normal(4, (30, 2), np.float64)
         ks = [1, 5, 30]
-        jacs = jax.jit(  # one compile for the three lengths
-            lambda h0: [jax.jacrev(lambda h0, k=k: gr.scan(cell, p, xs[:k], h0)[0])(h0) for k in ks]
-        )(jnp.zeros(H))
+
+        @jax.jit  # one compile: the params and the three lengths
+        def jacs(key, h0):
+            p = cell.init(key, 2, jnp.float64)._replace(w_h=s * jnp.eye(H))
+            return [jax.jacrev(lambda h0, k=k: gr.scan(cell, p, xs[:k], h0)[0])(h0) for k in ks]
+
+        jacs = jacs(jax.random.PRNGKey(0), np.zeros(H))
         for k, jac in zip(ks, jacs):
             chex.assert_trees_all_close(jac, s**k * np.eye(H), rtol=1e-12, atol=1e-300)
 
@@ -143,15 +158,16 @@ def padded_scans(cell_name: str) -> dict:
     """One compiled program per cell for the three per-cell tests of seq_lengths, reverse and
     resets below (each test's scans and their references, each on its own inputs), run once;
     each test checks its own part of the result."""
-    cell, p, k = make(cell_name)
-    xs_len, xs_rev, xs_reset = (jax.random.normal(k, (b, T, 3)) for b in (4, 3, 2))
-    s0 = jax.tree_util.tree_map(lambda z: z + 0.2, cell.initial_state(p, (2,)))
+    cell, p = made(cell_name)
+    xs_len, xs_rev, xs_reset = (normal(5 + b, (b, T, 3)) for b in (4, 3, 2))
     len_len, len_rev = [T, 3, 0, 1], [T, 4, 1]
     cut = 2
-    resets = jnp.zeros((2, T), bool).at[0, cut].set(True)
+    resets = np.zeros((2, T), bool)
+    resets[0, cut] = True
 
     @jax.jit
-    def run(p, xs_len, xs_rev, xs_reset, s0):
+    def run(p, xs_len, xs_rev, xs_reset):
+        s0 = jax.tree_util.tree_map(lambda z: z + 0.2, cell.initial_state(p, (2,)))
         out = {}
         # seq_lengths: the padded batch and each sequence's valid prefix
         out["seq_lengths"] = (
@@ -175,7 +191,7 @@ def padded_scans(cell_name: str) -> dict:
             )
         return out
 
-    out = jax.device_get(run(p, xs_len, xs_rev, xs_reset, s0))  # compared in numpy
+    out = jax.device_get(run(p, xs_len, xs_rev, xs_reset))  # compared in numpy
     out["lengths"] = {"seq_lengths": len_len, "reverse": len_rev}
     return out
 
@@ -190,9 +206,9 @@ def test_seq_lengths_zero_outputs_and_final_state_of_valid_prefix(cell_name):
 
 
 def test_no_gradient_flows_from_padding():
-    cell, p, k = make("lstm")
-    xs = jax.random.normal(k, (3, T, 3))
-    lengths = jnp.array([2, 6, 4])
+    cell, p = made("lstm")
+    xs = normal(9, (3, T, 3))
+    lengths = np.array([2, 6, 4])
 
     def loss(xs):
         s, ys = gr.scan(cell, p, xs, seq_lengths=lengths)
@@ -214,8 +230,8 @@ def test_reverse_equals_scanning_flipped_valid_prefix(cell_name):
 
 
 def test_reverse_without_lengths_time_major():
-    cell, p, k = make("gru")
-    xs = jax.random.normal(k, (T, 2, 3))
+    cell, p = made("gru")
+    xs = normal(10, (T, 2, 3))
     (s, ys), (s2, ys2) = jax.jit(  # one compile for both
         lambda xs: (
             gr.scan(cell, p, xs, reverse=True, time_major=True),
@@ -223,13 +239,13 @@ def test_reverse_without_lengths_time_major():
         )
     )(xs)
     assert_trees_close(s, s2)
-    assert_trees_close(ys, jnp.flip(ys2, 0))
+    assert_trees_close(ys, np.flip(ys2, 0))
 
 
 def test_seq_lengths_traced_under_jit():
-    cell, p, k = make("vanilla")
-    xs = jax.random.normal(k, (2, T, 3))
-    lengths = jnp.array([3, 5])
+    cell, p = made("vanilla")
+    xs = normal(11, (2, T, 3))
+    lengths = np.array([3, 5])
     # one compile: lengths traced (an argument) and concrete (a constant of the program)
     a, b = jax.jit(
         lambda xs, n: (
@@ -257,9 +273,10 @@ def test_reset_equals_two_scans_over_the_pieces(cell_name):
 
 
 def test_reset_with_seq_lengths_reverse():
-    cell, p, k = make("lstm")
-    xs = jax.random.normal(k, (1, T, 3))
-    resets = jnp.zeros((1, T), bool).at[0, 2].set(True).at[0, 5].set(True)
+    cell, p = made("lstm")
+    xs = normal(12, (1, T, 3))
+    resets = np.zeros((1, T), bool)
+    resets[0, [2, 5]] = True
     # Length 5: the reset at 5 lies in the padding and must not matter.
     (s, ys), (a_s, a_ys), (_, b_ys) = jax.device_get(
         jax.jit(  # one compile: the scan and its two pieces
@@ -280,9 +297,9 @@ def test_reset_with_seq_lengths_reverse():
 
 @pytest.mark.parametrize("name", ["vanilla", "lstm", "gru"])
 def test_truncate_zero_gradient_beyond_window_exact_within(name):
-    cell, p, k = make(name)
+    cell, p = made(name)
     Tn, win = 12, 4
-    xs = jax.random.normal(k, (Tn, 3))
+    xs = normal(13, (Tn, 3))
 
     def last_out(xs, truncate):
         return jnp.sum(gr.scan(cell, p, xs, truncate=truncate)[1][-1])
@@ -302,9 +319,9 @@ def test_truncate_zero_gradient_beyond_window_exact_within(name):
 
 def test_truncate_gradient_never_reaches_more_than_k_back():
     """For every output t, d y_t / d x_s = 0 whenever t - s >= k."""
-    cell, p, k = make("gru", hidden=3)
+    cell, p = made("gru", hidden=3)
     Tn, win = 9, 3
-    xs = jax.random.normal(k, (Tn, 3))
+    xs = normal(14, (Tn, 3))
     jac = jax.jit(jax.jacrev(lambda xs: gr.scan(cell, p, xs, truncate=win)[1]))(xs)  # (T,H,T,I)
     reach = np.abs(np.asarray(jac)).sum(axis=(1, 3))  # (t, s)
     t, s = np.meshgrid(np.arange(Tn), np.arange(Tn), indexing="ij")
@@ -317,23 +334,23 @@ def test_truncate_gradient_never_reaches_more_than_k_back():
 
 def test_state_perturbation_gradient_is_state_gradient():
     """d loss / d delta_t at delta = 0 equals the gradient w.r.t. the state after step t."""
-    cell, p, k = make("lstm")
-    xs = jax.random.normal(k, (T, 3))
-    zeros = jax.tree_util.tree_map(
-        lambda a: jnp.zeros((T, *a.shape), a.dtype), cell.initial_state(p, ())
-    )
+    cell, p = made("lstm")
+    xs = normal(15, (T, 3))
 
     def loss_pert(d):
         return jnp.sum(gr.scan(cell, p, xs, state_perturbations=d)[1][-1] ** 2)
 
     @jax.jit  # one compile: the perturbation gradient and its reference
-    def run(zeros):
+    def run():
+        zeros = jax.tree_util.tree_map(
+            lambda a: jnp.zeros((T, *a.shape), a.dtype), cell.initial_state(p, ())
+        )
         g = jax.grad(loss_pert)(zeros)
         # Reference at t = 2: split the scan at t and differentiate the tail w.r.t. the state.
         s2, _ = gr.scan(cell, p, xs[:3])
         return g, jax.grad(lambda s: jnp.sum(gr.scan(cell, p, xs[3:], s)[1][-1] ** 2))(s2)
 
-    g, g_ref = run(zeros)
+    g, g_ref = run()
     assert_trees_close(jax.tree_util.tree_map(lambda a: a[2], g), g_ref)
 
 
@@ -341,33 +358,55 @@ def test_state_perturbation_gradient_is_state_gradient():
 
 
 def test_zero_length_sequence_returns_initial_state():
-    cell, p, _ = make("lstm")
-    s0 = jax.tree_util.tree_map(lambda z: z + 1.0, cell.initial_state(p, (2,)))
-    s, ys = gr.scan(cell, p, jnp.zeros((2, 0, 3)), s0)
+    cell, p = made("lstm")
+    s0 = jax.tree_util.tree_map(lambda z: z + 1.0, to_numpy(cell.initial_state(p, (2,))))
+    s, ys = gr.scan(cell, p, np.zeros((2, 0, 3), np.float32), s0)
     assert ys.shape == (2, 0, 5)
     assert_trees_close(s, s0)
+
+
+def on_device(a: np.ndarray) -> jax.Array:
+    """A JAX array of ``a`` by device_put, which compiles nothing (jnp.ones and the like
+    compile a program per shape)."""
+    return jax.device_put(a)
 
 
 @pytest.mark.parametrize(
     "kwargs, exc, msg",
     [
-        (dict(xs=jnp.ones((3,))), ValueError, r"xs must have shape \(\*batch, T, features\)"),
-        (dict(xs=jnp.ones((2, 4, 7))), ValueError, r"7 features.*input_size=3"),
-        (dict(xs=jnp.ones((2, 4, 3), jnp.int32)), TypeError, "floating point"),
-        (dict(seq_lengths=jnp.array([1, 2, 3])), ValueError, r"seq_lengths must have shape"),
-        (dict(seq_lengths=jnp.array([1, 5])), ValueError, r"seq_lengths must lie in \[0, T=4\]"),
-        (dict(seq_lengths=jnp.array([-1, 2])), ValueError, r"lie in \[0, T=4\]"),
-        (dict(seq_lengths=jnp.array([1.0, 2.0])), TypeError, "seq_lengths must be integers"),
-        (dict(resets=jnp.zeros((2, 5), bool)), ValueError, r"resets must have shape"),
-        (dict(resets=jnp.zeros((2, 4))), TypeError, "resets must be booleans"),
+        (
+            dict(xs=on_device(np.ones((3,)))),
+            ValueError,
+            r"xs must have shape \(\*batch, T, features\)",
+        ),
+        (dict(xs=on_device(np.ones((2, 4, 7)))), ValueError, r"7 features.*input_size=3"),
+        (dict(xs=on_device(np.ones((2, 4, 3), np.int32))), TypeError, "floating point"),
+        (
+            dict(seq_lengths=on_device(np.array([1, 2, 3]))),
+            ValueError,
+            r"seq_lengths must have shape",
+        ),
+        (
+            dict(seq_lengths=on_device(np.array([1, 5]))),
+            ValueError,
+            r"seq_lengths must lie in \[0, T=4\]",
+        ),
+        (dict(seq_lengths=on_device(np.array([-1, 2]))), ValueError, r"lie in \[0, T=4\]"),
+        (
+            dict(seq_lengths=on_device(np.array([1.0, 2.0]))),
+            TypeError,
+            "seq_lengths must be integers",
+        ),
+        (dict(resets=on_device(np.zeros((2, 5), bool))), ValueError, r"resets must have shape"),
+        (dict(resets=on_device(np.zeros((2, 4)))), TypeError, "resets must be booleans"),
         (dict(truncate=0), ValueError, "truncate must be None or an int >= 1"),
         (dict(unroll=0), ValueError, "unroll must be None, an int >= 1"),
-        (dict(initial_state=jnp.zeros((3, 5))), ValueError, r"initial_state.*\(2, 5\)"),
+        (dict(initial_state=on_device(np.zeros((3, 5)))), ValueError, r"initial_state.*\(2, 5\)"),
     ],
 )
 def test_bad_scan_inputs_raise_helpful_errors(kwargs, exc, msg):
-    cell, p, _ = make("gru")
-    args = dict(xs=jnp.ones((2, 4, 3)))
+    cell, p = made("gru")
+    args = dict(xs=on_device(np.ones((2, 4, 3))))
     args.update(kwargs)
     xs = args.pop("xs")
     with pytest.raises(exc, match=msg):
@@ -392,13 +431,13 @@ PADDING_CELLS = [*sorted(CELLS), "gru_reset_before"]  # every registered cell
 def test_nan_padding_does_not_poison_values_or_gradients(name):
     """Inputs at t >= seq_lengths never reach the math: NaN/inf there change nothing, on
     every path of PADDING_PATHS."""
-    cell, p, k = make(name)
-    xs = jax.random.normal(k, (3, T, 3))
-    lengths = jnp.array([T, 2, 0])
-    t = jnp.arange(T)[None, :, None]
-    pad = jnp.where(
-        t < lengths[:, None, None], 0.0, jnp.array([jnp.nan, jnp.inf, -jnp.inf])[:, None, None]
-    )
+    cell, p = made(name)
+    xs = normal(16, (3, T, 3))
+    lengths = np.array([T, 2, 0])
+    t = np.arange(T)[None, :, None]
+    pad = np.where(
+        t < lengths[:, None, None], 0.0, np.array([np.nan, np.inf, -np.inf])[:, None, None]
+    ).astype(np.float32)
 
     def loss(p, xs, options):
         s, ys = gr.scan(cell, p, xs, seq_lengths=lengths, **options)
@@ -409,7 +448,7 @@ def test_nan_padding_does_not_poison_values_or_gradients(name):
     run = jax.jit(  # one compile: every path, clean and dirty inputs alike
         lambda p, xs: [value_and_grad(p, xs, PADDING_PATHS[path]) for path in paths]
     )
-    clean = run(p, jnp.where(jnp.isfinite(pad), xs, 0.0))
+    clean = run(p, np.where(np.isfinite(pad), xs, np.float32(0.0)))
     dirty = run(p, xs + pad)
     for path, d, c in zip(paths, dirty, clean):
         chex.assert_tree_all_finite(d, custom_message=path)
@@ -423,9 +462,8 @@ def test_default_unroll_is_the_measured_table_and_changes_no_value():
     assert gr.default_unroll(3, "lstm", "cpu") == 3 and gr.default_unroll(0, "lstm", "cpu") == 1
     assert gr.default_unroll(100, "gru", "cpu") == gr.default_unroll(100, "vanilla", "cpu") == 1
     assert gr.default_unroll(100, "lstm", "gpu") == 1
-    cell = gr.lstm(5)
-    params = cell.init(jax.random.PRNGKey(0), 3)
-    xs = jax.random.normal(jax.random.PRNGKey(1), (2, 9, 3))
+    cell, params = made("lstm")
+    xs = normal(17, (2, 9, 3))
     jaxpr = str(jax.make_jaxpr(lambda x: gr.scan(cell, params, x))(xs))
     want = gr.default_unroll(9, "lstm")
     assert f"unroll={want}" in jaxpr
