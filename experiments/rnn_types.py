@@ -241,8 +241,12 @@ def run_task(task: Task, seed: int, batch_size: int = 64) -> dict[str, Any]:
     """Train ``task``'s model with clipped Adam on fresh batches (the one training loop);
     return accuracy vs chance on 2000 held-out examples."""
     key = jax.random.PRNGKey(seed)
-    inputs, _ = task.batch(key, batch_size)
-    variables = task.model.init(jax.random.fold_in(key, 1), *inputs)
+    # init reads only the inputs' shapes and dtypes: zeros of them give the params a batch
+    # gives, without running (and compiling, one program per operation) the batch maker
+    shapes = jax.eval_shape(lambda k: task.batch(k, batch_size)[0], key)
+    variables = task.model.init(
+        jax.random.fold_in(key, 1), *(np.zeros(s.shape, s.dtype) for s in shapes)
+    )
     opt = training.make_optimizer(task.learning_rate, clip_norm=1.0)
 
     def loss_fn(v: Any, batch: tuple) -> tuple[jax.Array, dict]:
@@ -253,9 +257,11 @@ def run_task(task: Task, seed: int, batch_size: int = 64) -> dict[str, Any]:
     def batch_fn(rng: jax.Array, step: jax.Array) -> tuple:
         return task.batch(jax.random.fold_in(rng, step), batch_size)
 
+    # zeros and an integer key: the one program gives the eager operations' exact values
+    state = jax.jit(lambda v: training.init_state(v, opt, seed + 1))(variables)
     res = training.train(
         loss_fn,
-        training.init_state(variables, opt, seed + 1),
+        state,
         opt,
         batch_fn,
         num_steps=task.steps,
