@@ -91,10 +91,11 @@ class Aligned(nn.Module):
 
     hidden: int = 32
     classes: int = 3
+    embed: int = 8
 
     @nn.compact
     def __call__(self, tokens: jax.Array) -> jax.Array:
-        _, hs = RNN("gru", self.hidden)(nn.Embed(self.classes, 8)(tokens))
+        _, hs = RNN("gru", self.hidden)(nn.Embed(self.classes, self.embed)(tokens))
         return nn.Dense(self.classes)(hs)
 
 
@@ -103,9 +104,10 @@ class EncoderDecoder(nn.Module):
 
     hidden: int = 128
     length: int = 5
+    embed_size: int = 32
 
     def setup(self) -> None:
-        self.embed = nn.Embed(DIGITS + 1, 32)
+        self.embed = nn.Embed(DIGITS + 1, self.embed_size)
         self.encoder = RNN("gru", self.hidden)
         self.decoder = RNN("gru", self.hidden)
         self.out = nn.Dense(DIGITS)
@@ -214,7 +216,7 @@ def make_tasks(quick: bool) -> list[Task]:
             "running_mod3",
             "many-to-many (aligned)",
             f"{T_tag} digits in {{0,1,2}} -> tag each step with the running sum mod 3",
-            Aligned(hidden=32 if quick else 64),
+            Aligned(hidden=32 if quick else 64, embed=16 if quick else 8),
             running_mod3,
             lambda m, v, inp: jnp.argmax(m.apply(v, *inp), -1),
             1 / 3,
@@ -226,7 +228,9 @@ def make_tasks(quick: bool) -> list[Task]:
             "reverse",
             "many-to-many (encoder-decoder)",
             f"{L_rev} digits -> the same digits reversed (greedy decoding)",
-            EncoderDecoder(hidden=64 if quick else 128, length=L_rev),
+            EncoderDecoder(
+                hidden=32 if quick else 128, length=L_rev, embed_size=16 if quick else 32
+            ),
             reverse,
             lambda m, v, inp: m.apply(v, inp[0], method=m.generate),
             0.1,
