@@ -181,9 +181,7 @@ def test_stateful_step_gradient_equals_truncated_scan_gradient() -> None:
     fn = training.stream_batches(task, 4, k)
     sloss = training.stateful_task_loss(model, task)
 
-    opt = training.make_optimizer(1e-2)
-
-    @jax.jit  # params, data, both gradients and the loop's first state in one program
+    @jax.jit  # params, data and both gradients in one compiled program
     def both(key):
         p = model.init(key)
         stream = task.sample(jax.random.fold_in(key, 0), 4)  # stream 0 = chunks at steps 0, 1
@@ -197,13 +195,14 @@ def test_stateful_step_gradient_equals_truncated_scan_gradient() -> None:
 
         _, (_, carry) = sloss(p, chunk0, zero)
         g_state = jax.grad(lambda q: sloss(q, chunk1, jax.lax.stop_gradient(carry))[0])(p)
-        st = training.init_state(p, opt, 0, carry=zero)
-        return zero, g_state, jax.grad(full_loss)(p), st
+        return p, zero, g_state, jax.grad(full_loss)(p)
 
-    zero, g_state, g_full, st = both(KEY)
+    p, zero, g_state, g_full = both(KEY)
     for a, b in zip(jax.tree_util.tree_leaves(g_state), jax.tree_util.tree_leaves(g_full)):
         chex.assert_trees_all_close(a, b, rtol=2e-4, atol=1e-6)
     # and the stateful loop trains through it with the carry threaded
+    opt = training.make_optimizer(1e-2)
+    st = training.init_state(p, opt, 0, carry=zero)
     res = training.train(
         sloss, st, opt, fn, num_steps=4, stateful=True, eval_every=2, progress=False
     )
