@@ -58,20 +58,23 @@ def test_same_seed_same_numbers_and_an_ensemble_run_matches_single_runs(fast_com
     model = training.task_model(gr.lstm(6), task)
     opt = training.make_optimizer(1e-2)
     loss, batches = training.task_loss(model, task), training.task_batches(task, 8)
-    held_out = training.eval_batches_for(task, 64, 1)
+    # the held-out set in one compile (eagerly, each sampling op compiles one)
+    held_out = jax.jit(lambda: training.eval_batches_for(task, 64, 1))()
     kw = dict(num_steps=40, eval_every=20, progress=False, eval_batches=held_out)
 
-    # every init in one compile (eagerly, each random draw compiles one): seeds 3 and 4
-    # one at a time, and both at once with vmap (the ensemble's)
+    # every initial state in one compile (eagerly, each random draw and each optimizer
+    # zero compiles one): seeds 3 and 4 one at a time, and both at once with vmap (the
+    # ensemble's)
     @jax.jit
     def inits(keys):
-        return [model.init(k) for k in keys], jax.vmap(model.init)(keys)
+        singles = [training.init_state(model.init(k), opt, s) for k, s in zip(keys, (3, 4))]
+        return singles, training.init_ensemble(jax.vmap(model.init)(keys), opt, [3, 4])
 
     keys = np.stack([training.param_key(3), training.param_key(4)])
 
     def single(seed):
-        init = inits(keys)[0][[3, 4].index(seed)]  # a fresh init each run (the program reused)
-        return training.train(loss, training.init_state(init, opt, seed), opt, batches, **kw)
+        state = inits(keys)[0][[3, 4].index(seed)]  # a fresh state each run (program reused)
+        return training.train(loss, state, opt, batches, **kw)
 
     a, b, c = single(3), single(3), single(4)
     for ra, rb in zip(a.history, b.history):
@@ -80,18 +83,15 @@ def test_same_seed_same_numbers_and_an_ensemble_run_matches_single_runs(fast_com
     assert all(jax.tree_util.tree_leaves(same))
     assert c.history[-1]["train_loss"] != a.history[-1]["train_loss"]
     # seeds 3 and 4 at once with vmap give the two single runs' numbers
-    params = inits(keys)[1]
-    ens = training.train(
-        loss, training.init_ensemble(params, opt, [3, 4]), opt, batches, ensemble=True, **kw
-    )
+    ens = training.train(loss, inits(keys)[1], opt, batches, ensemble=True, **kw)
     assert ens.history[-1]["train_loss"] == pytest.approx(
         [a.history[-1]["train_loss"], c.history[-1]["train_loss"]], rel=1e-4
     )
     assert ens.history[-1]["eval_loss"] == pytest.approx(
         [a.history[-1]["eval_loss"], c.history[-1]["eval_loss"]], rel=1e-4
     )
-    chex.assert_trees_all_close(
-        ens.state.params.w_out[1], c.state.params.w_out, rtol=1e-3, atol=1e-5
+    chex.assert_trees_all_close(  # member 1 taken in NumPy (a JAX index compiles programs)
+        np.asarray(ens.state.params.w_out)[1], c.state.params.w_out, rtol=1e-3, atol=1e-5
     )
 
 
@@ -99,7 +99,8 @@ def test_resuming_from_a_state_continues_the_same_run() -> None:
     task = tasks.adding(10)
     model = training.task_model(gr.gru(5), task)
     opt = training.make_optimizer(1e-2, schedule="cosine", num_steps=60)
-    st = training.init_state(jax.jit(model.init)(KEY), opt, 7)
+    # params and optimizer state in one compile (eagerly, each zero compiles one)
+    st = jax.jit(lambda key: training.init_state(model.init(key), opt, 7))(KEY)
     loss = training.task_loss(model, task)
     batches = training.task_batches(task, 8)
     kw = dict(eval_every=15, progress=False)
@@ -313,8 +314,13 @@ def _tiny_fit(task, **kw):
     return training.fit(task, gr.gru(16), **{**base, "early_stop": False, "seed": 3, **kw})
 
 
+# the task of the small fits below (vocab 2: test_fit_reduces_loss's input size, so the
+# cell's init and the optimizer's zeros reuse its compiled operations)
+ECHO = tasks.echo(6, 2, vocab=2)
+
+
 def test_a_second_equal_fit_does_not_trace_again() -> None:
-    task, traced = tasks.adding(6), []
+    task, traced = ECHO, []
 
     def sample(key, batch_size):
         traced.append(isinstance(key, jax.core.Tracer))
@@ -353,7 +359,7 @@ def test_train_reuses_compilation_for_an_equal_cache_key() -> None:
 @pytest.mark.parametrize(
     ("change", "needle"),
     [
-        ({"task": tasks.echo(6, 3)}, "task_delay: checkpoint has 2, expected 3"),
+        ({"task": tasks.echo(6, 3, vocab=2)}, "task_delay: checkpoint has 2, expected 3"),
         ({"eval_seed": 7}, "eval_seed: checkpoint has 12345, expected 7"),
         ({"eval_batch_size": 4}, "eval_batch_size: checkpoint has 8, expected 4"),
         ({"num_eval_batches": 2}, "num_eval_batches: checkpoint has 1, expected 2"),
@@ -361,8 +367,8 @@ def test_train_reuses_compilation_for_an_equal_cache_key() -> None:
 )
 def test_resume_refuses_another_task_definition_or_evaluation_set(tmp_path, change, needle):
     ckpt = tmp_path / "ckpt"
-    _tiny_fit(tasks.echo(6, 2), num_steps=2, checkpoint_dir=ckpt)
-    kw = {"task": tasks.echo(6, 2), **change}
+    _tiny_fit(ECHO, num_steps=2, checkpoint_dir=ckpt)
+    kw = {"task": ECHO, **change}
     with pytest.raises(checkpoint.CheckpointError, match="incompatible") as err:
         _tiny_fit(kw.pop("task"), checkpoint_dir=ckpt, resume=True, **kw)
     msg = str(err.value)
@@ -370,7 +376,7 @@ def test_resume_refuses_another_task_definition_or_evaluation_set(tmp_path, chan
 
 
 def test_resuming_one_run_keeps_the_other_runs_lines_of_a_shared_log(tmp_path):
-    log, task = tmp_path / "log.jsonl", tasks.adding(6)
+    log, task = tmp_path / "log.jsonl", ECHO
     _tiny_fit(task, checkpoint_dir=tmp_path / "a", log_path=log, log_extra={"run": "a"})
     _tiny_fit(task, checkpoint_dir=tmp_path / "b", log_path=log, log_extra={"run": "b"})
     shutil.rmtree(checkpoint.step_dir(tmp_path / "a", 4))  # run a was killed after step 2
