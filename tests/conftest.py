@@ -119,6 +119,17 @@ def normal(seed: int, shape: tuple[int, ...], dtype=np.float32, scale: float = 1
     return (scale * np.random.default_rng(seed).standard_normal(shape)).astype(dtype)
 
 
+def normal_like(shapes, seed: int = 0, scale: float = 0.5):
+    """A pytree of NumPy normal draws (times ``scale``) with the structure, shapes and
+    dtypes of ``shapes`` (e.g. ``jax.eval_shape`` of an init: nothing compiled), leaf ``i``
+    drawn with seed ``seed + i``: weights for tests that compare two runs of the same
+    weights (an eager init compiles each of its operations; the initializers are tested
+    where they are the point)."""
+    leaves, treedef = jax.tree_util.tree_flatten(shapes)
+    draws = [normal(seed + i, x.shape, x.dtype, scale) for i, x in enumerate(leaves)]
+    return jax.tree_util.tree_unflatten(treedef, draws)
+
+
 def sigmoid(z):
     """The logistic function in NumPy, for reference equations."""
     return 1.0 / (1.0 + np.exp(-z))

@@ -12,7 +12,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from conftest import normal
+from conftest import normal, normal_like
 from flax import nnx
 
 import gatedrnn as gr
@@ -53,10 +53,7 @@ def test_cell_modules_take_the_same_options_with_the_same_defaults(name):
 def _random_params(init, seed):
     """Params of the structure, shapes and dtypes ``init(key, 4)`` gives, drawn by NumPy
     (scale 0.5; nothing compiled): the weights the tests load into both modules."""
-    shapes = jax.eval_shape(lambda k: init(k, 4), jax.random.key(0))
-    leaves, treedef = jax.tree_util.tree_flatten(shapes)
-    new = [normal(seed + i, x.shape, x.dtype, 0.5) for i, x in enumerate(leaves)]
-    return jax.tree_util.tree_unflatten(treedef, new)
+    return normal_like(jax.eval_shape(lambda k: init(k, 4), jax.random.key(0)), seed)
 
 
 def _shell(make):

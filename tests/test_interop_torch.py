@@ -11,6 +11,7 @@ from __future__ import annotations
 import copy
 import subprocess
 import sys
+from typing import Any
 
 import chex
 import jax
@@ -23,12 +24,16 @@ from conftest import one_torch_thread
 import gatedrnn as gr
 from gatedrnn import interop
 
-torch = pytest.importorskip("torch")
+# torch is imported when the module's first test runs, not when pytest collects it: each
+# pytest-xdist worker collects every module, and importing torch costs ~2 s of CPU
+torch: Any = None
 
 
 @pytest.fixture(scope="module", autouse=True)
 def _torch_on_one_thread():
     """The module's torch runs on tiny tensors, where its idle worker threads only spin."""
+    global torch
+    torch = pytest.importorskip("torch")
     with one_torch_thread():
         yield
 

@@ -13,7 +13,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 from _readme import readme_block
-from conftest import NestedParams, nested_cell, normal
+from conftest import NestedParams, nested_cell, normal, normal_like
 
 import gatedrnn as gr
 import gatedrnn.linen as grl
@@ -35,10 +35,7 @@ def _draw(init, seed=0):
     """What ``init(key)`` returns, its leaves drawn by NumPy instead (normal, scale 0.5):
     weights for tests that compare two runs of the same weights (an eager init compiles
     each of its operations; the initializers are tested where they are the point)."""
-    shapes = jax.eval_shape(init, jax.random.key(0))
-    leaves, treedef = jax.tree_util.tree_flatten(shapes)
-    new = [normal(seed + i, x.shape, x.dtype, 0.5) for i, x in enumerate(leaves)]
-    return jax.tree_util.tree_unflatten(treedef, new)
+    return normal_like(jax.eval_shape(init, jax.random.key(0)), seed)
 
 
 CELLS = {

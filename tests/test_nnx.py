@@ -7,7 +7,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from conftest import NestedParams, nested_cell, normal
+from conftest import NestedParams, nested_cell, normal, normal_like
 from flax import nnx
 
 import gatedrnn as gr
@@ -33,14 +33,7 @@ def _drawn_by_numpy(make, seed=0):
     init compiles each of its operations; the initializers are tested where they are the
     point)."""
     graphdef, params, rest = nnx.split(nnx.eval_shape(make), nnx.Param, ...)
-    return nnx.merge(graphdef, _numpy_like(params, seed), rest)
-
-
-def _numpy_like(shapes, seed):
-    """A pytree of NumPy normal draws (scale 0.5) with the shapes and dtypes of ``shapes``."""
-    leaves, treedef = jax.tree_util.tree_flatten(shapes)
-    new = [normal(seed + i, x.shape, x.dtype, 0.5) for i, x in enumerate(leaves)]
-    return jax.tree_util.tree_unflatten(treedef, new)
+    return nnx.merge(graphdef, normal_like(params, seed), rest)
 
 
 def _pure_init_shapes(cell):
@@ -183,7 +176,7 @@ def test_rnn_module_load_pure_round_trip_reverse_and_dropout():
         )
     )
     model.rngs = nnx.Rngs(0)["dropout"].fork()  # a real dropout stream (the traced one is not)
-    fresh = _numpy_like(jax.eval_shape(lambda k: model.stack.init(k, 4), jax.random.key(9)), 9)
+    fresh = normal_like(jax.eval_shape(lambda k: model.stack.init(k, 4), jax.random.key(9)), 9)
     model.load_pure(fresh)
     chex.assert_trees_all_equal(model.pure_params(), fresh, strict=True)
 

@@ -7,7 +7,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from conftest import normal
+from conftest import normal, normal_like
 
 import gatedrnn as gr
 from gatedrnn.scan import remat_chunk
@@ -45,9 +45,7 @@ def test_remat_equals_no_remat_float64(make_cell, options):
         # NumPy draws (scale 0.5) of the params' shapes: an eager init compiles each of
         # its operations, and any weights serve to compare the remat variants
         shapes = jax.eval_shape(lambda k: cell.init(k, I, dtype=jnp.float64), jax.random.key(0))
-        leaves, treedef = jax.tree_util.tree_flatten(shapes)
-        draws = [normal(2 + i, x.shape, np.float64, 0.5) for i, x in enumerate(leaves)]
-        params = jax.tree_util.tree_unflatten(treedef, draws)
+        params = normal_like(shapes, seed=2)
         xs = normal(1, (T, B, I) if options.get("time_major") else (B, T, I), np.float64)
         opts = dict(options)
         if opts.get("time_major"):
