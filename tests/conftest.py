@@ -130,6 +130,16 @@ def normal_like(shapes, seed: int = 0, scale: float = 0.5):
     return jax.tree_util.tree_unflatten(treedef, draws)
 
 
+def nnx_with_numpy_params(make, seed: int = 0):
+    """The NNX module ``make()`` builds, traced only (``nnx.eval_shape``: the init runs
+    abstractly, nothing compiles), its params then drawn by NumPy (:func:`normal_like`):
+    NNX makes params eagerly, and an eager init compiles each of its operations."""
+    from flax import nnx
+
+    graphdef, params, rest = nnx.split(nnx.eval_shape(make), nnx.Param, ...)
+    return nnx.merge(graphdef, normal_like(params, seed), rest)
+
+
 def sigmoid(z):
     """The logistic function in NumPy, for reference equations."""
     return 1.0 / (1.0 + np.exp(-z))

@@ -12,7 +12,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from conftest import normal, normal_like
+from conftest import nnx_with_numpy_params, normal, normal_like
 from flax import nnx
 
 import gatedrnn as gr
@@ -56,14 +56,6 @@ def _random_params(init, seed):
     return normal_like(jax.eval_shape(lambda k: init(k, 4), jax.random.key(0)), seed)
 
 
-def _shell(make):
-    """The NNX module ``make()`` builds, its params zeros made by NumPy (nothing drawn,
-    nothing compiled): for tests that load their own weights."""
-    graphdef, params, rest = nnx.split(nnx.eval_shape(make), nnx.Param, ...)
-    params = jax.tree.map(lambda s: np.zeros(s.shape, s.dtype), params)
-    return nnx.merge(graphdef, params, rest)
-
-
 RNN_CASES = {
     "vanilla-relu-2-layers": (
         ("vanilla", 5),
@@ -83,7 +75,7 @@ RNN_CASES = {
 def test_same_weights_same_outputs_through_linen_nnx_and_gr_stack(case):
     (cell, hidden), options = RNN_CASES[case]
     # the module as shapes (its init is tested in test_nnx), then the random weights loaded
-    model = _shell(lambda: grx.RNN(cell, 4, hidden, **options, rngs=nnx.Rngs(0)))
+    model = nnx_with_numpy_params(lambda: grx.RNN(cell, 4, hidden, **options, rngs=nnx.Rngs(0)))
     layer = grl.RNN(cell, hidden, **options)
     st = model.stack
     assert layer.make_stack().cell.options == st.cell.options
@@ -130,7 +122,7 @@ def test_same_weights_same_outputs_through_linen_nnx_and_gr_stack(case):
 )
 def test_same_weights_same_steps_through_flax_loops_and_gr_scan(linen_cell, nnx_cell):
     """Cells under Flax's own nn.RNN and nnx.RNN loops give gr.scan's numbers."""
-    lin, m = linen_cell(), _shell(lambda: nnx_cell(nnx.Rngs(0)))
+    lin, m = linen_cell(), nnx_with_numpy_params(lambda: nnx_cell(nnx.Rngs(0)))
     params = _random_params(m.cell.init, 3)
     m.load_pure(params)
 
@@ -152,7 +144,9 @@ def test_same_weights_same_steps_through_flax_loops_and_gr_scan(linen_cell, nnx_
 
 
 def test_dropout_is_off_by_default_in_both_and_on_when_asked():
-    model = _shell(lambda: grx.RNN("lstm", 4, 5, num_layers=2, dropout=0.5, rngs=nnx.Rngs(0)))
+    model = nnx_with_numpy_params(
+        lambda: grx.RNN("lstm", 4, 5, num_layers=2, dropout=0.5, rngs=nnx.Rngs(0))
+    )
     model.rngs = nnx.Rngs(0)["dropout"].fork()  # the shell's dropout stream is shapes only
     layer = grl.RNN("lstm", 5, num_layers=2, dropout=0.5)
     training = grl.RNN("lstm", 5, num_layers=2, dropout=0.5, deterministic=False)
@@ -224,7 +218,7 @@ def test_both_refuse_the_same_bad_options_with_the_same_message(args, kwargs, ma
 
 def test_forward_mode_through_both_modules_equals_the_pure_stack():
     """jax.jvp through Linen and NNX RNNs, against the pure stack's unfused jvp."""
-    model = _shell(lambda: grx.RNN("lstm", 4, 5, num_layers=2, rngs=nnx.Rngs(0)))
+    model = nnx_with_numpy_params(lambda: grx.RNN("lstm", 4, 5, num_layers=2, rngs=nnx.Rngs(0)))
     layer = grl.RNN("lstm", 5, num_layers=2)
     params = _random_params(model.stack.init, 5)
     model.load_pure(params)

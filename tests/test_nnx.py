@@ -7,7 +7,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from conftest import NestedParams, nested_cell, normal, normal_like
+from conftest import NestedParams, nested_cell, nnx_with_numpy_params, normal, normal_like
 from flax import nnx
 
 import gatedrnn as gr
@@ -24,16 +24,6 @@ MASK = (np.arange(6) < LENGTHS[:, None])[..., None]
 
 def _close(a, b, tol=1e-5):
     chex.assert_trees_all_close(a, b, rtol=tol, atol=tol)
-
-
-def _drawn_by_numpy(make, seed=0):
-    """The NNX module ``make()`` builds, traced only (``nnx.eval_shape``: the init runs
-    abstractly, nothing compiles), its params then drawn by NumPy (normal, scale 0.5): for
-    tests that compare two runs of the same weights (NNX makes params eagerly, and an eager
-    init compiles each of its operations; the initializers are tested where they are the
-    point)."""
-    graphdef, params, rest = nnx.split(nnx.eval_shape(make), nnx.Param, ...)
-    return nnx.merge(graphdef, normal_like(params, seed), rest)
 
 
 def _pure_init_shapes(cell):
@@ -57,7 +47,7 @@ def _rnn_and_scan(module, params):
     ids=["vanilla-relu", "lstm", "gru"],
 )
 def test_cells_in_nnx_rnn_with_seq_lengths_equal_gr_scan(make):
-    module = _drawn_by_numpy(lambda: make(nnx.Rngs(0)))
+    module = nnx_with_numpy_params(lambda: make(nnx.Rngs(0)))
     params = module.pure_params()
     assert set(nnx.state(module, nnx.Param)) == set(params._fields)
     # drawn by the pure init with the key NNX handed out
@@ -70,7 +60,7 @@ def test_cells_in_nnx_rnn_with_seq_lengths_equal_gr_scan(make):
 @pytest.mark.parametrize("name", sorted(REGISTRY))
 def test_every_registered_cell_runs_as_nnx_cell_with_the_pure_numbers(name):
     """grx.Cell(name, I, H) under nnx.RNN equals gr.scan, for every cell of the registry."""
-    module = _drawn_by_numpy(lambda: grx.Cell(name, 4, 3, rngs=nnx.Rngs(0)))
+    module = nnx_with_numpy_params(lambda: grx.Cell(name, 4, 3, rngs=nnx.Rngs(0)))
     assert module.cell == make_cell(name, 3)
     params = module.pure_params()
     assert _tree_shapes(params) == _tree_shapes(_pure_init_shapes(module.cell))
@@ -116,8 +106,8 @@ def _tree_shapes(tree):
 
 
 def test_nnx_bidirectional_with_gatedrnn_cells():
-    fw = _drawn_by_numpy(lambda: grx.LSTMCell(4, 5, rngs=nnx.Rngs(1)), 1)
-    bw = _drawn_by_numpy(lambda: grx.LSTMCell(4, 5, rngs=nnx.Rngs(2)), 11)
+    fw = nnx_with_numpy_params(lambda: grx.LSTMCell(4, 5, rngs=nnx.Rngs(1)), 1)
+    bw = nnx_with_numpy_params(lambda: grx.LSTMCell(4, 5, rngs=nnx.Rngs(2)), 11)
     bi = nnx.Bidirectional(nnx.RNN(fw), nnx.RNN(bw))
     params = gr.Bidir(fw.pure_params(), bw.pure_params())
 
@@ -132,7 +122,7 @@ def test_nnx_bidirectional_with_gatedrnn_cells():
 
 
 def test_rnn_module_equals_stack_with_grads_under_nnx_transforms():
-    model = _drawn_by_numpy(
+    model = nnx_with_numpy_params(
         lambda: grx.RNN("lstm", 4, 5, num_layers=2, bidirectional=True, rngs=nnx.Rngs(0))
     )
     params = model.pure_params()
@@ -164,7 +154,7 @@ def test_rnn_module_equals_stack_with_grads_under_nnx_transforms():
 
 
 def test_rnn_module_load_pure_round_trip_reverse_and_dropout():
-    model = _drawn_by_numpy(
+    model = nnx_with_numpy_params(
         lambda: grx.RNN(
             "vanilla",
             4,
