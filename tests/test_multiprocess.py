@@ -36,7 +36,7 @@ CHILD = textwrap.dedent(
     import jax
     jax.config.update("jax_cpu_collectives_implementation", "gloo")
     port, i, ckpt, resume = sys.argv[1], int(sys.argv[2]), *sys.argv[3:5]
-    slow, hang_at = float(sys.argv[5]), int(sys.argv[6])
+    hang_at = int(sys.argv[5])
     jax.distributed.initialize(coordinator_address=f"localhost:{{port}}", num_processes=2,
                                process_id=i, heartbeat_timeout_seconds=10)
     import numpy as np
@@ -48,7 +48,8 @@ CHILD = textwrap.dedent(
     def hooked_save(directory, step, *a, **k):  # so that the test can kill the run mid-way
         path = save(directory, step, *a, **k)
         open(os.path.join(directory, "..", f"saved-{{i}}-{{step}}"), "w").close()
-        time.sleep(600 if (i, step) == (1, hang_at) else slow)
+        if (i, step) == (1, hang_at):
+            time.sleep(600)
         return path
     checkpoint.save = hooked_save
     try:
@@ -91,13 +92,11 @@ def child(tmp_path_factory) -> dict:
     return {"script": script, "env": env, "base": base}
 
 
-def _launch(
-    child: dict, ckpt: Path, resume: bool, slow: float = 0.0, hang_at: int = -1
-) -> list[subprocess.Popen]:
-    """Start the 2 processes; each sleeps ``slow`` s after every save, and process 1 for
-    good after the save at step ``hang_at``."""
+def _launch(child: dict, ckpt: Path, resume: bool, hang_at: int = -1) -> list[subprocess.Popen]:
+    """Start the 2 processes; process 1 hangs after its save at step ``hang_at``, and each
+    marks every save it is past with a file ``saved-PROCESS-STEP`` beside ``ckpt``."""
     port = _port()
-    args = [str(ckpt), "resume" if resume else "fresh", str(slow), str(hang_at)]
+    args = [str(ckpt), "resume" if resume else "fresh", str(hang_at)]
     return [
         subprocess.Popen(
             [sys.executable, str(child["script"]), str(port), str(i), *args],
@@ -139,7 +138,7 @@ def test_a_dead_process_stops_the_other_in_one_line_and_both_resume_to_one_proce
     with the params of a one-process run; the log comes from process 0 only."""
     run = child["base"] / "run"
     ckpt = run / "ckpt"
-    procs = _launch(child, ckpt, resume=False, slow=1.0, hang_at=STEPS // 2)
+    procs = _launch(child, ckpt, resume=False, hang_at=STEPS // 2)
     # both processes past the save (its barriers): process 0 then meets the dead peer in a
     # collective (gloo sees the closed connection at once). A peer that dies while the
     # other waits in a barrier of the coordination service is found by JAX's heartbeats,
